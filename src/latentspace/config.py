@@ -1,0 +1,160 @@
+"""Typed run configuration: YAML files plus `key.sub=value` overrides from the command line.
+
+Every field below is read somewhere; an unknown field is an error, so a typo in a YAML file
+fails loudly instead of silently training with the default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+BUILTIN_TEXT_MODEL = "builtin:all-MiniLM-L6-v2"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TextTowerConfig(_Strict):
+    """The frozen text model that defines the latent space."""
+
+    path: str = Field(
+        BUILTIN_TEXT_MODEL,
+        description="sentence-transformers / Hugging Face model directory, or builtin:all-MiniLM-L6-v2",
+    )
+    max_length: int | None = Field(None, ge=1, description="token limit; None = the model's own")
+    layer_norm: bool = Field(False, description="layer-norm the pooled vector before normalising (nomic-embed-text v1.5)")
+    dimensionality: int | None = Field(None, ge=1, description="Matryoshka: truncate to this size, then re-normalise")
+    prefixes: dict[str, str] | None = Field(
+        None, description="task_type -> prefix; None = the model's own prompts (config_sentence_transformers.json)"
+    )
+    caption_task: str = Field("search_query", description="task_type used to embed training captions")
+    batch_size: int = Field(256, ge=1, description="texts per forward when filling the caption cache")
+
+
+class VisionTowerConfig(_Strict):
+    """A timm backbone, a pooling choice and a linear projection into the text space."""
+
+    arch: str = Field("vit_tiny_patch16_224", description="any timm architecture name")
+    image_size: int = Field(32, ge=8)
+    patch_size: int | None = Field(None, ge=1, description="override for ViT-style models")
+    pool: Literal["cls", "mean", "attn"] = "mean"
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model kwargs (depth, embed_dim, ...)")
+    init_checkpoint: str | None = Field(None, description="local timm / safetensors checkpoint for the backbone")
+
+
+class AugmentConfig(_Strict):
+    """Training-time image augmentation (evaluation uses a plain resize)."""
+
+    scale_min: float = Field(0.6, gt=0.0, le=1.0, description="RandomResizedCrop lower area bound")
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    color_jitter: float = Field(0.3, ge=0.0, description="brightness/contrast/saturation strength; 0 = off")
+    hue: float = Field(0.05, ge=0.0, le=0.5)
+    grayscale: float = Field(0.1, ge=0.0, le=1.0, description="probability of converting to grey")
+    rotation: float = Field(10.0, ge=0.0, description="max degrees of random rotation")
+
+
+class DataConfig(_Strict):
+    train_shards: str = Field(..., description="webdataset URLs: paths, brace patterns, fsspec or pipe: URLs")
+    caption: Literal["name", "random"] = Field(
+        "random", description="name = the txt field; random = one of the json captions per sample"
+    )
+    workers: int = Field(1, ge=0)
+    shuffle_buffer: int = Field(2000, ge=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
+    grad_clip: float | None = Field(1.0, gt=0)
+
+
+class TrainConfig(_Strict):
+    output_dir: str = "artifacts/run"
+    text_cache_dir: str = Field("artifacts/cache/text", description="where frozen caption embeddings are kept")
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(256, ge=2)
+    seed: int = 0
+    init_temperature: float = Field(0.07, gt=0)
+    max_logit_scale: float = Field(100.0, gt=0)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default")
+
+
+class RunConfig(_Strict):
+    text: TextTowerConfig = Field(default_factory=TextTowerConfig)
+    vision: VisionTowerConfig = Field(default_factory=VisionTowerConfig)
+    data: DataConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> "RunConfig":
+        if self.optim.warmup_steps >= self.train.steps:
+            raise ValueError(
+                f"optim.warmup_steps ({self.optim.warmup_steps}) must be smaller than train.steps ({self.train.steps})"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which field and why."""
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    key, raw = item.split("=", 1)
+    # YAML parsing gives numbers, booleans, lists and null the same spelling as in a file.
+    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    """Read a YAML config (or start from `base`), apply overrides, validate."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections (text, vision, data, optim, train)")
+        data.update(loaded)
+    apply_overrides(data, overrides or [])
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  {where}: {msg}")
+        src = f" in {path}" if path else ""
+        raise ConfigError(f"invalid config{src}:\n" + "\n".join(lines)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,62 @@
+"""Image decoding shared by training, evaluation and embedding.
+
+Every path into the model goes through `to_rgb`, so a transparent PNG looks the same to the
+model whether it arrives from a shard, a file or an HTTP request.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif", "bmp")
+MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
+
+
+class ImageDecodeError(ValueError):
+    """An input that is not a decodable image; the message says which and why."""
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Any PIL mode -> RGB; transparency is composited onto `background`, not dropped to black."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Bytes -> RGB PIL image, fully loaded. Raises ImageDecodeError naming `name`."""
+    if not data:
+        raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageDecodeError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels}")
+        img.load()
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"{name}: not a decodable image ({e})") from e
+    return to_rgb(img)
+
+
+def load_image(source: "str | Path | bytes | Image.Image", *, name: str | None = None) -> Image.Image:
+    """Path, bytes or PIL image -> RGB PIL image."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(source), name=name or "image bytes")
+    if isinstance(source, (str, Path)):
+        p = Path(source).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"image file not found: {p}")
+        return decode_image(p.read_bytes(), name=name or str(p))
+    raise TypeError(f"unsupported image input {type(source).__name__}; give a path, bytes or a PIL image")

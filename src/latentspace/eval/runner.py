@@ -1,0 +1,233 @@
+"""Run tasks and suites against any `ImageTextEmbedder`, ours or a baseline.
+
+The runner only calls the protocol's two methods, so the numbers for our model and for a
+baseline come from the same code path. Images are streamed from the shards and embedded batch by
+batch: only embeddings (N x D floats) are kept, never the decoded images.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from latentspace.eval.metrics import chance_levels, retrieval_metrics, zeroshot_metrics
+from latentspace.eval.tasks import (
+    CLASSIFICATION,
+    SampleStats,
+    TaskSpec,
+    iter_task_samples,
+    load_suite,
+    read_classnames,
+    read_templates,
+    task_type_of,
+)
+from latentspace.models.protocol import ImageTextEmbedder
+
+log = logging.getLogger(__name__)
+
+# Captions are embedded with the search_query prefix in training (the Nomic recipe), so class
+# prompts and retrieval captions are embedded the same way at evaluation.
+TEXT_TASK_TYPE = "search_query"
+
+
+@dataclass
+class TaskResult:
+    name: str
+    type: str
+    main_metric: str
+    metrics: dict[str, float]
+    chance: dict[str, float]  # the same keys, for a model that ranks at random
+    n_samples: int  # images evaluated
+    n_skipped: int  # samples dropped (corrupt image, missing label); see skipped_reasons
+    seconds: float
+    skipped_reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def main_value(self) -> float:
+        return self.metrics[self.main_metric]
+
+
+@dataclass
+class SuiteResult:
+    model: str
+    space: str
+    suite: str
+    tasks: list[TaskResult]
+    missing: list[str]  # suite tasks whose directory was absent
+
+    @property
+    def average(self) -> float | None:
+        """Plain mean of the main metrics over the tasks that ran (DataComp's suite score)."""
+        if not self.tasks:
+            return None
+        return sum(task.main_value for task in self.tasks) / len(self.tasks)
+
+
+def class_embeddings(
+    model: ImageTextEmbedder,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    *,
+    task_type: str = TEXT_TASK_TYPE,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """(C, D) prompt-ensembled class embeddings: every template x class, mean over templates.
+
+    Averaging several phrasings ("a photo of a {c}.", "art of the {c}.") smooths out wording
+    the text model happens to like or dislike; re-normalising keeps cosine scores comparable.
+    """
+    prompts = [template.replace("{c}", name) for name in classnames for template in templates]
+    per_prompt = _embed_texts(model, prompts, task_type, batch_size)
+    per_class = per_prompt.view(len(classnames), len(templates), -1).mean(dim=1)
+    return F.normalize(per_class, dim=-1)
+
+
+@torch.no_grad()
+def evaluate_task(
+    model: ImageTextEmbedder,
+    task_dir: Path,
+    spec: TaskSpec,
+    *,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> TaskResult:
+    """Evaluate one task directory; raises FileNotFoundError if it or a shard is missing."""
+    task_dir = Path(task_dir)
+    _check_declared_type(task_dir, spec)
+    start = time.perf_counter()
+    stats = SampleStats()
+    run = _run_classification if spec.type == CLASSIFICATION else _run_retrieval
+    metrics, chance = run(model, task_dir, spec, stats, batch_size, progress)
+    if stats.n_skipped:
+        log.warning("%s: skipped %d samples: %s", spec.name, stats.n_skipped, dict(stats.skipped))
+    return TaskResult(
+        name=spec.name,
+        type=spec.type,
+        main_metric=spec.main_metric,
+        metrics=metrics,
+        chance=chance,
+        n_samples=stats.n_yielded,
+        n_skipped=stats.n_skipped,
+        seconds=time.perf_counter() - start,
+        skipped_reasons=dict(stats.skipped),
+    )
+
+
+def evaluate_suite(
+    model: ImageTextEmbedder,
+    suite_path: Path,
+    *,
+    batch_size: int = 256,
+    progress: bool = True,
+    only: list[str] | None = None,
+) -> SuiteResult:
+    """Evaluate every task of a suite (or those named in `only`).
+
+    A task whose directory is absent is listed in `missing` rather than failing the whole run:
+    a partly downloaded DataComp suite still gives numbers for what is there. A task that is
+    present but broken (a missing shard) still raises.
+    """
+    suite_name, specs, task_root = load_suite(Path(suite_path))
+    result = SuiteResult(model.name, model.space, suite_name, tasks=[], missing=[])
+    for spec in _select(specs, only):
+        task_dir = task_root / spec.name
+        if not task_dir.is_dir():
+            log.warning("%s: no task directory at %s; listed as missing", spec.name, task_dir)
+            result.missing.append(spec.name)
+            continue
+        result.tasks.append(evaluate_task(model, task_dir, spec, batch_size=batch_size, progress=progress))
+    return result
+
+
+def _select(specs: list[TaskSpec], only: list[str] | None) -> list[TaskSpec]:
+    if only is None:
+        return specs
+    unknown = sorted(set(only) - {spec.name for spec in specs})
+    if unknown:
+        raise ValueError(f"tasks not in the suite: {unknown}; available: {[s.name for s in specs]}")
+    return [spec for spec in specs if spec.name in only]
+
+
+def _check_declared_type(task_dir: Path, spec: TaskSpec) -> None:
+    """A suite entry and its directory must agree, or labels would be read as the wrong thing."""
+    declared = task_type_of(task_dir)
+    if declared != spec.type:
+        raise ValueError(f"{spec.name}: the suite says {spec.type!r} but {task_dir} holds {declared!r}")
+
+
+def _run_classification(model, task_dir, spec, stats, batch_size, progress):
+    # Class prompts first: a text-side failure surfaces before the long image pass.
+    classnames = read_classnames(task_dir)
+    class_emb = class_embeddings(model, classnames, read_templates(task_dir), batch_size=batch_size)
+    samples = iter_task_samples(task_dir, spec.type, stats)
+    image_emb, labels = _embed_image_stream(model, samples, batch_size, progress, spec.name)
+    metrics = zeroshot_metrics(image_emb, class_emb, torch.tensor(labels))
+    return metrics, chance_levels(spec.type, len(classnames))
+
+
+def _run_retrieval(model, task_dir, spec, stats, batch_size, progress):
+    samples = iter_task_samples(task_dir, spec.type, stats)
+    image_emb, caption_lists = _embed_image_stream(model, samples, batch_size, progress, spec.name)
+    captions = [caption for image_captions in caption_lists for caption in image_captions]
+    text_to_image = torch.tensor([i for i, texts in enumerate(caption_lists) for _ in texts])
+    text_emb = _embed_texts(model, captions, TEXT_TASK_TYPE, batch_size)
+    metrics = retrieval_metrics(image_emb, text_emb, text_to_image)
+    return metrics, chance_levels(spec.type, len(caption_lists), len(captions))
+
+
+def _embed_image_stream(
+    model: ImageTextEmbedder, samples: Iterator, batch_size: int, progress: bool, label: str
+) -> tuple[torch.Tensor, list]:
+    """Embed (image, target, key) samples batch by batch; returns embeddings and targets."""
+    embeddings, targets, batch = [], [], []
+    with _progress_bar(label, progress) as advance:
+        for image, target, _key in samples:
+            batch.append(image)
+            targets.append(target)
+            if len(batch) == batch_size:
+                embeddings.append(_unit_rows(model.embed_images(batch)))
+                advance(len(batch))
+                batch = []
+        if batch:
+            embeddings.append(_unit_rows(model.embed_images(batch)))
+            advance(len(batch))
+    if not embeddings:
+        raise ValueError(f"{label}: no usable samples (all were skipped or the shards are empty)")
+    return torch.cat(embeddings), targets
+
+
+def _embed_texts(
+    model: ImageTextEmbedder, texts: Sequence[str], task_type: str, batch_size: int
+) -> torch.Tensor:
+    chunks = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    return torch.cat([_unit_rows(model.embed_texts(chunk, task_type=task_type)) for chunk in chunks])
+
+
+def _unit_rows(embeddings: torch.Tensor) -> torch.Tensor:
+    """float32 CPU rows of norm 1, whatever device or dtype the model returned."""
+    return F.normalize(embeddings.detach().float().cpu(), dim=-1)
+
+
+@contextmanager
+def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """Yield an `advance(n_images)` callback; a rich bar when enabled, a no-op otherwise."""
+    if not enabled:
+        yield lambda n: None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("images"),
+        TimeElapsedColumn(),
+    ) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda n: bar.advance(task, n)

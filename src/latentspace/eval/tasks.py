@@ -1,0 +1,239 @@
+"""Evaluation tasks in the CLIP_benchmark / DataComp on-disk format, and suites of them.
+
+A task is a directory::
+
+    <task>/classnames.txt                          one class name per line (classification)
+    <task>/zeroshot_classification_templates.txt   one prompt template per line, placeholder {c}
+    <task>/dataset_type.txt                        optional: "classification" (default) or "retrieval"
+    <task>/test/nshards.txt                        number of shards N
+    <task>/test/0.tar ... <task>/test/{N-1}.tar    webdataset shards
+
+Using the published format (rather than one of our own) means the same harness runs our emoji
+tasks and the 38 DataComp tasks unchanged. A suite is a YAML file naming tasks that sit in
+directories beside it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+log = logging.getLogger(__name__)
+
+CLASSIFICATION = "zeroshot_classification"
+RETRIEVAL = "retrieval"
+# The metric a task is ranked by when the suite does not name one (DataComp's choices).
+DEFAULT_MAIN_METRIC = {CLASSIFICATION: "acc1", RETRIEVAL: "mean_recall@1"}
+# Every metric a task type produces; a suite may only name one of these as its main metric.
+METRIC_NAMES = {
+    CLASSIFICATION: ("acc1", "acc5", "mean_per_class_recall"),
+    RETRIEVAL: tuple(
+        f"{direction}_retrieval_recall@{k}" for direction in ("image", "text") for k in (1, 5, 10)
+    )
+    + ("mean_recall@1",),
+}
+# dataset_type.txt uses CLIP_benchmark's words; suites use DataComp's task types.
+_DATASET_TYPES = {"classification": CLASSIFICATION, "retrieval": RETRIEVAL}
+IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+
+
+@dataclass
+class TaskSpec:
+    """One suite entry: which task, how it is scored."""
+
+    name: str
+    type: str  # CLASSIFICATION or RETRIEVAL
+    main_metric: str
+    description: str = ""
+
+
+@dataclass
+class SampleStats:
+    """What streaming a task read, so skipped samples are reported instead of vanishing."""
+
+    n_yielded: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def skip(self, reason: str, key: str) -> None:
+        self.skipped[reason] += 1
+        log.debug("skipping sample %s: %s", key, reason)
+
+
+def load_suite(path: Path) -> tuple[str, list[TaskSpec], Path]:
+    """Read a suite YAML; returns (suite name, tasks, directory holding the task directories)."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list):
+        raise ValueError(f"{path}: a suite needs a 'tasks' list")
+    specs = [_parse_task(entry, path) for entry in raw["tasks"]]
+    names = [spec.name for spec in specs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{path}: duplicate task names {duplicates}")
+    return str(raw.get("name", path.stem)), specs, path.parent
+
+
+def _parse_task(entry: object, suite_path: Path) -> TaskSpec:
+    """Validate one suite entry now, so a typo fails before hours of evaluation, not after."""
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ValueError(f"{suite_path}: each task needs a 'name', got {entry!r}")
+    task_type = entry.get("type", CLASSIFICATION)
+    if task_type not in METRIC_NAMES:
+        raise ValueError(
+            f"{suite_path}: task {entry['name']!r} has type {task_type!r}; "
+            f"expected one of {sorted(METRIC_NAMES)}"
+        )
+    main_metric = entry.get("main_metric", DEFAULT_MAIN_METRIC[task_type])
+    if main_metric not in METRIC_NAMES[task_type]:
+        raise ValueError(
+            f"{suite_path}: task {entry['name']!r} ({task_type}) cannot rank by {main_metric!r}; "
+            f"choose from {list(METRIC_NAMES[task_type])}"
+        )
+    return TaskSpec(str(entry["name"]), task_type, main_metric, str(entry.get("description", "")))
+
+
+def task_type_of(task_dir: Path) -> str:
+    """The task type the directory declares (dataset_type.txt; classification if absent)."""
+    type_file = _existing_dir(task_dir) / "dataset_type.txt"
+    if not type_file.exists():
+        return CLASSIFICATION
+    declared = type_file.read_text().strip()
+    if declared not in _DATASET_TYPES:
+        raise ValueError(f"{type_file}: unknown dataset type {declared!r}")
+    return _DATASET_TYPES[declared]
+
+
+def read_classnames(task_dir: Path) -> list[str]:
+    return _read_lines(_existing_dir(task_dir) / "classnames.txt")
+
+
+def read_templates(task_dir: Path) -> list[str]:
+    """Prompt templates; a task without a templates file is prompted with the bare class name."""
+    path = _existing_dir(task_dir) / "zeroshot_classification_templates.txt"
+    if not path.exists():
+        return ["{c}"]
+    templates = _read_lines(path)
+    for template in templates:
+        if "{c}" not in template:
+            raise ValueError(f"{path}: template {template!r} has no {{c}} placeholder")
+    return templates
+
+
+def shard_paths(task_dir: Path) -> list[Path]:
+    """All test shards, checked to exist up front so a broken task fails before any work."""
+    test_dir = _existing_dir(task_dir) / "test"
+    nshards_file = test_dir / "nshards.txt"
+    if not nshards_file.exists():
+        raise FileNotFoundError(f"missing shard count file: {nshards_file}")
+    shards = [test_dir / f"{i}.tar" for i in range(int(nshards_file.read_text().strip()))]
+    for shard in shards:
+        if not shard.exists():
+            raise FileNotFoundError(f"missing shard: {shard}")
+    return shards
+
+
+def iter_task_samples(
+    task_dir: Path, task_type: str | None = None, stats: SampleStats | None = None
+) -> Iterator[tuple[Image.Image, int | list[str], str]]:
+    """Stream (image, class index or captions, key) from a task's shards, one sample at a time.
+
+    `task_type` defaults to what the directory declares. Samples with an undecodable image or a
+    missing/invalid label are skipped and counted in `stats` (pass one in to read the counts).
+    """
+    task_dir = Path(task_dir)
+    task_type = task_type or task_type_of(task_dir)
+    stats = stats if stats is not None else SampleStats()
+    parse_target = _target_parser(task_dir, task_type)
+    for sample in _raw_samples(shard_paths(task_dir)):
+        key = sample["__key__"]
+        target, reason = parse_target(sample)
+        if reason is None:
+            image, reason = _decode_image(sample)
+        if reason is not None:
+            stats.skip(reason, key)
+            continue
+        stats.n_yielded += 1
+        yield image, target, key
+
+
+def _raw_samples(shards: list[Path]) -> Iterator[dict]:
+    """Group tar members into samples with webdataset's own key convention, shard by shard."""
+    for shard in shards:
+        with open(shard, "rb") as stream:
+            files = tar_file_expander([{"url": str(shard), "stream": stream}])
+            yield from group_by_keys(files)
+
+
+def _target_parser(task_dir: Path, task_type: str):
+    """A function sample -> (target, None) or (None, reason to skip) for this task type."""
+    if task_type == RETRIEVAL:
+        return _parse_captions
+    if task_type != CLASSIFICATION:
+        raise ValueError(f"unknown task type {task_type!r}")
+    n_classes = len(read_classnames(task_dir))
+    return lambda sample: _parse_class(sample, n_classes)
+
+
+def _parse_class(sample: dict, n_classes: int) -> tuple[int | None, str | None]:
+    if "cls" not in sample:
+        return None, "missing cls"
+    try:
+        label = int(_text(sample["cls"]).strip())
+    except ValueError:
+        return None, "invalid cls"
+    if not 0 <= label < n_classes:
+        return None, "cls out of range"
+    return label, None
+
+
+def _parse_captions(sample: dict) -> tuple[list[str] | None, str | None]:
+    if "txt" not in sample:
+        return None, "missing txt"
+    try:
+        text = _text(sample["txt"])
+    except UnicodeDecodeError:
+        return None, "invalid txt"
+    captions = [line.strip() for line in text.splitlines() if line.strip()]
+    return (captions, None) if captions else (None, "empty txt")
+
+
+def _decode_image(sample: dict) -> tuple[Image.Image | None, str | None]:
+    """Fully decode now (PIL is lazy), so a corrupt file is caught here, not inside the model."""
+    image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if image_key is None:
+        return None, "missing image"
+    try:
+        image = Image.open(io.BytesIO(sample[image_key]))
+        image.load()
+    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) on bad bytes
+        return None, "undecodable image"
+    return image, None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        raise FileNotFoundError(f"missing task file: {path}")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _existing_dir(task_dir: Path) -> Path:
+    task_dir = Path(task_dir)
+    if not task_dir.is_dir():
+        raise FileNotFoundError(f"missing task directory: {task_dir}")
+    return task_dir

@@ -1,0 +1,91 @@
+"""Model directories: `config.json` + `model.safetensors`, written atomically.
+
+A directory holds the vision tower only. Its config names the text tower it was trained against
+(by path and by latent-space identity), so loading it re-creates the text tower and proves that
+it still defines the same space before a single vector is produced.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_model, save_model
+
+from latentspace.config import TextTowerConfig, VisionTowerConfig
+from latentspace.data.transforms import Preprocess
+from latentspace.models.vision_tower import VisionTower
+from latentspace.space import SpaceIdentity
+
+FORMAT = "latentspace.vision/1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def save_model_dir(path: str | Path, vision: VisionTower, *, text: TextTowerConfig, space: SpaceIdentity,
+                   preprocess: Preprocess, logit_scale: float, info: dict[str, Any] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": FORMAT,
+        "name": path.name,
+        "space": space.to_dict(),
+        "text": text.model_dump(mode="json"),
+        "vision": vision.cfg.model_dump(mode="json") | {"init_checkpoint": None},
+        "preprocess": preprocess.to_dict(),
+        "logit_scale": float(logit_scale),
+        "info": info or {},
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_model(vision, str(tmp / WEIGHTS_NAME))
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def is_model_dir(path: str | Path) -> bool:
+    cfg = Path(path) / CONFIG_NAME
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") == FORMAT
+    except ValueError:
+        return False
+
+
+def read_model_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory not found: {path}")
+    cfg_path = path / CONFIG_NAME
+    if not cfg_path.is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"{path} is not a latentspace model directory (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path}: format {config.get('format')!r} is not {FORMAT!r}")
+    return config
+
+
+def load_vision(path: str | Path) -> tuple[VisionTower, dict[str, Any]]:
+    path = Path(path).expanduser()
+    config = read_model_config(path)
+    vision = VisionTower(VisionTowerConfig.model_validate(config["vision"]), int(config["space"]["dim"]))
+    missing, unexpected = load_model(vision, str(path / WEIGHTS_NAME), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path / WEIGHTS_NAME} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return vision.eval(), config

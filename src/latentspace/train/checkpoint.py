@@ -1,0 +1,62 @@
+"""Training checkpoints that resume exactly, written atomically.
+
+A checkpoint holds everything the next step depends on: weights, optimizer and scheduler state,
+every RNG, and where each data reader stands. It is written to a temporary file, synced, then
+renamed over the old one, so a SIGKILL at any instant leaves either the old or the new file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# Fields that may differ between a run and its resumption without changing the result.
+RESUMABLE_DIFFERENCES = {("train", "log_every"), ("train", "checkpoint_every"), ("train", "threads")}
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a torn or foreign file: say so instead of a pickle traceback
+        raise RuntimeError(f"checkpoint {path} cannot be read ({e}); delete it to start over") from e
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Fields whose values differ, ignoring the ones that do not affect training."""
+    diffs = []
+    for section in sorted(set(saved) | set(current)):
+        a, b = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            if (section, key) not in RESUMABLE_DIFFERENCES and a.get(key) != b.get(key):
+                diffs.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs

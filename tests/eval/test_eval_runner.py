@@ -1,0 +1,105 @@
+"""Running tasks and suites with a fake model whose scores are known by construction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentspace.eval.runner import class_embeddings, evaluate_suite, evaluate_task
+from latentspace.eval.tasks import CLASSIFICATION, RETRIEVAL, TaskSpec
+
+
+def test_class_embeddings_average_templates_and_renormalise(model):
+    templates = ["a photo of {c}.", "{c} art", "the colour {c}"]
+    emb = class_embeddings(model, ["red", "blue"], templates, batch_size=4)
+    assert emb.shape == (2, 8)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(2))
+    prompts = [text for texts, _ in model.text_calls for text in texts]
+    assert prompts[:3] == ["a photo of red.", "red art", "the colour red"]
+    assert len(prompts) == 6 and [len(texts) for texts, _ in model.text_calls] == [4, 2]
+    assert {task_type for _, task_type in model.text_calls} == {"search_query"}
+    assert emb[0] @ emb[1] < 0.1  # red and blue stay apart
+
+
+def test_classification_accuracy_is_known_by_construction(model, classification_task):
+    spec = TaskSpec("colours", CLASSIFICATION, "acc1")
+    result = evaluate_task(model, classification_task, spec, batch_size=3, progress=False)
+    assert result.n_samples == 8 and result.n_skipped == 0
+    assert result.metrics["acc1"] == pytest.approx(6 / 8)  # the two mislabelled images miss
+    assert result.metrics["acc5"] == 1.0  # 4 classes
+    # Per class: red 2/3 (holds the blue image), green 2/3 (holds the yellow one), blue 1, yellow 1.
+    assert result.metrics["mean_per_class_recall"] == pytest.approx((2 / 3 + 2 / 3 + 1 + 1) / 4)
+    assert result.chance == {"acc1": 0.25, "acc5": 1.0, "mean_per_class_recall": 0.25}
+    assert result.main_value == result.metrics["acc1"]
+    assert model.image_batch_sizes == [3, 3, 2]  # streamed in batches of batch_size
+
+
+def test_retrieval_recalls_are_known_by_construction(model, retrieval_task):
+    spec = TaskSpec("captions", RETRIEVAL, "mean_recall@1")
+    result = evaluate_task(model, retrieval_task, spec, progress=False)
+    # The yellow image's two captions say "cyan": they rank the green and blue images above it,
+    # and the yellow image ranks the red and green captions (4 texts) above them.
+    assert result.metrics["image_retrieval_recall@1"] == pytest.approx(6 / 8)
+    assert result.metrics["image_retrieval_recall@5"] == 1.0
+    assert result.metrics["text_retrieval_recall@1"] == pytest.approx(3 / 4)
+    assert result.metrics["text_retrieval_recall@5"] == 1.0
+    assert result.metrics["mean_recall@1"] == pytest.approx(3 / 4)
+    assert result.chance["image_retrieval_recall@1"] == pytest.approx(1 / 4)
+    assert result.n_samples == 4
+
+
+def test_corrupt_samples_are_reported_in_the_result(model, make_task, encode_image):
+    task = make_task(
+        "noisy",
+        [
+            {"png": encode_image("red"), "cls": 0},
+            {"png": b"\x89PNG not really", "cls": 1},
+            {"png": encode_image("green"), "cls": 1},
+        ],
+        classnames=["red", "green"],
+    )
+    result = evaluate_task(model, task, TaskSpec("noisy", CLASSIFICATION, "acc1"), progress=False)
+    assert result.n_samples == 2 and result.n_skipped == 1
+    assert result.skipped_reasons == {"undecodable image": 1}
+    assert result.metrics["acc1"] == 1.0
+
+
+def test_task_with_no_usable_samples_raises(model, make_task):
+    task = make_task("empty", [{"png": b"junk", "cls": 0}], classnames=["red"])
+    with pytest.raises(ValueError, match="no usable samples"):
+        evaluate_task(model, task, TaskSpec("empty", CLASSIFICATION, "acc1"), progress=False)
+
+
+def test_suite_type_must_match_the_task_directory(model, retrieval_task):
+    with pytest.raises(ValueError, match="retrieval"):
+        evaluate_task(model, retrieval_task, TaskSpec("captions", CLASSIFICATION, "acc1"), progress=False)
+
+
+def _write_suite(root, *names_and_types):
+    lines = ["name: colours-suite", "tasks:"]
+    lines += [f"  - {{name: {name}, type: {task_type}}}" for name, task_type in names_and_types]
+    path = root / "suite.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_suite_lists_missing_tasks_and_averages_the_rest(model, tmp_path, classification_task, retrieval_task):
+    suite = _write_suite(
+        tmp_path,
+        ("colours", "zeroshot_classification"),
+        ("not_downloaded", "retrieval"),
+        ("captions", "retrieval"),
+    )
+    result = evaluate_suite(model, suite, batch_size=4, progress=True)  # exercises the progress bar
+    assert (result.model, result.space, result.suite) == (model.name, model.space, "colours-suite")
+    assert [task.name for task in result.tasks] == ["colours", "captions"]
+    assert result.missing == ["not_downloaded"]
+    assert result.average == pytest.approx((6 / 8 + 3 / 4) / 2)
+
+
+def test_suite_only_runs_the_named_tasks(model, tmp_path, classification_task, retrieval_task):
+    suite = _write_suite(tmp_path, ("colours", "zeroshot_classification"), ("captions", "retrieval"))
+    result = evaluate_suite(model, suite, progress=False, only=["captions"])
+    assert [task.name for task in result.tasks] == ["captions"]
+    with pytest.raises(ValueError, match="typo"):
+        evaluate_suite(model, suite, progress=False, only=["typo"])
