@@ -2,11 +2,12 @@
 
 Samples flow: shard list (shuffled per epoch) -> split across ranks and DataLoader workers ->
 tar members grouped into samples -> seeded shuffle buffer -> skip what a resumed run already
-consumed -> decode + augment (seeded per sample) -> batches.
+consumed -> decode + a deterministic transform -> batches. (Random augmentation happens later,
+on whole batches, in the training step.)
 
 Each DataLoader worker plays a fixed *role*. A role's stream depends only on (seed, epoch, role),
-and every augmentation draws from a generator seeded by the sample's position, so a run that
-resumes from a checkpoint sees exactly the batches an uninterrupted run would have seen.
+and captions are drawn with a generator seeded by the sample's position, so a run that resumes
+from a checkpoint sees exactly the batches an uninterrupted run would have seen.
 Corrupt samples are skipped and counted (the count rides along with every batch), never fatal.
 """
 
@@ -200,7 +201,4 @@ class ImageTextStream(IterableDataset):
             img = decode_image(sample[image_key], name=f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}")
         except ImageDecodeError:
             return None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            tensor = self.transform(img)
-        return tensor, caption, str(sample.get("__key__", ""))
+        return self.transform(img), caption, str(sample.get("__key__", ""))

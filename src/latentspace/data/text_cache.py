@@ -107,17 +107,13 @@ class TextEmbeddingCache:
                 on_progress(len(chunk))
         return len(todo)
 
-    def rows(self, captions: Sequence[str]) -> torch.Tensor:
-        """Row numbers; equal captions share a row, which the loss uses to spot duplicates."""
+    def lookup(self, captions: Sequence[str]) -> torch.Tensor:
+        """(N, D) vectors for captions that are all cached."""
         try:
-            return torch.tensor([self._index[caption_key(c)] for c in captions], dtype=torch.long)
+            rows = np.array([self._index[caption_key(c)] for c in captions], dtype=np.int64)
         except KeyError:
             missing = self.missing(captions)
             raise KeyError(f"{len(missing)} caption(s) not in the text cache, e.g. {missing[0]!r}") from None
-
-    def lookup(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vectors (N, D), row ids (N,)) for captions that are all cached."""
-        ids = self.rows(captions)
         if self._mmap is None:
             self._mmap = np.memmap(self._vectors_path, dtype="<f4", mode="r", shape=(self._rows, self.dim))
-        return torch.from_numpy(np.ascontiguousarray(self._mmap[ids.numpy()])), ids
+        return torch.from_numpy(np.ascontiguousarray(self._mmap[rows]))

@@ -6,9 +6,11 @@ is evaluated on another, so the model must not latch on to one artist's colours 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from latentspace.config import AugmentConfig
@@ -38,20 +40,85 @@ def _to_tensor(pre: Preprocess) -> list:
 
 
 def eval_transform(pre: Preprocess) -> v2.Compose:
+    """PIL image -> normalised float tensor at the model's input size."""
     size = pre.image_size
     return v2.Compose([v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True), *_to_tensor(pre)])
 
 
-def train_transform(pre: Preprocess, aug: AugmentConfig) -> v2.Compose:
-    size = pre.image_size
-    steps: list = [
-        # Rotate before cropping so the white fill stays at the image border.
-        v2.RandomRotation(aug.rotation, interpolation=v2.InterpolationMode.BILINEAR, fill=255) if aug.rotation else None,
-        v2.RandomResizedCrop(size, scale=(aug.scale_min, 1.0), ratio=(0.8, 1.25),
-                             interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(aug.hflip) if aug.hflip else None,
-        v2.ColorJitter(aug.color_jitter, aug.color_jitter, aug.color_jitter, aug.hue) if aug.color_jitter or aug.hue else None,
-        v2.RandomGrayscale(aug.grayscale) if aug.grayscale else None,
-        *_to_tensor(pre),
-    ]
-    return v2.Compose([s for s in steps if s is not None])
+def load_transform(pre: Preprocess) -> v2.Compose:
+    """PIL image -> uint8 tensor at twice the input size: what data workers hand to training.
+
+    Augmentation then runs on whole batches (`BatchAugment`), which on a 2-core CPU is ~30x cheaper
+    than per-image PIL transforms; the 2x margin lets crops zoom in without upsampling blur.
+    """
+    size = 2 * pre.image_size
+    return v2.Compose([v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.ToImage()])
+
+
+def _uniform(gen: torch.Generator, n: int, low: float, high: float) -> torch.Tensor:
+    return torch.rand(n, generator=gen) * (high - low) + low
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+class BatchAugment:
+    """Random resized crop, rotation, flip, colour jitter and greyscale for a whole uint8 batch,
+    drawn from an explicit generator so a resumed run replays the same augmentations."""
+
+    def __init__(self, pre: Preprocess, aug: AugmentConfig):
+        self.pre, self.aug = pre, aug
+        self.mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre.std).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = images.float() / 255.0
+        x = self._geometry(x, gen)
+        x = self._colour(x, gen)
+        return (x - self.mean) / self.std
+
+    def _geometry(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        a, n, big = self.aug, x.shape[0], 2 * self.pre.image_size
+        area = _uniform(gen, n, a.scale_min, 1.0)
+        log_ratio = _uniform(gen, n, -0.2231, 0.2231)  # aspect ratio in [0.8, 1.25]
+        w = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
+        h = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+        cx = _uniform(gen, n, -1.0, 1.0) * (1 - w)
+        cy = _uniform(gen, n, -1.0, 1.0) * (1 - h)
+        angle = _uniform(gen, n, -a.rotation, a.rotation).deg2rad()
+        flip = torch.where(torch.rand(n, generator=gen) < a.hflip, -1.0, 1.0)
+        cos, sin = angle.cos(), angle.sin()
+        theta = torch.stack([torch.stack([cos * w * flip, -sin * h, cx], 1),
+                             torch.stack([sin * w * flip, cos * h, cy], 1)], 1)
+        grid = F.affine_grid(theta, [n, 3, big, big], align_corners=False)
+        # Sample (x - 1) with zero padding so whatever falls outside the image is white.
+        out = F.grid_sample(x - 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1.0
+        return F.interpolate(out, size=self.pre.image_size, mode="bilinear", antialias=True, align_corners=False)
+
+    def _colour(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        a, n = self.aug, x.shape[0]
+        j = a.color_jitter
+        view = (n, 1, 1, 1)
+        if j:
+            x = x * _uniform(gen, n, 1 - j, 1 + j).view(view)  # brightness
+            m = _gray(x).mean((2, 3), keepdim=True)
+            x = (x - m) * _uniform(gen, n, 1 - j, 1 + j).view(view) + m  # contrast
+            g = _gray(x)
+            x = (x - g) * _uniform(gen, n, 1 - j, 1 + j).view(view) + g  # saturation
+        if a.hue:
+            x = _rotate_hue(x, _uniform(gen, n, -a.hue, a.hue) * 2 * math.pi)
+        if a.grayscale:
+            to_gray = (torch.rand(n, generator=gen) < a.grayscale).view(view)
+            x = torch.where(to_gray, _gray(x).expand_as(x), x)
+        return x.clamp(0.0, 1.0)
+
+
+def _rotate_hue(x: torch.Tensor, radians: torch.Tensor) -> torch.Tensor:
+    """Hue rotation as a rotation of the chroma plane in YIQ space."""
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    yiq = torch.einsum("ij,njhw->nihw", to_yiq, x)
+    c, s = radians.cos().view(-1, 1, 1), radians.sin().view(-1, 1, 1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], c * i - s * q, s * i + c * q], 1)
+    return torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq)

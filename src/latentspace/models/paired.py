@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image
 
 from latentspace.config import TextTowerConfig
 from latentspace.data.images import load_image
@@ -45,10 +44,10 @@ class PairedModel:
     @torch.inference_mode()
     def embed_images(self, images: Sequence, *, dimensionality: int | None = None, batch_size: int = 128) -> torch.Tensor:
         """Paths, bytes or PIL images (any mode) -> (N, D) normalised embeddings."""
-        pils = [img if isinstance(img, Image.Image) else load_image(img) for img in images]
+        pils = [load_image(img) for img in images]  # decode everything first: a bad input fails fast
         out = []
         for i in range(0, len(pils), batch_size):
-            batch = torch.stack([self._transform(load_image(p)) for p in pils[i : i + batch_size]])
+            batch = torch.stack([self._transform(p) for p in pils[i : i + batch_size]])
             out.append(self.vision(batch).float())
         vectors = torch.cat(out) if out else torch.empty(0, self.dim)
         return finish(vectors, dimensionality)

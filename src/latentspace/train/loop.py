@@ -21,9 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader
 
 from latentspace.config import RunConfig, dump_config
-from latentspace.data.shards import ImageTextStream, StreamPosition, expand_urls, iter_captions
+from latentspace.data.shards import ImageTextStream, StreamPosition, expand_urls, iter_captions, sample_seed
 from latentspace.data.text_cache import TextEmbeddingCache
-from latentspace.data.transforms import Preprocess, train_transform
+from latentspace.data.transforms import BatchAugment, Preprocess, load_transform
 from latentspace.models.model_dir import save_model_dir
 from latentspace.models.text_tower import TextTower
 from latentspace.models.vision_tower import VisionTower
@@ -92,6 +92,7 @@ class Trainer:
         self.text = TextTower(cfg.text)
         self.cache = fill_text_cache(cfg, self.text, self.urls, self.console)
         self.preprocess = Preprocess(cfg.vision.image_size)
+        self.augment = BatchAugment(self.preprocess, cfg.data.augment)
         self.vision = VisionTower(cfg.vision, self.text.dim)
         self.scale = LogitScale(cfg.train.init_temperature, cfg.train.max_logit_scale)
         o = cfg.optim
@@ -158,16 +159,19 @@ class Trainer:
     def _loader(self) -> DataLoader:
         d = self.cfg.data
         stream = ImageTextStream(
-            urls=self.urls, transform=train_transform(self.preprocess, d.augment), batch_size=self.cfg.train.batch_size,
+            urls=self.urls, transform=load_transform(self.preprocess), batch_size=self.cfg.train.batch_size,
             seed=self.cfg.train.seed, caption_mode=d.caption, shuffle_buffer=d.shuffle_buffer,
             num_workers=d.workers, positions=self.positions, first_role=self.next_role)
         return DataLoader(stream, batch_size=None, num_workers=d.workers,
                           prefetch_factor=4 if d.workers else None, persistent_workers=False)
 
     def train_step(self, batch: dict) -> float:
-        text_emb, caption_ids = self.cache.lookup(batch["captions"])
+        text_emb = self.cache.lookup(batch["captions"])
+        # Augmentation draws from a generator tied to the step, so a resumed run replays it exactly.
+        gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, self.step))
+        images = self.augment(batch["images"], gen)
         self.vision.train()
-        loss = contrastive_loss(self.vision(batch["images"]), text_emb, self.scale(), caption_ids)
+        loss = contrastive_loss(self.vision(images), text_emb, self.scale())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.optim.grad_clip:

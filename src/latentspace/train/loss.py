@@ -1,8 +1,8 @@
 """Symmetric InfoNCE (CLIP's loss) with a learnable temperature.
 
-One addition: captions that occur twice in a batch (the same concept drawn twice) are treated as
-positives of each other, with the target mass split between them, instead of as negatives.
-With all captions distinct this is exactly the standard loss.
+A caption that occurs twice in a batch needs no special care here: its two text embeddings are
+identical, so the two logit columns are too, and the loss equals the one that treats the copies
+as shared positives (tests/train/test_loss.py checks this).
 """
 
 from __future__ import annotations
@@ -26,14 +26,7 @@ class LogitScale(nn.Module):
         return self.value.clamp(max=self.max_log).exp()
 
 
-def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor,
-                     caption_ids: torch.Tensor | None = None) -> torch.Tensor:
-    img = F.normalize(image_emb, dim=-1)
-    txt = F.normalize(text_emb, dim=-1)
-    logits = scale * img @ txt.T
-    if caption_ids is None:
-        targets = torch.arange(len(img), device=img.device)
-        return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-    same = (caption_ids[:, None] == caption_ids[None, :]).to(logits.dtype)
-    targets = same / same.sum(1, keepdim=True)  # symmetric, so it serves both directions
+def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    logits = scale * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+    targets = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2

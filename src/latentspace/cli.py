@@ -1,0 +1,123 @@
+"""The `latentspace` command: data -> train -> eval, plus the one-shot quickstart."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train image encoders into a frozen text model's latent space, evaluate and use them.")
+data_app = typer.Typer(no_args_is_help=True, help="Build training and evaluation data.")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("timm").setLevel(logging.WARNING)
+
+
+def _fail(e: BaseException) -> None:
+    if os.environ.get("LATENTSPACE_DEBUG"):
+        raise e
+    console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+@app.callback()
+def _main() -> None:
+    _quiet_libraries()
+
+
+@data_app.command("emoji")
+def data_emoji(
+    out: Path = typer.Option(Path("artifacts/emoji"), help="where shards and eval tasks are written"),
+    cache_dir: Path = typer.Option(Path("artifacts/cache/npm"), help="where the npm tarballs are kept"),
+    heldout_fraction: float = typer.Option(0.2, min=0.0, max=0.9, help="share of concepts never trained on"),
+    seed: int = typer.Option(0),
+    train_style: str = typer.Option("twitter", help="art style to train on: twitter or google"),
+    eval_style: str = typer.Option("google", help="art style to evaluate on"),
+) -> None:
+    """Fetch the emoji art packages (npm pack, integrity-checked) and write shards + eval tasks."""
+    from latentspace.data.emoji import build_emoji_corpus
+
+    try:
+        summary = build_emoji_corpus(out, cache_dir=cache_dir, train_style=train_style, eval_style=eval_style,
+                                     heldout_fraction=heldout_fraction, seed=seed, progress=console.print)
+    except (OSError, RuntimeError, ValueError) as e:
+        _fail(e)
+    c = summary["counts"]
+    console.print(f"corpus at {summary['out_dir']}: {c['train_images']} training images, "
+                  f"{c['concepts']} concepts ({c['heldout_concepts']} held out)")
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML config (see src/latentspace/configs/)"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.steps=200"),
+) -> None:
+    """Train a vision tower against the frozen text tower (resumes if a checkpoint exists)."""
+    from latentspace.config import load_config
+    from latentspace.train.loop import train as run_train
+
+    try:
+        result = run_train(load_config(config, overrides or []), console=console)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        _fail(e)
+    console.print(f"trained {result.steps} steps in {result.seconds:.0f}s (skipped samples: {result.samples_skipped}, "
+                  f"shard errors: {result.shard_errors}); model at [bold]{result.model_dir}[/]")
+
+
+@app.command("eval")
+def evaluate(
+    model: Path = typer.Argument(..., help="latentspace model directory"),
+    suite: Path = typer.Option(Path("artifacts/emoji/eval/suite.yaml"), help="suite YAML (tasks sit beside it)"),
+    out: Optional[Path] = typer.Option(None, help="JSON results file (default: MODEL/eval.json)"),
+    text: Optional[str] = typer.Option(None, help="load the text tower from here instead (must be the same space)"),
+    only: Optional[List[str]] = typer.Option(None, help="run only these tasks"),
+    batch_size: int = typer.Option(256, min=1),
+) -> None:
+    """Zero-shot classification and retrieval on a task suite; prints a table, writes JSON."""
+    from latentspace.eval.report import print_table, write_json
+    from latentspace.eval.runner import evaluate_suite
+    from latentspace.models.paired import PairedModel
+
+    try:
+        m = PairedModel.load(model, text_path=text)
+        result = evaluate_suite(m, suite, batch_size=batch_size, only=only or None)
+    except (OSError, RuntimeError, ValueError) as e:
+        _fail(e)
+    print_table(result, Console())
+    path = out or model / "eval.json"
+    write_json(result, path)
+    console.print(f"results written to {path}")
+
+
+@app.command()
+def quickstart(
+    artifacts: Path = typer.Option(Path("artifacts"), help="folder for corpus, caches, runs and the model"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="config overrides, e.g. train.steps=100"),
+) -> None:
+    """Build the emoji corpus, train the default model, evaluate it and show a few matches."""
+    from latentspace.quickstart import run_quickstart
+
+    try:
+        run_quickstart(artifacts, overrides or [], console=Console())
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        _fail(e)
+
+
+def main() -> None:  # pragma: no cover - console-script shim
+    sys.exit(app())

@@ -1,0 +1,73 @@
+import json
+import os
+
+import pytest
+import torch
+
+from latentspace.config import TextTowerConfig
+from latentspace.models.text_tower import TextTower, resolve_text_model_path
+
+TEXTS = ["grinning face", "a slice of pizza on a plate", ""]
+
+
+def test_matches_sentence_transformers(text_tower):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(text_tower.root), device="cpu")
+    ours = text_tower.encode(TEXTS)
+    theirs = st.encode(TEXTS, convert_to_tensor=True)
+    assert ours.shape == (3, 384)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_matryoshka_truncates_then_renormalises(text_tower):
+    full = text_tower.encode(TEXTS[:2])
+    short = text_tower.encode(TEXTS[:2], dimensionality=64)
+    assert short.shape == (2, 64)
+    torch.testing.assert_close(short, torch.nn.functional.normalize(full[:, :64], dim=-1))
+    with pytest.raises(ValueError, match="at most 384"):
+        text_tower.encode(TEXTS, dimensionality=999)
+
+
+def test_unknown_task_type_is_refused(text_tower):
+    with pytest.raises(ValueError, match="task_type"):
+        text_tower.encode(["x"], "search_everything")
+
+
+def _copy_with_prompts(tmp_path, prompts):
+    """The packaged MiniLM, but declaring task prefixes (weights linked, not copied)."""
+    src = resolve_text_model_path("builtin:all-MiniLM-L6-v2")
+    dst = tmp_path / "minilm-prefixed"
+    for p in src.rglob("*"):
+        if p.is_file():
+            target = dst / p.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(p, target)
+    (dst / "config_sentence_transformers.json").unlink()
+    (dst / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
+    return dst
+
+
+def test_prefixes_from_model_files_and_identity(tmp_path, text_tower):
+    prompts = {"search_query": "search_query: ", "search_document": "search_document: "}
+    tower = TextTower(TextTowerConfig(path=str(_copy_with_prompts(tmp_path, prompts))))
+    got = tower.encode(["pizza"], "search_query")
+    want = text_tower.encode(["search_query: pizza"], "search_query")
+    torch.testing.assert_close(got, want)
+    assert tower.space.fingerprint != text_tower.space.fingerprint  # prefixes change the vectors
+    with pytest.raises(ValueError, match="defines prefixes"):
+        tower.encode(["x"], "clustering")
+
+
+def test_layer_norm_changes_space_not_shape():
+    tower = TextTower(TextTowerConfig(layer_norm=True, dimensionality=128))
+    assert tower.encode(["x"]).shape == (1, 128)
+    assert tower.space.dim == 128
+
+
+def test_bad_path_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="builtin:all-MiniLM-L6-v2"):
+        TextTower(TextTowerConfig(path=str(tmp_path / "missing")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        TextTower(TextTowerConfig(path=str(tmp_path / "empty")))

@@ -1,0 +1,95 @@
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from latentspace import embed
+from latentspace.config import TextTowerConfig
+from latentspace.data.transforms import Preprocess
+from latentspace.models.model_dir import save_model_dir
+from latentspace.models.paired import PairedModel
+from latentspace.models.vision_tower import VisionTower
+from latentspace.space import SpaceIdentity, SpaceMismatchError
+from latentspace.config import VisionTowerConfig
+
+import fakes
+from conftest import TINY_VISION
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, text_tower):
+    torch.manual_seed(0)
+    vision = VisionTower(VisionTowerConfig(**TINY_VISION), text_tower.dim)
+    path = tmp_path_factory.mktemp("m") / "model"
+    return save_model_dir(path, vision, text=TextTowerConfig(), space=text_tower.space,
+                          preprocess=Preprocess(16), logit_scale=14.0)
+
+
+def test_text_shape_usage_and_space(model_dir, text_tower):
+    out = embed.text(["a red heart", "pizza"], model=str(model_dir), task_type="search_query")
+    assert set(out) >= {"embeddings", "usage", "model"}
+    assert len(out["embeddings"]) == 2 and len(out["embeddings"][0]) == 384
+    assert out["usage"]["prompt_tokens"] == out["usage"]["total_tokens"] > 0
+    assert out["space"] == str(text_tower.space)
+    # the model directory's text side is exactly the text model's
+    plain = embed.text(["a red heart"], model="builtin:all-MiniLM-L6-v2", task_type="search_query")
+    assert plain["embeddings"][0] == out["embeddings"][0]
+    short = embed.text(["pizza"], model=str(model_dir), dimensionality=64)
+    assert len(short["embeddings"][0]) == 64
+
+
+def test_images_as_paths_bytes_and_any_pil_mode(model_dir, tmp_path):
+    rgba = fakes.draw("blue square")
+    path = tmp_path / "sq.png"
+    rgba.save(path)
+    inputs = [str(path), path.read_bytes(), rgba, rgba.convert("L"), rgba.convert("P"), rgba.convert("RGB")]
+    out = embed.image(inputs, model=model_dir)
+    vecs = torch.tensor(out["embeddings"])
+    assert vecs.shape == (6, 384)
+    torch.testing.assert_close(vecs.norm(dim=1), torch.ones(6))
+    torch.testing.assert_close(vecs[0], vecs[1])  # a path and its bytes
+    torch.testing.assert_close(vecs[0], vecs[2])  # and the PIL image itself
+
+
+def test_bad_inputs_get_clear_errors(model_dir, tmp_path):
+    with pytest.raises(TypeError, match="list of strings"):
+        embed.text("just a string", model=str(model_dir))
+    with pytest.raises(ValueError, match="task_type"):
+        embed.text(["x"], model=str(model_dir), task_type="search")
+    with pytest.raises(ValueError, match="text model"):
+        embed.image([fakes.draw("red circle")], model="builtin:all-MiniLM-L6-v2")
+    with pytest.raises(FileNotFoundError, match="model not found"):
+        embed.text(["x"], model=str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="no model given"):
+        embed.text(["x"])
+    with pytest.raises(FileNotFoundError, match="not found"):
+        embed.image([str(tmp_path / "missing.png")], model=str(model_dir))
+    from latentspace.data.images import ImageDecodeError
+    with pytest.raises(ImageDecodeError, match="corrupt.png"):
+        (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n garbage")
+        embed.image([str(tmp_path / "corrupt.png")], model=str(model_dir))
+
+
+def test_vision_model_refuses_a_text_model_of_another_space(model_dir, tmp_path):
+    # Record a different space in a copy of the directory: loading must fail and say why.
+    import json, shutil
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["space"] = SpaceIdentity("nomic-embed-text-v1.5", "0123456789abcdef", 384).to_dict()
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SpaceMismatchError, match="nomic-embed-text-v1.5.*all-MiniLM-L6-v2"):
+        PairedModel.load(other)
+
+
+def test_broken_model_directory(model_dir, tmp_path):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        PairedModel.load(broken)
+    (broken / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="not a latentspace model directory"):
+        PairedModel.load(broken)
