@@ -9,6 +9,8 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image, ImageDraw
 
+from latentspace.config import RunConfig, load_config
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "yellow": (240, 210, 20)}
 SHAPES = ("circle", "square", "triangle")
 CONCEPTS = [f"{c} {s}" for c in COLOURS for s in SHAPES]
@@ -89,3 +91,15 @@ def make_emoji_package(path: Path, style: str) -> tuple[Path, str]:
         add("package/emoji.json", json.dumps(entries).encode())
     digest = base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
     return path, f"sha512-{digest}"
+
+
+TINY_VISION = {"arch": "vit_tiny_patch16_224", "image_size": 16, "patch_size": 8, "pool": "mean",
+               "model_kwargs": {"depth": 1, "embed_dim": 32, "num_heads": 2}}
+
+
+def tiny_config(out: Path, shards: str, *overrides: str, steps: int = 6, workers: int = 0) -> RunConfig:
+    base = {"vision": dict(TINY_VISION), "data": {"train_shards": shards, "workers": workers, "shuffle_buffer": 16}}
+    return load_config(None, [
+        f"train.output_dir={out / 'run'}", f"train.text_cache_dir={out / 'cache'}", f"train.steps={steps}",
+        "train.batch_size=8", "train.checkpoint_every=2", "train.log_every=1", "optim.warmup_steps=1", *overrides,
+    ], base=base)

@@ -14,7 +14,7 @@ from latentspace.space import SpaceIdentity, SpaceMismatchError
 from latentspace.config import VisionTowerConfig
 
 import fakes
-from conftest import TINY_VISION
+from fakes import TINY_VISION
 
 
 @pytest.fixture(scope="module")

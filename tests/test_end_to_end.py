@@ -10,7 +10,7 @@ from latentspace.cli import app
 from latentspace.data.emoji import build_emoji_corpus
 
 import fakes
-from conftest import TINY_VISION
+from fakes import TINY_VISION
 
 
 def test_corpus_train_eval_embed(tmp_path):

@@ -6,7 +6,7 @@ from safetensors.torch import save_file
 from latentspace.config import VisionTowerConfig
 from latentspace.models.vision_tower import VisionTower
 
-from conftest import TINY_VISION
+from fakes import TINY_VISION
 
 
 @pytest.mark.parametrize("pool", ["cls", "mean", "attn"])

@@ -14,7 +14,7 @@ from latentspace.models.model_dir import read_model_config
 from latentspace.train.loop import train
 
 import fakes
-from conftest import tiny_config
+from fakes import tiny_config
 
 
 @pytest.fixture
