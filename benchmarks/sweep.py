@@ -23,7 +23,7 @@ from latentspace.train.loop import train
 
 VIT = ["vision.arch=vit_tiny_patch16_224", "vision.patch_size=8", "vision.model_kwargs={depth: 4}"]
 VIT_R = VIT + ["data.caption=random"]
-NO_AUG_STRENGTH = ["data.augment.scale_min=0.8", "data.augment.color_jitter=0.1", "data.augment.hue=0",
+WEAK_AUG = ["data.augment.scale_min=0.8", "data.augment.color_jitter=0.1", "data.augment.hue=0",
                    "data.augment.grayscale=0", "data.augment.rotation=0"]
 VARIANTS: dict[str, list[str]] = {
     "vit_random_captions": VIT_R,
@@ -38,10 +38,7 @@ VARIANTS: dict[str, list[str]] = {
     "r10t64": ["vision.image_size=64"],
     "r18_32": ["vision.arch=resnet18"],
     "r10t32_random_captions": ["data.caption=random"],
-    "r10t32_weak_aug": NO_AUG_STRENGTH,
-    "r10t32_lr1e-3": ["optim.lr=1e-3"],
-    "r10t32_lr4e-3": ["optim.lr=4e-3"],
-    "r10t32_attn_pool": ["vision.pool=attn"],
+    "r10t32_weak_aug": WEAK_AUG,
 }
 TASKS = ["emoji_noto_all", "emoji_noto_heldout", "emoji_twemoji_heldout"]
 

@@ -59,7 +59,7 @@ class AugmentConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    train_shards: str = Field(..., description="webdataset URLs: paths, brace patterns, fsspec or pipe: URLs")
+    train_shards: str = Field(..., description="webdataset URLs: paths, brace patterns, ::-joined lists, pipe: commands, http(s)")
     caption: Literal["name", "random"] = Field(
         "random", description="name = the txt field; random = one of the json captions per sample"
     )

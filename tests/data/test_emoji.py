@@ -427,3 +427,12 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path, packages, integrity):
     with pytest.raises(FileExistsError):
         _build(out_dir, packages, integrity)
     assert (out_dir / "notes.txt").read_text() == "keep me"
+
+
+def test_fetch_package_with_a_relative_cache_dir(tmp_path, packages, pinned, monkeypatch):
+    # npm runs inside the destination folder, so a relative --pack-destination would point at
+    # cache/.tmp/cache/.tmp; the builder must hand npm an absolute path.
+    _fake_npm(tmp_path, monkeypatch, f'cp "{packages["twitter"]}" "$5/emoji-datasource-twitter-16.0.0.tgz"\n')
+    monkeypatch.chdir(tmp_path)
+    path = fetch_package("twitter", Path("relative-cache"))
+    verify_integrity(path, pinned)

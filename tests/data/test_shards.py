@@ -96,3 +96,10 @@ def test_transparency_becomes_white_not_black():
     assert img.mode == "RGB" and img.getpixel((0, 0)) == (255, 255, 255)
     assert img.getpixel((32, 32)) == fakes.COLOURS["red"]
     assert load_image(fakes.draw("red circle").convert("LA")).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_pipe_urls_stream_through_a_command(tmp_path):
+    paths = fakes.write_shards(tmp_path, n_shards=1, per_shard=6)
+    urls = expand_urls(f"pipe:cat {paths[0]}")
+    batch = next(iter(_stream(urls, caption_mode="name")))
+    assert len(batch["captions"]) == 5

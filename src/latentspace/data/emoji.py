@@ -142,6 +142,7 @@ def _npm_pack(spec: str, dest: Path) -> Path:
             f"npm was not found on PATH, so {spec} cannot be fetched. Install Node.js/npm, or "
             "download the tarball elsewhere and pass it via build_emoji_corpus(tarballs=...)."
         )
+    dest = dest.resolve()  # npm runs with cwd=dest: a relative path would be resolved twice
     cmd = [npm, "pack", spec, "--json", "--pack-destination", str(dest)]
     try:
         subprocess.run(

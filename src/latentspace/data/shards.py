@@ -27,7 +27,7 @@ from latentspace.data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_i
 
 
 def expand_urls(spec: str | list[str]) -> list[str]:
-    """Brace patterns (`shard-{000000..000009}.tar`), `::`-separated lists, fsspec or pipe: URLs.
+    """Brace patterns (`shard-{000000..000009}.tar`), `::`-separated lists, pipe: commands, http(s).
     Local paths are checked up front so a typo fails before training starts."""
     specs = spec if isinstance(spec, list) else [spec]
     urls = [u for s in specs for u in wds.shardlists.expand_urls(s)]
