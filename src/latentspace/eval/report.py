@@ -14,10 +14,10 @@ from latentspace.eval.runner import SuiteResult, TaskResult
 
 def print_table(result: SuiteResult, console: Console | None = None) -> None:
     """One row per task: main metric as %, chance beside it (small tasks have high chance)."""
-    table = Table(title=f"{result.suite} — {result.model} ({result.space})")
+    table = Table(title=f"{result.suite} — {result.model} ({result.space}), values in %")
     for column in ("task", "metric"):
-        table.add_column(column)
-    for column in ("value %", "chance %", "n", "skipped", "seconds"):
+        table.add_column(column, no_wrap=True)  # names must stay readable on an 80-column terminal
+    for column in ("value", "chance", "n", "skipped", "s"):
         table.add_column(column, justify="right")
     for task in result.tasks:
         table.add_row(
@@ -53,7 +53,10 @@ def read_json(path: Path) -> SuiteResult:
 
 
 def _percent(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
+    """One decimal, or two below 1% so that tiny chance levels do not read as 0.1 or 0.0."""
+    if value is None:
+        return ""
+    return f"{100 * value:.2f}" if value < 0.01 else f"{100 * value:.1f}"
 
 
 def _skipped(task: TaskResult) -> str:
