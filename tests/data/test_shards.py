@@ -68,6 +68,7 @@ def _flat(batches):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resuming_from_positions_replays_the_same_stream(tmp_path, workers):
     paths = fakes.write_shards(tmp_path, n_shards=3, per_shard=11, corrupt=1)
+    paths[2].write_bytes(paths[2].read_bytes()[:9000])  # a truncated shard: its errors must not be counted twice
     make = lambda **kw: DataLoader(_stream(paths, num_workers=workers, **kw), batch_size=None, num_workers=workers)
     full = list(itertools.islice(make(), 14))  # crosses several epochs
     positions, next_role = {}, 0
@@ -77,6 +78,7 @@ def test_resuming_from_positions_replays_the_same_stream(tmp_path, workers):
     resumed = list(itertools.islice(make(positions=positions, first_role=next_role), 9))
     assert _flat(resumed) == _flat(full[5:])
     assert all(torch.equal(a["images"], b["images"]) for a, b in zip(resumed, full[5:]))
+    assert [b["position"] for b in resumed] == [b["position"] for b in full[5:]]  # counts too
 
 
 def test_decode_errors_are_clear():
@@ -103,3 +105,13 @@ def test_pipe_urls_stream_through_a_command(tmp_path):
     urls = expand_urls(f"pipe:cat {paths[0]}")
     batch = next(iter(_stream(urls, caption_mode="name")))
     assert len(batch["captions"]) == 5
+
+
+def test_resume_at_any_batch_keeps_error_counts_exact(tmp_path):
+    paths = fakes.write_shards(tmp_path, n_shards=2, per_shard=9, corrupt=2)
+    paths[0].write_bytes(paths[0].read_bytes()[:9000])  # truncated: raises mid-epoch when read
+    full = list(itertools.islice(iter(_stream(paths, shuffle_buffer=1)), 12))
+    assert full[-1]["position"]["shard_errors"] >= 2  # at least one per epoch, several epochs
+    for k in range(1, 9):
+        resumed = iter(_stream(paths, shuffle_buffer=1, positions={0: StreamPosition(**full[k - 1]["position"])}))
+        assert [next(resumed)["position"] for _ in range(3)] == [b["position"] for b in full[k : k + 3]], k

@@ -162,8 +162,9 @@ class ImageTextStream(IterableDataset):
             stream, errors = self._epoch_stream(role, n_roles, pos.epoch)
             counted_errors = 0
             for index, sample in enumerate(stream):
-                if index < resume_at:
-                    continue  # already seen by the run we resume (its errors are in pos already)
+                if index < resume_at:  # already seen by the run we resume, errors included
+                    counted_errors = errors.count
+                    continue
                 pos.shard_errors += errors.count - counted_errors
                 counted_errors = errors.count
                 pos.consumed = index + 1
