@@ -33,6 +33,8 @@ class TextTowerConfig(_Strict):
         None, description="task_type -> prefix; None = the model's own prompts (config_sentence_transformers.json)"
     )
     caption_task: str = Field("search_query", description="task_type used to embed training captions")
+    trust_remote_code: bool = Field(
+        False, description="run Python code shipped in the model directory (needed by e.g. nomic-embed-text)")
     batch_size: int = Field(256, ge=1, description="texts per forward when filling the caption cache")
 
 

@@ -115,7 +115,7 @@ class TextTower(nn.Module):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.root), local_files_only=True)
             self.transformer = AutoModel.from_pretrained(
-                str(self.root), local_files_only=True, trust_remote_code=True
+                str(self.root), local_files_only=True, trust_remote_code=cfg.trust_remote_code
             )
         except (OSError, ValueError) as e:
             raise RuntimeError(f"could not load the text model from {self.root}: {e}") from e
