@@ -73,3 +73,15 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, shards, workers):
     assert ref.keys() == got.keys()
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], atol=0, rtol=0, msg=k)
+
+
+def test_resume_into_a_changed_text_model_is_refused(tmp_path, shards):
+    from latentspace.space import SpaceMismatchError
+
+    cfg = tiny_config(tmp_path, shards, steps=2)
+    train(cfg)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    state["space"]["fingerprint"] = "0" * 16  # as if the text model's files had changed since
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(SpaceMismatchError, match="checkpoint"):
+        train(cfg)

@@ -27,6 +27,7 @@ from latentspace.data.transforms import BatchAugment, Preprocess, load_transform
 from latentspace.models.model_dir import save_model_dir
 from latentspace.models.text_tower import TextTower
 from latentspace.models.vision_tower import VisionTower
+from latentspace.space import SpaceIdentity, check_same_space
 from latentspace.train.checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from latentspace.train.loss import LogitScale, contrastive_loss
 
@@ -121,8 +122,8 @@ class Trainer:
         if diffs:
             raise RuntimeError(f"{self.checkpoint_path} was written with a different config ({'; '.join(diffs)}). "
                                "Resume with the same config, or choose a new train.output_dir.")
-        if state["data"]["workers"] != self.cfg.data.workers:
-            raise RuntimeError("resume with the same data.workers as the interrupted run")
+        # Same config but a text model directory whose contents changed: a different space.
+        check_same_space(SpaceIdentity.from_dict(state["space"]), self.text.space, what=f"checkpoint {self.checkpoint_path}")
         self.vision.load_state_dict(state["vision"])
         self.scale.load_state_dict(state["logit_scale"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -150,8 +151,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
-            "data": {"positions": {r: asdict(p) for r, p in self.positions.items()},
-                     "next_role": self.next_role, "workers": self.cfg.data.workers},
+            "data": {"positions": {r: asdict(p) for r, p in self.positions.items()}, "next_role": self.next_role},
             "config": self._config_dict(),
             "space": self.text.space.to_dict(),
         })
