@@ -103,3 +103,21 @@ def tiny_config(out: Path, shards: str, *overrides: str, steps: int = 6, workers
         f"train.output_dir={out / 'run'}", f"train.text_cache_dir={out / 'cache'}", f"train.steps={steps}",
         "train.batch_size=8", "train.checkpoint_every=2", "train.log_every=1", "optim.warmup_steps=1", *overrides,
     ], base=base)
+
+
+def minilm_with_prompts(tmp_path: Path, prompts: dict[str, str]) -> Path:
+    """The packaged MiniLM, but declaring task prefixes (weights linked, not copied)."""
+    import os
+
+    from latentspace.models.text_tower import resolve_text_model_path
+
+    src = resolve_text_model_path("builtin:all-MiniLM-L6-v2")
+    dst = tmp_path / "minilm-prefixed"
+    for p in src.rglob("*"):
+        if p.is_file():
+            target = dst / p.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(p, target)
+    (dst / "config_sentence_transformers.json").unlink()
+    (dst / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
+    return dst

@@ -105,6 +105,32 @@ def evaluate(
     console.print(f"results written to {path}")
 
 
+@app.command("check-compat")
+def check_compat(
+    model: Path = typer.Argument(..., help="latentspace vision model directory"),
+    text: str = typer.Option(..., help="the original text model: a directory or builtin:all-MiniLM-L6-v2"),
+) -> None:
+    """Check that a vision model and a text model share a latent space, bit for bit. Exit 1 if not."""
+    from latentspace.compat import PROBE_TEXTS, check_compat as run_check
+
+    try:
+        report = run_check(model, text)
+    except (OSError, RuntimeError, ValueError) as e:
+        _fail(e)
+    out = Console()
+    out.print(f"space recorded in {model}: {report.recorded}")
+    out.print(f"space of text model {text}: {report.given}")
+    if not report.same_space:
+        out.print("[bold red]different latent spaces[/]: embeddings of the two are not comparable")
+        raise typer.Exit(1)
+    verdict = "[green]bit-identical[/]" if report.bit_identical else f"[red]differ (max |diff| {report.max_abs_diff:.3g})[/]"
+    out.print(f"text embeddings via the model directory vs the text model alone, {len(PROBE_TEXTS)} probe texts "
+              f"x task types {', '.join(report.task_types)}: {verdict}")
+    if not report.ok:
+        raise typer.Exit(1)
+    out.print("[bold green]compatible[/]")
+
+
 @app.command()
 def quickstart(
     artifacts: Path = typer.Option(Path("artifacts"), help="folder for corpus, caches, runs and the model"),

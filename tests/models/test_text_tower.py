@@ -1,11 +1,10 @@
-import json
-import os
-
 import pytest
 import torch
 
 from latentspace.config import TextTowerConfig
-from latentspace.models.text_tower import TextTower, resolve_text_model_path
+from latentspace.models.text_tower import TextTower
+
+import fakes
 
 TEXTS = ["grinning face", "a slice of pizza on a plate", ""]
 
@@ -34,23 +33,9 @@ def test_unknown_task_type_is_refused(text_tower):
         text_tower.encode(["x"], "search_everything")
 
 
-def _copy_with_prompts(tmp_path, prompts):
-    """The packaged MiniLM, but declaring task prefixes (weights linked, not copied)."""
-    src = resolve_text_model_path("builtin:all-MiniLM-L6-v2")
-    dst = tmp_path / "minilm-prefixed"
-    for p in src.rglob("*"):
-        if p.is_file():
-            target = dst / p.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(p, target)
-    (dst / "config_sentence_transformers.json").unlink()
-    (dst / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
-    return dst
-
-
 def test_prefixes_from_model_files_and_identity(tmp_path, text_tower):
     prompts = {"search_query": "search_query: ", "search_document": "search_document: "}
-    tower = TextTower(TextTowerConfig(path=str(_copy_with_prompts(tmp_path, prompts))))
+    tower = TextTower(TextTowerConfig(path=str(fakes.minilm_with_prompts(tmp_path, prompts))))
     got = tower.encode(["pizza"], "search_query")
     want = text_tower.encode(["search_query: pizza"], "search_query")
     torch.testing.assert_close(got, want)
