@@ -13,6 +13,10 @@ def test_state_dict_hash_depends_on_values_not_order():
     assert hash_state_dict(a) != hash_state_dict(b)
 
 
+def test_scalar_tensors_hash_too():  # e.g. CLIP's logit_scale
+    assert hash_state_dict({"s": torch.tensor(2.0)}) != hash_state_dict({"s": torch.tensor(3.0)})
+
+
 def test_fingerprint_is_stable_and_sensitive():
     assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint({"b": [1, 2], "a": 1})
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
