@@ -33,9 +33,10 @@ def test_corpus_train_eval_embed(tmp_path):
     assert losses[-1] < losses[0]
 
     suite = tmp_path / "emoji" / corpus["eval_suite"]
-    result = runner.invoke(app, ["eval", str(model), "--suite", str(suite), "--out", str(tmp_path / "eval.json")])
+    result = runner.invoke(app, ["eval", str(model), "--suite", str(suite), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "eval.json").read_text())
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert (tmp_path / "eval" / "report.md").is_file() and (tmp_path / "eval" / "chart.png").stat().st_size > 1000
     names = {t["name"] for t in report["tasks"]}
     assert {"emoji_noto_all", "emoji_noto_heldout", "emoji_noto_retrieval"} <= names
     assert all(0.0 <= t["metrics"][t["main_metric"]] <= 1.0 for t in report["tasks"])
@@ -54,4 +55,4 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     result = runner.invoke(app, ["train", str(bad)])
     assert result.exit_code == 2 and "train.stesp: unknown field" in result.output
     result = runner.invoke(app, ["eval", str(tmp_path / "no-model")])
-    assert result.exit_code == 2 and "model directory not found" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output and "hf-clip:DIR" in result.output

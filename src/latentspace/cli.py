@@ -82,27 +82,42 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    model: Path = typer.Argument(..., help="latentspace model directory"),
-    suite: Path = typer.Option(Path("artifacts/emoji/eval/suite.yaml"), help="suite YAML (tasks sit beside it)"),
-    out: Optional[Path] = typer.Option(None, help="JSON results file (default: MODEL/eval.json)"),
-    text: Optional[str] = typer.Option(None, help="load the text tower from here instead (must be the same space)"),
+    models: List[str] = typer.Argument(..., help="model directories or baselines: hf-clip:DIR, open_clip:ARCH:CHECKPOINT"),
+    suite: str = typer.Option("artifacts/emoji/eval/suite.yaml", help="suite YAML, or a built-in suite: datacomp"),
+    data_dir: Optional[Path] = typer.Option(None, help="folder holding the suite's task folders (default: beside the YAML)"),
+    out: Optional[Path] = typer.Option(None, help="folder for JSON per model, report.md and chart.png "
+                                                  "(default: the model directory for one model, else artifacts/eval)"),
+    text: Optional[str] = typer.Option(None, help="load our models' text tower from here (must be the same space)"),
     only: Optional[List[str]] = typer.Option(None, help="run only these tasks"),
     batch_size: int = typer.Option(256, min=1),
 ) -> None:
-    """Zero-shot classification and retrieval on a task suite; prints a table, writes JSON."""
-    from latentspace.eval.report import print_table, write_json
+    """Zero-shot classification and retrieval on a task suite for one or more models, side by side."""
+    from latentspace.eval.report import print_table, write_chart, write_json, write_markdown
     from latentspace.eval.runner import evaluate_suite
+    from latentspace.eval.tasks import suite_path
+    from latentspace.models.baselines import load_embedder
+    from latentspace.models.model_dir import is_model_dir
     from latentspace.models.paired import PairedModel
 
+    results = []
     try:
-        m = PairedModel.load(model, text_path=text)
-        result = evaluate_suite(m, suite, batch_size=batch_size, only=only or None)
+        path = suite_path(suite)
+        for spec in models:
+            model = PairedModel.load(spec, text_path=text) if text and is_model_dir(spec) else load_embedder(spec)
+            results.append(evaluate_suite(model, path, batch_size=batch_size, only=only or None, data_dir=data_dir))
     except (OSError, RuntimeError, ValueError) as e:
         _fail(e)
-    print_table(result, Console())
-    path = out or model / "eval.json"
-    write_json(result, path)
-    console.print(f"results written to {path}")
+    folder = out or (Path(models[0]) if len(models) == 1 and is_model_dir(models[0]) else Path("artifacts/eval"))
+    for spec, result in zip(models, results):
+        print_table(result, Console())
+        write_json(result, folder / ("eval.json" if len(models) == 1 else f"eval-{_slug(spec)}.json"))
+    write_markdown(results, folder / "report.md")
+    write_chart(results, folder / "chart.png")
+    console.print(f"results written to {folder} (JSON, report.md, chart.png)")
+
+
+def _slug(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec.strip("/"))[-80:]
 
 
 @app.command("check-compat")

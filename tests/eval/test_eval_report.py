@@ -1,4 +1,4 @@
-"""The results table and the JSON file."""
+"""The results table, the JSON file, and the side-by-side Markdown table and chart."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 from rich.console import Console
 
-from latentspace.eval.report import print_table, read_json, write_json
+from latentspace.eval.report import print_table, read_json, write_chart, write_json, write_markdown
 from latentspace.eval.runner import SuiteResult, TaskResult
 
 
@@ -31,6 +31,7 @@ def test_table_shows_value_chance_counts_and_missing_tasks():
     text = console.export_text()
     for expected in ("emoji_noto_all", "acc1", "45.7", "1.0", "1900", "emoji_heldout", "missing", "tiny-vit"):
         assert expected in text
+    assert "incomplete (1 of 2 tasks)" in text
 
 
 def test_json_round_trips(tmp_path):
@@ -39,6 +40,48 @@ def test_json_round_trips(tmp_path):
     write_json(result, path)
     raw = json.loads(path.read_text())
     assert raw["average"] == 0.4567
+    assert raw["complete"] is False
     assert raw["tasks"][0]["metrics"]["acc5"] == 0.8
     assert raw["tasks"][0]["chance"]["acc1"] == 0.01
     assert read_json(path) == result
+
+
+def _task(name: str, value: float, chance: float = 0.1) -> TaskResult:
+    return TaskResult(name, "zeroshot_classification", "acc1", {"acc1": value}, {"acc1": chance}, 10, 0, 1.0)
+
+
+def _two_models() -> list[SuiteResult]:
+    groups = {"pair": ["cats", "dogs"]}
+    full_tasks = [_task("cats", 0.5), _task("dogs", 0.25), _task("birds", 0.75)]
+    full = SuiteResult("model-a", "s", "mini", full_tasks, [], groups)
+    partial = SuiteResult("model-b", "s", "mini", [_task("cats", 0.9), _task("birds", 0.3)], ["dogs"], groups)
+    return [full, partial]
+
+
+def test_group_averages_and_json_round_trip_with_groups(tmp_path):
+    full, partial = _two_models()
+    assert full.complete and full.group_averages() == {"pair": 0.375}
+    assert not partial.complete and partial.group_averages() == {"pair": None}
+    write_json(partial, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["group_averages"] == {"pair": None}
+    assert read_json(tmp_path / "r.json") == partial
+
+
+def test_markdown_has_a_column_per_model_and_marks_missing(tmp_path):
+    path = tmp_path / "report" / "table.md"
+    write_markdown(_two_models(), path)
+    lines = path.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| task"))
+    assert header == "| task | metric | chance | model-a | model-b |"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ")}
+    assert rows["dogs"] == "| dogs | acc1 | 10.0 | 25.0 | — |"
+    assert rows["cats"] == "| cats | acc1 | 10.0 | 50.0 | 90.0 |"
+    assert rows["**pair**"].endswith("| 37.5 | — |")
+    assert rows["**average**"].endswith("| **50.0** | 60.0 (incomplete: 2 of 3) |")
+
+
+def test_chart_is_a_png(tmp_path):
+    path = tmp_path / "chart.png"
+    write_chart(_two_models(), path)
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 1024

@@ -245,3 +245,25 @@ def test_open_clip_errors_name_the_file(open_clip_checkpoint, tmp_path):
         OpenClipModel(TINY_ARCH, corrupt)
     with pytest.raises(ValueError, match="no-such-arch"):
         OpenClipModel("no-such-arch", open_clip_checkpoint)
+
+
+def test_cli_puts_two_baselines_side_by_side(tmp_path, clip_dir):
+    """`latentspace eval A B --suite S` runs both through the same harness into one report."""
+    from typer.testing import CliRunner
+
+    from latentspace.cli import app
+
+    other = make_hf_clip(tmp_path / "other-clip", seed=1)
+    names = list(COLOURS)
+    write_task(tmp_path / "suite", "colours", [{"png": _png(c), "cls": i} for i, c in enumerate(names)],
+               classnames="\n".join(names) + "\n")
+    suite = tmp_path / "suite" / "suite.yaml"
+    suite.write_text("name: tiny\ntasks:\n- {name: colours, type: zeroshot_classification, main_metric: acc1}\n"
+                     "- {name: absent, type: zeroshot_classification, main_metric: acc1}\n")
+    result = CliRunner().invoke(app, ["eval", f"hf-clip:{clip_dir}", str(other), "--suite", str(suite),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "colours" in report and "absent" in report and "—" in report
+    assert len(list((tmp_path / "out").glob("eval-*.json"))) == 2
+    assert (tmp_path / "out" / "chart.png").stat().st_size > 1000

@@ -1,4 +1,4 @@
-"""Zero-shot classification and retrieval metrics, with CLIP_benchmark's definitions.
+"""Zero-shot classification, multilabel and retrieval metrics, with CLIP_benchmark's definitions.
 
 Every metric here is one question asked per query: how many wrong candidates score at least as
 high as the best right one? A query is a hit at k when fewer than k do. Counting ties against the
@@ -9,10 +9,11 @@ Inputs are L2-normalised rows, so a dot product is the cosine similarity.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 
-from latentspace.eval.tasks import CLASSIFICATION, RETRIEVAL
+from latentspace.eval.tasks import CLASSIFICATION, MULTILABEL, RETRIEVAL
 
 RECALL_KS = (1, 5, 10)
 _CHUNK = 1024  # query rows scored at once: bounds memory to CHUNK x candidates
@@ -82,19 +83,81 @@ def retrieval_metrics(
     return metrics
 
 
-def chance_levels(task_type: str, n_classes_or_items: int, n_texts: int | None = None) -> dict[str, float]:
+def multilabel_metrics(
+    image_emb: torch.Tensor, class_emb: torch.Tensor, targets: torch.Tensor
+) -> dict[str, float]:
+    """mAP: average precision per class (images ranked by similarity to the class), then the mean.
+
+    `targets` is an (N images, C classes) 0/1 matrix. Classes with no positive image are left
+    out of the mean (their AP is undefined), as sklearn and CLIP_benchmark do. Ties count
+    against the model, like every metric here: a positive's precision is taken after all
+    images scoring at least as high, so constant embeddings score the prevalence, not 100%.
+    """
+    targets = torch.as_tensor(targets).bool()
+    scores = image_emb @ class_emb.T
+    if not torch.isfinite(scores).all():
+        raise ValueError("non-finite similarity scores: the model produced NaN/inf embeddings")
+    per_class = [
+        average_precision(scores[:, c], targets[:, c]) for c in range(targets.shape[1]) if targets[:, c].any()
+    ]
+    if not per_class:
+        raise ValueError("multilabel task with no positive label at all")
+    return {"mAP": sum(per_class) / len(per_class)}
+
+
+def average_precision(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Mean over positives of precision among all items scoring >= that positive (ties pessimistic)."""
+    at_or_above = scores[None, :] >= scores[positive][:, None]  # (P, N)
+    n_above = at_or_above.sum(dim=1).float()
+    positives_above = (at_or_above & positive[None, :]).sum(dim=1).float()
+    return (positives_above / n_above).mean().item()
+
+
+def chance_levels(
+    task_type: str,
+    n_classes_or_items: int,
+    n_texts: int | None = None,
+    *,
+    positives_per_class: Sequence[int] | None = None,
+) -> dict[str, float]:
     """The expected value of each metric for a model that ranks candidates at random.
 
     Printed beside each score: on small tasks chance is far from zero (5 classes: acc5 = 100%).
     For retrieval, `n_classes_or_items` is the number of images and `n_texts` the number of
     captions (default: one per image); the text-retrieval values are exact when every image has
-    the same number of captions, and use the mean caption count otherwise.
+    the same number of captions, and use the mean caption count otherwise. For multilabel,
+    `n_classes_or_items` is the number of images and `positives_per_class` the count of images
+    carrying each class.
     """
     if task_type == CLASSIFICATION:
         return _classification_chance(n_classes_or_items)
     if task_type == RETRIEVAL:
         return _retrieval_chance(n_classes_or_items, n_texts or n_classes_or_items)
+    if task_type == MULTILABEL:
+        if positives_per_class is None:
+            raise ValueError("multilabel chance needs positives_per_class")
+        return _multilabel_chance(n_classes_or_items, positives_per_class)
     raise ValueError(f"unknown task type {task_type!r}")
+
+
+def _multilabel_chance(n_images: int, positives_per_class: Sequence[int]) -> dict[str, float]:
+    """Expected mAP of a random ranking: about the mean class prevalence (a bit above it when small).
+
+    For P positives among N items in random order, E[AP] = (H_N + (P-1)/(N-1) * (N - H_N)) / N,
+    H_N the N-th harmonic number (each position r holds a positive with probability P/N, and then
+    has on average (r-1)(P-1)/(N-1) other positives above it).
+    """
+    present = [p for p in positives_per_class if p > 0]
+    if not present:
+        raise ValueError("multilabel task with no positive label at all")
+    return {"mAP": sum(_expected_ap(n_images, p) for p in present) / len(present)}
+
+
+def _expected_ap(n: int, p: int) -> float:
+    if n == 1:
+        return 1.0
+    harmonic = sum(1 / r for r in range(1, n + 1))
+    return (harmonic + (p - 1) / (n - 1) * (n - harmonic)) / n
 
 
 def _classification_chance(n_classes: int) -> dict[str, float]:

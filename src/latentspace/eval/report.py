@@ -1,4 +1,9 @@
-"""Show and save suite results: a table for people, JSON for comparing models later."""
+"""Show and save suite results: a table for people, JSON for comparing models later, and a
+Markdown table and bar chart that put several models side by side.
+
+A suite run with missing tasks is always labelled incomplete: its average covers fewer tasks than
+the published suite score, and reading it as that score would overstate or understate a model.
+"""
 
 from __future__ import annotations
 
@@ -33,23 +38,164 @@ def print_table(result: SuiteResult, console: Console | None = None) -> None:
         table.add_row(name, "", "[yellow]missing[/yellow]", "", "", "", "")
     if result.tasks:
         table.add_section()
-        average = _percent(result.average)
-        table.add_row(f"average of {len(result.tasks)}", "main metrics", average, "", "", "", "")
+        for group, value in result.group_averages().items():
+            table.add_row(f"group {group}", "main metrics", _percent(value) or "—", "", "", "", "")
+        table.add_row(_average_label(result), "main metrics", _percent(result.average), "", "", "", "")
     (console or Console()).print(table)
 
 
+def _average_label(result: SuiteResult) -> str:
+    if result.complete:
+        return f"average of {len(result.tasks)}"
+    return f"average, incomplete ({len(result.tasks)} of {result.n_expected} tasks)"
+
+
 def write_json(result: SuiteResult, path: Path) -> None:
-    """Every metric, chance level and count per task, plus the suite average."""
+    """Every metric, chance level and count per task, plus the suite and group averages."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**asdict(result), "average": result.average}, indent=2) + "\n")
+    summary = {
+        "average": result.average,
+        "complete": result.complete,
+        "group_averages": result.group_averages(),
+    }
+    path.write_text(json.dumps({**asdict(result), **summary}, indent=2) + "\n")
 
 
 def read_json(path: Path) -> SuiteResult:
     """The inverse of write_json, so saved runs of several models can be tabled together."""
     raw = json.loads(Path(path).read_text())
     tasks = [TaskResult(**task) for task in raw["tasks"]]
-    return SuiteResult(raw["model"], raw["space"], raw["suite"], tasks=tasks, missing=raw["missing"])
+    return SuiteResult(
+        raw["model"],
+        raw["space"],
+        raw["suite"],
+        tasks=tasks,
+        missing=raw["missing"],
+        groups=raw.get("groups", {}),
+        n_suite_tasks=raw.get("n_suite_tasks", 0),
+    )
+
+
+MISSING = "—"
+
+
+def write_markdown(results: list[SuiteResult], path: Path) -> None:
+    """One column per model, one row per task (main metric, %), then group averages and the average.
+
+    A task a model did not run shows "—", and so does any group it belongs to; the average row
+    says "incomplete (n of N)" for such a model rather than passing a partial mean off as the
+    suite score.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(_markdown_lines(results)) + "\n")
+
+
+def _markdown_lines(results: list[SuiteResult]) -> list[str]:
+    suites = sorted({r.suite for r in results})
+    lines = [f"Suite: {', '.join(suites)}. Main metric per task, in %; {MISSING} = not run.", ""]
+    header = ["task", "metric", "chance", *(_column_name(r) for r in results)]
+    lines += [_md_row(header), _md_row(["---", "---", "---:", *("---:" for _ in results)])]
+    for name in _task_order(results):
+        found = [_task(r, name) for r in results]
+        reference = next((t for t in found if t is not None), None)
+        metric = reference.main_metric if reference else ""
+        chance = _percent(reference.chance[reference.main_metric]) if reference else MISSING
+        values = [_percent(t.main_value) if t else MISSING for t in found]
+        lines.append(_md_row([name, metric, chance, *values]))
+    for group in _group_order(results):
+        values = [r.group_averages().get(group) for r in results]
+        lines.append(_md_row([f"**{group}**", "group mean", "", *(_percent(v) or MISSING for v in values)]))
+    lines.append(_md_row(["**average**", "all tasks", "", *(_average_cell(r) for r in results)]))
+    return lines
+
+
+def _average_cell(result: SuiteResult) -> str:
+    if result.average is None:
+        return MISSING
+    if result.complete:
+        return f"**{_percent(result.average)}**"
+    return f"{_percent(result.average)} (incomplete: {len(result.tasks)} of {result.n_expected})"
+
+
+def _column_name(result: SuiteResult) -> str:
+    return result.model.replace("|", "/")
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _task_order(results: list[SuiteResult]) -> list[str]:
+    """Every task any model ran or missed; the model that ran the most tasks sets the order, since a
+    result lists its tasks in suite order and its missing tasks after them."""
+    names: dict[str, None] = {}
+    for result in sorted(results, key=lambda r: len(r.tasks), reverse=True):
+        for name in [t.name for t in result.tasks] + result.missing:
+            names.setdefault(name)
+    return list(names)
+
+
+def _group_order(results: list[SuiteResult]) -> list[str]:
+    groups: dict[str, None] = {}
+    for result in results:
+        for group in result.groups:
+            groups.setdefault(group)
+    return list(groups)
+
+
+def _task(result: SuiteResult, name: str) -> TaskResult | None:
+    return next((t for t in result.tasks if t.name == name), None)
+
+
+def write_chart(results: list[SuiteResult], path_png: Path) -> None:
+    """A grouped horizontal bar chart: per task, one bar per model (main metric, %), chance as a
+    black tick, so a score near chance is visible at a glance. Missing bars are labelled."""
+    # A bare Figure renders with Agg and never touches pyplot's global backend or a display.
+    from matplotlib.figure import Figure
+
+    tasks = _task_order(results)
+    height = 1.6 + 0.22 * len(tasks) * max(1.5, len(results) * 0.8)
+    figure = Figure(figsize=(9, height), layout="constrained")
+    axes = figure.subplots()
+    for i, result in enumerate(results):
+        _draw_model_bars(axes, result, tasks, i, len(results))
+    _draw_chance(axes, results, tasks)
+    axes.set_yticks(range(len(tasks)), labels=tasks, fontsize=8)
+    axes.set_ylim(len(tasks) - 0.5, -0.5)  # first task at the top, as in the tables; no empty margin
+    axes.set_xlim(0, 100)
+    axes.set_xlabel("main metric (%)")
+    axes.grid(axis="x", alpha=0.3)
+    # Outside the axes: inside, it would hide the bars of whichever tasks sit under it.
+    figure.legend(loc="outside lower center", ncols=min(4, len(results) + 1), fontsize=8, frameon=False)
+    axes.set_title(", ".join(sorted({r.suite for r in results})))
+    Path(path_png).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path_png, dpi=120)
+
+
+def _draw_model_bars(axes, result: SuiteResult, tasks: list[str], index: int, n_models: int) -> None:
+    """This model's bars, shifted within each task's row; a missing task gets a grey label."""
+    bar_height = 0.8 / n_models
+    offset = (index - (n_models - 1) / 2) * bar_height
+    values = [_task(result, name) for name in tasks]
+    rows = [row for row, task in enumerate(values) if task is not None]
+    widths = [100 * values[row].main_value for row in rows]
+    axes.barh([row + offset for row in rows], widths, height=bar_height, label=result.model)
+    for row, task in enumerate(values):
+        if task is None:
+            axes.text(1, row + offset, "missing", va="center", fontsize=6, color="grey")
+
+
+def _draw_chance(axes, results: list[SuiteResult], tasks: list[str]) -> None:
+    """One chance tick per task (chance depends on the task, not the model)."""
+    rows, levels = [], []
+    for row, name in enumerate(tasks):
+        task = next((t for r in results if (t := _task(r, name)) is not None), None)
+        if task is not None:
+            rows.append(row)
+            levels.append(100 * task.chance[task.main_metric])
+    axes.scatter(levels, rows, marker="|", s=200, color="black", zorder=3, label="chance")
 
 
 def _percent(value: float | None) -> str:

@@ -18,12 +18,15 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from latentspace.eval.metrics import chance_levels, retrieval_metrics, zeroshot_metrics
+from latentspace.eval.metrics import chance_levels, multilabel_metrics, retrieval_metrics, zeroshot_metrics
 from latentspace.eval.tasks import (
     CLASSIFICATION,
+    MULTILABEL,
+    RETRIEVAL,
     SampleStats,
     TaskSpec,
     iter_task_samples,
+    load_groups,
     load_suite,
     read_classnames,
     read_templates,
@@ -62,13 +65,39 @@ class SuiteResult:
     suite: str
     tasks: list[TaskResult]
     missing: list[str]  # suite tasks whose directory was absent
+    groups: dict[str, list[str]] = field(default_factory=dict)  # sub-average name -> task names
+    # Tasks in the whole suite, so a run restricted with `only` is not mistaken for a full one;
+    # 0 = unknown (results saved before this field existed): tasks + missing is used instead.
+    n_suite_tasks: int = 0
 
     @property
     def average(self) -> float | None:
-        """Plain mean of the main metrics over the tasks that ran (DataComp's suite score)."""
+        """Plain mean of the main metrics over the tasks that ran (DataComp's suite score).
+
+        Only comparable with a published suite score when `complete`; reports say so.
+        """
         if not self.tasks:
             return None
         return sum(task.main_value for task in self.tasks) / len(self.tasks)
+
+    @property
+    def complete(self) -> bool:
+        """True when every task of the suite ran, so `average` is the suite score."""
+        return not self.missing and len(self.tasks) >= self.n_expected
+
+    @property
+    def n_expected(self) -> int:
+        """How many tasks the suite score averages over."""
+        return max(self.n_suite_tasks, len(self.tasks) + len(self.missing))
+
+    def group_averages(self) -> dict[str, float | None]:
+        """Mean main metric per group; None when any member did not run (a partial mean misleads)."""
+        values = {task.name: task.main_value for task in self.tasks}
+        averages: dict[str, float | None] = {}
+        for group, members in self.groups.items():
+            ran = all(member in values for member in members)
+            averages[group] = sum(values[m] for m in members) / len(members) if ran else None
+        return averages
 
 
 def class_embeddings(
@@ -104,7 +133,8 @@ def evaluate_task(
     _check_declared_type(task_dir, spec)
     start = time.perf_counter()
     stats = SampleStats()
-    run = _run_classification if spec.type == CLASSIFICATION else _run_retrieval
+    runners = {CLASSIFICATION: _run_classification, RETRIEVAL: _run_retrieval, MULTILABEL: _run_multilabel}
+    run = runners[spec.type]
     metrics, chance = run(model, task_dir, spec, stats, batch_size, progress)
     if stats.n_skipped:
         log.warning("%s: skipped %d samples: %s", spec.name, stats.n_skipped, dict(stats.skipped))
@@ -123,20 +153,26 @@ def evaluate_task(
 
 def evaluate_suite(
     model: ImageTextEmbedder,
-    suite_path: Path,
+    suite_path: str | Path,
     *,
     batch_size: int = 256,
     progress: bool = True,
     only: list[str] | None = None,
+    data_dir: str | Path | None = None,
 ) -> SuiteResult:
     """Evaluate every task of a suite (or those named in `only`).
 
-    A task whose directory is absent is listed in `missing` rather than failing the whole run:
-    a partly downloaded DataComp suite still gives numbers for what is there. A task that is
+    `suite_path` may be a built-in suite name ("datacomp"); `data_dir`, when given, holds the
+    task directories instead of the suite file's folder. A task whose directory is absent is
+    listed in `missing` rather than failing the whole run: a partly downloaded DataComp suite
+    still gives numbers for what is there, and the result says it is incomplete. A task that is
     present but broken (a missing shard) still raises.
     """
-    suite_name, specs, task_root = load_suite(Path(suite_path))
-    result = SuiteResult(model.name, model.space, suite_name, tasks=[], missing=[])
+    suite_name, specs, task_root = load_suite(suite_path, data_dir=data_dir)
+    groups = load_groups(suite_path)
+    result = SuiteResult(
+        model.name, model.space, suite_name, tasks=[], missing=[], groups=groups, n_suite_tasks=len(specs)
+    )
     for spec in _select(specs, only):
         task_dir = task_root / spec.name
         if not task_dir.is_dir():
@@ -171,6 +207,19 @@ def _run_classification(model, task_dir, spec, stats, batch_size, progress):
     image_emb, labels = _embed_image_stream(model, samples, batch_size, progress, spec.name)
     metrics = zeroshot_metrics(image_emb, class_emb, torch.tensor(labels))
     return metrics, chance_levels(spec.type, len(classnames))
+
+
+def _run_multilabel(model, task_dir, spec, stats, batch_size, progress):
+    classnames = read_classnames(task_dir)
+    class_emb = class_embeddings(model, classnames, read_templates(task_dir), batch_size=batch_size)
+    samples = iter_task_samples(task_dir, spec.type, stats)
+    image_emb, label_sets = _embed_image_stream(model, samples, batch_size, progress, spec.name)
+    targets = torch.zeros(len(label_sets), len(classnames), dtype=torch.bool)
+    for row, labels in enumerate(label_sets):
+        targets[row, labels] = True
+    metrics = multilabel_metrics(image_emb, class_emb, targets)
+    positives = targets.sum(dim=0).tolist()
+    return metrics, chance_levels(spec.type, len(label_sets), positives_per_class=positives)
 
 
 def _run_retrieval(model, task_dir, spec, stats, batch_size, progress):

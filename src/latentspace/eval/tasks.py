@@ -4,19 +4,29 @@ A task is a directory::
 
     <task>/classnames.txt                          one class name per line (classification)
     <task>/zeroshot_classification_templates.txt   one prompt template per line, placeholder {c}
-    <task>/dataset_type.txt                        optional: "classification" (default) or "retrieval"
+    <task>/dataset_type.txt                        optional: "classification" (default),
+                                                   "retrieval" or "multilabel"
     <task>/test/nshards.txt                        number of shards N
     <task>/test/0.tar ... <task>/test/{N-1}.tar    webdataset shards
 
+or, for classification, an ImageFolder: ``<task>/test/<class_dir>/*.{png,jpg,jpeg,webp}`` with
+no nshards.txt, where line i of classnames.txt names the i-th class folder in sorted order (so a
+folder of photos sorted by hand becomes a task without packing shards).
+
+A multilabel sample's ``cls`` holds comma-separated class indices ("0,3"); it is scored by mean
+average precision over classes.
+
 Using the published format (rather than one of our own) means the same harness runs our emoji
 tasks and the 38 DataComp tasks unchanged. A suite is a YAML file naming tasks that sit in
-directories beside it.
+directories beside it
+(or under a `data_dir` given at load time). Built-in suites (`BUILTIN_SUITES`) are loaded by name.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from importlib import resources
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +40,9 @@ log = logging.getLogger(__name__)
 
 CLASSIFICATION = "zeroshot_classification"
 RETRIEVAL = "retrieval"
+MULTILABEL = "zeroshot_multilabel"
 # The metric a task is ranked by when the suite does not name one (DataComp's choices).
-DEFAULT_MAIN_METRIC = {CLASSIFICATION: "acc1", RETRIEVAL: "mean_recall@1"}
+DEFAULT_MAIN_METRIC = {CLASSIFICATION: "acc1", RETRIEVAL: "mean_recall@1", MULTILABEL: "mAP"}
 # Every metric a task type produces; a suite may only name one of these as its main metric.
 METRIC_NAMES = {
     CLASSIFICATION: ("acc1", "acc5", "mean_per_class_recall"),
@@ -39,10 +50,13 @@ METRIC_NAMES = {
         f"{direction}_retrieval_recall@{k}" for direction in ("image", "text") for k in (1, 5, 10)
     )
     + ("mean_recall@1",),
+    MULTILABEL: ("mAP",),
 }
 # dataset_type.txt uses CLIP_benchmark's words; suites use DataComp's task types.
-_DATASET_TYPES = {"classification": CLASSIFICATION, "retrieval": RETRIEVAL}
+_DATASET_TYPES = {"classification": CLASSIFICATION, "retrieval": RETRIEVAL, "multilabel": MULTILABEL}
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+# Suites shipped inside the package, loadable by name: load_suite("datacomp").
+BUILTIN_SUITES = ("datacomp",)
 
 
 @dataclass
@@ -50,7 +64,7 @@ class TaskSpec:
     """One suite entry: which task, how it is scored."""
 
     name: str
-    type: str  # CLASSIFICATION or RETRIEVAL
+    type: str  # CLASSIFICATION, RETRIEVAL or MULTILABEL
     main_metric: str
     description: str = ""
 
@@ -71,18 +85,62 @@ class SampleStats:
         log.debug("skipping sample %s: %s", key, reason)
 
 
-def load_suite(path: Path) -> tuple[str, list[TaskSpec], Path]:
-    """Read a suite YAML; returns (suite name, tasks, directory holding the task directories)."""
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list):
-        raise ValueError(f"{path}: a suite needs a 'tasks' list")
+def suite_path(suite: str | Path) -> Path:
+    """A suite file's path; a built-in name ("datacomp") resolves to the YAML shipped in the package."""
+    if isinstance(suite, str) and suite in BUILTIN_SUITES:
+        return Path(str(resources.files("latentspace.eval") / "suites" / f"{suite}.yaml"))
+    return Path(suite)
+
+
+def load_suite(
+    path: str | Path, data_dir: str | Path | None = None
+) -> tuple[str, list[TaskSpec], Path]:
+    """Read a suite YAML; returns (suite name, tasks, directory holding the task directories).
+
+    Task directories sit beside the YAML unless `data_dir` is given; then each task resolves to
+    `<data_dir>/<task name>` (needed for built-in suites, whose YAML lives inside the package).
+    """
+    path = suite_path(path)
+    raw = _read_suite(path)
     specs = [_parse_task(entry, path) for entry in raw["tasks"]]
     names = [spec.name for spec in specs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"{path}: duplicate task names {duplicates}")
-    return str(raw.get("name", path.stem)), specs, path.parent
+    _parse_groups(raw, set(names), path)  # validated here so a bad group fails before evaluation
+    root = Path(data_dir) if data_dir is not None else path.parent
+    return str(raw.get("name", path.stem)), specs, root
+
+
+def load_groups(path: str | Path) -> dict[str, list[str]]:
+    """The suite's named sub-averages (group -> task names); empty when it declares none."""
+    path = suite_path(path)
+    raw = _read_suite(path)
+    names = {str(entry.get("name")) for entry in raw["tasks"] if isinstance(entry, dict)}
+    return _parse_groups(raw, names, path)
+
+
+def _read_suite(path: Path) -> dict:
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), list):
+        raise ValueError(f"{path}: a suite needs a 'tasks' list")
+    return raw
+
+
+def _parse_groups(raw: dict, task_names: set[str], path: Path) -> dict[str, list[str]]:
+    """Check every group is a non-empty list of the suite's own task names."""
+    groups = raw.get("groups") or {}
+    if not isinstance(groups, dict):
+        raise ValueError(f"{path}: 'groups' must map a group name to a list of task names")
+    parsed = {}
+    for group, members in groups.items():
+        if not isinstance(members, list) or not members:
+            raise ValueError(f"{path}: group {group!r} needs a non-empty list of task names")
+        unknown = sorted(set(map(str, members)) - task_names)
+        if unknown:
+            raise ValueError(f"{path}: group {group!r} names tasks not in the suite: {unknown}")
+        parsed[str(group)] = [str(member) for member in members]
+    return parsed
 
 
 def _parse_task(entry: object, suite_path: Path) -> TaskSpec:
@@ -131,6 +189,16 @@ def read_templates(task_dir: Path) -> list[str]:
     return templates
 
 
+def is_image_folder(task_dir: Path) -> bool:
+    """An ImageFolder task: test/ holds class folders and no shard count."""
+    test_dir = _existing_dir(task_dir) / "test"
+    return (
+        test_dir.is_dir()
+        and not (test_dir / "nshards.txt").exists()
+        and any(child.is_dir() for child in test_dir.iterdir())
+    )
+
+
 def shard_paths(task_dir: Path) -> list[Path]:
     """All test shards, checked to exist up front so a broken task fails before any work."""
     test_dir = _existing_dir(task_dir) / "test"
@@ -146,17 +214,25 @@ def shard_paths(task_dir: Path) -> list[Path]:
 
 def iter_task_samples(
     task_dir: Path, task_type: str | None = None, stats: SampleStats | None = None
-) -> Iterator[tuple[Image.Image, int | list[str], str]]:
-    """Stream (image, class index or captions, key) from a task's shards, one sample at a time.
+) -> Iterator[tuple[Image.Image, int | list[int] | list[str], str]]:
+    """Stream (image, target, key) from a task, one sample at a time.
 
-    `task_type` defaults to what the directory declares. Samples with an undecodable image or a
-    missing/invalid label are skipped and counted in `stats` (pass one in to read the counts).
+    The target is a class index (classification), a list of class indices (multilabel) or a
+    list of captions (retrieval). `task_type` defaults to what the directory declares. Samples
+    with an undecodable image or a missing/invalid label are skipped and counted in `stats`
+    (pass one in to read the counts). Shards and ImageFolder layouts are both read.
     """
     task_dir = Path(task_dir)
     task_type = task_type or task_type_of(task_dir)
     stats = stats if stats is not None else SampleStats()
     parse_target = _target_parser(task_dir, task_type)
-    for sample in _raw_samples(shard_paths(task_dir)):
+    if is_image_folder(task_dir):
+        if task_type != CLASSIFICATION:
+            raise ValueError(f"{task_dir}: an ImageFolder task must be classification, not {task_type!r}")
+        samples = _image_folder_samples(task_dir)
+    else:
+        samples = _raw_samples(shard_paths(task_dir))
+    for sample in samples:
         key = sample["__key__"]
         target, reason = parse_target(sample)
         if reason is None:
@@ -176,13 +252,35 @@ def _raw_samples(shards: list[Path]) -> Iterator[dict]:
             yield from group_by_keys(files)
 
 
+def _image_folder_samples(task_dir: Path) -> Iterator[dict]:
+    """Samples shaped like webdataset's, from test/<class_dir>/<image>: cls = sorted folder index.
+
+    classnames.txt must have one line per class folder, or labels and names would silently
+    disagree.
+    """
+    class_dirs = sorted(child for child in (task_dir / "test").iterdir() if child.is_dir())
+    n_names = len(read_classnames(task_dir))
+    if n_names != len(class_dirs):
+        raise ValueError(
+            f"{task_dir}: classnames.txt has {n_names} names but test/ has {len(class_dirs)} class folders"
+        )
+    for label, class_dir in enumerate(class_dirs):
+        for image_path in sorted(class_dir.iterdir()):
+            suffix = image_path.suffix.lower().lstrip(".")
+            if suffix in IMAGE_KEYS and image_path.is_file():
+                key = f"{class_dir.name}/{image_path.stem}"
+                yield {"__key__": key, suffix: image_path.read_bytes(), "cls": str(label)}
+
+
 def _target_parser(task_dir: Path, task_type: str):
     """A function sample -> (target, None) or (None, reason to skip) for this task type."""
     if task_type == RETRIEVAL:
         return _parse_captions
-    if task_type != CLASSIFICATION:
+    if task_type not in (CLASSIFICATION, MULTILABEL):
         raise ValueError(f"unknown task type {task_type!r}")
     n_classes = len(read_classnames(task_dir))
+    if task_type == MULTILABEL:
+        return lambda sample: _parse_class_set(sample, n_classes)
     return lambda sample: _parse_class(sample, n_classes)
 
 
@@ -196,6 +294,20 @@ def _parse_class(sample: dict, n_classes: int) -> tuple[int | None, str | None]:
     if not 0 <= label < n_classes:
         return None, "cls out of range"
     return label, None
+
+
+def _parse_class_set(sample: dict, n_classes: int) -> tuple[list[int] | None, str | None]:
+    """Comma-separated class indices ("0,3"); an empty field means no class is present."""
+    if "cls" not in sample:
+        return None, "missing cls"
+    try:
+        text = _text(sample["cls"]).strip()
+        labels = sorted({int(part) for part in text.split(",") if part.strip()})
+    except (ValueError, UnicodeDecodeError):
+        return None, "invalid cls"
+    if any(not 0 <= label < n_classes for label in labels):
+        return None, "cls out of range"
+    return labels, None
 
 
 def _parse_captions(sample: dict) -> tuple[list[str] | None, str | None]:
