@@ -89,9 +89,12 @@ def evaluate(
                                                   "(default: the model directory for one model, else artifacts/eval)"),
     text: Optional[str] = typer.Option(None, help="load our models' text tower from here (must be the same space)"),
     only: Optional[List[str]] = typer.Option(None, help="run only these tasks"),
+    text_task_type: str = typer.Option("search_query", help="task type (prefix) for class prompts and captions"),
+    prompt_cache: Path = typer.Option(Path("artifacts/cache/prompts"), help="where prompt embeddings are cached"),
     batch_size: int = typer.Option(256, min=1),
 ) -> None:
     """Zero-shot classification and retrieval on a task suite for one or more models, side by side."""
+    from latentspace.eval.prompt_cache import PromptCache
     from latentspace.eval.report import print_table, write_chart, write_json, write_markdown
     from latentspace.eval.runner import evaluate_suite
     from latentspace.eval.tasks import suite_path
@@ -104,7 +107,8 @@ def evaluate(
         path = suite_path(suite)
         for spec in models:
             model = PairedModel.load(spec, text_path=text) if text and is_model_dir(spec) else load_embedder(spec)
-            results.append(evaluate_suite(model, path, batch_size=batch_size, only=only or None, data_dir=data_dir))
+            results.append(evaluate_suite(PromptCache(model, prompt_cache), path, batch_size=batch_size,
+                                          only=only or None, data_dir=data_dir, text_task_type=text_task_type))
     except (OSError, RuntimeError, ValueError) as e:
         _fail(e)
     folder = out or (Path(models[0]) if len(models) == 1 and is_model_dir(models[0]) else Path("artifacts/eval"))

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from latentspace.config import RunConfig, load_config
 from latentspace.data.emoji import build_emoji_corpus
+from latentspace.eval.prompt_cache import PromptCache
 from latentspace.eval.report import print_table, write_json
 from latentspace.eval.runner import evaluate_suite
 from latentspace.eval.tasks import iter_task_samples, read_classnames
@@ -69,7 +70,7 @@ def run_quickstart(artifacts: Path = Path("artifacts"), overrides: list[str] | N
     console.rule("[bold]3/4 zero-shot evaluation on the unseen art style")
     model = PairedModel.load(result.model_dir)
     suite = Path(corpus["out_dir"]) / corpus["eval_suite"]
-    report = evaluate_suite(model, suite)
+    report = evaluate_suite(PromptCache(model, artifacts / "cache" / "prompts"), suite)
     print_table(report, console)
     eval_json = Path(cfg.train.output_dir) / "eval.json"
     write_json(report, eval_json)

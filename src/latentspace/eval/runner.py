@@ -127,15 +127,19 @@ def evaluate_task(
     *,
     batch_size: int = 256,
     progress: bool = True,
+    text_task_type: str = TEXT_TASK_TYPE,
 ) -> TaskResult:
-    """Evaluate one task directory; raises FileNotFoundError if it or a shard is missing."""
+    """Evaluate one task directory; raises FileNotFoundError if it or a shard is missing.
+
+    `text_task_type` selects the text model's prefix for class prompts and captions (its query
+    prefix by default, e.g. `search_query: ` for nomic-embed-text)."""
     task_dir = Path(task_dir)
     _check_declared_type(task_dir, spec)
     start = time.perf_counter()
     stats = SampleStats()
     runners = {CLASSIFICATION: _run_classification, RETRIEVAL: _run_retrieval, MULTILABEL: _run_multilabel}
     run = runners[spec.type]
-    metrics, chance = run(model, task_dir, spec, stats, batch_size, progress)
+    metrics, chance = run(model, task_dir, spec, stats, batch_size, progress, text_task_type)
     if stats.n_skipped:
         log.warning("%s: skipped %d samples: %s", spec.name, stats.n_skipped, dict(stats.skipped))
     return TaskResult(
@@ -159,6 +163,7 @@ def evaluate_suite(
     progress: bool = True,
     only: list[str] | None = None,
     data_dir: str | Path | None = None,
+    text_task_type: str = TEXT_TASK_TYPE,
 ) -> SuiteResult:
     """Evaluate every task of a suite (or those named in `only`).
 
@@ -179,7 +184,8 @@ def evaluate_suite(
             log.warning("%s: no task directory at %s; listed as missing", spec.name, task_dir)
             result.missing.append(spec.name)
             continue
-        result.tasks.append(evaluate_task(model, task_dir, spec, batch_size=batch_size, progress=progress))
+        result.tasks.append(evaluate_task(model, task_dir, spec, batch_size=batch_size, progress=progress,
+                                          text_task_type=text_task_type))
     return result
 
 
@@ -199,19 +205,19 @@ def _check_declared_type(task_dir: Path, spec: TaskSpec) -> None:
         raise ValueError(f"{spec.name}: the suite says {spec.type!r} but {task_dir} holds {declared!r}")
 
 
-def _run_classification(model, task_dir, spec, stats, batch_size, progress):
+def _run_classification(model, task_dir, spec, stats, batch_size, progress, task_type):
     # Class prompts first: a text-side failure surfaces before the long image pass.
     classnames = read_classnames(task_dir)
-    class_emb = class_embeddings(model, classnames, read_templates(task_dir), batch_size=batch_size)
+    class_emb = class_embeddings(model, classnames, read_templates(task_dir), task_type=task_type, batch_size=batch_size)
     samples = iter_task_samples(task_dir, spec.type, stats)
     image_emb, labels = _embed_image_stream(model, samples, batch_size, progress, spec.name)
     metrics = zeroshot_metrics(image_emb, class_emb, torch.tensor(labels))
     return metrics, chance_levels(spec.type, len(classnames))
 
 
-def _run_multilabel(model, task_dir, spec, stats, batch_size, progress):
+def _run_multilabel(model, task_dir, spec, stats, batch_size, progress, task_type):
     classnames = read_classnames(task_dir)
-    class_emb = class_embeddings(model, classnames, read_templates(task_dir), batch_size=batch_size)
+    class_emb = class_embeddings(model, classnames, read_templates(task_dir), task_type=task_type, batch_size=batch_size)
     samples = iter_task_samples(task_dir, spec.type, stats)
     image_emb, label_sets = _embed_image_stream(model, samples, batch_size, progress, spec.name)
     targets = torch.zeros(len(label_sets), len(classnames), dtype=torch.bool)
@@ -222,12 +228,12 @@ def _run_multilabel(model, task_dir, spec, stats, batch_size, progress):
     return metrics, chance_levels(spec.type, len(label_sets), positives_per_class=positives)
 
 
-def _run_retrieval(model, task_dir, spec, stats, batch_size, progress):
+def _run_retrieval(model, task_dir, spec, stats, batch_size, progress, task_type):
     samples = iter_task_samples(task_dir, spec.type, stats)
     image_emb, caption_lists = _embed_image_stream(model, samples, batch_size, progress, spec.name)
     captions = [caption for image_captions in caption_lists for caption in image_captions]
     text_to_image = torch.tensor([i for i, texts in enumerate(caption_lists) for _ in texts])
-    text_emb = _embed_texts(model, captions, TEXT_TASK_TYPE, batch_size)
+    text_emb = _embed_texts(model, captions, task_type, batch_size)
     metrics = retrieval_metrics(image_emb, text_emb, text_to_image)
     return metrics, chance_levels(spec.type, len(caption_lists), len(captions))
 

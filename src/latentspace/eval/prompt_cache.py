@@ -1,0 +1,52 @@
+"""Text embeddings of class prompts and captions, cached on disk per model space.
+
+Evaluating the emoji suite embeds ~17k prompts and captions, the DataComp suite far more; the
+images change with the model, the prompts do not. Wrapping a model in `PromptCache` makes every
+repeated `embed_texts` call (same space, task type and texts) a file read. The key includes the
+model's space string, which for our models and the baselines fingerprints the text encoder's
+weights, so a different model can never be served another model's vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from latentspace.models.protocol import ImageTextEmbedder
+
+
+class PromptCache:
+    """An ImageTextEmbedder that delegates to `model`, caching text embeddings under `root`."""
+
+    def __init__(self, model: ImageTextEmbedder, root: str | Path):
+        self.model = model
+        self.name, self.space = model.name, model.space
+        self.dir = Path(root) / re.sub(r"[^A-Za-z0-9._@-]+", "_", model.space)
+        self.hits = self.misses = 0
+
+    def embed_images(self, images: Sequence) -> torch.Tensor:
+        return self.model.embed_images(images)
+
+    def embed_texts(self, texts: Sequence[str], task_type: str = "search_query") -> torch.Tensor:
+        digest = hashlib.sha256("\x1f".join([self.space, task_type, *texts]).encode()).hexdigest()[:32]
+        path = self.dir / f"{digest}.pt"
+        if path.is_file():
+            try:
+                cached = torch.load(path, weights_only=True)
+                if cached.shape[0] == len(texts):
+                    self.hits += 1
+                    return cached
+            except Exception:  # a torn file from a killed run: recompute and overwrite it
+                pass
+        self.misses += 1
+        vectors = self.model.embed_texts(list(texts), task_type=task_type).detach().float().cpu()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        torch.save(vectors, tmp)
+        os.replace(tmp, path)
+        return vectors
