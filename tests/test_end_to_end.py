@@ -33,7 +33,8 @@ def test_corpus_train_eval_embed(tmp_path):
     assert losses[-1] < losses[0]
 
     suite = tmp_path / "emoji" / corpus["eval_suite"]
-    result = runner.invoke(app, ["eval", str(model), "--suite", str(suite), "--out", str(tmp_path / "eval")])
+    result = runner.invoke(app, ["eval", str(model), "--suite", str(suite), "--out", str(tmp_path / "eval"),
+                                 "--prompt-cache", str(tmp_path / "prompts")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert (tmp_path / "eval" / "report.md").is_file() and (tmp_path / "eval" / "chart.png").stat().st_size > 1000

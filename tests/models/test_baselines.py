@@ -261,7 +261,7 @@ def test_cli_puts_two_baselines_side_by_side(tmp_path, clip_dir):
     suite.write_text("name: tiny\ntasks:\n- {name: colours, type: zeroshot_classification, main_metric: acc1}\n"
                      "- {name: absent, type: zeroshot_classification, main_metric: acc1}\n")
     result = CliRunner().invoke(app, ["eval", f"hf-clip:{clip_dir}", str(other), "--suite", str(suite),
-                                      "--out", str(tmp_path / "out")])
+                                      "--out", str(tmp_path / "out"), "--prompt-cache", str(tmp_path / "pc")])
     assert result.exit_code == 0, result.output
     report = (tmp_path / "out" / "report.md").read_text()
     assert "colours" in report and "absent" in report and "—" in report

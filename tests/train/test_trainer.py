@@ -85,3 +85,12 @@ def test_resume_into_a_changed_text_model_is_refused(tmp_path, shards):
     torch.save(state, tmp_path / "run" / "checkpoint.pt")
     with pytest.raises(SpaceMismatchError, match="checkpoint"):
         train(cfg)
+
+
+def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, shards):
+    cfg = tiny_config(tmp_path, shards, steps=2)
+    train(cfg)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    del state["config"]["text"]["trust_remote_code"]  # written by a version without that field
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    assert train(cfg).resumed_from == 2

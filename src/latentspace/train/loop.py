@@ -118,7 +118,14 @@ class Trainer:
             (self.out / "config.yaml").write_text(dump_config(self.cfg))
             return 0
         state = load_checkpoint(self.checkpoint_path)
-        diffs = config_differences(state["config"], self._config_dict())
+        # Validating the saved config fills in fields added since it was written with their
+        # defaults, so a newer version of latentspace can still resume an older run.
+        try:
+            saved = RunConfig.model_validate(state["config"]).model_dump(mode="json")
+        except ValueError as e:
+            raise RuntimeError(f"{self.checkpoint_path} holds a config this version cannot read ({e}); "
+                               "choose a new train.output_dir") from None
+        diffs = config_differences(json.loads(json.dumps(saved)), self._config_dict())
         if diffs:
             raise RuntimeError(f"{self.checkpoint_path} was written with a different config ({'; '.join(diffs)}). "
                                "Resume with the same config, or choose a new train.output_dir.")
