@@ -58,7 +58,30 @@ def _features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-class HFClipModel:
+class _BatchedEmbedder:
+    """The protocol's two methods for a baseline that encodes one batch at a time: subclasses set
+    `batch_size` and `dim` and define `_encode_images` / `_encode_texts` (task_type is ignored:
+    CLIP models have no prefixes)."""
+
+    batch_size: int
+    dim: int
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return _embed_in_batches(images, self.batch_size, self._encode_images, self.dim)
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str], task_type: str = "search_query") -> torch.Tensor:
+        return _embed_in_batches(texts, self.batch_size, self._encode_texts, self.dim)
+
+    def _encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class HFClipModel(_BatchedEmbedder):
     """A Hugging Face CLIP directory (`CLIPModel.save_pretrained` layout) as an ImageTextEmbedder.
 
     CLIP has no task prefixes, so `task_type` is accepted and ignored.
@@ -96,14 +119,6 @@ class HFClipModel:
             "tokenizer": hash_files(tokenizer_files),
         })[:12]
 
-    @torch.inference_mode()
-    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return _embed_in_batches(images, self.batch_size, self._encode_images, self.dim)
-
-    @torch.inference_mode()
-    def embed_texts(self, texts: Sequence[str], task_type: str = "search_query") -> torch.Tensor:
-        return _embed_in_batches(texts, self.batch_size, self._encode_texts, self.dim)
-
     def _encode_images(self, images: list[Image.Image]) -> torch.Tensor:
         pixels = self.processor(images=[to_rgb(img) for img in images], return_tensors="pt")["pixel_values"]
         return _features(self.model.get_image_features(pixel_values=pixels))
@@ -113,7 +128,7 @@ class HFClipModel:
         return _features(self.model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]))
 
 
-class OpenClipModel:
+class OpenClipModel(_BatchedEmbedder):
     """An open_clip architecture with weights from a local checkpoint file, as an ImageTextEmbedder.
 
     The checkpoint must be a file: a bare tag such as 'openai' would make open_clip download
@@ -143,14 +158,6 @@ class OpenClipModel:
         except Exception as e:  # open_clip raises RuntimeError/KeyError/pickling errors: name the inputs
             raise ValueError(f"could not load open_clip model {self.arch!r} from {self.checkpoint}: {e}") from e
         return model.eval(), transform, tokenizer
-
-    @torch.inference_mode()
-    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return _embed_in_batches(images, self.batch_size, self._encode_images, self.dim)
-
-    @torch.inference_mode()
-    def embed_texts(self, texts: Sequence[str], task_type: str = "search_query") -> torch.Tensor:
-        return _embed_in_batches(texts, self.batch_size, self._encode_texts, self.dim)
 
     def _encode_images(self, images: list[Image.Image]) -> torch.Tensor:
         return self.model.encode_image(torch.stack([self.transform(to_rgb(img)) for img in images]))
