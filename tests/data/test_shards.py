@@ -115,3 +115,17 @@ def test_resume_at_any_batch_keeps_error_counts_exact(tmp_path):
     for k in range(1, 9):
         resumed = iter(_stream(paths, shuffle_buffer=1, positions={0: StreamPosition(**full[k - 1]["position"])}))
         assert [next(resumed)["position"] for _ in range(3)] == [b["position"] for b in full[k : k + 3]], k
+
+
+def test_captions_listed_for_the_cache_are_the_ones_training_draws(tmp_path):
+    """A json with an empty captions list falls back to txt in both places (else the cache misses)."""
+    import json
+
+    import webdataset as wds
+
+    path = tmp_path / "s.tar"
+    with wds.TarWriter(str(path)) as w:
+        w.write({"__key__": "0", "png": fakes.png_bytes(fakes.draw("red circle")), "txt": "red circle",
+                 "json": json.dumps({"captions": []}).encode()})
+    assert list(iter_captions([str(path)], "random")) == ["red circle"]
+    assert next(iter(_stream([path], batch_size=1, caption_mode="random")))["captions"] == ["red circle"]

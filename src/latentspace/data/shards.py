@@ -83,15 +83,20 @@ def _shuffled(items: Iterator[dict], buffer: int, rng: random.Random) -> Iterato
     yield from pool
 
 
+def _json_captions(sample: dict) -> list[str]:
+    """The non-empty strings in the sample's json `captions` list ([] when absent or malformed)."""
+    try:
+        captions = json.loads(sample["json"]).get("captions", []) if "json" in sample else []
+    except (ValueError, AttributeError):
+        return []
+    return [c for c in captions if isinstance(c, str) and c.strip()]
+
+
 def read_caption(sample: dict, mode: str, rng: random.Random | None = None) -> str:
     """The caption for a sample: `txt`, or with mode=random one of the json `captions`."""
-    if mode == "random" and "json" in sample:
-        try:
-            options = [c for c in json.loads(sample["json"]).get("captions", []) if isinstance(c, str) and c.strip()]
-        except (ValueError, AttributeError):
-            options = []
-        if options:
-            return (rng or random).choice(options)
+    options = _json_captions(sample) if mode == "random" else []
+    if options:
+        return (rng or random).choice(options)
     raw = sample.get("txt", b"")
     return (raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)).strip()
 
@@ -101,16 +106,13 @@ def iter_raw_samples(urls: list[str], handler: Callable[[Exception], bool]) -> I
 
 
 def iter_captions(urls: list[str], mode: str) -> Iterator[str]:
-    """Every caption the training stream could draw, without decoding a single image."""
+    """Every caption the training stream could draw, without decoding a single image
+    (the same choices `read_caption` makes, so the text cache never misses)."""
     for sample in iter_raw_samples(urls, ErrorCounter()):
-        if mode == "random" and "json" in sample:
-            try:
-                yield from (c for c in json.loads(sample["json"]).get("captions", []) if isinstance(c, str) and c.strip())
-                continue
-            except (ValueError, AttributeError):
-                pass
-        caption = read_caption(sample, "name")
-        if caption:
+        options = _json_captions(sample) if mode == "random" else []
+        if options:
+            yield from options
+        elif caption := read_caption(sample, "name"):
             yield caption
 
 
