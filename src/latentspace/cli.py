@@ -151,6 +151,51 @@ def check_compat(
 
 
 @app.command()
+def serve(
+    model: List[str] = typer.Option(..., "--model", "-m", help="model to serve: DIR or NAME=DIR (repeat for several); "
+                                    "a latentspace model dir, a text model dir, builtin:all-MiniLM-L6-v2 or hf-clip:DIR"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0 for all)"),
+    port: int = typer.Option(8000),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes (each loads every model)"),
+    api_key: Optional[List[str]] = typer.Option(None, help="accepted bearer key (repeatable); also LATENTSPACE_API_KEYS"),
+    api_key_file: Optional[Path] = typer.Option(None, help="file with one key per line"),
+    cors_origin: Optional[List[str]] = typer.Option(None, help="allow CORS from this origin (repeatable); off by default"),
+    max_body_mb: float = typer.Option(32.0, help="request body cap in MiB (413 above)"),
+    max_items: int = typer.Option(256, help="texts or images per request"),
+    max_pixels: int = typer.Option(40_000_000, help="per-image pixel cap, checked before decoding"),
+    max_batch_images: int = typer.Option(32, help="images per forward"),
+    max_batch_tokens: int = typer.Option(16384, help="text tokens per forward"),
+    max_queue_items: int = typer.Option(1024, help="items queued per model before answering 429"),
+    batch_wait_ms: float = typer.Option(0.0, help="wait for more requests before each forward"),
+    decode_threads: Optional[int] = typer.Option(None, help="image decoding threads (default: CPU count, at least 2)"),
+    allow_urls: bool = typer.Option(False, help="let clients send image URLs for the server to fetch (SSRF-checked)"),
+    url_allowed_host: Optional[List[str]] = typer.Option(None, help="hostname exempt from the public-address check"),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Serve models over HTTP with Nomic's embedding API (and an OpenAI-style /v1/embeddings)."""
+    from pydantic import ValidationError
+
+    from latentspace.serve.run import run_server
+    from latentspace.serve.settings import ServeSettings, read_api_keys
+
+    try:
+        extra = {"decode_threads": decode_threads} if decode_threads else {}
+        settings = ServeSettings(
+            models=model, host=host, port=port, workers=workers,
+            api_keys=read_api_keys(api_key, api_key_file), cors_origins=tuple(cors_origin or ()),
+            max_body_bytes=int(max_body_mb * 2**20), max_items=max_items, max_pixels=max_pixels,
+            max_batch_images=max_batch_images, max_batch_tokens=max_batch_tokens, max_queue_items=max_queue_items,
+            batch_wait_ms=batch_wait_ms, allow_urls=allow_urls, url_allowed_hosts=tuple(url_allowed_host or ()),
+            **extra)
+    except (ValidationError, ValueError) as e:
+        _fail(e)
+    auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no auth (pass --api-key to require one)"
+    console.print(f"serving {', '.join(settings.models)} on http://{host}:{port} — {auth}; "
+                  f"remote image URLs {'on' if allow_urls else 'off'}")
+    run_server(settings, log_level=log_level)
+
+
+@app.command()
 def quickstart(
     artifacts: Path = typer.Option(Path("artifacts"), help="folder for corpus, caches, runs and the model"),
     overrides: Optional[List[str]] = typer.Argument(None, help="config overrides, e.g. train.steps=100"),

@@ -12,11 +12,22 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "gif", "bmp")
+# PIL's names for the formats above: what the server accepts (sniffed from the bytes, never trusted
+# from a file name or a Content-Type header).
+IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
 MAX_PIXELS = 64_000_000  # refuse decompression bombs before decoding
 
 
 class ImageDecodeError(ValueError):
     """An input that is not a decodable image; the message says which and why."""
+
+
+class ImageFormatError(ImageDecodeError):
+    """A real image in a format that is not accepted (e.g. TIFF when only IMAGE_FORMATS are)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose header declares more pixels than allowed; refused before decoding."""
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -31,19 +42,28 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Bytes -> RGB PIL image, fully loaded. Raises ImageDecodeError naming `name`."""
+def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS,
+                 formats: frozenset[str] | None = None) -> Image.Image:
+    """Bytes -> RGB PIL image, fully loaded. Raises ImageDecodeError (or its subclasses
+    ImageFormatError / ImageTooLargeError) naming `name`. `formats` restricts the accepted PIL
+    formats; None accepts whatever PIL can read."""
     if not data:
         raise ImageDecodeError(f"{name}: empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only
+        if formats is not None and img.format not in formats:
+            raise ImageFormatError(f"{name}: {img.format} images are not accepted; "
+                                   f"send one of {', '.join(sorted(f.lower() for f in formats))}")
         w, h = img.size
         if w * h > max_pixels:
-            raise ImageDecodeError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels}")
+            raise ImageTooLargeError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels}; "
+                                     f"downscale it before sending")
         img.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError(f"{name}: not a decodable image (the bytes are not in any image format known here)") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(f"{name}: not a decodable image ({e})") from e
     return to_rgb(img)
 

@@ -75,6 +75,15 @@ class _BatchedEmbedder:
         return _embed_in_batches(texts, self.batch_size, self._encode_texts, self.dim)
 
     def _encode_images(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.embed_pixels(torch.stack([self.preprocess_image(to_rgb(img)) for img in images]))
+
+    # The two halves of _encode_images, for callers that batch across requests (the server).
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        """An RGB PIL image -> the (3, H, W) float tensor the vision tower takes."""
+        raise NotImplementedError
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed images -> (B, D) rows (not yet normalised)."""
         raise NotImplementedError
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -119,9 +128,12 @@ class HFClipModel(_BatchedEmbedder):
             "tokenizer": hash_files(tokenizer_files),
         })[:12]
 
-    def _encode_images(self, images: list[Image.Image]) -> torch.Tensor:
-        pixels = self.processor(images=[to_rgb(img) for img in images], return_tensors="pt")["pixel_values"]
-        return _features(self.model.get_image_features(pixel_values=pixels))
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_image_features(pixel_values=pixels)).float()
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
@@ -159,8 +171,12 @@ class OpenClipModel(_BatchedEmbedder):
             raise ValueError(f"could not load open_clip model {self.arch!r} from {self.checkpoint}: {e}") from e
         return model.eval(), transform, tokenizer
 
-    def _encode_images(self, images: list[Image.Image]) -> torch.Tensor:
-        return self.model.encode_image(torch.stack([self.transform(to_rgb(img)) for img in images]))
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels).float()
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts))

@@ -47,10 +47,21 @@ class PairedModel:
         pils = [load_image(img) for img in images]  # decode everything first: a bad input fails fast
         out = []
         for i in range(0, len(pils), batch_size):
-            batch = torch.stack([self._transform(p) for p in pils[i : i + batch_size]])
-            out.append(self.vision(batch).float())
+            batch = torch.stack([self.preprocess_image(p) for p in pils[i : i + batch_size]])
+            out.append(self.embed_pixels(batch))
         vectors = torch.cat(out) if out else torch.empty(0, self.dim)
         return finish(vectors, dimensionality)
+
+    # The two halves of embed_images, for callers that batch across requests (the server):
+    # preprocessing runs per image on any thread, the forward on whole batches.
+    def preprocess_image(self, image) -> torch.Tensor:
+        """An RGB PIL image -> the (3, H, W) float tensor the vision tower takes."""
+        return self._transform(image)
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed images -> (B, D) float32 rows (not yet normalised)."""
+        return self.vision(pixels).float()
 
     def embed_texts(self, texts: Sequence[str], task_type: str = "search_query", *,
                     dimensionality: int | None = None) -> torch.Tensor:

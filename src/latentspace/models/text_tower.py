@@ -102,6 +102,21 @@ def finish(vectors: torch.Tensor, dimensionality: int | None) -> torch.Tensor:
     return F.normalize(vectors.float(), dim=-1)
 
 
+def split_to_fit(tokenizer, text: str, max_length: int, prefix: str = "") -> list[str]:
+    """Split `text` into consecutive pieces that each fit `max_length` tokens once `prefix` and
+    the special tokens are added. Pieces are slices of the original text at token boundaries
+    (from a fast tokenizer's offsets), so nothing is lost or re-spelled."""
+    budget = (max_length - tokenizer.num_special_tokens_to_add()
+              - len(tokenizer(prefix, add_special_tokens=False)["input_ids"]))
+    if budget < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for text after the prefix")
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= budget:
+        return [text]
+    starts = range(0, len(offsets), budget)
+    return [text[offsets[i][0] : offsets[min(i + budget, len(offsets)) - 1][1]] for i in starts]
+
+
 class TextTower(nn.Module):
     """Frozen text encoder. `encode` returns L2-normalised vectors in the space it defines."""
 
@@ -161,7 +176,21 @@ class TextTower(nn.Module):
         )
 
     def count_tokens(self, texts: Sequence[str], task_type: str) -> int:
-        return int(self.tokenize(texts, task_type)["attention_mask"].sum())
+        return sum(self.token_counts(texts, task_type))
+
+    def token_counts(self, texts: Sequence[str], task_type: str) -> list[int]:
+        """Tokens each text occupies in the model's input (prefix and special tokens included,
+        after truncation to max_length)."""
+        if not texts:
+            return []
+        prefix = self.prefix_for(task_type)
+        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(row) for row in ids]
+
+    def split_long(self, text: str, task_type: str) -> list[str]:
+        """Split `text` into pieces that each fit max_length with the task's prefix
+        (long_text_mode='mean')."""
+        return split_to_fit(self.tokenizer, text, self.max_length, self.prefix_for(task_type))
 
     @torch.inference_mode()
     def encode(

@@ -1,0 +1,1 @@
+"""The HTTP server: `latentspace serve` (see app.py for the routes)."""

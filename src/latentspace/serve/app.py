@@ -1,0 +1,314 @@
+"""The HTTP API, compatible with Nomic's hosted embedding API (see docs/design.md and DESIGN.md).
+
+    POST /v1/embedding/text    JSON {texts, model, task_type, dimensionality, long_text_mode}
+    POST /v1/embedding/image   multipart: model + one `images` file part per image, or `urls`
+                               fields; or urlencoded model + repeated urls
+    POST /v1/embeddings        OpenAI-style {input, model, dimensions, encoding_format}
+    GET  /v1/models, /health, /metrics
+
+Every handler does the same three things: find a ready model (404 / 503 otherwise), turn the
+request into items (texts with token counts, or preprocessed image tensors, decoded on a thread
+pool so the event loop never decodes), and await the model's inference worker, which batches
+them with other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from latentspace.data.images import (
+    IMAGE_FORMATS,
+    ImageDecodeError,
+    ImageFormatError,
+    ImageTooLargeError,
+    decode_image,
+)
+from latentspace.models.text_tower import TASK_TYPES, finish
+from latentspace.serve.auth import BearerAuth
+from latentspace.serve.batching import QueueFull, WorkerDead
+from latentspace.serve.errors import ApiError, retry_later
+from latentspace.serve.metrics import ServerMetrics
+from latentspace.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
+from latentspace.serve.registry import Loader, ModelRegistry, Slot
+from latentspace.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+TaskType = Literal["search_document", "search_query", "classification", "clustering"]
+assert set(TaskType.__args__) == set(TASK_TYPES)  # one list of task types, checked here
+
+
+class _Lenient(BaseModel):
+    # Unknown fields are ignored, not refused: clients written for Nomic's or OpenAI's API send
+    # fields (user, max_tokens_per_text, ...) that change nothing here.
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextRequest(_Lenient):
+    texts: list[str] = Field(..., min_length=1)
+    model: str | None = None
+    task_type: TaskType = "search_document"
+    dimensionality: int | None = Field(None, ge=1)
+    long_text_mode: Literal["truncate", "mean"] = "truncate"
+
+
+class OpenAIRequest(_Lenient):
+    input: str | list[str]
+    model: str | None = None
+    dimensions: int | None = Field(None, ge=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    task_type: TaskType = "search_document"  # an extension; OpenAI's API has no task types
+
+
+def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> FastAPI:
+    metrics = ServerMetrics()
+    registry = ModelRegistry(settings, metrics, **({"loader": loader} if loader else {}))
+    auth = BearerAuth(settings.api_keys)
+    decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+    fetcher = _make_fetcher(settings) if settings.allow_urls else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        registry.start()
+        yield
+        registry.stop()
+        decode_pool.shutdown(wait=False, cancel_futures=True)
+        if fetcher is not None:
+            await fetcher.aclose()
+
+    app = FastAPI(title="latentspace", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
+    _install_error_handlers(app)
+
+    def require_key(request: Request) -> None:
+        auth.check(request.headers.get("authorization"))
+
+    # -- text -------------------------------------------------------------------------------------
+    async def embed_texts(slot: Slot, texts: list[str], task_type: str, dimensionality: int | None,
+                          long_text_mode: str = "truncate") -> tuple[torch.Tensor, int]:
+        model = slot.model
+        _check_items(len(texts), settings)
+        _check_dimensionality(dimensionality, model.dim)
+        task = task_type if model.uses_task_types else "search_document"
+        if long_text_mode == "mean":
+            pieces_per_text = await run_in_threadpool(lambda: [model.split_long(t, task) for t in texts])
+        else:
+            pieces_per_text = [[t] for t in texts]
+        pieces = [p for ps in pieces_per_text for p in ps]
+        counts = await run_in_threadpool(model.token_counts, pieces, task)
+        rows = await _submit(slot, registry.text_kind(slot, task), pieces, counts, settings)
+        if long_text_mode == "mean":  # average each text's pieces, then re-normalise (in finish)
+            sizes = [len(ps) for ps in pieces_per_text]
+            rows = torch.stack([chunk.mean(dim=0) for chunk in rows.split(sizes)])
+        return finish(rows, dimensionality), sum(counts)
+
+    @app.post("/v1/embedding/text", dependencies=[Depends(require_key)])
+    async def text_endpoint(body: TextRequest) -> dict[str, Any]:
+        slot = registry.get(body.model)
+        vectors, tokens = await embed_texts(slot, body.texts, body.task_type, body.dimensionality, body.long_text_mode)
+        return _nomic_response(vectors, slot, tokens)
+
+    @app.post("/v1/embeddings", dependencies=[Depends(require_key)])
+    async def openai_endpoint(body: OpenAIRequest) -> dict[str, Any]:
+        slot = registry.get(body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        if not texts:
+            raise ApiError(422, "input is empty: give a string or a non-empty list of strings")
+        vectors, tokens = await embed_texts(slot, texts, body.task_type, body.dimensions)
+        data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
+                for i, v in enumerate(vectors)]
+        return {"object": "list", "data": data, "model": slot.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    # -- images -----------------------------------------------------------------------------------
+    @app.post("/v1/embedding/image", dependencies=[Depends(require_key)])
+    async def image_endpoint(request: Request) -> dict[str, Any]:
+        model_name, uploads, urls, dimensionality = await _read_image_form(request, settings)
+        slot = registry.get(model_name)
+        if slot.model.embed_pixels is None:
+            raise ApiError(400, f"model {slot.name!r} embeds text only; use a model with an image tower "
+                                f"(GET /v1/models lists each model's modalities)")
+        _check_items(len(uploads) + len(urls), settings)
+        _check_dimensionality(dimensionality, slot.model.dim)
+        if urls and fetcher is None:
+            raise ApiError(400, "remote image URLs are disabled on this server: upload the images as "
+                                "'images' file parts, or start the server with --allow-urls")
+        named = [(f"image {i} ({u.filename or 'unnamed'})", await u.read()) for i, u in enumerate(uploads)]
+        named += await _fetch_all(fetcher, urls, start=len(uploads)) if urls else []
+        loop = asyncio.get_running_loop()
+        prepare = slot.model.preprocess_image
+        jobs = [loop.run_in_executor(decode_pool, _decode_and_prepare, data, name, settings.max_pixels, prepare)
+                for name, data in named]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for result in results:  # the first bad image, by position, names the failure
+            if isinstance(result, BaseException):
+                raise _image_error(result)
+        rows = await _submit(slot, registry.image_kind(slot), results, None, settings)
+        return _nomic_response(finish(rows, dimensionality), slot, 0)
+
+    # -- discovery and operations -----------------------------------------------------------------
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    async def models_endpoint() -> dict[str, Any]:
+        statuses = registry.statuses()
+        data = []
+        for name, slot in registry.slots.items():
+            entry = slot.model.describe() if slot.model else {"id": name, "object": "model", "kind": None}
+            data.append({**entry, **statuses[name]})
+        return {"object": "list", "data": data}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        statuses = registry.statuses()
+        if registry.healthy:
+            return JSONResponse({"status": "ok", "models": statuses})
+        return JSONResponse({"status": "unavailable", "models": statuses}, status_code=503,
+                            headers={"Retry-After": str(settings.retry_after_s)})
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        registry.statuses()  # refresh the worker-up gauges
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)  # outermost: runs first
+    return app
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _make_fetcher(settings: ServeSettings):
+    from latentspace.serve.fetch import FetchPolicy, UrlFetcher
+
+    return UrlFetcher(FetchPolicy(
+        max_bytes=settings.url_max_bytes, connect_timeout=settings.url_timeout_s, read_timeout=settings.url_timeout_s,
+        total_timeout=3 * settings.url_timeout_s, max_redirects=settings.url_max_redirects,
+        allowed_hosts=frozenset(h.lower() for h in settings.url_allowed_hosts)))
+
+
+async def _fetch_all(fetcher, urls: list[str], start: int) -> list[tuple[str, bytes]]:
+    from latentspace.serve.fetch import UrlRefused
+
+    results = await asyncio.gather(*(fetcher.fetch(u) for u in urls), return_exceptions=True)
+    out = []
+    for i, (url, result) in enumerate(zip(urls, results), start=start):
+        if isinstance(result, UrlRefused):
+            raise ApiError(400, f"url {i}: {result}")
+        if isinstance(result, BaseException):
+            raise ApiError(400, f"url {i}: could not fetch {url[:200]!r}: {type(result).__name__}")
+        out.append((f"url {i} ({url[:200]})", result))
+    return out
+
+
+def _decode_and_prepare(data: bytes, name: str, max_pixels: int, prepare) -> torch.Tensor:
+    """On a decode thread: bytes -> checked, decoded, preprocessed tensor."""
+    return prepare(decode_image(data, name=name, max_pixels=max_pixels, formats=IMAGE_FORMATS))
+
+
+def _image_error(error: BaseException) -> ApiError:
+    if isinstance(error, ImageFormatError):
+        return ApiError(415, str(error))
+    if isinstance(error, ImageTooLargeError):
+        return ApiError(413, str(error))
+    if isinstance(error, ImageDecodeError):
+        return ApiError(400, f"{error}; the other images in this request were not embedded")
+    log.error("image preprocessing failed", exc_info=error)
+    return ApiError(500, f"image preprocessing failed: {type(error).__name__}")
+
+
+async def _read_image_form(request: Request, settings: ServeSettings):
+    """-> (model, uploads, urls, dimensionality) from a multipart or urlencoded body."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise ApiError(415, f"send images as multipart/form-data ('images' file parts) or urls as "
+                            f"application/x-www-form-urlencoded, not {content_type or 'no content type'}")
+    try:
+        form = await request.form(max_files=settings.max_items, max_fields=settings.max_items + 16,
+                                  max_part_size=settings.max_body_bytes)
+    except StarletteHTTPException as e:  # the multipart parser's own limits
+        too_many = "Too many" in str(e.detail)
+        raise ApiError(413 if too_many else 400, f"{e.detail} (at most {settings.max_items} images per request)"
+                       if too_many else f"malformed form body: {e.detail}") from e
+    images = form.getlist("images")
+    not_files = [i for i, part in enumerate(images) if not isinstance(part, UploadFile)]
+    if not_files:
+        raise ApiError(400, f"images {not_files} are plain form fields; send each image as a file part "
+                            "(curl: -F images=@cat.png)")
+    urls = [u for u in form.getlist("urls") if isinstance(u, str)]
+    if not images and not urls:
+        raise ApiError(400, "no images: send one 'images' file part per image, or 'urls' fields")
+    model = form.get("model")
+    dimensionality = form.get("dimensionality")
+    if dimensionality is not None:
+        if not str(dimensionality).isdigit() or int(dimensionality) < 1:
+            raise ApiError(422, f"dimensionality must be a positive integer, got {str(dimensionality)[:20]!r}")
+        dimensionality = int(dimensionality)
+    return (model if isinstance(model, str) else None), images, urls, dimensionality
+
+
+def _check_items(n: int, settings: ServeSettings) -> None:
+    if n > settings.max_items:
+        raise ApiError(413, f"{n} items in one request; the limit is {settings.max_items}: split the request")
+
+
+def _check_dimensionality(dimensionality: int | None, dim: int) -> None:
+    if dimensionality is not None and not 1 <= dimensionality <= dim:
+        raise ApiError(422, f"dimensionality must be between 1 and {dim} for this model, got {dimensionality}")
+
+
+async def _submit(slot: Slot, kind, items, costs, settings: ServeSettings) -> torch.Tensor:
+    try:
+        return await slot.worker.submit(kind, items, costs)
+    except QueueFull as e:
+        raise retry_later(429, str(e), settings.retry_after_s) from e
+    except WorkerDead as e:
+        raise retry_later(503, f"{e}; the server needs a restart", settings.retry_after_s) from e
+    except RuntimeError as e:
+        raise ApiError(500, str(e)) from e
+
+
+def _nomic_response(vectors: torch.Tensor, slot: Slot, tokens: int) -> dict[str, Any]:
+    return {"embeddings": vectors.tolist(), "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "model": slot.name}
+
+
+def _encode_vector(vector: torch.Tensor, encoding_format: str):
+    if encoding_format == "base64":  # OpenAI's format: little-endian float32 bytes, base64
+        return base64.b64encode(vector.numpy().astype("<f4").tobytes()).decode()
+    return vector.tolist()
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": error.message}, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in error.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            problems.append(f"{where or 'body'}: {e.get('msg')}")
+        return JSONResponse({"detail": "invalid request: " + "; ".join(problems[:10])}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(error.detail)}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))

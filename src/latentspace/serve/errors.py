@@ -1,0 +1,14 @@
+"""Errors the API returns: JSON `{"detail": message}` with the right status and headers."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def retry_later(status: int, message: str, seconds: int) -> ApiError:
+    """429 / 503: the client should try again after `seconds`."""
+    return ApiError(status, message, {"Retry-After": str(seconds)})

@@ -1,0 +1,43 @@
+"""Prometheus metrics for the server, in a registry of its own (one per app, so tests and
+several apps in one process never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("latentspace_requests_total", "HTTP requests by route and status",
+                                ["route", "status"], registry=r)
+        self.errors = Counter("latentspace_request_errors_total", "HTTP responses with status >= 400",
+                              ["route", "status"], registry=r)
+        self.latency = Histogram("latentspace_request_seconds", "request latency", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("latentspace_queue_items", "items waiting for inference", ["model"], registry=r)
+        self.batch_size = Histogram("latentspace_batch_items", "items per forward", ["model", "kind"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("latentspace_batch_seconds", "forward time per batch", ["model", "kind"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.embedded = Counter("latentspace_items_embedded_total", "texts and images embedded",
+                                ["model", "kind"], registry=r)
+        self.worker_up = Gauge("latentspace_worker_up", "1 while the model's inference worker runs", ["model"], registry=r)
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def observe_batch(self, model: str, kind: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(model, kind).observe(size)
+        self.batch_seconds.labels(model, kind).observe(seconds)
+        self.embedded.labels(model, kind).inc(size)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

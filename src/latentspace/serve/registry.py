@@ -1,0 +1,135 @@
+"""The served models: loaded in the background at start-up, each with its inference worker.
+
+Loading happens on a thread so the server answers at once: /health says 503 ("loading") until
+every model is ready, and requests for a model still loading get 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from latentspace.serve.batching import BatchKind, BatchObserver, InferenceWorker
+from latentspace.serve.errors import ApiError, retry_later
+from latentspace.serve.metrics import ServerMetrics
+from latentspace.serve.models import ServedModel, load_served_model, parse_model_arg
+from latentspace.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[str, str], ServedModel]
+
+
+@dataclass
+class Slot:
+    name: str
+    spec: str
+    state: str = "loading"  # loading | ready | failed
+    error: str | None = None
+    model: ServedModel | None = None
+    worker: InferenceWorker | None = None
+    kinds: dict = field(default_factory=dict)  # batch kinds, made once per (modality, task type)
+
+    @property
+    def status(self) -> str:
+        if self.state == "ready" and self.worker is not None and not self.worker.alive:
+            return "dead"
+        return self.state
+
+
+class ModelRegistry:
+    def __init__(self, settings: ServeSettings, metrics: ServerMetrics, loader: Loader = load_served_model):
+        self.settings, self.metrics, self.loader = settings, metrics, loader
+        self.slots: dict[str, Slot] = {}
+        for arg in settings.models:
+            name, spec = parse_model_arg(arg)
+            if name in self.slots:
+                raise ValueError(f"two models are named {name!r}; name them with NAME=DIR")
+            self.slots[name] = Slot(name, spec)
+        self._thread = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        for slot in self.slots.values():
+            if slot.worker is not None:
+                slot.worker.stop()
+
+    def _load_all(self) -> None:
+        for slot in self.slots.values():
+            try:
+                model = self.loader(slot.name, slot.spec)
+            except Exception as e:  # noqa: BLE001 - reported by /health and every request for it
+                slot.state, slot.error = "failed", f"{type(e).__name__}: {e}"
+                log.error("could not load model %s from %s: %s", slot.name, slot.spec, slot.error)
+                continue
+            slot.model, slot.worker = model, self._worker_for(slot.name)
+            slot.worker.start()
+            self.metrics.worker_up.labels(slot.name).set(1)
+            slot.state = "ready"
+            log.info("model %s ready (%s, %d-d, %s)", slot.name, model.kind, model.dim, "+".join(model.modalities))
+
+    def _worker_for(self, name: str) -> InferenceWorker:
+        gauge = self.metrics.queue_depth.labels(name)
+        observer = BatchObserver(
+            batch=lambda kind, size, seconds: self.metrics.observe_batch(name, kind[0], size, seconds),
+            depth=gauge.set,
+        )
+        return InferenceWorker(name, max_queue_items=self.settings.max_queue_items,
+                               max_wait_s=self.settings.batch_wait_ms / 1000, observer=observer)
+
+    # -- request side ----------------------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        return all(slot.status == "ready" for slot in self.slots.values())
+
+    def statuses(self) -> dict[str, dict]:
+        out = {}
+        for slot in self.slots.values():
+            status = {"status": slot.status}
+            if slot.status == "failed":
+                status["error"] = slot.error
+            if slot.status == "dead":
+                status["error"] = slot.worker.death
+                self.metrics.worker_up.labels(slot.name).set(0)
+            out[slot.name] = status
+        return out
+
+    def get(self, name: str | None) -> Slot:
+        """The ready slot for `name` (None = the only model), or the ApiError to answer with."""
+        if name is None or name == "":
+            if len(self.slots) != 1:
+                raise ApiError(422, f"say which model: this server has {', '.join(sorted(self.slots))}")
+            name = next(iter(self.slots))
+        slot = self.slots.get(name)
+        if slot is None:
+            raise ApiError(404, f"unknown model {name!r}; this server has {', '.join(sorted(self.slots))} "
+                                f"(GET /v1/models lists them)")
+        retry = self.settings.retry_after_s
+        if slot.status == "loading":
+            raise retry_later(503, f"model {name!r} is still loading; retry shortly", retry)
+        if slot.status == "failed":
+            raise ApiError(503, f"model {name!r} failed to load: {slot.error}")
+        if slot.status == "dead":
+            raise retry_later(503, f"the inference worker for model {name!r} is not running ({slot.worker.death}); "
+                                   "the server needs a restart", retry)
+        return slot
+
+    def image_kind(self, slot: Slot) -> BatchKind:
+        if ("image",) not in slot.kinds:
+            embed = slot.model.embed_pixels
+            slot.kinds[("image",)] = BatchKind(("image",), lambda items: embed(torch.stack(items)),
+                                               self.settings.max_batch_images)
+        return slot.kinds[("image",)]
+
+    def text_kind(self, slot: Slot, task_type: str) -> BatchKind:
+        key = ("text", task_type)
+        if key not in slot.kinds:
+            embed = slot.model.embed_texts
+            slot.kinds[key] = BatchKind(key, lambda items: embed(items, task_type), self.settings.max_batch_tokens)
+        return slot.kinds[key]
