@@ -121,3 +121,117 @@ def minilm_with_prompts(tmp_path: Path, prompts: dict[str, str]) -> Path:
     (dst / "config_sentence_transformers.json").unlink()
     (dst / "config_sentence_transformers.json").write_text(json.dumps({"prompts": prompts}))
     return dst
+
+
+# --- Hugging Face CLIP directories, written locally ----------------------------------------------
+
+PROJECTION_DIM = 16
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2 / CLIP byte-to-unicode table: one printable symbol per byte value."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    extra = iter(range(256, 512))
+    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
+
+
+def _write_byte_tokenizer(directory: Path) -> None:
+    """A CLIP tokenizer with no merges: every word is spelled byte by byte."""
+    from transformers import CLIPTokenizer
+
+    symbols = _byte_symbols()
+    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(tokens)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=16)
+    tokenizer.save_pretrained(directory)
+
+
+def make_hf_clip(directory: Path, seed: int, *, width: int = 32, layers: int = 1, heads: int = 2,
+                 image_size: int = 32, patch_size: int = 8, projection_dim: int = PROJECTION_DIM) -> Path:
+    """A randomly initialised Hugging Face CLIP directory (tiny by default; ViT-B/16 is
+    width=768, layers=12, heads=12, image_size=224, patch_size=16, projection_dim=512)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=512,
+                         eos_token_id=513, pad_token_id=513),
+        vision_config=dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                           num_attention_heads=heads, image_size=image_size, patch_size=patch_size),
+        projection_dim=projection_dim,
+    )
+    directory.mkdir(parents=True)
+    CLIPModel(config).save_pretrained(directory)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    _write_byte_tokenizer(directory)
+    return directory
+
+
+# --- a real uvicorn server on loopback, in a background thread -----------------------------------
+
+class LiveServer:
+    """`with LiveServer(settings) as server:` serves create_app(settings) on 127.0.0.1 at a free
+    port (server.url) and waits until it accepts connections; `server.app` gives tests access to
+    the registry (e.g. to break a worker)."""
+
+    def __init__(self, settings, **app_kwargs):
+        from latentspace.serve.app import create_app
+
+        self.app = create_app(settings, **app_kwargs)
+        self.url = ""
+
+    def __enter__(self) -> "LiveServer":
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> "LiveServer":
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while httpx.get(self.url + "/health").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"models not ready: {httpx.get(self.url + '/health').text}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
+def save_tiny_model_dir(path: Path, text_tower, seed: int = 0) -> Path:
+    """A randomly initialised latentspace model directory over the builtin MiniLM."""
+    import torch
+
+    from latentspace.config import TextTowerConfig, VisionTowerConfig
+    from latentspace.data.transforms import Preprocess
+    from latentspace.models.model_dir import save_model_dir
+    from latentspace.models.vision_tower import VisionTower
+
+    torch.manual_seed(seed)
+    vision = VisionTower(VisionTowerConfig(**TINY_VISION), text_tower.dim)
+    return save_model_dir(path, vision, text=TextTowerConfig(), space=text_tower.space,
+                          preprocess=Preprocess(16), logit_scale=14.0)

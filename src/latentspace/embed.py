@@ -4,7 +4,8 @@
     out = embed.image(["cat.png"], model="artifacts/quickstart/model")
     out["embeddings"]  # list of lists of floats, L2-normalised
 
-Local mode runs the model in this process (no key, no server). `model` is a latentspace model
+Local mode runs the model in this process (no key, no server). Remote mode sends the inputs to
+a `latentspace serve` server (see latentspace.client) and returns the same shape. `model` is a latentspace model
 directory (images and text) or a text model (`builtin:all-MiniLM-L6-v2` or a Hugging Face /
 sentence-transformers directory; text only). Loaded models are kept for reuse.
 """
@@ -16,10 +17,12 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from latentspace.config import BUILTIN_TEXT_MODEL, TextTowerConfig
 from latentspace.models.model_dir import is_model_dir
 from latentspace.models.paired import PairedModel
-from latentspace.models.text_tower import TASK_TYPES, TextTower
+from latentspace.models.text_tower import TASK_TYPES, TextTower, finish
 
 _lock = threading.Lock()
 _loaded: dict[str, PairedModel | TextTower] = {}
@@ -48,9 +51,12 @@ def load(model: str | os.PathLike | None = None) -> PairedModel | TextTower:
         return _loaded[key]
 
 
-def _check_mode(inference_mode: str) -> None:
-    if inference_mode != "local":
-        raise ValueError(f"inference_mode={inference_mode!r} is not available; this version supports 'local'")
+def _remote(inference_mode: str | None, base_url: str | None) -> bool:
+    """Remote when asked to, or when a server is named and no mode is given."""
+    mode = inference_mode or ("remote" if base_url else "local")
+    if mode not in ("local", "remote"):
+        raise ValueError(f"inference_mode must be 'local' or 'remote', got {inference_mode!r}")
+    return mode == "remote"
 
 
 def _response(vectors, model: str, space: str, usage: dict[str, int]) -> dict[str, Any]:
@@ -58,27 +64,53 @@ def _response(vectors, model: str, space: str, usage: dict[str, int]) -> dict[st
 
 
 def text(texts: Sequence[str], *, model: str | os.PathLike | None = None, task_type: str = "search_document",
-         dimensionality: int | None = None, inference_mode: str = "local") -> dict[str, Any]:
-    """Embed texts. task_type: search_document | search_query | classification | clustering."""
-    _check_mode(inference_mode)
+         dimensionality: int | None = None, long_text_mode: str = "truncate", inference_mode: str | None = None,
+         base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    """Embed texts. task_type: search_document | search_query | classification | clustering.
+    long_text_mode: 'truncate' at the model's token limit, or 'mean' over pieces that fit.
+
+    Local mode (the default) runs `model` in this process. Remote mode (`inference_mode="remote"`,
+    or a `base_url`) sends the texts to a server; `base_url` and `api_key` default to
+    LATENTSPACE_BASE_URL / LATENTSPACE_API_KEY, and `model` is the server's name for it."""
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise TypeError("texts must be a list of strings (wrap a single text in a list)")
     if task_type not in TASK_TYPES:
         raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
+    if long_text_mode not in ("truncate", "mean"):
+        raise ValueError(f"long_text_mode must be 'truncate' or 'mean', got {long_text_mode!r}")
+    if _remote(inference_mode, base_url):
+        from latentspace.client import client_for
+
+        return client_for(base_url, api_key, timeout).text(
+            list(texts), model=None if model is None else str(model), task_type=task_type,
+            dimensionality=dimensionality, long_text_mode=long_text_mode)
     name = _resolve(model)
     m = load(name)
     tower = m.text if isinstance(m, PairedModel) else m
-    vectors = tower.encode(list(texts), task_type, dimensionality=dimensionality)
-    tokens = tower.count_tokens(list(texts), task_type) if texts else 0
+    texts = list(texts)
+    if long_text_mode == "mean" and texts:
+        pieces = [tower.split_long(t, task_type) for t in texts]
+        rows = tower.encode([p for ps in pieces for p in ps], task_type)
+        vectors = finish(torch.stack([c.mean(dim=0) for c in rows.split([len(ps) for ps in pieces])]), dimensionality)
+        tokens = tower.count_tokens([p for ps in pieces for p in ps], task_type)
+    else:
+        vectors = tower.encode(texts, task_type, dimensionality=dimensionality)
+        tokens = tower.count_tokens(texts, task_type)
     return _response(vectors, name, str(tower.space), {"prompt_tokens": tokens, "total_tokens": tokens})
 
 
 def image(images: Sequence[Any], *, model: str | os.PathLike | None = None, dimensionality: int | None = None,
-          inference_mode: str = "local") -> dict[str, Any]:
-    """Embed images given as file paths, bytes or PIL images (any mode)."""
-    _check_mode(inference_mode)
+          inference_mode: str | None = None, base_url: str | None = None, api_key: str | None = None,
+          timeout: float = 60.0) -> dict[str, Any]:
+    """Embed images given as file paths, bytes or PIL images (any mode); in remote mode also
+    http(s) URLs, which the server fetches (if it was started with --allow-urls)."""
     if isinstance(images, (str, bytes, os.PathLike)):
         raise TypeError("images must be a list (wrap a single image in a list)")
+    if _remote(inference_mode, base_url):
+        from latentspace.client import client_for
+
+        return client_for(base_url, api_key, timeout).image(
+            list(images), model=None if model is None else str(model), dimensionality=dimensionality)
     name = _resolve(model)
     m = load(name)
     if not isinstance(m, PairedModel):

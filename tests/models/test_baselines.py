@@ -19,49 +19,12 @@ from latentspace.eval.runner import evaluate_task
 from latentspace.eval.tasks import CLASSIFICATION, RETRIEVAL, TaskSpec
 from latentspace.models.baselines import HFClipModel, OpenClipModel, is_hf_clip_dir, load_embedder
 
-PROJECTION_DIM = 16
+from fakes import PROJECTION_DIM, make_hf_clip
+
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
 
 # --- tiny local models -------------------------------------------------------------------------
-
-def _byte_symbols() -> list[str]:
-    """GPT-2 / CLIP byte-to-unicode table: one printable symbol per byte value."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    extra = iter(range(256, 512))
-    return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
-
-
-def _write_byte_tokenizer(directory: Path) -> None:
-    """A CLIP tokenizer with no merges: every word is spelled byte by byte."""
-    from transformers import CLIPTokenizer
-
-    symbols = _byte_symbols()
-    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(tokens)}))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=16)
-    tokenizer.save_pretrained(directory)
-
-
-def make_hf_clip(directory: Path, seed: int) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=512,
-                         eos_token_id=513, pad_token_id=513),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=PROJECTION_DIM,
-    )
-    directory.mkdir(parents=True)
-    CLIPModel(config).save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
-    _write_byte_tokenizer(directory)
-    return directory
-
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:

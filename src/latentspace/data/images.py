@@ -61,9 +61,12 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXE
         img.load()
     except ImageDecodeError:
         raise
+    except Image.DecompressionBombError as e:  # PIL's own guard, for sizes far over any sane cap
+        raise ImageTooLargeError(f"{name}: its header declares a huge size (PIL: {e}); "
+                                 f"the limit here is {max_pixels} pixels") from e
     except UnidentifiedImageError as e:
         raise ImageDecodeError(f"{name}: not a decodable image (the bytes are not in any image format known here)") from e
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"{name}: not a decodable image ({e})") from e
     return to_rgb(img)
 

@@ -132,7 +132,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, body.encoding_format)}
                 for i, v in enumerate(vectors)]
         return {"object": "list", "data": data, "model": slot.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "space": slot.model.space}
 
     # -- images -----------------------------------------------------------------------------------
     @app.post("/v1/embedding/image", dependencies=[Depends(require_key)])
@@ -204,16 +204,20 @@ def _make_fetcher(settings: ServeSettings):
 
 
 async def _fetch_all(fetcher, urls: list[str], start: int) -> list[tuple[str, bytes]]:
-    from latentspace.serve.fetch import UrlRefused
+    from latentspace.serve.fetch import UrlRefused, display_url
 
-    results = await asyncio.gather(*(fetcher.fetch(u) for u in urls), return_exceptions=True)
+    labels = [f"url {i}" for i in range(start, start + len(urls))]
+    results = await asyncio.gather(*(fetcher.fetch(u, label=label) for u, label in zip(urls, labels)),
+                                   return_exceptions=True)
     out = []
-    for i, (url, result) in enumerate(zip(urls, results), start=start):
+    for url, label, result in zip(urls, labels, results):
+        shown = f"{label} ({display_url(url)})"  # credentials and query strings are never echoed
         if isinstance(result, UrlRefused):
-            raise ApiError(400, f"url {i}: {result}")
+            raise ApiError(400, str(result))
         if isinstance(result, BaseException):
-            raise ApiError(400, f"url {i}: could not fetch {url[:200]!r}: {type(result).__name__}")
-        out.append((f"url {i} ({url[:200]})", result))
+            log.error("fetching %s failed", shown, exc_info=result)
+            raise ApiError(400, f"{shown}: could not be fetched ({type(result).__name__})")
+        out.append((shown, result))
     return out
 
 
@@ -238,7 +242,7 @@ async def _read_image_form(request: Request, settings: ServeSettings):
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
         raise ApiError(415, f"send images as multipart/form-data ('images' file parts) or urls as "
-                            f"application/x-www-form-urlencoded, not {content_type or 'no content type'}")
+                            f"application/x-www-form-urlencoded (got {content_type or 'no Content-Type'})")
     try:
         form = await request.form(max_files=settings.max_items, max_fields=settings.max_items + 16,
                                   max_part_size=settings.max_body_bytes)
@@ -285,8 +289,9 @@ async def _submit(slot: Slot, kind, items, costs, settings: ServeSettings) -> to
 
 
 def _nomic_response(vectors: torch.Tensor, slot: Slot, tokens: int) -> dict[str, Any]:
+    # `space` is beyond Nomic's shape (clients ignore it): every vector says which space it is in.
     return {"embeddings": vectors.tolist(), "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            "model": slot.name}
+            "model": slot.name, "space": slot.model.space}
 
 
 def _encode_vector(vector: torch.Tensor, encoding_format: str):

@@ -208,7 +208,7 @@ class InferenceWorker:
 
     def _fail_all(self, error: BaseException) -> None:
         with self._cond:
-            jobs = list(dict.fromkeys([*self._inflight, *self._jobs]))
+            jobs = list({id(job): job for job in [*self._inflight, *self._jobs]}.values())
             self._jobs, self._inflight = deque(), []
             self._pending_items = 0
             self.observer.depth(0)

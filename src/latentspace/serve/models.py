@@ -41,7 +41,8 @@ class ServedModel:
     name: str
     spec: str
     kind: str  # "latentspace" | "text" | "hf-clip"
-    space: dict[str, Any]  # {"name", "fingerprint", "dim"} or {"id", "dim"} for CLIP
+    space: str  # the latent-space identity, as local mode reports it
+    identity: dict[str, Any]  # {"name", "fingerprint", "dim"}; {"id", "dim"} for CLIP
     dim: int
     max_tokens: int
     embed_texts: Callable[[list[str], str], torch.Tensor]  # normalised (N, dim) rows
@@ -57,14 +58,14 @@ class ServedModel:
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "owned_by": "latentspace", "kind": self.kind,
-                "dimension": self.dim, "space": self.space, "modalities": self.modalities,
+                "dimension": self.dim, "space": self.space, "identity": self.identity, "modalities": self.modalities,
                 "max_tokens": self.max_tokens}
 
 
 def _from_text_tower(name: str, spec: str, kind: str, tower: TextTower) -> dict[str, Any]:
     return dict(
         name=name, spec=spec, kind=kind, dim=tower.dim, max_tokens=tower.max_length,
-        space={"name": tower.space.name, "fingerprint": tower.space.fingerprint, "dim": tower.space.dim},
+        space=str(tower.space), identity=tower.space.to_dict(),
         embed_texts=lambda texts, task: tower.encode(texts, task, batch_size=max(1, len(texts))),
         token_counts=tower.token_counts, split_long=tower.split_long,
     )
@@ -77,7 +78,7 @@ def load_served_model(name: str, spec: str) -> ServedModel:
         clip = HFClipModel(path)
         return ServedModel(
             name=name, spec=spec, kind="hf-clip", dim=clip.dim, max_tokens=clip.max_length,
-            space={"id": clip.space, "dim": clip.dim}, uses_task_types=False,
+            space=clip.space, identity={"id": clip.space, "dim": clip.dim}, uses_task_types=False,
             embed_texts=lambda texts, task: clip.embed_texts(texts),
             token_counts=lambda texts, task: [len(ids) for ids in clip.tokenizer(
                 texts, truncation=True, max_length=clip.max_length)["input_ids"]],

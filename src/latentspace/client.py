@@ -1,0 +1,185 @@
+"""The remote side of `embed.text` / `embed.image`: talks to a `latentspace serve` server (or any
+server speaking Nomic's embedding API).
+
+Large inputs are cut into chunks, sent concurrently on a few threads, and reassembled in input
+order. Each chunk is retried on 429, 5xx and connection errors with exponential backoff, waiting
+at least as long as the server's Retry-After says. Anything else (400, 401, 404, 413, 415, 422)
+is the caller's to fix and raises `RemoteError` with the server's message at once.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import httpx
+from PIL import Image
+
+from latentspace.data.images import to_rgb
+
+BASE_URL_ENV = "LATENTSPACE_BASE_URL"
+API_KEY_ENV = "LATENTSPACE_API_KEY"
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class RemoteError(RuntimeError):
+    """The server refused a request (or kept failing after every retry)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 5
+    backoff_s: float = 0.5  # first wait; doubles each retry
+    max_backoff_s: float = 30.0
+
+    def wait(self, attempt: int, retry_after: float | None) -> float:
+        backoff = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
+        return max(backoff, retry_after or 0.0)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:  # an HTTP date
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return str(body.get("detail") or body.get("error") or body)
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+
+
+class RemoteClient:
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
+                 concurrency: int = 4, text_chunk: int = 64, image_chunk: int = 16, retry: RetryPolicy = RetryPolicy()):
+        base_url = base_url or os.environ.get(BASE_URL_ENV)
+        if not base_url:
+            raise ValueError(f"remote mode needs a server: pass base_url='http://host:8000' or set {BASE_URL_ENV}")
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self.concurrency, self.text_chunk, self.image_chunk, self.retry = concurrency, text_chunk, image_chunk, retry
+        self._http = httpx.Client(base_url=self.base_url, headers=headers,
+                                  timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- public ----------------------------------------------------------------------------------
+    def text(self, texts: Sequence[str], *, model: str | None, task_type: str, dimensionality: int | None,
+             long_text_mode: str = "truncate") -> dict[str, Any]:
+        def send(chunk: list[str]) -> dict:
+            body = {"texts": chunk, "model": model, "task_type": task_type, "long_text_mode": long_text_mode}
+            if dimensionality is not None:
+                body["dimensionality"] = dimensionality
+            return self._post("/v1/embedding/text", json=body)
+
+        chunks = [list(texts[i : i + self.text_chunk]) for i in range(0, len(texts), self.text_chunk)]
+        return self._gather(chunks, send, model)
+
+    def image(self, images: Sequence[Any], *, model: str | None, dimensionality: int | None) -> dict[str, Any]:
+        parts = [_as_part(i, img) for i, img in enumerate(images)]  # read everything first: fail fast
+
+        def send(chunk: list[tuple[str, Any]]) -> dict:
+            data: dict[str, Any] = {k: v for k, v in (("model", model), ("dimensionality", dimensionality)) if v is not None}
+            if chunk[0][0] == "urls":
+                return self._post("/v1/embedding/image", data={**data, "urls": [u for _, u in chunk]})
+            return self._post("/v1/embedding/image", data=data, files=[("images", f) for _, f in chunk])
+
+        # One request holds only uploads or only URLs (the server answers uploads first), so the
+        # order of the answer is the order of the input.
+        chunks: list[list] = []
+        for part in parts:
+            if chunks and chunks[-1][0][0] == part[0] and len(chunks[-1]) < self.image_chunk:
+                chunks[-1].append(part)
+            else:
+                chunks.append([part])
+        return self._gather(chunks, send, model)
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def _gather(self, chunks: list, send, model: str | None) -> dict[str, Any]:
+        if not chunks:
+            return {"embeddings": [], "usage": {"prompt_tokens": 0, "total_tokens": 0}, "model": model, "space": None}
+        with ThreadPoolExecutor(min(self.concurrency, len(chunks))) as pool:
+            answers = list(pool.map(send, chunks))  # map keeps input order
+        spaces = {a.get("space") for a in answers}
+        if len(spaces) > 1:  # e.g. a load balancer over servers with different models
+            raise RemoteError(f"the server answered from different latent spaces {sorted(map(str, spaces))}; "
+                              "these embeddings would not be comparable")
+        tokens = sum(a.get("usage", {}).get("prompt_tokens", 0) for a in answers)
+        return {"embeddings": [row for a in answers for row in a["embeddings"]],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "model": answers[0].get("model", model), "space": spaces.pop()}
+
+    def _post(self, path: str, **kwargs) -> dict:
+        last = ""
+        for attempt in range(self.retry.max_retries + 1):
+            retry_after = None
+            try:
+                response = self._http.post(path, **kwargs)
+            except httpx.TransportError as e:  # refused, reset, timed out: worth another try
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                last = f"HTTP {response.status_code}: {_detail(response)}"
+                if response.status_code not in RETRY_STATUSES:
+                    raise RemoteError(f"{self.base_url}{path} refused the request: {last}", response.status_code)
+                retry_after = _retry_after(response)
+            if attempt < self.retry.max_retries:
+                time.sleep(self.retry.wait(attempt, retry_after))
+        raise RemoteError(f"{self.base_url}{path} failed after {self.retry.max_retries + 1} attempts; last error: {last}")
+
+
+def _as_part(index: int, image: Any) -> tuple[str, Any]:
+    """One input image -> ("urls", url) or ("images", (filename, bytes, content type))."""
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        return "urls", image
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        to_rgb(image).save(buffer, format="PNG")  # lossless, and the same RGB local mode would see
+        return "images", (f"image{index}.png", buffer.getvalue(), "image/png")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return "images", (f"image{index}", bytes(image), "application/octet-stream")
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        return "images", (path.name, path.read_bytes(), "application/octet-stream")
+    raise TypeError(f"image {index}: unsupported input {type(image).__name__}; give a path, URL, bytes or a PIL image")
+
+
+_clients: dict[tuple, RemoteClient] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(base_url: str | None, api_key: str | None, timeout: float) -> RemoteClient:
+    """A shared client per (server, key, timeout), so connections are reused across calls."""
+    key = (base_url or os.environ.get(BASE_URL_ENV), api_key if api_key is not None else os.environ.get(API_KEY_ENV), timeout)
+    with _clients_lock:
+        if key not in _clients:
+            _clients[key] = RemoteClient(key[0], key[1], timeout=timeout)
+        return _clients[key]

@@ -1,0 +1,302 @@
+"""The HTTP API against a real uvicorn server on loopback: correct answers, hostile input, limits,
+auth, concurrency and a dead inference worker."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentspace import embed
+from latentspace.serve.settings import ServeSettings
+
+import fakes
+from fakes import LiveServer
+
+KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def settings(served_dir, **overrides) -> ServeSettings:
+    base = dict(models=[f"tiny={served_dir}"], api_keys=(KEY,), max_items=8, max_queue_items=256,
+                max_body_bytes=2 * 2**20, max_pixels=1_000_000, decode_threads=2)
+    return ServeSettings(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def server(served_dir):
+    with LiveServer(settings(served_dir)) as live:
+        yield live.wait_ready()
+
+
+def png(concept="red circle", size=32, mode="RGBA") -> bytes:
+    return fakes.png_bytes(fakes.draw(concept, size=size).convert(mode))
+
+
+def post_images(server, files, headers=AUTH, **data):
+    return httpx.post(server.url + "/v1/embedding/image", headers=headers, files=files, data=data, timeout=30)
+
+
+def post_text(server, body, headers=AUTH):
+    return httpx.post(server.url + "/v1/embedding/text", headers=headers, json=body, timeout=30)
+
+
+def assert_error(response, status, *phrases):
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    for phrase in phrases:
+        assert phrase in detail, detail
+
+
+# --- answers equal local mode ---------------------------------------------------------------------
+
+def test_text_equals_local_mode(server, served_dir):
+    texts = ["a red heart", "pizza with cheese", "a rocket"]
+    for task, dim in (("search_query", None), ("search_document", 64)):
+        body = {"texts": texts, "model": "tiny", "task_type": task, **({"dimensionality": dim} if dim else {})}
+        got = post_text(server, body).json()
+        want = embed.text(texts, model=str(served_dir), task_type=task, dimensionality=dim)
+        np.testing.assert_allclose(got["embeddings"], want["embeddings"], atol=1e-5)
+        assert got["usage"] == want["usage"] and got["model"] == "tiny" and got["space"] == want["space"]
+
+
+def test_long_text_mean_equals_local_mode(server, served_dir):
+    long = " ".join(f"sentence number {i} talks about emoji." for i in range(120))  # ~900 tokens
+    got = post_text(server, {"texts": [long, "short"], "long_text_mode": "mean"}).json()
+    want = embed.text([long, "short"], model=str(served_dir), long_text_mode="mean")
+    truncated = embed.text([long], model=str(served_dir))
+    np.testing.assert_allclose(got["embeddings"], want["embeddings"], atol=1e-5)
+    assert got["usage"]["prompt_tokens"] > 512  # every piece counted
+    assert not np.allclose(got["embeddings"][0], truncated["embeddings"][0], atol=1e-3)
+
+
+def test_openai_endpoint_float_and_base64(server, served_dir):
+    want = embed.text(["a cat"], model=str(served_dir), dimensionality=32)["embeddings"][0]
+    url = server.url + "/v1/embeddings"
+    plain = httpx.post(url, headers=AUTH, json={"input": "a cat", "dimensions": 32}).json()
+    assert plain["object"] == "list" and plain["data"][0]["index"] == 0
+    np.testing.assert_allclose(plain["data"][0]["embedding"], want, atol=1e-5)
+    packed = httpx.post(url, headers=AUTH, json={"input": ["a cat"], "dimensions": 32, "encoding_format": "base64"}).json()
+    decoded = np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_allclose(decoded, want, atol=1e-5)
+
+
+def test_images_equal_local_mode_in_any_mode_and_size(server, served_dir):
+    inputs = [png("red circle", 64, "RGBA"), png("blue square", 20, "P"), png("green triangle", 1, "L"),
+              fakes.png_bytes(fakes.draw("yellow circle").convert("RGB"))]
+    jpeg = io.BytesIO()
+    fakes.draw("blue circle").convert("RGB").save(jpeg, format="JPEG")
+    inputs.append(jpeg.getvalue())
+    got = post_images(server, [("images", (f"{i}.img", b)) for i, b in enumerate(inputs)], model="tiny").json()
+    want = embed.image(inputs, model=str(served_dir))
+    np.testing.assert_allclose(got["embeddings"], want["embeddings"], atol=1e-5)
+    assert got["model"] == "tiny" and got["space"] == want["space"]
+
+
+def test_models_health_and_metrics(server, served_dir, text_tower):
+    models = httpx.get(server.url + "/v1/models", headers=AUTH).json()["data"]
+    assert models[0]["id"] == "tiny" and models[0]["dimension"] == 384 and models[0]["status"] == "ready"
+    assert models[0]["space"] == str(text_tower.space) and models[0]["modalities"] == ["text", "image"]
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    post_text(server, {"texts": ["x"]}, headers={})  # a 401 to count
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'latentspace_requests_total{route="/v1/embedding/text",status="401"}' in metrics
+    assert 'latentspace_items_embedded_total{kind="text",model="tiny"}' in metrics
+    for name in ("latentspace_queue_items", "latentspace_batch_items_bucket", "latentspace_request_seconds_bucket"):
+        assert name in metrics
+
+
+# --- hostile input ----------------------------------------------------------------------------------
+
+def _claims_pixels(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height but carries almost no data (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("payload, status, phrase", [
+    (b"", 400, "empty"),
+    (b"hello, I am a text file", 400, "not a decodable image"),
+    (png()[:60], 400, "not a decodable image"),  # truncated
+    (_claims_pixels(30000, 30000), 413, "900000000 pixels"),  # refused by PIL's own guard
+    (_claims_pixels(2000, 1000), 413, "2000x1000 pixels exceeds the limit of 1000000"),  # by ours
+])
+def test_bad_image_fails_only_its_request(server, payload, status, phrase):
+    response = post_images(server, [("images", ("good.png", png())), ("images", ("evil.png", payload))])
+    assert_error(response, status, "image 1 (evil.png)", phrase)
+    assert post_images(server, [("images", ("good.png", png()))]).status_code == 200  # still serving
+
+
+def test_unsupported_format_is_415(server):
+    tiff = io.BytesIO()
+    fakes.draw("red circle").convert("RGB").save(tiff, format="TIFF")
+    assert_error(post_images(server, [("images", ("a.tiff", tiff.getvalue()))]), 415, "TIFF", "png")
+    assert_error(httpx.post(server.url + "/v1/embedding/image", headers=AUTH, json={"images": []}), 415, "multipart")
+
+
+def test_request_limits(server):
+    assert_error(post_images(server, [("images", (f"{i}.png", png())) for i in range(9)]), 413, "at most 8")
+    assert_error(post_text(server, {"texts": ["a"] * 9}), 413, "limit is 8")
+    big = b"\x89PNG" + b"\0" * (3 * 2**20)
+    assert_error(post_images(server, [("images", ("big.png", big))]), 413, "exceeds the limit")
+    assert_error(post_images(server, [], model="tiny"), 400, "no images")
+    assert_error(post_images(server, [], images="not-a-file"), 400, "file part")
+
+
+def test_chunked_body_over_the_cap_is_413(server):
+    def stream():  # no Content-Length: the cap is enforced while reading
+        for _ in range(40):
+            yield b"x" * 65536
+    response = httpx.post(server.url + "/v1/embedding/text", headers={**AUTH, "content-type": "application/json"},
+                          content=stream())
+    assert_error(response, 413, "exceeds the limit")
+
+
+def test_validation_and_unknown_model(server):
+    assert_error(post_text(server, {"texts": ["a"], "task_type": "poetry"}), 422, "task_type")
+    assert_error(post_text(server, {"texts": ["a"], "dimensionality": 0}), 422, "dimensionality")
+    assert_error(post_text(server, {"texts": ["a"], "dimensionality": 999}), 422, "between 1 and 384")
+    assert_error(post_text(server, {"texts": "a bare string"}), 422, "texts")
+    assert_error(post_text(server, {"texts": ["a"], "model": "nope"}), 404, "unknown model 'nope'", "tiny")
+    assert_error(post_images(server, [("images", ("a.png", png()))], model="nope"), 404, "unknown model")
+
+
+def test_auth(server):
+    for headers in ({}, {"Authorization": "Bearer wrong-key-123"}, {"Authorization": KEY}):
+        response = post_text(server, {"texts": ["a"]}, headers=headers)
+        assert_error(response, 401, "API key")
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    assert httpx.get(server.url + "/v1/models").status_code == 401
+    assert httpx.get(server.url + "/health").status_code == 200  # probes need no key
+
+
+def test_urls_are_off_by_default(server):
+    response = httpx.post(server.url + "/v1/embedding/image", headers=AUTH, data={"urls": ["http://example.com/a.png"]})
+    assert_error(response, 400, "disabled", "--allow-urls")
+
+
+# --- concurrency, overload and failure ------------------------------------------------------------------
+
+def test_many_clients_get_their_own_answers_in_order(server, served_dir):
+    concepts = [f"{c} {s}" for c in fakes.COLOURS for s in fakes.SHAPES]
+    requests = [[concepts[(i + j) % len(concepts)] for j in range(1 + i % 4)] for i in range(32)]
+    images = {c: fakes.png_bytes(fakes.draw(c)) for c in concepts}
+    want_text = {c: v for c, v in zip(concepts, embed.text(concepts, model=str(served_dir))["embeddings"])}
+    want_image = {c: v for c, v in zip(concepts, embed.image([images[c] for c in concepts], model=str(served_dir))["embeddings"])}
+
+    def client(i: int):
+        texts = requests[i]
+        if i % 2:
+            got = post_text(server, {"texts": texts}).json()["embeddings"]
+            want = [want_text[t] for t in texts]
+        else:
+            response = post_images(server, [("images", (f"{t}.png", images[t])) for t in texts])
+            assert response.status_code == 200, response.text
+            got = response.json()["embeddings"]
+            want = [want_image[t] for t in texts]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        return True
+
+    with ThreadPoolExecutor(32) as pool:
+        assert all(pool.map(client, range(32)))
+    batches = httpx.get(server.url + "/metrics").text
+    assert "latentspace_batch_items_count" in batches
+
+
+def _slow_forward(slot, seconds: float):
+    original = slot.model.embed_texts
+
+    def slow(texts, task):
+        time.sleep(seconds)
+        return original(texts, task)
+    return original, slow
+
+
+def test_full_queue_answers_429_with_retry_after(served_dir):
+    with LiveServer(settings(served_dir, max_queue_items=8, max_items=8)) as live:
+        live.wait_ready()
+        slot = live.app.state.registry.slots["tiny"]
+        original, slot.model.embed_texts = _slow_forward(slot, 0.5)
+        slot.kinds.clear()
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda _: post_text(live, {"texts": ["a"] * 4}), range(6)))
+        statuses = sorted(r.status_code for r in responses)
+        assert 200 in statuses and 429 in statuses, statuses
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.headers["retry-after"] == "1" and "retry" in refused.json()["detail"]
+
+
+def test_dead_worker_turns_health_and_requests_to_503(served_dir):
+    with LiveServer(settings(served_dir)) as live:
+        live.wait_ready()
+        slot = live.app.state.registry.slots["tiny"]
+
+        def crash(pixels):
+            raise SystemExit("simulated crash of the inference thread")
+        slot.model.embed_pixels = crash
+        slot.kinds.clear()
+        started = time.monotonic()
+        assert_error(post_images(live, [("images", ("a.png", png()))]), 503, "crashed", "simulated crash")
+        assert_error(post_text(live, {"texts": ["a"]}), 503, "not running")
+        assert time.monotonic() - started < 10  # failed, not hung
+        health = httpx.get(live.url + "/health")
+        assert health.status_code == 503 and health.json()["models"]["tiny"]["status"] == "dead"
+        assert "latentspace_worker_up{model=\"tiny\"} 0.0" in httpx.get(live.url + "/metrics").text
+
+
+def test_health_is_503_while_loading(served_dir):
+    from latentspace.serve.models import load_served_model
+
+    release = threading.Event()
+
+    def slow_loader(name, spec):
+        release.wait(30)
+        return load_served_model(name, spec)
+
+    with LiveServer(settings(served_dir), loader=slow_loader) as live:
+        health = httpx.get(live.url + "/health")
+        assert health.status_code == 503 and health.json()["models"]["tiny"]["status"] == "loading"
+        response = post_text(live, {"texts": ["a"]})
+        assert_error(response, 503, "loading")
+        assert response.headers["retry-after"] == "1"
+        release.set()
+        live.wait_ready()
+        assert post_text(live, {"texts": ["a"]}).status_code == 200
+
+
+def test_a_model_that_fails_to_load_is_reported(tmp_path, served_dir):
+    with LiveServer(settings(served_dir, models=[f"tiny={served_dir}", f"broken={tmp_path / 'missing'}"])) as live:
+        deadline = time.monotonic() + 60
+        while httpx.get(live.url + "/health").json()["models"]["broken"]["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        health = httpx.get(live.url + "/health")
+        assert health.status_code == 503 and "not found" in health.json()["models"]["broken"]["error"]
+        assert_error(post_text(live, {"texts": ["a"], "model": "broken"}), 503, "failed to load")
+        assert post_text(live, {"texts": ["a"], "model": "tiny"}).status_code == 200
+
+
+def test_serves_a_hugging_face_clip_directory(tmp_path):
+    from latentspace.models.baselines import HFClipModel
+
+    clip_dir = fakes.make_hf_clip(tmp_path / "clip", seed=0)
+    with LiveServer(ServeSettings(models=[f"clip=hf-clip:{clip_dir}"])) as live:
+        live.wait_ready()
+        image_bytes = [png("red circle"), png("blue square", 50)]
+        got = httpx.post(live.url + "/v1/embedding/image", files=[("images", ("a.png", b)) for b in image_bytes]).json()
+        clip = HFClipModel(clip_dir)
+        want = clip.embed_images([Image.open(io.BytesIO(b)) for b in image_bytes])
+        np.testing.assert_allclose(got["embeddings"], want.numpy(), atol=1e-5)
+        text = httpx.post(live.url + "/v1/embedding/text", json={"texts": ["a red circle"], "task_type": "search_query"}).json()
+        np.testing.assert_allclose(text["embeddings"], clip.embed_texts(["a red circle"]).numpy(), atol=1e-5)
