@@ -235,3 +235,48 @@ def save_tiny_model_dir(path: Path, text_tower, seed: int = 0) -> Path:
     vision = VisionTower(VisionTowerConfig(**TINY_VISION), text_tower.dim)
     return save_model_dir(path, vision, text=TextTowerConfig(), space=text_tower.space,
                           preprocess=Preprocess(16), logit_scale=14.0)
+
+
+class StaticHost:
+    """A plain HTTP server on loopback for tests: `routes` maps a path to (status, headers, body),
+    or to a list of them served in turn (the last one repeats); `hits` records the paths
+    requested. Use as a context manager; `port` is set on entry."""
+
+    def __init__(self, routes: dict[str, tuple[int, dict, bytes]]):
+        self.routes, self.hits, self.port = routes, [], 0
+
+    def __enter__(self) -> "StaticHost":
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                host.hits.append(self.path)
+                route = host.routes.get(self.path, (404, {}, b"not found"))
+                if isinstance(route, list):
+                    route = route.pop(0) if len(route) > 1 else route[0]
+                status, headers, body = route
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()

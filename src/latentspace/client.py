@@ -124,7 +124,7 @@ class RemoteClient:
         if not chunks:
             return {"embeddings": [], "usage": {"prompt_tokens": 0, "total_tokens": 0}, "model": model, "space": None}
         with ThreadPoolExecutor(min(self.concurrency, len(chunks))) as pool:
-            answers = list(pool.map(send, chunks))  # map keeps input order
+            answers = list(pool.map(lambda chunk: _send_fitting(send, chunk), chunks))  # map keeps input order
         spaces = {a.get("space") for a in answers}
         if len(spaces) > 1:  # e.g. a load balancer over servers with different models
             raise RemoteError(f"the server answered from different latent spaces {sorted(map(str, spaces))}; "
@@ -152,6 +152,21 @@ class RemoteClient:
             if attempt < self.retry.max_retries:
                 time.sleep(self.retry.wait(attempt, retry_after))
         raise RemoteError(f"{self.base_url}{path} failed after {self.retry.max_retries + 1} attempts; last error: {last}")
+
+
+def _send_fitting(send, chunk: list) -> dict:
+    """Send a chunk; if the server says it is too large (413, e.g. a lower items-per-request
+    limit than our chunk size), send it in halves and join the answers."""
+    try:
+        return send(chunk)
+    except RemoteError as e:
+        if e.status != 413 or len(chunk) < 2:
+            raise
+    half = len(chunk) // 2
+    first, second = _send_fitting(send, chunk[:half]), _send_fitting(send, chunk[half:])
+    tokens = first["usage"]["prompt_tokens"] + second["usage"]["prompt_tokens"]
+    return {**first, "embeddings": first["embeddings"] + second["embeddings"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 def _as_part(index: int, image: Any) -> tuple[str, Any]:

@@ -300,3 +300,38 @@ def test_serves_a_hugging_face_clip_directory(tmp_path):
         np.testing.assert_allclose(got["embeddings"], want.numpy(), atol=1e-5)
         text = httpx.post(live.url + "/v1/embedding/text", json={"texts": ["a red circle"], "task_type": "search_query"}).json()
         np.testing.assert_allclose(text["embeddings"], clip.embed_texts(["a red circle"]).numpy(), atol=1e-5)
+
+
+# --- remote image URLs ---------------------------------------------------------------------------------
+
+def test_urls_fetched_when_enabled_and_hostile_ones_refused(served_dir):
+    image = png("green square")
+    with fakes.StaticHost({"/img.png": (200, {"Content-Type": "image/png"}, image)}) as host:
+        host.routes["/to-loopback"] = (302, {"Location": f"http://127.0.0.1:{host.port}/img.png"}, b"")
+        # `localhost` is allowed by name (an operator's internal image host), its address is not
+        config = settings(served_dir, allow_urls=True, url_allowed_hosts=("localhost",), url_timeout_s=3)
+        with LiveServer(config) as live:
+            live.wait_ready()
+
+            def post_urls(*urls):
+                return httpx.post(live.url + "/v1/embedding/image", headers=AUTH, data={"urls": list(urls)}, timeout=30)
+
+            ok = post_urls(f"http://localhost:{host.port}/img.png")
+            assert ok.status_code == 200, ok.text
+            np.testing.assert_allclose(ok.json()["embeddings"], embed.image([image], model=str(served_dir))["embeddings"], atol=1e-5)
+            mixed = httpx.post(live.url + "/v1/embedding/image", headers=AUTH, files=[("images", ("a.png", png()))],
+                               data={"urls": [f"http://localhost:{host.port}/img.png"]}).json()["embeddings"]
+            assert len(mixed) == 2
+            hostile = {
+                "http://127.0.0.1/x.png": "loopback",
+                "http://[::1]/x.png": "loopback",
+                "http://169.254.169.254/latest/meta-data/": "169.254.169.254",
+                "http://10.0.0.1/x.png": "private",
+                "http://2130706433/x.png": "127.0.0.1",
+                "file:///etc/passwd": "http",
+                f"http://localhost:{host.port}/to-loopback": "127.0.0.1",
+            }
+            for url, phrase in hostile.items():
+                assert_error(post_urls(f"http://localhost:{host.port}/img.png", url), 400, "url 1", phrase)
+            # one fetch per request of url 0; the redirect to loopback was refused, never followed
+            assert host.hits.count("/img.png") == 2 + len(hostile) and host.hits.count("/to-loopback") == 1
