@@ -168,6 +168,8 @@ def serve(
     max_queue_items: int = typer.Option(1024, help="items queued per model before answering 429"),
     batch_wait_ms: float = typer.Option(0.0, help="wait for more requests before each forward"),
     decode_threads: Optional[int] = typer.Option(None, help="image decoding threads (default: CPU count, at least 2)"),
+    image_backend: str = typer.Option("torch", help="image forward runtime: torch, or openvino (pip install openvino)"),
+    image_precision: str = typer.Option("fp32", help="fp32, or bf16 (openvino only; check the cosine in benchmarks/serve.py)"),
     allow_urls: bool = typer.Option(False, help="let clients send image URLs for the server to fetch (SSRF-checked)"),
     url_allowed_host: Optional[List[str]] = typer.Option(None, help="hostname exempt from the public-address check"),
     log_level: str = typer.Option("info"),
@@ -185,7 +187,8 @@ def serve(
             api_keys=read_api_keys(api_key, api_key_file), cors_origins=tuple(cors_origin or ()),
             max_body_bytes=int(max_body_mb * 2**20), max_items=max_items, max_pixels=max_pixels,
             max_batch_images=max_batch_images, max_batch_tokens=max_batch_tokens, max_queue_items=max_queue_items,
-            batch_wait_ms=batch_wait_ms, allow_urls=allow_urls, url_allowed_hosts=tuple(url_allowed_host or ()),
+            batch_wait_ms=batch_wait_ms, image_backend=image_backend, image_precision=image_precision,
+            allow_urls=allow_urls, url_allowed_hosts=tuple(url_allowed_host or ()),
             **extra)
     except (ValidationError, ValueError) as e:
         _fail(e)

@@ -76,7 +76,7 @@ class OpenAIRequest(_Lenient):
 
 def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> FastAPI:
     metrics = ServerMetrics()
-    registry = ModelRegistry(settings, metrics, **({"loader": loader} if loader else {}))
+    registry = ModelRegistry(settings, metrics, loader)
     auth = BearerAuth(settings.api_keys)
     decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     fetcher = _make_fetcher(settings) if settings.allow_urls else None

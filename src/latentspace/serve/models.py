@@ -25,6 +25,7 @@ from latentspace.models.baselines import HF_PREFIX, HFClipModel, is_hf_clip_dir
 from latentspace.models.model_dir import is_model_dir
 from latentspace.models.paired import PairedModel
 from latentspace.models.text_tower import TextTower, split_to_fit
+from latentspace.serve.backends import Backend, Precision, accelerate
 
 
 def parse_model_arg(arg: str) -> tuple[str, str]:
@@ -50,6 +51,8 @@ class ServedModel:
     split_long: Callable[[str, str], list[str]]
     preprocess_image: Callable[[Image.Image], torch.Tensor] | None = None
     embed_pixels: Callable[[torch.Tensor], torch.Tensor] | None = None  # normalised (B, dim) rows
+    owner: torch.nn.Module | None = None  # the module behind embed_pixels (for compiling it)
+    image_backend: str = "torch-fp32"
     uses_task_types: bool = True  # CLIP has no prefixes: task_type is accepted and ignored
 
     @property
@@ -59,7 +62,8 @@ class ServedModel:
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "owned_by": "latentspace", "kind": self.kind,
                 "dimension": self.dim, "space": self.space, "identity": self.identity, "modalities": self.modalities,
-                "max_tokens": self.max_tokens}
+                "max_tokens": self.max_tokens,
+                **({"image_backend": self.image_backend} if self.embed_pixels is not None else {})}
 
 
 def _from_text_tower(name: str, spec: str, kind: str, tower: TextTower) -> dict[str, Any]:
@@ -71,8 +75,19 @@ def _from_text_tower(name: str, spec: str, kind: str, tower: TextTower) -> dict[
     )
 
 
-def load_served_model(name: str, spec: str) -> ServedModel:
-    """Load a model spec (see module docstring). Raises ValueError / OSError with a clear message."""
+def load_served_model(name: str, spec: str, *, image_backend: Backend = "torch",
+                      image_precision: Precision = "fp32") -> ServedModel:
+    """Load a model spec (see module docstring), its image forward on `image_backend` (see
+    serve/backends.py). Raises ValueError / OSError with a clear message."""
+    model = _load(name, spec)
+    if model.embed_pixels is not None and (image_backend, image_precision) != ("torch", "fp32"):
+        example = torch.stack([model.preprocess_image(Image.new("RGB", (64, 64)))] * 2)
+        model.embed_pixels = accelerate(model.embed_pixels, model.owner, example, image_backend, image_precision)
+        model.image_backend = f"{image_backend}-{image_precision}"
+    return model
+
+
+def _load(name: str, spec: str) -> ServedModel:
     path = spec[len(HF_PREFIX):] if spec.startswith(HF_PREFIX) else spec
     if spec.startswith(HF_PREFIX) or is_hf_clip_dir(path):
         clip = HFClipModel(path)
@@ -84,14 +99,14 @@ def load_served_model(name: str, spec: str) -> ServedModel:
                 texts, truncation=True, max_length=clip.max_length)["input_ids"]],
             split_long=lambda text, task: split_to_fit(clip.tokenizer, text, clip.max_length),
             preprocess_image=clip.preprocess_image,
-            embed_pixels=lambda pixels: F.normalize(clip.embed_pixels(pixels), dim=-1),
+            embed_pixels=lambda pixels: F.normalize(clip.embed_pixels(pixels), dim=-1), owner=clip.model,
         )
     if spec != BUILTIN_TEXT_MODEL and is_model_dir(spec):
         paired = PairedModel.load(spec)
         return ServedModel(
             **_from_text_tower(name, spec, "latentspace", paired.text),
             preprocess_image=paired.preprocess_image,
-            embed_pixels=lambda pixels: F.normalize(paired.embed_pixels(pixels), dim=-1),
+            embed_pixels=lambda pixels: F.normalize(paired.embed_pixels(pixels), dim=-1), owner=paired.vision,
         )
     if spec == BUILTIN_TEXT_MODEL or Path(spec).expanduser().is_dir():
         return ServedModel(**_from_text_tower(name, spec, "text", TextTower(TextTowerConfig(path=spec))))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -42,8 +43,10 @@ class Slot:
 
 
 class ModelRegistry:
-    def __init__(self, settings: ServeSettings, metrics: ServerMetrics, loader: Loader = load_served_model):
-        self.settings, self.metrics, self.loader = settings, metrics, loader
+    def __init__(self, settings: ServeSettings, metrics: ServerMetrics, loader: Loader | None = None):
+        self.settings, self.metrics = settings, metrics
+        self.loader = loader or partial(load_served_model, image_backend=settings.image_backend,
+                                        image_precision=settings.image_precision)
         self.slots: dict[str, Slot] = {}
         for arg in settings.models:
             name, spec = parse_model_arg(arg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,6 +28,8 @@ class ServeSettings(BaseModel):
     max_queue_items: int = Field(1024, ge=1, description="items waiting per model before 429")
     batch_wait_ms: float = Field(0.0, ge=0, description="wait this long for more requests before a forward")
     decode_threads: int = Field(max(2, os.cpu_count() or 2), ge=1, description="threads decoding and resizing images")
+    image_backend: Literal["torch", "openvino"] = Field("torch", description="runtime for image forwards")
+    image_precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 needs the openvino backend")
     allow_urls: bool = Field(False, description="let /v1/embedding/image fetch `urls` server-side")
     url_allowed_hosts: tuple[str, ...] = Field((), description="hostnames exempt from the public-address check")
     url_max_bytes: int = Field(20 * 2**20, ge=1)
@@ -39,6 +42,8 @@ class ServeSettings(BaseModel):
         if self.max_queue_items < self.max_items:
             raise ValueError(f"max_queue_items ({self.max_queue_items}) must be at least max_items ({self.max_items}), "
                              "or a full-size request could never be queued")
+        if self.image_backend == "torch" and self.image_precision != "fp32":
+            raise ValueError("image_precision bf16 needs image_backend openvino")
         return self
 
 
