@@ -194,7 +194,7 @@ def main() -> None:
         clip_dir = Path(args.out) / "clip-vit-b16-random"
         if not clip_dir.exists():
             fakes.make_hf_clip(clip_dir, seed=0, width=768, layers=12, heads=12, image_size=224, patch_size=16,
-                               projection_dim=512)
+                               projection_dim=512, text_width=512, text_layers=12, text_heads=8, text_positions=77)
         spec = f"hf-clip:{clip_dir}"
     images = make_inputs(args.images, args.image_size)
     texts = [f"a photo of {c} number {i}" for i, c in enumerate(fakes.CONCEPTS * 20)]

@@ -135,7 +135,7 @@ def _byte_symbols() -> list[str]:
     return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
 
 
-def _write_byte_tokenizer(directory: Path) -> None:
+def _write_byte_tokenizer(directory: Path, max_length: int = 16) -> None:
     """A CLIP tokenizer with no merges: every word is spelled byte by byte."""
     from transformers import CLIPTokenizer
 
@@ -143,21 +143,24 @@ def _write_byte_tokenizer(directory: Path) -> None:
     tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
     (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(tokens)}))
     (directory / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=16)
+    tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"), model_max_length=max_length)
     tokenizer.save_pretrained(directory)
 
 
 def make_hf_clip(directory: Path, seed: int, *, width: int = 32, layers: int = 1, heads: int = 2,
-                 image_size: int = 32, patch_size: int = 8, projection_dim: int = PROJECTION_DIM) -> Path:
-    """A randomly initialised Hugging Face CLIP directory (tiny by default; ViT-B/16 is
-    width=768, layers=12, heads=12, image_size=224, patch_size=16, projection_dim=512)."""
+                 image_size: int = 32, patch_size: int = 8, projection_dim: int = PROJECTION_DIM,
+                 text_width: int = 32, text_layers: int = 1, text_heads: int = 2, text_positions: int = 16) -> Path:
+    """A randomly initialised Hugging Face CLIP directory (tiny by default). CLIP ViT-B/16 is
+    width=768, layers=12, heads=12, image_size=224, patch_size=16, projection_dim=512,
+    text_width=512, text_layers=12, text_heads=8, text_positions=77."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, bos_token_id=512,
+        text_config=dict(vocab_size=514, hidden_size=text_width, intermediate_size=4 * text_width,
+                         num_hidden_layers=text_layers, num_attention_heads=text_heads,
+                         max_position_embeddings=text_positions, bos_token_id=512,
                          eos_token_id=513, pad_token_id=513),
         vision_config=dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
                            num_attention_heads=heads, image_size=image_size, patch_size=patch_size),
@@ -167,7 +170,7 @@ def make_hf_clip(directory: Path, seed: int, *, width: int = 32, layers: int = 1
     CLIPModel(config).save_pretrained(directory)
     CLIPImageProcessor(size={"shortest_edge": image_size},
                        crop_size={"height": image_size, "width": image_size}).save_pretrained(directory)
-    _write_byte_tokenizer(directory)
+    _write_byte_tokenizer(directory, max_length=text_positions)
     return directory
 
 
