@@ -335,3 +335,15 @@ def test_urls_fetched_when_enabled_and_hostile_ones_refused(served_dir):
                 assert_error(post_urls(f"http://localhost:{host.port}/img.png", url), 400, "url 1", phrase)
             # one fetch per request of url 0; the redirect to loopback was refused, never followed
             assert host.hits.count("/img.png") == 2 + len(hostile) and host.hits.count("/to-loopback") == 1
+
+
+def test_cors_is_off_unless_configured(server, served_dir):
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    closed = httpx.options(server.url + "/v1/embedding/text", headers=preflight)
+    assert "access-control-allow-origin" not in closed.headers
+    with LiveServer(settings(served_dir, cors_origins=("https://app.example",))) as live:
+        opened = httpx.options(live.url + "/v1/embedding/text", headers=preflight)
+        assert opened.headers["access-control-allow-origin"] == "https://app.example"
+        other = httpx.options(live.url + "/v1/embedding/text", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
