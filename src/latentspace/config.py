@@ -47,6 +47,8 @@ class VisionTowerConfig(_Strict):
     pool: Literal["cls", "mean", "attn"] = "mean"
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model kwargs (depth, embed_dim, ...)")
     init_checkpoint: str | None = Field(None, description="local timm / safetensors checkpoint for the backbone")
+    init_from: str | None = Field(None, description="a latentspace model directory whose whole vision tower "
+                                                    "(backbone, pooling, projection) starts this one; same arch")
 
 
 class AugmentConfig(_Strict):
@@ -60,6 +62,34 @@ class AugmentConfig(_Strict):
     rotation: float = Field(10.0, ge=0.0, description="max degrees of random rotation")
 
 
+class TextPairsConfig(_Strict):
+    """Text-only pairs (query, positive) mixed into training to protect a trainable text tower."""
+
+    path: str = Field(..., description="JSONL ({'query','positive'} / {'anchor','positive'} / [a, b] per line), "
+                                       "Parquet (first two string columns) or webdataset shards (json with the same keys)")
+    ratio: float = Field(0.5, gt=0, le=1, description="fraction of steps that add a text-text contrastive loss")
+    batch_size: int | None = Field(None, ge=2, description="pairs per text step; None = train.batch_size")
+    weight: float = Field(1.0, gt=0, description="weight of the text-text loss on the steps that have it")
+
+
+class ThirdTowerConfig(_Strict):
+    """Three Towers: a frozen pretrained image model whose embeddings are extra contrastive targets."""
+
+    model_dir: str | None = Field(None, description="a saved latentspace model directory (its vision tower)")
+    arch: str | None = Field(None, description="or a timm architecture ...")
+    checkpoint: str | None = Field(None, description="... with a local checkpoint file")
+    image_size: int = Field(224, ge=8, description="input size for a timm third tower")
+    cache_dir: str = Field("artifacts/cache/third_tower", description="its embeddings, computed once per image")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ThirdTowerConfig":
+        if bool(self.model_dir) == bool(self.arch):
+            raise ValueError("three_towers needs exactly one of model_dir, or arch + checkpoint")
+        if self.arch and not self.checkpoint:
+            raise ValueError("three_towers.arch needs a local checkpoint (nothing is downloaded)")
+        return self
+
+
 class DataConfig(_Strict):
     train_shards: str = Field(..., description="webdataset URLs: paths, brace patterns, ::-joined lists, pipe: commands, http(s)")
     caption: Literal["name", "random"] = Field(
@@ -68,6 +98,7 @@ class DataConfig(_Strict):
     workers: int = Field(1, ge=0)
     shuffle_buffer: int = Field(2000, ge=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    text_pairs: TextPairsConfig | None = Field(None, description="text-only pairs; required by the +text recipes")
 
 
 class OptimConfig(_Strict):
@@ -78,6 +109,7 @@ class OptimConfig(_Strict):
     warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
     grad_clip: float | None = Field(1.0, gt=0)
+    text_lr: float | None = Field(None, gt=0, description="learning rate of a trainable text tower; None = lr")
 
 
 class TrainConfig(_Strict):
@@ -93,12 +125,33 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default")
 
 
+RECIPES = ("both", "both+text", "three_towers", "three_towers+text", "locked_image", "locked_text")
+Recipe = Literal["both", "both+text", "three_towers", "three_towers+text", "locked_image", "locked_text"]
+
+
 class RunConfig(_Strict):
+    recipe: Recipe = Field("locked_text", description="which towers train; see train/recipes.py and DESIGN.md")
     text: TextTowerConfig = Field(default_factory=TextTowerConfig)
     vision: VisionTowerConfig = Field(default_factory=VisionTowerConfig)
     data: DataConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    three_towers: ThirdTowerConfig | None = Field(None, description="the frozen third tower; required by three_towers*")
+
+    @model_validator(mode="after")
+    def _check_recipe(self) -> "RunConfig":
+        if self.recipe.endswith("+text") and self.data.text_pairs is None:
+            raise ValueError(f"recipe {self.recipe} mixes in text-only pairs: set data.text_pairs.path "
+                             "(JSONL, Parquet or shards of query/positive pairs)")
+        if not self.recipe.endswith("+text") and self.data.text_pairs is not None:
+            raise ValueError(f"data.text_pairs is set but recipe {self.recipe} does not use it; "
+                             f"use {self.recipe}+text if it exists, or remove data.text_pairs")
+        if self.recipe.startswith("three_towers") and self.three_towers is None:
+            raise ValueError(f"recipe {self.recipe} needs a frozen third tower: set three_towers.model_dir "
+                             "(a latentspace model) or three_towers.arch + three_towers.checkpoint")
+        if not self.recipe.startswith("three_towers") and self.three_towers is not None:
+            raise ValueError(f"three_towers is set but recipe {self.recipe} has no third tower")
+        return self
 
     @model_validator(mode="after")
     def _check_schedule(self) -> "RunConfig":

@@ -101,6 +101,11 @@ def read_caption(sample: dict, mode: str, rng: random.Random | None = None) -> s
     return (raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)).strip()
 
 
+def sample_id(sample: dict) -> str:
+    """A sample's identity across shards: shard URL and key (keys alone repeat between shards)."""
+    return f"{sample.get('__url__', '?')}#{sample.get('__key__', '')}"
+
+
 def iter_raw_samples(urls: list[str], handler: Callable[[Exception], bool]) -> Iterator[dict]:
     return wds.tarfile_to_samples(handler=handler)(iter({"url": u} for u in urls))
 
@@ -204,4 +209,4 @@ class ImageTextStream(IterableDataset):
             img = decode_image(sample[image_key], name=f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}")
         except ImageDecodeError:
             return None
-        return self.transform(img), caption, str(sample.get("__key__", ""))
+        return self.transform(img), caption, sample_id(sample)

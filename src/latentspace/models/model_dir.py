@@ -26,21 +26,35 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def save_model_dir(path: str | Path, vision: VisionTower, *, text: TextTowerConfig, space: SpaceIdentity,
-                   preprocess: Preprocess, logit_scale: float, info: dict[str, Any] | None = None) -> Path:
+                   preprocess: Preprocess, logit_scale: float, info: dict[str, Any] | None = None,
+                   trained_text: "TextTower | None" = None) -> Path:
+    """Write a model directory atomically (a crash leaves the old one or the new one, never half).
+
+    `trained_text`: a text tower the recipe trained. It is saved inside the directory (as a
+    sentence-transformers folder named after the original and the change), the config points at
+    it by relative path, and the recorded space is the *new* one read back from those files:
+    a trained text tower defines a new latent space."""
+    from latentspace.models.text_tower import TextTower
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = {
-        "format": FORMAT,
-        "name": path.name,
-        "space": space.to_dict(),
-        "text": text.model_dump(mode="json"),
-        "vision": vision.cfg.model_dump(mode="json") | {"init_checkpoint": None},
-        "preprocess": preprocess.to_dict(),
-        "logit_scale": float(logit_scale),
-        "info": info or {},
-    }
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        if trained_text is not None:
+            folder = f"{trained_text.name}-{(info or {}).get('recipe', 'tuned')}"
+            trained_text.save(tmp / folder)
+            space = TextTower(text.model_copy(update={"path": str(tmp / folder)})).space
+            text = text.model_copy(update={"path": folder})
+        config = {
+            "format": FORMAT,
+            "name": path.name,
+            "space": space.to_dict(),
+            "text": text.model_dump(mode="json"),
+            "vision": vision.cfg.model_dump(mode="json") | {"init_checkpoint": None, "init_from": None},
+            "preprocess": preprocess.to_dict(),
+            "logit_scale": float(logit_scale),
+            "info": info or {},
+        }
         save_model(vision, str(tmp / WEIGHTS_NAME))
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         old = path.with_name(f".{path.name}.old")
@@ -53,6 +67,15 @@ def save_model_dir(path: str | Path, vision: VisionTower, *, text: TextTowerConf
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def text_path_in(model_dir: str | Path, text_path: str) -> str:
+    """A model directory's text tower path: relative paths point inside the directory (a text
+    tower the recipe trained); anything else (a directory, builtin:...) is used as it is."""
+    inside = Path(model_dir).expanduser() / text_path
+    if not Path(text_path).is_absolute() and ":" not in text_path and inside.is_dir():
+        return str(inside)
+    return text_path
 
 
 def is_model_dir(path: str | Path) -> bool:

@@ -10,7 +10,7 @@ import torch
 from latentspace.config import TextTowerConfig
 from latentspace.data.images import load_image
 from latentspace.data.transforms import Preprocess, eval_transform
-from latentspace.models.model_dir import load_vision
+from latentspace.models.model_dir import load_vision, text_path_in
 from latentspace.models.text_tower import TextTower, finish
 from latentspace.models.vision_tower import VisionTower
 from latentspace.space import SpaceIdentity, check_same_space
@@ -31,6 +31,7 @@ class PairedModel:
         must still define the recorded space."""
         vision, config = load_vision(model_dir)
         text_cfg = TextTowerConfig.model_validate(config["text"])
+        text_cfg = text_cfg.model_copy(update={"path": text_path_in(model_dir, text_cfg.path)})
         if text_path is not None:
             text_cfg = text_cfg.model_copy(update={"path": text_path})
         text = TextTower(text_cfg)

@@ -9,6 +9,7 @@ sentence_bert_config.json, config_sentence_transformers.json) and run the transf
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -214,3 +215,22 @@ class TextTower(nn.Module):
         if self.cfg.layer_norm:
             vectors = F.layer_norm(vectors, (vectors.shape[-1],))
         return vectors.float()
+
+    # -- for recipes that train the text tower ---------------------------------------------------
+    def set_trainable(self, trainable: bool) -> None:
+        self.transformer.requires_grad_(trainable)
+        self.transformer.train(trainable)
+
+    def forward(self, texts: Sequence[str], task_type: str) -> torch.Tensor:
+        """Normalised (N, dim) embeddings *with* gradients (encode() is for inference)."""
+        return finish(self._encode_batch(list(texts), task_type), self.cfg.dimensionality)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write this (possibly fine-tuned) tower as a sentence-transformers directory: the
+        original's description files (pooling, prompts, ...) plus the current weights."""
+        directory = Path(directory)
+        weights = ("*.safetensors", "*.bin", "*.pt", "*.onnx", "onnx", "openvino", "README.md")
+        shutil.copytree(self.root, directory, ignore=shutil.ignore_patterns(*weights), dirs_exist_ok=True)
+        self.transformer.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory

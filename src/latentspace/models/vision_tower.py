@@ -94,12 +94,3 @@ class VisionTower(nn.Module):
         else:
             pooled = self.attn_pool(tokens)
         return self.proj(pooled)
-
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """No weight decay on biases, norms, embeddings and tokens (1-d parameters)."""
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "query", "reg_token")) else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

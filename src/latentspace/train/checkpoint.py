@@ -55,7 +55,11 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     """Fields whose values differ, ignoring the ones that do not affect training."""
     diffs = []
     for section in sorted(set(saved) | set(current)):
-        a, b = saved.get(section, {}), current.get(section, {})
+        a, b = saved.get(section), current.get(section)
+        if not (isinstance(a, dict) and isinstance(b, dict)):  # a top-level value (recipe) or an absent section
+            if a != b:
+                diffs.append(f"{section}: {a!r} -> {b!r}")
+            continue
         for key in sorted(set(a) | set(b)):
             if (section, key) not in RESUMABLE_DIFFERENCES and a.get(key) != b.get(key):
                 diffs.append(f"{section}.{key}: {a.get(key)!r} -> {b.get(key)!r}")

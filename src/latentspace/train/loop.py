@@ -1,7 +1,9 @@
-"""Locked-text training: the vision tower learns to land where the frozen text tower puts captions.
+"""The training loop, for every recipe (train/recipes.py says which towers train).
 
-The text tower runs once per unique caption before training (filling the on-disk cache); the
-training step itself is vision forward + lookups + InfoNCE + AdamW.
+In the default, locked-text recipe the text tower runs once per unique caption before training
+(filling the on-disk cache) and the step is vision forward + lookups + InfoNCE + AdamW. Other
+recipes train the text tower too, add a frozen third image tower (also cached), or mix in
+text-only pairs.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from latentspace.config import RunConfig, dump_config
 from latentspace.data.shards import ImageTextStream, StreamPosition, expand_urls, iter_captions, sample_seed
 from latentspace.data.text_cache import TextEmbeddingCache
 from latentspace.data.transforms import BatchAugment, Preprocess, load_transform
-from latentspace.models.model_dir import save_model_dir
+from latentspace.data.text_pairs import TextPairs
+from latentspace.models.model_dir import load_vision, save_model_dir
 from latentspace.models.text_tower import TextTower
 from latentspace.models.vision_tower import VisionTower
 from latentspace.space import SpaceIdentity, check_same_space
 from latentspace.train.checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from latentspace.train.loss import LogitScale, contrastive_loss
+from latentspace.train.optim import param_groups
+from latentspace.train.recipes import FrozenImageTower, RecipeLoss, RecipeSpec, fill_image_cache
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -84,20 +88,34 @@ def _progress(console: Console) -> Progress:
 class Trainer:
     def __init__(self, cfg: RunConfig, console: Console | None = None):
         self.cfg, self.console = cfg, console or Console(stderr=True)
+        self.spec = RecipeSpec.of(cfg.recipe)
         self.out = Path(cfg.train.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
         self.urls = expand_urls(cfg.data.train_shards)
+        # Everything that can fail on bad input (text pairs, towers, checkpoints) is loaded here,
+        # before any step runs.
+        self.pairs = self._text_pairs()
         self.text = TextTower(cfg.text)
-        self.cache = fill_text_cache(cfg, self.text, self.urls, self.console)
+        self.text.set_trainable(self.spec.train_text)
+        self.cache = None if self.spec.train_text else fill_text_cache(cfg, self.text, self.urls, self.console)
         self.preprocess = Preprocess(cfg.vision.image_size)
         self.augment = BatchAugment(self.preprocess, cfg.data.augment)
         self.vision = VisionTower(cfg.vision, self.text.dim)
-        self.scale = LogitScale(cfg.train.init_temperature, cfg.train.max_logit_scale)
-        o = cfg.optim
-        groups = self.vision.param_groups(o.weight_decay) + [{"params": list(self.scale.parameters()), "weight_decay": 0.0}]
+        if cfg.vision.init_from:
+            load_whole_vision(self.vision, cfg.vision.init_from)
+        self.image_cache = None if self.spec.train_vision else self._frozen_vision_cache()
+        third = FrozenImageTower.from_config(cfg.three_towers) if self.spec.third_tower else None
+        self.third_cache = self._image_cache("third tower", third, cfg.three_towers.cache_dir) if third else None
+        t, o = cfg.train, cfg.optim
+        self.loss_fn = RecipeLoss(self.spec, self.text.dim, third.dim if third else None, t.init_temperature, t.max_logit_scale)
+        groups = param_groups(self.loss_fn, o.weight_decay)
+        if self.spec.train_vision:
+            groups += param_groups(self.vision, o.weight_decay)
+        if self.spec.train_text:
+            groups += param_groups(self.text, o.weight_decay, lr=o.text_lr)
         self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(o.warmup_steps, cfg.train.steps, o.min_lr_ratio))
@@ -105,6 +123,34 @@ class Trainer:
         self.positions: dict[int, StreamPosition] = {}
         self.next_role = 0
         self.resumed_from = self._maybe_resume()
+
+    def _text_pairs(self) -> TextPairs | None:
+        tp = self.cfg.data.text_pairs
+        if tp is None:
+            return None
+        pairs = TextPairs(tp.path, self.cfg.train.seed, tp.ratio, tp.batch_size or self.cfg.train.batch_size)
+        self.console.print(f"text pairs: {len(pairs)} from {tp.path} ({pairs.skipped} malformed skipped), "
+                           f"on {tp.ratio:.0%} of steps")
+        return pairs
+
+    def _frozen_vision_cache(self) -> TextEmbeddingCache:
+        v = self.cfg.vision
+        if not (v.init_from or v.init_checkpoint):
+            raise ValueError(f"recipe {self.spec.name} freezes the vision tower, so it must start from pretrained "
+                             "weights: set vision.init_from (a latentspace model directory) or vision.init_checkpoint")
+        self.vision.requires_grad_(False).eval()
+        tower = FrozenImageTower(self.vision, self.preprocess, v.arch)
+        return self._image_cache("frozen vision tower", tower, str(Path(self.cfg.train.text_cache_dir).parent / "images"))
+
+    def _image_cache(self, what: str, tower: FrozenImageTower, root: str) -> TextEmbeddingCache:
+        """A frozen image tower's embeddings of every training image, computed once."""
+        cache = TextEmbeddingCache(root, tower.identity, "image")
+        with _progress(self.console) as bar:
+            task = bar.add_task(what, total=None, stats="")
+            added = fill_image_cache(cache, self.urls, tower, self.cfg.text.batch_size,
+                                     on_progress=lambda n: bar.advance(task, n))
+        self.console.print(f"{what}: {len(cache)} image embedding(s) cached at {cache.dir} ({added} new)")
+        return cache
 
     @property
     def checkpoint_path(self) -> Path:
@@ -132,7 +178,12 @@ class Trainer:
         # Same config but a text model directory whose contents changed: a different space.
         check_same_space(SpaceIdentity.from_dict(state["space"]), self.text.space, what=f"checkpoint {self.checkpoint_path}")
         self.vision.load_state_dict(state["vision"])
-        self.scale.load_state_dict(state["logit_scale"])
+        if "loss" in state:
+            self.loss_fn.load_state_dict(state["loss"])
+        else:  # checkpoints from before recipes held only the image-text temperature
+            self.loss_fn.scale.load_state_dict(state["logit_scale"])
+        if self.spec.train_text:
+            self.text.load_state_dict(state["text"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -154,7 +205,8 @@ class Trainer:
         save_checkpoint(self.checkpoint_path, {
             "step": self.step,
             "vision": self.vision.state_dict(),
-            "logit_scale": self.scale.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            **({"text": self.text.state_dict()} if self.spec.train_text else {}),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
@@ -173,16 +225,26 @@ class Trainer:
                           prefetch_factor=4 if d.workers else None, persistent_workers=False)
 
     def train_step(self, batch: dict) -> float:
-        text_emb = self.cache.lookup(batch["captions"])
-        # Augmentation draws from a generator tied to the step, so a resumed run replays it exactly.
-        gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, self.step))
-        images = self.augment(batch["images"], gen)
-        self.vision.train()
-        loss = contrastive_loss(self.vision(images), text_emb, self.scale())
+        spec, task = self.spec, self.cfg.text.caption_task
+        if spec.train_vision:
+            # Augmentation draws from a generator tied to the step, so a resumed run replays it exactly.
+            gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, self.step))
+            self.vision.train()
+            image_emb = self.vision(self.augment(batch["images"], gen))
+        else:
+            image_emb = self.image_cache.lookup(batch["keys"])
+        text_emb = self.text(batch["captions"], task) if spec.train_text else self.cache.lookup(batch["captions"])
+        third_emb = self.third_cache.lookup(batch["keys"]) if spec.third_tower else None
+        loss = self.loss_fn(image_emb, text_emb, third_emb)
+        if self.pairs is not None and self.pairs.is_text_step(self.step):
+            queries, positives = self.pairs.batch(self.step)
+            pair_loss = self.loss_fn.pairs(self.text(queries, "search_query"), self.text(positives, "search_document"))
+            loss = loss + self.cfg.data.text_pairs.weight * pair_loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.vision.parameters(), self.cfg.optim.grad_clip)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -207,7 +269,7 @@ class Trainer:
                     ips = window_n / max(1e-9, time.perf_counter() - window_t)
                     window_t, window_n = time.perf_counter(), 0
                     record = {"step": self.step, "loss": round(loss, 5), "lr": self.scheduler.get_last_lr()[0],
-                              "logit_scale": round(float(self.scale().detach()), 3), "images_per_s": round(ips, 1),
+                              "logit_scale": round(float(self.loss_fn.scale().detach()), 3), "images_per_s": round(ips, 1),
                               "skipped": self.skipped, "time": round(time.time(), 3)}
                     log.write(json.dumps(record) + "\n")
                     log.flush()
@@ -219,8 +281,10 @@ class Trainer:
         plot_loss_curve(self.out / METRICS_NAME, self.out / "loss.png")
         model_dir = save_model_dir(
             self.out / "model", self.vision, text=self.cfg.text, space=self.text.space, preprocess=self.preprocess,
-            logit_scale=float(self.scale().detach()), info={"steps": self.step, "batch_size": t.batch_size,
-                                                   "train_shards": self.cfg.data.train_shards})
+            logit_scale=float(self.loss_fn.scale().detach()),
+            info={"steps": self.step, "batch_size": t.batch_size, "train_shards": self.cfg.data.train_shards,
+                  "recipe": self.spec.name},
+            trained_text=self.text if self.spec.train_text else None)
         return TrainResult(self.out, model_dir, self.step, start, self.skipped, self.shard_errors,
                            time.perf_counter() - t0, loss)
 
@@ -231,6 +295,22 @@ class Trainer:
     @property
     def shard_errors(self) -> int:
         return sum(p.shard_errors for p in self.positions.values())
+
+
+def load_whole_vision(vision: VisionTower, model_dir: str) -> None:
+    """Start `vision` from a saved latentspace model's vision tower (backbone, pooling, projection)."""
+    source, config = load_vision(model_dir)
+    ignore = {"init_checkpoint", "init_from"}
+    mine = {k: v for k, v in vision.cfg.model_dump(mode="json").items() if k not in ignore}
+    theirs = {k: v for k, v in config["vision"].items() if k not in ignore}
+    if mine != theirs:
+        diffs = [f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in sorted(set(mine) | set(theirs))
+                 if mine.get(k) != theirs.get(k)]
+        raise ValueError(f"vision.init_from {model_dir} has a different vision tower ({'; '.join(diffs)})")
+    if int(config["space"]["dim"]) != vision.proj.out_features:
+        raise ValueError(f"vision.init_from {model_dir} projects to {config['space']['dim']} dims, "
+                         f"this text tower has {vision.proj.out_features}")
+    vision.load_state_dict(source.state_dict())
 
 
 def train(cfg: RunConfig, console: Console | None = None) -> TrainResult:

@@ -1,0 +1,148 @@
+"""The six training recipes (DESIGN.md): which towers train, which are frozen, what is added.
+
+    recipe              vision     text       third tower   text-only pairs
+    locked_text         trains     frozen     -             -        (the default; Nomic Embed Vision)
+    locked_image        frozen     trains     -             -        (LiT)
+    both                trains     trains     -             -        (CLIP-style fine-tuning)
+    both+text           trains     trains     -             yes
+    three_towers        trains     trains     frozen        -        (Kossen et al. 2023)
+    three_towers+text   trains     trains     frozen        yes
+
+A frozen tower never runs inside the training step: its embeddings are computed once into an
+on-disk cache (captions for a frozen text tower; for a frozen image tower, each training image
+without augmentation, keyed by shard and sample) and looked up. That is why `locked_image` trains
+on un-augmented images: an augmented view would have to be re-embedded every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentspace.config import RECIPES, ThirdTowerConfig
+from latentspace.data.images import ImageDecodeError, decode_image
+from latentspace.data.shards import IMAGE_EXTENSIONS, ErrorCounter, iter_raw_samples, sample_id
+from latentspace.data.text_cache import TextEmbeddingCache
+from latentspace.data.transforms import Preprocess, eval_transform
+from latentspace.space import SpaceIdentity, fingerprint, hash_state_dict
+from latentspace.train.loss import LogitScale, contrastive_loss
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    name: str
+    train_vision: bool
+    train_text: bool
+    third_tower: bool
+    text_pairs: bool
+
+    @classmethod
+    def of(cls, name: str) -> "RecipeSpec":
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+        return cls(name=name, train_vision=name != "locked_image", train_text=name != "locked_text",
+                   third_tower=name.startswith("three_towers"), text_pairs=name.endswith("+text"))
+
+
+class FrozenImageTower:
+    """A frozen image model used only to fill a cache: a latentspace model directory's vision
+    tower, or a timm backbone from a local checkpoint (pooled features)."""
+
+    def __init__(self, module: nn.Module, preprocess: Preprocess, name: str):
+        self.module = module.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        self.transform = eval_transform(preprocess)
+        with torch.inference_mode():
+            self.dim = int(self.module(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size)).shape[-1])
+        weights = hash_state_dict(self.module.state_dict())
+        self.identity = SpaceIdentity(name=f"frozen-image-{name}", dim=self.dim,
+                                      fingerprint=fingerprint({"weights": weights, "preprocess": preprocess.to_dict()}))
+
+    @classmethod
+    def from_config(cls, cfg: ThirdTowerConfig) -> "FrozenImageTower":
+        if cfg.model_dir:
+            from latentspace.models.model_dir import load_vision
+
+            vision, config = load_vision(cfg.model_dir)
+            return cls(vision, Preprocess.from_dict(config["preprocess"]), Path(cfg.model_dir).name)
+        import timm
+
+        checkpoint = Path(cfg.checkpoint).expanduser()
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"three_towers.checkpoint not found: {checkpoint}")
+        try:
+            backbone = timm.create_model(cfg.arch, pretrained=True, num_classes=0,
+                                         pretrained_cfg_overlay={"file": str(checkpoint), "num_classes": 0})
+        except Exception as e:  # timm raises RuntimeError / KeyError / pickling errors: name the inputs
+            raise ValueError(f"could not load the third tower {cfg.arch!r} from {checkpoint}: {e}") from e
+        return cls(backbone, Preprocess(cfg.image_size), cfg.arch)
+
+    @torch.inference_mode()
+    def embed(self, images: list) -> torch.Tensor:
+        return F.normalize(self.module(torch.stack([self.transform(i) for i in images])).float(), dim=-1)
+
+
+def fill_image_cache(cache: TextEmbeddingCache, urls: list[str], tower: FrozenImageTower, batch_size: int,
+                     on_progress: Callable[[int], None] | None = None) -> int:
+    """Embed every training image not cached yet (no augmentation), keyed like the stream's
+    batches; undecodable samples are skipped (the stream skips them too)."""
+    added = 0
+    for keys, images in _image_chunks(urls, batch_size, cache):
+        lookup = dict(zip(keys, images))
+        added += cache.fill(keys, lambda ks: tower.embed([lookup[k] for k in ks]), batch_size=batch_size)
+        if on_progress:
+            on_progress(len(keys))
+    return added
+
+
+def _image_chunks(urls: list[str], size: int, cache: TextEmbeddingCache) -> Iterator[tuple[list[str], list]]:
+    keys, images = [], []
+    for sample in iter_raw_samples(urls, ErrorCounter()):
+        key = sample_id(sample)
+        image_key = next((k for k in IMAGE_EXTENSIONS if k in sample), None)
+        if image_key is None or key in cache or key in keys:
+            continue
+        try:
+            images.append(decode_image(sample[image_key], name=key))
+        except ImageDecodeError:
+            continue
+        keys.append(key)
+        if len(keys) == size:
+            yield keys, images
+            keys, images = [], []
+    if keys:
+        yield keys, images
+
+
+class RecipeLoss(nn.Module):
+    """The loss of one step, for any recipe: image-text InfoNCE, plus for Three Towers the two
+    towers against the frozen third (each through its own linear head into the third tower's
+    space, with its own temperature, as in the paper), averaged over the three terms."""
+
+    def __init__(self, spec: RecipeSpec, dim: int, third_dim: int | None, init_temperature: float, max_scale: float):
+        super().__init__()
+        self.spec = spec
+        self.scale = LogitScale(init_temperature, max_scale)
+        if spec.third_tower:
+            assert third_dim is not None
+            self.image_head = nn.Linear(dim, third_dim, bias=False)
+            self.text_head = nn.Linear(dim, third_dim, bias=False)
+            self.third_scale = LogitScale(init_temperature, max_scale)
+        if spec.text_pairs:
+            self.pair_scale = LogitScale(init_temperature, max_scale)
+
+    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, third_emb: torch.Tensor | None = None) -> torch.Tensor:
+        loss = contrastive_loss(image_emb, text_emb, self.scale())
+        if self.spec.third_tower:
+            scale = self.third_scale()
+            loss = (loss + contrastive_loss(self.image_head(image_emb), third_emb, scale)
+                    + contrastive_loss(self.text_head(text_emb), third_emb, scale)) / 3
+        return loss
+
+    def pairs(self, query_emb: torch.Tensor, positive_emb: torch.Tensor) -> torch.Tensor:
+        return contrastive_loss(query_emb, positive_emb, self.pair_scale())
