@@ -32,6 +32,7 @@ from latentspace.data.wordnet import (
     parse_data_line,
     select_synsets,
 )
+from latentspace.eval.text_retrieval import load_text_task
 
 FIXTURES = Path(__file__).parent / "wordnet"
 
@@ -183,6 +184,10 @@ def test_build_writes_queries_documents_and_relevance(tmp_path, package):
     assert by_definition["a heavy silvery toxic univalent and bivalent metallic element"] == ["Mercury", "quicksilver"]
     assert len(docs) == 13 and len(set(docs)) == 13
     assert not any("sun" in q["text"].split() for q in task["queries"])
+    # The evaluator reads what the builder writes.
+    loaded = load_text_task(tmp_path / "wordnet")
+    assert loaded.name == "wordnet_gloss_to_lemma" and loaded.documents == docs
+    assert loaded.relevant == [q["relevant"] for q in task["queries"]]
 
 
 def test_build_is_cached_and_deterministic(tmp_path, package):

@@ -69,6 +69,9 @@ class SuiteResult:
     # Tasks in the whole suite, so a run restricted with `only` is not mistaken for a full one;
     # 0 = unknown (results saved before this field existed): tasks + missing is used instead.
     n_suite_tasks: int = 0
+    # Benchmarks of the text side alone (eval.text_retrieval), reported beside the image tasks but
+    # never part of the suite's average: a suite score must mean the same with or without them.
+    text_tasks: list[TaskResult] = field(default_factory=list)
 
     @property
     def average(self) -> float | None:
