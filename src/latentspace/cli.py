@@ -115,12 +115,15 @@ def evaluate(
     text_task_type: str = typer.Option("search_query", help="task type (prefix) for class prompts and captions"),
     prompt_cache: Path = typer.Option(Path("artifacts/cache/prompts"), help="where prompt embeddings are cached"),
     batch_size: int = typer.Option(256, min=1),
+    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader processes that decode images "
+                                                              "(default: CPUs - 1, at most 4; 0 = decode in this process)"),
     text_benchmark: Optional[str] = typer.Option(
         None, help="also score the text side alone on this text-retrieval task (a folder from "
                    "`latentspace data wordnet`, or `auto`: the default WordNet task, built if missing); "
                    "reported beside the image tasks, not part of the average"),
 ) -> None:
     """Zero-shot classification and retrieval on a task suite for one or more models, side by side."""
+    from latentspace.eval.loader import default_workers
     from latentspace.eval.prompt_cache import PromptCache
     from latentspace.eval.report import print_table, write_chart, write_json, write_markdown
     from latentspace.eval.runner import evaluate_suite
@@ -138,7 +141,8 @@ def evaluate(
             model = PairedModel.load(spec, text_path=text) if text and is_model_dir(spec) else load_embedder(spec)
             cached = PromptCache(model, prompt_cache)
             result = evaluate_suite(cached, path, batch_size=batch_size, only=only or None, data_dir=data_dir,
-                                    text_task_type=text_task_type)
+                                    text_task_type=text_task_type,
+                                    workers=default_workers() if workers is None else workers)
             if text_task is not None:
                 # Through the prompt cache too: its key is the space fingerprint, which covers the
                 # text weights, so only a model with the very same text side can share entries.
