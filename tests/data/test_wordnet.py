@@ -186,7 +186,7 @@ def test_build_writes_queries_documents_and_relevance(tmp_path, package):
     assert not any("sun" in q["text"].split() for q in task["queries"])
     # The evaluator reads what the builder writes.
     loaded = load_text_task(tmp_path / "wordnet")
-    assert loaded.name == "wordnet_gloss_to_lemma" and loaded.documents == docs
+    assert loaded.name == "wordnet_def_to_lemma" and loaded.documents == docs
     assert loaded.relevant == [q["relevant"] for q in task["queries"]]
 
 

@@ -199,7 +199,7 @@ def test_eval_adds_a_text_row_beside_the_image_tasks(model_dir, classification_t
     result = CliRunner().invoke(app, ["eval", str(model_dir), "--suite", str(suite), "--out", str(out),
                                       "--prompt-cache", str(tmp_path / "prompts"), "--text-benchmark", str(task_dir)])
     assert result.exit_code == 0, result.output
-    assert "text: words" in result.output
+    assert "text side alone" in result.output and "words" in result.output
     report = json.loads((out / "eval.json").read_text())
     assert [t["name"] for t in report["tasks"]] == ["colours"] and report["text_tasks"][0]["name"] == "words"
     assert report["average"] == report["tasks"][0]["metrics"]["acc1"]  # the text row is not averaged

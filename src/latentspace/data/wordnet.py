@@ -48,7 +48,8 @@ WORDNET_PACKAGE = (
 )
 # Data file -> the synset types (ss_type) it may hold; "s" is an adjective satellite.
 DATA_FILES = {"data.noun": "n", "data.verb": "v", "data.adj": "as", "data.adv": "r"}
-TASK_NAME = "wordnet_gloss_to_lemma"
+# Short enough for the console table at 80 columns.
+TASK_NAME = "wordnet_def_to_lemma"
 TASK_FILE = "task.json"
 # Bump when the selection rules or the file layout change, so cached task files are rebuilt.
 TASK_FORMAT = 1
