@@ -116,7 +116,7 @@ def evaluate(
     prompt_cache: Path = typer.Option(Path("artifacts/cache/prompts"), help="where prompt embeddings are cached"),
     batch_size: int = typer.Option(256, min=1),
     workers: Optional[int] = typer.Option(None, min=0, help="DataLoader processes that decode images "
-                                                              "(default: CPUs - 1, at most 4; 0 = decode in this process)"),
+                                                              "(default: CPUs - 2, at most 4, so none on 2 CPUs; 0 = decode in this process)"),
     text_benchmark: Optional[str] = typer.Option(
         None, help="also score the text side alone on this text-retrieval task (a folder from "
                    "`latentspace data wordnet`, or `auto`: the default WordNet task, built if missing); "
