@@ -53,7 +53,7 @@ TASK_NAME = "wordnet_def_to_lemma"
 TASK_FILE = "task.json"
 # Bump when the selection rules or the file layout change, so cached task files are rebuilt.
 TASK_FORMAT = 1
-# 2,000 definitions and their ~3,300 lemmas embed in about 25 s with MiniLM on 2 CPU cores.
+# 2,000 definitions and their ~3,400 lemmas embed in 15-20 s with MiniLM on 2 (shared) CPU cores.
 DEFAULT_QUERIES = 2000
 DEFAULT_DIR = Path("artifacts/wordnet")
 # The pinned package parses without a single malformed line; more than this share means the input
