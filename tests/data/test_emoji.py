@@ -6,8 +6,6 @@ import base64
 import hashlib
 import io
 import json
-import os
-import stat
 import tarfile
 from pathlib import Path
 
@@ -17,15 +15,9 @@ import yaml
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from latentspace.data import emoji
-from latentspace.data.emoji import (
-    EmojiPackageError,
-    IntegrityError,
-    build_emoji_corpus,
-    fetch_package,
-    load_concepts,
-    verify_integrity,
-)
+from latentspace.data import emoji, npm
+from latentspace.data.emoji import EmojiPackageError, build_emoji_corpus, fetch_package, load_concepts
+from latentspace.data.npm import IntegrityError, NpmPackageError, verify_integrity
 
 STYLES = ("twitter", "google")
 MISSING_IMAGE = "1f47b"  # ghost: listed in emoji.json, its 64 px file left out of the twitter tgz
@@ -182,12 +174,7 @@ def _by_unified(packages) -> dict[str, emoji.EmojiConcept]:
 
 
 # --------------------------------------------------------------------------- integrity, fetching
-
-
-def test_verify_integrity_accepts_right_hash_and_rejects_wrong(packages, integrity):
-    verify_integrity(packages["twitter"], integrity["twitter"])
-    with pytest.raises(IntegrityError, match="integrity mismatch"):
-        verify_integrity(packages["twitter"], integrity["google"])
+# (fetching itself is tested in test_npm.py; here, that the emoji builder uses it)
 
 
 def test_truncated_package_raises_clear_errors(tmp_path, packages, integrity):
@@ -195,11 +182,11 @@ def test_truncated_package_raises_clear_errors(tmp_path, packages, integrity):
     truncated.write_bytes(packages["google"].read_bytes()[: packages["google"].stat().st_size // 2])
     with pytest.raises(IntegrityError):
         verify_integrity(truncated, integrity["google"])
-    with pytest.raises(EmojiPackageError, match="truncated or corrupt"):
+    with pytest.raises(NpmPackageError, match="truncated or corrupt"):
         emoji._read_images(truncated, "google", {"1f600.png"})
     # Even with a matching hash, a broken tarball fails clearly and leaves no partial corpus.
     out_dir = tmp_path / "corpus"
-    with pytest.raises(EmojiPackageError, match="truncated or corrupt"):
+    with pytest.raises(NpmPackageError, match="truncated or corrupt"):
         _build(
             out_dir,
             {**packages, "google": truncated},
@@ -209,64 +196,20 @@ def test_truncated_package_raises_clear_errors(tmp_path, packages, integrity):
     assert [p.name for p in tmp_path.iterdir()] == ["truncated.tgz"]
 
 
-@pytest.fixture
-def pinned(integrity, monkeypatch) -> str:
-    """Pin the synthetic twitter package in place of the real one; return its integrity."""
-    spec = "emoji-datasource-twitter@16.0.0"
-    monkeypatch.setitem(emoji.EMOJI_PACKAGES, "twitter", (spec, integrity["twitter"]))
-    return integrity["twitter"]
+def test_a_package_without_emoji_json_is_named(tmp_path):
+    path = tmp_path / "other.tgz"
+    with tarfile.open(path, "w:gz") as tar:
+        _add(tar, "package/package.json", b"{}")
+    with pytest.raises(EmojiPackageError, match="no package/emoji.json"):
+        load_concepts(path)
 
 
-def _fake_npm(tmp_path: Path, monkeypatch, script: str) -> None:
-    """Put a shell-script `npm` first on PATH."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    npm = bin_dir / "npm"
-    npm.write_text("#!/bin/sh\n" + script)
-    npm.chmod(npm.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-
-
-def test_fetch_package_uses_verified_cache_without_npm(tmp_path, packages, pinned, monkeypatch):
+def test_fetch_package_uses_the_pinned_spec_and_cache(tmp_path, packages, integrity, monkeypatch):
+    monkeypatch.setitem(emoji.EMOJI_PACKAGES, "twitter", ("emoji-datasource-twitter@16.0.0", integrity["twitter"]))
     cached = tmp_path / "emoji-datasource-twitter-16.0.0.tgz"
     cached.write_bytes(packages["twitter"].read_bytes())
-    monkeypatch.setattr(emoji.shutil, "which", lambda name: None)
+    monkeypatch.setattr(npm.shutil, "which", lambda name: None)  # npm must not be needed
     assert fetch_package("twitter", tmp_path) == cached
-
-
-def test_fetch_package_without_npm_explains(tmp_path, pinned, monkeypatch):
-    monkeypatch.setattr(emoji.shutil, "which", lambda name: None)
-    corrupt = tmp_path / "emoji-datasource-twitter-16.0.0.tgz"
-    corrupt.write_bytes(b"not a tarball")
-    with pytest.raises(EmojiPackageError, match="npm was not found"):
-        fetch_package("twitter", tmp_path)
-    assert not corrupt.exists()  # the corrupt cached copy was dropped
-
-
-def test_fetch_package_refetches_corrupt_cache(tmp_path, packages, pinned, monkeypatch):
-    # `npm pack SPEC --json --pack-destination DIR`: DIR is the fifth argument.
-    target = "$5/emoji-datasource-twitter-16.0.0.tgz"
-    _fake_npm(tmp_path, monkeypatch, f'cp "{packages["twitter"]}" "{target}"\n')
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "emoji-datasource-twitter-16.0.0.tgz").write_bytes(b"truncated")
-    path = fetch_package("twitter", cache)
-    verify_integrity(path, pinned)
-    assert sorted(p.name for p in cache.iterdir()) == [path.name]
-
-
-def test_fetch_package_rejects_a_mismatching_download(tmp_path, pinned, monkeypatch):
-    _fake_npm(tmp_path, monkeypatch, 'echo garbage > "$5/emoji-datasource-twitter-16.0.0.tgz"\n')
-    cache = tmp_path / "cache"
-    with pytest.raises(IntegrityError):
-        fetch_package("twitter", cache)
-    assert list(cache.iterdir()) == []
-
-
-def test_fetch_package_reports_npm_failure(tmp_path, pinned, monkeypatch):
-    _fake_npm(tmp_path, monkeypatch, 'echo "npm error code E404" >&2\nexit 1\n')
-    with pytest.raises(EmojiPackageError, match="E404"):
-        fetch_package("twitter", tmp_path / "cache")
 
 
 # --------------------------------------------------------------------------- concepts
@@ -427,12 +370,3 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path, packages, integrity):
     with pytest.raises(FileExistsError):
         _build(out_dir, packages, integrity)
     assert (out_dir / "notes.txt").read_text() == "keep me"
-
-
-def test_fetch_package_with_a_relative_cache_dir(tmp_path, packages, pinned, monkeypatch):
-    # npm runs inside the destination folder, so a relative --pack-destination would point at
-    # cache/.tmp/cache/.tmp; the builder must hand npm an absolute path.
-    _fake_npm(tmp_path, monkeypatch, f'cp "{packages["twitter"]}" "$5/emoji-datasource-twitter-16.0.0.tgz"\n')
-    monkeypatch.chdir(tmp_path)
-    path = fetch_package("twitter", Path("relative-cache"))
-    verify_integrity(path, pinned)

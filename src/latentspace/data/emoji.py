@@ -11,31 +11,29 @@ measures whether it generalises to concepts it never saw. `build_emoji_corpus` w
   task of held-out concepts in the training style, to separate the two generalisation gaps),
 - `eval/suite.yaml`: the task list, and `corpus.json`: parameters, counts and held-out ids.
 
-Packages are pinned by version and published integrity hash, so every build sees the same bytes.
+Packages are pinned by version and published integrity hash (fetched and verified by `data.npm`),
+so every build sees the same bytes.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
 import random
 import re
 import shutil
-import subprocess
-import tarfile
 import tempfile
 import unicodedata
-import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import webdataset as wds
 import yaml
+
+from latentspace.data.npm import NpmPackageError, fetch_npm_package, local_or_fetched, open_package
 
 EMOJI_PACKAGES: dict[str, tuple[str, str]] = {
     "twitter": (
@@ -65,98 +63,16 @@ TEMPLATES = ["{c}", "an emoji of {c}", "a {c} emoji", "an icon of {c}", "a drawi
 CORPUS_FORMAT = 1
 
 _IMAGE_SIZE = 64
-_NPM_TIMEOUT_S = 900
 
 
-class EmojiPackageError(RuntimeError):
-    """An emoji package could not be fetched or read."""
-
-
-class IntegrityError(EmojiPackageError):
-    """A package file's hash differs from the pinned integrity string."""
-
-
-# --------------------------------------------------------------------------- fetching
-
-
-def verify_integrity(path: Path, integrity: str) -> None:
-    """Check `path` against an npm-style integrity string (`sha512-<base64 digest>`).
-
-    Raises IntegrityError on mismatch: a truncated download or a different package must never be
-    mistaken for the pinned one, since every result downstream depends on these bytes.
-    """
-    algorithm, sep, expected = integrity.partition("-")
-    if not sep or algorithm not in hashlib.algorithms_available:
-        raise ValueError(f"unsupported integrity string {integrity!r}")
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    actual = base64.b64encode(digest.digest()).decode("ascii")
-    if actual != expected:
-        raise IntegrityError(
-            f"{path}: integrity mismatch (expected {integrity}, got {algorithm}-{actual}); "
-            "the file is corrupt or is not the pinned package. Delete it and fetch it again."
-        )
+class EmojiPackageError(NpmPackageError):
+    """An emoji package lacks what the corpus needs (fetch and integrity errors are NpmPackageError)."""
 
 
 def fetch_package(style: str, cache_dir: Path) -> Path:
-    """Return the verified package tarball for `style`, running `npm pack` only when needed.
-
-    A cached copy that fails verification (say, from an interrupted earlier run) is deleted and
-    fetched once more; a fresh download that still fails raises IntegrityError.
-    """
+    """The verified, cached tarball of the pinned package for `style` (see data.npm)."""
     spec, integrity = EMOJI_PACKAGES[style]
-    cache_dir = Path(cache_dir)
-    target = cache_dir / _tarball_name(spec)
-    if target.exists():
-        try:
-            verify_integrity(target, integrity)
-            return target
-        except IntegrityError:
-            target.unlink()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".npm-pack-") as tmp:
-        downloaded = _npm_pack(spec, Path(tmp))
-        try:
-            verify_integrity(downloaded, integrity)
-        except IntegrityError as err:
-            raise IntegrityError(
-                f"npm served {spec} with a different hash than the pinned one; refusing it. {err}"
-            ) from err
-        os.replace(downloaded, target)  # only a verified file ever lands under the final name
-    return target
-
-
-def _tarball_name(spec: str) -> str:
-    """The file name `npm pack` gives an unscoped `name@version` spec."""
-    name, _, version = spec.rpartition("@")
-    return f"{name}-{version}.tgz"
-
-
-def _npm_pack(spec: str, dest: Path) -> Path:
-    """Download `spec` into the empty directory `dest` with `npm pack`; return the tarball."""
-    npm = shutil.which("npm")
-    if npm is None:
-        raise EmojiPackageError(
-            f"npm was not found on PATH, so {spec} cannot be fetched. Install Node.js/npm, or "
-            "download the tarball elsewhere and pass it via build_emoji_corpus(tarballs=...)."
-        )
-    dest = dest.resolve()  # npm runs with cwd=dest: a relative path would be resolved twice
-    cmd = [npm, "pack", spec, "--json", "--pack-destination", str(dest)]
-    try:
-        subprocess.run(
-            cmd, cwd=dest, check=True, capture_output=True, text=True, timeout=_NPM_TIMEOUT_S
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
-        stderr = err.stderr.strip()[-2000:] if isinstance(err.stderr, str) else ""
-        raise EmojiPackageError(
-            f"`npm pack {spec}` failed ({err}); check network access to the npm registry. {stderr}"
-        ) from err
-    tarballs = list(dest.glob("*.tgz"))
-    if len(tarballs) != 1:
-        raise EmojiPackageError(f"`npm pack {spec}` produced {len(tarballs)} tarballs, expected 1")
-    return tarballs[0]
+    return fetch_npm_package(spec, integrity, cache_dir)
 
 
 # --------------------------------------------------------------------------- concepts
@@ -290,7 +206,7 @@ def _skin_tone_name(code: str) -> str:
 
 def _read_emoji_json(tgz: Path) -> list[dict]:
     """Stream the tarball only up to emoji.json, which sits near its start."""
-    with _open_package(tgz) as tar:
+    with open_package(tgz) as tar:
         for member in tar:
             if member.name == "package/emoji.json":
                 return json.loads(tar.extractfile(member).read())
@@ -305,25 +221,12 @@ def _read_images(tgz: Path, style: str, wanted: set[str]) -> dict[str, bytes]:
     """
     prefix = f"package/img/{style}/{_IMAGE_SIZE}/"
     images: dict[str, bytes] = {}
-    with _open_package(tgz) as tar:
+    with open_package(tgz) as tar:
         for member in tar:
             name = member.name.removeprefix(prefix)
             if member.name.startswith(prefix) and name in wanted and member.isfile():
                 images[name] = tar.extractfile(member).read()
     return images
-
-
-@contextmanager
-def _open_package(tgz: Path) -> Iterator[tarfile.TarFile]:
-    """Open a package tarball for streaming; a truncated or corrupt one raises a clear error."""
-    try:
-        with tarfile.open(tgz, "r|gz") as tar:
-            yield tar
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        raise EmojiPackageError(
-            f"{tgz} is not a readable package tarball, probably truncated or corrupt ({err}); "
-            "delete it and fetch it again."
-        ) from err
 
 
 # --------------------------------------------------------------------------- corpus
@@ -412,10 +315,8 @@ def _local_package(
     style: str, integrity: str, tarballs: dict[str, Path] | None, cache_dir: Path
 ) -> Path:
     """The caller's tarball for `style` if given (verified), else the fetched, cached one."""
-    if tarballs and style in tarballs:
-        verify_integrity(Path(tarballs[style]), integrity)
-        return Path(tarballs[style])
-    return fetch_package(style, Path(cache_dir))
+    spec = EMOJI_PACKAGES[style][0]
+    return local_or_fetched(spec, integrity, (tarballs or {}).get(style), cache_dir)
 
 
 def _replace_dir(new: Path, out_dir: Path) -> None:

@@ -16,7 +16,7 @@ import torch
 from latentspace.eval.tasks import CLASSIFICATION, MULTILABEL, RETRIEVAL
 
 RECALL_KS = (1, 5, 10)
-_CHUNK = 1024  # query rows scored at once: bounds memory to CHUNK x candidates
+_CHUNK = 1024  # query rows scored at once: bounds memory to _CHUNK x candidates
 
 
 def negatives_above_best_positive(
@@ -30,13 +30,35 @@ def negatives_above_best_positive(
     counts = []
     for start in range(0, len(queries), _CHUNK):
         scores = queries[start : start + _CHUNK] @ candidates.T
-        if not torch.isfinite(scores).all():
-            # NaN compares False with everything and would silently count as a hit.
-            raise ValueError("non-finite similarity scores: the model produced NaN/inf embeddings")
         positive = query_ids[start : start + _CHUNK, None] == candidate_ids[None, :]
-        best_positive = scores.masked_fill(~positive, -math.inf).max(dim=1, keepdim=True).values
-        counts.append(((scores >= best_positive) & ~positive).sum(dim=1))
+        counts.append(_count_negatives_above_best(scores, positive))
     return torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
+
+
+def negatives_above_best_relevant(
+    queries: torch.Tensor, candidates: torch.Tensor, relevant: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """As `negatives_above_best_positive`, with each query's matching candidates given as a list of
+    candidate indices: a query may match several candidates and a candidate several queries (a
+    definition and its synonyms, a word shared by two definitions), which ids cannot express."""
+    counts = []
+    for start in range(0, len(queries), _CHUNK):
+        scores = queries[start : start + _CHUNK] @ candidates.T
+        positive = torch.zeros_like(scores, dtype=torch.bool)
+        for row, indices in enumerate(relevant[start : start + _CHUNK]):
+            positive[row, list(indices)] = True
+        counts.append(_count_negatives_above_best(scores, positive))
+    return torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
+
+
+def _count_negatives_above_best(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Per row of (queries x candidates) `scores`: how many candidates not marked in the boolean
+    `positive` score >= the row's best positive one (every candidate, for a row without one)."""
+    if not torch.isfinite(scores).all():
+        # NaN compares False with everything and would silently count as a hit.
+        raise ValueError("non-finite similarity scores: the model produced NaN/inf embeddings")
+    best_positive = scores.masked_fill(~positive, -math.inf).max(dim=1, keepdim=True).values
+    return ((scores >= best_positive) & ~positive).sum(dim=1)
 
 
 def zeroshot_metrics(
@@ -175,12 +197,12 @@ def _retrieval_chance(n_images: int, n_texts: int) -> dict[str, float]:
         # A caption query has one right image among n_images.
         chance[f"image_retrieval_recall@{k}"] = min(k, n_images) / n_images
         # An image query misses only if all k top captions are drawn from the wrong ones.
-        chance[f"text_retrieval_recall@{k}"] = 1 - _all_wrong(n_texts, captions_per_image, k)
+        chance[f"text_retrieval_recall@{k}"] = 1 - miss_probability(n_texts, captions_per_image, k)
     chance["mean_recall@1"] = (chance["image_retrieval_recall@1"] + chance["text_retrieval_recall@1"]) / 2
     return chance
 
 
-def _all_wrong(n_candidates: int, n_right: float, k: int) -> float:
+def miss_probability(n_candidates: int, n_right: float, k: int) -> float:
     """P(k draws without replacement from n_candidates all miss the n_right ones)."""
     p = 1.0
     for i in range(min(k, n_candidates)):

@@ -41,7 +41,37 @@ def print_table(result: SuiteResult, console: Console | None = None) -> None:
         for group, value in result.group_averages().items():
             table.add_row(f"group {group}", "main metrics", _percent(value) or "—", "", "", "", "")
         table.add_row(_average_label(result), "main metrics", _percent(result.average), "", "", "", "")
+    if result.text_tasks:
+        table.add_section()  # below the average: these rows are not part of it
+        table.add_row("[italic]text side alone[/italic]", "", "", "", "", "", "")
+        for task in result.text_tasks:
+            table.add_row(task.name, task.main_metric, _percent(task.main_value),
+                          _percent(task.chance[task.main_metric]), str(task.n_samples), "", f"{task.seconds:.1f}")
     (console or Console()).print(table)
+
+
+def _text_label(name: str) -> str:
+    """Text-side rows are marked as such in every output, so they are never read as image tasks
+    (the console table puts them under a "text side alone" heading instead)."""
+    return f"text: {name}"
+
+
+def print_text_comparison(results: list[SuiteResult], console: Console | None = None) -> None:
+    """Per text task, one row per model with every ranking metric, chance last. Models that share a
+    text side (a model directory and its text model alone) must show the same numbers."""
+    for name in _text_task_order(results):
+        found = [(r.model, t) for r in results if (t := _text_task(r, name)) is not None]
+        metrics = list(found[0][1].metrics)
+        table = Table(title=f"{_text_label(name)} (text side alone), values in %")
+        table.add_column("model", no_wrap=True)
+        for column in (*metrics, "n", "s"):
+            table.add_column(column, justify="right")
+        for model, task in found:
+            table.add_row(model, *(_percent(task.metrics[m]) for m in metrics), str(task.n_samples),
+                          f"{task.seconds:.1f}")
+        table.add_section()
+        table.add_row("chance", *(_percent(found[0][1].chance[m]) for m in metrics), "", "")
+        (console or Console()).print(table)
 
 
 def _average_label(result: SuiteResult) -> str:
@@ -74,6 +104,7 @@ def read_json(path: Path) -> SuiteResult:
         missing=raw["missing"],
         groups=raw.get("groups", {}),
         n_suite_tasks=raw.get("n_suite_tasks", 0),
+        text_tasks=[TaskResult(**task) for task in raw.get("text_tasks", [])],
     )
 
 
@@ -94,21 +125,31 @@ def write_markdown(results: list[SuiteResult], path: Path) -> None:
 
 def _markdown_lines(results: list[SuiteResult]) -> list[str]:
     suites = sorted({r.suite for r in results})
-    lines = [f"Suite: {', '.join(suites)}. Main metric per task, in %; {MISSING} = not run.", ""]
+    lines = [f"Suite: {', '.join(suites)}. Main metric per task, in %; {MISSING} = not run."]
+    if any(r.text_tasks for r in results):
+        lines[0] += " `text:` rows score the text side alone and are not part of any average."
+    lines.append("")
     header = ["task", "metric", "chance", *(_column_name(r) for r in results)]
     lines += [_md_row(header), _md_row(["---", "---", "---:", *("---:" for _ in results)])]
     for name in _task_order(results):
-        found = [_task(r, name) for r in results]
-        reference = next((t for t in found if t is not None), None)
-        metric = reference.main_metric if reference else ""
-        chance = _percent(reference.chance[reference.main_metric]) if reference else MISSING
-        values = [_percent(t.main_value) if t else MISSING for t in found]
-        lines.append(_md_row([name, metric, chance, *values]))
+        lines.append(_md_row([name, *_metric_cells([_task(r, name) for r in results])]))
     for group in _group_order(results):
         values = [r.group_averages().get(group) for r in results]
         lines.append(_md_row([f"**{group}**", "group mean", "", *(_percent(v) or MISSING for v in values)]))
-    lines.append(_md_row(["**average**", "all tasks", "", *(_average_cell(r) for r in results)]))
+    if any(r.tasks or r.missing for r in results):
+        lines.append(_md_row(["**average**", "all tasks", "", *(_average_cell(r) for r in results)]))
+    for name in _text_task_order(results):
+        found = [_text_task(r, name) for r in results]
+        lines.append(_md_row([_text_label(name), *_metric_cells(found)]))
     return lines
+
+
+def _metric_cells(found: list[TaskResult | None]) -> list[str]:
+    """metric, chance and one value per model for a row; chance and metric from any model that ran it."""
+    reference = next((t for t in found if t is not None), None)
+    metric = reference.main_metric if reference else ""
+    chance = _percent(reference.chance[reference.main_metric]) if reference else MISSING
+    return [metric, chance, *(_percent(t.main_value) if t else MISSING for t in found)]
 
 
 def _average_cell(result: SuiteResult) -> str:
@@ -145,8 +186,23 @@ def _group_order(results: list[SuiteResult]) -> list[str]:
     return list(groups)
 
 
+def _text_task_order(results: list[SuiteResult]) -> list[str]:
+    return list(dict.fromkeys(t.name for r in results for t in r.text_tasks))
+
+
 def _task(result: SuiteResult, name: str) -> TaskResult | None:
     return next((t for t in result.tasks if t.name == name), None)
+
+
+def _text_task(result: SuiteResult, name: str) -> TaskResult | None:
+    return next((t for t in result.text_tasks if t.name == name), None)
+
+
+def _chart_rows(results: list[SuiteResult]) -> list[tuple[str, list[TaskResult | None]]]:
+    """(label, each model's result or None) per bar group: image tasks, then text-side tasks."""
+    rows = [(name, [_task(r, name) for r in results]) for name in _task_order(results)]
+    rows += [(_text_label(name), [_text_task(r, name) for r in results]) for name in _text_task_order(results)]
+    return rows
 
 
 def write_chart(results: list[SuiteResult], path_png: Path) -> None:
@@ -155,15 +211,15 @@ def write_chart(results: list[SuiteResult], path_png: Path) -> None:
     # A bare Figure renders with Agg and never touches pyplot's global backend or a display.
     from matplotlib.figure import Figure
 
-    tasks = _task_order(results)
-    height = 1.6 + 0.22 * len(tasks) * max(1.5, len(results) * 0.8)
+    rows = _chart_rows(results)
+    height = 1.6 + 0.22 * len(rows) * max(1.5, len(results) * 0.8)
     figure = Figure(figsize=(9, height), layout="constrained")
     axes = figure.subplots()
     for i, result in enumerate(results):
-        _draw_model_bars(axes, result, tasks, i, len(results))
-    _draw_chance(axes, results, tasks)
-    axes.set_yticks(range(len(tasks)), labels=tasks, fontsize=8)
-    axes.set_ylim(len(tasks) - 0.5, -0.5)  # first task at the top, as in the tables; no empty margin
+        _draw_model_bars(axes, result.model, [found[i] for _, found in rows], i, len(results))
+    _draw_chance(axes, [found for _, found in rows])
+    axes.set_yticks(range(len(rows)), labels=[label for label, _ in rows], fontsize=8)
+    axes.set_ylim(len(rows) - 0.5, -0.5)  # first task at the top, as in the tables; no empty margin
     axes.set_xlim(0, 100)
     axes.set_xlabel("main metric (%)")
     axes.grid(axis="x", alpha=0.3)
@@ -174,28 +230,27 @@ def write_chart(results: list[SuiteResult], path_png: Path) -> None:
     figure.savefig(path_png, dpi=120)
 
 
-def _draw_model_bars(axes, result: SuiteResult, tasks: list[str], index: int, n_models: int) -> None:
-    """This model's bars, shifted within each task's row; a missing task gets a grey label."""
+def _draw_model_bars(axes, model: str, values: list[TaskResult | None], index: int, n_models: int) -> None:
+    """One model's bars (one per row), shifted within each row; a missing task gets a grey label."""
     bar_height = 0.8 / n_models
     offset = (index - (n_models - 1) / 2) * bar_height
-    values = [_task(result, name) for name in tasks]
     rows = [row for row, task in enumerate(values) if task is not None]
     widths = [100 * values[row].main_value for row in rows]
-    axes.barh([row + offset for row in rows], widths, height=bar_height, label=result.model)
+    axes.barh([row + offset for row in rows], widths, height=bar_height, label=model)
     for row, task in enumerate(values):
         if task is None:
             axes.text(1, row + offset, "missing", va="center", fontsize=6, color="grey")
 
 
-def _draw_chance(axes, results: list[SuiteResult], tasks: list[str]) -> None:
-    """One chance tick per task (chance depends on the task, not the model)."""
-    rows, levels = [], []
-    for row, name in enumerate(tasks):
-        task = next((t for r in results if (t := _task(r, name)) is not None), None)
+def _draw_chance(axes, rows: list[list[TaskResult | None]]) -> None:
+    """One chance tick per row (chance depends on the task, not the model)."""
+    ticks, levels = [], []
+    for row, found in enumerate(rows):
+        task = next((t for t in found if t is not None), None)
         if task is not None:
-            rows.append(row)
+            ticks.append(row)
             levels.append(100 * task.chance[task.main_metric])
-    axes.scatter(levels, rows, marker="|", s=200, color="black", zorder=3, label="chance")
+    axes.scatter(levels, ticks, marker="|", s=200, color="black", zorder=3, label="chance")
 
 
 def _percent(value: float | None) -> str:

@@ -2,7 +2,8 @@
 
 The runner only calls the protocol's two methods, so the numbers for our model and for a
 baseline come from the same code path. Images are streamed from the shards and embedded batch by
-batch: only embeddings (N x D floats) are kept, never the decoded images.
+batch: only embeddings (N x D floats) are kept, never the decoded images. Decoding can run in
+DataLoader workers (`workers`); the batches the model sees are the same for any number of them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from latentspace.eval.loader import decoded_chunks
 from latentspace.eval.metrics import chance_levels, multilabel_metrics, retrieval_metrics, zeroshot_metrics
 from latentspace.eval.tasks import (
     CLASSIFICATION,
@@ -25,7 +27,6 @@ from latentspace.eval.tasks import (
     RETRIEVAL,
     SampleStats,
     TaskSpec,
-    iter_task_samples,
     load_groups,
     load_suite,
     read_classnames,
@@ -69,6 +70,9 @@ class SuiteResult:
     # Tasks in the whole suite, so a run restricted with `only` is not mistaken for a full one;
     # 0 = unknown (results saved before this field existed): tasks + missing is used instead.
     n_suite_tasks: int = 0
+    # Benchmarks of the text side alone (eval.text_retrieval), reported beside the image tasks but
+    # never part of the suite's average: a suite score must mean the same with or without them.
+    text_tasks: list[TaskResult] = field(default_factory=list)
 
     @property
     def average(self) -> float | None:
@@ -128,18 +132,21 @@ def evaluate_task(
     batch_size: int = 256,
     progress: bool = True,
     text_task_type: str = TEXT_TASK_TYPE,
+    workers: int = 0,
 ) -> TaskResult:
     """Evaluate one task directory; raises FileNotFoundError if it or a shard is missing.
 
     `text_task_type` selects the text model's prefix for class prompts and captions (its query
-    prefix by default, e.g. `search_query: ` for nomic-embed-text)."""
+    prefix by default, e.g. `search_query: ` for nomic-embed-text). `workers` DataLoader processes
+    decode the images (0: this process); the result does not depend on it."""
     task_dir = Path(task_dir)
     _check_declared_type(task_dir, spec)
     start = time.perf_counter()
     stats = SampleStats()
     runners = {CLASSIFICATION: _run_classification, RETRIEVAL: _run_retrieval, MULTILABEL: _run_multilabel}
     run = runners[spec.type]
-    metrics, chance = run(model, task_dir, spec, stats, batch_size, progress, text_task_type)
+    settings = _Settings(batch_size, progress, text_task_type, workers)
+    metrics, chance = run(model, task_dir, spec, stats, settings)
     if stats.n_skipped:
         log.warning("%s: skipped %d samples: %s", spec.name, stats.n_skipped, dict(stats.skipped))
     return TaskResult(
@@ -164,6 +171,7 @@ def evaluate_suite(
     only: list[str] | None = None,
     data_dir: str | Path | None = None,
     text_task_type: str = TEXT_TASK_TYPE,
+    workers: int = 0,
 ) -> SuiteResult:
     """Evaluate every task of a suite (or those named in `only`).
 
@@ -185,7 +193,7 @@ def evaluate_suite(
             result.missing.append(spec.name)
             continue
         result.tasks.append(evaluate_task(model, task_dir, spec, batch_size=batch_size, progress=progress,
-                                          text_task_type=text_task_type))
+                                          text_task_type=text_task_type, workers=workers))
     return result
 
 
@@ -205,21 +213,31 @@ def _check_declared_type(task_dir: Path, spec: TaskSpec) -> None:
         raise ValueError(f"{spec.name}: the suite says {spec.type!r} but {task_dir} holds {declared!r}")
 
 
-def _run_classification(model, task_dir, spec, stats, batch_size, progress, task_type):
+@dataclass(frozen=True)
+class _Settings:
+    """How a task is run, passed down to the per-type runners as one value."""
+
+    batch_size: int
+    progress: bool
+    text_task_type: str
+    workers: int
+
+
+def _run_classification(model, task_dir, spec, stats, settings: _Settings):
     # Class prompts first: a text-side failure surfaces before the long image pass.
     classnames = read_classnames(task_dir)
-    class_emb = class_embeddings(model, classnames, read_templates(task_dir), task_type=task_type, batch_size=batch_size)
-    samples = iter_task_samples(task_dir, spec.type, stats)
-    image_emb, labels = _embed_image_stream(model, samples, batch_size, progress, spec.name)
+    class_emb = class_embeddings(model, classnames, read_templates(task_dir), task_type=settings.text_task_type,
+                                 batch_size=settings.batch_size)
+    image_emb, labels = _embed_image_stream(model, task_dir, spec, stats, settings)
     metrics = zeroshot_metrics(image_emb, class_emb, torch.tensor(labels))
     return metrics, chance_levels(spec.type, len(classnames))
 
 
-def _run_multilabel(model, task_dir, spec, stats, batch_size, progress, task_type):
+def _run_multilabel(model, task_dir, spec, stats, settings: _Settings):
     classnames = read_classnames(task_dir)
-    class_emb = class_embeddings(model, classnames, read_templates(task_dir), task_type=task_type, batch_size=batch_size)
-    samples = iter_task_samples(task_dir, spec.type, stats)
-    image_emb, label_sets = _embed_image_stream(model, samples, batch_size, progress, spec.name)
+    class_emb = class_embeddings(model, classnames, read_templates(task_dir), task_type=settings.text_task_type,
+                                 batch_size=settings.batch_size)
+    image_emb, label_sets = _embed_image_stream(model, task_dir, spec, stats, settings)
     targets = torch.zeros(len(label_sets), len(classnames), dtype=torch.bool)
     for row, labels in enumerate(label_sets):
         targets[row, labels] = True
@@ -228,34 +246,39 @@ def _run_multilabel(model, task_dir, spec, stats, batch_size, progress, task_typ
     return metrics, chance_levels(spec.type, len(label_sets), positives_per_class=positives)
 
 
-def _run_retrieval(model, task_dir, spec, stats, batch_size, progress, task_type):
-    samples = iter_task_samples(task_dir, spec.type, stats)
-    image_emb, caption_lists = _embed_image_stream(model, samples, batch_size, progress, spec.name)
+def _run_retrieval(model, task_dir, spec, stats, settings: _Settings):
+    image_emb, caption_lists = _embed_image_stream(model, task_dir, spec, stats, settings)
     captions = [caption for image_captions in caption_lists for caption in image_captions]
     text_to_image = torch.tensor([i for i, texts in enumerate(caption_lists) for _ in texts])
-    text_emb = _embed_texts(model, captions, task_type, batch_size)
+    text_emb = _embed_texts(model, captions, settings.text_task_type, settings.batch_size)
     metrics = retrieval_metrics(image_emb, text_emb, text_to_image)
     return metrics, chance_levels(spec.type, len(caption_lists), len(captions))
 
 
 def _embed_image_stream(
-    model: ImageTextEmbedder, samples: Iterator, batch_size: int, progress: bool, label: str
+    model: ImageTextEmbedder, task_dir: Path, spec: TaskSpec, stats: SampleStats, settings: _Settings
 ) -> tuple[torch.Tensor, list]:
-    """Embed (image, target, key) samples batch by batch; returns embeddings and targets."""
-    embeddings, targets, batch = [], [], []
-    with _progress_bar(label, progress) as advance:
-        for image, target, _key in samples:
-            batch.append(image)
-            targets.append(target)
-            if len(batch) == batch_size:
-                embeddings.append(_unit_rows(model.embed_images(batch)))
-                advance(len(batch))
-                batch = []
-        if batch:
-            embeddings.append(_unit_rows(model.embed_images(batch)))
-            advance(len(batch))
+    """Embed the task's usable images in batches of batch_size; returns embeddings and targets.
+
+    Decoded chunks arrive in task order whatever the number of workers, and the model's batches are
+    cut from the stream of usable samples, so they are the same batches either way.
+    """
+    batch_size = settings.batch_size
+    embeddings, targets, pending = [], [], []
+    with _progress_bar(spec.name, settings.progress) as advance:
+        for chunk in decoded_chunks(task_dir, spec.type, chunk_size=batch_size, workers=settings.workers):
+            stats.add(chunk.stats)
+            pending.extend(chunk.images)
+            targets.extend(chunk.targets)
+            while len(pending) >= batch_size:
+                embeddings.append(_unit_rows(model.embed_images(pending[:batch_size])))
+                advance(batch_size)
+                pending = pending[batch_size:]
+        if pending:
+            embeddings.append(_unit_rows(model.embed_images(pending)))
+            advance(len(pending))
     if not embeddings:
-        raise ValueError(f"{label}: no usable samples (all were skipped or the shards are empty)")
+        raise ValueError(f"{spec.name}: no usable samples (all were skipped or the shards are empty)")
     return torch.cat(embeddings), targets
 
 

@@ -30,7 +30,7 @@ from importlib import resources
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import yaml
 from PIL import Image
@@ -83,6 +83,11 @@ class SampleStats:
     def skip(self, reason: str, key: str) -> None:
         self.skipped[reason] += 1
         log.debug("skipping sample %s: %s", key, reason)
+
+    def add(self, other: "SampleStats") -> None:
+        """Fold in counts made elsewhere (a DataLoader worker's share of the task)."""
+        self.n_yielded += other.n_yielded
+        self.skipped.update(other.skipped)
 
 
 def suite_path(suite: str | Path) -> Path:
@@ -225,23 +230,45 @@ def iter_task_samples(
     task_dir = Path(task_dir)
     task_type = task_type or task_type_of(task_dir)
     stats = stats if stats is not None else SampleStats()
-    parse_target = _target_parser(task_dir, task_type)
+    read = sample_reader(task_dir, task_type)
+    for _, sample in raw_task_samples(task_dir, task_type):
+        image, target, reason = read(sample)
+        if reason is not None:
+            stats.skip(reason, sample["__key__"])
+            continue
+        stats.n_yielded += 1
+        yield image, target, sample["__key__"]
+
+
+def raw_task_samples(
+    task_dir: Path, task_type: str, keep: Callable[[int], bool] | None = None
+) -> Iterator[tuple[int, dict]]:
+    """(position, undecoded sample) for every sample of the task in order, or only the positions
+    `keep` accepts. Positions count every sample, usable or not, so they are fixed by the task
+    alone: DataLoader workers split a task by position and each decodes only its own share."""
+    task_dir = Path(task_dir)
     if is_image_folder(task_dir):
         if task_type != CLASSIFICATION:
             raise ValueError(f"{task_dir}: an ImageFolder task must be classification, not {task_type!r}")
-        samples = _image_folder_samples(task_dir)
-    else:
-        samples = _raw_samples(shard_paths(task_dir))
-    for sample in samples:
-        key = sample["__key__"]
+        yield from _image_folder_samples(task_dir, keep)
+        return
+    for index, sample in enumerate(_raw_samples(shard_paths(task_dir))):
+        if keep is None or keep(index):
+            yield index, sample
+
+
+def sample_reader(task_dir: Path, task_type: str) -> Callable[[dict], tuple[Image.Image | None, object, str | None]]:
+    """A function: undecoded sample -> (image, target, None), or (None, None, reason to skip it)."""
+    parse_target = _target_parser(task_dir, task_type)
+
+    def read(sample: dict):
         target, reason = parse_target(sample)
-        if reason is None:
-            image, reason = _decode_image(sample)
         if reason is not None:
-            stats.skip(reason, key)
-            continue
-        stats.n_yielded += 1
-        yield image, target, key
+            return None, None, reason
+        image, reason = _decode_image(sample)
+        return (None, None, reason) if reason is not None else (image, target, None)
+
+    return read
 
 
 def _raw_samples(shards: list[Path]) -> Iterator[dict]:
@@ -252,8 +279,9 @@ def _raw_samples(shards: list[Path]) -> Iterator[dict]:
             yield from group_by_keys(files)
 
 
-def _image_folder_samples(task_dir: Path) -> Iterator[dict]:
+def _image_folder_samples(task_dir: Path, keep: Callable[[int], bool] | None) -> Iterator[tuple[int, dict]]:
     """Samples shaped like webdataset's, from test/<class_dir>/<image>: cls = sorted folder index.
+    Files at positions `keep` rejects are not even read.
 
     classnames.txt must have one line per class folder, or labels and names would silently
     disagree.
@@ -264,12 +292,15 @@ def _image_folder_samples(task_dir: Path) -> Iterator[dict]:
         raise ValueError(
             f"{task_dir}: classnames.txt has {n_names} names but test/ has {len(class_dirs)} class folders"
         )
+    index = 0
     for label, class_dir in enumerate(class_dirs):
         for image_path in sorted(class_dir.iterdir()):
             suffix = image_path.suffix.lower().lstrip(".")
             if suffix in IMAGE_KEYS and image_path.is_file():
-                key = f"{class_dir.name}/{image_path.stem}"
-                yield {"__key__": key, suffix: image_path.read_bytes(), "cls": str(label)}
+                if keep is None or keep(index):
+                    key = f"{class_dir.name}/{image_path.stem}"
+                    yield index, {"__key__": key, suffix: image_path.read_bytes(), "cls": str(label)}
+                index += 1
 
 
 def _target_parser(task_dir: Path, task_type: str):

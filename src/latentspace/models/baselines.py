@@ -6,7 +6,8 @@ local path (never a model hub: evaluation must be reproducible offline), convert
 own `to_rgb`, and return L2-normalised float32 rows like `PairedModel` does.
 
 `load_embedder` is the single entry point the CLI uses to turn a model spec string into an
-embedder, so every command accepts our model directories and baselines alike.
+embedder, so every command accepts our model directories and baselines alike; `load_text_embedder`
+does the same for the text side alone, and also accepts a text model on its own.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from latentspace.data.images import to_rgb
-from latentspace.models.protocol import ImageTextEmbedder
+from latentspace.models.protocol import ImageTextEmbedder, TextEmbedder
 from latentspace.space import fingerprint, hash_files, hash_state_dict
 
 HF_PREFIX = "hf-clip:"
@@ -209,3 +210,36 @@ def load_embedder(spec: str) -> ImageTextEmbedder:
         return HFClipModel(spec)
     problem = "is neither" if Path(spec).expanduser().exists() else "does not exist and is not"
     raise ValueError(f"unrecognised model {spec!r}: it {problem} a model spec; accepted forms: {SPEC_FORMS}")
+
+
+class TextModelEmbedder:
+    """A text model on its own (`builtin:all-MiniLM-L6-v2` or a sentence-transformers directory) as
+    a TextEmbedder: the reference that a model directory's text side is compared against."""
+
+    def __init__(self, tower):
+        self.tower = tower
+        self.name, self.space = tower.name, str(tower.space)
+
+    def embed_texts(self, texts: Sequence[str], task_type: str = "search_query") -> torch.Tensor:
+        return self.tower.encode(texts, task_type)
+
+
+def load_text_embedder(spec: str, *, text_path: str | None = None, trust_remote_code: bool = False) -> TextEmbedder:
+    """Model spec string -> its text side: any `load_embedder` spec, or a text model alone.
+
+    `text_path` overrides where our model directories load their text tower from (as in eval);
+    `trust_remote_code` lets a text model alone run code from its directory (nomic-embed-text).
+    """
+    from latentspace.config import BUILTIN_TEXT_MODEL, TextTowerConfig
+    from latentspace.models.model_dir import is_model_dir
+    from latentspace.models.paired import PairedModel
+    from latentspace.models.text_tower import TextTower
+
+    if is_model_dir(spec):
+        return PairedModel.load(spec, text_path=text_path)
+    if spec.startswith((HF_PREFIX, OPEN_CLIP_PREFIX)) or is_hf_clip_dir(spec):
+        return load_embedder(spec)
+    if spec != BUILTIN_TEXT_MODEL and not (Path(spec).expanduser() / "config.json").is_file():
+        raise ValueError(f"unrecognised model {spec!r}: accepted forms: {SPEC_FORMS}; or a text model alone: "
+                         f"{BUILTIN_TEXT_MODEL!r} or a sentence-transformers / Hugging Face model directory")
+    return TextModelEmbedder(TextTower(TextTowerConfig(path=spec, trust_remote_code=trust_remote_code)))

@@ -26,3 +26,16 @@ class ImageTextEmbedder(Protocol):
     def embed_texts(self, texts: Sequence[str], task_type: str = "search_query") -> torch.Tensor:
         """(N, D) embeddings; task_type selects the text model's prefix (if it uses one)."""
         ...
+
+
+@runtime_checkable
+class TextEmbedder(Protocol):
+    """The text side alone, all a text benchmark needs: every ImageTextEmbedder is one, and so is
+    a text model on its own (`baselines.TextModelEmbedder`)."""
+
+    name: str
+    space: str
+
+    def embed_texts(self, texts: Sequence[str], task_type: str = "search_query") -> torch.Tensor:
+        """(N, D) L2-normalised float32 rows; task_type selects the text model's prefix."""
+        ...
