@@ -104,10 +104,13 @@ def cached_backward(towers: Sequence[Tower], loss_fn: Callable[..., Tensor], chu
     DDP: each encoder is called directly, so an encoder that is a DistributedDataParallel module
     (or anything else with a `no_sync()` context, such as FSDP) runs its forward/backward through
     DDP's hooks. DDP all-reduces gradients in backward hooks, once per backward call; with k chunks
-    that would be k all-reduces of every gradient. Running all but the encoder's last chunk inside
-    `no_sync()` lets the gradients accumulate locally and be all-reduced (averaged) once, on the
-    last backward, which is DDP's own gradient-accumulation pattern. Pass the DDP module itself, not
-    a method of its `.module`, or DDP never sees the forward and its gradients are never averaged.
+    that would be k all-reduces of every gradient (still the right result, since each averages what
+    has accumulated so far and averaging is linear, but k times the communication). Running all but
+    the encoder's last chunk inside `no_sync()` lets the gradients accumulate locally and be
+    all-reduced (averaged) once, on the last backward: DDP's own gradient-accumulation pattern.
+    Each with-grad forward is followed by its backward before the next forward, as DDP requires;
+    the no_grad forwards of step (a) do not engage DDP's reducer. Pass the DDP module itself, not a
+    method of its `.module`, or DDP never sees the forward and its gradients are never averaged.
     """
     if chunk < 1:
         raise ValueError(f"the gradient-cache chunk must be at least 1, got {chunk}")

@@ -226,8 +226,11 @@ class Trainer:
 
     def train_step(self, batch: dict) -> float:
         spec, task = self.spec, self.cfg.text.caption_task
+        # All randomness of a step (augmentation; dropout and drop-path in the towers) derives from
+        # (seed, step), so a resumed run replays it exactly whatever else drew random numbers
+        # meanwhile (a DataLoader draws one when it starts iterating, for instance).
+        torch.manual_seed(sample_seed(self.cfg.train.seed, self.step, 1))
         if spec.train_vision:
-            # Augmentation draws from a generator tied to the step, so a resumed run replays it exactly.
             gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, self.step))
             self.vision.train()
             image_emb = self.vision(self.augment(batch["images"], gen))

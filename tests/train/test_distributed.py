@@ -1,0 +1,297 @@
+"""Two gloo processes under DDP train exactly like one process on the whole global batch.
+
+One spawn (2 processes, each holding half of a global batch of 8) runs four scenarios: plain or
+gradient-cached backward, with a frozen text tower (precomputed embeddings) or a trainable one.
+Each rank saves its loss, gradients and weights after one AdamW step; the parent recomputes the
+same step in a single process and compares. Everything is float64, so the gradients must match to
+~1e-12: a gradient off by the world size (the classic all_gather mistake) cannot hide behind
+Adam's scale invariance, because the gradients are compared before the step.
+
+Dropout is on. Each rank draws from seed SEED + rank; the single-process reference reproduces
+that by encoding rank r's half (in the same chunks) right after seeding SEED + r.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
+
+from latentspace.train.distributed import (
+    DistEnv,
+    average_gradients,
+    barrier,
+    broadcast_object,
+    check_global_batch,
+    gather_with_grad,
+    init_distributed,
+    shard_roles,
+    shutdown,
+)
+from latentspace.train.gradcache import grad_cache_step
+from latentspace.train.loss import LogitScale, contrastive_loss
+
+WORLD, GLOBAL_BATCH, CHUNK, DIM, SEED = 2, 8, 2, 16, 100
+# name -> (gradient-cache chunk or None, trainable text tower?)
+SCENARIOS = {
+    "plain-frozen-text": (None, False),
+    "gradcache-frozen-text": (CHUNK, False),
+    "plain-trainable-text": (None, True),
+    "gradcache-trainable-text": (CHUNK, True),
+}
+TIGHT = {"rtol": 1e-9, "atol": 1e-12}
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GELU(), nn.Dropout(0.2),
+                                 nn.Flatten(), nn.Linear(8 * 4 * 4, DIM))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+class TokenEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 12)
+        self.mlp = nn.Sequential(nn.Linear(12, 24), nn.GELU(), nn.Dropout(0.2), nn.Linear(24, DIM))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.embed(tokens).mean(1))
+
+
+def _models() -> tuple[ImageEncoder, TokenEncoder, LogitScale]:
+    torch.manual_seed(0)
+    return ImageEncoder().double(), TokenEncoder().double(), LogitScale(0.07).double()
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(GLOBAL_BATCH, 3, 8, 8, generator=gen, dtype=torch.float64)
+    text_emb = torch.randn(GLOBAL_BATCH, DIM, generator=gen, dtype=torch.float64)
+    tokens = torch.randint(0, 30, (GLOBAL_BATCH, 5), generator=gen)
+    return images, text_emb, tokens
+
+
+def _adamw_step(*modules: nn.Module) -> dict[str, torch.Tensor]:
+    """Gradients, then one AdamW step; returns both as name -> tensor."""
+    out = {}
+    for i, m in enumerate(modules):
+        out |= {f"grad/{i}.{n}": p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    params = [p for m in modules for p in m.parameters()]
+    torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1).step()
+    for i, m in enumerate(modules):
+        out |= {f"weight/{i}.{n}": p.detach().clone() for n, p in m.named_parameters()}
+    return out
+
+
+# ---------------------------------------------------------------- the worker (one per rank)
+
+def _counting_allreduce(calls: list, bucket):
+    """DDP's default averaging all-reduce (over the default group), counted."""
+    calls.append(1)
+    return default_hooks.allreduce_hook(None, bucket)
+
+
+def _ddp(module: nn.Module, calls: list) -> DistributedDataParallel:
+    ddp = DistributedDataParallel(module)
+    ddp.register_comm_hook(calls, _counting_allreduce)
+    return ddp
+
+
+def _rank_step(env: DistEnv, chunk: int | None, trainable_text: bool) -> dict:
+    image_enc, text_enc, scale = _models()
+    images, text_emb, tokens = _data()
+    per_rank = check_global_batch(GLOBAL_BATCH, env.world_size, chunk)
+    local = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
+    image_calls, text_calls = [], []
+    ddp_image = _ddp(image_enc, image_calls)
+    ddp_text = _ddp(text_enc, text_calls) if trainable_text else None
+    gather = functools.partial(gather_with_grad, env=env)
+
+    torch.manual_seed(SEED + env.rank)
+    text_kwargs = ({"text_encoder": ddp_text, "texts": tokens[local]} if trainable_text
+                   else {"text_emb": text_emb[local]})
+    if chunk is None:
+        img = ddp_image(images[local])
+        txt = ddp_text(tokens[local]) if trainable_text else text_emb[local]
+        loss_t = contrastive_loss(gather(img), gather(txt), scale())
+        loss_t.backward()
+        loss = loss_t.item()
+    else:
+        loss = grad_cache_step(ddp_image, images[local], logit_scale=scale, chunk=chunk, gather=gather,
+                               **text_kwargs)
+    average_gradients(scale.parameters(), env)  # the logit scale lives outside DDP
+    modules = (image_enc, text_enc, scale) if trainable_text else (image_enc, scale)
+    return {"loss": loss, "image_allreduces": len(image_calls), "text_allreduces": len(text_calls),
+            **_adamw_step(*modules)}
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)  # two processes share two cores
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    env = init_distributed("gloo", device="cpu", timeout=timedelta(seconds=60))
+    try:
+        result = {name: _rank_step(env, chunk, text) for name, (chunk, text) in SCENARIOS.items()}
+        result["env"] = (env.rank, env.world_size, env.local_rank, env.is_main, str(dist.get_backend()))
+        result["roles"] = shard_roles(3, env)
+        result["broadcast"] = broadcast_object({"from": env.rank}, env)
+        barrier(env)
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        shutdown()
+
+
+# ---------------------------------------------------------------- the single-process reference
+
+def _reference_step(chunk: int | None, trainable_text: bool) -> dict:
+    image_enc, text_enc, scale = _models()
+    images, text_emb, tokens = _data()
+    per_rank = GLOBAL_BATCH // WORLD
+    step = chunk or per_rank
+    img_parts, txt_parts = [], []
+    for rank in range(WORLD):  # replay each rank's RNG stream over its half, chunk by chunk
+        torch.manual_seed(SEED + rank)
+        starts = range(rank * per_rank, (rank + 1) * per_rank, step)
+        img_parts += [image_enc(images[s:s + step]) for s in starts]
+        if trainable_text:
+            txt_parts += [text_enc(tokens[s:s + step]) for s in starts]
+    txt = torch.cat(txt_parts) if trainable_text else text_emb
+    loss = contrastive_loss(torch.cat(img_parts), txt, scale())
+    loss.backward()
+    modules = (image_enc, text_enc, scale) if trainable_text else (image_enc, scale)
+    return {"loss": loss.item(), **_adamw_step(*modules)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_two_processes_equal_one_process_on_the_global_batch(ranks, scenario):
+    chunk, trainable_text = SCENARIOS[scenario]
+    ref = _reference_step(chunk, trainable_text)
+    for result in ranks:
+        got = result[scenario]
+        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-12)
+        keys = [k for k in ref if k != "loss"]
+        assert keys == [k for k in got if k.startswith(("grad/", "weight/"))]
+        assert any("logit" not in k and "0.value" not in k for k in keys)
+        torch.testing.assert_close({k: got[k] for k in keys}, {k: ref[k] for k in keys}, **TIGHT)
+
+
+@pytest.mark.parametrize("trainable_text", [False, True])
+def test_gradient_cache_all_reduces_once_per_step(ranks, trainable_text):
+    """no_sync on all but the last chunk: DDP communicates as often as in a plain step
+    (once per gradient bucket), not once per chunk."""
+    text = "trainable" if trainable_text else "frozen"
+    for result in ranks:
+        plain, cached = result[f"plain-{text}-text"], result[f"gradcache-{text}-text"]
+        assert plain["image_allreduces"] >= 1
+        assert cached["image_allreduces"] == plain["image_allreduces"]
+        assert cached["text_allreduces"] == plain["text_allreduces"] == (1 if trainable_text else 0)
+
+
+def test_process_group_helpers(ranks):
+    assert [r["env"] for r in ranks] == [(0, 2, 0, True, "gloo"), (1, 2, 1, False, "gloo")]
+    assert [r["roles"] for r in ranks] == [[0, 1, 2], [3, 4, 5]]
+    assert [r["broadcast"] for r in ranks] == [{"from": 0}, {"from": 0}]
+
+
+# ---------------------------------------------------------------- single-process pieces
+
+def test_check_global_batch():
+    assert check_global_batch(8, 2) == 4
+    assert check_global_batch(8, 2, grad_cache_chunk=2) == 4
+    assert check_global_batch(7, 1, grad_cache_chunk=7) == 7
+    with pytest.raises(ValueError, match=r"global batch 10 does not split evenly over 4 processes.*8 or 12"):
+        check_global_batch(10, 4)
+    with pytest.raises(ValueError, match=r"chunk 3 does not divide the per-process batch 4 \(8 / 2 processes\)"):
+        check_global_batch(8, 2, grad_cache_chunk=3)
+    with pytest.raises(ValueError, match="at least 1"):
+        check_global_batch(0, 2)
+    with pytest.raises(ValueError, match="at least 1"):
+        check_global_batch(8, 2, grad_cache_chunk=0)
+
+
+def test_shard_roles():
+    env = DistEnv(rank=2, world_size=4)
+    assert shard_roles(3, env) == [6, 7, 8]
+    all_roles = [r for rank in range(4) for r in shard_roles(3, DistEnv(rank=rank, world_size=4))]
+    assert all_roles == list(range(12))
+    with pytest.raises(ValueError, match="at least one data role"):
+        shard_roles(0, env)
+
+
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in _LAUNCH_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("variables", [{}, {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}])
+def test_single_process_needs_no_process_group(clean_env, variables):
+    for name, value in variables.items():
+        clean_env.setenv(name, value)
+    env = init_distributed(device="cpu")
+    assert env == DistEnv(0, 1, 0, torch.device("cpu"))
+    assert env.is_main and not env.is_distributed
+    assert not dist.is_initialized()
+    x = torch.randn(3, 4, requires_grad=True)
+    assert gather_with_grad(x, env) is x
+    assert broadcast_object("same", env) == "same"
+    barrier(env)
+    average_gradients([nn.Parameter(torch.ones(1))], env)
+    shutdown()
+
+
+@pytest.mark.parametrize("variables, message", [
+    ({"RANK": "1"}, "RANK is set .1. but WORLD_SIZE is not"),
+    ({"WORLD_SIZE": "2"}, "RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT is not set"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE must be an integer, got 'two'"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE must be at least 1"),
+    ({"WORLD_SIZE": "1", "RANK": "1"}, "RANK is 1 but WORLD_SIZE is 1"),
+    ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"},
+     r"RANK must be in \[0, 2\)"),
+])
+def test_bad_launch_environment_fails_before_joining(clean_env, variables, message):
+    for name, value in variables.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(ValueError, match=message):
+        init_distributed(device="cpu")
+    assert not dist.is_initialized()
+
+
+def test_nccl_without_cuda_is_refused(clean_env):
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "1"}.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(ValueError, match="nccl backend needs CUDA"):
+        init_distributed("nccl", device="cpu")
