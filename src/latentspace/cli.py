@@ -99,6 +99,8 @@ def train(
         result = run_train(load_config(config, overrides or []), console=console)
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         _fail(e)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for the job
+        return
     console.print(f"trained {result.steps} steps in {result.seconds:.0f}s (skipped samples: {result.samples_skipped}, "
                   f"shard errors: {result.shard_errors}); model at [bold]{result.model_dir}[/]")
 

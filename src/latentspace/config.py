@@ -49,6 +49,7 @@ class VisionTowerConfig(_Strict):
     init_checkpoint: str | None = Field(None, description="local timm / safetensors checkpoint for the backbone")
     init_from: str | None = Field(None, description="a latentspace model directory whose whole vision tower "
                                                     "(backbone, pooling, projection) starts this one; same arch")
+    grad_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, more time)")
 
 
 class AugmentConfig(_Strict):
@@ -116,13 +117,19 @@ class TrainConfig(_Strict):
     output_dir: str = "artifacts/run"
     text_cache_dir: str = Field("artifacts/cache/text", description="where frozen caption embeddings are kept")
     steps: int = Field(1000, ge=1)
-    batch_size: int = Field(256, ge=2)
+    batch_size: int = Field(256, ge=2, description="global batch: split over processes under torchrun")
     seed: int = 0
     init_temperature: float = Field(0.07, gt=0)
     max_logit_scale: float = Field(100.0, gt=0)
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on the towers (GPUs; this CPU has no fast bf16)")
+    compile: bool = Field(False, description="torch.compile the vision tower")
+    grad_cache_chunk: int | None = Field(None, ge=1, description="GradCache: embed and back-propagate the batch in "
+                                                                "chunks of this many per process, so the global batch "
+                                                                "is not limited by memory; None = one pass")
 
 
 RECIPES = ("both", "both+text", "three_towers", "three_towers+text", "locked_image", "locked_text")

@@ -209,7 +209,8 @@ class TextTower(nn.Module):
         return finish(vectors, dimensionality or self.cfg.dimensionality)
 
     def _encode_batch(self, texts: list[str], task_type: str) -> torch.Tensor:
-        batch = self.tokenize(texts, task_type)
+        device = next(self.transformer.parameters()).device
+        batch = {k: v.to(device) for k, v in self.tokenize(texts, task_type).items()}
         hidden = self.transformer(**batch).last_hidden_state
         vectors = pool(hidden, batch["attention_mask"], self.desc.pooling)
         if self.cfg.layer_norm:

@@ -76,6 +76,8 @@ class VisionTower(nn.Module):
             raise ValueError(f"vision.pool=cls needs a model with a class token; {cfg.arch} has none (use mean or attn)")
         self.attn_pool = AttentionPool(width, _heads_for(width)) if cfg.pool == "attn" else None
         self.proj = nn.Linear(width, out_dim, bias=False)
+        if cfg.grad_checkpointing:
+            self.backbone.set_grad_checkpointing(True)
         nn.init.normal_(self.proj.weight, std=width**-0.5)
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,10 @@ import numpy as np
 import torch
 
 # Fields that may differ between a run and its resumption without changing the result.
-RESUMABLE_DIFFERENCES = {("train", "log_every"), ("train", "checkpoint_every"), ("train", "threads")}
+# Fields that change speed or memory, not the maths: a run may resume with other values.
+RESUMABLE_DIFFERENCES = {("train", "log_every"), ("train", "checkpoint_every"), ("train", "threads"),
+                         ("train", "device"), ("train", "compile"), ("train", "grad_cache_chunk"),
+                         ("vision", "grad_checkpointing"), ("data", "workers")}
 
 
 def rng_state() -> dict[str, Any]:

@@ -14,6 +14,8 @@ single-process gradient under DDP is explained at `gather_with_grad`.
 
 from __future__ import annotations
 
+import warnings
+
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -189,7 +191,11 @@ def gather_with_grad(x: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """
     if not env.is_distributed:
         return x
-    return torch.cat(dist_nn.all_gather(x), dim=0)
+    with warnings.catch_warnings():
+        # torch 2.14 marks this public, differentiable all_gather deprecated in favour of a private
+        # module (torch.distributed._functional_collectives); we stay on the public API.
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_nn.all_gather(x), dim=0)
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter], env: DistEnv) -> None:

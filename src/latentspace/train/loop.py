@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from latentspace.config import RunConfig, dump_config
@@ -32,6 +35,9 @@ from latentspace.models.text_tower import TextTower
 from latentspace.models.vision_tower import VisionTower
 from latentspace.space import SpaceIdentity, check_same_space
 from latentspace.train.checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from latentspace.train.distributed import (
+    average_gradients, barrier, check_global_batch, gather_with_grad, init_distributed, shutdown)
+from latentspace.train.gradcache import Trainable, cached_backward
 from latentspace.train.optim import param_groups
 from latentspace.train.recipes import FrozenImageTower, RecipeLoss, RecipeSpec, fill_image_cache
 
@@ -87,8 +93,12 @@ def _progress(console: Console) -> Progress:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, console: Console | None = None):
-        self.cfg, self.console = cfg, console or Console(stderr=True)
-        self.spec = RecipeSpec.of(cfg.recipe)
+        self.cfg, self.spec = cfg, RecipeSpec.of(cfg.recipe)
+        # Under torchrun every process runs this; rank 0 alone logs and writes files.
+        self.env = init_distributed(device=None if cfg.train.device == "auto" else cfg.train.device)
+        self.device = self.env.device
+        self.local_batch = check_global_batch(cfg.train.batch_size, self.env.world_size, cfg.train.grad_cache_chunk)
+        self.console = (console or Console(stderr=True)) if self.env.is_main else Console(quiet=True)
         self.out = Path(cfg.train.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.train.threads:
@@ -100,7 +110,8 @@ class Trainer:
         self.pairs = self._text_pairs()
         self.text = TextTower(cfg.text)
         self.text.set_trainable(self.spec.train_text)
-        self.cache = None if self.spec.train_text else fill_text_cache(cfg, self.text, self.urls, self.console)
+        self.cache = None if self.spec.train_text else self._main_first(
+            lambda: fill_text_cache(cfg, self.text, self.urls, self.console))
         self.preprocess = Preprocess(cfg.vision.image_size)
         self.augment = BatchAugment(self.preprocess, cfg.data.augment)
         self.vision = VisionTower(cfg.vision, self.text.dim)
@@ -111,18 +122,46 @@ class Trainer:
         self.third_cache = self._image_cache("third tower", third, cfg.three_towers.cache_dir) if third else None
         t, o = cfg.train, cfg.optim
         self.loss_fn = RecipeLoss(self.spec, self.text.dim, third.dim if third else None, t.init_temperature, t.max_logit_scale)
+        for module in (self.vision, self.text, self.loss_fn):
+            module.to(self.device)
+        self.vision_fwd, self.text_fwd = self._wrap_trainable()
         groups = param_groups(self.loss_fn, o.weight_decay)
         if self.spec.train_vision:
             groups += param_groups(self.vision, o.weight_decay)
         if self.spec.train_text:
             groups += param_groups(self.text, o.weight_decay, lr=o.text_lr)
-        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps,
+                                           fused=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(o.warmup_steps, cfg.train.steps, o.min_lr_ratio))
         self.step = 0
         self.positions: dict[int, StreamPosition] = {}
         self.next_role = 0
         self.resumed_from = self._maybe_resume()
+
+    def _main_first(self, make):
+        """Rank 0 runs `make` (e.g. filling a shared on-disk cache) before the others do, so
+        only one process ever writes; the others then find everything in place."""
+        if not self.env.is_main:
+            barrier(self.env)
+        result = make()
+        if self.env.is_main:
+            barrier(self.env)
+        return result
+
+    def _wrap_trainable(self):
+        """The callables the step runs: DDP around each trainable tower under torchrun (so
+        gradients are averaged over processes), then torch.compile if asked for."""
+        vision, text = self.vision, self.text
+        if self.env.is_distributed:
+            device_ids = [self.env.local_rank] if self.device.type == "cuda" else None
+            if self.spec.train_vision:
+                vision = DistributedDataParallel(vision, device_ids=device_ids)
+            if self.spec.train_text:  # the transformer's pooler is never used: let DDP skip it
+                text = DistributedDataParallel(text, device_ids=device_ids, find_unused_parameters=True)
+        if self.cfg.train.compile and self.spec.train_vision:
+            vision = torch.compile(vision)
+        return vision, text
 
     def _text_pairs(self) -> TextPairs | None:
         tp = self.cfg.data.text_pairs
@@ -143,6 +182,9 @@ class Trainer:
         return self._image_cache("frozen vision tower", tower, str(Path(self.cfg.train.text_cache_dir).parent / "images"))
 
     def _image_cache(self, what: str, tower: FrozenImageTower, root: str) -> TextEmbeddingCache:
+        return self._main_first(lambda: self._fill_image_cache(what, tower, root))
+
+    def _fill_image_cache(self, what: str, tower: FrozenImageTower, root: str) -> TextEmbeddingCache:
         """A frozen image tower's embeddings of every training image, computed once."""
         cache = TextEmbeddingCache(root, tower.identity, "image")
         with _progress(self.console) as bar:
@@ -188,11 +230,31 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
-        self.positions = {int(k): StreamPosition(**v) for k, v in state["data"]["positions"].items()}
-        self.next_role = int(state["data"]["next_role"])
-        self._truncate_metrics(self.step)
+        self._restore_data_position(state["data"])
+        if self.env.is_main:
+            self._truncate_metrics(self.step)
         self.console.print(f"[bold]resuming[/] {self.out} from step {self.step}")
         return self.step
+
+    @property
+    def n_roles(self) -> int:
+        """Data streams in the whole job: one per DataLoader worker (or the process) per rank."""
+        return self.env.world_size * max(1, self.cfg.data.workers)
+
+    def _restore_data_position(self, data: dict) -> None:
+        positions = {int(k): StreamPosition(**v) for k, v in data["positions"].items()}
+        next_role = data["next_role"]
+        next_role = {0: next_role} if isinstance(next_role, int) else {int(k): v for k, v in next_role.items()}
+        if data.get("roles", max(1, self.cfg.data.workers)) == self.n_roles:  # same split: exact resume
+            self.positions, self.next_role = positions, int(next_role.get(self.env.rank, 0))
+            return
+        # Another number of processes or workers splits the shards differently, so no stream can
+        # pick up where an old one stopped: every stream starts the next epoch instead.
+        epoch = 1 + max((p.epoch for p in positions.values()), default=0)
+        self.positions = {role: StreamPosition(epoch=epoch) for role in range(self.n_roles)}
+        self.next_role = 0
+        self.console.print(f"[yellow]the checkpoint was written by {data.get('roles')} data stream(s), this run has "
+                           f"{self.n_roles}: weights and optimizer resume exactly; data restarts at epoch {epoch}[/]")
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop log lines a killed run wrote after its last checkpoint; they will be redone."""
@@ -202,6 +264,9 @@ class Trainer:
             path.write_text("".join(line + "\n" for line in keep))
 
     def _save(self) -> None:
+        positions, next_roles = self._gathered_data_positions()  # a collective: every rank calls it
+        if not self.env.is_main:
+            return
         save_checkpoint(self.checkpoint_path, {
             "step": self.step,
             "vision": self.vision.state_dict(),
@@ -210,41 +275,68 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
-            "data": {"positions": {r: asdict(p) for r, p in self.positions.items()}, "next_role": self.next_role},
+            "data": {"positions": positions, "next_role": next_roles, "roles": self.n_roles},
             "config": self._config_dict(),
             "space": self.text.space.to_dict(),
         })
 
+    def _gathered_data_positions(self) -> tuple[dict, dict]:
+        """Every rank's stream positions (each rank advances only its own roles)."""
+        mine = ({r: asdict(p) for r, p in self.positions.items()}, {self.env.rank: self.next_role})
+        if not self.env.is_distributed:
+            return mine
+        everyone: list = [None] * self.env.world_size
+        torch.distributed.all_gather_object(everyone, mine)
+        positions, next_roles = {}, {}
+        for rank, (theirs, their_next) in enumerate(everyone):
+            roles = range(rank * max(1, self.cfg.data.workers), (rank + 1) * max(1, self.cfg.data.workers))
+            positions.update({r: p for r, p in theirs.items() if r in roles})
+            next_roles.update(their_next)
+        return positions, next_roles
+
     def _loader(self) -> DataLoader:
         d = self.cfg.data
         stream = ImageTextStream(
-            urls=self.urls, transform=load_transform(self.preprocess), batch_size=self.cfg.train.batch_size,
+            urls=self.urls, transform=load_transform(self.preprocess), batch_size=self.local_batch,
             seed=self.cfg.train.seed, caption_mode=d.caption, shuffle_buffer=d.shuffle_buffer,
+            rank=self.env.rank, world_size=self.env.world_size,
             num_workers=d.workers, positions=self.positions, first_role=self.next_role)
-        return DataLoader(stream, batch_size=None, num_workers=d.workers,
+        return DataLoader(stream, batch_size=None, num_workers=d.workers, pin_memory=self.device.type == "cuda",
                           prefetch_factor=4 if d.workers else None, persistent_workers=False)
 
     def train_step(self, batch: dict) -> float:
-        spec, task = self.spec, self.cfg.text.caption_task
+        spec, task, dev = self.spec, self.cfg.text.caption_task, self.device
         # All randomness of a step (augmentation; dropout and drop-path in the towers) derives from
         # (seed, step), so a resumed run replays it exactly whatever else drew random numbers
         # meanwhile (a DataLoader draws one when it starts iterating, for instance).
         torch.manual_seed(sample_seed(self.cfg.train.seed, self.step, 1))
+        self.optimizer.zero_grad(set_to_none=True)
+        # Each tower's input is either trainable (an encoder and its inputs) or a fixed tensor
+        # looked up in a frozen tower's cache.
         if spec.train_vision:
             gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, self.step))
             self.vision.train()
-            image_emb = self.vision(self.augment(batch["images"], gen))
+            images = self.augment(batch["images"].to(dev, non_blocking=True), gen)
+            image_side = Trainable(self._autocast(self.vision_fwd), images)
         else:
-            image_emb = self.image_cache.lookup(batch["keys"])
-        text_emb = self.text(batch["captions"], task) if spec.train_text else self.cache.lookup(batch["captions"])
-        third_emb = self.third_cache.lookup(batch["keys"]) if spec.third_tower else None
-        loss = self.loss_fn(image_emb, text_emb, third_emb)
+            image_side = self.image_cache.lookup(batch["keys"]).to(dev)
+        if spec.train_text:
+            text_side = Trainable(self._autocast(lambda texts: self.text_fwd(texts, task)), batch["captions"])
+        else:
+            text_side = self.cache.lookup(batch["captions"]).to(dev)
+        sides = [image_side, text_side]
+        if spec.third_tower:
+            sides.append(self.third_cache.lookup(batch["keys"]).to(dev))
+        loss = self._backward(sides, lambda i, t, *h: self.loss_fn(i.float(), t.float(), h[0].float() if h else None))
         if self.pairs is not None and self.pairs.is_text_step(self.step):
             queries, positives = self.pairs.batch(self.step)
-            pair_loss = self.loss_fn.pairs(self.text(queries, "search_query"), self.text(positives, "search_document"))
-            loss = loss + self.cfg.data.text_pairs.weight * pair_loss
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+            weight = self.cfg.data.text_pairs.weight
+            loss += self._backward(
+                [Trainable(self._autocast(lambda texts: self.text_fwd(texts, "search_query")), queries),
+                 Trainable(self._autocast(lambda texts: self.text_fwd(texts, "search_document")), positives)],
+                lambda q, d: weight * self.loss_fn.pairs(q.float(), d.float()))
+        # The temperatures and heads live outside DDP (every rank computed the same global loss).
+        average_gradients(self.loss_fn.parameters(), self.env)
         if self.cfg.optim.grad_clip:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
@@ -253,20 +345,44 @@ class Trainer:
         self.step += 1
         role = int(batch["role"])
         self.positions[role] = StreamPosition(**batch["position"])
-        self.next_role = (role + 1) % max(1, self.cfg.data.workers)
-        return float(loss.detach())
+        self.next_role = (role - self.env.rank * max(1, self.cfg.data.workers) + 1) % max(1, self.cfg.data.workers)
+        return float(loss)
+
+    def _backward(self, sides: list, loss_fn) -> torch.Tensor:
+        """Back-propagate loss_fn over the global batch; returns the detached loss. Embeddings are
+        gathered from every process (with gradients); with train.grad_cache_chunk the trainable
+        sides are embedded and back-propagated chunk by chunk (GradCache), same gradients."""
+        gather = partial(gather_with_grad, env=self.env)
+        chunk = self.cfg.train.grad_cache_chunk
+        if chunk is not None:
+            return cached_backward(sides, loss_fn, chunk, gather=gather)
+        embeddings = [gather(s.encoder(s.inputs) if isinstance(s, Trainable) else s) for s in sides]
+        loss = loss_fn(*embeddings)
+        loss.backward()
+        return loss.detach()
+
+    def _autocast(self, encoder):
+        """`encoder` under bf16 autocast when train.precision is bf16 (float32 rows out)."""
+        if self.cfg.train.precision != "bf16":
+            return encoder
+
+        def run(inputs):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return encoder(inputs).float()
+        return run
 
     def run(self) -> TrainResult:
         t = self.cfg.train
         start, t0 = self.step, time.perf_counter()
         window_t, window_n, loss = time.perf_counter(), 0, float("nan")
-        with _progress(self.console) as bar, open(self.out / METRICS_NAME, "a") as log:
+        log_path = self.out / METRICS_NAME if self.env.is_main else Path(os.devnull)
+        with _progress(self.console) as bar, open(log_path, "a") as log:
             task = bar.add_task("train", total=t.steps, completed=self.step, stats="")
             for batch in self._loader():
                 if self.step >= t.steps:
                     break
                 loss = self.train_step(batch)
-                window_n += len(batch["captions"])
+                window_n += len(batch["captions"]) * self.env.world_size
                 bar.update(task, completed=self.step)
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     ips = window_n / max(1e-9, time.perf_counter() - window_t)
@@ -281,6 +397,11 @@ class Trainer:
                     self._save()
         if self.step < t.steps:
             raise RuntimeError(f"the data stream ended at step {self.step} of {t.steps}")
+        model_dir = self.out / "model"
+        if not self.env.is_main:
+            barrier(self.env)  # wait for rank 0 to write the model directory
+            return TrainResult(self.out, model_dir, self.step, start, self.skipped, self.shard_errors,
+                               time.perf_counter() - t0, loss)
         plot_loss_curve(self.out / METRICS_NAME, self.out / "loss.png")
         model_dir = save_model_dir(
             self.out / "model", self.vision, text=self.cfg.text, space=self.text.space, preprocess=self.preprocess,
@@ -288,6 +409,7 @@ class Trainer:
             info={"steps": self.step, "batch_size": t.batch_size, "train_shards": self.cfg.data.train_shards,
                   "recipe": self.spec.name},
             trained_text=self.text if self.spec.train_text else None)
+        barrier(self.env)
         return TrainResult(self.out, model_dir, self.step, start, self.skipped, self.shard_errors,
                            time.perf_counter() - t0, loss)
 
@@ -317,7 +439,10 @@ def load_whole_vision(vision: VisionTower, model_dir: str) -> None:
 
 
 def train(cfg: RunConfig, console: Console | None = None) -> TrainResult:
-    return Trainer(cfg, console).run()
+    try:
+        return Trainer(cfg, console).run()
+    finally:
+        shutdown()  # leave the torchrun process group (a no-op in a single process)
 
 
 def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
