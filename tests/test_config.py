@@ -48,3 +48,13 @@ def test_packaged_quickstart_config_is_valid():
 
     cfg = load_config(packaged_config())
     assert cfg.text.path == "builtin:all-MiniLM-L6-v2"
+
+
+def test_the_published_vit_b16_recipe_config_loads():
+    from latentspace.quickstart import packaged_config
+
+    cfg = load_config(packaged_config("vit_b16_published"), ["data.train_shards=/tmp/x.tar"])
+    assert (cfg.vision.arch, cfg.vision.image_size, cfg.optim.lr, cfg.optim.warmup_steps) == \
+        ("eva02_base_patch16_224", 224, 1e-3, 2000)
+    assert cfg.optim.betas == (0.9, 0.95) and cfg.optim.weight_decay == 0.0 and cfg.recipe == "locked_text"
+    assert cfg.train.precision == "bf16" and cfg.train.batch_size % cfg.train.grad_cache_chunk == 0

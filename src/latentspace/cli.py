@@ -282,6 +282,27 @@ def serve(
 
 
 @app.command()
+def ablate(
+    artifacts: Path = typer.Option(Path("artifacts"), help="folder for the corpus, caches and runs (as quickstart)"),
+    steps: int = typer.Option(150, min=1, help="training steps per recipe (the same budget for all)"),
+    batch_size: int = typer.Option(256, min=2),
+    recipe: Optional[List[str]] = typer.Option(None, help="run only these recipes (repeatable); default all six"),
+    text_lr: float = typer.Option(2e-5, help="learning rate of trainable text towers"),
+) -> None:
+    """Train the six recipes from the same start with the same budget on the emoji corpus; one table."""
+    from latentspace.ablate import print_ablation, run_ablation
+    from latentspace.config import RECIPES
+
+    try:
+        rows = run_ablation(artifacts, steps=steps, batch_size=batch_size, recipes=list(recipe or RECIPES),
+                            text_lr=text_lr, console=console)
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        _fail(e)
+    print_ablation(rows, Console())
+    console.print(f"table written to {artifacts / 'ablation' / 'ablation.md'}")
+
+
+@app.command()
 def quickstart(
     artifacts: Path = typer.Option(Path("artifacts"), help="folder for corpus, caches, runs and the model"),
     overrides: Optional[List[str]] = typer.Argument(None, help="config overrides, e.g. train.steps=100"),

