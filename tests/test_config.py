@@ -55,6 +55,9 @@ def test_the_published_vit_b16_recipe_config_loads():
 
     cfg = load_config(packaged_config("vit_b16_published"), ["data.train_shards=/tmp/x.tar"])
     assert (cfg.vision.arch, cfg.vision.image_size, cfg.optim.lr, cfg.optim.warmup_steps) == \
-        ("eva02_base_patch16_224", 224, 1e-3, 2000)
+        ("eva02_base_patch16_clip_224", 224, 1e-3, 2000)
+    import timm
+
+    assert timm.models.is_model(cfg.vision.arch)
     assert cfg.optim.betas == (0.9, 0.95) and cfg.optim.weight_decay == 0.0 and cfg.recipe == "locked_text"
     assert cfg.train.precision == "bf16" and cfg.train.batch_size % cfg.train.grad_cache_chunk == 0
