@@ -89,7 +89,7 @@ def test_retrieval_metrics_by_hand_with_two_captions_per_image():
 
 def test_chance_levels_classification():
     assert chance_levels(CLASSIFICATION, 10) == pytest.approx(
-        {"acc1": 0.1, "acc5": 0.5, "mean_per_class_recall": 0.1}
+        {"acc1": 0.1, "acc5": 0.5, "mean_per_class_recall": 0.1, "f1_macro": 0.1}
     )
     assert chance_levels(CLASSIFICATION, 3)["acc5"] == 1.0
 
@@ -137,3 +137,18 @@ def test_queries_are_scored_in_chunks_without_changing_results(monkeypatch):
     whole = zeroshot_metrics(image_emb, class_emb, labels)
     monkeypatch.setattr(metrics_module, "_CHUNK", 6)
     assert zeroshot_metrics(image_emb, class_emb, labels) == whole
+
+
+def test_f1_macro_by_hand_and_its_chance():
+    from latentspace.eval.metrics import f1_macro, f1_macro_chance
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    predicted = torch.tensor([0, 0, 1, 1, 2, 3])  # class 3 is predicted but never a label
+    # class 0: tp 2, 2 predicted, 3 true -> 4/5; class 1: tp 1, 2 and 2 -> 1/2; class 2: 0; class 3: 0
+    assert f1_macro(predicted, labels) == pytest.approx((4 / 5 + 1 / 2) / 4)
+    assert f1_macro_chance([0, 1, 2, 3], 4) == pytest.approx(1 / 4)  # balanced: 1/C
+    imbalanced = f1_macro_chance([0] * 90 + [1] * 10, 2)
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 9000 + [1] * 1000)
+    simulated = f1_macro(torch.randint(0, 2, (10000,), generator=generator), labels)
+    assert simulated == pytest.approx(imbalanced, abs=0.01)

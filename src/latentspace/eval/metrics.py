@@ -75,11 +75,33 @@ def zeroshot_metrics(
     correct = (rank < 1).float()
     present = labels.unique()
     per_class = torch.stack([correct[labels == c].mean() for c in present])
+    predicted = (image_emb @ class_emb.T).argmax(dim=1)
     return {
         "acc1": correct.mean().item(),
         "acc5": (rank < 5).float().mean().item(),
         "mean_per_class_recall": per_class.mean().item(),
+        "f1_macro": f1_macro(predicted, labels),
     }
+
+
+def f1_macro(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean F1 over every class that is a label or a prediction (sklearn's average='macro'), the
+    score WILDS and DataComp rank iWildCam by."""
+    classes = torch.cat([labels, predicted]).unique()
+    scores = []
+    for c in classes:
+        tp = ((predicted == c) & (labels == c)).sum().item()
+        denominator = (predicted == c).sum().item() + (labels == c).sum().item()
+        scores.append(2 * tp / denominator)
+    return float(sum(scores) / len(scores))
+
+
+def f1_macro_chance(labels: Sequence[int], n_classes: int) -> float:
+    """Expected macro F1 of uniformly random predictions (to first order, many samples): every
+    class gets predicted, and class c with n_c of N labels scores 2 n_c / (N + C n_c)."""
+    n = len(labels)
+    counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long), minlength=n_classes).tolist()
+    return sum(2 * c / (n + n_classes * c) for c in counts) / n_classes
 
 
 def retrieval_metrics(
@@ -187,6 +209,7 @@ def _classification_chance(n_classes: int) -> dict[str, float]:
         "acc1": 1 / n_classes,
         "acc5": min(5, n_classes) / n_classes,
         "mean_per_class_recall": 1 / n_classes,
+        "f1_macro": 1 / n_classes,  # balanced classes; the runner replaces it with the exact value
     }
 
 

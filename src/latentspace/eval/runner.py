@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from latentspace.eval.loader import decoded_chunks
-from latentspace.eval.metrics import chance_levels, multilabel_metrics, retrieval_metrics, zeroshot_metrics
+from latentspace.eval.metrics import chance_levels, f1_macro_chance, multilabel_metrics, retrieval_metrics, zeroshot_metrics
 from latentspace.eval.tasks import (
     CLASSIFICATION,
     MULTILABEL,
@@ -230,7 +230,9 @@ def _run_classification(model, task_dir, spec, stats, settings: _Settings):
                                  batch_size=settings.batch_size)
     image_emb, labels = _embed_image_stream(model, task_dir, spec, stats, settings)
     metrics = zeroshot_metrics(image_emb, class_emb, torch.tensor(labels))
-    return metrics, chance_levels(spec.type, len(classnames))
+    chance = chance_levels(spec.type, len(classnames))
+    chance["f1_macro"] = f1_macro_chance(labels, len(classnames))  # depends on the class balance
+    return metrics, chance
 
 
 def _run_multilabel(model, task_dir, spec, stats, settings: _Settings):

@@ -45,7 +45,7 @@ MULTILABEL = "zeroshot_multilabel"
 DEFAULT_MAIN_METRIC = {CLASSIFICATION: "acc1", RETRIEVAL: "mean_recall@1", MULTILABEL: "mAP"}
 # Every metric a task type produces; a suite may only name one of these as its main metric.
 METRIC_NAMES = {
-    CLASSIFICATION: ("acc1", "acc5", "mean_per_class_recall"),
+    CLASSIFICATION: ("acc1", "acc5", "mean_per_class_recall", "f1_macro"),
     RETRIEVAL: tuple(
         f"{direction}_retrieval_recall@{k}" for direction in ("image", "text") for k in (1, 5, 10)
     )
