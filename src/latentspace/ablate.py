@@ -95,9 +95,16 @@ def _starting_model(artifacts: Path, corpus: dict, console: Console) -> Path:
 
 
 def _write(rows: list[AblationRow], folder: Path, steps: int, batch_size: int) -> None:
+    """ablation.json / .md, keeping rows of other recipes from earlier runs with the same budget
+    (so `--recipe X` runs add up to one table)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ablation.json").write_text(json.dumps(
-        {"steps": steps, "batch_size": batch_size, "rows": [asdict(r) for r in rows]}, indent=1))
+    path = folder / "ablation.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    if (earlier.get("steps"), earlier.get("batch_size")) == (steps, batch_size):
+        done = {r.recipe for r in rows}
+        rows = [AblationRow(**r) for r in earlier["rows"] if r["recipe"] not in done] + rows
+        rows.sort(key=lambda r: RECIPES.index(r.recipe))
+    path.write_text(json.dumps({"steps": steps, "batch_size": batch_size, "rows": [asdict(r) for r in rows]}, indent=1))
     lines = ["| recipe | Noto all top-1 | Noto held-out top-1 | text MRR before → after | space | train s |",
              "| --- | ---: | ---: | ---: | --- | ---: |"]
     for r in rows:
