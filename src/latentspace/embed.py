@@ -17,12 +17,10 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from latentspace.config import BUILTIN_TEXT_MODEL, TextTowerConfig
 from latentspace.models.model_dir import is_model_dir
 from latentspace.models.paired import PairedModel
-from latentspace.models.text_tower import TASK_TYPES, TextTower, finish
+from latentspace.models.text_tower import TASK_TYPES, TextTower, finish, mean_of_pieces
 
 _lock = threading.Lock()
 _loaded: dict[str, PairedModel | TextTower] = {}
@@ -89,10 +87,11 @@ def text(texts: Sequence[str], *, model: str | os.PathLike | None = None, task_t
     tower = m.text if isinstance(m, PairedModel) else m
     texts = list(texts)
     if long_text_mode == "mean" and texts:
-        pieces = [tower.split_long(t, task_type) for t in texts]
-        rows = tower.encode([p for ps in pieces for p in ps], task_type)
-        vectors = finish(torch.stack([c.mean(dim=0) for c in rows.split([len(ps) for ps in pieces])]), dimensionality)
-        tokens = tower.count_tokens([p for ps in pieces for p in ps], task_type)
+        pieces_per_text = [tower.split_long(t, task_type) for t in texts]
+        pieces = [p for ps in pieces_per_text for p in ps]
+        rows = tower.encode(pieces, task_type)
+        vectors = finish(mean_of_pieces(rows, [len(ps) for ps in pieces_per_text]), dimensionality)
+        tokens = tower.count_tokens(pieces, task_type)
     else:
         vectors = tower.encode(texts, task_type, dimensionality=dimensionality)
         tokens = tower.count_tokens(texts, task_type)

@@ -118,6 +118,12 @@ def split_to_fit(tokenizer, text: str, max_length: int, prefix: str = "") -> lis
     return [text[offsets[i][0] : offsets[min(i + budget, len(offsets)) - 1][1]] for i in starts]
 
 
+def mean_of_pieces(rows: torch.Tensor, pieces_per_text: Sequence[int]) -> torch.Tensor:
+    """long_text_mode='mean': average each text's consecutive piece embeddings (one row per text,
+    not yet re-normalised; `finish` does that)."""
+    return torch.stack([chunk.mean(dim=0) for chunk in rows.split(list(pieces_per_text))])
+
+
 class TextTower(nn.Module):
     """Frozen text encoder. `encode` returns L2-normalised vectors in the space it defines."""
 

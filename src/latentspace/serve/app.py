@@ -37,7 +37,7 @@ from latentspace.data.images import (
     ImageTooLargeError,
     decode_image,
 )
-from latentspace.models.text_tower import TASK_TYPES, finish
+from latentspace.models.text_tower import TASK_TYPES, finish, mean_of_pieces
 from latentspace.serve.auth import BearerAuth
 from latentspace.serve.batching import QueueFull, WorkerDead
 from latentspace.serve.errors import ApiError, retry_later
@@ -111,9 +111,8 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         pieces = [p for ps in pieces_per_text for p in ps]
         counts = await run_in_threadpool(model.token_counts, pieces, task)
         rows = await _submit(slot, registry.text_kind(slot, task), pieces, counts, settings)
-        if long_text_mode == "mean":  # average each text's pieces, then re-normalise (in finish)
-            sizes = [len(ps) for ps in pieces_per_text]
-            rows = torch.stack([chunk.mean(dim=0) for chunk in rows.split(sizes)])
+        if long_text_mode == "mean":
+            rows = mean_of_pieces(rows, [len(ps) for ps in pieces_per_text])
         return finish(rows, dimensionality), sum(counts)
 
     @app.post("/v1/embedding/text", dependencies=[Depends(require_key)])
