@@ -83,7 +83,14 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        registry.start()
+        if settings.workers > 1:
+            # Worker processes share one listening socket, and uvicorn only accepts on it once
+            # startup ends: loading here keeps a loading worker from taking requests (and answering
+            # 503) while its siblings are ready. A single process loads in the background instead,
+            # so its /health can say "loading" to a readiness probe.
+            await asyncio.to_thread(registry.load_now)
+        else:
+            registry.start()
         yield
         registry.stop()
         decode_pool.shutdown(wait=False, cancel_futures=True)

@@ -56,7 +56,12 @@ class ModelRegistry:
         self._thread = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
 
     def start(self) -> None:
+        """Load the models on a background thread, so /health can answer 503 while they load."""
         self._thread.start()
+
+    def load_now(self) -> None:
+        """Load the models in this thread and return when every one is ready or failed."""
+        self._load_all()
 
     def stop(self) -> None:
         for slot in self.slots.values():
