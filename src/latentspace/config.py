@@ -127,6 +127,9 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on the towers (GPUs; this CPU has no fast bf16)")
     compile: bool = Field(False, description="torch.compile the vision tower")
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun, how trainable towers are spread: "
+                                                               "ddp = a full copy per process; fsdp = parameters, "
+                                                               "gradients and optimizer state sharded (large towers)")
     grad_cache_chunk: int | None = Field(None, ge=1, description="GradCache: embed and back-propagate the batch in "
                                                                 "chunks of this many per process, so the global batch "
                                                                 "is not limited by memory; None = one pass")

@@ -1,7 +1,8 @@
-"""Two gloo processes under DDP train exactly like one process on the whole global batch.
+"""Two gloo processes under DDP or FSDP train exactly like one process on the whole global batch.
 
-One spawn (2 processes, each holding half of a global batch of 8) runs four scenarios: plain or
-gradient-cached backward, with a frozen text tower (precomputed embeddings) or a trainable one.
+One spawn (2 processes, each holding half of a global batch of 8) runs eight scenarios: DDP or
+FSDP, plain or gradient-cached backward, with a frozen text tower (precomputed embeddings) or a
+trainable one. FSDP scenarios also clip the gradient norm (sharded and plain gradients together).
 Each rank saves its loss, gradients and weights after one AdamW step; the parent recomputes the
 same step in a single process and compares. Everything is float64, so the gradients must match to
 ~1e-12: a gradient off by the world size (the classic all_gather mistake) cannot hide behind
@@ -14,6 +15,7 @@ that by encoding rank r's half (in the same chunks) right after seeding SEED + r
 from __future__ import annotations
 
 import functools
+import json
 import os
 import socket
 from datetime import timedelta
@@ -25,6 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from latentspace.train.distributed import (
@@ -40,26 +43,40 @@ from latentspace.train.distributed import (
 )
 from latentspace.train.gradcache import grad_cache_step
 from latentspace.train.loss import LogitScale, contrastive_loss
+from latentspace.train.sharding import (
+    clip_grad_norm, full_state_dict, is_sharded, load_full_state_dict, load_optimizer_state_dict, optimizer_state_dict,
+    shard_tower)
 
 WORLD, GLOBAL_BATCH, CHUNK, DIM, SEED = 2, 8, 2, 16, 100
-# name -> (gradient-cache chunk or None, trainable text tower?)
+CLIP = 0.05  # small enough that clipping bites
+# name -> (gradient-cache chunk or None, trainable text tower?, "ddp" or "fsdp")
 SCENARIOS = {
-    "plain-frozen-text": (None, False),
-    "gradcache-frozen-text": (CHUNK, False),
-    "plain-trainable-text": (None, True),
-    "gradcache-trainable-text": (CHUNK, True),
+    f"{parallel}-{'plain' if chunk is None else 'gradcache'}-{'trainable' if text else 'frozen'}-text": (chunk, text, parallel)
+    for parallel in ("ddp", "fsdp") for text in (False, True) for chunk in (None, CHUNK)
 }
 TIGHT = {"rtol": 1e-9, "atol": 1e-12}
 
 
+class Block(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.nn.functional.gelu(self.fc(x))
+
+
 class ImageEncoder(nn.Module):
+    """A stem, repeated blocks (FSDP shards each on its own) and a head."""
+
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GELU(), nn.Dropout(0.2),
-                                 nn.Flatten(), nn.Linear(8 * 4 * 4, DIM))
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GELU(), nn.Dropout(0.2), nn.Flatten())
+        self.blocks = nn.Sequential(Block(8 * 4 * 4), Block(8 * 4 * 4))
+        self.head = nn.Linear(8 * 4 * 4, DIM)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.head(self.blocks(self.stem(images)))
 
 
 class TokenEncoder(nn.Module):
@@ -85,16 +102,34 @@ def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return images, text_emb, tokens
 
 
-def _adamw_step(*modules: nn.Module) -> dict[str, torch.Tensor]:
-    """Gradients, then one AdamW step; returns both as name -> tensor."""
-    out = {}
-    for i, m in enumerate(modules):
-        out |= {f"grad/{i}.{n}": p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return (t.full_tensor() if isinstance(t, DTensor) else t).detach().clone()
+
+
+def _adamw(modules: tuple[nn.Module, ...]) -> torch.optim.AdamW:
+    return torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=1e-2, betas=(0.9, 0.95),
+                             weight_decay=0.1)
+
+
+def _adamw_step(*modules: nn.Module, clip: float | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(Clipping, then) gradients, then one AdamW step. Returns the gradients, weights and AdamW
+    moments as name -> whole tensor (the moments as the checkpoint saves them: under FSDP only
+    rank 0 gets them), and the checkpoint's optimizer state."""
     params = [p for m in modules for p in m.parameters()]
-    torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1).step()
+    out = {}
+    if clip is not None:
+        out["norm"] = torch.tensor(clip_grad_norm(params, clip))
+        assert out["norm"] > 2 * clip  # the clipping changes the gradients
     for i, m in enumerate(modules):
-        out |= {f"weight/{i}.{n}": p.detach().clone() for n, p in m.named_parameters()}
-    return out
+        out |= {f"grad/{i}.{n}": _whole(p.grad) for n, p in m.named_parameters() if p.grad is not None}
+    optimizer = _adamw(modules)
+    optimizer.step()
+    for i, m in enumerate(modules):
+        out |= {f"weight/{i}.{n}": _whole(p) for n, p in m.named_parameters()}
+    saved = optimizer_state_dict({str(i): m for i, m in enumerate(modules)}, optimizer)
+    out |= {f"adam/{name}.{key}": v for name, moments in saved.get("state", {}).items() for key, v in moments.items()
+            if key != "step"}
+    return out, saved
 
 
 # ---------------------------------------------------------------- the worker (one per rank)
@@ -111,14 +146,18 @@ def _ddp(module: nn.Module, calls: list) -> DistributedDataParallel:
     return ddp
 
 
-def _rank_step(env: DistEnv, chunk: int | None, trainable_text: bool) -> dict:
+def _rank_step(env: DistEnv, chunk: int | None, trainable_text: bool, parallel: str) -> dict:
     image_enc, text_enc, scale = _models()
     images, text_emb, tokens = _data()
     per_rank = check_global_batch(GLOBAL_BATCH, env.world_size, chunk)
     local = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
     image_calls, text_calls = [], []
-    ddp_image = _ddp(image_enc, image_calls)
-    ddp_text = _ddp(text_enc, text_calls) if trainable_text else None
+    if parallel == "fsdp":  # sharded in place: the modules are their own wrappers
+        ddp_image = shard_tower(image_enc)
+        ddp_text = shard_tower(text_enc) if trainable_text else None
+    else:
+        ddp_image = _ddp(image_enc, image_calls)
+        ddp_text = _ddp(text_enc, text_calls) if trainable_text else None
     gather = functools.partial(gather_with_grad, env=env)
 
     torch.manual_seed(SEED + env.rank)
@@ -135,8 +174,35 @@ def _rank_step(env: DistEnv, chunk: int | None, trainable_text: bool) -> dict:
                                **text_kwargs)
     average_gradients(scale.parameters(), env)  # the logit scale lives outside DDP
     modules = (image_enc, text_enc, scale) if trainable_text else (image_enc, scale)
-    return {"loss": loss, "image_allreduces": len(image_calls), "text_allreduces": len(text_calls),
-            **_adamw_step(*modules)}
+    tensors, saved = _adamw_step(*modules, clip=CLIP if parallel == "fsdp" else None)
+    result = {"loss": loss, "image_allreduces": len(image_calls), "text_allreduces": len(text_calls),
+              "sharded": [is_sharded(m) for m in modules], **tensors}
+    if parallel == "fsdp":
+        result["reloaded"] = _reload_sharded(env, modules, saved, trainable_text)
+    return result
+
+
+def _reload_sharded(env: DistEnv, modules: tuple[nn.Module, ...], saved: dict, trainable_text: bool) -> bool:
+    """A checkpoint's whole tensors (read by every rank) loaded into freshly sharded copies give
+    back the same weights and optimizer state."""
+    weights = [broadcast_object(full_state_dict(m), env) for m in modules]
+    saved = broadcast_object(saved, env)
+    image_enc, text_enc, scale = _models()
+    fresh = (shard_tower(image_enc), shard_tower(text_enc), scale) if trainable_text else (shard_tower(image_enc), scale)
+    for module, state in zip(fresh, weights):
+        load_full_state_dict(module, state)
+    optimizer = _adamw(fresh)
+    load_optimizer_state_dict({str(i): m for i, m in enumerate(fresh)}, optimizer, saved)
+    again = optimizer_state_dict({str(i): m for i, m in enumerate(fresh)}, optimizer)
+    reloaded = [full_state_dict(m) for m in fresh]  # collectives: every rank takes part
+    if not env.is_main:
+        return True  # only rank 0 receives whole tensors to compare
+    same_weights = all(torch.equal(a, b) for r, w in zip(reloaded, weights) for a, b in
+                       zip(r.values(), w.values(), strict=True))
+    same_moments = all(torch.equal(torch.as_tensor(v), torch.as_tensor(again["state"][name][key]))
+                       for name, moments in saved["state"].items() for key, v in moments.items())
+    same_groups = json.dumps(again["param_groups"]) == json.dumps(saved["param_groups"])  # tuples read back as lists
+    return same_weights and same_moments and same_groups
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -145,7 +211,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                       WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     env = init_distributed("gloo", device="cpu", timeout=timedelta(seconds=60))
     try:
-        result = {name: _rank_step(env, chunk, text) for name, (chunk, text) in SCENARIOS.items()}
+        result = {name: _rank_step(env, *scenario) for name, scenario in SCENARIOS.items()}
         result["env"] = (env.rank, env.world_size, env.local_rank, env.is_main, str(dist.get_backend()))
         result["roles"] = shard_roles(3, env)
         result["broadcast"] = broadcast_object({"from": env.rank}, env)
@@ -157,7 +223,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 # ---------------------------------------------------------------- the single-process reference
 
-def _reference_step(chunk: int | None, trainable_text: bool) -> dict:
+def _reference_step(chunk: int | None, trainable_text: bool, parallel: str) -> dict[str, torch.Tensor]:
     image_enc, text_enc, scale = _models()
     images, text_emb, tokens = _data()
     per_rank = GLOBAL_BATCH // WORLD
@@ -173,7 +239,7 @@ def _reference_step(chunk: int | None, trainable_text: bool) -> dict:
     loss = contrastive_loss(torch.cat(img_parts), txt, scale())
     loss.backward()
     modules = (image_enc, text_enc, scale) if trainable_text else (image_enc, scale)
-    return {"loss": loss.item(), **_adamw_step(*modules)}
+    return {"loss": loss.item(), **_adamw_step(*modules, clip=CLIP if parallel == "fsdp" else None)[0]}
 
 
 def _free_port() -> int:
@@ -191,13 +257,17 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_two_processes_equal_one_process_on_the_global_batch(ranks, scenario):
-    chunk, trainable_text = SCENARIOS[scenario]
-    ref = _reference_step(chunk, trainable_text)
-    for result in ranks:
+    ref = _reference_step(*SCENARIOS[scenario])
+    for rank, result in enumerate(ranks):
         got = result[scenario]
+        fsdp = scenario.startswith("fsdp")
+        assert got["sharded"] == [fsdp, *([fsdp] if "trainable" in scenario else []), False]
+        assert got.get("reloaded", True) is True
         assert got["loss"] == pytest.approx(ref["loss"], rel=1e-12)
-        keys = [k for k in ref if k != "loss"]
-        assert keys == [k for k in got if k.startswith(("grad/", "weight/"))]
+        # A sharded optimizer's whole state (what the checkpoint holds) reaches rank 0 only.
+        mine = [k for k in ref if k != "loss" and (rank == 0 or not fsdp or not k.startswith("adam/"))]
+        assert mine == [k for k in got if k.startswith(("grad/", "weight/", "norm", "adam/"))]
+        keys = mine
         assert any("logit" not in k and "0.value" not in k for k in keys)
         torch.testing.assert_close({k: got[k] for k in keys}, {k: ref[k] for k in keys}, **TIGHT)
 
@@ -208,7 +278,7 @@ def test_gradient_cache_all_reduces_once_per_step(ranks, trainable_text):
     (once per gradient bucket), not once per chunk."""
     text = "trainable" if trainable_text else "frozen"
     for result in ranks:
-        plain, cached = result[f"plain-{text}-text"], result[f"gradcache-{text}-text"]
+        plain, cached = result[f"ddp-plain-{text}-text"], result[f"ddp-gradcache-{text}-text"]
         assert plain["image_allreduces"] >= 1
         assert cached["image_allreduces"] == plain["image_allreduces"]
         assert cached["text_allreduces"] == plain["text_allreduces"] == (1 if trainable_text else 0)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from latentspace.config import dump_config
 
@@ -94,3 +95,33 @@ def test_a_killed_worker_stops_the_job_and_the_rerun_resumes(tmp_path, shards):
     logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, 301))  # continued after the checkpoint, not retrained from step 1
     assert torch.load(checkpoint, weights_only=False)["step"] == 300
+
+
+def test_fsdp_trains_like_ddp_and_its_checkpoint_resumes_unsharded(tmp_path, shards, text_tower):
+    """recipe both (vision and text towers trained, both sharded under FSDP): after 3 steps the
+    saved towers equal a DDP run's, and one process resumes the FSDP checkpoint."""
+    pretrained = fakes.save_tiny_model_dir(tmp_path / "pretrained", text_tower)
+    runs = {}
+    for parallel in ("ddp", "fsdp"):
+        out = tmp_path / parallel
+        out.mkdir()
+        config = _config_file(out, shards, "recipe=both", f"vision.init_from={pretrained}",
+                              f"train.parallel={parallel}", "optim.text_lr=1e-4", steps=3)
+        done = _torchrun(2, config)
+        assert done.returncode == 0, done.stdout + done.stderr
+        runs[parallel] = (config, out / "run")
+    ddp, fsdp = (runs[p][1] / "model" for p in ("ddp", "fsdp"))
+    torch.testing.assert_close(load_file(fsdp / "model.safetensors"), load_file(ddp / "model.safetensors"),
+                               rtol=1e-4, atol=1e-5)
+    text = "all-MiniLM-L6-v2-both/model.safetensors"
+    torch.testing.assert_close(load_file(fsdp / text), load_file(ddp / text), rtol=1e-4, atol=1e-5)
+    state = torch.load(runs["fsdp"][1] / "checkpoint.pt", weights_only=False)
+    assert all(isinstance(t, torch.Tensor) and not hasattr(t, "placements") for t in state["vision"].values())
+    assert all(isinstance(k, str) for k in state["optimizer"]["state"])  # keyed by parameter name
+    # one plain process reads the FSDP checkpoint (weights, optimizer) and writes the same model
+    trained = load_file(fsdp / "model.safetensors")
+    again = subprocess.run([sys.executable, "-m", "latentspace.train", str(runs["fsdp"][0]), "train.parallel=ddp"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming" in again.stdout + again.stderr
+    torch.testing.assert_close(load_file(fsdp / "model.safetensors"), trained, rtol=0, atol=0)

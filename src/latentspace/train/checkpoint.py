@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-# Fields that may differ between a run and its resumption without changing the result.
 # Fields that change speed or memory, not the maths: a run may resume with other values.
 RESUMABLE_DIFFERENCES = {("train", "log_every"), ("train", "checkpoint_every"), ("train", "threads"),
                          ("train", "device"), ("train", "compile"), ("train", "grad_cache_chunk"),
+                         ("train", "parallel"),
                          ("vision", "grad_checkpointing"), ("data", "workers")}
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Mapping, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -44,10 +44,19 @@ def identity(x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Trainable:
-    """A loss input produced by an encoder with trainable parameters, from these inputs."""
+    """A loss input produced by an encoder with trainable parameters, from these inputs.
+
+    `synced`: the DDP or FSDP module whose gradient synchronisation GradCache defers to the last
+    chunk, when `encoder` is a function that calls it (under autocast, say) rather than the
+    module itself; None means the encoder itself."""
 
     encoder: Encoder
     inputs: Batch
+    synced: Any = None
+
+    @property
+    def module(self) -> Any:
+        return self.synced if self.synced is not None else self.encoder
 
 
 # A loss input: a Trainable tower, or fixed embeddings (a frozen tower's, precomputed) as a tensor.
@@ -102,7 +111,8 @@ def cached_backward(towers: Sequence[Tower], loss_fn: Callable[..., Tensor], chu
     included, so every rank sees the whole global batch.
 
     DDP: each encoder is called directly, so an encoder that is a DistributedDataParallel module
-    (or anything else with a `no_sync()` context, such as FSDP) runs its forward/backward through
+    (or an FSDP one, or a function calling one of those, named by Trainable.synced) runs its
+    forward/backward through
     DDP's hooks. DDP all-reduces gradients in backward hooks, once per backward call; with k chunks
     that would be k all-reduces of every gradient (still the right result, since each averages what
     has accumulated so far and averaging is linear, but k times the communication). Running all but
@@ -142,14 +152,15 @@ def cached_backward(towers: Sequence[Tower], loss_fn: Callable[..., Tensor], chu
 
     # (c) re-encode each chunk with grad under its recorded RNG state and push the cached slice in.
     jobs = [(i, j) for i in rng for j in range(len(spans))]
-    last_job_of = {id(towers[i].encoder): (i, j) for i, j in jobs}  # type: ignore[union-attr]
+    # Towers that share a module (a text-text loss's two sides) synchronise once, after both.
+    last_job_of = {id(towers[i].module): (i, j) for i, j in jobs}  # type: ignore[union-attr]
     try:
         for i, j in jobs:
             tower: Trainable = towers[i]  # type: ignore[assignment]
             start, stop = spans[j]
-            is_last = last_job_of[id(tower.encoder)] == (i, j)
+            is_last = last_job_of[id(tower.module)] == (i, j)
             rng[i][j].restore()
-            with _sync_unless(is_last, tower.encoder):
+            with contextlib.nullcontext() if is_last else _deferred_sync(tower.module):
                 _encode(tower, start, stop).backward(cached[i][start:stop])
     finally:
         after_loss.restore()
@@ -196,11 +207,21 @@ def _grad_or_zeros(leaf: Tensor) -> Tensor:
     return leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
 
 
-def _sync_unless(is_last: bool, encoder: Encoder) -> ContextManager:
-    no_sync = getattr(encoder, "no_sync", None)
-    if is_last or not callable(no_sync):
-        return contextlib.nullcontext()
-    return no_sync()
+@contextlib.contextmanager
+def _deferred_sync(module: Any) -> Iterator[None]:
+    """Gradients accumulate locally inside the block: DDP's `no_sync()`, FSDP's
+    `set_requires_gradient_sync(False)`; nothing for a module that synchronises nothing."""
+    if callable(getattr(module, "no_sync", None)):
+        with module.no_sync():
+            yield
+    elif callable(getattr(module, "set_requires_gradient_sync", None)):
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 @dataclass(frozen=True)

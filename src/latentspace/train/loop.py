@@ -40,6 +40,9 @@ from latentspace.train.distributed import (
 from latentspace.train.gradcache import Trainable, cached_backward
 from latentspace.train.optim import param_groups
 from latentspace.train.recipes import FrozenImageTower, RecipeLoss, RecipeSpec, fill_image_cache
+from latentspace.train.sharding import (
+    clip_grad_norm, full_state_dict, is_sharded, load_full_state_dict, load_optimizer_state_dict,
+    optimizer_state_dict, shard_tower)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -150,18 +153,40 @@ class Trainer:
         return result
 
     def _wrap_trainable(self):
-        """The callables the step runs: DDP around each trainable tower under torchrun (so
-        gradients are averaged over processes), then torch.compile if asked for."""
+        """The callables the step runs: under torchrun each trainable tower goes into DDP (so
+        gradients are averaged over processes) or is sharded in place by FSDP; then
+        torch.compile if asked for. Also sets self.synced: the DDP/FSDP module behind each
+        callable, whose gradient sync GradCache defers."""
         vision, text = self.vision, self.text
-        if self.env.is_distributed:
+        t = self.cfg.train
+        if self.env.is_distributed and t.parallel == "fsdp":
+            bf16 = t.precision == "bf16"
+            if self.spec.train_vision:
+                vision = shard_tower(vision, bf16=bf16)
+            if self.spec.train_text:
+                text = shard_tower(text, bf16=bf16)
+        elif self.env.is_distributed:
             device_ids = [self.env.local_rank] if self.device.type == "cuda" else None
             if self.spec.train_vision:
                 vision = DistributedDataParallel(vision, device_ids=device_ids)
             if self.spec.train_text:  # the transformer's pooler is never used: let DDP skip it
                 text = DistributedDataParallel(text, device_ids=device_ids, find_unused_parameters=True)
-        if self.cfg.train.compile and self.spec.train_vision:
+        elif t.parallel == "fsdp":
+            self.console.print("[yellow]train.parallel fsdp: a single process has nothing to shard over; "
+                               "training unsharded (launch with torchrun to shard)[/]")
+        self.synced = {"vision": vision, "text": text}
+        if t.compile and self.spec.train_vision:
             vision = torch.compile(vision)
         return vision, text
+
+    def _trained_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules whose parameters the optimizer holds, by the name their state is saved under."""
+        modules: dict[str, torch.nn.Module] = {"loss": self.loss_fn}
+        if self.spec.train_vision:
+            modules["vision"] = self.vision
+        if self.spec.train_text:
+            modules["text"] = self.text
+        return modules
 
     def _text_pairs(self) -> TextPairs | None:
         tp = self.cfg.data.text_pairs
@@ -219,14 +244,14 @@ class Trainer:
                                "Resume with the same config, or choose a new train.output_dir.")
         # Same config but a text model directory whose contents changed: a different space.
         check_same_space(SpaceIdentity.from_dict(state["space"]), self.text.space, what=f"checkpoint {self.checkpoint_path}")
-        self.vision.load_state_dict(state["vision"])
+        load_full_state_dict(self.vision, state["vision"])
         if "loss" in state:
             self.loss_fn.load_state_dict(state["loss"])
         else:  # checkpoints from before recipes held only the image-text temperature
             self.loss_fn.scale.load_state_dict(state["logit_scale"])
         if self.spec.train_text:
-            self.text.load_state_dict(state["text"])
-        self.optimizer.load_state_dict(state["optimizer"])
+            load_full_state_dict(self.text, state["text"])
+        load_optimizer_state_dict(self._trained_modules(), self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
@@ -264,15 +289,20 @@ class Trainer:
             path.write_text("".join(line + "\n" for line in keep))
 
     def _save(self) -> None:
-        positions, next_roles = self._gathered_data_positions()  # a collective: every rank calls it
+        # Collectives first (every rank calls them): data positions, and whole tensors of
+        # anything FSDP sharded; then rank 0 alone writes.
+        positions, next_roles = self._gathered_data_positions()
+        vision = full_state_dict(self.vision)
+        text = full_state_dict(self.text) if self.spec.train_text else None
+        optimizer = optimizer_state_dict(self._trained_modules(), self.optimizer)
         if not self.env.is_main:
             return
         save_checkpoint(self.checkpoint_path, {
             "step": self.step,
-            "vision": self.vision.state_dict(),
+            "vision": vision,
             "loss": self.loss_fn.state_dict(),
-            **({"text": self.text.state_dict()} if self.spec.train_text else {}),
-            "optimizer": self.optimizer.state_dict(),
+            **({"text": text} if self.spec.train_text else {}),
+            "optimizer": optimizer,
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "data": {"positions": positions, "next_role": next_roles, "roles": self.n_roles},
@@ -317,11 +347,12 @@ class Trainer:
             gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, self.step))
             self.vision.train()
             images = self.augment(batch["images"].to(dev, non_blocking=True), gen)
-            image_side = Trainable(self._autocast(self.vision_fwd), images)
+            image_side = Trainable(self._autocast(self.vision_fwd), images, synced=self.synced["vision"])
         else:
             image_side = self.image_cache.lookup(batch["keys"]).to(dev)
         if spec.train_text:
-            text_side = Trainable(self._autocast(lambda texts: self.text_fwd(texts, task)), batch["captions"])
+            text_side = Trainable(self._autocast(lambda texts: self.text_fwd(texts, task)), batch["captions"],
+                                  synced=self.synced["text"])
         else:
             text_side = self.cache.lookup(batch["captions"]).to(dev)
         sides = [image_side, text_side]
@@ -332,14 +363,16 @@ class Trainer:
             queries, positives = self.pairs.batch(self.step)
             weight = self.cfg.data.text_pairs.weight
             loss += self._backward(
-                [Trainable(self._autocast(lambda texts: self.text_fwd(texts, "search_query")), queries),
-                 Trainable(self._autocast(lambda texts: self.text_fwd(texts, "search_document")), positives)],
+                [Trainable(self._autocast(lambda texts: self.text_fwd(texts, "search_query")), queries,
+                           synced=self.synced["text"]),
+                 Trainable(self._autocast(lambda texts: self.text_fwd(texts, "search_document")), positives,
+                           synced=self.synced["text"])],
                 lambda q, d: weight * self.loss_fn.pairs(q.float(), d.float()))
         # The temperatures and heads live outside DDP (every rank computed the same global loss).
         average_gradients(self.loss_fn.parameters(), self.env)
         if self.cfg.optim.grad_clip:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+            clip_grad_norm(params, self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -398,20 +431,36 @@ class Trainer:
         if self.step < t.steps:
             raise RuntimeError(f"the data stream ended at step {self.step} of {t.steps}")
         model_dir = self.out / "model"
+        vision, text = self._unsharded_towers()  # a collective under FSDP
         if not self.env.is_main:
             barrier(self.env)  # wait for rank 0 to write the model directory
             return TrainResult(self.out, model_dir, self.step, start, self.skipped, self.shard_errors,
                                time.perf_counter() - t0, loss)
         plot_loss_curve(self.out / METRICS_NAME, self.out / "loss.png")
         model_dir = save_model_dir(
-            self.out / "model", self.vision, text=self.cfg.text, space=self.text.space, preprocess=self.preprocess,
+            self.out / "model", vision, text=self.cfg.text, space=self.text.space, preprocess=self.preprocess,
             logit_scale=float(self.loss_fn.scale().detach()),
             info={"steps": self.step, "batch_size": t.batch_size, "train_shards": self.cfg.data.train_shards,
                   "recipe": self.spec.name},
-            trained_text=self.text if self.spec.train_text else None)
+            trained_text=text if self.spec.train_text else None)
         barrier(self.env)
         return TrainResult(self.out, model_dir, self.step, start, self.skipped, self.shard_errors,
                            time.perf_counter() - t0, loss)
+
+    def _unsharded_towers(self) -> tuple[VisionTower, TextTower]:
+        """The towers to save: themselves, or whole copies (on rank 0) of the ones FSDP sharded."""
+        vision, text = self.vision, self.text
+        if is_sharded(vision):
+            state = full_state_dict(vision)  # every rank takes part; rank 0 receives the tensors
+            if self.env.is_main:
+                vision = VisionTower(self.cfg.vision, self.text.dim)
+                vision.load_state_dict(state)
+        if is_sharded(text):
+            state = full_state_dict(text)
+            if self.env.is_main:
+                text = TextTower(self.cfg.text)
+                text.load_state_dict(state)
+        return vision, text
 
     @property
     def skipped(self) -> int:
