@@ -7,7 +7,7 @@ fails loudly instead of silently training with the default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -96,7 +96,9 @@ class DataConfig(_Strict):
     caption: Literal["name", "random"] = Field(
         "random", description="name = the txt field; random = one of the json captions per sample"
     )
-    workers: int = Field(1, ge=0)
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        1, description="DataLoader processes decoding images, per training process; auto = this "
+                             "process's share of the CPUs less one, at most 8 (data/workers.py)")
     shuffle_buffer: int = Field(2000, ge=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     text_pairs: TextPairsConfig | None = Field(None, description="text-only pairs; required by the +text recipes")

@@ -19,7 +19,6 @@ task alone:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -36,6 +35,8 @@ from latentspace.eval.tasks import (
     shard_paths,
 )
 
+from latentspace.data.workers import available_cpus
+
 # How many chunks each worker decodes ahead of the model.
 _PREFETCH_CHUNKS = 2
 
@@ -47,11 +48,7 @@ def default_workers() -> int:
     also unpickles what workers send, so a worker only pays off with cores to spare. Measured on 2
     cores (benchmarks/eval_workers.py, emoji task): 1 worker 0.96x, 2 workers 0.91x of in-process.
     """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(4, cpus - 2))
+    return max(0, min(4, available_cpus() - 2))
 
 
 @dataclass

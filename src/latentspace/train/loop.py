@@ -29,6 +29,7 @@ from latentspace.config import RunConfig, VisionTowerConfig, dump_config
 from latentspace.data.shards import ImageTextStream, StreamPosition, expand_urls, iter_captions, sample_seed
 from latentspace.data.text_cache import TextEmbeddingCache
 from latentspace.data.transforms import BatchAugment, Preprocess, load_transform
+from latentspace.data.workers import auto_train_workers
 from latentspace.data.text_pairs import TextPairs
 from latentspace.models.model_dir import load_vision, save_model_dir
 from latentspace.models.text_tower import TextTower
@@ -108,6 +109,7 @@ class Trainer:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
         self.urls = expand_urls(cfg.data.train_shards)
+        self.workers = auto_train_workers() if cfg.data.workers == "auto" else cfg.data.workers
         # Everything that can fail on bad input (text pairs, towers, checkpoints) is loaded here,
         # before any step runs.
         self.pairs = self._text_pairs()
@@ -262,15 +264,19 @@ class Trainer:
         return self.step
 
     @property
+    def roles_per_rank(self) -> int:
+        return max(1, self.workers)
+
+    @property
     def n_roles(self) -> int:
         """Data streams in the whole job: one per DataLoader worker (or the process) per rank."""
-        return self.env.world_size * max(1, self.cfg.data.workers)
+        return self.env.world_size * self.roles_per_rank
 
     def _restore_data_position(self, data: dict) -> None:
         positions = {int(k): StreamPosition(**v) for k, v in data["positions"].items()}
         next_role = data["next_role"]
         next_role = {0: next_role} if isinstance(next_role, int) else {int(k): v for k, v in next_role.items()}
-        if data.get("roles", max(1, self.cfg.data.workers)) == self.n_roles:  # same split: exact resume
+        if data.get("roles", self.roles_per_rank) == self.n_roles:  # same split: exact resume
             self.positions, self.next_role = positions, int(next_role.get(self.env.rank, 0))
             return
         # Another number of processes or workers splits the shards differently, so no stream can
@@ -319,7 +325,7 @@ class Trainer:
         torch.distributed.all_gather_object(everyone, mine)
         positions, next_roles = {}, {}
         for rank, (theirs, their_next) in enumerate(everyone):
-            roles = range(rank * max(1, self.cfg.data.workers), (rank + 1) * max(1, self.cfg.data.workers))
+            roles = range(rank * self.roles_per_rank, (rank + 1) * self.roles_per_rank)
             positions.update({r: p for r, p in theirs.items() if r in roles})
             next_roles.update(their_next)
         return positions, next_roles
@@ -330,9 +336,9 @@ class Trainer:
             urls=self.urls, transform=load_transform(self.preprocess), batch_size=self.local_batch,
             seed=self.cfg.train.seed, caption_mode=d.caption, shuffle_buffer=d.shuffle_buffer,
             rank=self.env.rank, world_size=self.env.world_size,
-            num_workers=d.workers, positions=self.positions, first_role=self.next_role)
-        return DataLoader(stream, batch_size=None, num_workers=d.workers, pin_memory=self.device.type == "cuda",
-                          prefetch_factor=4 if d.workers else None, persistent_workers=False)
+            num_workers=self.workers, positions=self.positions, first_role=self.next_role)
+        return DataLoader(stream, batch_size=None, num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                          prefetch_factor=4 if self.workers else None, persistent_workers=False)
 
     def train_step(self, batch: dict) -> float:
         spec, task, dev = self.spec, self.cfg.text.caption_task, self.device
@@ -378,7 +384,7 @@ class Trainer:
         self.step += 1
         role = int(batch["role"])
         self.positions[role] = StreamPosition(**batch["position"])
-        self.next_role = (role - self.env.rank * max(1, self.cfg.data.workers) + 1) % max(1, self.cfg.data.workers)
+        self.next_role = (role - self.env.rank * self.roles_per_rank + 1) % self.roles_per_rank
         return float(loss)
 
     def _backward(self, sides: list, loss_fn) -> torch.Tensor:
