@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from latentspace.eval.metrics import chance_levels, retrieval_metrics, zeroshot_metrics
-from latentspace.eval.tasks import CLASSIFICATION, METRIC_NAMES, RETRIEVAL
+from latentspace.eval.tasks import CLASSIFICATION, GROUP_METRICS, METRIC_NAMES, RETRIEVAL
 
 
 def test_zeroshot_metrics_by_hand():
@@ -121,11 +121,37 @@ def test_chance_levels_match_a_random_model():
 
 
 def test_chance_and_metrics_share_keys():
-    assert set(chance_levels(CLASSIFICATION, 4)) == set(METRIC_NAMES[CLASSIFICATION])
+    ungrouped = set(METRIC_NAMES[CLASSIFICATION]) - set(GROUP_METRICS)
+    assert set(chance_levels(CLASSIFICATION, 4)) == ungrouped
     assert set(chance_levels(RETRIEVAL, 4)) == set(METRIC_NAMES[RETRIEVAL])
     two = torch.eye(2), torch.eye(2), torch.tensor([0, 1])
-    assert set(zeroshot_metrics(*two)) == set(METRIC_NAMES[CLASSIFICATION])
+    assert set(zeroshot_metrics(*two)) == ungrouped
+    assert set(zeroshot_metrics(*two, groups=torch.tensor([7, 7]))) == set(METRIC_NAMES[CLASSIFICATION]) | {
+        "acc1_group_7", "acc5_group_7"}
     assert set(retrieval_metrics(*two)) == set(METRIC_NAMES[RETRIEVAL])
+
+
+def test_worst_group_accuracy_by_hand():
+    """Six images of 6 classes (one-hot), three groups. Group 0: both right; group 1: one of two
+    right at top-1, both within top-5 (a near miss); group 2: one image, wrong even at top-5."""
+    classes = torch.eye(6)
+    images = torch.eye(6)
+    images[3] = torch.nn.functional.normalize(torch.tensor([0.0, 0, 0, 0.5, 1, 0]), dim=0)  # 4 beats 3
+    images[5] = torch.nn.functional.normalize(torch.tensor([1.0, 1, 1, 1, 1, 0.1]), dim=0)  # 5 ranks last
+    labels = torch.arange(6)
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    groups[4] = 0  # group 0: images 0, 1, 4 (all right); group 1: 2 (right), 3 (near miss); group 2: 5
+    m = zeroshot_metrics(images, classes, labels, groups)
+    assert m["acc1"] == pytest.approx(4 / 6)
+    assert (m["acc1_group_0"], m["acc1_group_1"], m["acc1_group_2"]) == (1.0, 0.5, 0.0)
+    assert (m["acc5_group_0"], m["acc5_group_1"], m["acc5_group_2"]) == (1.0, 1.0, 0.0)
+    assert m["acc1_worst_group"] == 0.0 and m["acc5_worst_group"] == 0.0
+    # without the hopeless image, the worst group is group 1
+    keep = torch.arange(5)
+    m = zeroshot_metrics(images[keep], classes, labels[keep], groups[keep])
+    assert m["acc1_worst_group"] == 0.5 and m["acc5_worst_group"] == 1.0
+    with pytest.raises(ValueError, match="group ids"):
+        zeroshot_metrics(images, classes, labels, groups[:3])
 
 
 def test_queries_are_scored_in_chunks_without_changing_results(monkeypatch):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,6 +37,11 @@ def test_datacomp_suite_has_38_tasks_and_valid_groups(tmp_path):
     assert by_name["wds_imagenet1k"].main_metric == "acc1"
     assert by_name["wds_fgvc_aircraft"].main_metric == "mean_per_class_recall"
     assert by_name["wds_flickr30k"].main_metric == "mean_recall@1"
+    # DataComp's worst-group scores: FMoW and GeoDE top-1 by region, Dollar Street top-5 by income
+    assert [(by_name[n].main_metric, by_name[n].group_by) for n in
+            ("wds_wilds-fmow", "wds_fairness-geode", "wds_fairness-dollar_street")] == [
+        ("acc1_worst_group", 0), ("acc1_worst_group", 0), ("acc5_worst_group", 0)]
+    assert sum(spec.group_by is not None for spec in specs) == 3
 
 
 def test_suite_directory_is_the_default_task_root(tmp_path):
@@ -164,3 +171,38 @@ def test_image_folder_needs_one_name_per_folder(tmp_path, encode_image):
     task = _image_folder(tmp_path, encode_image, classnames=("red",))
     with pytest.raises(ValueError, match="class folders"):
         list(iter_task_samples(task))
+
+
+def _npy(*values) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array(values, dtype=np.int64))
+    return buffer.getvalue()
+
+
+def test_worst_group_task_end_to_end(model, make_task, encode_image, tmp_path):
+    """A DataComp-style fairness task: metadata [region, year] in each sample's npy. Region 0 is
+    all right; region 1 holds the two mislabelled images and one right one; a sample without npy
+    and one with a broken npy are skipped and counted."""
+    samples = [
+        {"png": encode_image("red"), "cls": 0, "npy": _npy(0, 2016)},
+        {"png": encode_image("green"), "cls": 1, "npy": _npy(0, 2017)},
+        {"png": encode_image("blue"), "cls": 2, "npy": _npy(1, 2016)},
+        {"png": encode_image("blue"), "cls": 0, "npy": _npy(1, 2016)},     # wrong label
+        {"png": encode_image("yellow"), "cls": 1, "npy": _npy(1, 2017)},   # wrong label
+        {"png": encode_image("yellow"), "cls": 3},                          # no metadata
+        {"png": encode_image("red"), "cls": 0, "npy": b"not numpy"},        # broken metadata
+    ]
+    make_task("regions", samples, classnames=["red", "green", "blue", "yellow"], nshards=2)
+    (tmp_path / "suite.yaml").write_text(
+        "name: s\ntasks:\n  - {name: regions, main_metric: acc1_worst_group, group_by: 0}\n")
+    for workers in (0, 2):
+        result = evaluate_suite(model, tmp_path / "suite.yaml", progress=False, workers=workers).tasks[0]
+        assert result.n_samples == 5 and result.skipped_reasons == {"missing npy": 1, "invalid npy": 1}
+        assert result.metrics["acc1_group_0"] == 1.0 and result.metrics["acc1_group_1"] == pytest.approx(1 / 3)
+        assert result.main_value == pytest.approx(1 / 3) == result.metrics["acc1_worst_group"]
+        assert result.metrics["acc1"] == pytest.approx(3 / 5)
+        assert result.chance["acc1_worst_group"] == result.chance["acc1_group_1"] == 0.25
+    (tmp_path / "suite.yaml").write_text(
+        "name: s\ntasks:\n  - {name: regions, main_metric: acc1_worst_group, group_by: 2}\n")
+    with pytest.raises(ValueError, match="no usable samples .*'npy has no column 2': 5"):
+        evaluate_suite(model, tmp_path / "suite.yaml", progress=False)

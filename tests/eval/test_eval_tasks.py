@@ -115,6 +115,10 @@ def test_load_suite(tmp_path):
         ("{name: a, type: segmentation}", "type"),
         ("{name: a, type: retrieval, main_metric: acc1}", "cannot rank"),
         ("{type: retrieval}", "name"),
+        ("{name: a, type: retrieval, group_by: 0}", "group_by"),
+        ("{name: a, group_by: -1}", "group_by"),
+        ("{name: a, group_by: region}", "group_by"),
+        ("{name: a, main_metric: acc1_worst_group}", "needs group_by"),
     ],
 )
 def test_load_suite_rejects_bad_entries(tmp_path, task, message):

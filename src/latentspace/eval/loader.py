@@ -67,15 +67,16 @@ class TaskChunks(IterableDataset):
     Holds only paths and numbers, so it pickles cheaply under any multiprocessing start method.
     """
 
-    def __init__(self, task_dir: Path, task_type: str, chunk_size: int):
+    def __init__(self, task_dir: Path, task_type: str, chunk_size: int, group_by: int | None = None):
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         self.task_dir, self.task_type, self.chunk_size = Path(task_dir), task_type, chunk_size
+        self.group_by = group_by
 
     def __iter__(self) -> Iterator[DecodedChunk]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        read = sample_reader(self.task_dir, self.task_type)
+        read = sample_reader(self.task_dir, self.task_type, self.group_by)
 
         def mine(position: int) -> bool:
             return (position // self.chunk_size) % n_workers == worker
@@ -98,12 +99,14 @@ class TaskChunks(IterableDataset):
             yield chunk
 
 
-def decoded_chunks(task_dir: Path, task_type: str, *, chunk_size: int, workers: int) -> Iterator[DecodedChunk]:
-    """Every chunk of the task, decoded by `workers` processes (0 = here), yielded in order."""
+def decoded_chunks(task_dir: Path, task_type: str, *, chunk_size: int, workers: int,
+                   group_by: int | None = None) -> Iterator[DecodedChunk]:
+    """Every chunk of the task, decoded by `workers` processes (0 = here), yielded in order.
+    With `group_by`, targets are (class index, group) pairs (see tasks.sample_reader)."""
     if workers < 0:
         raise ValueError("workers must be 0 (decode in this process) or more")
-    _check_readable(Path(task_dir), task_type)
-    dataset = TaskChunks(task_dir, task_type, chunk_size)
+    _check_readable(Path(task_dir), task_type, group_by)
+    dataset = TaskChunks(task_dir, task_type, chunk_size, group_by)
     if workers == 0:
         yield from dataset
         return
@@ -122,14 +125,14 @@ def decoded_chunks(task_dir: Path, task_type: str, *, chunk_size: int, workers: 
         raise RuntimeError(f"{task_dir}: chunks {sorted(pending)} arrived without chunk {expected}; a worker lost data")
 
 
-def _check_readable(task_dir: Path, task_type: str) -> None:
+def _check_readable(task_dir: Path, task_type: str, group_by: int | None) -> None:
     """Fail here, in the main process, on a missing shard or class-name file: an error raised inside
     a worker reaches the user wrapped in a worker traceback."""
     if is_image_folder(task_dir):
         read_classnames(task_dir)
     else:
         shard_paths(task_dir)
-    sample_reader(task_dir, task_type)
+    sample_reader(task_dir, task_type, group_by)
 
 
 def _as_is(chunk: DecodedChunk) -> DecodedChunk:

@@ -62,13 +62,18 @@ def _count_negatives_above_best(scores: torch.Tensor, positive: torch.Tensor) ->
 
 
 def zeroshot_metrics(
-    image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor
+    image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor | None = None
 ) -> dict[str, float]:
     """acc1, acc5 (top-5 among all classes when there are fewer) and mean per-class recall.
 
     Mean per-class recall averages top-1 accuracy over the classes present in `labels`
     (sklearn's balanced accuracy, as CLIP_benchmark reports it), so rare classes count as much
     as common ones.
+
+    `groups` (one integer per image: a region, an income bracket) adds acc1 and acc5 within each
+    group present (`acc1_group_<g>`, `acc5_group_<g>`) and the worst of them (`acc1_worst_group`,
+    `acc5_worst_group`), as WILDS' group evaluation does: DataComp ranks FMoW and GeoDE by the
+    worst region's top-1 and Dollar Street by the worst income group's top-5.
     """
     labels = torch.as_tensor(labels, dtype=torch.long)
     rank = negatives_above_best_positive(image_emb, class_emb, labels, torch.arange(len(class_emb)))
@@ -76,12 +81,26 @@ def zeroshot_metrics(
     present = labels.unique()
     per_class = torch.stack([correct[labels == c].mean() for c in present])
     predicted = (image_emb @ class_emb.T).argmax(dim=1)
-    return {
+    metrics = {
         "acc1": correct.mean().item(),
         "acc5": (rank < 5).float().mean().item(),
         "mean_per_class_recall": per_class.mean().item(),
         "f1_macro": f1_macro(predicted, labels),
     }
+    if groups is not None:
+        metrics |= _group_accuracies(rank, torch.as_tensor(groups, dtype=torch.long))
+    return metrics
+
+
+def _group_accuracies(rank: torch.Tensor, groups: torch.Tensor) -> dict[str, float]:
+    if len(groups) != len(rank):
+        raise ValueError(f"{len(groups)} group ids for {len(rank)} images")
+    out: dict[str, float] = {}
+    for k in (1, 5):
+        per_group = {int(g): (rank[groups == g] < k).float().mean().item() for g in groups.unique()}
+        out[f"acc{k}_worst_group"] = min(per_group.values())
+        out |= {f"acc{k}_group_{g}": value for g, value in per_group.items()}
+    return out
 
 
 def f1_macro(predicted: torch.Tensor, labels: torch.Tensor) -> float:

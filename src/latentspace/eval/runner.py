@@ -228,10 +228,17 @@ def _run_classification(model, task_dir, spec, stats, settings: _Settings):
     classnames = read_classnames(task_dir)
     class_emb = class_embeddings(model, classnames, read_templates(task_dir), task_type=settings.text_task_type,
                                  batch_size=settings.batch_size)
-    image_emb, labels = _embed_image_stream(model, task_dir, spec, stats, settings)
-    metrics = zeroshot_metrics(image_emb, class_emb, torch.tensor(labels))
+    image_emb, targets = _embed_image_stream(model, task_dir, spec, stats, settings)
+    groups = None
+    if spec.group_by is None:
+        labels = targets
+    else:  # (class, group) pairs
+        labels, groups = [label for label, _ in targets], torch.tensor([group for _, group in targets])
+    metrics = zeroshot_metrics(image_emb, class_emb, torch.tensor(labels), groups)
     chance = chance_levels(spec.type, len(classnames))
     chance["f1_macro"] = f1_macro_chance(labels, len(classnames))  # depends on the class balance
+    for name in metrics.keys() - chance.keys():  # per-group accuracies: a random ranker's acc1 / acc5
+        chance[name] = chance[name.split("_")[0]]
     return metrics, chance
 
 
@@ -268,7 +275,8 @@ def _embed_image_stream(
     batch_size = settings.batch_size
     embeddings, targets, pending = [], [], []
     with _progress_bar(spec.name, settings.progress) as advance:
-        for chunk in decoded_chunks(task_dir, spec.type, chunk_size=batch_size, workers=settings.workers):
+        for chunk in decoded_chunks(task_dir, spec.type, chunk_size=batch_size, workers=settings.workers,
+                                    group_by=spec.group_by):
             stats.add(chunk.stats)
             pending.extend(chunk.images)
             targets.extend(chunk.targets)
@@ -280,7 +288,8 @@ def _embed_image_stream(
             embeddings.append(_unit_rows(model.embed_images(pending)))
             advance(len(pending))
     if not embeddings:
-        raise ValueError(f"{spec.name}: no usable samples (all were skipped or the shards are empty)")
+        why = f"skipped: {dict(stats.skipped)}" if stats.n_skipped else "the shards are empty"
+        raise ValueError(f"{spec.name}: no usable samples ({why})")
     return torch.cat(embeddings), targets
 
 

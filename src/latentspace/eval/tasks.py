@@ -16,6 +16,11 @@ folder of photos sorted by hand becomes a task without packing shards).
 A multilabel sample's ``cls`` holds comma-separated class indices ("0,3"); it is scored by mean
 average precision over classes.
 
+A classification task whose suite entry says ``group_by: N`` also reads each sample's ``npy``
+member (a NumPy array of metadata, as DataComp's WILDS and fairness shards carry: region, year,
+income bracket...) and scores accuracy within each value of column N: the worst group's accuracy
+is how DataComp ranks FMoW, GeoDE (by region) and Dollar Street (top-5, by income).
+
 Using the published format (rather than one of our own) means the same harness runs our emoji
 tasks and the 38 DataComp tasks unchanged. A suite is a YAML file naming tasks that sit in
 directories beside it
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import yaml
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander
@@ -44,8 +50,10 @@ MULTILABEL = "zeroshot_multilabel"
 # The metric a task is ranked by when the suite does not name one (DataComp's choices).
 DEFAULT_MAIN_METRIC = {CLASSIFICATION: "acc1", RETRIEVAL: "mean_recall@1", MULTILABEL: "mAP"}
 # Every metric a task type produces; a suite may only name one of these as its main metric.
+# Classification metrics that only a task with `group_by` produces.
+GROUP_METRICS = ("acc1_worst_group", "acc5_worst_group")
 METRIC_NAMES = {
-    CLASSIFICATION: ("acc1", "acc5", "mean_per_class_recall", "f1_macro"),
+    CLASSIFICATION: ("acc1", "acc5", "mean_per_class_recall", "f1_macro", *GROUP_METRICS),
     RETRIEVAL: tuple(
         f"{direction}_retrieval_recall@{k}" for direction in ("image", "text") for k in (1, 5, 10)
     )
@@ -67,6 +75,7 @@ class TaskSpec:
     type: str  # CLASSIFICATION, RETRIEVAL or MULTILABEL
     main_metric: str
     description: str = ""
+    group_by: int | None = None  # classification: column of the samples' npy metadata to group by
 
 
 @dataclass
@@ -164,7 +173,15 @@ def _parse_task(entry: object, suite_path: Path) -> TaskSpec:
             f"{suite_path}: task {entry['name']!r} ({task_type}) cannot rank by {main_metric!r}; "
             f"choose from {list(METRIC_NAMES[task_type])}"
         )
-    return TaskSpec(str(entry["name"]), task_type, main_metric, str(entry.get("description", "")))
+    group_by = entry.get("group_by")
+    if group_by is not None and (task_type != CLASSIFICATION or not isinstance(group_by, int)
+                                 or isinstance(group_by, bool) or group_by < 0):
+        raise ValueError(f"{suite_path}: task {entry['name']!r}: group_by must be a column number (0, 1, ...) "
+                         f"of the samples' npy metadata, on a {CLASSIFICATION} task; got {group_by!r}")
+    if main_metric in GROUP_METRICS and group_by is None:
+        raise ValueError(f"{suite_path}: task {entry['name']!r} ranks by {main_metric!r}, which needs "
+                         "group_by: the npy metadata column that says each sample's group")
+    return TaskSpec(str(entry["name"]), task_type, main_metric, str(entry.get("description", "")), group_by)
 
 
 def task_type_of(task_dir: Path) -> str:
@@ -218,19 +235,20 @@ def shard_paths(task_dir: Path) -> list[Path]:
 
 
 def iter_task_samples(
-    task_dir: Path, task_type: str | None = None, stats: SampleStats | None = None
-) -> Iterator[tuple[Image.Image, int | list[int] | list[str], str]]:
+    task_dir: Path, task_type: str | None = None, stats: SampleStats | None = None, group_by: int | None = None
+) -> Iterator[tuple[Image.Image, int | list[int] | list[str] | tuple[int, int], str]]:
     """Stream (image, target, key) from a task, one sample at a time.
 
     The target is a class index (classification), a list of class indices (multilabel) or a
-    list of captions (retrieval). `task_type` defaults to what the directory declares. Samples
-    with an undecodable image or a missing/invalid label are skipped and counted in `stats`
-    (pass one in to read the counts). Shards and ImageFolder layouts are both read.
+    list of captions (retrieval); with `group_by`, (class index, group). `task_type` defaults to
+    what the directory declares. Samples with an undecodable image or a missing/invalid label
+    are skipped and counted in `stats` (pass one in to read the counts). Shards and ImageFolder
+    layouts are both read.
     """
     task_dir = Path(task_dir)
     task_type = task_type or task_type_of(task_dir)
     stats = stats if stats is not None else SampleStats()
-    read = sample_reader(task_dir, task_type)
+    read = sample_reader(task_dir, task_type, group_by)
     for _, sample in raw_task_samples(task_dir, task_type):
         image, target, reason = read(sample)
         if reason is not None:
@@ -257,9 +275,16 @@ def raw_task_samples(
             yield index, sample
 
 
-def sample_reader(task_dir: Path, task_type: str) -> Callable[[dict], tuple[Image.Image | None, object, str | None]]:
-    """A function: undecoded sample -> (image, target, None), or (None, None, reason to skip it)."""
+def sample_reader(
+    task_dir: Path, task_type: str, group_by: int | None = None
+) -> Callable[[dict], tuple[Image.Image | None, object, str | None]]:
+    """A function: undecoded sample -> (image, target, None), or (None, None, reason to skip it).
+    With `group_by`, the target is (class index, the sample's group from its npy metadata)."""
     parse_target = _target_parser(task_dir, task_type)
+    if group_by is not None:
+        if task_type != CLASSIFICATION:
+            raise ValueError(f"group_by applies to {CLASSIFICATION} tasks, not {task_type!r}")
+        parse_target = _with_group(parse_target, group_by)
 
     def read(sample: dict):
         target, reason = parse_target(sample)
@@ -325,6 +350,33 @@ def _parse_class(sample: dict, n_classes: int) -> tuple[int | None, str | None]:
     if not 0 <= label < n_classes:
         return None, "cls out of range"
     return label, None
+
+
+def _with_group(parse_target, column: int):
+    def parse(sample: dict):
+        target, reason = parse_target(sample)
+        if reason is not None:
+            return None, reason
+        group, reason = _parse_group(sample, column)
+        return (None, reason) if reason is not None else ((target, group), None)
+
+    return parse
+
+
+def _parse_group(sample: dict, column: int) -> tuple[int | None, str | None]:
+    """Column `column` of the sample's npy metadata array, as an integer group id."""
+    if "npy" not in sample:
+        return None, "missing npy"
+    try:
+        metadata = np.load(io.BytesIO(sample["npy"]), allow_pickle=False).reshape(-1)
+    except Exception:  # numpy raises ValueError, OSError, EOFError... on bad bytes
+        return None, "invalid npy"
+    if column >= len(metadata):
+        return None, f"npy has no column {column}"
+    value = metadata[column]
+    if not np.issubdtype(metadata.dtype, np.integer) and not float(value).is_integer():
+        return None, "npy group is not an integer"
+    return int(value), None
 
 
 def _parse_class_set(sample: dict, n_classes: int) -> tuple[list[int] | None, str | None]:
