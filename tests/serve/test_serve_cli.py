@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from latentspace import embed
 from latentspace.serve.settings import read_api_keys
@@ -21,17 +23,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(*args: str) -> subprocess.Popen:
+def _serve(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "latentspace", "serve", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=None if env is None else {**os.environ, **env})
+
+
+def _sample(metrics_text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
 
 
 def test_serve_command_with_key_file_and_two_workers(tmp_path):
     keys = tmp_path / "keys.txt"
     keys.write_text("# one key per line\nfirst-key-123456\n\nsecond-key-123456\n")
     port = _free_port()
+    scratch = tmp_path / "tmp"  # where the server's shared metrics directory goes
+    scratch.mkdir()
     proc = _serve("--model", "minilm=builtin:all-MiniLM-L6-v2", "--port", str(port), "--api-key-file", str(keys),
-                  "--workers", "2", "--log-level", "warning")
+                  "--workers", "2", "--log-level", "warning", env={"TMPDIR": str(scratch)})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -51,9 +65,18 @@ def test_serve_command_with_key_file_and_two_workers(tmp_path):
                 want = embed.text(["hello there"], model="builtin:all-MiniLM-L6-v2")["embeddings"]
                 np.testing.assert_allclose(out["embeddings"], want, atol=1e-5)
         assert httpx.post(url + "/v1/embedding/text", json={"texts": ["x"]}).status_code == 401
+        # Whichever process answers /metrics, it counts what both served.
+        for _ in range(4):
+            text = httpx.get(url + "/metrics", timeout=10).text
+            route = "/v1/embedding/text"
+            assert _sample(text, "latentspace_requests_total", route=route, status="200") == 8
+            assert _sample(text, "latentspace_requests_total", route=route, status="401") == 1
+            assert _sample(text, "latentspace_items_embedded_total", model="minilm", kind="text") == 8
+        assert [p.name for p in scratch.iterdir()] != []
     finally:
         proc.terminate()
         proc.wait(30)
+    assert list(scratch.iterdir()) == []  # the shared metrics directory goes with the server
 
 
 def test_serve_refuses_bad_settings_before_starting(tmp_path):

@@ -93,6 +93,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
             registry.start()
         yield
         registry.stop()
+        metrics.process_exiting()
         decode_pool.shutdown(wait=False, cancel_futures=True)
         if fetcher is not None:
             await fetcher.aclose()
