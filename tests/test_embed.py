@@ -5,25 +5,15 @@ import torch
 from PIL import Image
 
 from latentspace import embed
-from latentspace.config import TextTowerConfig
-from latentspace.data.transforms import Preprocess
-from latentspace.models.model_dir import save_model_dir
 from latentspace.models.paired import PairedModel
-from latentspace.models.vision_tower import VisionTower
 from latentspace.space import SpaceIdentity, SpaceMismatchError
-from latentspace.config import VisionTowerConfig
 
 import fakes
-from fakes import TINY_VISION
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, text_tower):
-    torch.manual_seed(0)
-    vision = VisionTower(VisionTowerConfig(**TINY_VISION), text_tower.dim)
-    path = tmp_path_factory.mktemp("m") / "model"
-    return save_model_dir(path, vision, text=TextTowerConfig(), space=text_tower.space,
-                          preprocess=Preprocess(16), logit_scale=14.0)
+    return fakes.save_tiny_model_dir(tmp_path_factory.mktemp("m") / "model", text_tower)
 
 
 def test_text_shape_usage_and_space(model_dir, text_tower):
