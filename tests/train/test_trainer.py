@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from latentspace.config import dump_config
 from latentspace.models.model_dir import read_model_config
-from latentspace.train.loop import train
+from latentspace.train.loop import Trainer, train
 
 import fakes
 from fakes import tiny_config
@@ -94,3 +94,24 @@ def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, sha
     del state["config"]["text"]["trust_remote_code"]  # written by a version without that field
     torch.save(state, tmp_path / "run" / "checkpoint.pt")
     assert train(cfg).resumed_from == 2
+
+
+def test_a_checkpoint_with_positional_optimizer_state_resumes_exactly(tmp_path, shards):
+    """Checkpoints written before optimizer state was keyed by parameter name held torch's own
+    Optimizer.state_dict() (parameters by position): they still resume, exactly."""
+    train(tiny_config(tmp_path / "ref", shards, steps=4))
+    cfg = tiny_config(tmp_path / "old", shards, steps=4)
+    trainer = Trainer(cfg)
+    for batch in trainer._loader():  # two steps, then a checkpoint, as a run killed at step 2 leaves
+        trainer.train_step(batch)
+        if trainer.step == 2:
+            trainer._save()
+            break
+    state = torch.load(trainer.checkpoint_path, weights_only=False)
+    assert isinstance(next(iter(state["optimizer"]["state"])), str)
+    state["optimizer"] = trainer.optimizer.state_dict()  # the old, positional form
+    torch.save(state, trainer.checkpoint_path)
+    assert train(cfg).resumed_from == 2
+    ref, got = _weights(tmp_path / "ref" / "run"), _weights(tmp_path / "old" / "run")
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=0, rtol=0, msg=k)
