@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from latentspace.eval import winogavil
 from latentspace.eval.loader import decoded_chunks
 from latentspace.eval.metrics import chance_levels, f1_macro_chance, multilabel_metrics, retrieval_metrics, zeroshot_metrics
 from latentspace.eval.tasks import (
     CLASSIFICATION,
     MULTILABEL,
     RETRIEVAL,
+    WINOGAVIL,
     SampleStats,
     TaskSpec,
     load_groups,
@@ -143,7 +145,8 @@ def evaluate_task(
     _check_declared_type(task_dir, spec)
     start = time.perf_counter()
     stats = SampleStats()
-    runners = {CLASSIFICATION: _run_classification, RETRIEVAL: _run_retrieval, MULTILABEL: _run_multilabel}
+    runners = {CLASSIFICATION: _run_classification, RETRIEVAL: _run_retrieval, MULTILABEL: _run_multilabel,
+               WINOGAVIL: _run_winogavil}
     run = runners[spec.type]
     settings = _Settings(batch_size, progress, text_task_type, workers)
     metrics, chance = run(model, task_dir, spec, stats, settings)
@@ -262,6 +265,14 @@ def _run_retrieval(model, task_dir, spec, stats, settings: _Settings):
     text_emb = _embed_texts(model, captions, settings.text_task_type, settings.batch_size)
     metrics = retrieval_metrics(image_emb, text_emb, text_to_image)
     return metrics, chance_levels(spec.type, len(caption_lists), len(captions))
+
+
+def _run_winogavil(model, task_dir, spec, stats, settings: _Settings):
+    with _progress_bar(spec.name, settings.progress) as advance:
+        return winogavil.evaluate(
+            task_dir, stats, batch_size=settings.batch_size, advance=advance,
+            embed_images=lambda images: _unit_rows(model.embed_images(images)),
+            embed_texts=lambda texts: _embed_texts(model, texts, settings.text_task_type, settings.batch_size))
 
 
 def _embed_image_stream(

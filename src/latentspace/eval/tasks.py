@@ -47,8 +47,11 @@ log = logging.getLogger(__name__)
 CLASSIFICATION = "zeroshot_classification"
 RETRIEVAL = "retrieval"
 MULTILABEL = "zeroshot_multilabel"
+WINOGAVIL = "winogavil"  # DataComp's misc/winogavil, in the dataset's own release layout (eval/winogavil.py)
+WINOGAVIL_CSV = "winogavil_dataset.csv"
 # The metric a task is ranked by when the suite does not name one (DataComp's choices).
-DEFAULT_MAIN_METRIC = {CLASSIFICATION: "acc1", RETRIEVAL: "mean_recall@1", MULTILABEL: "mAP"}
+DEFAULT_MAIN_METRIC = {CLASSIFICATION: "acc1", RETRIEVAL: "mean_recall@1", MULTILABEL: "mAP",
+                       WINOGAVIL: "jaccard_score_10-12"}
 # Every metric a task type produces; a suite may only name one of these as its main metric.
 # Classification metrics that only a task with `group_by` produces.
 GROUP_METRICS = ("acc1_worst_group", "acc5_worst_group")
@@ -59,9 +62,11 @@ METRIC_NAMES = {
     )
     + ("mean_recall@1",),
     MULTILABEL: ("mAP",),
+    WINOGAVIL: ("jaccard_score_10-12", "jaccard_score_5-6", "avg_jaccard_score"),
 }
 # dataset_type.txt uses CLIP_benchmark's words; suites use DataComp's task types.
-_DATASET_TYPES = {"classification": CLASSIFICATION, "retrieval": RETRIEVAL, "multilabel": MULTILABEL}
+_DATASET_TYPES = {"classification": CLASSIFICATION, "retrieval": RETRIEVAL, "multilabel": MULTILABEL,
+                  "winogavil": WINOGAVIL}
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 # Suites shipped inside the package, loadable by name: load_suite("datacomp").
 BUILTIN_SUITES = ("datacomp",)
@@ -185,10 +190,11 @@ def _parse_task(entry: object, suite_path: Path) -> TaskSpec:
 
 
 def task_type_of(task_dir: Path) -> str:
-    """The task type the directory declares (dataset_type.txt; classification if absent)."""
+    """The task type the directory declares (dataset_type.txt; WinoGAViL's release CSV; else
+    classification)."""
     type_file = _existing_dir(task_dir) / "dataset_type.txt"
     if not type_file.exists():
-        return CLASSIFICATION
+        return WINOGAVIL if (Path(task_dir) / WINOGAVIL_CSV).is_file() else CLASSIFICATION
     declared = type_file.read_text().strip()
     if declared not in _DATASET_TYPES:
         raise ValueError(f"{type_file}: unknown dataset type {declared!r}")
