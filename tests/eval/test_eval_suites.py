@@ -206,3 +206,16 @@ def test_worst_group_task_end_to_end(model, make_task, encode_image, tmp_path):
         "name: s\ntasks:\n  - {name: regions, main_metric: acc1_worst_group, group_by: 2}\n")
     with pytest.raises(ValueError, match="no usable samples .*'npy has no column 2': 5"):
         evaluate_suite(model, tmp_path / "suite.yaml", progress=False)
+
+
+def test_datacomp_tasks_are_found_under_datacomp_download_names(model, make_task, encode_image, tmp_path):
+    """DataComp's download_evalsets.py writes wds_<task>_test, and wds_dollar_street_test for
+    Dollar Street: the built-in suite finds both spellings."""
+    samples = [{"png": encode_image("red"), "cls": 0, "npy": _npy(3)}, {"png": encode_image("green"), "cls": 1, "npy": _npy(4)}]
+    make_task("wds_imagenet1k_test", samples, classnames=["red", "green"])
+    make_task("wds_dollar_street_test", samples, classnames=["red", "green"])
+    result = evaluate_suite(model, "datacomp", data_dir=tmp_path, progress=False,
+                            only=["wds_imagenet1k", "wds_fairness-dollar_street", "wds_fairness-geode"])
+    assert [t.name for t in result.tasks] == ["wds_imagenet1k", "wds_fairness-dollar_street"]
+    assert result.missing == ["wds_fairness-geode"]
+    assert result.tasks[1].main_metric == "acc5_worst_group" and result.tasks[1].main_value == 1.0

@@ -119,6 +119,7 @@ def test_load_suite(tmp_path):
         ("{name: a, group_by: -1}", "group_by"),
         ("{name: a, group_by: region}", "group_by"),
         ("{name: a, main_metric: acc1_worst_group}", "needs group_by"),
+        ("{name: a, aliases: other}", "aliases"),
     ],
 )
 def test_load_suite_rejects_bad_entries(tmp_path, task, message):

@@ -190,9 +190,10 @@ def evaluate_suite(
         model.name, model.space, suite_name, tasks=[], missing=[], groups=groups, n_suite_tasks=len(specs)
     )
     for spec in _select(specs, only):
-        task_dir = task_root / spec.name
-        if not task_dir.is_dir():
-            log.warning("%s: no task directory at %s; listed as missing", spec.name, task_dir)
+        task_dir = spec.find_task_dir(task_root)
+        if task_dir is None:
+            log.warning("%s: no task directory in %s (looked for %s); listed as missing", spec.name, task_root,
+                        ", ".join(spec.directory_names))
             result.missing.append(spec.name)
             continue
         result.tasks.append(evaluate_task(model, task_dir, spec, batch_size=batch_size, progress=progress,

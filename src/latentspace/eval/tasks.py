@@ -81,6 +81,19 @@ class TaskSpec:
     main_metric: str
     description: str = ""
     group_by: int | None = None  # classification: column of the samples' npy metadata to group by
+    aliases: tuple[str, ...] = ()  # other directory names the task is found under (see find_task_dir)
+
+    def find_task_dir(self, root: Path) -> Path | None:
+        """The task's directory under `root`: `<name>`, `<name>_test` (what DataComp's
+        download_evalsets.py names it) or one of the aliases; None when none exists."""
+        for candidate in self.directory_names:
+            if (Path(root) / candidate).is_dir():
+                return Path(root) / candidate
+        return None
+
+    @property
+    def directory_names(self) -> tuple[str, ...]:
+        return (self.name, f"{self.name}_test", *self.aliases)
 
 
 @dataclass
@@ -186,7 +199,11 @@ def _parse_task(entry: object, suite_path: Path) -> TaskSpec:
     if main_metric in GROUP_METRICS and group_by is None:
         raise ValueError(f"{suite_path}: task {entry['name']!r} ranks by {main_metric!r}, which needs "
                          "group_by: the npy metadata column that says each sample's group")
-    return TaskSpec(str(entry["name"]), task_type, main_metric, str(entry.get("description", "")), group_by)
+    aliases = entry.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        raise ValueError(f"{suite_path}: task {entry['name']!r}: aliases must be a list of directory names")
+    return TaskSpec(str(entry["name"]), task_type, main_metric, str(entry.get("description", "")), group_by,
+                    tuple(aliases))
 
 
 def task_type_of(task_dir: Path) -> str:
