@@ -9,8 +9,11 @@ import torch
 from latentspace.serve.batching import BatchKind, InferenceWorker, QueueFull, WorkerDead
 
 
-def recording_kind(key, budget, calls, gate: threading.Event | None = None, fail_on=None):
+def recording_kind(key, budget, calls, gate: threading.Event | None = None, fail_on=None,
+                   started: threading.Event | None = None):
     def run(items):
+        if started is not None:
+            started.set()
         if gate is not None:
             gate.wait(5)
         calls.append(list(items))
@@ -25,14 +28,14 @@ def run(coro):
 
 
 def test_results_come_back_in_order_and_requests_share_forwards():
-    calls, gate = [], threading.Event()
+    calls, gate, started = [], threading.Event(), threading.Event()
     worker = InferenceWorker("m", max_queue_items=100)
     worker.start()
-    kind = recording_kind(("image",), budget=4, calls=calls, gate=gate)
+    kind = recording_kind(("image",), budget=4, calls=calls, gate=gate, started=started)
 
     async def main():
         first = asyncio.create_task(worker.submit(kind, [1]))  # occupies the worker while the rest queue
-        await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(started.wait, 30)  # its forward has begun (however loaded the machine)
         rest = [asyncio.create_task(worker.submit(kind, items)) for items in ([2, 3], [4, 5, 6, 7, 8], [9])]
         await asyncio.sleep(0.05)
         gate.set()
