@@ -38,7 +38,7 @@ def wino_task(tmp_path, encode_image):
         ("Red", names, ["red_0", "red_1"]),                        # both red images: Jaccard 1
         ("red", names, ["red_0", "blue_3"]),                       # picks red_0 and a reddish one: 1/3
         ("green", ["green_2", "blue_3", "yellow_4", "cyan_5", "magenta_6"], ["green_2"]),  # 5 candidates: 1
-        ("red", names, ["red_0", "nowhere"]),                      # association not a candidate: invalid
+        ("red", names, ["nowhere"]),                               # no association among the candidates
         ("red", ["red_0", "missing_9", "blue_3", "cyan_5", "green_2"], ["red_0"]),  # no such image
         ("blue", ["blue_3", "broken", "red_0", "cyan_5", "green_2"], ["blue_3"]),   # undecodable image
     ]
@@ -71,6 +71,14 @@ def test_without_ten_candidate_instances_the_score_is_undefined(model, tmp_path,
     task = _write(tmp_path / "small", [("red", list(images), ["red"])], images)
     with pytest.raises(ValueError, match="no instance with 10 or 12 candidates"):
         evaluate_task(model, task, TaskSpec("small", WINOGAVIL, "jaccard_score_10-12"), progress=False)
+
+
+def test_associations_outside_the_candidates_are_ignored_as_datacomp_does(model, tmp_path, encode_image):
+    colours = ["red", *OTHERS, "green", "blue", "cyan", "yellow"]
+    images = {f"{c}_{i}": encode_image(c, "JPEG") for i, c in enumerate(colours)}
+    task = _write(tmp_path / "w", [("red", list(images), ["red_0", "not_shown"])], images)
+    result = evaluate_task(model, task, TaskSpec("w", WINOGAVIL, "jaccard_score_10-12"), progress=False)
+    assert result.main_value == 1.0 and result.n_skipped == 0
 
 
 def test_helpers():

@@ -72,8 +72,10 @@ def _parse_row(row: dict) -> Instance | None:
     if (not cue or not isinstance(candidates, list) or not isinstance(associations, list)
             or not all(isinstance(c, str) and c for c in candidates) or len(set(candidates)) != len(candidates)):
         return None
-    true = frozenset(associations)
-    if not true or not true <= set(candidates) or len(true) >= len(candidates):
+    # As DataComp marks them (np.isin over the candidates): an association that is not among the
+    # candidates cannot be picked and is ignored; a row left with none cannot be scored.
+    true = frozenset(associations) & set(candidates)
+    if not true:
         return None
     return Instance(cue, tuple(candidates), true)
 
