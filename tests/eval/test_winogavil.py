@@ -81,6 +81,14 @@ def test_associations_outside_the_candidates_are_ignored_as_datacomp_does(model,
     assert result.main_value == 1.0 and result.n_skipped == 0
 
 
+def test_an_unreadable_csv_is_a_clear_error(model, tmp_path):
+    task = tmp_path / "w"
+    task.mkdir()
+    (task / "winogavil_dataset.csv").write_bytes(b"cue,candidates\n\xff\xfe\x00broken")
+    with pytest.raises(ValueError, match="not a readable UTF-8 CSV"):
+        evaluate_task(model, task, TaskSpec("w", WINOGAVIL, "jaccard_score_10-12"), progress=False)
+
+
 def test_helpers():
     assert cue_prompt("Apple") == "An apple" and cue_prompt("pogonophile") == "A pogonophile"
     assert jaccard({"a", "b"}, frozenset({"b", "c"})) == pytest.approx(1 / 3)

@@ -52,13 +52,16 @@ def read_instances(task_dir: Path, stats: SampleStats) -> list[Instance]:
     if not path.is_file():
         raise FileNotFoundError(f"missing WinoGAViL file: {path}")
     instances = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for number, row in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
-            instance = _parse_row(row)
-            if instance is None:
-                stats.skip("invalid row", f"{path.name}:{number}")
-            else:
-                instances.append(instance)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            for number, row in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
+                instance = _parse_row(row)
+                if instance is None:
+                    stats.skip("invalid row", f"{path.name}:{number}")
+                else:
+                    instances.append(instance)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path} is not a readable UTF-8 CSV ({e}); expected the WinoGAViL release file") from None
     return instances
 
 
