@@ -125,3 +125,17 @@ def test_fsdp_trains_like_ddp_and_its_checkpoint_resumes_unsharded(tmp_path, sha
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming" in again.stdout + again.stderr
     torch.testing.assert_close(load_file(fsdp / "model.safetensors"), trained, rtol=0, atol=0)
+
+
+def test_fsdp_with_bf16_mixed_precision_and_gradcache_trains(tmp_path, shards):
+    """FSDP's bf16 policy (parameters gathered in bf16, gradients reduced in fp32) with GradCache's
+    deferred gradient sync, under real torchrun; the checkpoint holds whole fp32 tensors."""
+    config = _config_file(tmp_path, shards, "train.batch_size=8", "train.parallel=fsdp", "train.precision=bf16",
+                          "train.grad_cache_chunk=2", steps=3)
+    done = _torchrun(2, config)
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 3
+    assert all(t.dtype == torch.float32 and not hasattr(t, "placements") for t in state["vision"].values())
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(0 < loss < 10 for loss in losses)
