@@ -224,3 +224,36 @@ def test_bad_arguments_fail_clearly():
         grad_cache_step(image_enc, images, logit_scale=scale, chunk=4, text_emb=text_emb[:7])
     with pytest.raises(ValueError, match="nothing to back-propagate"):
         cached_backward([text_emb, text_emb], lambda a, b: contrastive_loss(a, b, scale()), chunk=4)
+
+
+class _FsdpSyncRecorder(nn.Module):
+    """Stands in for an FSDP module: gradient sync is switched with set_requires_gradient_sync."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(5, DIM).double()
+        self.syncing = True
+        self.synced_calls: list[bool] = []
+
+    def set_requires_gradient_sync(self, requires: bool) -> None:
+        self.syncing = requires
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.synced_calls.append(self.syncing)
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("recorder", [_SyncRecorder, _FsdpSyncRecorder], ids=["ddp-no_sync", "fsdp-set_sync"])
+def test_sync_is_deferred_through_wrappers_named_by_synced(recorder):
+    """The trainer calls its towers through autocast wrappers and lambdas: `synced` names the
+    module behind them, so its sync is still deferred to the last chunk, once for both towers."""
+    torch.manual_seed(0)
+    encoder, scale = recorder(), LogitScale().double()
+    gen = torch.Generator().manual_seed(2)
+    queries, documents = torch.randn(2, 6, 5, generator=gen, dtype=torch.float64)
+    cached_backward([Trainable(lambda x: encoder(x), queries, synced=encoder),
+                     Trainable(lambda x: encoder(x), documents, synced=encoder)],
+                    lambda q, d: contrastive_loss(q, d, scale()), chunk=2)
+    assert encoder.synced_calls == [False] * 5 + [True]
+    assert encoder.syncing  # switched back on afterwards
