@@ -159,14 +159,23 @@ def test_a_short_last_chunk_is_exact():
     torch.testing.assert_close(_grads(image_enc, scale), ref, **TIGHT)
 
 
-class _SyncRecorder(nn.Module):
-    """Stands in for a DDP module: records, for every forward with grad, whether it would sync."""
+class _Recorder(nn.Module):
+    """A linear encoder that records, for every forward with grad, whether it would sync."""
 
     def __init__(self):
         super().__init__()
         self.linear = nn.Linear(5, DIM).double()
         self.syncing = True
         self.synced_calls: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.synced_calls.append(self.syncing)
+        return self.linear(x)
+
+
+class _SyncRecorder(_Recorder):
+    """Stands in for a DDP module: sync is switched off inside no_sync()."""
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -175,11 +184,6 @@ class _SyncRecorder(nn.Module):
             yield
         finally:
             self.syncing = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            self.synced_calls.append(self.syncing)
-        return self.linear(x)
 
 
 def test_shared_encoder_syncs_once_on_its_last_chunk():
@@ -226,22 +230,11 @@ def test_bad_arguments_fail_clearly():
         cached_backward([text_emb, text_emb], lambda a, b: contrastive_loss(a, b, scale()), chunk=4)
 
 
-class _FsdpSyncRecorder(nn.Module):
-    """Stands in for an FSDP module: gradient sync is switched with set_requires_gradient_sync."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(5, DIM).double()
-        self.syncing = True
-        self.synced_calls: list[bool] = []
+class _FsdpSyncRecorder(_Recorder):
+    """Stands in for an FSDP module: sync is switched with set_requires_gradient_sync."""
 
     def set_requires_gradient_sync(self, requires: bool) -> None:
         self.syncing = requires
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            self.synced_calls.append(self.syncing)
-        return self.linear(x)
 
 
 @pytest.mark.parametrize("recorder", [_SyncRecorder, _FsdpSyncRecorder], ids=["ddp-no_sync", "fsdp-set_sync"])
