@@ -57,3 +57,6 @@ def test_cli_errors_are_one_clear_line(tmp_path):
     assert result.exit_code == 2 and "train.stesp: unknown field" in result.output
     result = runner.invoke(app, ["eval", str(tmp_path / "no-model")])
     assert result.exit_code == 2 and "does not exist" in result.output and "hf-clip:DIR" in result.output
+    assert f"'{tmp_path / 'no-model'}'" in result.output  # the path whole, not wrapped at the console width
+    result = runner.invoke(app, ["eval", str(tmp_path / "[bold]not-markup")])
+    assert "[bold]not-markup" in result.output  # messages are text, never rich markup

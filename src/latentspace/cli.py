@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.text import Text
 from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -32,7 +33,9 @@ def _quiet_libraries() -> None:
 def _fail(e: BaseException) -> None:
     if os.environ.get("LATENTSPACE_DEBUG"):
         raise e
-    console.print(f"[bold red]error:[/] {e}")
+    # Plain text, never parsed as rich markup (messages hold brackets and paths), and not
+    # hard-wrapped, so a path in it stays whole when copied.
+    console.print(Text.assemble(("error: ", "bold red"), str(e)), soft_wrap=True)
     raise typer.Exit(2)
 
 
