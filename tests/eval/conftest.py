@@ -119,6 +119,14 @@ def model() -> ColourEmbedder:
 
 
 @pytest.fixture
+def make_model():
+    """A factory of fresh fake models (each with its own noise stream), for tests that need two.
+    Test modules take it as a fixture: importing `conftest` by name finds whichever conftest
+    module pytest imported first."""
+    return ColourEmbedder
+
+
+@pytest.fixture
 def classification_task(tmp_path: Path) -> Path:
     return write_task(
         tmp_path,

@@ -8,7 +8,6 @@ from latentspace.eval.loader import decoded_chunks, default_workers
 from latentspace.eval.runner import evaluate_task
 from latentspace.eval.tasks import CLASSIFICATION, RETRIEVAL, SampleStats, TaskSpec, iter_task_samples
 
-from conftest import ColourEmbedder
 
 COLOURS = ["red", "green", "blue", "yellow"]
 # Samples whose image does not decode. Shard s holds samples s, s + 3, s + 6, ..., so in reading
@@ -52,14 +51,14 @@ def test_a_chunk_whose_samples_were_all_skipped_still_arrives(numbered_task):
 
 
 @pytest.mark.parametrize("kind", ["classification", "retrieval"])
-def test_results_are_identical_with_0_and_2_workers(kind, classification_task, numbered_task):
+def test_results_are_identical_with_0_and_2_workers(kind, classification_task, numbered_task, make_model):
     task, spec = {
         "classification": (classification_task, TaskSpec("colours", CLASSIFICATION, "acc1")),
         "retrieval": (numbered_task, TaskSpec("numbered", RETRIEVAL, "mean_recall@1")),
     }[kind]
     runs = []
     for workers in (0, 2):
-        model = ColourEmbedder()
+        model = make_model()
         result = evaluate_task(model, task, spec, batch_size=3, progress=False, workers=workers)
         runs.append((result, model.image_batch_sizes))
     (in_process, batches0), (in_workers, batches2) = runs

@@ -42,6 +42,8 @@ import yaml
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from latentspace.data.images import ImageDecodeError, decode_image
+
 log = logging.getLogger(__name__)
 
 CLASSIFICATION = "zeroshot_classification"
@@ -432,12 +434,10 @@ def _decode_image(sample: dict) -> tuple[Image.Image | None, str | None]:
     image_key = next((k for k in IMAGE_KEYS if k in sample), None)
     if image_key is None:
         return None, "missing image"
-    try:
-        image = Image.open(io.BytesIO(sample[image_key]))
-        image.load()
-    except Exception:  # PIL raises many types (OSError, SyntaxError, ValueError, ...) on bad bytes
+    try:  # the decoder training and serving use: decompression-bomb guard, RGB out
+        return decode_image(sample[image_key], name=str(sample.get("__key__", "image"))), None
+    except ImageDecodeError:
         return None, "undecodable image"
-    return image, None
 
 
 def _text(value: bytes | str) -> str:

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
+from latentspace.data.images import ImageDecodeError, decode_image
 from latentspace.eval.tasks import DEFAULT_MAIN_METRIC, METRIC_NAMES, WINOGAVIL, WINOGAVIL_CSV, SampleStats
 
 CSV_NAME = WINOGAVIL_CSV
@@ -169,10 +170,8 @@ def _embed_named_images(folder: Path, names: list[str], embed_images, batch_size
                 unusable[name] = "missing image"
                 continue
             try:
-                with Image.open(path) as image:
-                    image.load()
-                    images.append(image.copy())
-            except Exception:  # PIL raises many types on bad bytes
+                images.append(decode_image(path.read_bytes(), name=str(path)))
+            except ImageDecodeError:
                 unusable[name] = "undecodable image"
                 continue
             batch.append(name)

@@ -13,6 +13,7 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when it is imported
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -64,6 +65,3 @@ class ServerMetrics:
         """Drop this process's live gauges from the shared directory (multiprocess mode only)."""
         if os.environ.get(MULTIPROCESS_ENV):
             multiprocess.mark_process_dead(os.getpid())
-
-
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"

@@ -53,22 +53,19 @@ class ModelRegistry:
             if name in self.slots:
                 raise ValueError(f"two models are named {name!r}; name them with NAME=DIR")
             self.slots[name] = Slot(name, spec)
-        self._thread = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
+        self._thread = threading.Thread(target=self.load_now, name="model-loader", daemon=True)
 
     def start(self) -> None:
         """Load the models on a background thread, so /health can answer 503 while they load."""
         self._thread.start()
-
-    def load_now(self) -> None:
-        """Load the models in this thread and return when every one is ready or failed."""
-        self._load_all()
 
     def stop(self) -> None:
         for slot in self.slots.values():
             if slot.worker is not None:
                 slot.worker.stop()
 
-    def _load_all(self) -> None:
+    def load_now(self) -> None:
+        """Load the models in this thread and return when every one is ready or failed."""
         for slot in self.slots.values():
             try:
                 model = self.loader(slot.name, slot.spec)
