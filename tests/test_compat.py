@@ -31,7 +31,7 @@ def test_same_text_model_is_compatible_bit_for_bit(model_dir):
 def test_another_space_is_reported_and_exits_1(model_dir, tmp_path):
     other = fakes.minilm_with_prompts(tmp_path, {"search_query": "query: ", "search_document": "passage: "})
     report = check_compat(model_dir, str(other))
-    assert not report.same_space and report.max_abs_diff is None
+    assert not report.same_space and report.max_abs_diff is None and "minilm-prefixed" in report.mismatch
     result = CliRunner().invoke(app, ["check-compat", str(model_dir), "--text", str(other)])
     assert result.exit_code == 1 and "different latent spaces" in result.output
 

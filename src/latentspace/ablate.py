@@ -28,8 +28,7 @@ from latentspace.data.wordnet import DEFAULT_DIR as WORDNET_DIR, build_wordnet_t
 from latentspace.eval.prompt_cache import PromptCache
 from latentspace.eval.runner import evaluate_suite
 from latentspace.eval.text_retrieval import evaluate_text_retrieval, load_text_task
-from latentspace.models.baselines import load_text_embedder
-from latentspace.models.paired import PairedModel
+from latentspace.models.load import load
 from latentspace.quickstart import quickstart_config
 from latentspace.train.loop import train
 
@@ -58,7 +57,8 @@ def run_ablation(artifacts: Path, *, steps: int, batch_size: int, recipes: list[
     text_task = load_text_task(build_wordnet_task(WORDNET_DIR if artifacts == Path("artifacts") else artifacts / "wordnet",
                                                   cache_dir=npm_cache, progress=console.print)["path"])
     pairs = write_wordnet_pairs(artifacts / "ablation" / "wordnet_pairs.jsonl", cache_dir=npm_cache)
-    before = evaluate_text_retrieval(load_text_embedder(BUILTIN_TEXT_MODEL), text_task).metrics["mrr"]
+    before = evaluate_text_retrieval(load(BUILTIN_TEXT_MODEL), text_task).metrics["mrr"]
+    start_space = load(str(start)).space
     suite = Path(corpus["out_dir"]) / corpus["eval_suite"]
     rows = []
     for recipe in recipes:
@@ -74,13 +74,13 @@ def run_ablation(artifacts: Path, *, steps: int, batch_size: int, recipes: list[
         t = time.perf_counter()
         result = train(quickstart_config(artifacts, corpus, overrides), console=console)
         seconds = time.perf_counter() - t
-        model = PairedModel.load(result.model_dir)
+        model = load(str(result.model_dir))
         report = evaluate_suite(PromptCache(model, artifacts / "cache" / "prompts"), suite, only=list(IMAGE_TASKS),
                                 progress=False)
         top1 = {r.name: r.metrics["acc1"] for r in report.tasks}
-        after = evaluate_text_retrieval(load_text_embedder(str(result.model_dir)), text_task).metrics["mrr"]
+        after = evaluate_text_retrieval(model, text_task).metrics["mrr"]
         rows.append(AblationRow(recipe, top1[IMAGE_TASKS[0]], top1[IMAGE_TASKS[1]], after, before,
-                                model.space != PairedModel.load(start).space, seconds))
+                                model.space != start_space, seconds))
         _write(rows, artifacts / "ablation", steps, batch_size)
     return rows
 

@@ -110,12 +110,12 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    models: List[str] = typer.Argument(..., help="model directories or baselines: hf-clip:DIR, open_clip:ARCH:CHECKPOINT"),
+    models: List[str] = typer.Argument(..., help="model specs (`latentspace models --help` lists the forms): "
+                                                 "our model directories, Nomic's, hf-clip:DIR, open_clip:ARCH:CHECKPOINT"),
     suite: str = typer.Option("artifacts/emoji/eval/suite.yaml", help="suite YAML, or a built-in suite: datacomp"),
     data_dir: Optional[Path] = typer.Option(None, help="folder holding the suite's task folders (default: beside the YAML)"),
     out: Optional[Path] = typer.Option(None, help="folder for JSON per model, report.md and chart.png "
                                                   "(default: the model directory for one model, else artifacts/eval)"),
-    text: Optional[str] = typer.Option(None, help="load our models' text tower from here (must be the same space)"),
     only: Optional[List[str]] = typer.Option(None, help="run only these tasks"),
     text_task_type: str = typer.Option("search_query", help="task type (prefix) for class prompts and captions"),
     prompt_cache: Path = typer.Option(Path("artifacts/cache/prompts"), help="where prompt embeddings are cached"),
@@ -134,16 +134,17 @@ def evaluate(
     from latentspace.eval.runner import evaluate_suite
     from latentspace.eval.tasks import suite_path
     from latentspace.eval.text_retrieval import evaluate_text_retrieval, load_text_task
-    from latentspace.models.baselines import load_embedder
+    from latentspace.models.load import load
     from latentspace.models.model_dir import is_model_dir
-    from latentspace.models.paired import PairedModel
 
     results = []
     try:
         path = suite_path(suite)
         text_task = load_text_task(_text_benchmark_path(text_benchmark)) if text_benchmark else None
         for spec in models:
-            model = PairedModel.load(spec, text_path=text) if text and is_model_dir(spec) else load_embedder(spec)
+            model = load(spec)
+            model.require("image")
+            model.require("text")
             cached = PromptCache(model, prompt_cache)
             result = evaluate_suite(cached, path, batch_size=batch_size, only=only or None, data_dir=data_dir,
                                     text_task_type=text_task_type,
@@ -166,11 +167,10 @@ def evaluate(
 
 @app.command("eval-text")
 def evaluate_text(
-    models: List[str] = typer.Argument(..., help="model directories, baselines, or text models alone: "
-                                                 "builtin:all-MiniLM-L6-v2 or a sentence-transformers directory"),
+    models: List[str] = typer.Argument(..., help="model specs with a text side: model directories, baselines, or "
+                                                 "text models alone (builtin:all-MiniLM-L6-v2, a sentence-transformers "
+                                                 "or nomic-embed-text directory)"),
     benchmark: str = typer.Option("auto", help="text-retrieval task folder, or `auto` (the default WordNet task)"),
-    text: Optional[str] = typer.Option(None, help="load our models' text tower from here (must be the same space)"),
-    trust_remote_code: bool = typer.Option(False, help="let a text model alone run code from its directory"),
     out: Path = typer.Option(Path("artifacts/eval-text"), help="folder for JSON per model and report.md"),
     batch_size: int = typer.Option(256, min=1),
 ) -> None:
@@ -179,13 +179,14 @@ def evaluate_text(
     from latentspace.eval.report import print_text_comparison, write_json, write_markdown
     from latentspace.eval.runner import SuiteResult
     from latentspace.eval.text_retrieval import evaluate_text_retrieval, load_text_task
-    from latentspace.models.baselines import load_text_embedder
+    from latentspace.models.load import load
 
     results = []
     try:
         task = load_text_task(_text_benchmark_path(benchmark))
         for spec in models:
-            model = load_text_embedder(spec, text_path=text, trust_remote_code=trust_remote_code)
+            model = load(spec)
+            model.require("text")
             result = evaluate_text_retrieval(model, task, batch_size=batch_size)
             results.append(SuiteResult(model.name, model.space, task.name, tasks=[], missing=[], text_tasks=[result]))
     except (OSError, RuntimeError, ValueError) as e:
@@ -212,10 +213,12 @@ def _slug(spec: str) -> str:
 
 @app.command("check-compat")
 def check_compat(
-    model: Path = typer.Argument(..., help="latentspace vision model directory"),
-    text: str = typer.Option(..., help="the original text model: a directory or builtin:all-MiniLM-L6-v2"),
+    model: str = typer.Argument(..., help="an image model that records a text space: a latentspace model directory "
+                                          "or a nomic-embed-vision directory"),
+    text: str = typer.Option(..., help="the text model: builtin:all-MiniLM-L6-v2, a text model directory, "
+                                       "a nomic-embed-text directory"),
 ) -> None:
-    """Check that a vision model and a text model share a latent space, bit for bit. Exit 1 if not."""
+    """Check that an image model and a text model share a latent space, bit for bit. Exit 1 if not."""
     from latentspace.compat import PROBE_TEXTS, check_compat as run_check
 
     try:
@@ -223,23 +226,56 @@ def check_compat(
     except (OSError, RuntimeError, ValueError) as e:
         _fail(e)
     out = Console()
-    out.print(f"space recorded in {model}: {report.recorded}")
-    out.print(f"space of text model {text}: {report.given}")
     if not report.same_space:
+        out.print(Text(report.mismatch or ""), soft_wrap=True)
         out.print("[bold red]different latent spaces[/]: embeddings of the two are not comparable")
         raise typer.Exit(1)
+    out.print(f"shared space: {report.space}")
     verdict = "[green]bit-identical[/]" if report.bit_identical else f"[red]differ (max |diff| {report.max_abs_diff:.3g})[/]"
-    out.print(f"text embeddings via the model directory vs the text model alone, {len(PROBE_TEXTS)} probe texts "
+    out.print(f"text embeddings via {model} vs the text model alone, {len(PROBE_TEXTS)} probe texts "
               f"x task types {', '.join(report.task_types)}: {verdict}")
     if not report.ok:
         raise typer.Exit(1)
     out.print("[bold green]compatible[/]")
 
 
+@app.command("models")
+def models_command(
+    specs: List[str] = typer.Argument(..., help="model specs to resolve"),
+    json_output: bool = typer.Option(False, "--json", help="one JSON object per spec"),
+) -> None:
+    """Load each model spec and print what it resolves to: kind, latent space, dimension, modalities.
+
+    Spec forms: builtin:all-MiniLM-L6-v2; a latentspace model directory; a nomic-embed-text or
+    nomic-embed-vision directory as published; a Hugging Face CLIP directory (or hf-clip:DIR);
+    open_clip:ARCH:CHECKPOINT; any sentence-transformers / Hugging Face text model directory.
+    Options follow '?': text=TEXT_DIR (a latentspace or Nomic vision model's text model),
+    rotary_scaling_factor=F (nomic-embed-text long context), trust_remote_code=true."""
+    import json
+
+    from latentspace.models.load import load
+
+    out = Console()
+    for spec in specs:
+        try:
+            info = {"spec": spec, **load(spec).describe()}
+        except (OSError, RuntimeError, ValueError) as e:
+            _fail(e)
+        if json_output:
+            print(json.dumps(info))
+            continue
+        out.print(Text(spec, style="bold"))
+        for key in ("kind", "name", "space", "dimension", "modalities", "max_tokens", "task_types"):
+            if key in info:
+                value = ", ".join(map(str, info[key])) if isinstance(info[key], list) else info[key]
+                out.print(Text(f"  {key}: {value}"), soft_wrap=True)
+
+
 @app.command()
 def serve(
-    model: List[str] = typer.Option(..., "--model", "-m", help="model to serve: DIR or NAME=DIR (repeat for several); "
-                                    "a latentspace model dir, a text model dir, builtin:all-MiniLM-L6-v2 or hf-clip:DIR"),
+    model: List[str] = typer.Option(..., "--model", "-m", help="model to serve: SPEC or NAME=SPEC (repeat for several); "
+                                    "any model spec (`latentspace models --help`): a latentspace model dir, "
+                                    "Nomic's text or vision dir, a text model dir, builtin:all-MiniLM-L6-v2, hf-clip:DIR"),
     host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0 for all)"),
     port: int = typer.Option(8000),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes (each loads every model)"),

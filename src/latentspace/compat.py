@@ -1,23 +1,26 @@
-"""`latentspace check-compat`: does a vision model live in the space of a given text model?
+"""`latentspace check-compat`: does an image model live in the space of a given text model?
 
-Two checks. (1) Identity: the space recorded in the vision model directory equals the space the
-text model defines (name, dim, fingerprint). (2) Behaviour: text embedded through the model
-directory is bit-identical to text embedded by the text model on its own, for every task type the
-text model supports — the promise of a locked text tower, checked on real vectors.
+Two checks. (1) Identity: the model is loaded with its text side read from the given text model
+(`load(MODEL, text=TEXT)`), which fails if the space the model records is not the one that text
+model defines: for our model directories the recorded fingerprint (weights, tokenizer, pooling,
+prefixes, ...); for Nomic's published vision directories, which carry no fingerprint of the text
+weights, the release (vision v1.5 belongs to text v1.5). (2) Behaviour: text embedded through the
+model is bit-identical to text embedded by the text model on its own, with the settings the model
+records, for every task type the text model supports: the promise of a locked text tower, checked
+on real vectors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from latentspace.config import TextTowerConfig
-from latentspace.models.model_dir import read_model_config
-from latentspace.models.paired import PairedModel
-from latentspace.models.text_tower import TASK_TYPES, TextTower
-from latentspace.space import SpaceIdentity
+from latentspace.models.embedder import Embedder
+from latentspace.models.load import load
+from latentspace.models.text_model import TextModel
+from latentspace.models.text_tower import TextTower
+from latentspace.space import SpaceIdentity, SpaceMismatchError
 
 # Short, long, non-ASCII, empty and whitespace-only inputs: the cases where tokenisation,
 # truncation and pooling differences would show first.
@@ -34,14 +37,14 @@ PROBE_TEXTS = [
 
 @dataclass
 class CompatReport:
-    recorded: SpaceIdentity
-    given: SpaceIdentity
+    space: SpaceIdentity | None  # the shared space, when the model accepted the text model
+    mismatch: str | None = None  # why not, when it did not
     task_types: list[str] = field(default_factory=list)
     max_abs_diff: float | None = None  # None when the spaces differ (vectors not compared)
 
     @property
     def same_space(self) -> bool:
-        return self.recorded == self.given
+        return self.mismatch is None
 
     @property
     def bit_identical(self) -> bool:
@@ -52,20 +55,23 @@ class CompatReport:
         return self.same_space and self.bit_identical
 
 
-def check_compat(model_dir: str | Path, text_model: str) -> CompatReport:
-    config = read_model_config(model_dir)
-    recorded = SpaceIdentity.from_dict(config["space"])
-    recorded_text = TextTowerConfig.model_validate(config["text"])
-    original = TextTower(recorded_text.model_copy(update={"path": text_model}))
-    report = CompatReport(recorded=recorded, given=original.space)
-    if not report.same_space:
-        return report
-    paired = PairedModel.load(model_dir)
-    task_types = sorted(original.prefixes) if original.prefixes else list(TASK_TYPES)
-    diff = 0.0
-    for task_type in task_types:
-        ours = paired.embed_texts(PROBE_TEXTS, task_type)
-        theirs = original.encode(PROBE_TEXTS, task_type)
-        diff = max(diff, float((ours - theirs).abs().max()) if not torch.equal(ours, theirs) else 0.0)
-    report.task_types, report.max_abs_diff = task_types, diff
-    return report
+def check_compat(model_spec: str, text_spec: str) -> CompatReport:
+    try:
+        model = load(str(model_spec), text=text_spec)
+    except SpaceMismatchError as e:
+        return CompatReport(space=None, mismatch=str(e))
+    model.require("text")
+    reference = TextModel(TextTower(model.text.cfg))  # the text model alone, as the model uses it
+    if reference.identity != model.identity:
+        return CompatReport(space=None, mismatch=f"{model.name} records space {model.identity}, the text model "
+                                                 f"defines {reference.identity}")
+    task_types = list(reference.task_types)
+    diff = max(_max_diff(model, reference, task) for task in task_types)
+    return CompatReport(space=model.identity, task_types=task_types, max_abs_diff=diff)
+
+
+def _max_diff(model: Embedder, reference: Embedder, task_type: str) -> float:
+    ours = model.embed_texts(PROBE_TEXTS, task_type)
+    theirs = reference.embed_texts(PROBE_TEXTS, task_type)
+    return 0.0 if torch.equal(ours, theirs) else float((ours - theirs).abs().max())
+

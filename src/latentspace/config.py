@@ -24,32 +24,48 @@ class TextTowerConfig(_Strict):
 
     path: str = Field(
         BUILTIN_TEXT_MODEL,
-        description="sentence-transformers / Hugging Face model directory, or builtin:all-MiniLM-L6-v2",
+        description="sentence-transformers / Hugging Face model directory (nomic-embed-text v1/v1.5 included), "
+                    "or builtin:all-MiniLM-L6-v2",
     )
     max_length: int | None = Field(None, ge=1, description="token limit; None = the model's own")
-    layer_norm: bool = Field(False, description="layer-norm the pooled vector before normalising (nomic-embed-text v1.5)")
+    layer_norm: bool | None = Field(
+        None, description="layer-norm the pooled vector before truncating and normalising; None = the model's "
+                          "own recipe (on for nomic-embed-text v1.5, off otherwise)")
     dimensionality: int | None = Field(None, ge=1, description="Matryoshka: truncate to this size, then re-normalise")
     prefixes: dict[str, str] | None = Field(
         None, description="task_type -> prefix; None = the model's own prompts (config_sentence_transformers.json)"
     )
     caption_task: str = Field("search_query", description="task_type used to embed training captions")
     trust_remote_code: bool = Field(
-        False, description="run Python code shipped in the model directory (needed by e.g. nomic-embed-text)")
+        False, description="run Python code shipped in the model directory (for custom architectures; never "
+                           "needed for nomic-embed-text, which runs on latentspace's own module)")
+    rotary_scaling_factor: float | None = Field(
+        None, gt=1.0, description="nomic-embed-text only: dynamic NTK rotary scaling for texts past the trained "
+                                  "2048 tokens (the model cards use 2); None = as config.json says (off)")
     batch_size: int = Field(256, ge=1, description="texts per forward when filling the caption cache")
 
 
-class VisionTowerConfig(_Strict):
-    """A timm backbone, a pooling choice and a linear projection into the text space."""
+NOMIC_VISION_ARCH = "nomic-vision"
 
-    arch: str = Field("vit_tiny_patch16_224", description="any timm architecture name")
+
+class VisionTowerConfig(_Strict):
+    """A timm backbone (or Nomic's vision model), a pooling choice and a linear projection into the text space."""
+
+    arch: str = Field("vit_tiny_patch16_224", description="any timm architecture name, or nomic-vision (Nomic Embed "
+                                                          "Vision; init_checkpoint = its published directory)")
     image_size: int = Field(32, ge=8)
     patch_size: int | None = Field(None, ge=1, description="override for ViT-style models")
     pool: Literal["cls", "mean", "attn"] = "mean"
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model kwargs (depth, embed_dim, ...)")
-    init_checkpoint: str | None = Field(None, description="local timm / safetensors checkpoint for the backbone")
+    init_checkpoint: str | None = Field(None, description="local timm / safetensors checkpoint for the backbone; "
+                                                          "for nomic-vision, a nomic-embed-vision directory")
     init_from: str | None = Field(None, description="a latentspace model directory whose whole vision tower "
                                                     "(backbone, pooling, projection) starts this one; same arch")
     grad_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, more time)")
+    mean: tuple[float, float, float] | None = Field(
+        None, description="input normalisation mean; None = what the starting weights were trained with (timm's "
+                          "pretrained config, Nomic's preprocessor_config.json, an init_from model's), 0.5 from scratch")
+    std: tuple[float, float, float] | None = Field(None, description="input normalisation std; None = as for mean")
 
 
 class AugmentConfig(_Strict):

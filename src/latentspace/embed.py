@@ -5,47 +5,39 @@
     out["embeddings"]  # list of lists of floats, L2-normalised
 
 Local mode runs the model in this process (no key, no server). Remote mode sends the inputs to
-a `latentspace serve` server (see latentspace.client) and returns the same shape. `model` is a latentspace model
-directory (images and text) or a text model (`builtin:all-MiniLM-L6-v2` or a Hugging Face /
-sentence-transformers directory; text only). Loaded models are kept for reuse.
+a `latentspace serve` server (see latentspace.client) and returns the same shape. `model` is any
+model spec (models/load.py: a latentspace model directory, builtin:all-MiniLM-L6-v2, a text model
+directory, Nomic's published directories, a Hugging Face CLIP directory, ...). Loaded models are
+kept for reuse.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import Any, Sequence
 
-from latentspace.config import BUILTIN_TEXT_MODEL, TextTowerConfig
-from latentspace.models.model_dir import is_model_dir
-from latentspace.models.paired import PairedModel
-from latentspace.models.text_tower import TASK_TYPES, TextTower, finish, mean_of_pieces
+from latentspace.models.embedder import Embedder
 
 _lock = threading.Lock()
-_loaded: dict[str, PairedModel | TextTower] = {}
+_loaded: dict[str, Embedder] = {}
 
 
 def _resolve(model: str | os.PathLike | None) -> str:
     model = model if model is not None else os.environ.get("LATENTSPACE_MODEL")
     if not model:
-        raise ValueError("no model given: pass model=<model directory> or set LATENTSPACE_MODEL")
+        raise ValueError("no model given: pass model=<model spec> or set LATENTSPACE_MODEL")
     return str(model)
 
 
-def load(model: str | os.PathLike | None = None) -> PairedModel | TextTower:
-    """The loaded model for a path (cached per process)."""
+def load(model: str | os.PathLike | None = None) -> Embedder:
+    """The loaded model for a spec (cached per process)."""
+    from latentspace.models.load import load as load_spec
+
     key = _resolve(model)
     with _lock:
         if key not in _loaded:
-            if key != BUILTIN_TEXT_MODEL and is_model_dir(key):
-                _loaded[key] = PairedModel.load(key)
-            elif key == BUILTIN_TEXT_MODEL or Path(key).expanduser().is_dir():
-                _loaded[key] = TextTower(TextTowerConfig(path=key))
-            else:
-                raise FileNotFoundError(
-                    f"model not found: {key!r}. Give a latentspace model directory (e.g. artifacts/quickstart/model "
-                    f"after `make demo`), a text model directory, or {BUILTIN_TEXT_MODEL!r}.")
+            _loaded[key] = load_spec(key)
         return _loaded[key]
 
 
@@ -70,8 +62,9 @@ def text(texts: Sequence[str], *, model: str | os.PathLike | None = None, task_t
     Local mode (the default) runs `model` in this process. Remote mode (`inference_mode="remote"`,
     or a `base_url`) sends the texts to a server; `base_url` and `api_key` default to
     LATENTSPACE_BASE_URL / LATENTSPACE_API_KEY, and `model` is the server's name for it."""
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-        raise TypeError("texts must be a list of strings (wrap a single text in a list)")
+    from latentspace.models.embedder import TASK_TYPES, check_texts
+
+    texts = check_texts(texts)
     if task_type not in TASK_TYPES:
         raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
     if long_text_mode not in ("truncate", "mean"):
@@ -80,22 +73,14 @@ def text(texts: Sequence[str], *, model: str | os.PathLike | None = None, task_t
         from latentspace.client import client_for
 
         return client_for(base_url, api_key, timeout).text(
-            list(texts), model=None if model is None else str(model), task_type=task_type,
+            texts, model=None if model is None else str(model), task_type=task_type,
             dimensionality=dimensionality, long_text_mode=long_text_mode)
     name = _resolve(model)
     m = load(name)
-    tower = m.text if isinstance(m, PairedModel) else m
-    texts = list(texts)
-    if long_text_mode == "mean" and texts:
-        pieces_per_text = [tower.split_long(t, task_type) for t in texts]
-        pieces = [p for ps in pieces_per_text for p in ps]
-        rows = tower.encode(pieces, task_type)
-        vectors = finish(mean_of_pieces(rows, [len(ps) for ps in pieces_per_text]), dimensionality)
-        tokens = tower.count_tokens(pieces, task_type)
-    else:
-        vectors = tower.encode(texts, task_type, dimensionality=dimensionality)
-        tokens = tower.count_tokens(texts, task_type)
-    return _response(vectors, name, str(tower.space), {"prompt_tokens": tokens, "total_tokens": tokens})
+    prepared = m.prepare_texts(texts, task_type, long_text_mode)  # type: ignore[arg-type]
+    vectors = m.rows_for(prepared, dimensionality=dimensionality)
+    tokens = prepared.token_count
+    return _response(vectors, name, m.space, {"prompt_tokens": tokens, "total_tokens": tokens})
 
 
 def image(images: Sequence[Any], *, model: str | os.PathLike | None = None, dimensionality: int | None = None,
@@ -112,7 +97,5 @@ def image(images: Sequence[Any], *, model: str | os.PathLike | None = None, dime
             list(images), model=None if model is None else str(model), dimensionality=dimensionality)
     name = _resolve(model)
     m = load(name)
-    if not isinstance(m, PairedModel):
-        raise ValueError(f"{name!r} is a text model; image embedding needs a latentspace vision model directory")
     vectors = m.embed_images(list(images), dimensionality=dimensionality)
     return _response(vectors, name, m.space, {"prompt_tokens": 0, "total_tokens": 0})

@@ -20,7 +20,8 @@ from latentspace.eval.prompt_cache import PromptCache
 from latentspace.eval.report import print_table, write_json
 from latentspace.eval.runner import evaluate_suite
 from latentspace.eval.tasks import iter_task_samples, read_classnames
-from latentspace.models.paired import PairedModel
+from latentspace.models.embedder import Embedder
+from latentspace.models.load import load
 from latentspace.train.loop import train
 
 DEMO_QUERIES = ["a red heart", "a smiling cat", "a slice of pizza", "a rocket", "rain"]
@@ -68,7 +69,7 @@ def run_quickstart(artifacts: Path = Path("artifacts"), overrides: list[str] | N
 
     t = time.perf_counter()
     console.rule("[bold]3/4 zero-shot evaluation on the unseen art style")
-    model = PairedModel.load(result.model_dir)
+    model = load(str(result.model_dir))
     suite = Path(corpus["out_dir"]) / corpus["eval_suite"]
     report = evaluate_suite(PromptCache(model, artifacts / "cache" / "prompts"), suite)
     print_table(report, console)
@@ -87,7 +88,7 @@ def run_quickstart(artifacts: Path = Path("artifacts"), overrides: list[str] | N
     return QuickstartResult(result.model_dir, eval_json, seconds)
 
 
-def show_matches(model: PairedModel, task_dir: Path, console: Console, n_images: int = 6) -> None:
+def show_matches(model: Embedder, task_dir: Path, console: Console, n_images: int = 6) -> None:
     """Held-out Noto images -> best class names; free-text queries -> best images."""
     names = read_classnames(task_dir)
     samples = [(img, label) for img, label, _ in iter_task_samples(task_dir)]

@@ -23,7 +23,8 @@ from latentspace.eval.text_retrieval import (
     load_text_task,
     ranking_chance,
 )
-from latentspace.models.baselines import TextModelEmbedder, load_text_embedder
+from latentspace.models.load import load
+from latentspace.models.text_model import TextModel
 from latentspace.models.model_dir import save_model_dir
 from latentspace.models.paired import PairedModel
 from latentspace.models.vision_tower import VisionTower
@@ -170,9 +171,9 @@ def model_dir(tmp_path_factory, text_tower):
 
 
 def test_a_model_directory_scores_what_its_text_model_scores_alone(model_dir, text_tower, tmp_path):
-    ours = load_text_embedder(str(model_dir))
-    alone = load_text_embedder("builtin:all-MiniLM-L6-v2")
-    assert isinstance(ours, PairedModel) and isinstance(alone, TextModelEmbedder) and ours.space == alone.space
+    ours = load(str(model_dir))
+    alone = load("builtin:all-MiniLM-L6-v2")
+    assert isinstance(ours, PairedModel) and isinstance(alone, TextModel) and ours.space == alone.space
     ours_result, alone_result = evaluate_text_retrieval(ours, WORDS), evaluate_text_retrieval(alone, WORDS)
     assert ours_result.metrics == alone_result.metrics
     assert alone_result.metrics["mrr"] > ranking_chance(7, [1, 1, 2, 1])["mrr"]  # MiniLM does know words
@@ -187,8 +188,8 @@ def test_a_model_directory_scores_what_its_text_model_scores_alone(model_dir, te
 
 
 def test_an_unknown_text_model_spec_says_what_is_accepted(tmp_path):
-    with pytest.raises(ValueError, match="a text model alone"):
-        load_text_embedder(str(tmp_path / "nothing"))
+    with pytest.raises(ValueError, match="does not exist; accepted forms: .*text model directory"):
+        load(str(tmp_path / "nothing"))
 
 
 def test_eval_adds_a_text_row_beside_the_image_tasks(model_dir, classification_task, tmp_path):
@@ -203,6 +204,6 @@ def test_eval_adds_a_text_row_beside_the_image_tasks(model_dir, classification_t
     report = json.loads((out / "eval.json").read_text())
     assert [t["name"] for t in report["tasks"]] == ["colours"] and report["text_tasks"][0]["name"] == "words"
     assert report["average"] == report["tasks"][0]["metrics"]["acc1"]  # the text row is not averaged
-    alone = evaluate_text_retrieval(load_text_embedder("builtin:all-MiniLM-L6-v2"), WORDS)
+    alone = evaluate_text_retrieval(load("builtin:all-MiniLM-L6-v2"), WORDS)
     assert report["text_tasks"][0]["metrics"] == alone.metrics  # the prompt cache changes nothing
     assert "| text: words | mrr |" in (out / "report.md").read_text()

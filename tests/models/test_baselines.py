@@ -17,7 +17,8 @@ from PIL import Image
 
 from latentspace.eval.runner import evaluate_task
 from latentspace.eval.tasks import CLASSIFICATION, RETRIEVAL, TaskSpec
-from latentspace.models.baselines import HFClipModel, OpenClipModel, is_hf_clip_dir, load_embedder
+from latentspace.models.baselines import HFClipModel, OpenClipModel, is_hf_clip_dir
+from latentspace.models.load import SpecError, load as load_embedder
 
 from fakes import PROJECTION_DIM, make_hf_clip
 
@@ -120,7 +121,7 @@ def test_hf_clip_runs_through_the_eval_harness(clip, tmp_path):
 
 def test_hf_clip_space_identifies_the_weights(clip, clip_dir, tmp_path):
     other = HFClipModel(make_hf_clip(tmp_path / "tiny-clip", seed=1))  # same directory name, other weights
-    assert clip.space.startswith("hf-clip:tiny-clip@") and other.space.startswith("hf-clip:tiny-clip@")
+    assert clip.space.startswith("hf-clip:tiny-clip-16d@") and other.space.startswith("hf-clip:tiny-clip-16d@")
     assert clip.space != other.space
     assert HFClipModel(clip_dir).space == clip.space  # stable across loads
 
@@ -138,7 +139,7 @@ def test_load_embedder_recognises_hf_clip(clip_dir, clip):
 
 def test_load_embedder_rejects_unknown_specs(tmp_path):
     for spec in (str(tmp_path), str(tmp_path / "missing"), "builtin-ish:thing"):
-        with pytest.raises(ValueError, match="accepted forms"):
+        with pytest.raises(SpecError, match="accepted forms"):
             load_embedder(spec)
     with pytest.raises(ValueError, match="open_clip:ARCH:CHECKPOINT"):
         load_embedder("open_clip:ViT-B-32")
@@ -148,8 +149,8 @@ def test_load_embedder_loads_our_model_dirs(tmp_path, monkeypatch):
     from latentspace.models import paired
 
     (tmp_path / "config.json").write_text(json.dumps({"format": _model_dir_format()}))
-    monkeypatch.setattr(paired.PairedModel, "load", classmethod(lambda cls, path: ("paired", path)))
-    assert load_embedder(str(tmp_path)) == ("paired", str(tmp_path))
+    monkeypatch.setattr(paired.PairedModel, "load", classmethod(lambda cls, path, text_path: ("paired", path)))
+    assert load_embedder(str(tmp_path)) == ("paired", tmp_path)
 
 
 def _model_dir_format() -> str:
@@ -182,7 +183,7 @@ def open_clip_checkpoint(tmp_path_factory) -> Path:
 
 def test_open_clip_protocol_and_harness(open_clip_checkpoint, tmp_path):
     model = load_embedder(f"open_clip:{TINY_ARCH}:{open_clip_checkpoint}")
-    assert isinstance(model, OpenClipModel) and model.space.startswith(f"open_clip:{TINY_ARCH}@")
+    assert isinstance(model, OpenClipModel) and model.space.startswith(f"open_clip:{TINY_ARCH}-{PROJECTION_DIM}d@")
     _assert_normalised(model.embed_images([Image.new("RGB", (40, 30), "red"), Image.new("L", (9, 9))]), 2, PROJECTION_DIM)
     _assert_normalised(model.embed_texts(["a red square", ""], task_type="search_document"), 2, PROJECTION_DIM)
     rgba, composite = _rgba_and_composite()

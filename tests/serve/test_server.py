@@ -215,11 +215,11 @@ def test_many_clients_get_their_own_answers_in_order(server, served_dir):
 
 
 def _slow_forward(slot, seconds: float):
-    original = slot.model.embed_texts
+    original = slot.model.text_rows
 
-    def slow(texts, task):
+    def slow(ids):
         time.sleep(seconds)
-        return original(texts, task)
+        return original(ids)
     return original, slow
 
 
@@ -227,7 +227,7 @@ def test_full_queue_answers_429_with_retry_after(served_dir):
     with LiveServer(settings(served_dir, max_queue_items=8, max_items=8)) as live:
         live.wait_ready()
         slot = live.app.state.registry.slots["tiny"]
-        original, slot.model.embed_texts = _slow_forward(slot, 0.5)
+        original, slot.model.text_rows = _slow_forward(slot, 0.5)
         slot.kinds.clear()
         with ThreadPoolExecutor(6) as pool:
             responses = list(pool.map(lambda _: post_text(live, {"texts": ["a"] * 4}), range(6)))
@@ -244,7 +244,7 @@ def test_dead_worker_turns_health_and_requests_to_503(served_dir):
 
         def crash(pixels):
             raise SystemExit("simulated crash of the inference thread")
-        slot.model.embed_pixels = crash
+        slot.served.image_forward = crash
         slot.kinds.clear()
         started = time.monotonic()
         assert_error(post_images(live, [("images", ("a.png", png()))]), 503, "crashed", "simulated crash")
@@ -260,9 +260,9 @@ def test_health_is_503_while_loading(served_dir):
 
     release = threading.Event()
 
-    def slow_loader(name, spec):
+    def slow_loader(name, spec, partners):
         release.wait(30)
-        return load_served_model(name, spec)
+        return load_served_model(name, spec, partners)
 
     with LiveServer(settings(served_dir), loader=slow_loader) as live:
         health = httpx.get(live.url + "/health")

@@ -85,9 +85,9 @@ def test_both_trains_the_text_tower_into_a_new_space(tmp_path, shards, pretraine
     result = train(tiny_config(tmp_path, shards, "recipe=both", f"vision.init_from={pretrained}",
                                "optim.text_lr=1e-4", steps=3))
     config = read_model_config(result.model_dir)
-    assert config["text"]["path"] == "all-MiniLM-L6-v2-both"  # saved inside the model directory
-    assert config["space"]["fingerprint"] != text_tower.space.fingerprint
-    assert config["info"]["recipe"] == "both"
+    assert config.text.path == "all-MiniLM-L6-v2-both"  # saved inside the model directory
+    assert config.space.fingerprint != text_tower.space.fingerprint
+    assert config.info["recipe"] == "both"
     model = PairedModel.load(result.model_dir)  # loads and re-derives the recorded space
     tuned = embed.text(["a red circle"], model=str(result.model_dir))
     original = embed.text(["a red circle"], model="builtin:all-MiniLM-L6-v2")

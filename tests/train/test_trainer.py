@@ -31,7 +31,7 @@ def test_training_writes_model_metrics_and_curve(tmp_path, shards, text_tower):
     assert {"loss", "lr", "images_per_s", "skipped"} <= set(records[0])
     assert (run / "loss.png").stat().st_size > 1000
     cfg = read_model_config(result.model_dir)
-    assert cfg["space"]["fingerprint"] == text_tower.space.fingerprint
+    assert cfg.space.fingerprint == text_tower.space.fingerprint
     assert result.samples_skipped >= 1  # the corrupt sample was counted
 
 

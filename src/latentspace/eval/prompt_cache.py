@@ -17,13 +17,13 @@ from typing import Sequence
 
 import torch
 
-from latentspace.models.protocol import ImageTextEmbedder
+from latentspace.models.embedder import Embeds
 
 
 class PromptCache:
-    """An ImageTextEmbedder that delegates to `model`, caching text embeddings under `root`."""
+    """Embeds like `model` does, with text embeddings cached under `root`."""
 
-    def __init__(self, model: ImageTextEmbedder, root: str | Path):
+    def __init__(self, model: Embeds, root: str | Path):
         self.model = model
         self.name, self.space = model.name, model.space
         self.dir = Path(root) / re.sub(r"[^A-Za-z0-9._@-]+", "_", model.space)

@@ -1,4 +1,4 @@
-"""Run tasks and suites against any `ImageTextEmbedder`, ours or a baseline.
+"""Run tasks and suites against any `Embeds`, ours or a baseline.
 
 The runner only calls the protocol's two methods, so the numbers for our model and for a
 baseline come from the same code path. Images are streamed from the shards and embedded batch by
@@ -35,7 +35,7 @@ from latentspace.eval.tasks import (
     read_templates,
     task_type_of,
 )
-from latentspace.models.protocol import ImageTextEmbedder
+from latentspace.models.embedder import Embeds
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class SuiteResult:
 
 
 def class_embeddings(
-    model: ImageTextEmbedder,
+    model: Embeds,
     classnames: Sequence[str],
     templates: Sequence[str],
     *,
@@ -127,7 +127,7 @@ def class_embeddings(
 
 @torch.no_grad()
 def evaluate_task(
-    model: ImageTextEmbedder,
+    model: Embeds,
     task_dir: Path,
     spec: TaskSpec,
     *,
@@ -166,7 +166,7 @@ def evaluate_task(
 
 
 def evaluate_suite(
-    model: ImageTextEmbedder,
+    model: Embeds,
     suite_path: str | Path,
     *,
     batch_size: int = 256,
@@ -277,7 +277,7 @@ def _run_winogavil(model, task_dir, spec, stats, settings: _Settings):
 
 
 def _embed_image_stream(
-    model: ImageTextEmbedder, task_dir: Path, spec: TaskSpec, stats: SampleStats, settings: _Settings
+    model: Embeds, task_dir: Path, spec: TaskSpec, stats: SampleStats, settings: _Settings
 ) -> tuple[torch.Tensor, list]:
     """Embed the task's usable images in batches of batch_size; returns embeddings and targets.
 
@@ -306,7 +306,7 @@ def _embed_image_stream(
 
 
 def _embed_texts(
-    model: ImageTextEmbedder, texts: Sequence[str], task_type: str, batch_size: int
+    model: Embeds, texts: Sequence[str], task_type: str, batch_size: int
 ) -> torch.Tensor:
     chunks = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     return torch.cat([_unit_rows(model.embed_texts(chunk, task_type=task_type)) for chunk in chunks])

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from latentspace.eval.metrics import RECALL_KS, miss_probability, negatives_above_best_relevant
 from latentspace.eval.runner import TaskResult
-from latentspace.models.protocol import TextEmbedder
+from latentspace.models.embedder import Embeds
 
 TEXT_RETRIEVAL = "text_retrieval"
 MAIN_METRIC = "mrr"
@@ -87,7 +87,7 @@ def load_text_task(path: str | Path) -> TextRetrievalTask:
 
 
 @torch.no_grad()
-def evaluate_text_retrieval(model: TextEmbedder, task: TextRetrievalTask, *, batch_size: int = 256) -> TaskResult:
+def evaluate_text_retrieval(model: Embeds, task: TextRetrievalTask, *, batch_size: int = 256) -> TaskResult:
     """Embed queries and documents with the model's text side and score the rankings."""
     start = time.perf_counter()
     queries = embed_by_length(model, task.queries, task.query_task_type, batch_size)
@@ -105,7 +105,7 @@ def evaluate_text_retrieval(model: TextEmbedder, task: TextRetrievalTask, *, bat
     )
 
 
-def embed_by_length(model: TextEmbedder, texts: Sequence[str], task_type: str, batch_size: int) -> torch.Tensor:
+def embed_by_length(model: Embeds, texts: Sequence[str], task_type: str, batch_size: int) -> torch.Tensor:
     """Embed in batches of similar length, returned in the input order.
 
     A batch is padded to its longest text; WordNet definitions run from 2 to 60+ tokens, so batching

@@ -11,8 +11,9 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from safetensors.torch import load_model, save_model
 
 from latentspace.config import TextTowerConfig, VisionTowerConfig
@@ -23,6 +24,31 @@ from latentspace.space import SpaceIdentity
 FORMAT = "latentspace.vision/1"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+
+class ModelDirConfig(BaseModel):
+    """A model directory's config.json, typed: read here and nowhere else."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    format: Literal["latentspace.vision/1"]
+    name: str
+    space: SpaceIdentity
+    text: TextTowerConfig
+    vision: VisionTowerConfig
+    preprocess: Preprocess
+    logit_scale: float
+    info: dict[str, Any] = {}
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space(cls, value: Any) -> SpaceIdentity:
+        return value if isinstance(value, SpaceIdentity) else SpaceIdentity.from_dict(value)
+
+    @field_validator("preprocess", mode="before")
+    @classmethod
+    def _preprocess(cls, value: Any) -> Preprocess:
+        return value if isinstance(value, Preprocess) else Preprocess.from_dict(value)
 
 
 def save_model_dir(path: str | Path, vision: VisionTower, *, text: TextTowerConfig, space: SpaceIdentity,
@@ -50,7 +76,7 @@ def save_model_dir(path: str | Path, vision: VisionTower, *, text: TextTowerConf
             "name": path.name,
             "space": space.to_dict(),
             "text": text.model_dump(mode="json"),
-            "vision": vision.cfg.model_dump(mode="json") | {"init_checkpoint": None, "init_from": None},
+            "vision": vision.saved_config().model_dump(mode="json"),
             "preprocess": preprocess.to_dict(),
             "logit_scale": float(logit_scale),
             "info": info or {},
@@ -79,16 +105,16 @@ def text_path_in(model_dir: str | Path, text_path: str) -> str:
 
 
 def is_model_dir(path: str | Path) -> bool:
-    cfg = Path(path) / CONFIG_NAME
+    cfg = Path(path).expanduser() / CONFIG_NAME
     if not cfg.is_file():
         return False
     try:
         return json.loads(cfg.read_text()).get("format") == FORMAT
-    except ValueError:
+    except (ValueError, AttributeError):
         return False
 
 
-def read_model_config(path: str | Path) -> dict[str, Any]:
+def read_model_config(path: str | Path) -> ModelDirConfig:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"model directory not found: {path}")
@@ -96,18 +122,23 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     if not cfg_path.is_file() or not (path / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{path} is not a latentspace model directory (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
-        config = json.loads(cfg_path.read_text())
+        raw = json.loads(cfg_path.read_text())
     except ValueError as e:
         raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path}: format {config.get('format')!r} is not {FORMAT!r}")
-    return config
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise ValueError(f"{cfg_path}: format {found!r} is not {FORMAT!r}")
+    try:
+        return ModelDirConfig.model_validate(raw)
+    except ValidationError as e:
+        fields = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ValueError(f"{cfg_path} is not a valid model config ({fields})") from None
 
 
-def load_vision(path: str | Path) -> tuple[VisionTower, dict[str, Any]]:
+def load_vision(path: str | Path) -> tuple[VisionTower, ModelDirConfig]:
     path = Path(path).expanduser()
     config = read_model_config(path)
-    vision = VisionTower(VisionTowerConfig.model_validate(config["vision"]), int(config["space"]["dim"]))
+    vision = VisionTower(config.vision, config.space.dim)
     missing, unexpected = load_model(vision, str(path / WEIGHTS_NAME), strict=False)
     if missing or unexpected:
         raise ValueError(f"{path / WEIGHTS_NAME} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -1,15 +1,26 @@
-"""The frozen text tower: any sentence-transformers / Hugging Face model directory.
+"""The text tower: any sentence-transformers / Hugging Face model directory, and Nomic's.
 
 We read the sentence-transformers description files ourselves (modules.json, the pooling config,
 sentence_bert_config.json, config_sentence_transformers.json) and run the transformer through
 `transformers`, so the pipeline stays explicit: tokenize -> transformer -> pool -> (layer norm)
 -> (Matryoshka truncate) -> L2 normalise. A parity test checks it against sentence-transformers.
+
+A nomic-embed-text directory (v1, v1.5, or a nomic-bert-2048-shaped checkpoint) runs on our own
+NomicBERT module instead (models/nomic/text.py): no `trust_remote_code`, no hub, any transformers
+version. Its task prefixes are built in when the directory declares none, and v1.5 gets its
+layer norm (models/nomic/release.py says how the release is told apart).
+
+Tokenisation happens once per text (`token_ids`), under a lock: a Hugging Face fast tokenizer
+keeps per-object truncation and padding state, so two threads calling it at once can give one of
+them a ragged batch. The forward takes ids and pads them itself, without the tokenizer.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,10 +30,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentspace.config import BUILTIN_TEXT_MODEL, TextTowerConfig
+from latentspace.models.embedder import TASK_TYPES, check_texts, finish, split_to_fit
+from latentspace.models.nomic.release import NomicRelease, detect_release
 from latentspace.space import SpaceIdentity, fingerprint, hash_files, hash_state_dict
 
-TASK_TYPES = ("search_document", "search_query", "classification", "clustering")
+log = logging.getLogger(__name__)
+
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
+# Nomic's models are trained with these prefixes and need them; a directory that declares none
+# (no `prompts` in config_sentence_transformers.json) gets them built in.
+NOMIC_PREFIXES = {task: f"{task}: " for task in TASK_TYPES}
+# Files that change how text becomes ids: part of the space identity, with the weights.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "merges.txt", "vocab.json", "spiece.model", "tokenizer_config.json")
 
 
 def resolve_text_model_path(path: str) -> Path:
@@ -94,78 +113,99 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"unknown pooling mode {mode!r}; expected one of {POOLING_MODES}")
 
 
-def finish(vectors: torch.Tensor, dimensionality: int | None) -> torch.Tensor:
-    """Matryoshka: truncate first, then re-normalise (in that order, as nomic-embed-text does)."""
-    if dimensionality is not None:
-        if not 1 <= dimensionality <= vectors.shape[-1]:
-            raise ValueError(f"dimensionality must be between 1 and {vectors.shape[-1]}, got {dimensionality}")
-        vectors = vectors[..., :dimensionality]
-    return F.normalize(vectors.float(), dim=-1)
-
-
-def split_to_fit(tokenizer, text: str, max_length: int, prefix: str = "") -> list[str]:
-    """Split `text` into consecutive pieces that each fit `max_length` tokens once `prefix` and
-    the special tokens are added. Pieces are slices of the original text at token boundaries
-    (from a fast tokenizer's offsets), so nothing is lost or re-spelled."""
-    budget = (max_length - tokenizer.num_special_tokens_to_add()
-              - len(tokenizer(prefix, add_special_tokens=False)["input_ids"]))
-    if budget < 1:
-        raise ValueError(f"max_length {max_length} leaves no room for text after the prefix")
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    if len(offsets) <= budget:
-        return [text]
-    starts = range(0, len(offsets), budget)
-    return [text[offsets[i][0] : offsets[min(i + budget, len(offsets)) - 1][1]] for i in starts]
-
-
-def mean_of_pieces(rows: torch.Tensor, pieces_per_text: Sequence[int]) -> torch.Tensor:
-    """long_text_mode='mean': average each text's consecutive piece embeddings (one row per text,
-    not yet re-normalised; `finish` does that)."""
-    return torch.stack([chunk.mean(dim=0) for chunk in rows.split(list(pieces_per_text))])
+def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists into (input_ids, attention_mask) tensors."""
+    width = max(len(row) for row in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, row in enumerate(ids):
+        input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return input_ids.to(device), mask.to(device)
 
 
 class TextTower(nn.Module):
-    """Frozen text encoder. `encode` returns L2-normalised vectors in the space it defines."""
+    """A text encoder. `encode` returns L2-normalised vectors in the space it defines; the
+    recipes that train the text side use `forward`, which keeps gradients."""
 
     def __init__(self, cfg: TextTowerConfig):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
         self.cfg = cfg
         self.root = resolve_text_model_path(cfg.path)
         self.desc = StDescription.read(self.root)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.root), local_files_only=True)
-            self.transformer = AutoModel.from_pretrained(
-                str(self.root), local_files_only=True, trust_remote_code=cfg.trust_remote_code
-            )
-        except (OSError, ValueError) as e:
-            raise RuntimeError(f"could not load the text model from {self.root}: {e}") from e
+        self.nomic = _is_nomic_text_dir(self.root)
+        self.release: NomicRelease | None = detect_release(self.root) if self.nomic else None
+        if self.nomic:
+            self._load_nomic(cfg)
+        else:
+            self._load_transformers(cfg)
         self.transformer.eval().requires_grad_(False)
-        self.max_length = cfg.max_length or self.desc.max_length or self.tokenizer.model_max_length
+        self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        self._tokenizer_lock = threading.Lock()
         self.prefixes = dict(self.desc.prompts if cfg.prefixes is None else cfg.prefixes)
-        self.full_dim = int(self.transformer.config.hidden_size)
+        if self.nomic and not self.prefixes and cfg.prefixes is None:
+            self.prefixes = dict(NOMIC_PREFIXES)
+        self.layer_norm = cfg.layer_norm if cfg.layer_norm is not None else bool(self.release and self.release.layer_norm)
         self.dim = cfg.dimensionality or self.full_dim
         if self.dim > self.full_dim:
             raise ValueError(f"text.dimensionality {self.dim} exceeds the model's width {self.full_dim}")
         self.space = self._identity()
 
+    def _load_transformers(self, cfg: TextTowerConfig) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        if cfg.rotary_scaling_factor is not None:
+            raise ValueError("text.rotary_scaling_factor applies to nomic-embed-text models only; "
+                             f"{self.root} is not one")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.root), local_files_only=True)
+            self.transformer = AutoModel.from_pretrained(
+                str(self.root), local_files_only=True, trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"could not load the text model from {self.root}: {e}") from e
+        self.max_length = int(cfg.max_length or self.desc.max_length or self.tokenizer.model_max_length)
+        self.full_dim = int(self.transformer.config.hidden_size)
+
+    def _load_nomic(self, cfg: TextTowerConfig) -> None:
+        from latentspace.models.nomic.text import load_nomic_text
+        from latentspace.models.nomic.tokenizer import load_nomic_tokenizer
+
+        if cfg.trust_remote_code:
+            log.warning("%s is a nomic-embed-text model: it runs on latentspace's own NomicBERT module, "
+                        "so text.trust_remote_code is ignored (no code from the directory runs)", self.root)
+        if self.release is None and cfg.layer_norm is None:
+            log.warning("%s: cannot tell nomic-embed-text v1 from v1.5 (no release in config.json "
+                        "_name_or_path, the directory name or README.md): using the v1 recipe, no layer norm. "
+                        "Set text.layer_norm: true for v1.5 (or name the directory ...-v1.5).", self.root)
+        self.transformer = load_nomic_text(self.root, rotary_scaling_factor=cfg.rotary_scaling_factor)
+        # Nomic's models take 8192 tokens (the model cards); past the trained 2048 they need
+        # rotary_scaling_factor to stay in distribution, as the cards say.
+        self.max_length = int(cfg.max_length or self.desc.max_length or 8192)
+        self.tokenizer = load_nomic_tokenizer(self.root, self.max_length)
+        self.full_dim = int(self.transformer.config.hidden)
+
     @property
     def name(self) -> str:
-        return "all-MiniLM-L6-v2" if self.cfg.path == BUILTIN_TEXT_MODEL else self.root.name
+        if self.cfg.path == BUILTIN_TEXT_MODEL:
+            return "all-MiniLM-L6-v2"
+        if self.release is not None:
+            return self.release.text_name
+        return self.root.name
 
     def _identity(self) -> SpaceIdentity:
-        tokenizer_files = [p for p in self.root.iterdir() if p.name in (
-            "tokenizer.json", "vocab.txt", "merges.txt", "vocab.json", "spiece.model", "tokenizer_config.json")]
+        tokenizer_files = [p for p in self.root.iterdir() if p.name in TOKENIZER_FILES]
         settings = {
             "weights": hash_state_dict(self.transformer.state_dict()),
             "tokenizer": hash_files(tokenizer_files),
             "pooling": self.desc.pooling,
-            "layer_norm": self.cfg.layer_norm,
+            "layer_norm": self.layer_norm,
             "dim": self.dim,
             "prefixes": self.prefixes,
             "max_length": self.max_length,
         }
+        if self.rotary_scaling_factor is not None:  # only then, so other spaces keep their fingerprints
+            settings["rotary_scaling_factor"] = self.rotary_scaling_factor
         return SpaceIdentity(name=self.name, fingerprint=fingerprint(settings), dim=self.dim)
 
     def prefix_for(self, task_type: str) -> str:
@@ -175,51 +215,77 @@ class TextTower(nn.Module):
             raise ValueError(f"this text model defines prefixes for {sorted(self.prefixes)}, not {task_type!r}")
         return self.prefixes.get(task_type, "")
 
-    def tokenize(self, texts: Sequence[str], task_type: str) -> dict[str, torch.Tensor]:
-        prefix = self.prefix_for(task_type)
-        return self.tokenizer(
-            [prefix + t for t in texts], padding=True, truncation=True,
-            max_length=self.max_length, return_tensors="pt",
-        )
-
-    def count_tokens(self, texts: Sequence[str], task_type: str) -> int:
-        return sum(self.token_counts(texts, task_type))
-
-    def token_counts(self, texts: Sequence[str], task_type: str) -> list[int]:
-        """Tokens each text occupies in the model's input (prefix and special tokens included,
-        after truncation to max_length)."""
+    def token_ids(self, texts: Sequence[str], task_type: str) -> list[list[int]]:
+        """Token ids per text (prefix and special tokens added, truncated to max_length).
+        Thread-safe: one tokenizer call at a time."""
+        texts = check_texts(texts)
         if not texts:
             return []
         prefix = self.prefix_for(task_type)
-        ids = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
-        return [len(row) for row in ids]
+        with self._tokenizer_lock:
+            return self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.max_length,
+                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+    def count_tokens(self, texts: Sequence[str], task_type: str) -> int:
+        return sum(len(row) for row in self.token_ids(texts, task_type))
 
     def split_long(self, text: str, task_type: str) -> list[str]:
         """Split `text` into pieces that each fit max_length with the task's prefix
         (long_text_mode='mean')."""
-        return split_to_fit(self.tokenizer, text, self.max_length, self.prefix_for(task_type))
+        prefix = self.prefix_for(task_type)
+        with self._tokenizer_lock:
+            return split_to_fit(self.tokenizer, text, self.max_length, prefix)
 
     @torch.inference_mode()
     def encode(
         self, texts: Sequence[str], task_type: str = "search_query", *,
         dimensionality: int | None = None, batch_size: int | None = None,
     ) -> torch.Tensor:
-        texts = list(texts)
-        if any(not isinstance(t, str) for t in texts):
-            raise TypeError("texts must be strings")
+        texts = check_texts(texts)
         if dimensionality is not None and dimensionality > self.dim:
             raise ValueError(f"dimensionality must be at most {self.dim}, got {dimensionality}")
+        ids = self.token_ids(texts, task_type)
         bs = batch_size or self.cfg.batch_size
-        out = [self._encode_batch(texts[i : i + bs], task_type) for i in range(0, len(texts), bs)]
+        out = [self.forward_ids(ids[i : i + bs]) for i in range(0, len(ids), bs)]
         vectors = torch.cat(out) if out else torch.empty(0, self.full_dim)
         return finish(vectors, dimensionality or self.cfg.dimensionality)
 
-    def _encode_batch(self, texts: list[str], task_type: str) -> torch.Tensor:
+    def forward_ids(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Token ids -> pooled (N, full width) rows (layer-normed if the recipe says so), not
+        truncated or normalised. With Nomic's dynamic NTK on, a text longer than the trained
+        length runs alone: its rotary scaling depends on the padded length, and a short text
+        must never be scaled because of a long neighbour."""
+        ids = list(ids)
+        threshold = self._ntk_threshold()
+        if threshold is None or all(len(row) <= threshold for row in ids) or len(ids) == 1:
+            return self._forward_batch(ids)
+        short = [i for i, row in enumerate(ids) if len(row) <= threshold]
+        rows: list[torch.Tensor | None] = [None] * len(ids)
+        if short:
+            for i, row in zip(short, self._forward_batch([ids[i] for i in short])):
+                rows[i] = row
+        for i, row in enumerate(ids):
+            if rows[i] is None:
+                rows[i] = self._forward_batch([row])[0]
+        return torch.stack(rows)  # type: ignore[arg-type]
+
+    @property
+    def rotary_scaling_factor(self) -> float | None:
+        """Nomic's dynamic NTK factor in effect (text.rotary_scaling_factor, else config.json's)."""
+        return self.transformer.config.rotary_scaling_factor if self.nomic else None
+
+    def _ntk_threshold(self) -> int | None:
+        if self.rotary_scaling_factor is None:
+            return None
+        return int(self.transformer.config.max_trained_positions)
+
+    def _forward_batch(self, ids: list[list[int]]) -> torch.Tensor:
         device = next(self.transformer.parameters()).device
-        batch = {k: v.to(device) for k, v in self.tokenize(texts, task_type).items()}
-        hidden = self.transformer(**batch).last_hidden_state
-        vectors = pool(hidden, batch["attention_mask"], self.desc.pooling)
-        if self.cfg.layer_norm:
+        input_ids, mask = pad_ids(ids, self.pad_id, device)
+        out = self.transformer(input_ids=input_ids, attention_mask=mask)
+        hidden = out if isinstance(out, torch.Tensor) else out.last_hidden_state
+        vectors = pool(hidden, mask, self.desc.pooling)
+        if self.layer_norm:
             vectors = F.layer_norm(vectors, (vectors.shape[-1],))
         return vectors.float()
 
@@ -230,7 +296,7 @@ class TextTower(nn.Module):
 
     def forward(self, texts: Sequence[str], task_type: str) -> torch.Tensor:
         """Normalised (N, dim) embeddings *with* gradients (encode() is for inference)."""
-        return finish(self._encode_batch(list(texts), task_type), self.cfg.dimensionality)
+        return finish(self.forward_ids(self.token_ids(list(texts), task_type)), self.cfg.dimensionality)
 
     def save(self, directory: str | Path) -> Path:
         """Write this (possibly fine-tuned) tower as a sentence-transformers directory: the
@@ -238,6 +304,17 @@ class TextTower(nn.Module):
         directory = Path(directory)
         weights = ("*.safetensors", "*.bin", "*.pt", "*.onnx", "onnx", "openvino", "README.md")
         shutil.copytree(self.root, directory, ignore=shutil.ignore_patterns(*weights), dirs_exist_ok=True)
-        self.transformer.save_pretrained(directory)
+        if self.nomic:
+            from latentspace.models.nomic.text import save_nomic_text
+
+            save_nomic_text(self.transformer, directory)
+        else:
+            self.transformer.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         return directory
+
+
+def _is_nomic_text_dir(root: Path) -> bool:
+    from latentspace.models.nomic.text import is_nomic_text_dir
+
+    return is_nomic_text_dir(root)

@@ -3,17 +3,23 @@
 timm gives us every architecture by name (ViTs, EVA02, ConvNets); we only add what the method
 needs on top: pooling the backbone's tokens to one vector and projecting it to the text model's
 width. Convolutional feature maps are treated as tokens, so all three pooling modes work for both.
+
+`arch: nomic-vision` starts from a published nomic-embed-vision directory instead: its tokens
+already carry Nomic's attention-pooled vector on every position and live in nomic-embed-text's
+space, so `pool: cls` takes token 0 and the projection starts as the identity. Training then
+continues in that space (with nomic-embed-text as the locked text tower).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
-from latentspace.config import VisionTowerConfig
+from latentspace.config import NOMIC_VISION_ARCH, VisionTowerConfig
 
 
 class AttentionPool(nn.Module):
@@ -39,7 +45,29 @@ def _heads_for(width: int) -> int:
     return 1
 
 
+def _nomic_backbone(cfg: VisionTowerConfig) -> nn.Module:
+    """Nomic's vision model: loaded from a published directory (init_checkpoint), or built from the
+    config a saved latentspace model recorded in model_kwargs (its weights then come from that file)."""
+    from latentspace.models.nomic.vision import NomicVision, NomicVisionConfig, load_nomic_vision
+
+    if cfg.init_checkpoint:
+        backbone = load_nomic_vision(Path(cfg.init_checkpoint).expanduser())
+    elif "nomic_config" in cfg.model_kwargs:
+        backbone = NomicVision(NomicVisionConfig.from_hf_dict(cfg.model_kwargs["nomic_config"]))
+    else:
+        raise ValueError("vision.arch nomic-vision needs vision.init_checkpoint: a nomic-embed-vision directory")
+    size = backbone.config.img_size
+    if (cfg.image_size, cfg.image_size) != tuple(size):
+        raise ValueError(f"vision.image_size is {cfg.image_size} but this nomic-embed-vision model takes "
+                         f"{size[0]}x{size[1]} images: set vision.image_size={size[0]}")
+    if cfg.pool != "cls":
+        raise ValueError("nomic-vision pools with its own attention selector, added to every token: set vision.pool=cls")
+    return backbone
+
+
 def create_backbone(cfg: VisionTowerConfig) -> nn.Module:
+    if cfg.arch == NOMIC_VISION_ARCH:
+        return _nomic_backbone(cfg)
     kwargs = dict(cfg.model_kwargs)
     kwargs.update(num_classes=0)
     if cfg.patch_size is not None:
@@ -70,17 +98,45 @@ class VisionTower(nn.Module):
             self.backbone = create_backbone(cfg)
         except RuntimeError as e:
             raise RuntimeError(f"could not build vision tower {cfg.arch!r}: {e}") from e
-        width = int(self.backbone.num_features)
-        self.num_prefix_tokens = int(getattr(self.backbone, "num_prefix_tokens", 0))
+        self.nomic = cfg.arch == NOMIC_VISION_ARCH
+        width = int(self.backbone.config.n_embd if self.nomic else self.backbone.num_features)
+        self.num_prefix_tokens = 1 if self.nomic else int(getattr(self.backbone, "num_prefix_tokens", 0))
         if cfg.pool == "cls" and self.num_prefix_tokens == 0:
             raise ValueError(f"vision.pool=cls needs a model with a class token; {cfg.arch} has none (use mean or attn)")
         self.attn_pool = AttentionPool(width, _heads_for(width)) if cfg.pool == "attn" else None
         self.proj = nn.Linear(width, out_dim, bias=False)
         if cfg.grad_checkpointing:
+            if self.nomic:
+                raise ValueError("vision.grad_checkpointing is not available for nomic-vision yet")
             self.backbone.set_grad_checkpointing(True)
-        nn.init.normal_(self.proj.weight, std=width**-0.5)
+        if self.nomic and width == out_dim:
+            nn.init.eye_(self.proj.weight)  # the backbone's output already is the embedding
+        else:
+            nn.init.normal_(self.proj.weight, std=width**-0.5)
+
+    def saved_config(self) -> VisionTowerConfig:
+        """The config a model directory records: enough to rebuild this network, with no pointer
+        to where its starting weights came from (the directory has the weights)."""
+        update: dict = {"init_checkpoint": None, "init_from": None}
+        if self.nomic:
+            update["model_kwargs"] = {"nomic_config": json.loads(json.dumps(self.backbone.config.to_hf_dict()))}
+        return self.cfg.model_copy(update=update)
+
+    def normalisation(self) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+        """(mean, std) the backbone's starting weights were trained with, if it has pretrained ones."""
+        if self.nomic and self.cfg.init_checkpoint:
+            from latentspace.models.nomic.preprocess import NomicImagePreprocessor
+
+            pre = NomicImagePreprocessor.from_dir(Path(self.cfg.init_checkpoint).expanduser())
+            return tuple(pre.mean), tuple(pre.std)
+        pretrained = getattr(self.backbone, "pretrained_cfg", None) or {}
+        if self.cfg.init_checkpoint and "mean" in pretrained and "std" in pretrained:
+            return tuple(float(x) for x in pretrained["mean"]), tuple(float(x) for x in pretrained["std"])
+        return None
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        if self.nomic:
+            return self.backbone(images)
         feats = self.backbone.forward_features(images)
         if feats.ndim == 4:  # (B, C, H, W) from a ConvNet -> (B, H*W, C)
             feats = feats.flatten(2).transpose(1, 2)

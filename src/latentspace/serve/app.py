@@ -37,7 +37,7 @@ from latentspace.data.images import (
     ImageTooLargeError,
     decode_image,
 )
-from latentspace.models.text_tower import TASK_TYPES, finish, mean_of_pieces
+from latentspace.models.embedder import TASK_TYPES, ModalityError, finish
 from latentspace.serve.auth import BearerAuth
 from latentspace.serve.batching import QueueFull, WorkerDead
 from latentspace.serve.errors import ApiError, retry_later
@@ -109,19 +109,16 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
     async def embed_texts(slot: Slot, texts: list[str], task_type: str, dimensionality: int | None,
                           long_text_mode: str = "truncate") -> tuple[torch.Tensor, int]:
         model = slot.model
+        _require(slot, "text")
         _check_items(len(texts), settings)
         _check_dimensionality(dimensionality, model.dim)
-        task = task_type if model.uses_task_types else "search_document"
-        if long_text_mode == "mean":
-            pieces_per_text = await run_in_threadpool(lambda: [model.split_long(t, task) for t in texts])
-        else:
-            pieces_per_text = [[t] for t in texts]
-        pieces = [p for ps in pieces_per_text for p in ps]
-        counts = await run_in_threadpool(model.token_counts, pieces, task)
-        rows = await _submit(slot, registry.text_kind(slot, task), pieces, counts, settings)
-        if long_text_mode == "mean":
-            rows = mean_of_pieces(rows, [len(ps) for ps in pieces_per_text])
-        return finish(rows, dimensionality), sum(counts)
+        try:  # tokenised once, here; the inference thread only runs the forward on the ids
+            prepared = await run_in_threadpool(model.prepare_texts, texts, task_type, long_text_mode)
+        except (ValueError, TypeError) as e:
+            raise ApiError(422, str(e)) from e
+        costs = [len(ids) for ids in prepared.ids]
+        rows = await _submit(slot, registry.text_kind(slot), prepared.ids, costs, settings)
+        return finish(prepared.combine(rows), dimensionality), prepared.token_count
 
     @app.post("/v1/embedding/text", dependencies=[Depends(require_key)])
     async def text_endpoint(body: TextRequest) -> dict[str, Any]:
@@ -146,9 +143,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
     async def image_endpoint(request: Request) -> dict[str, Any]:
         model_name, uploads, urls, dimensionality = await _read_image_form(request, settings)
         slot = registry.get(model_name)
-        if slot.model.embed_pixels is None:
-            raise ApiError(400, f"model {slot.name!r} embeds text only; use a model with an image tower "
-                                f"(GET /v1/models lists each model's modalities)")
+        _require(slot, "image")
         _check_items(len(uploads) + len(urls), settings)
         _check_dimensionality(dimensionality, slot.model.dim)
         if urls and fetcher is None:
@@ -173,7 +168,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         statuses = registry.statuses()
         data = []
         for name, slot in registry.slots.items():
-            entry = slot.model.describe() if slot.model else {"id": name, "object": "model", "kind": None}
+            entry = slot.served.describe() if slot.served else {"id": name, "object": "model", "kind": None}
             data.append({**entry, **statuses[name]})
         return {"object": "list", "data": data}
 
@@ -272,6 +267,13 @@ async def _read_image_form(request: Request, settings: ServeSettings):
             raise ApiError(422, f"dimensionality must be a positive integer, got {str(dimensionality)[:20]!r}")
         dimensionality = int(dimensionality)
     return (model if isinstance(model, str) else None), images, urls, dimensionality
+
+
+def _require(slot: Slot, modality: str) -> None:
+    try:
+        slot.model.require(modality)  # type: ignore[arg-type]
+    except ModalityError as e:
+        raise ApiError(400, f"{e}; GET /v1/models lists each model's modalities") from e
 
 
 def _check_items(n: int, settings: ServeSettings) -> None:

@@ -17,7 +17,6 @@ import warnings
 from typing import Callable, Literal
 
 import torch
-import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -26,41 +25,29 @@ Precision = Literal["fp32", "bf16"]
 PixelForward = Callable[[torch.Tensor], torch.Tensor]
 
 
-class _Forward(torch.nn.Module):
-    """Wraps a pixels -> rows callable so exporters see one module with one input."""
+def accelerate(module: torch.nn.Module, example: torch.Tensor, backend: Backend,
+               precision: Precision) -> PixelForward:
+    """Return a pixels -> rows function (float32, not normalised) running `module` on `backend`.
 
-    def __init__(self, forward: PixelForward, owner: torch.nn.Module | None):
-        super().__init__()
-        self.owner = owner  # registered so the exporter finds the parameters
-        self._forward = forward
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self._forward(pixels)
-
-
-def accelerate(forward: PixelForward, owner: torch.nn.Module | None, example: torch.Tensor,
-               backend: Backend, precision: Precision) -> PixelForward:
-    """Return a pixels -> normalised rows function running on `backend`.
-
-    `forward` is the PyTorch reference; `example` a preprocessed batch of the right shape (any
-    batch size: the compiled model accepts every batch size)."""
+    `module` is the model's image forward (`Embedder.image_module`); `example` a preprocessed
+    batch of the right shape (any batch size: the compiled model accepts every batch size)."""
     if backend == "torch":
         if precision != "fp32":
             raise ValueError("the torch backend serves fp32 only (this CPU has no fast bf16 path in PyTorch); "
                              "use --image-backend openvino for bf16")
-        return forward
+        return module
     if backend == "openvino":
-        return _openvino(forward, owner, example, precision)
+        return _openvino(module, example, precision)
     raise ValueError(f"unknown image backend {backend!r}; choose torch or openvino")
 
 
-def _openvino(forward: PixelForward, owner, example: torch.Tensor, precision: Precision) -> PixelForward:
+def _openvino(module: torch.nn.Module, example: torch.Tensor, precision: Precision) -> PixelForward:
     try:
         import openvino as ov
     except ImportError as e:
         raise ImportError("the openvino image backend needs the openvino package: "
                           "pip install 'latentspace[fast]' (or pip install openvino)") from e
-    module = _Forward(forward, owner).eval()
+    module = module.eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about shape asserts; the test checks the outputs
         graph = ov.convert_model(module, example_input=example)
@@ -78,6 +65,6 @@ def _openvino(forward: PixelForward, owner, example: torch.Tensor, precision: Pr
 
     def run(pixels: torch.Tensor) -> torch.Tensor:
         output = request.infer({0: pixels.contiguous().numpy()})[0]
-        return F.normalize(torch.from_numpy(output.copy()).float(), dim=-1)
+        return torch.from_numpy(output.copy()).float()
 
     return run

@@ -10,19 +10,21 @@ import logging
 import threading
 from functools import partial
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
+from latentspace.models.embedder import Embedder
 from latentspace.serve.batching import BatchKind, BatchObserver, InferenceWorker
 from latentspace.serve.errors import ApiError, retry_later
 from latentspace.serve.metrics import ServerMetrics
-from latentspace.serve.models import ServedModel, load_served_model, parse_model_arg
+from latentspace.serve.models import ServedModel, load_order, load_served_model, parse_model_arg
 from latentspace.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[str, str], ServedModel]
+# (name, spec, models loaded so far) -> the served model
+Loader = Callable[[str, str, Sequence[Embedder]], ServedModel]
 
 
 @dataclass
@@ -31,9 +33,15 @@ class Slot:
     spec: str
     state: str = "loading"  # loading | ready | failed
     error: str | None = None
-    model: ServedModel | None = None
+    served: ServedModel | None = None
     worker: InferenceWorker | None = None
     kinds: dict = field(default_factory=dict)  # batch kinds, made once per (modality, task type)
+
+    @property
+    def model(self) -> Embedder:
+        """The ready model (only valid on slots `ModelRegistry.get` returned)."""
+        assert self.served is not None
+        return self.served.model
 
     @property
     def status(self) -> str:
@@ -66,18 +74,23 @@ class ModelRegistry:
 
     def load_now(self) -> None:
         """Load the models in this thread and return when every one is ready or failed."""
-        for slot in self.slots.values():
+        slots = list(self.slots.values())
+        loaded: list[Embedder] = []
+        for slot in (slots[i] for i in load_order([s.spec for s in slots])):
             try:
-                model = self.loader(slot.name, slot.spec)
+                model = self.loader(slot.name, slot.spec, tuple(loaded))
             except Exception as e:  # noqa: BLE001 - reported by /health and every request for it
                 slot.state, slot.error = "failed", f"{type(e).__name__}: {e}"
                 log.error("could not load model %s from %s: %s", slot.name, slot.spec, slot.error)
                 continue
-            slot.model, slot.worker = model, self._worker_for(slot.name)
+            loaded.append(model.model)
+            slot.served, slot.worker = model, self._worker_for(slot.name)
             slot.worker.start()
             self.metrics.worker_up.labels(slot.name).set(1)
             slot.state = "ready"
-            log.info("model %s ready (%s, %d-d, %s)", slot.name, model.kind, model.dim, "+".join(model.modalities))
+            m = model.model
+            log.info("model %s ready (%s, %s, %d-d, %s%s)", slot.name, m.kind, m.space, m.dim, "+".join(m.modalities),
+                     f", images on {model.image_backend}" if model.image_backend else "")
 
     def _worker_for(self, name: str) -> InferenceWorker:
         gauge = self.metrics.queue_depth.labels(name)
@@ -127,14 +140,14 @@ class ModelRegistry:
 
     def image_kind(self, slot: Slot) -> BatchKind:
         if ("image",) not in slot.kinds:
-            embed = slot.model.embed_pixels
-            slot.kinds[("image",)] = BatchKind(("image",), lambda items: embed(torch.stack(items)),
+            forward = slot.served.image_forward
+            slot.kinds[("image",)] = BatchKind(("image",), lambda items: forward(torch.stack(items)),
                                                self.settings.max_batch_images)
         return slot.kinds[("image",)]
 
-    def text_kind(self, slot: Slot, task_type: str) -> BatchKind:
-        key = ("text", task_type)
-        if key not in slot.kinds:
-            embed = slot.model.embed_texts
-            slot.kinds[key] = BatchKind(key, lambda items: embed(items, task_type), self.settings.max_batch_tokens)
-        return slot.kinds[key]
+    def text_kind(self, slot: Slot) -> BatchKind:
+        """Texts arrive as token ids (prefix included), so every task type shares one kind."""
+        if ("text",) not in slot.kinds:
+            rows = slot.model.text_rows
+            slot.kinds[("text",)] = BatchKind(("text",), rows, self.settings.max_batch_tokens)
+        return slot.kinds[("text",)]

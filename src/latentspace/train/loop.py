@@ -117,11 +117,10 @@ class Trainer:
         self.text.set_trainable(self.spec.train_text)
         self.cache = None if self.spec.train_text else self._main_first(
             lambda: fill_text_cache(cfg, self.text, self.urls, self.console))
-        self.preprocess = Preprocess(cfg.vision.image_size)
-        self.augment = BatchAugment(self.preprocess, cfg.data.augment)
         self.vision = VisionTower(cfg.vision, self.text.dim)
-        if cfg.vision.init_from:
-            load_whole_vision(self.vision, cfg.vision.init_from)
+        init_preprocess = load_whole_vision(self.vision, cfg.vision.init_from) if cfg.vision.init_from else None
+        self.preprocess = vision_preprocess(cfg.vision, self.vision, init_preprocess)
+        self.augment = BatchAugment(self.preprocess, cfg.data.augment)
         self.image_cache = None if self.spec.train_vision else self._frozen_vision_cache()
         third = FrozenImageTower.from_config(cfg.three_towers) if self.spec.third_tower else None
         self.third_cache = self._image_cache("third tower", third, cfg.three_towers.cache_dir) if third else None
@@ -444,7 +443,10 @@ class Trainer:
                                time.perf_counter() - t0, loss)
         plot_loss_curve(self.out / METRICS_NAME, self.out / "loss.png")
         model_dir = save_model_dir(
-            self.out / "model", vision, text=self.cfg.text, space=self.text.space, preprocess=self.preprocess,
+            # The text recipe as resolved (layer_norm None -> the model's own), so the directory
+            # records what was used even if the text model's directory is later renamed.
+            self.out / "model", vision, text=self.cfg.text.model_copy(update={"layer_norm": self.text.layer_norm}),
+            space=self.text.space, preprocess=self.preprocess,
             logit_scale=float(self.loss_fn.scale().detach()),
             info={"steps": self.step, "batch_size": t.batch_size, "train_shards": self.cfg.data.train_shards,
                   "recipe": self.spec.name},
@@ -477,22 +479,36 @@ class Trainer:
         return sum(p.shard_errors for p in self.positions.values())
 
 
-def load_whole_vision(vision: VisionTower, model_dir: str) -> None:
-    """Start `vision` from a saved latentspace model's vision tower (backbone, pooling, projection)."""
+def vision_preprocess(cfg: VisionTowerConfig, vision: VisionTower, init: Preprocess | None) -> Preprocess:
+    """Input size and normalisation: the config's mean/std if given, else what the starting weights
+    were trained with (an init_from model's, the backbone's pretrained config), else 0.5 (scratch)."""
+    if cfg.mean is not None or cfg.std is not None:
+        if cfg.mean is None or cfg.std is None:
+            raise ValueError("set both vision.mean and vision.std, or neither")
+        return Preprocess(cfg.image_size, tuple(cfg.mean), tuple(cfg.std))
+    if init is not None:
+        return Preprocess(cfg.image_size, init.mean, init.std)
+    pretrained = vision.normalisation()
+    return Preprocess(cfg.image_size, *pretrained) if pretrained else Preprocess(cfg.image_size)
+
+
+def load_whole_vision(vision: VisionTower, model_dir: str) -> Preprocess:
+    """Start `vision` from a saved latentspace model's vision tower (backbone, pooling, projection);
+    returns that model's preprocessing."""
     source, config = load_vision(model_dir)
     # Fields that say where weights come from or trade speed for memory don't change the network.
-    ignore = {"init_checkpoint", "init_from", "grad_checkpointing"}
-    mine = {k: v for k, v in vision.cfg.model_dump(mode="json").items() if k not in ignore}
-    saved = VisionTowerConfig.model_validate(config["vision"]).model_dump(mode="json")  # fills newer fields
-    theirs = {k: v for k, v in saved.items() if k not in ignore}
+    ignore = {"init_checkpoint", "init_from", "grad_checkpointing", "mean", "std"}
+    mine = {k: v for k, v in vision.saved_config().model_dump(mode="json").items() if k not in ignore}
+    theirs = {k: v for k, v in config.vision.model_dump(mode="json").items() if k not in ignore}
     if mine != theirs:
         diffs = [f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in sorted(set(mine) | set(theirs))
                  if mine.get(k) != theirs.get(k)]
         raise ValueError(f"vision.init_from {model_dir} has a different vision tower ({'; '.join(diffs)})")
-    if int(config["space"]["dim"]) != vision.proj.out_features:
-        raise ValueError(f"vision.init_from {model_dir} projects to {config['space']['dim']} dims, "
+    if config.space.dim != vision.proj.out_features:
+        raise ValueError(f"vision.init_from {model_dir} projects to {config.space.dim} dims, "
                          f"this text tower has {vision.proj.out_features}")
     vision.load_state_dict(source.state_dict())
+    return config.preprocess
 
 
 def train(cfg: RunConfig, console: Console | None = None) -> TrainResult:

@@ -69,7 +69,7 @@ class FrozenImageTower:
             from latentspace.models.model_dir import load_vision
 
             vision, config = load_vision(cfg.model_dir)
-            return cls(vision, Preprocess.from_dict(config["preprocess"]), Path(cfg.model_dir).name)
+            return cls(vision, config.preprocess, Path(cfg.model_dir).name)
         import timm
 
         checkpoint = Path(cfg.checkpoint).expanduser()

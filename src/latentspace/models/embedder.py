@@ -1,0 +1,266 @@
+"""The one face every model shows to the rest of the system: `Embedder`.
+
+`load(spec)` (models/load.py) turns a spec string into an Embedder; local `embed`, `eval`,
+`eval-text`, `check-compat`, `serve`, `ablate` and the quickstart all take it from there, so a
+spec means the same thing everywhere and a new model kind is one subclass.
+
+A subclass supplies the model-specific steps:
+
+    text:   tokenize(texts, task_type) -> token ids        (prefix, special tokens, truncation)
+            text_rows(ids) -> (N, D) rows                   (one batched forward, pooled)
+            split_long(text, task_type) -> pieces           (for long_text_mode="mean")
+    image:  preprocess_image(rgb PIL) -> (3, H, W) tensor   (runs per image, on any thread)
+            image_rows(pixels) -> (B, D) rows               (one batched forward)
+
+and everything else lives here, once: long-text handling, batching for local calls, Matryoshka
+truncation and the final L2 normalisation (`finish`). The server calls the same steps, split
+across threads (tokenise and preprocess on the request side, forwards on the model's inference
+thread), and finishes the rows with the same functions, so local and served vectors agree.
+
+Transparency: every image reaches `preprocess_image` as RGB with transparent pixels composited
+onto white (`data.images.to_rgb`), whatever the model kind. Readers that drop alpha instead turn
+transparent pixels black, which makes icons and emoji black silhouettes; one policy everywhere
+means a model gives the same vector for the same file through every entry point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from latentspace.space import SpaceIdentity
+
+TASK_TYPES = ("search_document", "search_query", "classification", "clustering")
+LongTextMode = Literal["truncate", "mean"]
+Modality = Literal["text", "image"]
+
+
+class ModalityError(ValueError):
+    """A model asked for a modality it does not embed (e.g. images from a text model)."""
+
+
+def finish(rows: torch.Tensor, dimensionality: int | None = None) -> torch.Tensor:
+    """Matryoshka, then unit length: truncate first, then re-normalise (in that order, as
+    nomic-embed-text does). The only place vectors are normalised."""
+    if dimensionality is not None:
+        if not 1 <= dimensionality <= rows.shape[-1]:
+            raise ValueError(f"dimensionality must be between 1 and {rows.shape[-1]}, got {dimensionality}")
+        rows = rows[..., :dimensionality]
+    return F.normalize(rows.float(), dim=-1)
+
+
+def split_to_fit(tokenizer, text: str, max_length: int, prefix: str = "") -> list[str]:
+    """Split `text` into consecutive pieces that each fit `max_length` tokens once `prefix` and
+    the special tokens are added. Pieces are slices of the original text at token boundaries
+    (from a fast tokenizer's offsets), so nothing is lost or re-spelled."""
+    budget = (max_length - tokenizer.num_special_tokens_to_add()
+              - len(tokenizer(prefix, add_special_tokens=False)["input_ids"]))
+    if budget < 1:
+        raise ValueError(f"max_length {max_length} leaves no room for text after the prefix")
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(offsets) <= budget:
+        return [text]
+    starts = range(0, len(offsets), budget)
+    return [text[offsets[i][0] : offsets[min(i + budget, len(offsets)) - 1][1]] for i in starts]
+
+
+@dataclass
+class PreparedTexts:
+    """Texts turned into model inputs: token ids per piece, and how many pieces each text has
+    (1 each unless long_text_mode='mean' split a text that did not fit)."""
+
+    ids: list[list[int]]
+    pieces_per_text: list[int]
+
+    @property
+    def token_count(self) -> int:
+        return sum(len(row) for row in self.ids)
+
+    def combine(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows per piece -> one row per text: the mean of a text's pieces (long_text_mode='mean';
+        a no-op when every text is one piece). Not yet normalised: `finish` does that."""
+        if all(n == 1 for n in self.pieces_per_text):
+            return rows
+        return torch.stack([chunk.mean(dim=0) for chunk in rows.split(self.pieces_per_text)])
+
+
+class TextEncodingError(ValueError):
+    """A text that is not valid Unicode (a lone surrogate): refused, naming its index."""
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """A list of valid Unicode strings, or an error that names the first bad item.
+
+    A lone surrogate ("\\udcff": legal in JSON, sent by clients that cut UTF-16 text in half) is
+    refused rather than repaired: silently replacing it would embed a text the client never sent."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings (wrap a single text in a list)")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts must be strings; item {i} is {type(t).__name__}")
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise TextEncodingError(
+                    f"text {i} is not valid Unicode: {e.reason} at character {e.start} (a lone UTF-16 "
+                    f"surrogate, e.g. from text cut in the middle of a character); send valid UTF-8 text") from None
+    return texts
+
+
+class Embedder:
+    """A model that embeds text and/or images into one latent space.
+
+    Subclasses set `kind`, `name`, `identity` and `modalities` and implement the steps of the
+    modalities they have (see the module docstring). Rows from `text_rows` / `image_rows` are
+    float32 and not normalised; `embed_texts` / `embed_images` return unit rows."""
+
+    kind: str = "?"
+    name: str = "?"
+    identity: SpaceIdentity
+    modalities: tuple[Modality, ...] = ()
+    max_tokens: int = 0
+    text_batch_size: int = 64  # texts per forward in local calls
+    image_batch_size: int = 64  # images per forward in local calls
+    # Task types whose prefix changes the vector. Empty: the model has no prefixes, and task_type
+    # is accepted and ignored (CLIP).
+    task_types: tuple[str, ...] = ()
+
+    @property
+    def dim(self) -> int:
+        return self.identity.dim
+
+    @property
+    def space(self) -> str:
+        """The latent-space identity as one string: what responses and reports name."""
+        return str(self.identity)
+
+    def require(self, modality: Modality) -> None:
+        if modality not in self.modalities:
+            has = " and ".join("images" if m == "image" else m for m in self.modalities) or "nothing"
+            raise ModalityError(f"model {self.name!r} is a {self.kind} model: it embeds {has} only, "
+                                f"not {'images' if modality == 'image' else 'text'}")
+
+    # -- text: model-specific steps --------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], task_type: str) -> list[list[int]]:
+        """Token ids per text: task prefix and special tokens added, truncated to max_tokens.
+        Safe to call from any thread."""
+        self.require("text")
+        raise NotImplementedError
+
+    def text_rows(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """One batched forward over token ids -> (N, dim) float32 rows, not normalised."""
+        self.require("text")
+        raise NotImplementedError
+
+    def split_long(self, text: str, task_type: str) -> list[str]:
+        """Consecutive pieces of `text` that each fit max_tokens with the task's prefix."""
+        self.require("text")
+        raise NotImplementedError
+
+    # -- image: model-specific steps -------------------------------------------------------------
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        """An RGB PIL image -> the (3, H, W) float tensor the image forward takes."""
+        self.require("image")
+        raise NotImplementedError
+
+    def image_rows(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) preprocessed images -> (B, dim) float32 rows, not normalised."""
+        self.require("image")
+        raise NotImplementedError
+
+    @property
+    def image_module(self) -> torch.nn.Module:
+        """The module behind `image_rows` (pixels -> rows), for exporters such as OpenVINO."""
+        self.require("image")
+        raise NotImplementedError
+
+    # -- shared, written once --------------------------------------------------------------------
+    def check_task_type(self, task_type: str) -> str:
+        if task_type not in TASK_TYPES:
+            raise ValueError(f"unknown task_type {task_type!r}; expected one of {TASK_TYPES}")
+        return task_type
+
+    def prepare_texts(self, texts: Sequence[str], task_type: str = "search_query",
+                      long_text_mode: LongTextMode = "truncate") -> PreparedTexts:
+        """Texts -> token ids, once. long_text_mode='mean' splits a text that does not fit into
+        pieces (each embedded, then averaged by `PreparedTexts.combine`)."""
+        self.require("text")
+        texts = check_texts(texts)
+        self.check_task_type(task_type)
+        if long_text_mode not in ("truncate", "mean"):
+            raise ValueError(f"long_text_mode must be 'truncate' or 'mean', got {long_text_mode!r}")
+        if long_text_mode == "mean":
+            pieces = [self.split_long(t, task_type) for t in texts]
+        else:
+            pieces = [[t] for t in texts]
+        ids = self.tokenize([p for ps in pieces for p in ps], task_type) if texts else []
+        return PreparedTexts(ids, [len(ps) for ps in pieces])
+
+    def token_counts(self, texts: Sequence[str], task_type: str = "search_query") -> list[int]:
+        return [len(row) for row in self.prepare_texts(texts, task_type).ids]
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str], task_type: str = "search_query", *,
+                    dimensionality: int | None = None, long_text_mode: LongTextMode = "truncate",
+                    batch_size: int | None = None) -> torch.Tensor:
+        """Texts -> (N, dim or dimensionality) unit rows."""
+        prepared = self.prepare_texts(texts, task_type, long_text_mode)
+        return self.rows_for(prepared, batch_size, dimensionality)
+
+    def rows_for(self, prepared: PreparedTexts, batch_size: int | None = None,
+                 dimensionality: int | None = None) -> torch.Tensor:
+        """Prepared texts -> unit rows, in batches of `batch_size` pieces."""
+        ids, batch_size = prepared.ids, batch_size or self.text_batch_size
+        if not ids:
+            return torch.empty(0, dimensionality or self.dim)
+        rows = torch.cat([self.text_rows(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)])
+        return finish(prepared.combine(rows), dimensionality)
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Any], *, dimensionality: int | None = None,
+                     batch_size: int | None = None) -> torch.Tensor:
+        """Paths, bytes or PIL images (any mode) -> (N, dim or dimensionality) unit rows.
+        Every input is decoded first, so a bad one fails the call before any forward runs."""
+        from latentspace.data.images import load_image
+
+        self.require("image")
+        if isinstance(images, (str, bytes)):
+            raise TypeError("images must be a list (wrap a single image in a list)")
+        pils = [load_image(img) for img in images]
+        batch_size = batch_size or self.image_batch_size
+        if not pils:
+            return torch.empty(0, dimensionality or self.dim)
+        out = []
+        for i in range(0, len(pils), batch_size):
+            pixels = torch.stack([self.preprocess_image(p) for p in pils[i : i + batch_size]])
+            out.append(self.image_rows(pixels))
+        return finish(torch.cat(out), dimensionality)
+
+    def describe(self) -> dict[str, Any]:
+        """What `latentspace models SPEC` prints and GET /v1/models reports."""
+        out: dict[str, Any] = {"kind": self.kind, "name": self.name, "space": self.space,
+                               "identity": self.identity.to_dict(), "dimension": self.dim,
+                               "modalities": list(self.modalities)}
+        if "text" in self.modalities:
+            out["max_tokens"] = self.max_tokens
+            out["task_types"] = list(self.task_types)
+        return out
+
+
+@runtime_checkable
+class Embeds(Protocol):
+    """The part of an Embedder that evaluation uses; `eval.prompt_cache.PromptCache` wraps an
+    Embedder and offers the same, with text vectors cached on disk."""
+
+    name: str
+    space: str
+
+    def embed_texts(self, texts: Sequence[str], task_type: str = "search_query") -> torch.Tensor: ...
+
+    def embed_images(self, images: Sequence[Any]) -> torch.Tensor: ...
