@@ -52,18 +52,20 @@ def make_inputs(n: int, size: int) -> list[bytes]:
     return out
 
 
-def raw_forward(model, images: list[bytes], batch: int, reps: int) -> tuple[float, torch.Tensor]:
+def raw_forward(served, images: list[bytes], batch: int, reps: int) -> tuple[float, torch.Tensor]:
     """Images/s of preprocessing-free batched forwards, and the embeddings."""
-    pixels = torch.stack([model.preprocess_image(decode_image(b)) for b in images])
-    rows = torch.cat([model.embed_pixels(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])  # warm-up
+    pixels = torch.stack([served.model.preprocess_image(decode_image(b)) for b in images])
+    forward = served.image_forward
+    rows = torch.cat([forward(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])  # warm-up
     started = time.perf_counter()
     for _ in range(reps):
         for i in range(0, len(pixels), batch):
-            model.embed_pixels(pixels[i : i + batch])
-    return reps * len(pixels) / (time.perf_counter() - started), rows
+            forward(pixels[i : i + batch])
+    return reps * len(pixels) / (time.perf_counter() - started), F.normalize(rows, dim=-1)
 
 
-def raw_text_forward(model, texts: list[str], batch: int, reps: int) -> float:
+def raw_text_forward(served, texts: list[str], batch: int, reps: int) -> float:
+    model = served.model
     model.embed_texts(texts[:batch], "search_query")
     started = time.perf_counter()
     for _ in range(reps):

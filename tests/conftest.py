@@ -17,3 +17,20 @@ def text_tower():
     from latentspace.models.text_tower import TextTower
 
     return TextTower(TextTowerConfig())
+
+
+@pytest.fixture(scope="session")
+def nomic_models(tmp_path_factory) -> Path:
+    """A folder laid out as a user keeps Nomic's published models: tiny random-weight copies of
+    nomic-embed-text-v1.5, nomic-embed-vision-v1.5, nomic-embed-text-v1 and nomic-embed-vision-v1
+    (32 wide, 32 px, sentence-transformers files and no tokenizer files in the text ones, so the
+    packaged bert-base-uncased vocabulary is used)."""
+    import fakes_nomic_text
+    import fakes_nomic_vision
+
+    root = tmp_path_factory.mktemp("nomic") / "models"
+    for seed, version in enumerate(("v1.5", "v1")):
+        fakes_nomic_text.write_tiny_nomic_text_dir(root / f"nomic-embed-text-{version}", seed=2 * seed,
+                                                   sentence_transformers=True)
+        fakes_nomic_vision.write_tiny_nomic_vision_dir(root / f"nomic-embed-vision-{version}", seed=2 * seed + 1)
+    return root

@@ -174,6 +174,29 @@ def make_hf_clip(directory: Path, seed: int, *, width: int = 32, layers: int = 1
     return directory
 
 
+OPEN_CLIP_TINY_ARCH = "latentspace-test-tiny-vit"
+
+
+def make_open_clip_checkpoint(root: Path, seed: int = 0) -> Path:
+    """A tiny randomly initialised open_clip model: its architecture registered with open_clip
+    under OPEN_CLIP_TINY_ARCH, its weights saved to root/tiny.pt (returned)."""
+    import open_clip
+    import torch
+
+    root.mkdir(parents=True, exist_ok=True)
+    config = {
+        "embed_dim": PROJECTION_DIM,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    (root / f"{OPEN_CLIP_TINY_ARCH}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(root / f"{OPEN_CLIP_TINY_ARCH}.json")
+    torch.manual_seed(seed)
+    checkpoint = root / "tiny.pt"
+    torch.save(open_clip.create_model(OPEN_CLIP_TINY_ARCH).state_dict(), checkpoint)
+    return checkpoint
+
+
 # --- a real uvicorn server on loopback, in a background thread -----------------------------------
 
 class LiveServer:

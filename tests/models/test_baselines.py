@@ -20,6 +20,7 @@ from latentspace.eval.tasks import CLASSIFICATION, RETRIEVAL, TaskSpec
 from latentspace.models.baselines import HFClipModel, OpenClipModel, is_hf_clip_dir
 from latentspace.models.load import SpecError, load as load_embedder
 
+import fakes
 from fakes import PROJECTION_DIM, make_hf_clip
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
@@ -161,24 +162,13 @@ def _model_dir_format() -> str:
 
 # --- open_clip -----------------------------------------------------------------------------------
 
-TINY_ARCH = "latentspace-test-tiny-vit"
+TINY_ARCH = fakes.OPEN_CLIP_TINY_ARCH
 
 
 @pytest.fixture(scope="module")
 def open_clip_checkpoint(tmp_path_factory) -> Path:
-    open_clip = pytest.importorskip("open_clip")
-    root = tmp_path_factory.mktemp("open_clip")
-    config = {
-        "embed_dim": PROJECTION_DIM,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }
-    (root / f"{TINY_ARCH}.json").write_text(json.dumps(config))
-    open_clip.add_model_config(root / f"{TINY_ARCH}.json")
-    torch.manual_seed(0)
-    checkpoint = root / "tiny.pt"
-    torch.save(open_clip.create_model(TINY_ARCH).state_dict(), checkpoint)
-    return checkpoint
+    pytest.importorskip("open_clip")
+    return fakes.make_open_clip_checkpoint(tmp_path_factory.mktemp("open_clip"))
 
 
 def test_open_clip_protocol_and_harness(open_clip_checkpoint, tmp_path):

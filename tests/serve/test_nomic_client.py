@@ -42,9 +42,21 @@ TEXTS = [f"text number {i}: {t}" for i, t in enumerate(
 
 
 @pytest.fixture(scope="module")
-def server(served_dir):
-    settings = ServeSettings(models=[f"{TEXT_MODEL}={BUILTIN_TEXT_MODEL}", f"tiny={served_dir}"], api_keys=(KEY,),
-                             max_items=16, max_queue_items=64, decode_threads=1)
+def lone_vision(nomic_models, tmp_path_factory) -> Path:
+    """nomic-embed-vision-v1.5 on its own (no sibling text directory): the server pairs it with the
+    text model it serves beside it."""
+    import shutil
+
+    return Path(shutil.copytree(nomic_models / "nomic-embed-vision-v1.5",
+                                tmp_path_factory.mktemp("alone") / "nomic-embed-vision-v1.5"))
+
+
+@pytest.fixture(scope="module")
+def server(served_dir, nomic_models, lone_vision):
+    settings = ServeSettings(models=[f"{TEXT_MODEL}={BUILTIN_TEXT_MODEL}", f"tiny={served_dir}",
+                                     f"nomic-embed-text-v1.5={nomic_models / 'nomic-embed-text-v1.5'}",
+                                     f"nomic-embed-vision-v1.5={lone_vision}"],
+                             api_keys=(KEY,), max_items=16, max_queue_items=64, decode_threads=1)
     with LiveServer(settings) as live:
         yield live.wait_ready()
 
@@ -130,9 +142,31 @@ def test_image_pil_and_path_equal_local_mode(client, sent, served_dir, tmp_path)
     assert got["model"] == "tiny" and got["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
 
 
+def test_nomic_names_are_the_clients_defaults_and_share_one_space(client, server, nomic_models):
+    """The client's default models (nomic-embed-text-v1.5 for text, nomic-embed-vision-v1.5 for
+    images) served from Nomic's directories: no model= needed, one space for both."""
+    pil = fakes.draw("red circle", size=48).convert("RGB")
+    texts = client.text(["a red circle", "a blue square"], task_type="search_query")
+    images = client.image([pil])
+    local_text = embed.text(["a red circle", "a blue square"], model=str(nomic_models / "nomic-embed-text-v1.5"),
+                            task_type="search_query")
+    local_image = embed.image([_as_nomic_sends(pil)], model=str(nomic_models / "nomic-embed-vision-v1.5"))
+    np.testing.assert_allclose(texts["embeddings"], local_text["embeddings"], atol=1e-5)
+    np.testing.assert_allclose(images["embeddings"], local_image["embeddings"], atol=1e-5)
+    assert texts["model"] == "nomic-embed-text-v1.5" and images["model"] == "nomic-embed-vision-v1.5"
+    listed = {m["id"]: m for m in requests.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]}
+    assert listed["nomic-embed-text-v1.5"]["space"] == listed["nomic-embed-vision-v1.5"]["space"] == local_text["space"]
+
+
+def test_the_clients_connection_check_passes(client, server):
+    response = requests.get(server.url + "/v1/user", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200
+    assert requests.get(server.url + "/v1/user").status_code == 401
+
+
 def test_wrong_key_and_unknown_model_are_clear_errors(client, tmp_path):
-    with pytest.raises(Exception, match=r"404.*unknown model .*nomic-embed-text-v1\.5"):
-        client.text(["a cat"])  # the client's default model name: pass model= for ours
+    with pytest.raises(Exception, match=r"404.*unknown model .*nope"):
+        client.text(["a cat"], model="nope")
     nomic.login("nk-not-the-servers-key")
     nomic.embed.atlas_class = None  # reconnect with the new key (the fixture restores it)
     with pytest.raises(Exception, match="401"):

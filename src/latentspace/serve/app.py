@@ -5,6 +5,7 @@
                                fields; or urlencoded model + repeated urls
     POST /v1/embeddings        OpenAI-style {input, model, dimensions, encoding_format}
     GET  /v1/models, /health, /metrics
+    GET  /v1/user                  what Nomic's client checks its key against
 
 Every handler does the same three things: find a ready model (404 / 503 otherwise), turn the
 request into items (texts with token counts, or preprocessed image tensors, decoded on a thread
@@ -171,6 +172,12 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
             entry = slot.served.describe() if slot.served else {"id": name, "object": "model", "kind": None}
             data.append({**entry, **statuses[name]})
         return {"object": "list", "data": data}
+
+    @app.get("/v1/user", dependencies=[Depends(require_key)])
+    async def user_endpoint() -> dict[str, Any]:
+        # Nomic's Python client GETs this when it connects (to check the key) and logs a warning
+        # about an invalid token unless it answers 200; nothing else reads it.
+        return {"id": "latentspace", "organizations": [], "default_organization": None}
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -209,6 +209,7 @@ def test_padding_invariance_and_determinism(tiny):
             alone = native(ids[i : i + 1, :length], mask[i : i + 1, :length])
             # equal up to fp32 rounding (different matmul shapes sum in a different order)
             torch.testing.assert_close(alone[0], batch[i, :length], rtol=1e-6, atol=1e-6)
+            assert not batch[i, length:].any()  # padding positions come back as zeros
 
 
 def test_left_padding_is_refused(tiny):

@@ -26,7 +26,9 @@ frequencies of the longest batch seen so far and applies them to every later bat
 short texts' vectors after one long text. Stateless equals a freshly built reference on each batch.
 
 Right padding is assumed (positions count from the first token of each row); left-padded
-masks are refused. There is no dropout anywhere: this is an inference module (the reference
+masks are refused. Everything except attention works token by token, so the linears and norms
+run on the real tokens only (packed), and a batch of mixed lengths does not pay for its padding;
+the output is zero at padding positions. There is no dropout anywhere: this is an inference module (the reference
 even applies attention dropout at eval time when `attn_pdrop` > 0; we never do).
 """
 
@@ -500,13 +502,14 @@ class NomicBertText(nn.Module):
         """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: (B, L), right-padded.
         Returns the last hidden state (B, L, hidden), zero at padding positions."""
         cfg = self.config
-        batch = _Batch(input_ids.shape, attention_mask, dtype=self.emb_ln.weight.dtype)
-        cos, sin = rotary_cos_sin(batch.shape[1], cfg.rotary_dim, cfg.rope_theta,
+        dtype = self.emb_ln.weight.dtype
+        cos, sin = rotary_cos_sin(input_ids.shape[1], cfg.rotary_dim, cfg.rope_theta,
                                   scaling_factor=cfg.rotary_scaling_factor,
                                   max_trained=cfg.max_trained_positions, device=input_ids.device)
-        # Broadcast over (B, L, q/k, heads, rotary_dim/2); cast after computing in fp32, as the reference.
-        batch.cos = cos.to(batch.dtype)[:, None, None, :]
-        batch.sin = sin.to(batch.dtype)[:, None, None, :]
+        # Computed in fp32, then cast, as the reference does; shaped to broadcast over
+        # (B, L, q/k, heads, rotary_dim/2).
+        batch = _Batch(input_ids.shape, attention_mask, dtype,
+                       cos.to(dtype)[:, None, None, :], sin.to(dtype)[:, None, None, :])
 
         # Everything but attention works token by token, so it runs on the real tokens only
         # (packed rows): a batch of mixed lengths does not pay for its padding in the linears.
@@ -519,16 +522,16 @@ class NomicBertText(nn.Module):
 
 
 class _Batch:
-    """The layout of one right-padded (B, L) batch: which rows of the flattened batch are real
-    tokens, the additive attention mask, and the rotary tables (set by the caller).
+    """What every layer needs to know about one right-padded (B, L) batch: which rows of the
+    flattened batch are real tokens, the additive attention mask, and the rotary tables.
 
     `pack` takes (B, L, C) to (tokens, C), the real tokens only; `pad` puts (tokens, C) back
     into (B, L, C) with zeros at padding. Without padding both are free reshapes."""
 
-    def __init__(self, shape: torch.Size, attention_mask: torch.Tensor | None, dtype: torch.dtype) -> None:
+    def __init__(self, shape: torch.Size, attention_mask: torch.Tensor | None, dtype: torch.dtype,
+                 cos: torch.Tensor, sin: torch.Tensor) -> None:
         self.shape = (int(shape[0]), int(shape[1]))
-        self.dtype = dtype
-        self.cos = self.sin = torch.empty(0)
+        self.cos, self.sin = cos, sin
         self.mask: torch.Tensor | None = None
         self.index: torch.Tensor | None = None  # None: every position is a real token
         if attention_mask is None:
@@ -555,7 +558,8 @@ class _Batch:
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         b, n = self.shape
         if self.index is not None:
-            x = x.new_zeros(b * n, x.shape[-1]).index_copy(0, self.index, x)
+            # Zeros, not empty memory: padded keys are masked, but a NaN there would still poison a row.
+            x = x.new_zeros(b * n, x.shape[-1]).index_copy_(0, self.index, x)
         return x.view(b, n, x.shape[-1])
 
 
