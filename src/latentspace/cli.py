@@ -16,6 +16,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train image encoders into a frozen text model's latent space, evaluate and use them.")
 data_app = typer.Typer(no_args_is_help=True, help="Build training and evaluation data.")
 app.add_typer(data_app, name="data")
+collection_app = typer.Typer(no_args_is_help=True, help="Embed an image library into a collection and search it.")
+app.add_typer(collection_app, name="collection")
 console = Console(stderr=True)
 
 
@@ -353,6 +355,143 @@ def quickstart(
         run_quickstart(artifacts, overrides or [], console=Console())
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         _fail(e)
+
+
+# --- collections -----------------------------------------------------------------------------------
+
+
+@collection_app.command("build")
+def collection_build(
+    name: str = typer.Argument(..., help="the collection's name; it lives in artifacts/collections/NAME unless --out"),
+    model: Optional[str] = typer.Option(None, help="model spec (`latentspace models --help`); default: the "
+                                                   "collection's own model, when it exists"),
+    images: Optional[str] = typer.Option(None, help="a folder (recursive), webdataset shards (path, brace pattern, "
+                                                    "pipe:CMD) or a .csv/.parquet table with a path/url/image column; "
+                                                    "default: the collection's source, when it has one"),
+    out: Optional[Path] = typer.Option(None, help="the collection directory (default artifacts/collections/NAME)"),
+    batch_size: int = typer.Option(64, min=1, help="images per model forward"),
+    files_per_part: int = typer.Option(1024, min=1, help="files per Parquet part (folders and tables; shards: one part each)"),
+    dtype: Optional[str] = typer.Option(None, help="float32 or float16 vectors (default: the collection's, else float32)"),
+    max_pixels: int = typer.Option(64_000_000, min=1, help="images with more pixels are skipped (checked before decoding)"),
+    allow_urls: bool = typer.Option(False, help="fetch image URLs listed in a table (public addresses only, with the "
+                                                "server's size and time limits)"),
+    url_allowed_host: Optional[List[str]] = typer.Option(None, help="hostname exempt from the public-address check"),
+    image_backend: str = typer.Option("torch", help="image forward runtime: torch, or openvino"),
+    image_precision: str = typer.Option("fp32", help="fp32, or bf16 (openvino only)"),
+    decode_threads: Optional[int] = typer.Option(None, min=1, help="threads reading and decoding images (default: CPUs)"),
+    hnsw_min_rows: Optional[int] = typer.Option(None, min=1, help="build an HNSW index from this many items (default: "
+                                                                  "when exact search gets slow, see collections/index.py)"),
+    json_output: bool = typer.Option(False, "--json", help="print the build report as JSON on stdout"),
+) -> None:
+    """Embed a folder, shards or a table of images into a collection (Parquet parts + an index).
+
+    Resumable: after an interruption, the same command finishes the build, redoing at most the
+    part in flight. Incremental: run it again to embed only new and changed files, and drop
+    deleted ones. Unreadable or corrupt images are skipped and listed in skipped.jsonl."""
+    import json
+
+    from latentspace.collections import BuildSettings, build_collection
+    from latentspace.collections.progress import progress_for
+    from latentspace.collections.store import DEFAULT_ROOT
+
+    directory = out or DEFAULT_ROOT / name
+    try:
+        settings = BuildSettings(batch_size=batch_size, files_per_part=files_per_part, dtype=dtype,
+                                 max_pixels=max_pixels, allow_urls=allow_urls,
+                                 url_allowed_hosts=tuple(url_allowed_host or ()), image_backend=image_backend,
+                                 image_precision=image_precision, decode_threads=decode_threads,
+                                 hnsw_min_rows=hnsw_min_rows)
+        if images is None and not (directory / "collection.json").is_file() and not (directory / "plan.json").is_file():
+            raise ValueError(f"no collection at {directory} yet: pass --images SOURCE (and --model SPEC)")
+        report = build_collection(directory, model, images, name=name, settings=settings,
+                                  progress=progress_for(console), log=lambda line: console.print(Text(line)))
+    except (OSError, RuntimeError, ValueError) as e:
+        _fail(e)
+    if json_output:
+        print(json.dumps(report.to_dict()))
+    rate = f" ({report.images_per_second:.1f} images/s)" if report.images_embedded else ""
+    console.print(Text(
+        f"collection {report.name} at {report.directory}: {report.items} items; this build: {report.added} added, "
+        f"{report.changed} changed, {report.removed} removed, {report.unchanged} unchanged; embedded "
+        f"{report.images_embedded} images in {report.parts_embedded} parts{rate}"
+        + (f", {report.parts_resumed} parts kept from the interrupted build" if report.parts_resumed else "")
+        + f"; skipped {report.skipped} (see skipped.jsonl); search: {report.index}"), soft_wrap=True)
+
+
+@collection_app.command("search")
+def collection_search(
+    collection: str = typer.Argument(..., help="a collection name (under artifacts/collections) or directory"),
+    text: Optional[str] = typer.Argument(None, help="text to search for"),
+    image: Optional[Path] = typer.Option(None, help="search by this image file instead"),
+    like: Optional[str] = typer.Option(None, help="search for items like this one (its id, or its path)"),
+    k: int = typer.Option(10, "-k", "--top", min=1, help="how many results"),
+    min_score: Optional[float] = typer.Option(None, help="leave out results scoring below this (cosine)"),
+    path_prefix: Optional[str] = typer.Option(None, help="only items whose path (or URL, or path in the source "
+                                                         "folder) starts with this"),
+    caption_contains: Optional[str] = typer.Option(None, help="only items whose caption contains this (any case)"),
+    model: Optional[str] = typer.Option(None, help="the query model (default: the collection's); must be in the "
+                                                   "collection's latent space"),
+    json_output: bool = typer.Option(False, "--json", help="one JSON object per result per line"),
+) -> None:
+    """Search a collection by text, by image (--image) or by one of its items (--like)."""
+    import json
+
+    from latentspace.collections import Collection, Filters
+
+    if sum(x is not None for x in (text, image, like)) != 1:
+        _fail(ValueError("give exactly one query: a TEXT argument, --image FILE or --like ID"))
+    try:
+        found = Collection.open(collection)
+        filters = Filters(path_prefix=path_prefix, caption_contains=caption_contains)
+        if like is not None:
+            hits = found.search_like(like, k, min_score, filters)
+        else:
+            from latentspace.models.load import load
+
+            query_model = load(model or found.manifest.model)
+            if image is not None:
+                hits = found.search_image(query_model, image, k, min_score, filters)
+            else:
+                hits = found.search_text(query_model, text, k, min_score, filters)  # type: ignore[arg-type]
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        _fail(e)
+    if json_output:
+        for hit in hits:
+            print(json.dumps(hit.short(), ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    table = Table("#", "score", "id", "path or url", "caption")
+    for rank, hit in enumerate(hits, 1):
+        where = hit.path or hit.url or f"{hit.shard}#{hit.key}"
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.id, Text(where), Text(hit.caption or ""))
+    Console().print(table)
+    if not hits:
+        console.print("no results" + (" above --min-score" if min_score is not None else ""))
+
+
+@collection_app.command("info")
+def collection_info(
+    collection: str = typer.Argument(..., help="a collection name (under artifacts/collections) or directory"),
+    json_output: bool = typer.Option(False, "--json", help="print as JSON"),
+) -> None:
+    """What a collection holds: model, latent space, items, parts, skipped, sources, search kind."""
+    import json
+
+    from latentspace.collections import Collection
+
+    try:
+        info = Collection.open(collection).info()
+    except (OSError, RuntimeError, ValueError) as e:
+        _fail(e)
+    if json_output:
+        print(json.dumps(info))
+        return
+    out = Console()
+    for key in ("name", "directory", "model", "space", "dim", "dtype", "items", "parts", "skipped", "search", "updated"):
+        out.print(Text(f"{key}: {info[key]}"), soft_wrap=True)
+    for source in info["sources"]:
+        out.print(Text(f"source: {source['kind']} {source['location']}"), soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

@@ -11,14 +11,13 @@ no task prefixes: task_type is accepted and ignored.
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from PIL import Image
 
-from latentspace.models.embedder import Embedder, split_to_fit
+from latentspace.models.embedder import Embedder, PerThread, split_to_fit
 from latentspace.models.text_tower import pad_ids
 from latentspace.space import SpaceIdentity, fingerprint, hash_files, hash_state_dict
 
@@ -68,7 +67,7 @@ class HFClipModel(Embedder):
         except (OSError, ValueError) as e:
             raise ValueError(f"{self.path} is not a loadable Hugging Face CLIP directory "
                              f"(needs config.json, weights, preprocessor_config.json and tokenizer files): {e}") from e
-        self._lock = threading.Lock()  # one tokenizer call at a time (it keeps per-object state)
+        self._tokenizers = PerThread(self.tokenizer)  # a copy per thread: it keeps per-object state
         self.max_tokens = self._max_text_length()
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self.name = f"hf-clip:{self.path.name}"
@@ -92,9 +91,8 @@ class HFClipModel(Embedder):
         })[:12]
 
     def tokenize(self, texts: Sequence[str], task_type: str) -> list[list[int]]:
-        with self._lock:
-            return self.tokenizer(list(texts), truncation=True, max_length=self.max_tokens,
-                                  return_attention_mask=False)["input_ids"]
+        return self._tokenizers.get()(list(texts), truncation=True, max_length=self.max_tokens,
+                                      return_attention_mask=False)["input_ids"]
 
     @torch.inference_mode()
     def text_rows(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -102,8 +100,7 @@ class HFClipModel(Embedder):
         return _features(self.model.get_text_features(input_ids=input_ids, attention_mask=mask)).float()
 
     def split_long(self, text: str, task_type: str) -> list[str]:
-        with self._lock:
-            return split_to_fit(self.tokenizer, text, self.max_tokens)
+        return split_to_fit(self._tokenizers.get(), text, self.max_tokens)
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         return self.processor(images=[image], return_tensors="pt")["pixel_values"][0]

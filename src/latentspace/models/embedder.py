@@ -25,8 +25,10 @@ means a model gives the same vector for the same file through every entry point.
 
 from __future__ import annotations
 
+import copy
+import threading
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, Sequence, TypeVar, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +39,50 @@ from latentspace.space import SpaceIdentity
 TASK_TYPES = ("search_document", "search_query", "classification", "clustering")
 LongTextMode = Literal["truncate", "mean"]
 Modality = Literal["text", "image"]
+
+
+T = TypeVar("T")
+
+
+class PerThread(Generic[T]):
+    """One copy of an object per thread that uses it. Hugging Face fast tokenizers keep
+    truncation and padding settings on the object, so two threads calling one tokenizer at once
+    can change them under each other (a ragged batch, a 500 for an innocent request); a copy per
+    thread needs no lock. Copies are made on first use; pickling keeps only the original."""
+
+    def __init__(self, original: T):
+        self.original = original
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        obj = getattr(self._local, "obj", None)
+        if obj is None:
+            with self._lock:
+                obj = copy.deepcopy(self.original)
+            self._local.obj = obj
+        return obj
+
+    def __getstate__(self) -> dict:
+        return {"original": self.original}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["original"])
+
+
+def length_groups(lengths: Sequence[int], slack: float = 1.5, extra: int = 8) -> list[list[int]]:
+    """Indices grouped so that padding to a group's longest member wastes little: sorted by
+    length, a group grows while a member is at most `slack` x its shortest (+ `extra` tokens).
+    One forward per group instead of one batch padded to its longest text: mixed short and long
+    texts no longer pay for each other's padding."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[i] <= slack * lengths[groups[-1][0]] + extra:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 class ModalityError(ValueError):
@@ -163,6 +209,20 @@ class Embedder:
         self.require("text")
         raise NotImplementedError
 
+    def text_rows_by_length(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """`text_rows` over texts of similar length at a time (`length_groups`), rows in input order."""
+        groups = length_groups([len(row) for row in ids])
+        if len(groups) == 1:
+            return self.text_rows(ids)
+        out: torch.Tensor | None = None
+        for group in groups:
+            rows = self.text_rows([ids[i] for i in group])
+            if out is None:
+                out = rows.new_empty((len(ids), rows.shape[-1]))
+            out[group] = rows
+        assert out is not None
+        return out
+
     # -- image: model-specific steps -------------------------------------------------------------
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         """An RGB PIL image -> the (3, H, W) float tensor the image forward takes."""
@@ -219,7 +279,7 @@ class Embedder:
         ids, batch_size = prepared.ids, batch_size or self.text_batch_size
         if not ids:
             return torch.empty(0, dimensionality or self.dim)
-        rows = torch.cat([self.text_rows(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)])
+        rows = torch.cat([self.text_rows_by_length(ids[i : i + batch_size]) for i in range(0, len(ids), batch_size)])
         return finish(prepared.combine(rows), dimensionality)
 
     @torch.inference_mode()

@@ -10,9 +10,10 @@ NomicBERT module instead (models/nomic/text.py): no `trust_remote_code`, no hub,
 version. Its task prefixes are built in when the directory declares none, and v1.5 gets its
 layer norm (models/nomic/release.py says how the release is told apart).
 
-Tokenisation happens once per text (`token_ids`), under a lock: a Hugging Face fast tokenizer
-keeps per-object truncation and padding state, so two threads calling it at once can give one of
-them a ragged batch. The forward takes ids and pads them itself, without the tokenizer.
+Tokenisation happens once per text (`token_ids`), on a per-thread copy of the tokenizer: a
+Hugging Face fast tokenizer keeps per-object truncation and padding state, so two threads calling
+one at once can give one of them a ragged batch. The forward takes ids and pads them itself,
+without the tokenizer.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentspace.config import BUILTIN_TEXT_MODEL, TextTowerConfig
-from latentspace.models.embedder import TASK_TYPES, check_texts, finish, split_to_fit
+from latentspace.models.embedder import TASK_TYPES, PerThread, check_texts, finish, split_to_fit
 from latentspace.models.nomic.release import NomicRelease, detect_release
 from latentspace.space import SpaceIdentity, fingerprint, hash_files, hash_state_dict
 
@@ -142,7 +142,7 @@ class TextTower(nn.Module):
             self._load_transformers(cfg)
         self.transformer.eval().requires_grad_(False)
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
-        self._tokenizer_lock = threading.Lock()
+        self._tokenizers = PerThread(self.tokenizer)
         self.prefixes = dict(self.desc.prompts if cfg.prefixes is None else cfg.prefixes)
         if self.nomic and not self.prefixes and cfg.prefixes is None:
             self.prefixes = dict(NOMIC_PREFIXES)
@@ -222,9 +222,8 @@ class TextTower(nn.Module):
         if not texts:
             return []
         prefix = self.prefix_for(task_type)
-        with self._tokenizer_lock:
-            return self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.max_length,
-                                  return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return self._tokenizers.get()([prefix + t for t in texts], truncation=True, max_length=self.max_length,
+                                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
     def count_tokens(self, texts: Sequence[str], task_type: str) -> int:
         return sum(len(row) for row in self.token_ids(texts, task_type))
@@ -232,9 +231,7 @@ class TextTower(nn.Module):
     def split_long(self, text: str, task_type: str) -> list[str]:
         """Split `text` into pieces that each fit max_length with the task's prefix
         (long_text_mode='mean')."""
-        prefix = self.prefix_for(task_type)
-        with self._tokenizer_lock:
-            return split_to_fit(self.tokenizer, text, self.max_length, prefix)
+        return split_to_fit(self._tokenizers.get(), text, self.max_length, self.prefix_for(task_type))
 
     @torch.inference_mode()
     def encode(

@@ -148,6 +148,6 @@ class ModelRegistry:
     def text_kind(self, slot: Slot) -> BatchKind:
         """Texts arrive as token ids (prefix included), so every task type shares one kind."""
         if ("text",) not in slot.kinds:
-            rows = slot.model.text_rows
+            rows = slot.model.text_rows_by_length  # texts of similar length share a forward
             slot.kinds[("text",)] = BatchKind(("text",), rows, self.settings.max_batch_tokens)
         return slot.kinds[("text",)]

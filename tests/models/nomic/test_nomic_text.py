@@ -212,6 +212,18 @@ def test_padding_invariance_and_determinism(tiny):
             assert not batch[i, length:].any()  # padding positions come back as zeros
 
 
+def test_bfloat16_follows_float32(tiny):
+    """Lower precision: rotary tables still computed in fp32 and cast, the mask at bf16's minimum."""
+    native = load_nomic_text(tiny)
+    ids, mask = padded_batch([11, 5], seed=14)
+    with torch.inference_mode():
+        want = native(ids, mask)
+        got = native.to(torch.bfloat16)(ids, mask)
+    assert got.dtype == torch.bfloat16
+    cosine = F.cosine_similarity(got.float(), want, dim=-1)[mask.bool()]
+    assert float(cosine.min()) > 0.99
+
+
 def test_left_padding_is_refused(tiny):
     native = load_nomic_text(tiny)
     ids, mask = padded_batch([5, 3])
@@ -371,7 +383,7 @@ def test_config_infers_biases_from_the_checkpoint():
     ("prenorm", True), ("parallel_block", True), ("use_rms_norm", True), ("causal", True),
     ("rotary_emb_scale_base", 512), ("num_experts", 8), ("moe_every_n_layers", 2),
     ("activation_function", "relu"), ("hidden_act", "relu"), ("rotary_emb_fraction", 0.0),
-    ("model_type", "bert"), ("rope_parameters", {"rope_type": "yarn", "factor": 4.0}), ("num_heads_kv", 4),
+    ("model_type", "bert"), ("rope_parameters", {"rope_type": "yarn", "factor": 4.0}), ("num_heads_kv", 4), ("head_dim", 32),
 ])
 def test_config_refusals_name_the_field(field, value):
     name = "rope_type" if field == "rope_parameters" else field
@@ -403,6 +415,19 @@ def test_save_and_reload(tmp_path, tiny):
                                    want, mask) <= TOL
 
 
+def test_save_over_a_copy_keeps_metadata_and_rewrites_the_model_keys(tmp_path):
+    """What a text tower's save does: copy the directory, then save the weights over it."""
+    d = write_tiny_nomic_text_dir(tmp_path / "m", auto_map=True)
+    _edit_config(d, _name_or_path="nomic-ai/nomic-embed-text-v1.5", hidden_size=32, pad_vocab_size_multiple=64)
+    model = load_nomic_text(d, rotary_scaling_factor=2.0)
+    save_nomic_text(model, d)
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["_name_or_path"] == "nomic-ai/nomic-embed-text-v1.5" and "auto_map" in cfg
+    assert cfg["rotary_scaling_factor"] == 2.0 and cfg["rope_parameters"]["rope_type"] == "dynamic"
+    assert "pad_vocab_size_multiple" not in cfg and "use_flash_attn" in cfg  # interpreted keys rewritten only
+    assert load_nomic_text(d).config == model.config
+
+
 def test_is_nomic_text_dir(tmp_path, tiny):
     def cfg_dir(name, cfg):
         d = tmp_path / name
@@ -410,7 +435,8 @@ def test_is_nomic_text_dir(tmp_path, tiny):
         (d / "config.json").write_text(json.dumps(cfg))
         return d
 
-    auto_text = {"auto_map": {"AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel"}}
+    auto_text = {"auto_map": {"AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel",
+                              "AutoTokenizer": [None, "BertTokenizerFast"]}}
     auto_vision = {"auto_map": {"AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicVisionModel"}}
     assert is_nomic_text_dir(tiny)
     assert is_nomic_text_dir(cfg_dir("auto_map_only", auto_text))

@@ -118,6 +118,8 @@ class NomicTextConfig:
                              f"for head size {self.head_dim}; it must be an even whole number")
         if self.rotary_scaling_factor is not None and not self.rotary_scaling_factor > 0:
             raise ValueError(f"rotary_scaling_factor must be positive or None, got {self.rotary_scaling_factor!r}")
+        if self.rotary_scaling_factor is not None and int(rd) <= 2:
+            raise ValueError(f"dynamic NTK scaling needs a rotary width above 2 (d/(d-2)), got {int(rd)}")
         if self.max_trained_positions <= 0:
             raise ValueError(f"max_trained_positions must be positive, got {self.max_trained_positions!r}")
         if self.type_vocab_size < 0:
@@ -149,6 +151,9 @@ class NomicTextConfig:
         hidden = _pick(d, "n_embd", "hidden_size", int)
         layers = _pick(d, "n_layer", "num_hidden_layers", int)
         heads = _pick(d, "n_head", "num_attention_heads", int)
+        if _present(d, "head_dim") and heads and int(d["head_dim"]) * heads != hidden:
+            raise ValueError(f"config.json: head_dim={d['head_dim']!r} is not supported: it must be "
+                             f"hidden size / heads = {hidden / heads:g}")
         if "vocab_size" not in d or d["vocab_size"] is None:
             raise ValueError("config.json has no vocab_size")
         vocab = int(d["vocab_size"])
@@ -194,8 +199,8 @@ class NomicTextConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """A `config.json` that Nomic's remote code and this module read (legacy keys), plus the
         2026 keys transformers' native class reads -- but only when that class can represent this
-        model exactly (gated MLP, no biases, full-width NeoX RoPE); otherwise transformers would
-        build a different model, so the new keys are left out and it refuses to guess."""
+        model exactly (gated MLP, no biases, full-width NeoX RoPE); otherwise those keys would
+        describe a different model, so they are left out."""
         d: dict[str, Any] = {
             "model_type": MODEL_TYPE,
             "architectures": ["NomicBertModel"],
@@ -546,8 +551,8 @@ class _Batch:
             if bool(keep.all()):
                 return
             self.index = keep.flatten().nonzero()[:, 0]
-        # Additive rather than boolean, so an all-padding row stays finite (uniform attention)
-        # instead of NaN, as in the reference.
+        # Additive (the reference's finfo.min) rather than boolean: a row with no token at all
+        # then stays finite (uniform attention) instead of NaN.
         mask = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
         self.mask = mask[:, None, None, :]
 
@@ -591,8 +596,9 @@ def is_nomic_text_dir(path: str | Path) -> bool:
         return False
     architectures = [str(a) for a in (d.get("architectures") or [])]
     auto_map = d.get("auto_map") or {}
-    targets = [str(v) for v in (auto_map.values() if isinstance(auto_map, dict) else [])]
-    targets = [t for v in targets for t in ([v] if isinstance(v, str) else list(v))]
+    values = auto_map.values() if isinstance(auto_map, dict) else []
+    # a value is a class path, or a list of them (AutoTokenizer: [slow, fast], either may be null)
+    targets = [str(t) for v in values for t in (v if isinstance(v, (list, tuple)) else [v]) if t is not None]
     if any(a.endswith("NomicVisionModel") for a in architectures + targets):
         return False
     if d.get("model_type") == MODEL_TYPE:
@@ -671,16 +677,38 @@ def load_nomic_text(directory: str | Path, *, rotary_scaling_factor: float | Non
     return model.eval()
 
 
+# Every config.json key whose value `from_hf_dict` (or a transformers loader) interprets: when
+# saving over an existing config.json these are all rewritten, so no stale value can contradict
+# the model; any other key (`_name_or_path`, `auto_map`, training flags) is kept as metadata.
+_MODEL_KEYS = frozenset({
+    "model_type", "architectures", "n_embd", "hidden_size", "n_layer", "num_hidden_layers", "n_head",
+    "num_attention_heads", "num_heads_kv", "n_inner", "intermediate_size", "vocab_size", "pad_vocab_size_multiple",
+    "type_vocab_size", "layer_norm_epsilon", "layer_norm_eps", "activation_function", "hidden_act",
+    "rotary_emb_base", "rope_theta", "rope_parameters", "rope_scaling", "rotary_emb_fraction",
+    "rotary_emb_interleaved", "rotary_emb_scale_base", "rotary_scaling_factor", "max_trained_positions",
+    "max_position_embeddings", "qkv_proj_bias", "mlp_fc1_bias", "mlp_fc2_bias", "prenorm", "causal",
+    "parallel_block", "use_rms_norm", "num_experts", "moe_every_n_layers", "head_dim",
+})
+
+
 def save_nomic_text(module: NomicBertText, directory: str | Path) -> Path:
     """Write `model.safetensors` (checkpoint key names) and `config.json` (both spellings where
-    transformers can read it) into `directory`, each replaced atomically."""
+    transformers can read it) into `directory`, each replaced atomically. An existing config.json
+    keeps its metadata keys (e.g. `_name_or_path`); every key that describes the model is rewritten."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {}
+    if (directory / CONFIG_NAME).is_file():
+        try:
+            config = {k: v for k, v in _read_config(directory).items() if k not in _MODEL_KEYS}
+        except CheckpointError:
+            config = {}  # unreadable: replaced whole
+    config.update(module.config.to_hf_dict())
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    text = json.dumps(module.config.to_hf_dict(), indent=2) + "\n"
+    text = json.dumps(config, indent=2) + "\n"
     _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(text))
     return directory
 

@@ -1,0 +1,281 @@
+"""Searching a collection: `Collection.open(dir)` and its search methods.
+
+The same object serves the CLI, and is meant for the server and the remote client too: open once,
+search many times. Opening reads collection.json, the metadata columns of every part (not the
+vectors) and either the HNSW index (large collections: its storage holds the vectors) or the
+vectors from the parts (small ones, searched exactly). What it opened is a snapshot: a build that
+commits later is seen by opening again.
+
+Queries: a text (embedded with the model's `search_query` task prefix), an image (path, bytes or
+PIL), an item of the collection (`search_like`: its stored vector; the item itself is left out
+of the results), or a raw vector. A query model must be in the collection's latent space, or it
+is refused. Filters (`Filters`: path prefix, caption substring) restrict the candidates before
+ranking; with a filter that leaves few rows the search is exact over them, otherwise the HNSW
+search skips excluded rows (an allow-list), so filtered results are as complete as unfiltered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from latentspace.collections import store
+from latentspace.collections.index import HnswIndex, exact_search, use_ann
+from latentspace.collections.sources import read_shard_member
+from latentspace.models.embedder import Embedder
+
+
+class ItemNotFound(store.CollectionError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Metadata filters. `path_prefix` matches the start of an item's path, URL, shard or key
+    (its path relative to the source folder); `caption_contains` is case-insensitive."""
+
+    path_prefix: str | None = None
+    caption_contains: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.path_prefix or self.caption_contains)
+
+
+@dataclass
+class Hit:
+    """One search result (also what `item(id)` returns, with score None)."""
+
+    id: str
+    score: float | None
+    path: str | None
+    url: str | None
+    caption: str | None
+    key: str
+    shard: str | None = None
+    offset: int | None = None
+    length: int | None = None
+    width: int | None = None
+    height: int | None = None
+    sha256: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def short(self) -> dict[str, Any]:
+        """What `collection search --json` prints per line."""
+        out = {"id": self.id, "score": None if self.score is None else round(self.score, 6), "path": self.path,
+               "url": self.url, "caption": self.caption}
+        if self.shard is not None:
+            out.update(shard=self.shard, key=self.key, offset=self.offset)
+        return out
+
+
+class Collection:
+    def __init__(self, directory: Path, manifest: store.Manifest, meta: pa.Table, vectors: np.ndarray | None,
+                 index: HnswIndex | None, index_rows: np.ndarray | None) -> None:
+        self.directory, self.manifest, self.meta = directory, manifest, meta
+        self._vectors = vectors  # (rows, dim) float32 aligned with meta, when searched exactly
+        self._index = index
+        self._index_rows = index_rows  # meta row of each index entry, -1 for rows no longer live
+        self._ids = {v: i for i, v in enumerate(meta.column("id").to_pylist())}
+        self._row_entry: np.ndarray | None = None  # index entry of each meta row (built lazily)
+
+    # -- opening ----------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, where: str | os.PathLike) -> "Collection":
+        """Open a collection by directory, or by name under artifacts/collections."""
+        directory = store.resolve_collection(where)
+        manifest = store.Manifest.load(directory)
+        paths = [directory / store.PARTS / f"{p['name']}.parquet" for p in manifest.parts]
+        meta = store.read_meta(paths)
+        seqs = meta.column("seq").to_numpy()
+        index = None
+        if use_ann(len(seqs), manifest.dim, manifest.hnsw_min_rows):
+            index = HnswIndex.load(directory / store.INDEX)
+            # An index that misses live rows (a build died before updating it) is not used:
+            # exact search is slower but complete; the next build brings the index up to date.
+            if index is not None and (index.dim != manifest.dim or not np.isin(seqs, index.labels).all()):
+                index = None
+        if index is not None:
+            order = np.argsort(seqs)
+            pos = np.searchsorted(seqs, index.labels, sorter=order)
+            pos = np.clip(pos, 0, max(0, len(seqs) - 1))
+            rows = order[pos] if len(seqs) else np.zeros(len(index.labels), dtype=np.int64)
+            live = (seqs[rows] == index.labels) if len(seqs) else np.zeros(len(index.labels), dtype=bool)
+            return cls(directory, manifest, meta, None, index, np.where(live, rows, -1))
+        vectors = (np.concatenate([store.read_vectors(p) for p in paths]) if paths
+                   else np.empty((0, manifest.dim), dtype=np.float32))
+        return cls(directory, manifest, meta, vectors, None, None)
+
+    # -- facts ------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def space(self) -> str:
+        return str(self.manifest.identity)
+
+    def __len__(self) -> int:
+        return self.meta.num_rows
+
+    def info(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"name": m.name, "directory": str(self.directory), "model": m.model, "space": self.space,
+                "identity": m.identity.to_dict(), "dim": m.dim, "dtype": m.dtype, "settings": m.settings,
+                "items": len(self), "parts": len(m.parts), "skipped": m.counts.get("skipped", 0),
+                "sources": m.sources, "search": "hnsw" if self._index is not None else "exact",
+                "updated": m.updated}
+
+    def skipped(self) -> list[dict[str, Any]]:
+        return store.read_skipped(self.directory)
+
+    # -- items --------------------------------------------------------------------------------------
+    def _row(self, item: str) -> int:
+        row = self._ids.get(item)
+        if row is None:  # a path, URL or key also names an item, when exactly one matches
+            for column in ("path", "url", "key"):
+                matches = np.flatnonzero(_bools(pc.fill_null(pc.equal(self.meta.column(column), item), False)))
+                if len(matches) == 1:
+                    return int(matches[0])
+            raise ItemNotFound(f"no item {item!r} in collection {self.name!r} (give an id from search results, "
+                               "or a path in the collection)")
+        return row
+
+    def _hit(self, row: int, score: float | None) -> Hit:
+        r = {name: self.meta.column(name)[row].as_py() for name in store.META_COLUMNS}
+        return Hit(id=r["id"], score=score, path=r["path"], url=r["url"], caption=r["caption"], key=r["key"],
+                   shard=r["shard"], offset=r["offset"], length=r["length"], width=r["width"], height=r["height"],
+                   sha256=r["sha256"], size=r["size"], mtime_ns=r["mtime_ns"])
+
+    def item(self, item_id: str) -> Hit:
+        """An item's metadata by id (or by path/URL/key when exactly one item has it)."""
+        return self._hit(self._row(item_id), None)
+
+    def read_image_bytes(self, item_id: str) -> bytes | None:
+        """The image bytes of an item, for thumbnails: the file (folders, tables), the sample
+        (local shards); None for URLs and pipe: shards, and for files that have since changed
+        (sha256 no longer matches) or gone."""
+        hit = self.item(item_id)
+        try:
+            if hit.path is not None:
+                data = Path(hit.path).read_bytes()
+            elif hit.shard is not None and hit.offset is not None and hit.length is not None:
+                data = read_shard_member(hit.shard, hit.offset, hit.length)
+            else:
+                return None
+        except OSError:
+            return None
+        if data is None or (hit.sha256 is not None and hashlib.sha256(data).hexdigest() != hit.sha256):
+            return None
+        return data
+
+    def vector(self, item_id: str) -> np.ndarray:
+        return self._vector_of(self._row(item_id))
+
+    def _vector_of(self, row: int) -> np.ndarray:
+        if self._vectors is not None:
+            return self._vectors[row].copy()
+        return self._index.vectors()[self._entries_of(np.array([row]))[0]].copy()  # type: ignore[union-attr]
+
+    def _entries_of(self, rows: np.ndarray) -> np.ndarray:
+        if self._row_entry is None:
+            entry = np.full(len(self), -1, dtype=np.int64)
+            live = self._index_rows >= 0  # type: ignore[operator]
+            entry[self._index_rows[live]] = np.flatnonzero(live)  # type: ignore[index]
+            self._row_entry = entry
+        return self._row_entry[rows]
+
+    # -- search ---------------------------------------------------------------------------------------
+    def _check_model(self, model: Embedder | str) -> Embedder:
+        if isinstance(model, str):
+            from latentspace.models.load import load
+
+            model = load(model)
+        store.check_space(self.manifest, model.identity, what=f"query model {model.name!r}", directory=self.directory)
+        return model
+
+    def search_text(self, model: Embedder | str, text: str, k: int = 10, min_score: float | None = None,
+                    filters: Filters | None = None) -> list[Hit]:
+        model = self._check_model(model)
+        model.require("text")
+        query = model.embed_texts([text], "search_query")[0].numpy()
+        return self.search_vector(query, k, min_score, filters)
+
+    def search_image(self, model: Embedder | str, image: Any, k: int = 10, min_score: float | None = None,
+                     filters: Filters | None = None) -> list[Hit]:
+        """`image`: a path, bytes or a PIL image."""
+        model = self._check_model(model)
+        query = model.embed_images([image])[0].numpy()
+        return self.search_vector(query, k, min_score, filters)
+
+    def search_like(self, item_id: str, k: int = 10, min_score: float | None = None,
+                    filters: Filters | None = None) -> list[Hit]:
+        """Items nearest to an item of the collection (by id, or a path in it), without itself."""
+        row = self._row(item_id)
+        hits = self.search_vector(self._vector_of(row), k + 1, min_score, filters)
+        own = self.meta.column("id")[row].as_py()
+        return [h for h in hits if h.id != own][:k]
+
+    def search_vector(self, query: np.ndarray, k: int = 10, min_score: float | None = None,
+                      filters: Filters | None = None) -> list[Hit]:
+        """The k items nearest to a unit `query` vector of the collection's dimension."""
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.manifest.dim:
+            raise ValueError(f"query has {query.shape[0]} dimensions; collection {self.name!r} has {self.manifest.dim}")
+        if k < 1 or len(self) == 0:
+            return []
+        allowed = self._filter_rows(filters) if filters else None
+        if allowed is not None and not len(allowed):
+            return []
+        scores, rows = self._search(query, k, allowed)
+        return [self._hit(int(r), float(s)) for s, r in zip(scores, rows)
+                if min_score is None or s >= min_score]
+
+    def _search(self, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if self._index is None:
+            if allowed is None:
+                return exact_search(self._vectors, query, k)  # type: ignore[arg-type]
+            scores, pos = exact_search(self._vectors[allowed], query, k)  # type: ignore[index]
+            return scores, allowed[pos]
+        if allowed is not None and not use_ann(len(allowed), self.manifest.dim, self.manifest.hnsw_min_rows):
+            # few candidates: exact over them is cheap and complete
+            entries = self._entries_of(allowed)
+            scores, pos = exact_search(self._index.vectors()[entries], query, k)
+            return scores, allowed[pos]
+        mask = self._index_rows >= 0  # type: ignore[operator]
+        if allowed is not None:
+            wanted = np.zeros(len(self), dtype=bool)
+            wanted[allowed] = True
+            mask &= wanted[np.maximum(self._index_rows, 0)]  # type: ignore[arg-type]
+        scores, entries = self._index.search(query, k, allowed=None if mask.all() else mask)
+        return scores, self._index_rows[entries]  # type: ignore[index]
+
+    def _filter_rows(self, filters: Filters) -> np.ndarray:
+        """Meta rows that pass the filters, ascending."""
+        keep = pa.array(np.ones(len(self), dtype=bool))
+        if filters.path_prefix:
+            prefix = filters.path_prefix
+            hit = None
+            for column in ("path", "url", "shard", "key"):
+                match = pc.fill_null(pc.starts_with(self.meta.column(column), prefix), False)
+                hit = match if hit is None else pc.or_(hit, match)
+            keep = pc.and_(keep, hit)
+        if filters.caption_contains:
+            match = pc.match_substring(self.meta.column("caption"), filters.caption_contains, ignore_case=True)
+            keep = pc.and_(keep, pc.fill_null(match, False))
+        return np.flatnonzero(_bools(keep))
+
+
+def _bools(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=bool)
