@@ -8,6 +8,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _backend_cache(tmp_path_factory):
+    """Image-backend calibrations (serve --image-backend auto) go to a folder of this test run,
+    not the user's cache; within the run they are shared, as on a real machine."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
 sys.path.insert(0, str(Path(__file__).parent))  # for `import fakes`
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -35,7 +36,7 @@ class ColourModel(Embedder):
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         small = image.convert("RGB").resize((16, 16), Image.BILINEAR)
-        return torch.tensor(list(small.getdata()), dtype=torch.float32).T.reshape(3, 16, 16) / 255
+        return torch.from_numpy(np.asarray(small, dtype=np.float32)).permute(2, 0, 1) / 255
 
     def image_rows(self, pixels: torch.Tensor) -> torch.Tensor:
         if self.delay:

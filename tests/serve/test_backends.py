@@ -24,5 +24,7 @@ def test_openvino_matches_the_torch_forward(served_dir, precision, min_cosine):
 def test_bf16_needs_openvino():
     from latentspace.serve.settings import ServeSettings
 
-    with pytest.raises(ValueError, match="bf16 needs image_backend openvino"):
-        ServeSettings(models=["x"], image_precision="bf16")
+    with pytest.raises(ValueError, match="no torch backend at bf16"):
+        ServeSettings(models=["x"], image_backend="torch", image_precision="bf16")
+    with pytest.raises(ValueError, match="precision is measured too"):
+        ServeSettings(models=["x"], image_precision="int8")

@@ -225,7 +225,8 @@ def _prepare(record: Record, model: Embedder, max_pixels: int) -> _Prepared | st
     reason the item is skipped."""
     from latentspace.serve.fetch import UrlRefused
 
-    name = record.meta.get("path") or record.meta.get("url") or record.meta["key"]
+    meta = record.meta
+    name = meta.get("url") or (f"{meta['shard']}#{meta['key']}" if meta.get("shard") else meta["key"])
     try:
         data = record.read()  # type: ignore[misc]
     except UrlRefused as e:

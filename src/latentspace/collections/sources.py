@@ -331,7 +331,14 @@ def shard_records(url: str) -> Iterator[Record]:
                     position, members = position + 1, {}
                 key = k
                 extracted = tar.extractfile(member)
-                members[ext] = (extracted.read() if extracted else b"", member.offset_data, member.size)
+                data = extracted.read() if extracted else b""
+                if len(data) != member.size:
+                    raise tarfile.ReadError(f"member {member.name} is cut short ({len(data)} of {member.size} bytes)")
+                members[ext] = (data, member.offset_data, member.size)
+            end = tar.offset
+        if not url.startswith("pipe:") and os.path.getsize(url) < end + 2 * tarfile.BLOCKSIZE:
+            # a tar ends with two zero blocks; without them the file was cut between members
+            raise tarfile.ReadError("the file ends without the end-of-archive marker (truncated)")
         if key is not None:
             yield emit(key, members, position)
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:

@@ -1,65 +1,115 @@
-"""Faster image forwards for serving, chosen by measurement (see benchmarks/serve.py).
+"""Runtimes for the image forward, and the measured choice between them (`--image-backend auto`).
 
-On the CPUs this project runs on, the vision forward is the whole cost of an image request, so
-HTTP overhead cannot be the lever: a faster forward is. `torch` runs the model as trained
-(fp32). `openvino` compiles the same vision module with OpenVINO; at `fp32` it matches PyTorch
-to float tolerance, at `bf16` it uses the CPU's bfloat16 instructions where they exist (a cosine
-to fp32 of ~0.9999 on a ViT-B/16; the benchmark reports the exact figure for your model).
+On a CPU the vision forward is the whole cost of an image request, so the runtime it runs on is
+the lever. The candidates:
 
-Only the image tower is compiled; text keeps running in PyTorch, so text vectors stay
-bit-identical to the text model's own.
+    torch        fp32   the model as trained (the reference every other one is checked against)
+    torch        int8   dynamic int8 quantisation of the Linear layers (weights int8, activations
+                        quantised per batch); helps transformers, not ConvNets
+    openvino     fp32   OpenVINO's compiled graph (LATENCY hint: one inference uses every core)
+    openvino     bf16   the same in bfloat16: fast where the CPU has native bf16 (AVX512-BF16, AMX),
+                        emulated (slow) elsewhere
+    onnxruntime  fp32   ONNX Runtime on the exported graph
+    onnxruntime  int8   ONNX Runtime with dynamically quantised (int8) weights
+
+Which is fastest depends on the CPU (bf16 units, VNNI, AVX-512 or only AVX2), the runtimes
+installed and the model, so `auto` does not guess: at load it times each candidate on a probe
+batch, drops any whose output strays below a cosine of 0.999 from PyTorch fp32 on that batch, and
+takes the fastest of the rest. The choice is cached per model, CPU and runtime versions (a file
+lock makes worker processes share one calibration, so every worker runs the same backend), and
+the start-up log and GET /v1/models say which backend runs and why.
+
+Only the image forward changes runtime: text stays in PyTorch, so served text vectors stay
+bit-identical to the text model's own (the promise of a locked text tower).
 """
 
 from __future__ import annotations
 
+import copy
+import fcntl
+import hashlib
+import json
 import logging
+import os
+import platform
+import tempfile
+import time
 import warnings
-from typing import Callable, Literal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["torch", "openvino"]
-Precision = Literal["fp32", "bf16"]
+Backend = Literal["torch", "openvino", "onnxruntime"]
+Precision = Literal["fp32", "bf16", "int8"]
 PixelForward = Callable[[torch.Tensor], torch.Tensor]
+BACKENDS: tuple[str, ...] = ("torch", "openvino", "onnxruntime")
+# Every (backend, precision) that exists, in the order `auto` measures them.
+CANDIDATES: tuple[tuple[str, str], ...] = (
+    ("torch", "fp32"), ("torch", "int8"), ("openvino", "fp32"), ("openvino", "bf16"),
+    ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+)
+MIN_COSINE = 0.999
 
 
-def accelerate(module: torch.nn.Module, example: torch.Tensor, backend: Backend,
-               precision: Precision) -> PixelForward:
-    """Return a pixels -> rows function (float32, not normalised) running `module` on `backend`.
+class BackendUnavailable(ImportError):
+    """The runtime a backend needs is not installed (or cannot run this model here)."""
 
-    `module` is the model's image forward (`Embedder.image_module`); `example` a preprocessed
-    batch of the right shape (any batch size: the compiled model accepts every batch size)."""
+
+# -- building a forward on one runtime ------------------------------------------------------------
+
+def accelerate(module: torch.nn.Module, example: torch.Tensor, backend: str, precision: str) -> PixelForward:
+    """A pixels -> rows function (float32, not normalised) running `module` on `backend` at
+    `precision`. `example` is a preprocessed batch of the right image size (the result accepts
+    any batch size). Raises BackendUnavailable when the runtime is missing, ValueError for a
+    combination that does not exist."""
+    if (backend, precision) not in CANDIDATES:
+        raise ValueError(f"no {backend} backend at {precision}; choose one of "
+                         + ", ".join(f"{b}-{p}" for b, p in CANDIDATES))
+    module = module.eval()
     if backend == "torch":
-        if precision != "fp32":
-            raise ValueError("the torch backend serves fp32 only (this CPU has no fast bf16 path in PyTorch); "
-                             "use --image-backend openvino for bf16")
-        return module
+        return module if precision == "fp32" else _torch_int8(module)
     if backend == "openvino":
         return _openvino(module, example, precision)
-    raise ValueError(f"unknown image backend {backend!r}; choose torch or openvino")
+    return _onnxruntime(module, example, precision)
 
 
-def _openvino(module: torch.nn.Module, example: torch.Tensor, precision: Precision) -> PixelForward:
+def _torch_int8(module: torch.nn.Module) -> PixelForward:
+    from torch.ao.quantization import quantize_dynamic
+
+    if not any(isinstance(m, torch.nn.Linear) for m in module.modules()):
+        raise BackendUnavailable("torch int8 quantises Linear layers, and this model has none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notices for the torch.ao API
+        quantized = quantize_dynamic(copy.deepcopy(module), {torch.nn.Linear}, dtype=torch.qint8)
+
+    @torch.inference_mode()
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        return quantized(pixels).float()
+
+    return run
+
+
+def _openvino(module: torch.nn.Module, example: torch.Tensor, precision: str) -> PixelForward:
     try:
         import openvino as ov
     except ImportError as e:
-        raise ImportError("the openvino image backend needs the openvino package: "
-                          "pip install 'latentspace[fast]' (or pip install openvino)") from e
-    module = module.eval()
+        raise BackendUnavailable("the openvino backend needs the openvino package: "
+                                 "pip install 'latentspace[fast]'") from e
+    if precision == "int8":
+        raise ValueError("openvino int8 is not offered (it needs NNCF); use onnxruntime-int8 or torch-int8")
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer chatter about shape asserts; the test checks the outputs
+        warnings.simplefilter("ignore")  # tracer chatter about shape asserts; the outputs are checked
         graph = ov.convert_model(module, example_input=example)
-    batch_free = ov.PartialShape([-1, *example.shape[1:]])  # any batch size, fixed image size
-    graph.reshape({graph.inputs[0]: batch_free})
+    graph.reshape({graph.inputs[0]: ov.PartialShape([-1, *example.shape[1:]])})  # any batch size
     core = ov.Core()
-    precisions = {"fp32": "f32", "bf16": "bf16"}
-    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-        log.warning("this CPU has no bf16 instructions; OpenVINO will emulate bf16 (slow) - prefer fp32 here")
     # LATENCY: one inference uses every core, which is what one worker thread issuing whole
-    # batches wants (THROUGHPUT would split cores into streams that a single request cannot fill).
-    compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": precisions[precision],
+    # batches wants (THROUGHPUT would split the cores into streams a single request cannot fill).
+    compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
                                                   "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()  # used only from the model's inference thread
 
@@ -68,3 +118,241 @@ def _openvino(module: torch.nn.Module, example: torch.Tensor, precision: Precisi
         return torch.from_numpy(output.copy()).float()
 
     return run
+
+
+def _onnxruntime(module: torch.nn.Module, example: torch.Tensor, precision: str) -> PixelForward:
+    try:
+        import onnx  # noqa: F401 - the exporter needs it
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendUnavailable("the onnxruntime backend needs the onnxruntime and onnx packages: "
+                                 "pip install 'latentspace[fast]'") from e
+    if precision == "bf16":
+        raise ValueError("onnxruntime bf16 is not offered on CPU; use openvino-bf16")
+    with tempfile.TemporaryDirectory(prefix="latentspace-onnx-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17,
+                              input_names=["pixels"], output_names=["rows"],
+                              dynamic_axes={"pixels": {0: "batch"}, "rows": {0: "batch"}})
+        if precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantized = Path(tmp) / "model.int8.onnx"
+            logging.getLogger("root").setLevel(logging.ERROR)  # its advice about pre-processing
+            quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+            path = quantized
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
+
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"pixels": pixels.contiguous().numpy()})[0]).float()
+
+    return run
+
+
+# -- the machine ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    flags: frozenset[str]
+
+    @property
+    def native_bf16(self) -> bool:
+        return bool({"avx512_bf16", "amx_bf16"} & self.flags)
+
+    def summary(self) -> str:
+        """The features that decide between the runtimes, e.g. 'AMD EPYC (avx2, fma; no bf16)'."""
+        shown = [f for f in ("amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2", "fma")
+                 if f in self.flags]
+        return f"{self.model} ({', '.join(shown) or 'no AVX2'}{'' if self.native_bf16 else '; no native bf16'})"
+
+
+def cpu_info() -> CpuInfo:
+    """The CPU model and its feature flags (from /proc/cpuinfo on Linux)."""
+    model, flags = platform.processor() or platform.machine(), frozenset()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = frozenset(value.split())
+    except OSError:
+        pass
+    return CpuInfo(model, flags)
+
+
+def runtime_versions() -> dict[str, str | None]:
+    """Installed versions of the runtimes (None: not installed); part of the calibration key."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for package in ("torch", "openvino", "onnxruntime"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+# -- the measured choice --------------------------------------------------------------------------
+
+@dataclass
+class Measurement:
+    backend: str
+    precision: str
+    images_per_s: float | None = None
+    min_cosine: float | None = None
+    skipped: str | None = None  # why it was not measured or not eligible
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}-{self.precision}"
+
+
+@dataclass
+class Choice:
+    backend: str
+    precision: str
+    reason: str
+    measurements: list[Measurement] = field(default_factory=list)
+    cached: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}-{self.precision}"
+
+    def to_json(self) -> dict:
+        return {"backend": self.backend, "precision": self.precision, "reason": self.reason,
+                "measurements": [asdict(m) for m in self.measurements]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Choice":
+        return cls(d["backend"], d["precision"], d["reason"], [Measurement(**m) for m in d["measurements"]], cached=True)
+
+
+Builder = Callable[[torch.nn.Module, torch.Tensor, str, str], PixelForward]
+
+
+def _images_per_s(forward: PixelForward, probe: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
+    rows = forward(probe)  # warm-up (first calls compile / allocate)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        rows = forward(probe)
+        best = min(best, time.perf_counter() - started)
+    return len(probe) / best, rows
+
+
+def calibrate(module: torch.nn.Module, probe: torch.Tensor, *, candidates: Sequence[tuple[str, str]] = CANDIDATES,
+              min_cosine: float = MIN_COSINE, repeats: int = 2, build: Builder = accelerate) -> Choice:
+    """Time every candidate on `probe` and choose the fastest whose rows keep a cosine of at least
+    `min_cosine` to PyTorch fp32 on every probe image. PyTorch fp32 is always measured (it is the
+    reference, and the fallback)."""
+    cpu = cpu_info()
+    with torch.inference_mode():
+        reference_speed, reference = _images_per_s(module.eval(), probe, repeats)
+    measurements = [Measurement("torch", "fp32", reference_speed, 1.0)]
+    for backend, precision in candidates:
+        if (backend, precision) == ("torch", "fp32"):
+            continue
+        m = Measurement(backend, precision)
+        measurements.append(m)
+        if precision == "bf16" and not cpu.native_bf16:
+            m.skipped = "no native bf16 on this CPU (emulated bf16 is slower than fp32)"
+            continue
+        try:
+            forward = build(module, probe, backend, precision)
+            with torch.inference_mode():
+                m.images_per_s, rows = _images_per_s(forward, probe, repeats)
+        except BackendUnavailable as e:
+            m.skipped = f"runtime missing: {e}"
+            log.info("image backend %s skipped: %s", m.name, e)
+            continue
+        except Exception as e:  # noqa: BLE001 - a runtime that cannot run this model is not a choice
+            m.skipped = f"failed: {type(e).__name__}: {e}"
+            log.info("image backend %s skipped: %s", m.name, m.skipped)
+            continue
+        m.min_cosine = float(F.cosine_similarity(rows.float(), reference.float(), dim=-1).min())
+        if m.min_cosine < min_cosine:
+            m.skipped = f"cosine {m.min_cosine:.5f} to PyTorch fp32 is below {min_cosine}"
+    eligible = [m for m in measurements if m.skipped is None]
+    best = max(eligible, key=lambda m: m.images_per_s or 0.0)
+    reason = (f"fastest of {', '.join(f'{m.name} {m.images_per_s:.1f}/s' for m in eligible)} on {cpu.summary()} "
+              f"(probe batch {len(probe)}, cosine >= {min_cosine} to PyTorch fp32)")
+    return Choice(best.backend, best.precision, reason, measurements)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latentspace" / "backends"
+
+
+def calibration_key(model_fingerprint: str, probe: torch.Tensor, candidates: Sequence[tuple[str, str]]) -> str:
+    """What a cached choice depends on: the model, the probe's shape, the CPU and the runtimes."""
+    cpu = cpu_info()
+    blob = json.dumps({"model": model_fingerprint, "probe": list(probe.shape), "cpu": cpu.model,
+                       "flags": sorted(cpu.flags), "threads": torch.get_num_threads(),
+                       "runtimes": runtime_versions(), "candidates": list(candidates)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def choose(module: torch.nn.Module, probe: torch.Tensor, *, model_fingerprint: str, cache_dir: Path | None = None,
+           candidates: Sequence[tuple[str, str]] = CANDIDATES, build: Builder = accelerate) -> Choice:
+    """The calibrated choice for this model on this machine, from the cache when it has one.
+    Concurrent callers (worker processes) wait on a file lock, so only one measures and all
+    take the same choice."""
+    cache_dir = cache_dir or default_cache_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"{calibration_key(model_fingerprint, probe, candidates)}.json"
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            try:
+                return Choice.from_json(json.loads(path.read_text()))
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring an unreadable backend calibration cache %s", path)
+        choice = calibrate(module, probe, candidates=candidates, build=build)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(choice.to_json(), indent=1))
+        os.replace(tmp, path)
+        return choice
+
+
+def probe_images(preprocess: Callable, n: int = 8) -> torch.Tensor:
+    """A probe batch with what images have: flat colour, gradients, edges and noise, run through
+    the model's own preprocessing."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            img = Image.new("RGB", (256, 256), tuple(int(c) for c in rng.integers(0, 256, 3)))
+        elif kind == 1:
+            ramp = np.linspace(0, 255, 256, dtype=np.uint8)
+            img = Image.fromarray(np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)),
+                                            np.full((256, 256), 128, np.uint8)], -1))
+        elif kind == 2:
+            img = Image.new("RGB", (256, 192), "white")
+            draw = ImageDraw.Draw(img)
+            for _ in range(6):
+                x, y = (int(v) for v in rng.integers(0, 160, 2))
+                w, h = (int(v) for v in rng.integers(16, 96, 2))
+                draw.ellipse((x, y, x + w, y + h), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        else:
+            img = Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
+        images.append(preprocess(img))
+    return torch.stack(images)
+
+
+def describe_measurements(choice: Choice) -> str:
+    return "; ".join(f"{m.name}: " + (m.skipped if m.skipped and m.images_per_s is None else
+                                       f"{m.images_per_s:.1f} images/s, cosine {m.min_cosine:.5f}"
+                                       + (f" ({m.skipped})" if m.skipped else ""))
+                     for m in choice.measurements)

@@ -8,14 +8,19 @@ as local mode's. Only the image forward may be swapped for a faster runtime.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from latentspace.models.embedder import Embedder
 from latentspace.models.load import default_name, load, parse_spec
-from latentspace.serve.backends import Backend, Precision, accelerate
+from latentspace.serve.backends import Choice, accelerate, choose, describe_measurements, probe_images
+from latentspace.space import hash_state_dict
+
+log = logging.getLogger(__name__)
 
 PixelForward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -35,29 +40,38 @@ class ServedModel:
     spec: str
     model: Embedder
     image_forward: PixelForward | None  # pixels -> rows on the chosen runtime (None: no image side)
-    image_backend: str | None
+    image_backend: Choice | None
 
     def describe(self) -> dict[str, Any]:
         out = {"id": self.name, "object": "model", "owned_by": "latentspace", **self.model.describe()}
         if self.image_backend is not None:
-            out["image_backend"] = self.image_backend
+            out["image_backend"] = self.image_backend.name
+            out["image_backend_reason"] = self.image_backend.reason
         return out
 
 
-def load_served_model(name: str, spec: str, partners: Sequence[Embedder] = (), *, image_backend: Backend = "torch",
-                      image_precision: Precision = "fp32") -> ServedModel:
+def load_served_model(name: str, spec: str, partners: Sequence[Embedder] = (), *, image_backend: str = "auto",
+                      image_precision: str | None = None, backend_cache_dir: str | None = None) -> ServedModel:
     """Load `spec` (with `partners`, the models loaded before it) and put its image forward on
-    `image_backend`. Raises ValueError / OSError with a clear message."""
+    `image_backend` (auto: measured, see serve/backends.py). Raises ValueError / OSError with a
+    clear message."""
     model = load(spec, partners=partners)
     if "image" not in model.modalities:
         return ServedModel(name, spec, model, None, None)
-    forward = model.image_rows
-    if (image_backend, image_precision) != ("torch", "fp32"):
-        from PIL import Image
-
-        example = torch.stack([model.preprocess_image(Image.new("RGB", (64, 64)))] * 2)
-        forward = accelerate(model.image_module, example, image_backend, image_precision)
-    return ServedModel(name, spec, model, forward, f"{image_backend}-{image_precision}")
+    probe = probe_images(model.preprocess_image)
+    if image_backend == "auto":
+        fingerprint = f"{model.kind}|{model.space}|{hash_state_dict(model.image_module.state_dict())}"
+        choice = choose(model.image_module, probe, model_fingerprint=fingerprint,
+                        cache_dir=Path(backend_cache_dir) if backend_cache_dir else None)
+        log.info("model %s: images on %s%s: %s", name, choice.name, " (cached calibration)" if choice.cached else "",
+                 choice.reason)
+        log.debug("model %s calibration: %s", name, describe_measurements(choice))
+    else:
+        choice = Choice(image_backend, image_precision or "fp32", "chosen with --image-backend")
+    if choice.name == "torch-fp32":
+        return ServedModel(name, spec, model, model.image_rows, choice)
+    return ServedModel(name, spec, model, accelerate(model.image_module, probe[:2], choice.backend, choice.precision),
+                       choice)
 
 
 def load_order(specs: Sequence[str]) -> list[int]:

@@ -54,7 +54,8 @@ class ModelRegistry:
     def __init__(self, settings: ServeSettings, metrics: ServerMetrics, loader: Loader | None = None):
         self.settings, self.metrics = settings, metrics
         self.loader = loader or partial(load_served_model, image_backend=settings.image_backend,
-                                        image_precision=settings.image_precision)
+                                        image_precision=settings.image_precision,
+                                        backend_cache_dir=settings.backend_cache_dir)
         self.slots: dict[str, Slot] = {}
         for arg in settings.models:
             name, spec = parse_model_arg(arg)
@@ -90,7 +91,7 @@ class ModelRegistry:
             slot.state = "ready"
             m = model.model
             log.info("model %s ready (%s, %s, %d-d, %s%s)", slot.name, m.kind, m.space, m.dim, "+".join(m.modalities),
-                     f", images on {model.image_backend}" if model.image_backend else "")
+                     f", images on {model.image_backend.name}" if model.image_backend else "")
 
     def _worker_for(self, name: str) -> InferenceWorker:
         gauge = self.metrics.queue_depth.labels(name)

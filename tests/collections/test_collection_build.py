@@ -1,0 +1,130 @@
+"""Building a collection from a folder: what goes in, what is skipped and why, the part format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from latentspace.cli import app
+from latentspace.collections import BuildSettings, Collection, build_collection
+from latentspace.collections.progress import PlainProgress, progress_for
+
+SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
+
+
+def test_folder_build_counts_and_skips(tmp_path, library, colour_model):
+    report = build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS)
+    assert report.items == report.images_embedded == 12
+    assert report.skipped == 5 and report.index == "exact"
+    reasons = {json.loads(line)["key"]: json.loads(line)["reason"]
+               for line in (tmp_path / "c" / "skipped.jsonl").read_text().splitlines()}
+    assert set(reasons) == {"bad/corrupt.png", "bad/empty.jpg", "bad/notes.png", "bad/huge.png", "bad/gone.png"}
+    assert "empty file" in reasons["bad/empty.jpg"]
+    assert "not a decodable image" in reasons["bad/notes.png"] and "not a decodable image" in reasons["bad/corrupt.png"]
+    assert "exceeds the limit of 10000" in reasons["bad/huge.png"]
+    assert "unreadable" in reasons["bad/gone.png"]
+
+    found = Collection.open(tmp_path / "c")
+    keys = sorted(found.meta.column("key").to_pylist())
+    assert "sub/red_triangle.png" in keys and "readme.txt" not in keys and len(keys) == 12
+    # 17 candidate files in sorted order, 5 per part: 4 parts, part boundaries from the plan
+    manifest = json.loads((tmp_path / "c" / "collection.json").read_text())
+    assert [p["name"] for p in manifest["parts"]] == [f"part-{i:06d}" for i in range(4)]
+    assert manifest["counts"] == {"items": 12, "parts": 4, "skipped": 5}
+    assert not (tmp_path / "c" / "plan.json").exists() and not (tmp_path / "c" / "staging").exists()
+
+
+def test_parts_are_plain_parquet_with_provenance(tmp_path, library, colour_model):
+    build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS)
+    part = pq.read_table(tmp_path / "c" / "parts" / "part-000001.parquet")
+    kind = part.schema.field("embedding").type
+    assert pa.types.is_fixed_size_list(kind) and kind.value_type == pa.float32() and kind.list_size == 4
+    row = part.to_pylist()[0]
+    path = Path(row["path"])
+    assert path.is_file() and row["key"] == path.relative_to(library).as_posix()
+    assert (row["width"], row["height"]) == (48, 48) and row["size"] == path.stat().st_size
+    assert row["mtime_ns"] == path.stat().st_mtime_ns and len(row["sha256"]) == 64 and len(row["id"]) == 16
+    assert np.isclose(np.linalg.norm(row["embedding"]), 1.0, atol=1e-6)
+    info = json.loads(part.schema.metadata[b"latentspace"])
+    assert info["model"] == "colour" and info["identity"] == colour_model.identity.to_dict()
+    assert info["dtype"] == "float32" and info["settings"]["image_backend"] == "torch"
+    manifest = json.loads((tmp_path / "c" / "collection.json").read_text())
+    assert manifest["identity"] == colour_model.identity.to_dict() and manifest["dim"] == 4
+
+
+def test_float16_parts(tmp_path, library, colour_model):
+    build_collection(tmp_path / "f32", colour_model, library, settings=SETTINGS)
+    build_collection(tmp_path / "f16", colour_model, library,
+                     settings=BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4, dtype="float16"))
+    part = pq.read_table(tmp_path / "f16" / "parts" / "part-000000.parquet")
+    kind = part.schema.field("embedding").type
+    assert kind.value_type == pa.float16() and kind.list_size == 4
+    a, b = Collection.open(tmp_path / "f32"), Collection.open(tmp_path / "f16")
+    ids = a.meta.column("id").to_pylist()
+    assert np.abs(np.stack([a.vector(i) for i in ids]) - np.stack([b.vector(i) for i in ids])).max() < 1e-3
+    assert [h.id for h in b.search_text(colour_model, "blue", k=3)] == [h.id for h in a.search_text(colour_model, "blue", k=3)]
+    with pytest.raises(ValueError, match="stores float16 vectors"):
+        build_collection(tmp_path / "f16", colour_model, library, settings=BuildSettings(dtype="float32"))
+
+
+def test_cli_build_and_search_json(tmp_path, text_tower):
+    """The command as users run it, with a real model directory."""
+    import fakes
+
+    model_dir = fakes.save_tiny_model_dir(tmp_path / "model", text_tower)
+    images = tmp_path / "images"
+    for i, concept in enumerate(fakes.CONCEPTS[:6]):
+        images.mkdir(exist_ok=True)
+        fakes.draw(concept).save(images / f"{i:02d}.png")
+    out = tmp_path / "coll"
+    result = CliRunner().invoke(app, ["collection", "build", "pics", "--model", str(model_dir), "--images", str(images),
+                                      "--out", str(out), "--batch-size", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["items"] == 6 and report["images_embedded"] == 6
+    assert "embedded 6/6 images" in result.stderr  # plain progress lines off a terminal
+
+    result = CliRunner().invoke(app, ["collection", "search", str(out), "a red circle", "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert len(lines) == 3
+    assert all(set(line) == {"id", "score", "path", "url", "caption"} for line in lines)
+    assert [line["score"] for line in lines] == sorted((line["score"] for line in lines), reverse=True)
+    assert all(Path(line["path"]).parent == images for line in lines)
+
+    like = CliRunner().invoke(app, ["collection", "search", str(out), "--like", lines[0]["id"], "--json"])
+    assert like.exit_code == 0 and lines[0]["id"] not in like.stdout and len(like.stdout.splitlines()) == 5
+    by_image = CliRunner().invoke(app, ["collection", "search", str(out), "--image", lines[0]["path"], "--json", "-k", "1"])
+    assert json.loads(by_image.stdout)["id"] == lines[0]["id"]
+    info = CliRunner().invoke(app, ["collection", "info", str(out), "--json"])
+    assert json.loads(info.stdout)["items"] == 6
+    both = CliRunner().invoke(app, ["collection", "search", str(out), "red", "--like", lines[0]["id"]])
+    assert both.exit_code == 2 and "exactly one query" in both.stderr
+    missing = CliRunner().invoke(app, ["collection", "search", str(tmp_path / "nope"), "red"])
+    assert missing.exit_code == 2 and "no collection at" in missing.stderr
+
+
+def test_plain_progress_lines():
+    now = [0.0]
+    lines: list[str] = []
+    progress = PlainProgress(lines.append, interval=5.0, clock=lambda: now[0])
+    progress.start(100)
+    for _ in range(4):
+        now[0] += 2.0
+        progress.advance(10)
+    progress.close()
+    assert lines[0] == "embedded 30/100 images (5.0 images/s, ETA 0:00:14)"
+    assert lines[-1] == "embedded 40/100 images (5.0 images/s, ETA 0:00:12)"
+    unknown = PlainProgress(lines.append, clock=lambda: now[0])
+    unknown.start(None)
+    unknown.close()
+    assert lines[-1] == "embedded 0 images (0.0 images/s)"
+    from rich.console import Console
+
+    assert isinstance(progress_for(Console(file=open("/dev/null", "w"))), PlainProgress)

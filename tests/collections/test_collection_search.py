@@ -1,0 +1,126 @@
+"""Searching a collection: rankings by text, image and item, filters, scores, spaces, HNSW."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fakes
+from latentspace.collections import (BuildSettings, Collection, CollectionSpaceError, Filters, ItemNotFound,
+                                     build_collection)
+
+SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
+
+
+@pytest.fixture
+def built(tmp_path, library, colour_model) -> Collection:
+    build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS)
+    return Collection.open(tmp_path / "c")
+
+
+def colour_of(hit) -> str:
+    return hit.key.rsplit("/", 1)[-1].split("_")[0]
+
+
+@pytest.mark.parametrize("colour", ["red", "green", "blue", "yellow"])
+def test_text_search_ranks_the_named_colour_first(built, colour_model, colour):
+    hits = built.search_text(colour_model, f"a {colour} thing", k=3)
+    assert [colour_of(h) for h in hits] == [colour] * 3
+    assert colour_model.last_task_type == "search_query"
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+
+
+def test_image_and_like_search(built, colour_model, tmp_path):
+    query = tmp_path / "query.png"
+    fakes.draw("green triangle", size=40, style=1).save(query)
+    hits = built.search_image(colour_model, query, k=3)
+    assert [colour_of(h) for h in hits] == ["green"] * 3
+    assert [h.id for h in built.search_image(colour_model, query.read_bytes(), k=3)] == [h.id for h in hits]
+
+    target = built.item("sub/blue_triangle.png")  # a path in the source folder names an item too
+    like = built.search_like(target.id, k=2)
+    assert target.id not in [h.id for h in like] and [colour_of(h) for h in like] == ["blue", "blue"]
+    assert built.search_like(target.path, k=2) == like
+    with pytest.raises(ItemNotFound, match="no item 'nope'"):
+        built.search_like("nope")
+
+
+def test_filters_and_min_score(built, colour_model):
+    in_sub = built.search_text(colour_model, "red", k=10, filters=Filters(path_prefix="sub/"))
+    assert len(in_sub) == 4 and all(h.key.startswith("sub/") for h in in_sub)
+    assert colour_of(in_sub[0]) == "red"
+    absolute = built.search_text(colour_model, "red", k=10, filters=Filters(path_prefix=str(built.item(in_sub[0].id).path)))
+    assert [h.id for h in absolute] == [in_sub[0].id]
+    strong = built.search_text(colour_model, "red", k=10, min_score=0.9)
+    assert strong and all(h.score >= 0.9 for h in strong) and len(strong) < 10
+    assert built.search_text(colour_model, "red", k=10, min_score=1.01) == []
+    assert built.search_text(colour_model, "red", filters=Filters(path_prefix="nowhere/")) == []
+
+
+def test_caption_filter_on_a_table(tmp_path, colour_model):
+    rows = []
+    for i, concept in enumerate(fakes.CONCEPTS):
+        path = tmp_path / "imgs" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        fakes.draw(concept).save(path)
+        rows.append(f"imgs/{i}.png,A {concept.upper()} drawing")
+    (tmp_path / "list.csv").write_text("path,caption\n" + "\n".join(rows) + "\n")
+    build_collection(tmp_path / "c", colour_model, tmp_path / "list.csv")
+    found = Collection.open(tmp_path / "c")
+    hits = found.search_text(colour_model, "red", k=5, filters=Filters(caption_contains="circle"))
+    assert [h.caption for h in hits][:1] == ["A RED CIRCLE drawing"] and all("CIRCLE" in h.caption for h in hits)
+    assert len(hits) == 4
+
+
+def test_item_metadata_and_image_bytes(built, library):
+    item = built.item("red_circle.png")
+    assert item.path == str(library / "red_circle.png") and item.width == 48
+    assert built.read_image_bytes(item.id) == (library / "red_circle.png").read_bytes()
+    (library / "red_circle.png").write_bytes(b"replaced")  # changed since: no stale thumbnail
+    assert built.read_image_bytes(item.id) is None
+    info = built.info()
+    assert info["items"] == 12 and info["skipped"] == 5 and info["search"] == "exact" and info["model"] == "colour"
+
+
+def test_another_space_is_refused(tmp_path, built, library):
+    import conftest
+
+    other = conftest.ColourModel(fingerprint="0123456789abcdef")
+    with pytest.raises(CollectionSpaceError, match="another space|holds vectors of space"):
+        built.search_text(other, "red")
+    with pytest.raises(CollectionSpaceError, match="use a model of the collection's space"):
+        build_collection(built.directory, other, library)
+    assert Collection.open(built.directory).info()["items"] == 12  # untouched
+
+
+def test_hnsw_matches_exact_search(tmp_path, colour_model):
+    """Forcing the HNSW threshold down to a few rows: same top results as exact search, filters
+    and deleted rows respected."""
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    images.mkdir()
+    from PIL import Image
+
+    for i in range(60):  # solid colours, spread over the colour cube
+        Image.new("RGB", (8, 8), tuple(int(c) for c in rng.integers(0, 256, 3))).save(images / f"{i:03d}.png")
+    build_collection(tmp_path / "exact", colour_model, images)
+    report = build_collection(tmp_path / "ann", colour_model, images, settings=BuildSettings(hnsw_min_rows=10))
+    assert report.index.startswith("hnsw (built over 60")
+    exact, ann = Collection.open(tmp_path / "exact"), Collection.open(tmp_path / "ann")
+    assert exact.info()["search"] == "exact" and ann.info()["search"] == "hnsw"
+    for text in ("red", "green", "blue", "yellow"):
+        assert [h.id for h in ann.search_text(colour_model, text, k=5)] == [h.id for h in exact.search_text(colour_model, text, k=5)]
+    some = exact.meta.column("id")[7].as_py()
+    assert [h.id for h in ann.search_like(some, k=5)] == [h.id for h in exact.search_like(some, k=5)]
+    prefix = Filters(path_prefix="00")  # 000..009
+    assert [h.id for h in ann.search_text(colour_model, "blue", k=3, filters=prefix)] == \
+        [h.id for h in exact.search_text(colour_model, "blue", k=3, filters=prefix)]
+
+    # delete the best red match: gone from results although the graph still holds it
+    best = ann.search_text(colour_model, "red", k=1)[0]
+    (images / best.key).unlink()
+    report = build_collection(tmp_path / "ann", colour_model, images)
+    assert report.removed == 1 and report.index.startswith("hnsw (")
+    again = Collection.open(tmp_path / "ann")
+    assert best.id not in [h.id for h in again.search_text(colour_model, "red", k=5)]
+    assert len(again) == 59
