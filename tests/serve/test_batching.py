@@ -109,3 +109,52 @@ def test_queue_bound_and_dead_worker():
     assert not worker.alive
     with pytest.raises(WorkerDead, match="not running"):
         run(worker.submit(kind, [1]))
+
+
+def _sleepy_kind(calls, seconds: float) -> BatchKind:
+    import time
+
+    def run(items):
+        calls.append(list(items))
+        time.sleep(seconds)
+        return torch.tensor([[float(x)] for x in items])
+    return BatchKind(("image",), run, 64)
+
+
+def test_adaptive_wait_lets_returning_clients_share_the_next_forward():
+    """After a forward of 4, the next forward waits (briefly) until 4 items are queued again."""
+    calls = []
+    worker = InferenceWorker("m", max_queue_items=100)  # max_wait_s None: adaptive
+    worker.start()
+    kind = _sleepy_kind(calls, 0.1)
+
+    async def main():
+        await asyncio.gather(*(worker.submit(kind, [i]) for i in range(4)))  # one forward of 4
+        first = asyncio.create_task(worker.submit(kind, [10]))
+        await asyncio.sleep(0.005)  # the others come back a few ms later, well within 15% of 0.1 s
+        rest = [asyncio.create_task(worker.submit(kind, [i])) for i in (11, 12, 13)]
+        await asyncio.gather(first, *rest)
+
+    run(main())
+    assert calls[-1] == [10, 11, 12, 13]
+    worker.stop()
+
+
+def test_a_lone_client_never_waits():
+    import time
+
+    calls = []
+    worker = InferenceWorker("m", max_queue_items=100)
+    worker.start()
+    kind = _sleepy_kind(calls, 0.0)
+
+    async def main():
+        for i in range(5):
+            started = time.perf_counter()
+            await worker.submit(kind, [i])
+            assert time.perf_counter() - started < 0.5
+        return calls
+
+    assert run(main()) == [[0], [1], [2], [3], [4]]
+    assert worker._last_batch_items == 1  # so the next forward would not wait either
+    worker.stop()

@@ -27,6 +27,12 @@ import torch
 log = logging.getLogger(__name__)
 
 
+# The adaptive wait (InferenceWorker, max_wait_s=None): at most this share of the last forward's
+# time, and never longer than the cap.
+ADAPTIVE_WAIT_FRACTION = 0.15
+ADAPTIVE_WAIT_CAP_S = 0.02
+
+
 class QueueFull(RuntimeError):
     """The worker already holds as many items as it may; retry later."""
 
@@ -77,11 +83,18 @@ class BatchObserver:
 
 
 class InferenceWorker:
-    def __init__(self, name: str, *, max_queue_items: int, max_wait_s: float = 0.0,
+    def __init__(self, name: str, *, max_queue_items: int, max_wait_s: float | None = None,
                  observer: BatchObserver | None = None):
+        """`max_wait_s`: how long a forward waits for more requests to share it. A number is a
+        fixed wait (0: never wait). None is adaptive: wait only while fewer items are queued
+        than the last batch had (under steady load, answered clients are about to send again),
+        for at most ADAPTIVE_WAIT_FRACTION of the last forward's time and ADAPTIVE_WAIT_CAP_S.
+        A lone client never waits, since its last batch held its own request only."""
         self.name = name
         self.max_queue_items = max_queue_items
         self.max_wait_s = max_wait_s
+        self._last_batch_items = 0
+        self._last_forward_s = 0.0
         self.observer = observer or BatchObserver()
         self._jobs: deque[_Job] = deque()
         self._pending_items = 0
@@ -151,10 +164,7 @@ class InferenceWorker:
                 self._cond.wait()
             if self._stopping:
                 return None
-            if self.max_wait_s > 0:  # let a few more requests arrive to share this forward
-                deadline = time.monotonic() + self.max_wait_s
-                while not self._stopping and (left := deadline - time.monotonic()) > 0:
-                    self._cond.wait(left)
+            self._wait_for_company()
             kind = self._jobs[0].kind
             parts, spent = [], 0
             for job in list(self._jobs):
@@ -174,6 +184,21 @@ class InferenceWorker:
                     break  # budget spent
             return kind, parts
 
+    def _wait_for_company(self) -> None:
+        """Let a few more requests arrive to share this forward (called holding the lock)."""
+        if self.max_wait_s is not None:
+            wait, enough = self.max_wait_s, None
+        else:
+            wait = min(ADAPTIVE_WAIT_CAP_S, ADAPTIVE_WAIT_FRACTION * self._last_forward_s)
+            enough = self._last_batch_items
+            if self._pending_items >= enough:
+                return
+        deadline = time.monotonic() + wait
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            if enough is not None and self._pending_items >= enough:
+                return
+            self._cond.wait(left)
+
     def _execute(self, kind: BatchKind, parts: list[tuple[_Job, int, int]]) -> None:
         items = [item for job, start, end in parts for item in job.items[start:end]]
         self._inflight = [job for job, _, _ in parts]
@@ -185,7 +210,9 @@ class InferenceWorker:
             error = RuntimeError(f"inference failed: {type(e).__name__}: {e}")
             self._finish(parts, error=error)
             return
-        self.observer.batch(kind.key, len(items), time.perf_counter() - started)
+        self._last_forward_s = time.perf_counter() - started
+        self._last_batch_items = len(items)
+        self.observer.batch(kind.key, len(items), self._last_forward_s)
         offset = 0
         for job, start, end in parts:
             job.results.append(rows[offset : offset + end - start])

@@ -58,20 +58,32 @@ def load_served_model(name: str, spec: str, partners: Sequence[Embedder] = (), *
     model = load(spec, partners=partners)
     if "image" not in model.modalities:
         return ServedModel(name, spec, model, None, None)
-    probe = probe_images(model.preprocess_image)
     if image_backend == "auto":
-        fingerprint = f"{model.kind}|{model.space}|{hash_state_dict(model.image_module.state_dict())}"
-        choice = choose(model.image_module, probe, model_fingerprint=fingerprint,
-                        cache_dir=Path(backend_cache_dir) if backend_cache_dir else None)
+        choice = auto_image_backend(model, Path(backend_cache_dir) if backend_cache_dir else None)
         log.info("model %s: images on %s%s: %s", name, choice.name, " (cached calibration)" if choice.cached else "",
                  choice.reason)
         log.debug("model %s calibration: %s", name, describe_measurements(choice))
     else:
         choice = Choice(image_backend, image_precision or "fp32", "chosen with --image-backend")
+    return ServedModel(name, spec, model, image_forward(model, choice), choice)
+
+
+def auto_image_backend(model: Embedder, cache_dir: Path | None = None) -> Choice:
+    """`--image-backend auto` for this model: the calibrated choice (serve/backends.py), cached by
+    the model's identity and its image weights."""
+    fingerprint = f"{model.kind}|{model.space}|{hash_state_dict(model.image_module.state_dict())}"
+    return choose(model.image_module, probe_images(model.preprocess_image), model_fingerprint=fingerprint,
+                  cache_dir=cache_dir)
+
+
+def image_forward(model: Embedder, choice: Choice) -> PixelForward:
+    """The model's image forward on the chosen runtime."""
     if choice.name == "torch-fp32":
-        return ServedModel(name, spec, model, model.image_rows, choice)
-    return ServedModel(name, spec, model, accelerate(model.image_module, probe[:2], choice.backend, choice.precision),
-                       choice)
+        return model.image_rows
+    from PIL import Image
+
+    example = torch.stack([model.preprocess_image(Image.new("RGB", (64, 64)))] * 2)
+    return accelerate(model.image_module, example, choice.backend, choice.precision)
 
 
 def load_order(specs: Sequence[str]) -> list[int]:

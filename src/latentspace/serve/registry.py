@@ -100,7 +100,8 @@ class ModelRegistry:
             depth=gauge.set,
         )
         return InferenceWorker(name, max_queue_items=self.settings.max_queue_items,
-                               max_wait_s=self.settings.batch_wait_ms / 1000, observer=observer)
+                               max_wait_s=None if self.settings.batch_wait_ms is None else self.settings.batch_wait_ms / 1000,
+                               observer=observer)
 
     # -- request side ----------------------------------------------------------------------------
     @property

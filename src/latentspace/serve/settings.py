@@ -26,7 +26,9 @@ class ServeSettings(BaseModel):
     max_batch_images: int = Field(32, ge=1, description="images per forward")
     max_batch_tokens: int = Field(16384, ge=1, description="text tokens per forward")
     max_queue_items: int = Field(1024, ge=1, description="items waiting per model before 429")
-    batch_wait_ms: float = Field(0.0, ge=0, description="wait this long for more requests before a forward")
+    batch_wait_ms: float | None = Field(
+        None, ge=0, description="wait this long for more requests before a forward; None = adaptive (only under "
+                                "concurrent load, at most 15% of the last forward and 20 ms); 0 = never")
     decode_threads: int = Field(max(2, os.cpu_count() or 2), ge=1, description="threads decoding and resizing images")
     image_backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
         "auto", description="runtime for image forwards; auto = the fastest measured on this machine whose output "
