@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# PyTorch first, pinned to the CPU-usable wheels on this machine's disk (see DEVELOPERS.md).
+	# PyTorch first, pinned: pip takes these wheels from the local disk where they lie, as on the CI machine.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)

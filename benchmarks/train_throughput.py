@@ -68,7 +68,7 @@ from latentspace.train.flops import count_flops, mfu, peak_tflops
 from latentspace.train.loss import LogitScale, contrastive_loss
 from latentspace.train.optim import param_groups
 
-# The published recipe's optimizer (DESIGN.md): the same settings on both sides.
+# The published recipe's optimizer (docs/design.md): the same settings on both sides.
 LR, BETAS, WEIGHT_DECAY = 1e-3, (0.9, 0.95), 0.0
 EXIT_OPEN_CLIP_MISSING = 2
 

@@ -158,7 +158,7 @@ Recipe = Literal["both", "both+text", "three_towers", "three_towers+text", "lock
 
 
 class RunConfig(_Strict):
-    recipe: Recipe = Field("locked_text", description="which towers train; see train/recipes.py and DESIGN.md")
+    recipe: Recipe = Field("locked_text", description="which towers train; see train/recipes.py")
     text: TextTowerConfig = Field(default_factory=TextTowerConfig)
     vision: VisionTowerConfig = Field(default_factory=VisionTowerConfig)
     data: DataConfig

@@ -1,4 +1,4 @@
-"""The HTTP API, compatible with Nomic's hosted embedding API (see docs/design.md and DESIGN.md).
+"""The HTTP API, compatible with Nomic's hosted embedding API (see docs/design.md).
 
     POST /v1/embedding/text    JSON {texts, model, task_type, dimensionality, long_text_mode}
     POST /v1/embedding/image   multipart: model + one `images` file part per image, or `urls`

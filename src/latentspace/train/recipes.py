@@ -1,4 +1,4 @@
-"""The six training recipes (DESIGN.md): which towers train, which are frozen, what is added.
+"""The six training recipes (docs/design.md): which towers train, which are frozen, what is added.
 
     recipe              vision     text       third tower   text-only pairs
     locked_text         trains     frozen     -             -        (the default; Nomic Embed Vision)
