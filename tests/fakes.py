@@ -337,3 +337,61 @@ class StaticHost:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+# --- a model whose rankings are known: it sees colour only ---------------------------------------
+
+COLOUR_WORDS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0),
+                "yellow": (1.0, 1.0, 0.0)}
+
+
+def colour_embedder(fingerprint: str = "c010c010c010c010"):
+    """An Embedder with every step of a real one (so the server, the batcher and collections run
+    it as they run any model) that sees colour only: an image is its mean chroma (pixel minus its
+    grey level, so white backgrounds count for nothing), a text is the RGB of the first colour word
+    in it. "red" therefore ranks the red drawings first, by construction."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from latentspace.models.embedder import Embedder
+    from latentspace.space import SpaceIdentity
+
+    words = list(COLOUR_WORDS)
+
+    class Chroma(torch.nn.Module):
+        def forward(self, pixels):
+            chroma = (pixels - pixels.min(dim=1, keepdim=True).values).mean(dim=(2, 3))
+            return torch.cat([chroma, torch.full_like(chroma[:, :1], 0.02)], dim=1)
+
+    class ColourEmbedder(Embedder):
+        kind, name, modalities = "test-colour", "colour", ("text", "image")
+        max_tokens = 64
+
+        def __init__(self):
+            self.identity = SpaceIdentity("colour-space", fingerprint, 4)
+            self._chroma = Chroma()
+
+        def tokenize(self, texts, task_type):
+            return [[1 + next((words.index(w) for w in t.lower().split() if w in COLOUR_WORDS), -1)] for t in texts]
+
+        def text_rows(self, ids):
+            table = torch.tensor([(0.0, 0.0, 0.0), *COLOUR_WORDS.values()])
+            rows = table[torch.tensor([row[0] for row in ids])]
+            return torch.cat([rows, torch.full((len(ids), 1), 0.02)], dim=1)
+
+        def split_long(self, text, task_type):
+            return [text]
+
+        def preprocess_image(self, image):
+            small = image.convert("RGB").resize((16, 16), Image.BILINEAR)
+            return torch.from_numpy(np.asarray(small, dtype=np.float32)).permute(2, 0, 1) / 255
+
+        def image_rows(self, pixels):
+            return self._chroma(pixels)
+
+        @property
+        def image_module(self):
+            return self._chroma
+
+    return ColourEmbedder()

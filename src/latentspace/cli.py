@@ -275,9 +275,12 @@ def models_command(
 
 @app.command()
 def serve(
-    model: List[str] = typer.Option(..., "--model", "-m", help="model to serve: SPEC or NAME=SPEC (repeat for several); "
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="model to serve: SPEC or NAME=SPEC (repeat for several); "
                                     "any model spec (`latentspace models --help`): a latentspace model dir, "
                                     "Nomic's text or vision dir, a text model dir, builtin:all-MiniLM-L6-v2, hf-clip:DIR"),
+    collection: Optional[List[str]] = typer.Option(None, "--collection", "-c", help="collection to search: DIR, NAME=DIR "
+                                                   "or a NAME under artifacts/collections (repeatable); the page at / "
+                                                   "searches it"),
     host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0 for all)"),
     port: int = typer.Option(8000),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes (each loads every model)"),
@@ -312,7 +315,7 @@ def serve(
     try:
         extra = {"decode_threads": decode_threads} if decode_threads else {}
         settings = ServeSettings(
-            models=model, host=host, port=port, workers=workers,
+            models=model or [], collections=collection or [], host=host, port=port, workers=workers,
             api_keys=read_api_keys(api_key, api_key_file), cors_origins=tuple(cors_origin or ()),
             max_body_bytes=int(max_body_mb * 2**20), max_items=max_items, max_pixels=max_pixels,
             max_batch_images=max_batch_images, max_batch_tokens=max_batch_tokens, max_queue_items=max_queue_items,
@@ -323,7 +326,7 @@ def serve(
     except (ValidationError, ValueError) as e:
         _fail(e)
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no auth (pass --api-key to require one)"
-    console.print(f"serving {', '.join(settings.models)} on http://{host}:{port} — {auth}; "
+    console.print(f"serving {', '.join(settings.models + settings.collections)} on http://{host}:{port} — {auth}; "
                   f"remote image URLs {'on' if allow_urls else 'off'}")
     run_server(settings, log_level=log_level)
 

@@ -42,6 +42,7 @@ from latentspace.data.images import (
 from latentspace.models.embedder import TASK_TYPES, ModalityError, finish
 from latentspace.serve.auth import BearerAuth
 from latentspace.serve.batching import QueueFull, WorkerDead
+from latentspace.serve.collections import CollectionSet, add_collection_routes, query_vector
 from latentspace.serve.errors import ApiError, retry_later
 from latentspace.serve.metrics import ServerMetrics
 from latentspace.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -82,6 +83,8 @@ class OpenAIRequest(_Lenient):
 def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> FastAPI:
     metrics = ServerMetrics()
     registry = ModelRegistry(settings, metrics, loader)
+    collections = CollectionSet(settings)
+    registry.after_load.append(collections.open_all)
     auth = BearerAuth(settings.api_keys)
     decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     # Large text requests are tokenised here, off the event loop; two threads are plenty (a
@@ -186,6 +189,26 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
             data.append({**entry, **statuses[name]})
         return {"object": "list", "data": data}
 
+    # -- collections: search by text, image or item, thumbnails (serve/collections.py) --------------
+    async def embed_query_text(slot: Slot, text: str):
+        vectors, _ = await embed_texts(slot, [text], "search_query", None)
+        return vectors[0].numpy()
+
+    async def embed_query_image(slot: Slot, data: bytes, name: str):
+        _require(slot, "image")
+        loop = asyncio.get_running_loop()
+        try:
+            pixels = await loop.run_in_executor(decode_pool, _decode_and_prepare, data, name, settings.max_pixels,
+                                                slot.model.preprocess_image)
+        except Exception as e:  # noqa: BLE001 - mapped to 400 / 413 / 415 like the embedding route
+            raise _image_error(e) from e
+        return query_vector(await _submit(slot, registry.image_kind(slot), [pixels], None, settings))
+
+    add_collection_routes(app, collections=collections, registry=registry, settings=settings, require_key=require_key,
+                          decode_pool=decode_pool, embed_query_text=embed_query_text,
+                          embed_query_image=embed_query_image,
+                          read_image_form=lambda request, field: _read_form_files(request, settings, field))
+
     @app.get("/v1/user", dependencies=[Depends(require_key)])
     async def user_endpoint() -> dict[str, Any]:
         # Nomic's Python client GETs this when it connects (to check the key) and logs a warning
@@ -195,9 +218,12 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
     @app.get("/health")
     async def health() -> JSONResponse:
         statuses = registry.statuses()
-        if registry.healthy:
-            return JSONResponse({"status": "ok", "models": statuses})
-        return JSONResponse({"status": "unavailable", "models": statuses}, status_code=503,
+        body = {"models": statuses}
+        if collections.items:
+            body["collections"] = {name: c.status for name, c in collections.items.items()}
+        if registry.healthy and collections.healthy:
+            return JSONResponse({"status": "ok", **body})
+        return JSONResponse({"status": "unavailable", **body}, status_code=503,
                             headers={"Retry-After": str(settings.retry_after_s)})
 
     @app.get("/metrics")
@@ -257,6 +283,20 @@ def _image_error(error: BaseException) -> ApiError:
         return ApiError(400, f"{error}; the other images in this request were not embedded")
     log.error("image preprocessing failed", exc_info=error)
     return ApiError(500, f"image preprocessing failed: {type(error).__name__}")
+
+
+async def _read_form_files(request: Request, settings: ServeSettings, field: str):
+    """-> (form, the file parts named `field`) from a multipart body (the collection search route)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "multipart/form-data":
+        raise ApiError(415, f"send the image as multipart/form-data with an {field!r} file part "
+                            f"(got {content_type or 'no Content-Type'})")
+    try:
+        form = await request.form(max_files=2, max_fields=16, max_part_size=settings.max_body_bytes)
+    except StarletteHTTPException as e:
+        raise ApiError(400, f"malformed form body: {e.detail}") from e
+    files = [part for part in form.getlist(field) if isinstance(part, UploadFile)]
+    return {k: v for k, v in form.items() if not isinstance(v, UploadFile)}, files
 
 
 async def _read_image_form(request: Request, settings: ServeSettings):

@@ -63,6 +63,7 @@ class ModelRegistry:
                 raise ValueError(f"two models are named {name!r}; name them with NAME=DIR")
             self.slots[name] = Slot(name, spec)
         self._thread = threading.Thread(target=self.load_now, name="model-loader", daemon=True)
+        self.after_load: list[Callable[["ModelRegistry"], None]] = []  # run when every model is loaded
 
     def start(self) -> None:
         """Load the models on a background thread, so /health can answer 503 while they load."""
@@ -92,6 +93,26 @@ class ModelRegistry:
             m = model.model
             log.info("model %s ready (%s, %s, %d-d, %s%s)", slot.name, m.kind, m.space, m.dim, "+".join(m.modalities),
                      f", images on {model.image_backend.name}" if model.image_backend else "")
+        for hook in self.after_load:
+            hook(self)
+
+    def query_model_for(self, manifest, name: str) -> str:
+        """The name of a ready served model in `manifest`'s space with an image side (for a
+        collection's queries); if none is served, the manifest's model is loaded as `name`."""
+        for slot in self.slots.values():
+            if slot.state == "ready" and slot.model.identity == manifest.identity and "image" in slot.model.modalities:
+                return slot.name
+        slot = Slot(name, manifest.model)
+        model = self.loader(name, manifest.model, tuple(s.model for s in self.slots.values() if s.state == "ready"))
+        if model.model.identity != manifest.identity:
+            raise ValueError(f"the collection's model {manifest.model!r} now loads in space {model.model.space}, "
+                             f"not the collection's {manifest.identity}; serve a model of that space beside it")
+        slot.served, slot.worker = model, self._worker_for(name)
+        slot.worker.start()
+        self.metrics.worker_up.labels(name).set(1)
+        slot.state = "ready"
+        self.slots = {**self.slots, name: slot}  # replaced, not mutated: handlers may be iterating it
+        return name
 
     def _worker_for(self, name: str) -> InferenceWorker:
         gauge = self.metrics.queue_depth.labels(name)

@@ -14,7 +14,9 @@ API_KEYS_ENV = "LATENTSPACE_API_KEYS"  # comma-separated keys
 class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    models: list[str] = Field(..., min_length=1, description="model specs: DIR or NAME=DIR (NAME is what clients pass as `model`)")
+    models: list[str] = Field([], description="model specs: DIR or NAME=DIR (NAME is what clients pass as `model`)")
+    collections: list[str] = Field([], description="collections to search: DIR, NAME=DIR, or a NAME under "
+                                                   "artifacts/collections (latentspace collection build)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes; each loads every model")
@@ -46,6 +48,8 @@ class ServeSettings(BaseModel):
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> "ServeSettings":
+        if not self.models and not self.collections:
+            raise ValueError("nothing to serve: give at least one --model or --collection")
         if self.max_queue_items < self.max_items:
             raise ValueError(f"max_queue_items ({self.max_queue_items}) must be at least max_items ({self.max_items}), "
                              "or a full-size request could never be queued")

@@ -1,0 +1,292 @@
+"""Collections on the server: search by text, by uploaded image or by item, list, and thumbnails.
+
+    GET  /v1/collections                               each collection: space, model, counts
+    POST /v1/collections/{name}/search                 JSON: {text | like, k, min_score, filters}
+    POST /v1/collections/{name}/search/image           multipart: an `image` file part (+ the same fields)
+    GET  /v1/collections/{name}/items/{id}             an item's metadata
+    GET  /v1/collections/{name}/items/{id}/thumbnail   a small JPEG of the item (`size` px, at most 512)
+
+A collection is searched with a served model of its latent space: one the server serves anyway
+(the first with the same space identity and an image side), or else the model its manifest
+names, loaded as one more served model (`collection:NAME`). Queries go through that model's
+inference worker like any embedding request, so they are batched with the rest of the traffic.
+
+Thumbnails are read from what the collection recorded for an item id (its file, or its bytes in
+a local shard), checked against the recorded sha256; nothing from the request is ever used as a
+path. The same auth, limits and error shape as the embedding routes apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from latentspace.models.embedder import finish
+from latentspace.serve.errors import ApiError, retry_later
+from latentspace.serve.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+THUMBNAIL_MAX = 512
+THUMBNAIL_CACHE = 1024  # thumbnails kept in memory (a page shows a few dozen at a time)
+
+
+def parse_collection_arg(arg: str) -> tuple[str | None, str]:
+    """'NAME=DIR' or 'DIR' (or a NAME under artifacts/collections) -> (name or None, where)."""
+    name, sep, where = arg.partition("=")
+    if sep and name and "/" not in name:
+        return name, where
+    return None, arg
+
+
+class SearchFilters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(20, ge=1, le=500, description="how many results")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="leave out results scoring below this")
+    path_prefix: str | None = Field(None, description="only items whose path, URL, shard or key starts with this")
+    caption_contains: str | None = Field(None, description="only items whose caption contains this (any case)")
+
+
+class SearchRequest(SearchFilters):
+    text: str | None = Field(None, description="search by this text (embedded as a search_query)")
+    like: str | None = Field(None, description="search by this item of the collection (its id)")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> "SearchRequest":
+        if (self.text is None) == (self.like is None):
+            raise ValueError("give exactly one of text (a query) or like (an item id)")
+        return self
+
+
+class SearchResult(BaseModel):
+    id: str
+    score: float
+    path: str | None
+    url: str | None
+    caption: str | None
+    width: int | None
+    height: int | None
+    thumbnail: str
+
+
+class SearchResponse(BaseModel):
+    collection: str
+    space: str
+    query: dict[str, str]
+    results: list[SearchResult]
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    space: str
+    model: str
+    served_model: str | None
+    items: int
+    dim: int
+    search: str
+    skipped: int
+    updated: str | None = None
+    status: str
+
+
+class CollectionList(BaseModel):
+    object: str = "list"
+    data: list[CollectionInfo]
+
+
+@dataclass
+class ServedCollection:
+    """One collection and the served model its queries run on."""
+
+    name: str
+    where: str
+    collection: Any = None  # latentspace.collections.Collection, once opened
+    slot_name: str | None = None
+    error: str | None = None
+    thumbnails: OrderedDict = field(default_factory=OrderedDict)
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "failed"
+        return "ready" if self.collection is not None and self.slot_name is not None else "loading"
+
+
+class CollectionSet:
+    """The server's collections, opened after its models load (registry.after_load)."""
+
+    def __init__(self, settings: ServeSettings):
+        self.items: dict[str, ServedCollection] = {}
+        for arg in settings.collections:
+            name, where = parse_collection_arg(arg)
+            name = name or Path(where).name
+            if name in self.items:
+                raise ValueError(f"two collections are named {name!r}; name them with NAME=DIR")
+            self.items[name] = ServedCollection(name, where)
+
+    def open_all(self, registry) -> None:
+        """Open every collection and find (or load) a served model of its space for queries."""
+        from latentspace.collections import Collection
+
+        for served in self.items.values():
+            try:
+                served.collection = Collection.open(served.where)
+                served.slot_name = registry.query_model_for(served.collection.manifest, f"collection:{served.name}")
+                log.info("collection %s: %d items in %s, queries on model %s", served.name, len(served.collection),
+                         served.collection.space, served.slot_name)
+            except Exception as e:  # noqa: BLE001 - reported by /health, /v1/collections and every request
+                served.error = f"{type(e).__name__}: {e}"
+                log.error("could not open collection %s (%s): %s", served.name, served.where, served.error)
+
+    def get(self, name: str) -> ServedCollection:
+        served = self.items.get(name)
+        if served is None:
+            known = ", ".join(sorted(self.items)) or "none"
+            raise ApiError(404, f"unknown collection {name!r}; this server has {known} (GET /v1/collections)")
+        if served.status == "loading":
+            raise retry_later(503, f"collection {name!r} is still loading; retry shortly", 1)
+        if served.status == "failed":
+            raise ApiError(503, f"collection {name!r} could not be opened: {served.error}")
+        return served
+
+    @property
+    def healthy(self) -> bool:
+        return all(s.status == "ready" for s in self.items.values())
+
+
+def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry, settings: ServeSettings,
+                          require_key: Callable, decode_pool: ThreadPoolExecutor, embed_query_text: Callable,
+                          embed_query_image: Callable, read_image_form: Callable) -> None:
+    """The collection routes, on the app that serves the embedding routes (they share the models,
+    the auth dependency, the decode threads and the limits)."""
+    guard = [Depends(require_key)]
+
+    def result(served: ServedCollection, hit) -> SearchResult:
+        return SearchResult(id=hit.id, score=hit.score, path=hit.path, url=hit.url, caption=hit.caption,
+                            width=hit.width, height=hit.height,
+                            thumbnail=f"/v1/collections/{served.name}/items/{hit.id}/thumbnail")
+
+    async def search(served: ServedCollection, query: dict[str, str], vector: np.ndarray | None,
+                     like: str | None, f: SearchFilters) -> SearchResponse:
+        from latentspace.collections import Filters
+        from latentspace.collections.search import ItemNotFound
+
+        filters = Filters(path_prefix=f.path_prefix or None, caption_contains=f.caption_contains or None)
+        c = served.collection
+        try:
+            if like is not None:
+                run = lambda: c.search_like(like, f.k, f.min_score, filters)  # noqa: E731
+            else:
+                run = lambda: c.search_vector(vector, f.k, f.min_score, filters)  # noqa: E731
+            hits = await asyncio.get_running_loop().run_in_executor(None, run)
+        except ItemNotFound as e:
+            raise ApiError(404, str(e)) from e
+        return SearchResponse(collection=served.name, space=c.space, query=query,
+                              results=[result(served, h) for h in hits])
+
+    @app.get("/v1/collections", dependencies=guard, response_model=CollectionList)
+    async def list_collections() -> CollectionList:
+        data = []
+        for served in collections.items.values():
+            c = served.collection
+            info = c.info() if c is not None else {}
+            data.append(CollectionInfo(
+                name=served.name, space=info.get("space", ""), model=info.get("model", ""),
+                served_model=served.slot_name, items=info.get("items", 0), dim=info.get("dim", 0),
+                search=info.get("search", ""), skipped=info.get("skipped", 0), updated=info.get("updated"),
+                status=served.status if not served.error else f"failed: {served.error}"))
+        return CollectionList(data=data)
+
+    @app.post("/v1/collections/{name}/search", dependencies=guard, response_model=SearchResponse)
+    async def search_text_or_like(name: str, body: SearchRequest) -> SearchResponse:
+        served = collections.get(name)
+        if body.like is not None:
+            return await search(served, {"like": body.like}, None, body.like, body)
+        vector = await embed_query_text(registry.get(served.slot_name), body.text)
+        return await search(served, {"text": body.text}, vector, None, body)
+
+    @app.post("/v1/collections/{name}/search/image", dependencies=guard, response_model=SearchResponse)
+    async def search_image(name: str, request: Request) -> SearchResponse:
+        served = collections.get(name)
+        form, uploads = await read_image_form(request, field="image")
+        if len(uploads) != 1:
+            raise ApiError(400, "send exactly one image as an 'image' file part (curl: -F image=@photo.jpg)")
+        try:
+            filters = SearchFilters.model_validate({k: v for k, v in form.items() if k != "image" and v != ""})
+        except ValueError as e:
+            raise ApiError(422, f"invalid search fields: {e}") from e
+        upload = uploads[0]
+        vector = await embed_query_image(registry.get(served.slot_name), await upload.read(),
+                                         f"image ({upload.filename or 'unnamed'})")
+        return await search(served, {"image": upload.filename or "image"}, vector, None, filters)
+
+    @app.get("/v1/collections/{name}/items/{item_id}", dependencies=guard)
+    async def item(name: str, item_id: str) -> dict[str, Any]:
+        served = collections.get(name)
+        hit = _item(served, item_id)
+        return {**hit.to_dict(), "thumbnail": f"/v1/collections/{served.name}/items/{hit.id}/thumbnail"}
+
+    @app.get("/v1/collections/{name}/items/{item_id}/thumbnail", dependencies=guard,
+             responses={200: {"content": {"image/jpeg": {}}}})
+    async def thumbnail(name: str, item_id: str, size: int = 256) -> Response:
+        served = collections.get(name)
+        hit = _item(served, item_id)
+        size = max(16, min(int(size), THUMBNAIL_MAX))
+        key = (hit.id, size)
+        data = served.thumbnails.get(key)
+        if data is None:
+            data = await asyncio.get_running_loop().run_in_executor(
+                decode_pool, _make_thumbnail, served.collection, hit.id, size, settings.max_pixels)
+            if data is None:
+                raise ApiError(404, f"no image to show for item {hit.id}: its file changed or is gone, or it was "
+                                    "read from a URL or a piped shard")
+            served.thumbnails[key] = data
+            while len(served.thumbnails) > THUMBNAIL_CACHE:
+                served.thumbnails.popitem(last=False)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _item(served: ServedCollection, item_id: str):
+    """The item with exactly this id (a path or key never names an item over HTTP)."""
+    from latentspace.collections.search import ItemNotFound
+
+    try:
+        hit = served.collection.item(item_id)
+    except ItemNotFound as e:
+        raise ApiError(404, f"no item {item_id!r} in collection {served.name!r}") from e
+    if hit.id != item_id:
+        raise ApiError(404, f"no item {item_id!r} in collection {served.name!r}")
+    return hit
+
+
+def _make_thumbnail(collection, item_id: str, size: int, max_pixels: int) -> bytes | None:
+    from latentspace.data.images import ImageDecodeError, decode_image
+
+    data = collection.read_image_bytes(item_id)
+    if data is None:
+        return None
+    try:
+        image = decode_image(data, name=f"item {item_id}", max_pixels=max_pixels)
+    except ImageDecodeError:
+        return None
+    image.thumbnail((size, size))
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def query_vector(rows) -> np.ndarray:
+    """One query's rows -> the unit vector a collection is searched with."""
+    return finish(rows)[0].numpy()

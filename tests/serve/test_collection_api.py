@@ -1,0 +1,129 @@
+"""Collections through the server: search by text, uploaded image and item, thumbnails, limits,
+auth, and a collection whose model the server does not serve otherwise."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from latentspace.collections import build_collection
+from latentspace.serve.backends import Choice
+from latentspace.serve.models import ServedModel, load_served_model
+from latentspace.serve.settings import ServeSettings
+
+import fakes
+from fakes import LiveServer
+
+KEY = "collection-test-key-1234"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def colour_loader(name, spec, partners):
+    if spec == "colour":
+        model = fakes.colour_embedder()
+        return ServedModel(name, spec, model, model.image_rows, Choice("torch", "fp32", "test"))
+    return load_served_model(name, spec, partners, image_backend="torch")
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    root = tmp_path_factory.mktemp("library")
+    for i, concept in enumerate(fakes.CONCEPTS):
+        folder = root / ("shapes" if "circle" not in concept else "circles")
+        folder.mkdir(exist_ok=True)
+        fakes.draw(concept, size=48).save(folder / f"{concept.replace(' ', '_')}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(library, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("collections") / "drawings"
+    build_collection(directory, fakes.colour_embedder(), library)
+    settings = ServeSettings(models=["colour"], collections=[f"drawings={directory}"], api_keys=(KEY,),
+                             decode_threads=1, image_backend="torch")
+    with LiveServer(settings, loader=colour_loader) as live:
+        yield live.wait_ready()
+
+
+def search(server, body, name="drawings"):
+    return httpx.post(f"{server.url}/v1/collections/{name}/search", json=body, headers=AUTH, timeout=30)
+
+
+def test_collections_are_listed_with_their_space_and_model(server):
+    data = httpx.get(server.url + "/v1/collections", headers=AUTH).json()["data"]
+    assert [(c["name"], c["items"], c["served_model"], c["status"]) for c in data] == [("drawings", 12, "colour", "ready")]
+    assert data[0]["space"].startswith("colour-space")
+    assert httpx.get(server.url + "/health").json()["collections"] == {"drawings": "ready"}
+
+
+def test_text_search_ranks_by_meaning_and_filters(server):
+    results = search(server, {"text": "something red", "k": 3}).json()["results"]
+    assert [r["caption"] for r in results] == [None] * 3
+    assert all("red" in r["path"] for r in results) and results[0]["score"] >= results[-1]["score"]
+    assert results[0]["thumbnail"] == f"/v1/collections/drawings/items/{results[0]['id']}/thumbnail"
+    only_circles = search(server, {"text": "blue", "k": 12, "path_prefix": "circles/"}).json()["results"]
+    assert only_circles and all("/circles/" in r["path"] for r in only_circles)
+    strict = search(server, {"text": "green", "k": 12, "min_score": 0.9}).json()["results"]
+    assert strict and all(r["score"] >= 0.9 for r in strict) and all("green" in r["path"] for r in strict)
+
+
+def test_image_search_and_more_like_this(server):
+    upload = io.BytesIO()
+    fakes.draw("yellow square", size=40, style=1).save(upload, format="PNG")
+    response = httpx.post(server.url + "/v1/collections/drawings/search/image", headers=AUTH,
+                          files={"image": ("query.png", upload.getvalue())}, data={"k": "3"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["query"] == {"image": "query.png"} and all("yellow" in r["path"] for r in body["results"])
+    blue = search(server, {"text": "blue", "k": 1}).json()["results"][0]
+    like = search(server, {"like": blue["id"], "k": 2}).json()
+    assert like["query"] == {"like": blue["id"]} and blue["id"] not in [r["id"] for r in like["results"]]
+    assert all("blue" in r["path"] for r in like["results"])
+
+
+def test_items_and_thumbnails_come_only_from_the_collection(server, library):
+    hit = search(server, {"text": "red", "k": 1}).json()["results"][0]
+    item = httpx.get(f"{server.url}/v1/collections/drawings/items/{hit['id']}", headers=AUTH).json()
+    assert item["path"] == hit["path"] and item["width"] == 48
+    thumb = httpx.get(f"{server.url}{hit['thumbnail']}?size=32", headers=AUTH)
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) == 32
+    for bad in ("nope", "..%2F..%2Fetc%2Fpasswd", hit["path"].lstrip("/")):
+        assert httpx.get(f"{server.url}/v1/collections/drawings/items/{bad}/thumbnail", headers=AUTH).status_code == 404
+
+
+def test_errors_are_clear(server):
+    assert httpx.get(server.url + "/v1/collections").status_code == 401
+    assert search(server, {"text": "red"}, name="other").status_code == 404
+    both = search(server, {"text": "red", "like": "x"})
+    assert both.status_code == 422 and "exactly one of text" in both.json()["detail"]
+    assert search(server, {"like": "no-such-id"}).status_code == 404
+    assert search(server, {"text": "red", "k": 0}).status_code == 422
+    corrupt = httpx.post(server.url + "/v1/collections/drawings/search/image", headers=AUTH,
+                         files={"image": ("bad.png", b"\x89PNG broken")})
+    assert corrupt.status_code == 400 and "bad.png" in corrupt.json()["detail"]
+    missing = httpx.post(server.url + "/v1/collections/drawings/search/image", headers=AUTH,
+                         files={"other": ("x.png", b"x")})
+    assert missing.status_code == 400 and "'image' file part" in missing.json()["detail"]
+
+
+def test_a_collection_alone_brings_its_own_model(tmp_path, served_dir, library):
+    """Served without any --model: the manifest's model is loaded for its queries."""
+    from latentspace.models.load import load
+
+    directory = tmp_path / "tiny-drawings"
+    build_collection(directory, str(served_dir), library)
+    with LiveServer(ServeSettings(collections=[str(directory)], decode_threads=1, image_backend="torch")) as live:
+        live.wait_ready()
+        models = [m["id"] for m in httpx.get(live.url + "/v1/models").json()["data"]]
+        assert models == ["collection:tiny-drawings"]
+        response = httpx.post(live.url + "/v1/collections/tiny-drawings/search", json={"text": "a red circle", "k": 12})
+        assert response.status_code == 200 and len(response.json()["results"]) == 12
+    # the same ranking as searching the collection in-process
+    from latentspace.collections import Collection
+
+    local = Collection.open(directory).search_text(load(str(served_dir)), "a red circle", k=12)
+    assert [r["id"] for r in response.json()["results"]] == [h.id for h in local]
