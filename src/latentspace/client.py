@@ -119,6 +119,23 @@ class RemoteClient:
                 chunks.append([part])
         return self._gather(chunks, send, model)
 
+    def search_collection(self, collection: str, *, text: str | None = None, image: Any = None,
+                          like: str | None = None, k: int = 10, min_score: float | None = None,
+                          path_prefix: str | None = None, caption_contains: str | None = None) -> list[dict]:
+        """Results of POST /v1/collections/NAME/search (or /search/image), best first."""
+        fields = {key: value for key, value in (("k", k), ("min_score", min_score), ("path_prefix", path_prefix),
+                                                ("caption_contains", caption_contains)) if value is not None}
+        path = f"/v1/collections/{collection}/search"
+        if image is not None:
+            kind, part = _as_part(0, image)
+            if kind == "urls":
+                raise ValueError("search a collection with an uploaded image (a path, bytes or PIL image), not a URL")
+            answer = self._post(path + "/image", data={key: str(value) for key, value in fields.items()},
+                                files=[("image", part)])
+        else:
+            answer = self._post(path, json={**fields, **({"text": text} if like is None else {"like": like})})
+        return answer["results"]
+
     # -- plumbing --------------------------------------------------------------------------------
     def _gather(self, chunks: list, send, model: str | None) -> dict[str, Any]:
         if not chunks:

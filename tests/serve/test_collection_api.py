@@ -127,3 +127,20 @@ def test_a_collection_alone_brings_its_own_model(tmp_path, served_dir, library):
 
     local = Collection.open(directory).search_text(load(str(served_dir)), "a red circle", k=12)
     assert [r["id"] for r in response.json()["results"]] == [h.id for h in local]
+
+
+def test_the_python_client_searches_locally_and_through_the_server(server, library, tmp_path, served_dir):
+    from latentspace import collection
+
+    directory = tmp_path / "local-drawings"
+    build_collection(directory, str(served_dir), library)
+    local = collection.search(directory, text="a blue square", k=4)
+    assert len(local) == 4 and {"id", "score", "path", "caption"} <= set(local[0])
+    remote = collection.search("drawings", text="red", k=2, base_url=server.url, api_key=KEY)
+    assert all("red" in r["path"] for r in remote)
+    by_image = collection.search("drawings", image=fakes.draw("green circle"), k=2, base_url=server.url, api_key=KEY)
+    assert all("green" in r["path"] for r in by_image)
+    like = collection.search("drawings", like=remote[0]["id"], k=1, base_url=server.url, api_key=KEY)
+    assert like[0]["id"] != remote[0]["id"] and "red" in like[0]["path"]
+    with pytest.raises(ValueError, match="exactly one query"):
+        collection.search("drawings", text="red", like="x")
