@@ -231,6 +231,8 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         registry.statuses()  # refresh the worker-up gauges
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    _mount_page(app)  # the search page at / and its files at /static (web/); it calls the routes above
+
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -392,3 +394,30 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(error.detail)}, status_code=error.status_code,
                             headers=getattr(error, "headers", None))
+
+
+# -- the search page (src/latentspace/web): GET / and /static/... ----------------------------------
+# Static files only, public like /health (the page holds no data; it asks the user for the API key
+# and sends it to the /v1 routes). The CSP lets the page load only its own files, so a caption that
+# slipped into HTML still could not run a script.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+                               "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _mount_page(app: FastAPI) -> None:
+    from pathlib import Path
+
+    from fastapi.responses import FileResponse
+    from fastapi.staticfiles import StaticFiles
+
+    web = Path(__file__).resolve().parent.parent / "web"
+    app.mount("/static", StaticFiles(directory=web), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def search_page() -> FileResponse:
+        return FileResponse(web / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -176,7 +177,7 @@ def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry,
     def result(served: ServedCollection, hit) -> SearchResult:
         return SearchResult(id=hit.id, score=hit.score, path=hit.path, url=hit.url, caption=hit.caption,
                             width=hit.width, height=hit.height,
-                            thumbnail=f"/v1/collections/{served.name}/items/{hit.id}/thumbnail")
+                            thumbnail=_thumbnail_url(served.name, hit.id))
 
     async def search(served: ServedCollection, query: dict[str, str], vector: np.ndarray | None,
                      like: str | None, f: SearchFilters) -> SearchResponse:
@@ -236,7 +237,7 @@ def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry,
     async def item(name: str, item_id: str) -> dict[str, Any]:
         served = collections.get(name)
         hit = _item(served, item_id)
-        return {**hit.to_dict(), "thumbnail": f"/v1/collections/{served.name}/items/{hit.id}/thumbnail"}
+        return {**hit.to_dict(), "thumbnail": _thumbnail_url(served.name, hit.id)}
 
     @app.get("/v1/collections/{name}/items/{item_id}/thumbnail", dependencies=guard,
              responses={200: {"content": {"image/jpeg": {}}}})
@@ -256,6 +257,10 @@ def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry,
             while len(served.thumbnails) > THUMBNAIL_CACHE:
                 served.thumbnails.popitem(last=False)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _thumbnail_url(collection: str, item_id: str) -> str:
+    return f"/v1/collections/{quote(collection, safe='')}/items/{quote(item_id, safe='')}/thumbnail"
 
 
 def _item(served: ServedCollection, item_id: str):

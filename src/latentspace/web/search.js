@@ -1,0 +1,528 @@
+// The collection search page (GET /): plain JavaScript, no build step, nothing fetched from
+// elsewhere. It calls the server's /v1/collections routes; every text that comes from a
+// collection (captions, paths) is set as textContent, never parsed as HTML.
+"use strict";
+
+(function () {
+  const PAGE = 20;          // results per page: "Load more" asks for PAGE more
+  const K_MAX = 500;        // the server's upper bound for k
+  const THUMB_SIZE = 256;   // thumbnail edge in px (the server caches each size it made)
+  const THUMB_PARALLEL = 6; // thumbnails fetched at once
+  const KEY_STORE = "latentspace.apiKey";
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    form: $("search-form"), text: $("q"), file: $("image-file"), min: $("min-score"),
+    collectionField: $("collection-field"), collection: $("collection"), collectionName: $("collection-name"),
+    summary: $("summary"), message: $("message"), results: $("results"), more: $("load-more"),
+    drop: $("drop-overlay"), forgetKey: $("forget-key"), card: $("card-template"),
+    dialog: $("key-dialog"), keyForm: $("key-form"), keyInput: $("key-input"), keyMessage: $("key-message"),
+    keyCancel: $("key-cancel"),
+  };
+
+  const state = {
+    collections: [],    // GET /v1/collections
+    collection: null,   // the chosen collection's name
+    query: null,        // {text} | {like, label} | {image: File}
+    min: null,          // min_score, or null for none
+    k: PAGE,
+    shown: new Set(),   // ids on the page
+  };
+  let generation = 0;   // bumped by each search: answers to older ones are dropped
+  let blobUrls = [];    // thumbnails on the page, revoked when the grid is cleared
+
+  // -- the API key ------------------------------------------------------------------------------
+  function storedKey() {
+    try { return sessionStorage.getItem(KEY_STORE) || ""; } catch (e) { return ""; }
+  }
+
+  function storeKey(key) {
+    try {
+      if (key) sessionStorage.setItem(KEY_STORE, key); else sessionStorage.removeItem(KEY_STORE);
+    } catch (e) { /* storage off: the key lasts until the page closes */ }
+    memoryKey = key;
+    ui.forgetKey.hidden = !key;
+  }
+  let memoryKey = storedKey();
+  ui.forgetKey.hidden = !memoryKey;
+
+  let keyPrompt = null;   // one dialog for all the requests that were refused at once
+  let keyResolve = null;
+  let keyDeclined = false; // the dialog was cancelled: ask again only when the user searches again
+
+  function askForKey(message) {
+    if (!keyPrompt) {
+      keyPrompt = new Promise((resolve) => { keyResolve = resolve; });
+      ui.keyMessage.textContent = message;
+      ui.keyInput.value = "";
+      ui.dialog.showModal();
+      ui.keyInput.focus();
+    }
+    return keyPrompt;
+  }
+
+  function finishKeyPrompt(key) {
+    if (ui.dialog.open) ui.dialog.close();
+    const resolve = keyResolve;
+    keyPrompt = keyResolve = null;
+    keyDeclined = !key;
+    if (key) storeKey(key);
+    if (resolve) resolve(key || null);
+  }
+
+  ui.keyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = ui.keyInput.value.trim();
+    if (key) finishKeyPrompt(key);
+  });
+  ui.keyCancel.addEventListener("click", () => finishKeyPrompt(null));
+  ui.dialog.addEventListener("cancel", (event) => { event.preventDefault(); finishKeyPrompt(null); });
+  ui.forgetKey.addEventListener("click", () => {
+    storeKey("");
+    clearResults();
+    setMessage("The API key is forgotten; the next request asks for one.", "info");
+  });
+
+  // -- requests ---------------------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, detail) {
+      super(detail);
+      this.status = status;
+    }
+  }
+
+  async function errorDetail(response) {
+    const text = await response.text().catch(() => "");
+    try {
+      const detail = JSON.parse(text).detail;
+      if (typeof detail === "string") return detail;
+      if (detail !== undefined) return JSON.stringify(detail);
+    } catch (e) { /* not JSON */ }
+    return text.trim().slice(0, 300) || response.statusText || "request failed";
+  }
+
+  // fetch() with the bearer key; a 401 asks for a key and tries again. -> JSON or a Blob.
+  async function api(path, { method = "GET", json, form, blob = false } = {}) {
+    for (let attempt = 0; ; attempt++) {
+      const headers = {};
+      const key = memoryKey;
+      if (key) headers.Authorization = "Bearer " + key;
+      let body;
+      if (json !== undefined) {
+        headers["Content-Type"] = "application/json";
+        body = JSON.stringify(json);
+      } else if (form) {
+        body = form;  // the browser writes the multipart Content-Type
+      }
+      let response;
+      try {
+        response = await fetch(path, { method, headers, body });
+      } catch (e) {
+        throw new ApiError(0, "could not reach the server (" + e.message + ")");
+      }
+      if (response.status === 401 && attempt < 5) {
+        const detail = await errorDetail(response);
+        if (memoryKey && memoryKey !== key) continue;  // a key was entered meanwhile: use it
+        if (keyDeclined) throw new ApiError(401, detail + " — no API key was entered");
+        const entered = await askForKey(key ? "The server refused this key (" + detail + "). Enter another one."
+                                            : "This server needs an API key (" + detail + ").");
+        if (!entered) throw new ApiError(401, detail + " — no API key was entered");
+        continue;
+      }
+      if (!response.ok) throw new ApiError(response.status, await errorDetail(response));
+      return blob ? response.blob() : response.json();
+    }
+  }
+
+  // Paths relative to the page, so the page also works behind a proxy that adds a prefix.
+  const relative = (path) => path.replace(/^\/+/, "");
+
+  // -- messages ---------------------------------------------------------------------------------
+  function setMessage(text, kind) {
+    ui.message.textContent = text;
+    ui.message.dataset.kind = kind;
+    ui.message.setAttribute("role", kind === "error" ? "alert" : "status");
+  }
+
+  function errorText(error) {
+    if (error instanceof ApiError) return error.status ? "Error " + error.status + ": " + error.message
+                                                       : "Error: " + error.message;
+    return "Error: " + (error && error.message ? error.message : String(error));
+  }
+
+  function setBusy(busy) {
+    ui.results.setAttribute("aria-busy", busy ? "true" : "false");
+    document.body.classList.toggle("busy", busy);
+    ui.more.disabled = busy;
+  }
+
+  // -- collections ------------------------------------------------------------------------------
+  async function loadCollections() {
+    const body = await api(relative("/v1/collections"));
+    state.collections = body.data || [];
+    ui.collection.replaceChildren();
+    for (const c of state.collections) {
+      const option = document.createElement("option");
+      option.value = c.name;
+      option.textContent = c.name + (c.status === "ready" ? " · " + c.items + " items"
+                                                          : " (" + c.status.split(":")[0] + ")");
+      option.title = c.status;
+      ui.collection.append(option);
+    }
+    ui.collectionField.hidden = state.collections.length < 2;
+    ui.collectionName.hidden = state.collections.length !== 1;
+    if (state.collections.length === 1) {
+      const c = state.collections[0];
+      ui.collectionName.textContent = c.name + " · " + c.items + " items";
+      ui.collectionName.title = c.status === "ready" ? "space " + c.space : c.status;
+    }
+  }
+
+  function chooseCollection(name) {
+    const names = state.collections.map((c) => c.name);
+    const ready = state.collections.filter((c) => c.status === "ready").map((c) => c.name);
+    state.collection = names.includes(name) ? name : (ready[0] || names[0] || null);
+    if (state.collection) ui.collection.value = state.collection;
+  }
+
+  // -- the URL: ?c=COLLECTION&q=TEXT | &like=ID, &min=SCORE ---------------------------------------
+  function writeUrl(push) {
+    const params = new URLSearchParams();
+    if (state.collection) params.set("c", state.collection);
+    const q = state.query;
+    if (q && q.text !== undefined) params.set("q", q.text);
+    else if (q && q.like !== undefined) params.set("like", q.like);
+    if (state.min !== null) params.set("min", String(state.min));
+    const search = params.toString() ? "?" + params.toString() : "";
+    if (search === location.search) return;
+    history[push ? "pushState" : "replaceState"](null, "", location.pathname + search);
+  }
+
+  function readUrl() {
+    const params = new URLSearchParams(location.search);
+    chooseCollection(params.get("c"));
+    const min = parseMin(params.get("min") || "");
+    state.min = min;
+    ui.min.value = min === null ? "" : String(min);
+    if (params.get("q")) {
+      state.query = { text: params.get("q") };
+      ui.text.value = params.get("q");
+    } else if (params.get("like")) {
+      state.query = { like: params.get("like"), label: null };
+      ui.text.value = "";
+    } else {
+      state.query = null;
+    }
+  }
+
+  function parseMin(value) {
+    if (String(value).trim() === "") return null;
+    const n = Number(value);
+    if (!Number.isFinite(n)) return null;
+    return Math.max(-1, Math.min(1, n));
+  }
+
+  // -- searching --------------------------------------------------------------------------------
+  function clearResults() {
+    generation++;
+    for (const url of blobUrls) URL.revokeObjectURL(url);
+    blobUrls = [];
+    thumbQueue.length = 0;
+    state.shown = new Set();
+    ui.results.replaceChildren();
+    ui.more.hidden = true;
+    ui.summary.textContent = "";
+  }
+
+  function describeQuery() {
+    const q = state.query;
+    if (!q) return "";
+    if (q.text !== undefined) return "Results for “" + q.text + "”";
+    if (q.like !== undefined) return "More like " + (q.label || "item " + q.like);
+    return "Results for the image " + (q.image.name || "you gave") + " (image searches are not kept in the link)";
+  }
+
+  async function search({ push = true, append = false } = {}) {
+    if (!state.query) return;
+    if (!append) keyDeclined = false;  // the user asked again: a refused key may be asked for again
+    if (!(await ensureCollections())) return;
+    if (!state.collection) return;
+    if (!append) {
+      clearResults();
+      state.k = PAGE;
+      writeUrl(push);
+    }
+    const mine = ++generation;
+    const q = state.query;
+    ui.summary.textContent = describeQuery();
+    setMessage(append ? "Loading more…" : "Searching…", "loading");
+    setBusy(true);
+    const base = relative("/v1/collections/" + encodeURIComponent(state.collection) + "/search");
+    try {
+      let body;
+      if (q.image) {
+        const form = new FormData();
+        form.append("image", q.image, q.image.name || "pasted-image");
+        form.append("k", String(state.k));
+        if (state.min !== null) form.append("min_score", String(state.min));
+        body = await api(base + "/image", { method: "POST", form });
+      } else {
+        const json = q.text !== undefined ? { text: q.text } : { like: q.like };
+        json.k = state.k;
+        if (state.min !== null) json.min_score = state.min;
+        body = await api(base, { method: "POST", json });
+      }
+      if (mine !== generation) return;
+      const fresh = body.results.filter((r) => !state.shown.has(r.id));
+      for (const r of fresh) state.shown.add(r.id);
+      ui.results.append(...fresh.map(card));
+      const exhausted = body.results.length < state.k || state.k >= K_MAX;
+      ui.more.hidden = exhausted || state.shown.size === 0;
+      if (state.shown.size === 0) {
+        setMessage("No results" + (state.min !== null ? " scoring at least " + state.min : "") +
+                   ". Try other words, another image or a lower minimum score.", "empty");
+      } else {
+        const n = state.shown.size;
+        setMessage(n + (n === 1 ? " result" : " results") + (exhausted ? "" : " so far"), "done");
+      }
+      if (q.like !== undefined && !q.label) labelLikeQuery(q, mine);
+    } catch (error) {
+      if (mine !== generation) return;
+      setMessage(errorText(error), "error");
+    } finally {
+      if (mine === generation) setBusy(false);
+    }
+  }
+
+  // A shared link names the item by id; say which item it is once its metadata arrives.
+  async function labelLikeQuery(q, mine) {
+    try {
+      const item = await api(relative("/v1/collections/" + encodeURIComponent(state.collection) + "/items/" +
+                                      encodeURIComponent(q.like)));
+      q.label = itemName(item);
+      if (mine === generation) ui.summary.textContent = describeQuery();
+    } catch (e) { /* the id alone is shown */ }
+  }
+
+  function newSearch(query) {
+    state.query = query;
+    search();
+  }
+
+  function itemName(item) {
+    const where = item.path || item.url || item.id;
+    return baseName(where);
+  }
+
+  function baseName(where) {
+    const parts = String(where).split(/[\\/]/).filter(Boolean);
+    return parts.length ? parts[parts.length - 1] : String(where);
+  }
+
+  function safeLink(url) {
+    try {
+      const u = new URL(url);
+      return u.protocol === "http:" || u.protocol === "https:" ? u.href : null;
+    } catch (e) { return null; }
+  }
+
+  // -- one result -------------------------------------------------------------------------------
+  function card(result) {
+    const li = ui.card.content.firstElementChild.cloneNode(true);
+    const where = result.path || result.url || "";
+    const name = where ? baseName(where) : result.id;
+    li.dataset.id = result.id;
+    const img = li.querySelector("img");
+    img.alt = result.caption || where || "item " + result.id;
+    li.querySelector(".score").textContent = result.score.toFixed(3);
+    const caption = li.querySelector(".caption");
+    if (result.caption) caption.textContent = result.caption; else caption.remove();
+    const path = li.querySelector(".path");
+    const link = result.url ? safeLink(result.url) : null;
+    if (link) {
+      const a = document.createElement("a");
+      a.href = link;
+      a.rel = "noopener noreferrer";
+      a.target = "_blank";
+      a.textContent = name;
+      path.append(a);
+    } else {
+      path.textContent = name;
+    }
+    path.title = where;
+    const like = li.querySelector(".like");
+    like.setAttribute("aria-label", "More like " + (result.caption || name));
+    like.addEventListener("click", () => {
+      ui.text.value = "";
+      newSearch({ like: result.id, label: name });
+      window.scrollTo({ top: 0, behavior: "smooth" });
+    });
+    queueThumbnail(result, img);
+    return li;
+  }
+
+  const thumbQueue = [];
+  let thumbsRunning = 0;
+
+  function queueThumbnail(result, img) {
+    thumbQueue.push({ url: relative(result.thumbnail) + "?size=" + THUMB_SIZE, img });
+    pumpThumbnails();
+  }
+
+  function pumpThumbnails() {
+    while (thumbsRunning < THUMB_PARALLEL && thumbQueue.length) {
+      const job = thumbQueue.shift();
+      thumbsRunning++;
+      loadThumbnail(job).finally(() => { thumbsRunning--; pumpThumbnails(); });
+    }
+  }
+
+  async function loadThumbnail(job) {
+    const frame = job.img.parentElement;
+    try {
+      const blob = await api(job.url, { blob: true });
+      if (!job.img.isConnected) return;
+      const url = URL.createObjectURL(blob);
+      blobUrls.push(url);
+      job.img.src = url;
+      frame.classList.add("loaded");
+    } catch (error) {
+      if (!job.img.isConnected) return;
+      frame.classList.add("missing");
+      frame.dataset.note = error.status === 404 ? "no preview" : "preview failed";
+      frame.title = error.message;
+    }
+  }
+
+  // -- image queries: upload, drop, paste -------------------------------------------------------
+  function firstImage(files) {
+    const list = Array.from(files || []);
+    return list.find((f) => f.type.startsWith("image/")) || list.find((f) => !f.type) || null;
+  }
+
+  function searchImage(file) {
+    if (!file) {
+      setMessage("That is not an image file: use a JPEG, PNG, WebP, GIF or BMP.", "error");
+      return;
+    }
+    newSearch({ image: file });
+  }
+
+  ui.file.addEventListener("change", () => {
+    const file = ui.file.files[0];
+    ui.file.value = "";  // choosing the same file again searches again
+    if (file) searchImage(file);
+  });
+
+  const hasFiles = (event) => event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files");
+  let dragDepth = 0;
+  document.addEventListener("dragenter", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    dragDepth++;
+    ui.drop.hidden = false;
+  });
+  document.addEventListener("dragover", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  document.addEventListener("dragleave", () => {
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (!dragDepth) ui.drop.hidden = true;
+  });
+  document.addEventListener("drop", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    ui.drop.hidden = true;
+    searchImage(firstImage(event.dataTransfer.files));
+  });
+  document.addEventListener("paste", (event) => {
+    const file = firstImage(event.clipboardData && event.clipboardData.files);
+    if (!file) return;  // text pastes go where they were going
+    event.preventDefault();
+    searchImage(file);
+  });
+
+  // -- the controls -----------------------------------------------------------------------------
+  ui.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = ui.text.value.trim();
+    if (!text) {
+      ui.text.focus();
+      return;
+    }
+    state.min = parseMin(ui.min.value);
+    newSearch({ text });
+  });
+
+  ui.min.addEventListener("change", () => {
+    const min = parseMin(ui.min.value);
+    if (ui.min.value.trim() !== "" && min === null) return;
+    if (min === state.min) return;
+    state.min = min;
+    if (state.query) search(); else writeUrl(false);
+  });
+
+  ui.collection.addEventListener("change", () => {
+    state.collection = ui.collection.value;
+    if (state.query && state.query.like !== undefined) {  // item ids belong to one collection
+      state.query = null;
+      clearResults();
+      writeUrl(true);
+      setMessage("Collection " + state.collection + ": type a query or give an image.", "info");
+    } else if (state.query) {
+      search();
+    } else {
+      writeUrl(false);
+    }
+  });
+
+  ui.more.addEventListener("click", () => {
+    state.k = Math.min(K_MAX, state.k + PAGE);
+    search({ append: true });
+  });
+
+  window.addEventListener("popstate", () => {
+    readUrl();
+    if (state.query) search({ push: false }); else clearResults();
+  });
+
+  // -- start ------------------------------------------------------------------------------------
+  // The collections, listed once (again after a failure, e.g. a key dialog that was cancelled).
+  let collectionsLoaded = false;
+  async function ensureCollections() {
+    if (collectionsLoaded) return state.collections.length > 0;
+    setMessage("Loading collections…", "loading");
+    try {
+      await loadCollections();
+    } catch (error) {
+      setMessage(errorText(error), "error");
+      return false;
+    }
+    collectionsLoaded = true;
+    chooseCollection(state.collection || new URLSearchParams(location.search).get("c"));
+    if (!state.collections.length) {
+      setMessage("This server has no collections: start it with --collection NAME=DIR.", "empty");
+      return false;
+    }
+    return true;
+  }
+
+  async function start() {
+    const text = new URLSearchParams(location.search).get("q");
+    if (text) ui.text.value = text;  // there to retry with, should listing the collections fail
+    if (!(await ensureCollections())) return;
+    readUrl();
+    writeUrl(false);
+    if (state.query) {
+      search({ push: false });
+    } else {
+      setMessage("Type a query and press Enter, or drop, paste or upload an image.", "info");
+      ui.text.focus();
+    }
+  }
+
+  start();
+})();
