@@ -271,17 +271,19 @@ def main() -> None:
         print(f"  {m.name:<17} {speed}{'  (' + m.skipped + ')' if m.skipped else ''}")
     backend = choice.name if args.image_backend == "auto" else f"{args.image_backend}-{args.image_precision or 'fp32'}"
     print(f"auto picks {choice.name}: {choice.reason}")
+    batch = min(args.batch, choice.batch or args.batch) if args.image_backend == "auto" else args.batch
     with torch.inference_mode():
         reference = F.normalize(image_model.image_rows(pixels), dim=-1)
         forward = image_forward(image_model, Choice(*backend.split("-"), reason=""))
-        forward(pixels[: args.batch])
-        image_raw = len(pixels) / min(_timed(lambda: forward(pixels[: args.batch])) for _ in range(2))
+        forward(pixels[:batch])
+        image_raw = len(pixels) / min(_timed(lambda: [forward(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
+                                      for _ in range(2))
         ids = text_model.tokenize(texts, "search_query")
         text_model.text_rows(ids[:32])
         text_raw = len(ids) / min(_timed(lambda: [text_model.text_rows_by_length(ids[i:i + 32])
                                                   for i in range(0, len(ids), 32)]) for _ in range(2))
         text_reference = text_model.embed_texts(texts, "search_query")
-    print(f"raw batched forwards: images ({backend}, batch {args.batch}) {image_raw:.2f}/s; "
+    print(f"raw batched forwards: images ({backend}, batch {batch}) {image_raw:.2f}/s; "
           f"text (batch 32, {np.mean([len(i) for i in ids]):.0f} tokens on average) {text_raw:.1f}/s")
     del image_model, text_model
 

@@ -54,6 +54,7 @@ CANDIDATES: tuple[tuple[str, str], ...] = (
     ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
 )
 MIN_COSINE = 0.999
+BATCH_SIZES = (4, 8, 16, 32)  # what `auto` times the chosen backend at
 
 
 class BackendUnavailable(ImportError):
@@ -145,6 +146,8 @@ def _onnxruntime(module: torch.nn.Module, example: torch.Tensor, precision: str)
             path = quantized
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # No busy-waiting between runs: in a server the same cores decode images and answer HTTP.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
 
     def run(pixels: torch.Tensor) -> torch.Tensor:
@@ -221,18 +224,20 @@ class Choice:
     reason: str
     measurements: list[Measurement] = field(default_factory=list)
     cached: bool = False
+    batch: int | None = None  # the images per forward that serve best (None: the server's setting)
 
     @property
     def name(self) -> str:
         return f"{self.backend}-{self.precision}"
 
     def to_json(self) -> dict:
-        return {"backend": self.backend, "precision": self.precision, "reason": self.reason,
+        return {"backend": self.backend, "precision": self.precision, "reason": self.reason, "batch": self.batch,
                 "measurements": [asdict(m) for m in self.measurements]}
 
     @classmethod
     def from_json(cls, d: dict) -> "Choice":
-        return cls(d["backend"], d["precision"], d["reason"], [Measurement(**m) for m in d["measurements"]], cached=True)
+        return cls(d["backend"], d["precision"], d["reason"], [Measurement(**m) for m in d["measurements"]],
+                   cached=True, batch=d.get("batch"))
 
 
 Builder = Callable[[torch.nn.Module, torch.Tensor, str, str], PixelForward]
@@ -249,10 +254,13 @@ def _images_per_s(forward: PixelForward, probe: torch.Tensor, repeats: int) -> t
 
 
 def calibrate(module: torch.nn.Module, probe: torch.Tensor, *, candidates: Sequence[tuple[str, str]] = CANDIDATES,
-              min_cosine: float = MIN_COSINE, repeats: int = 2, build: Builder = accelerate) -> Choice:
+              min_cosine: float = MIN_COSINE, repeats: int = 2, build: Builder = accelerate,
+              batch_sizes: Sequence[int] = BATCH_SIZES) -> Choice:
     """Time every candidate on `probe` and choose the fastest whose rows keep a cosine of at least
     `min_cosine` to PyTorch fp32 on every probe image. PyTorch fp32 is always measured (it is the
-    reference, and the fallback)."""
+    reference, and the fallback). Then time the chosen one at each of `batch_sizes` and keep the
+    smallest batch within 5% of the best images/s: on a CPU a bigger batch is not always faster
+    (activations outgrow the caches), and a smaller one answers sooner."""
     cpu = cpu_info()
     with torch.inference_mode():
         reference_speed, reference = _images_per_s(module.eval(), probe, repeats)
@@ -282,9 +290,31 @@ def calibrate(module: torch.nn.Module, probe: torch.Tensor, *, candidates: Seque
             m.skipped = f"cosine {m.min_cosine:.5f} to PyTorch fp32 is below {min_cosine}"
     eligible = [m for m in measurements if m.skipped is None]
     best = max(eligible, key=lambda m: m.images_per_s or 0.0)
+    forward = module.eval() if best.name == "torch-fp32" else build(module, probe, best.backend, best.precision)
+    by_batch = _batch_speeds(forward, probe, batch_sizes)
+    batch = min(b for b, speed in by_batch.items() if speed >= 0.95 * max(by_batch.values())) if by_batch else None
     reason = (f"fastest of {', '.join(f'{m.name} {m.images_per_s:.1f}/s' for m in eligible)} on {cpu.summary()} "
               f"(probe batch {len(probe)}, cosine >= {min_cosine} to PyTorch fp32)")
-    return Choice(best.backend, best.precision, reason, measurements)
+    if by_batch:
+        reason += "; batches of " + ", ".join(f"{b}: {v:.1f}/s" for b, v in by_batch.items()) + f" -> {batch}"
+    return Choice(best.backend, best.precision, reason, measurements, batch=batch)
+
+
+def _batch_speeds(forward: PixelForward, probe: torch.Tensor, sizes: Sequence[int]) -> dict[int, float]:
+    """Images/s of `forward` at each batch size (the probe repeated to fill it), one timed run each."""
+    speeds = {}
+    with torch.inference_mode():
+        for size in sizes:
+            batch = probe.repeat((size + len(probe) - 1) // len(probe), 1, 1, 1)[:size]
+            forward(batch)  # the first call at a new shape may allocate or compile
+            speeds[size] = size / _timed(lambda: forward(batch))
+    return speeds
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
 
 
 def default_cache_dir() -> Path:

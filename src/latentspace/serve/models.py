@@ -47,6 +47,8 @@ class ServedModel:
         if self.image_backend is not None:
             out["image_backend"] = self.image_backend.name
             out["image_backend_reason"] = self.image_backend.reason
+            if self.image_backend.batch:
+                out["image_batch"] = self.image_backend.batch
         return out
 
 

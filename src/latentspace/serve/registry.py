@@ -163,9 +163,10 @@ class ModelRegistry:
 
     def image_kind(self, slot: Slot) -> BatchKind:
         if ("image",) not in slot.kinds:
-            forward = slot.served.image_forward
-            slot.kinds[("image",)] = BatchKind(("image",), lambda items: forward(torch.stack(items)),
-                                               self.settings.max_batch_images)
+            forward, choice = slot.served.image_forward, slot.served.image_backend
+            # auto measured the batch size this backend serves best at; the setting caps it
+            budget = min(self.settings.max_batch_images, choice.batch or self.settings.max_batch_images)
+            slot.kinds[("image",)] = BatchKind(("image",), lambda items: forward(torch.stack(items)), budget)
         return slot.kinds[("image",)]
 
     def text_kind(self, slot: Slot) -> BatchKind:
