@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from collection_build import machine_lines  # noqa: E402  (same header as the build benchmark)
+from collection_build import machine_lines  # noqa: E402  (the same header as the build benchmark)
 
 from latentspace.collections.index import EXACT_MAX_FLOATS, HNSW_PARAMS, HnswIndex, HnswParams, top_k  # noqa: E402
 
@@ -117,10 +117,16 @@ def main() -> None:
             print(f"\n== {kind}, {args.rows:,} x {dim} ({data.nbytes / 2**30:.2f} GiB float32; generated in "
                   f"{time.perf_counter() - t:.0f} s)", flush=True)
             sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= args.rows]
-            for n, (p50, p99) in exact_latency(data, queries, sizes).items():
+            exact = exact_latency(data, queries, sizes)
+            for n, (p50, p99) in exact.items():
                 print(f"exact search, {n:>9,} rows: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms "
                       f"({n * dim / 1e6:.1f}M floats; {'exact' if n * dim <= EXACT_MAX_FLOATS else 'HNSW'} "
                       f"in a collection)", flush=True)
+            largest = max(exact)
+            per_float = exact[largest][0] / (largest * dim)
+            print(f"threshold: exact up to {EXACT_MAX_FLOATS / 1e6:.0f}M floats = {EXACT_MAX_FLOATS // dim:,} rows of "
+                  f"{dim} dims, where exact search takes ~{per_float * EXACT_MAX_FLOATS:.1f} ms (p50 per float at "
+                  f"{largest:,} rows x the threshold); above it HNSW", flush=True)
             t = time.perf_counter()
             truth = exact_truth(data, queries, 10)
             print(f"ground truth (exact, batched) for {len(queries)} queries: {time.perf_counter() - t:.1f} s", flush=True)

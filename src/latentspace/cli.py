@@ -307,6 +307,9 @@ def serve(
     log_level: str = typer.Option("info"),
 ) -> None:
     """Serve models over HTTP with Nomic's embedding API (and an OpenAI-style /v1/embeddings)."""
+    # Before torch loads: OpenMP threads that spin between ops would take the cores that parse
+    # requests, decode images and tokenise (see docs/serving.md). An explicit setting is respected.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pydantic import ValidationError
 
     from latentspace.serve.run import run_server
@@ -399,6 +402,11 @@ def collection_build(
     deleted ones. Unreadable or corrupt images are skipped and listed in skipped.jsonl."""
     import json
 
+    # Before torch loads: OpenMP threads that sleep instead of spinning between ops. The build
+    # interleaves the model's forward with decoding threads; spinning workers took the cores
+    # the decoders needed, and on a shared 2-core machine made the forward itself ~10x slower
+    # (benchmarks/collection_build.py). An explicit OMP_WAIT_POLICY is respected.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from latentspace.collections import BuildSettings, build_collection
     from latentspace.collections.progress import progress_for
     from latentspace.collections.store import DEFAULT_ROOT

@@ -1,78 +1,19 @@
-"""Fixtures for the collection tests: a colour model with known rankings, and image folders.
-
-`ColourModel` is a real Embedder (its steps run through the same build pipeline as any model),
-that sees colour only: an image embeds as its mean chroma (each pixel's RGB minus its grey
-level, so the white background drawings sit on counts for nothing), a text as the RGB of the
-first colour it names. A fourth dimension keeps grey images and colourless texts non-zero. So
-"red" ranks red drawings first by construction.
-"""
+"""Fixtures for the collection tests: the colour model (collection_fakes.ColourModel) and a
+folder of drawings with every kind of bad file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
-
-from latentspace.models.embedder import Embedder
-from latentspace.space import SpaceIdentity
 
 import fakes
-
-TEXT_COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0),
-                "yellow": (1.0, 1.0, 0.0)}
-
-
-class ColourModel(Embedder):
-    kind = "test-colour"
-    name = "colour"
-    modalities = ("text", "image")
-
-    def __init__(self, fingerprint: str = "c010c010c010c010", delay: float = 0.0) -> None:
-        self.identity = SpaceIdentity("colour-space", fingerprint, 4)
-        self.delay = delay
-
-    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
-        small = image.convert("RGB").resize((16, 16), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(small, dtype=np.float32)).permute(2, 0, 1) / 255
-
-    def image_rows(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.delay:
-            import time
-
-            time.sleep(self.delay)
-        chroma = (pixels - pixels.min(dim=1, keepdim=True).values).mean(dim=(2, 3))
-        return torch.cat([chroma, torch.full((len(pixels), 1), 0.02)], dim=1)
-
-    @property
-    def image_module(self) -> torch.nn.Module:
-        raise NotImplementedError
-
-    def embed_texts(self, texts, task_type="search_query", **kwargs) -> torch.Tensor:
-        self.last_task_type = task_type
-        rows = []
-        for text in texts:
-            colour = next((TEXT_COLOURS[w] for w in text.lower().split() if w in TEXT_COLOURS), (0.0, 0.0, 0.0))
-            rows.append([*colour, 0.02])
-        return torch.nn.functional.normalize(torch.tensor(rows), dim=-1)
+from collection_fakes import ColourModel, save_drawing
 
 
 @pytest.fixture
 def colour_model() -> ColourModel:
     return ColourModel()
-
-
-def save_drawing(path: Path, concept: str, style: int = 0, size: int = 48, fmt: str = "PNG") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = fakes.draw(concept, size=size, style=style)
-    if fmt == "JPEG":
-        canvas = Image.new("RGB", image.size, (255, 255, 255))
-        canvas.paste(image, mask=image.getchannel("A"))
-        image = canvas
-    image.save(path, format=fmt)
-    return path
 
 
 @pytest.fixture

@@ -125,6 +125,52 @@ def test_plain_progress_lines():
     unknown.start(None)
     unknown.close()
     assert lines[-1] == "embedded 0 images (0.0 images/s)"
+
+
+def test_terminal_gets_a_live_bar():
+    import io
+
     from rich.console import Console
 
-    assert isinstance(progress_for(Console(file=open("/dev/null", "w"))), PlainProgress)
+    from latentspace.collections.progress import RichProgress
+
+    assert isinstance(progress_for(Console(file=io.StringIO())), PlainProgress)
+    screen = io.StringIO()
+    bar = progress_for(Console(file=screen, force_terminal=True, width=120))
+    assert isinstance(bar, RichProgress)
+    bar.start(10)
+    bar.describe("part 1/2")
+    bar.advance(4)
+    bar.close()
+    shown = screen.getvalue()
+    assert "embedded part 1/2" in shown and "4/10" in shown and "images/s" in shown and "ETA" in shown
+
+
+def test_one_build_at_a_time(tmp_path, library, colour_model):
+    from latentspace.collections import CollectionBusy
+    from latentspace.collections.store import build_lock
+
+    with build_lock(tmp_path / "c"):
+        with pytest.raises(CollectionBusy, match="another build is running"):
+            build_collection(tmp_path / "c", colour_model, library)
+    assert build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS).items == 12
+
+
+def test_openvino_image_backend(tmp_path):
+    """The forward is pluggable: the server's OpenVINO backend gives the same vectors (fp32)."""
+    pytest.importorskip("openvino")
+    import fakes
+
+    model = str(fakes.make_hf_clip(tmp_path / "clip", seed=0))
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, concept in enumerate(fakes.CONCEPTS[:5]):
+        fakes.draw(concept).save(images / f"{i}.png")
+    build_collection(tmp_path / "torch", model, images)
+    report = build_collection(tmp_path / "ov", model, images, settings=BuildSettings(image_backend="openvino"))
+    assert report.items == 5
+    info = json.loads(pq.read_schema(tmp_path / "ov" / "parts" / "part-000000.parquet").metadata[b"latentspace"])
+    assert info["settings"]["image_backend"] == "openvino"
+    a, b = Collection.open(tmp_path / "torch"), Collection.open(tmp_path / "ov")
+    for item in a.meta.column("id").to_pylist():
+        assert float(a.vector(item) @ b.vector(item)) > 0.9999

@@ -7,7 +7,7 @@ import os
 import pyarrow.parquet as pq
 
 import fakes
-from conftest import save_drawing
+from collection_fakes import save_drawing
 from latentspace.collections import BuildSettings, Collection, build_collection
 
 SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)

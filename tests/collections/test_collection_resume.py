@@ -1,5 +1,9 @@
 """kill -9 in the middle of a build, then the same command again: only the missing parts are
-embedded, and the collection is byte-identical to one built without interruption."""
+embedded, and the collection is byte-identical to one built without interruption.
+
+The build is stopped at a known point without timing races: the 21st of 40 images is a named
+pipe, so reading it blocks (in part 10 of 20) until the build is killed; then the pipe is
+replaced by the real image, with the same mtime, before the build is run again."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from pathlib import Path
 import fakes
 
 PARTS = 20
+BLOCKING = 2 * PARTS // 2  # the image that blocks: the first of part 10
 
 
 def build_command(model: Path, images: Path, out: Path) -> list[str]:
@@ -27,42 +32,52 @@ def run(command: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def parts(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((directory / "parts").glob("*.parquet"))}
+
+
 def test_kill_9_then_resume_is_byte_identical(tmp_path):
     model = fakes.make_hf_clip(tmp_path / "model", seed=0)  # tiny, and quick to load in a subprocess
     images = tmp_path / "images"
     images.mkdir()
-    for i in range(2 * PARTS):
-        fakes.draw(fakes.CONCEPTS[i % len(fakes.CONCEPTS)], size=40 + i, style=i % 2).save(images / f"{i:03d}.png")
-
-    reference = run(build_command(model, images, tmp_path / "reference"))
-    assert reference["parts_embedded"] == PARTS
+    drawings = {f"{i:03d}.png": fakes.draw(fakes.CONCEPTS[i % len(fakes.CONCEPTS)], size=40 + i, style=i % 2)
+                for i in range(2 * PARTS)}
+    blocking = f"{BLOCKING:03d}.png"
+    for name, drawing in drawings.items():
+        if name == blocking:
+            os.mkfifo(images / name)
+        else:
+            drawing.save(images / name)
 
     out = tmp_path / "interrupted"
     staging = out / "staging"
-    job = subprocess.Popen(build_command(model, images, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(build_command(model, images, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
         while len(list(staging.glob("part-*.parquet"))) < PARTS // 2:
-            assert job.poll() is None, "the build ended before it could be interrupted"
+            assert job.poll() is None, job.stderr.read().decode()
             assert time.monotonic() < deadline, "the build made no progress"
-            time.sleep(0.002)
+            time.sleep(0.01)
+        time.sleep(0.3)  # the build is blocked on the pipe: nothing more gets written
         os.kill(job.pid, signal.SIGKILL)
     finally:
         job.wait(30)
     assert job.returncode == -signal.SIGKILL
     assert (out / "plan.json").exists() and not (out / "collection.json").exists()
     done_before = {p.name: p.stat().st_ino for p in staging.glob("part-*.parquet")}
-    assert PARTS // 2 <= len(done_before) < PARTS
+    assert sorted(done_before) == [f"part-{i:06d}.parquet" for i in range(PARTS // 2)]
+
+    mtime = (images / blocking).stat().st_mtime_ns
+    (images / blocking).unlink()
+    drawings[blocking].save(images / blocking)
+    os.utime(images / blocking, ns=(mtime, mtime))  # as if it had been a plain file all along
+    reference = run(build_command(model, images, tmp_path / "reference"))
+    assert reference["parts_embedded"] == PARTS and reference["items"] == 2 * PARTS
 
     resumed = run(build_command(model, images, out))
-    assert resumed["resumed_plan"] and resumed["parts_resumed"] == len(done_before)
-    assert resumed["parts_embedded"] == PARTS - len(done_before)  # nothing finished is redone
+    assert resumed["resumed_plan"] and resumed["parts_resumed"] == PARTS // 2
+    assert resumed["parts_embedded"] == PARTS // 2  # only the in-flight part and those after it
     assert resumed["items"] == 2 * PARTS and resumed["added"] == 2 * PARTS and resumed["unchanged"] == 0
-    assert {name: (out / "parts" / name).stat().st_ino for name in done_before} == done_before  # moved, not rewritten
+    assert {name: (out / "parts" / name).stat().st_ino for name in done_before} == done_before  # moved, not redone
     assert not (out / "plan.json").exists() and not staging.exists()
-
-    def parts(directory: Path) -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in sorted((directory / "parts").glob("*.parquet"))}
-
-    assert parts(out) == parts(tmp_path / "reference")
-    assert len(parts(out)) == PARTS
+    assert parts(out) == parts(tmp_path / "reference") and len(parts(out)) == PARTS

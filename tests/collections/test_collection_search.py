@@ -83,9 +83,9 @@ def test_item_metadata_and_image_bytes(built, library):
 
 
 def test_another_space_is_refused(tmp_path, built, library):
-    import conftest
+    from collection_fakes import ColourModel
 
-    other = conftest.ColourModel(fingerprint="0123456789abcdef")
+    other = ColourModel(fingerprint="0123456789abcdef")
     with pytest.raises(CollectionSpaceError, match="another space|holds vectors of space"):
         built.search_text(other, "red")
     with pytest.raises(CollectionSpaceError, match="use a model of the collection's space"):
@@ -124,3 +124,13 @@ def test_hnsw_matches_exact_search(tmp_path, colour_model):
     again = Collection.open(tmp_path / "ann")
     assert best.id not in [h.id for h in again.search_text(colour_model, "red", k=5)]
     assert len(again) == 59
+
+    # a quarter of the index dead: rebuilt from the live rows; below the threshold: exact again
+    for path in sorted(images.iterdir())[:20]:
+        path.unlink()
+    assert build_collection(tmp_path / "ann", colour_model, images).index == "hnsw (built over 39 rows)"
+    for path in sorted(images.iterdir())[:35]:
+        path.unlink()
+    assert build_collection(tmp_path / "ann", colour_model, images).index == "exact"
+    assert not (tmp_path / "ann" / "index" / "hnsw.faiss").exists()
+    assert len(Collection.open(tmp_path / "ann").search_text(colour_model, "red", k=10)) == 4
