@@ -393,13 +393,21 @@ def collection_build(
     decode_threads: Optional[int] = typer.Option(None, min=1, help="threads reading and decoding images (default: CPUs)"),
     hnsw_min_rows: Optional[int] = typer.Option(None, min=1, help="build an HNSW index from this many items (default: "
                                                                   "when exact search gets slow, see collections/index.py)"),
+    engine: str = typer.Option("local", help="where images are embedded: local (this process) or ray (an actor "
+                                             "pool on a Ray cluster; needs the ray extra of latentspace)"),
+    ray_address: Optional[str] = typer.Option(None, help="the Ray cluster to use with --engine ray (default: "
+                                                         "RAY_ADDRESS, else a local Ray instance on this machine)"),
+    ray_actors: Optional[int] = typer.Option(None, min=1, help="actors with --engine ray (default: one per GPU, "
+                                                               "else the cluster's CPUs / the CPUs each uses: "
+                                                               "--decode-threads, default a node's CPUs)"),
     json_output: bool = typer.Option(False, "--json", help="print the build report as JSON on stdout"),
 ) -> None:
     """Embed a folder, shards or a table of images into a collection (Parquet parts + an index).
 
     Resumable: after an interruption, the same command finishes the build, redoing at most the
     part in flight. Incremental: run it again to embed only new and changed files, and drop
-    deleted ones. Unreadable or corrupt images are skipped and listed in skipped.jsonl."""
+    deleted ones. Unreadable or corrupt images are skipped and listed in skipped.jsonl.
+    --engine ray embeds the same parts on a Ray actor pool; either engine resumes the other's build."""
     import json
 
     # Before torch loads: OpenMP threads that sleep instead of spinning between ops. The build
@@ -421,7 +429,8 @@ def collection_build(
         if images is None and not (directory / "collection.json").is_file() and not (directory / "plan.json").is_file():
             raise ValueError(f"no collection at {directory} yet: pass --images SOURCE (and --model SPEC)")
         report = build_collection(directory, model, images, name=name, settings=settings,
-                                  progress=progress_for(console), log=lambda line: console.print(Text(line)))
+                                  progress=progress_for(console), log=lambda line: console.print(Text(line)),
+                                  engine=engine, ray_address=ray_address, ray_actors=ray_actors)
     except (OSError, RuntimeError, ValueError) as e:
         _fail(e)
     if json_output:

@@ -5,8 +5,9 @@ Why it is shaped this way:
 **Units.** The work is cut into units, each a plain JSON description: a batch of up to
 `files_per_part` files (folder and table sources, in sorted key order) or one shard. A unit
 becomes exactly one part file, through `embed_unit(unit, model, settings, out_dir)`, a function
-of its arguments alone: the same unit gives the same part, byte for byte, whoever runs it (this
-process today; a Ray actor pool later can run the same units).
+of its arguments alone: the same unit gives the same part, byte for byte, whoever runs it: this
+process (`engine="local"`), or an actor pool on Ray (`engine="ray"`, ray_engine.py), which runs
+the same units from the same plan, so either engine can finish a build the other started.
 
 **Plan, then execute, then commit.** A build first writes `plan.json`: the units to embed (with
 their part names and ordinals fixed), the rows to remove, the skip list to keep. Then it embeds
@@ -18,7 +19,9 @@ see half a build.
 **Resume.** After a crash (kill -9 included) the plan is still there. The next build finishes
 it before anything else: units whose part exists are done, the rest are embedded (at most the
 one in flight was lost). Since the plan fixed every unit's items and batch size, the resumed
-build writes the same parts as an uninterrupted one would have.
+build writes the same parts as an uninterrupted one would have. A committed part that is gone
+from parts/ (deleted by hand, lost with a disk) is dropped from the manifest by the next build
+and its items are embedded again, into a new part, like new items.
 
 **Incremental.** The parts themselves are the manifest of what is embedded: their metadata
 columns (key, size, mtime_ns, sha256, caption, seq) are read without the vectors, which is
@@ -364,10 +367,11 @@ def _skip_entry(unit: dict[str, Any], meta: dict[str, Any], reason: str) -> dict
 # --- planning -----------------------------------------------------------------------------------
 
 
-def _live_rows(directory: Path, manifest: store.Manifest, source: int) -> dict[str, dict[str, Any]]:
+def _live_rows(directory: Path, manifest: store.Manifest, source: int,
+               missing: list[str]) -> dict[str, dict[str, Any]]:
     """key -> row metadata of the source's live rows (read from the parts, without vectors)."""
     paths = [directory / store.PARTS / f"{p['name']}.parquet" for p in manifest.parts
-             if p["source"] == source and p["kind"] == "files"]
+             if p["source"] == source and p["kind"] == "files" and p["name"] not in missing]
     table = store.read_meta(paths, ["seq", "key", "caption", "size", "mtime_ns", "sha256", "url"])
     return {row["key"]: row for row in table.to_pylist()}
 
@@ -389,7 +393,10 @@ def _plan(directory: Path, manifest: store.Manifest, source: Source, source_inde
     previous = [s for s in store.read_skipped(directory) if s.get("source") == source_index]
     counts = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0, "refreshed": 0}
     rewrites: dict[str, dict[str, Any]] = {}
-    drop_parts: list[str] = []
+    # Committed parts gone from disk: dropped from the manifest, their items planned as new ones.
+    missing = [p["name"] for p in manifest.parts
+               if p["source"] == source_index and not (directory / store.PARTS / f"{p['name']}.parquet").exists()]
+    drop_parts: list[str] = list(missing)
     keep_skips: list[dict[str, Any]] = []
     unit_specs: list[tuple[str, Any]] = []  # ("files", [items]) or ("shard", shard item)
 
@@ -397,7 +404,8 @@ def _plan(directory: Path, manifest: store.Manifest, source: Source, source_inde
         return rewrites.setdefault(store.part_name(seq >> store.POSITION_BITS), {"delete": [], "stats": {}})
 
     if source.kind == "shards":
-        embedded = {p["shard"]["url"]: p for p in manifest.parts if p["source"] == source_index and p["kind"] == "shard"}
+        embedded = {p["shard"]["url"]: p for p in manifest.parts
+                    if p["source"] == source_index and p["kind"] == "shard" and p["name"] not in missing}
         wanted = {s.url for s in found.shards}
         for shard in found.shards:
             part = embedded.get(shard.url)
@@ -414,7 +422,7 @@ def _plan(directory: Path, manifest: store.Manifest, source: Source, source_inde
                 drop_parts.append(part["name"])
                 counts["removed"] += part["rows"]
     else:
-        live = _live_rows(directory, manifest, source_index)
+        live = _live_rows(directory, manifest, source_index, missing)
         skipped_files = {s["key"]: s for s in previous if s.get("stage") == "read" and not s.get("url")}
         pending: list[FileItem] = []
         for item in found.items:
@@ -464,7 +472,7 @@ def _plan(directory: Path, manifest: store.Manifest, source: Source, source_inde
             "identity": identity, "dtype": dtype, "settings": vector_settings, "batch_size": settings.batch_size,
             "files_per_part": settings.files_per_part, "max_pixels": settings.max_pixels,
             "units": units, "rewrites": rewrites, "drop_parts": drop_parts, "skipped": scan_skips + keep_skips,
-            "counts": counts, "next_ordinal": manifest.next_ordinal + len(units)}
+            "counts": counts, "next_ordinal": manifest.next_ordinal + len(units), "missing_parts": missing}
 
 
 def _is_empty(plan: dict[str, Any]) -> bool:
@@ -474,14 +482,32 @@ def _is_empty(plan: dict[str, Any]) -> bool:
 # --- executing and committing -------------------------------------------------------------------
 
 
-def _execute(directory: Path, plan: dict[str, Any], runtime: UnitRuntime, progress: Progress,
+# Runs units, each into `staging/<part>.parquet`, yielding each one's result as it is written (in
+# any order): in this process (`_embed_here`) or on Ray actors (ray_engine.RayEngine.run).
+UnitRunner = Callable[[list[dict[str, Any]], Path, Progress], Iterator[PartResult]]
+
+
+def _embed_here(runtime: UnitRuntime, units: list[dict[str, Any]], staging: Path,
+                progress: Progress) -> Iterator[PartResult]:
+    for n, unit in enumerate(units):
+        progress.describe(f"part {n + 1}/{len(units)}")
+        yield embed_unit(unit, runtime.model, runtime.settings, staging, runtime=runtime, progress=progress)
+
+
+def _todo(directory: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan's units whose part is neither staged nor committed yet."""
+    staging, parts = directory / store.STAGING, directory / store.PARTS
+    return [u for u in plan["units"]
+            if not (staging / f"{u['part']}.parquet").exists() and not (parts / f"{u['part']}.parquet").exists()]
+
+
+def _execute(directory: Path, plan: dict[str, Any], run_units: UnitRunner, progress: Progress,
              report: BuildReport, log: Callable[[str], None]) -> None:
     staging, parts = directory / store.STAGING, directory / store.PARTS
     staging.mkdir(parents=True, exist_ok=True)
     for stale in staging.glob(".*.tmp-*"):  # a part that was in flight when a build died
         stale.unlink(missing_ok=True)
-    todo = [u for u in plan["units"]
-            if not (staging / f"{u['part']}.parquet").exists() and not (parts / f"{u['part']}.parquet").exists()]
+    todo = _todo(directory, plan)
     resumed = len(plan["units"]) - len(todo)
     report.parts_resumed += resumed
     if resumed:
@@ -491,9 +517,7 @@ def _execute(directory: Path, plan: dict[str, Any], runtime: UnitRuntime, progre
         progress.start(sum(len(u["items"]) for u in todo) if known else None)
     started = time.perf_counter()
     try:
-        for n, unit in enumerate(todo):
-            progress.describe(f"part {n + 1}/{len(todo)}")
-            result = embed_unit(unit, runtime.model, runtime.settings, staging, runtime=runtime, progress=progress)
+        for result in run_units(todo, staging, progress) if todo else ():
             report.parts_embedded += 1
             report.images_embedded += result.rows
             report.newly_skipped += len(result.skipped)
@@ -604,10 +628,22 @@ def _vectors_for(paths: dict[str, Path], seqs: np.ndarray) -> np.ndarray:
 def build_collection(directory: str | Path, model: Embedder | str | None = None,
                      source: str | Path | None = None, *, name: str | None = None,
                      settings: BuildSettings = BuildSettings(), progress: Progress | None = None,
-                     log: Callable[[str], None] = lambda line: None) -> BuildReport:
+                     log: Callable[[str], None] = lambda line: None, engine: str = "local",
+                     ray_address: str | None = None, ray_actors: int | None = None) -> BuildReport:
     """Create or update the collection in `directory` from `source` with `model` (an Embedder
     or a spec; None: the collection's own). Finishes an interrupted build first. Refuses a
-    model of another space. See the module docstring for what is (re)embedded."""
+    model of another space. See the module docstring for what is (re)embedded.
+
+    `engine` says where the units run: "local" (this process) or "ray" (an actor pool on the
+    Ray cluster at `ray_address`, else a local Ray instance; `ray_actors` actors, see
+    ray_engine.py). The plan, the parts and the commit are the same either way."""
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
+    ray_engine = None
+    if engine == "ray":  # fails now if Ray is not installed; starts nothing until there are units to embed
+        from latentspace.collections.ray_engine import RayEngine
+
+        ray_engine = RayEngine(address=ray_address, actors=ray_actors, log=log)
     directory = Path(directory)
     started = time.perf_counter()
     with store.build_lock(directory):
@@ -646,11 +682,21 @@ def build_collection(directory: str | Path, model: Embedder | str | None = None,
 
         def run(plan: dict[str, Any], run_settings: BuildSettings) -> None:
             nonlocal runtime
-            if plan["units"] and (runtime is None or runtime.settings != run_settings):
-                if runtime is not None:
-                    runtime.close()
-                runtime = UnitRuntime(embedder, run_settings)
-            _execute(directory, plan, runtime, progress, report, log)
+            if plan.get("missing_parts"):
+                log(f"{len(plan['missing_parts'])} part(s) listed in {store.MANIFEST} are missing from "
+                    f"{store.PARTS}/ ({', '.join(plan['missing_parts'])}): their items are embedded again")
+            run_units: UnitRunner
+            if ray_engine is not None:
+                if _todo(directory, plan):
+                    ray_engine.start(model, run_settings)  # actors load the model before embedding is timed
+                run_units = lambda units, staging, progress: ray_engine.run(units, run_settings, staging, progress)
+            else:
+                if plan["units"] and (runtime is None or runtime.settings != run_settings):
+                    if runtime is not None:
+                        runtime.close()
+                    runtime = UnitRuntime(embedder, run_settings)
+                run_units = lambda units, staging, progress: _embed_here(runtime, units, staging, progress)
+            _execute(directory, plan, run_units, progress, report, log)
             _commit(directory, manifest, plan)
 
         try:
@@ -683,6 +729,8 @@ def build_collection(directory: str | Path, model: Embedder | str | None = None,
         finally:
             if runtime is not None:
                 runtime.close()
+            if ray_engine is not None:
+                ray_engine.close()
         report.index = sync_index(directory, manifest)
         skipped = store.read_skipped(directory)
         report.skipped = len(skipped)
