@@ -267,7 +267,7 @@ def main() -> None:
     print(f"\nimage backends, raw forward of 8 probe images ({image_model.name}"
           f"{', cached calibration' if choice.cached else ''}):")
     for m in choice.measurements:
-        speed = f"{m.images_per_s:7.2f} images/s, cosine {m.min_cosine:.5f}" if m.images_per_s else ""
+        speed = f"{m.items_per_s:7.2f} images/s, cosine {m.min_cosine:.5f}" if m.items_per_s else ""
         print(f"  {m.name:<17} {speed}{'  (' + m.skipped + ')' if m.skipped else ''}")
     backend = choice.name if args.image_backend == "auto" else f"{args.image_backend}-{args.image_precision or 'fp32'}"
     print(f"auto picks {choice.name}: {choice.reason}")

@@ -262,7 +262,7 @@ class LiveServer:
             time.sleep(0.02)
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> "LiveServer":
+    def wait_ready(self, timeout: float = 300.0) -> "LiveServer":
         import time
 
         import httpx
@@ -270,7 +270,8 @@ class LiveServer:
         deadline = time.monotonic() + timeout
         while httpx.get(self.url + "/health").status_code != 200:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"models not ready: {httpx.get(self.url + '/health').text}")
+                raise RuntimeError(f"models not ready after {timeout} s (the first start measures the backends): "
+                                   f"{httpx.get(self.url + '/health').text}")
             time.sleep(0.05)
         return self
 

@@ -300,7 +300,10 @@ def serve(
                                       "output stays within cosine 0.999 of PyTorch fp32), torch, openvino, onnxruntime"),
     image_precision: Optional[str] = typer.Option(None, help="with an explicit backend: fp32 (default), bf16 "
                                                   "(openvino), int8 (torch, onnxruntime)"),
-    backend_cache: Optional[Path] = typer.Option(None, help="where --image-backend auto keeps its calibrations "
+    text_backend: str = typer.Option("auto", help="text forward runtime, chosen like --image-backend; torch serves "
+                                     "text vectors bit-identical to local mode's"),
+    text_precision: Optional[str] = typer.Option(None, help="with an explicit text backend: fp32 (default), int8"),
+    backend_cache: Optional[Path] = typer.Option(None, help="where auto keeps its calibrations "
                                                  "(default: $XDG_CACHE_HOME/latentspace/backends)"),
     allow_urls: bool = typer.Option(False, help="let clients send image URLs for the server to fetch (SSRF-checked)"),
     url_allowed_host: Optional[List[str]] = typer.Option(None, help="hostname exempt from the public-address check"),
@@ -323,6 +326,7 @@ def serve(
             max_body_bytes=int(max_body_mb * 2**20), max_items=max_items, max_pixels=max_pixels,
             max_batch_images=max_batch_images, max_batch_tokens=max_batch_tokens, max_queue_items=max_queue_items,
             batch_wait_ms=batch_wait_ms, image_backend=image_backend, image_precision=image_precision,
+            text_backend=text_backend, text_precision=text_precision,
             backend_cache_dir=str(backend_cache) if backend_cache else None,
             allow_urls=allow_urls, url_allowed_hosts=tuple(url_allowed_host or ()),
             **extra)

@@ -32,10 +32,10 @@ def test_every_installed_candidate_is_measured_against_pytorch_fp32(tiny):
     assert (choice.backend, choice.precision) in CANDIDATES
     by_name = {m.name: m for m in choice.measurements}
     assert set(by_name) == {f"{b}-{p}" for b, p in CANDIDATES}
-    assert by_name["torch-fp32"].min_cosine == 1.0 and by_name["torch-fp32"].images_per_s > 0
+    assert by_name["torch-fp32"].min_cosine == 1.0 and by_name["torch-fp32"].items_per_s > 0
     chosen = by_name[choice.name]
     assert chosen.skipped is None and chosen.min_cosine >= 0.999
-    assert chosen.images_per_s == max(m.images_per_s for m in choice.measurements if m.skipped is None)
+    assert chosen.items_per_s == max(m.items_per_s for m in choice.measurements if m.skipped is None)
     if not cpu_info().native_bf16:
         assert "no native bf16" in by_name["openvino-bf16"].skipped
     assert cpu_info().model in choice.reason
@@ -56,7 +56,7 @@ def test_a_fast_but_wrong_backend_is_never_chosen_and_a_missing_one_is_skipped(t
                            candidates=[("torch", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8")])
     by_name = {m.name: m for m in choice.measurements}
     assert choice.name == "torch-fp32"
-    assert "below 0.999" in by_name["onnxruntime-int8"].skipped and by_name["onnxruntime-int8"].images_per_s > 0
+    assert "below 0.999" in by_name["onnxruntime-int8"].skipped and by_name["onnxruntime-int8"].items_per_s > 0
     assert by_name["openvino-fp32"].skipped.startswith("runtime missing")
     assert "image backend openvino-fp32 skipped" in caplog.text
 

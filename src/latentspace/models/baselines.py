@@ -38,6 +38,17 @@ def _features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+class _TextForward(torch.nn.Module):
+    """(input_ids, attention_mask) -> CLIP text features, as one module for exporters."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return _features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)).float()
+
+
 class _ImageForward(torch.nn.Module):
     """pixels -> rows as one module (what exporters need), for models whose image forward is a
     method of a bigger model."""
@@ -74,6 +85,7 @@ class HFClipModel(Embedder):
         self.identity = SpaceIdentity(name=self.name, fingerprint=self._fingerprint(),
                                       dim=int(self.model.config.projection_dim))
         self._image = _ImageForward(self.model, "get_image_features").eval()
+        self._text = _TextForward(self.model).eval()
 
     def _max_text_length(self) -> int:
         """Longest token sequence the text tower has position embeddings for."""
@@ -96,8 +108,11 @@ class HFClipModel(Embedder):
 
     @torch.inference_mode()
     def text_rows(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        input_ids, mask = pad_ids(ids, self.pad_id)
-        return _features(self.model.get_text_features(input_ids=input_ids, attention_mask=mask)).float()
+        return self.text_module(*pad_ids(ids, self.pad_id))
+
+    @property
+    def text_module(self) -> torch.nn.Module:
+        return self._text
 
     def split_long(self, text: str, task_type: str) -> list[str]:
         return split_to_fit(self._tokenizers.get(), text, self.max_tokens)

@@ -171,6 +171,7 @@ class Embedder:
     identity: SpaceIdentity
     modalities: tuple[Modality, ...] = ()
     max_tokens: int = 0
+    pad_id: int = 0  # the token id that pads a batch of ids
     text_batch_size: int = 64  # texts per forward in local calls
     image_batch_size: int = 64  # images per forward in local calls
     # Task types whose prefix changes the vector. Empty: the model has no prefixes, and task_type
@@ -209,14 +210,24 @@ class Embedder:
         self.require("text")
         raise NotImplementedError
 
-    def text_rows_by_length(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        """`text_rows` over texts of similar length at a time (`length_groups`), rows in input order."""
+    @property
+    def text_module(self) -> torch.nn.Module:
+        """(input_ids, attention_mask) -> rows as one module, for exporters (a faster text
+        runtime in the server). NotImplementedError where the text forward cannot be one
+        module; the server then keeps it in PyTorch."""
+        self.require("text")
+        raise NotImplementedError(f"{self.kind} models run their text forward in PyTorch only")
+
+    def text_rows_by_length(self, ids: Sequence[Sequence[int]], forward=None) -> torch.Tensor:
+        """`text_rows` (or `forward`, a function of the same kind) over texts of similar length
+        at a time (`length_groups`); rows in input order."""
+        forward = forward or self.text_rows
         groups = length_groups([len(row) for row in ids])
         if len(groups) == 1:
-            return self.text_rows(ids)
+            return forward(ids)
         out: torch.Tensor | None = None
         for group in groups:
-            rows = self.text_rows([ids[i] for i in group])
+            rows = forward([ids[i] for i in group])
             if out is None:
                 out = rows.new_empty((len(ids), rows.shape[-1]))
             out[group] = rows

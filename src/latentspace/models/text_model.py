@@ -27,6 +27,7 @@ class TowerText:
         self.max_tokens = tower.max_length
         self.task_types = tuple(tower.prefixes) if tower.prefixes else TASK_TYPES
         self.text_batch_size = tower.cfg.batch_size
+        self.pad_id = tower.pad_id
 
     def check_task_type(self, task_type: str) -> str:
         self.require("text")
@@ -45,6 +46,11 @@ class TowerText:
     def split_long(self, text: str, task_type: str) -> list[str]:
         self.require("text")
         return self.text.split_long(text, task_type)
+
+    @property
+    def text_module(self) -> torch.nn.Module:
+        self.require("text")
+        return self.text.text_module()
 
 
 class TextModel(TowerText, Embedder):

@@ -125,6 +125,30 @@ def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device | No
     return input_ids.to(device), mask.to(device)
 
 
+def pooled_rows(transformer: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, pooling: str,
+                layer_norm: bool) -> torch.Tensor:
+    """The transformer on a padded batch -> pooled (N, width) float rows (layer-normed if asked)."""
+    out = transformer(input_ids=input_ids, attention_mask=mask)
+    hidden = out if isinstance(out, torch.Tensor) else out.last_hidden_state
+    vectors = pool(hidden, mask, pooling)
+    if layer_norm:
+        vectors = F.layer_norm(vectors, (vectors.shape[-1],))
+    return vectors.float()
+
+
+class TextRows(nn.Module):
+    """A tower's text forward as one module: (input_ids, attention_mask) -> (N, dim) rows, pooled
+    and truncated to the tower's dimension, not normalised. What exporters (ONNX, OpenVINO) take."""
+
+    def __init__(self, tower: "TextTower"):
+        super().__init__()
+        self.transformer, self.pooling, self.layer_norm, self.dim = (
+            tower.transformer, tower.desc.pooling, tower.layer_norm, tower.dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return pooled_rows(self.transformer, input_ids, attention_mask, self.pooling, self.layer_norm)[:, : self.dim]
+
+
 class TextTower(nn.Module):
     """A text encoder. `encode` returns L2-normalised vectors in the space it defines; the
     recipes that train the text side use `forward`, which keeps gradients."""
@@ -279,12 +303,14 @@ class TextTower(nn.Module):
     def _forward_batch(self, ids: list[list[int]]) -> torch.Tensor:
         device = next(self.transformer.parameters()).device
         input_ids, mask = pad_ids(ids, self.pad_id, device)
-        out = self.transformer(input_ids=input_ids, attention_mask=mask)
-        hidden = out if isinstance(out, torch.Tensor) else out.last_hidden_state
-        vectors = pool(hidden, mask, self.desc.pooling)
-        if self.layer_norm:
-            vectors = F.layer_norm(vectors, (vectors.shape[-1],))
-        return vectors.float()
+        return pooled_rows(self.transformer, input_ids, mask, self.desc.pooling, self.layer_norm)
+
+    def text_module(self) -> TextRows:
+        """This tower's forward as one module, for a faster runtime (serve/backends.py)."""
+        if self._ntk_threshold() is not None:
+            raise NotImplementedError("with dynamic NTK, texts past the trained length run alone (forward_ids); "
+                                      "that policy stays in PyTorch")
+        return TextRows(self)
 
     # -- for recipes that train the text tower ---------------------------------------------------
     def set_trainable(self, trainable: bool) -> None:

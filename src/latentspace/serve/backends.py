@@ -1,7 +1,9 @@
-"""Runtimes for the image forward, and the measured choice between them (`--image-backend auto`).
+"""Runtimes for the model forwards, and the measured choice between them (`--image-backend auto`,
+`--text-backend auto`).
 
-On a CPU the vision forward is the whole cost of an image request, so the runtime it runs on is
-the lever. The candidates:
+On a CPU the forward is the whole cost of a request, so the runtime it runs on is the lever. The
+candidates, for the image forward (pixels -> rows) and the text forward (token ids and their
+mask -> rows) alike:
 
     torch        fp32   the model as trained (the reference every other one is checked against)
     torch        int8   dynamic int8 quantisation of the Linear layers (weights int8, activations
@@ -19,8 +21,10 @@ takes the fastest of the rest. The choice is cached per model, CPU and runtime v
 lock makes worker processes share one calibration, so every worker runs the same backend), and
 the start-up log and GET /v1/models say which backend runs and why.
 
-Only the image forward changes runtime: text stays in PyTorch, so served text vectors stay
-bit-identical to the text model's own (the promise of a locked text tower).
+Local mode (`embed`, `eval`, `check-compat`) always runs PyTorch fp32, so a locked text tower's
+vectors stay bit-identical to the text model's own there. A server on another text runtime
+answers within the cosine bound of them (ONNX Runtime fp32 on BERT-base: cosine 0.99999994, max
+|difference| 1e-6); `--text-backend torch` serves PyTorch's exact vectors.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["torch", "openvino", "onnxruntime"]
 Precision = Literal["fp32", "bf16", "int8"]
-PixelForward = Callable[[torch.Tensor], torch.Tensor]
+Forward = Callable[..., torch.Tensor]  # inputs (pixels; or token ids and mask) -> (N, dim) rows
 BACKENDS: tuple[str, ...] = ("torch", "openvino", "onnxruntime")
 # Every (backend, precision) that exists, in the order `auto` measures them.
 CANDIDATES: tuple[tuple[str, str], ...] = (
@@ -63,11 +67,22 @@ class BackendUnavailable(ImportError):
 
 # -- building a forward on one runtime ------------------------------------------------------------
 
-def accelerate(module: torch.nn.Module, example: torch.Tensor, backend: str, precision: str) -> PixelForward:
-    """A pixels -> rows function (float32, not normalised) running `module` on `backend` at
-    `precision`. `example` is a preprocessed batch of the right image size (the result accepts
-    any batch size). Raises BackendUnavailable when the runtime is missing, ValueError for a
-    combination that does not exist."""
+def _as_inputs(example) -> tuple[torch.Tensor, ...]:
+    return example if isinstance(example, tuple) else (example,)
+
+
+def _dynamic_dims(x: torch.Tensor) -> int:
+    """How many leading dims of an input vary between calls: the batch, and for token ids (and
+    masks, 2-D integer tensors) the length too."""
+    return 2 if x.dim() == 2 and not x.is_floating_point() else 1
+
+
+def accelerate(module: torch.nn.Module, example, backend: str, precision: str) -> Forward:
+    """A function of the same inputs as `module` (pixels; or token ids and attention mask) giving
+    float32 rows, not normalised, running `module` on `backend` at `precision`. `example` is one
+    batch of inputs (a tensor or a tuple); the result accepts any batch size (and, for text, any
+    length). Raises BackendUnavailable when the runtime is missing, ValueError for a combination
+    that does not exist."""
     if (backend, precision) not in CANDIDATES:
         raise ValueError(f"no {backend} backend at {precision}; choose one of "
                          + ", ".join(f"{b}-{p}" for b, p in CANDIDATES))
@@ -75,11 +90,11 @@ def accelerate(module: torch.nn.Module, example: torch.Tensor, backend: str, pre
     if backend == "torch":
         return module if precision == "fp32" else _torch_int8(module)
     if backend == "openvino":
-        return _openvino(module, example, precision)
-    return _onnxruntime(module, example, precision)
+        return _openvino(module, _as_inputs(example), precision)
+    return _onnxruntime(module, _as_inputs(example), precision)
 
 
-def _torch_int8(module: torch.nn.Module) -> PixelForward:
+def _torch_int8(module: torch.nn.Module) -> Forward:
     from torch.ao.quantization import quantize_dynamic
 
     if not any(isinstance(m, torch.nn.Linear) for m in module.modules()):
@@ -89,13 +104,13 @@ def _torch_int8(module: torch.nn.Module) -> PixelForward:
         quantized = quantize_dynamic(copy.deepcopy(module), {torch.nn.Linear}, dtype=torch.qint8)
 
     @torch.inference_mode()
-    def run(pixels: torch.Tensor) -> torch.Tensor:
-        return quantized(pixels).float()
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        return quantized(*inputs).float()
 
     return run
 
 
-def _openvino(module: torch.nn.Module, example: torch.Tensor, precision: str) -> PixelForward:
+def _openvino(module: torch.nn.Module, example: tuple[torch.Tensor, ...], precision: str) -> Forward:
     try:
         import openvino as ov
     except ImportError as e:
@@ -105,8 +120,9 @@ def _openvino(module: torch.nn.Module, example: torch.Tensor, precision: str) ->
         raise ValueError("openvino int8 is not offered (it needs NNCF); use onnxruntime-int8 or torch-int8")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about shape asserts; the outputs are checked
-        graph = ov.convert_model(module, example_input=example)
-    graph.reshape({graph.inputs[0]: ov.PartialShape([-1, *example.shape[1:]])})  # any batch size
+        graph = ov.convert_model(module, example_input=example if len(example) > 1 else example[0])
+    graph.reshape({port: ov.PartialShape([-1] * _dynamic_dims(x) + list(x.shape[_dynamic_dims(x):]))
+                   for port, x in zip(graph.inputs, example)})  # any batch size (and text length)
     core = ov.Core()
     # LATENCY: one inference uses every core, which is what one worker thread issuing whole
     # batches wants (THROUGHPUT would split the cores into streams a single request cannot fill).
@@ -114,14 +130,14 @@ def _openvino(module: torch.nn.Module, example: torch.Tensor, precision: str) ->
                                                   "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()  # used only from the model's inference thread
 
-    def run(pixels: torch.Tensor) -> torch.Tensor:
-        output = request.infer({0: pixels.contiguous().numpy()})[0]
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        output = request.infer({i: x.contiguous().numpy() for i, x in enumerate(inputs)})[0]
         return torch.from_numpy(output.copy()).float()
 
     return run
 
 
-def _onnxruntime(module: torch.nn.Module, example: torch.Tensor, precision: str) -> PixelForward:
+def _onnxruntime(module: torch.nn.Module, example: tuple[torch.Tensor, ...], precision: str) -> Forward:
     try:
         import onnx  # noqa: F401 - the exporter needs it
         import onnxruntime as ort
@@ -134,9 +150,11 @@ def _onnxruntime(module: torch.nn.Module, example: torch.Tensor, precision: str)
         path = Path(tmp) / "model.onnx"
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17,
-                              input_names=["pixels"], output_names=["rows"],
-                              dynamic_axes={"pixels": {0: "batch"}, "rows": {0: "batch"}})
+            names = [f"input{i}" for i in range(len(example))]
+            dynamic = {name: {0: "batch", 1: "length"} if _dynamic_dims(x) == 2 else {0: "batch"}
+                       for name, x in zip(names, example)}
+            torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17,
+                              input_names=names, output_names=["rows"], dynamic_axes={**dynamic, "rows": {0: "batch"}})
         if precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -150,8 +168,9 @@ def _onnxruntime(module: torch.nn.Module, example: torch.Tensor, precision: str)
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
 
-    def run(pixels: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"pixels": pixels.contiguous().numpy()})[0]).float()
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        feed = {f"input{i}": x.contiguous().numpy() for i, x in enumerate(inputs)}
+        return torch.from_numpy(session.run(None, feed)[0]).float()
 
     return run
 
@@ -208,7 +227,7 @@ def runtime_versions() -> dict[str, str | None]:
 class Measurement:
     backend: str
     precision: str
-    images_per_s: float | None = None
+    items_per_s: float | None = None
     min_cosine: float | None = None
     skipped: str | None = None  # why it was not measured or not eligible
 
@@ -240,20 +259,20 @@ class Choice:
                    cached=True, batch=d.get("batch"))
 
 
-Builder = Callable[[torch.nn.Module, torch.Tensor, str, str], PixelForward]
+Builder = Callable[[torch.nn.Module, object, str, str], Forward]
 
 
-def _images_per_s(forward: PixelForward, probe: torch.Tensor, repeats: int) -> tuple[float, torch.Tensor]:
-    rows = forward(probe)  # warm-up (first calls compile / allocate)
+def _items_per_s(forward: Forward, probe: tuple[torch.Tensor, ...], repeats: int) -> tuple[float, torch.Tensor]:
+    rows = forward(*probe)  # warm-up (first calls compile / allocate)
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        rows = forward(probe)
+        rows = forward(*probe)
         best = min(best, time.perf_counter() - started)
-    return len(probe) / best, rows
+    return len(probe[0]) / best, rows
 
 
-def calibrate(module: torch.nn.Module, probe: torch.Tensor, *, candidates: Sequence[tuple[str, str]] = CANDIDATES,
+def calibrate(module: torch.nn.Module, probe, *, candidates: Sequence[tuple[str, str]] = CANDIDATES,
               min_cosine: float = MIN_COSINE, repeats: int = 2, build: Builder = accelerate,
               batch_sizes: Sequence[int] = BATCH_SIZES) -> Choice:
     """Time every candidate on `probe` and choose the fastest whose rows keep a cosine of at least
@@ -262,8 +281,9 @@ def calibrate(module: torch.nn.Module, probe: torch.Tensor, *, candidates: Seque
     smallest batch within 5% of the best images/s: on a CPU a bigger batch is not always faster
     (activations outgrow the caches), and a smaller one answers sooner."""
     cpu = cpu_info()
+    inputs = _as_inputs(probe)
     with torch.inference_mode():
-        reference_speed, reference = _images_per_s(module.eval(), probe, repeats)
+        reference_speed, reference = _items_per_s(module.eval(), inputs, repeats)
     measurements = [Measurement("torch", "fp32", reference_speed, 1.0)]
     for backend, precision in candidates:
         if (backend, precision) == ("torch", "fp32"):
@@ -276,7 +296,7 @@ def calibrate(module: torch.nn.Module, probe: torch.Tensor, *, candidates: Seque
         try:
             forward = build(module, probe, backend, precision)
             with torch.inference_mode():
-                m.images_per_s, rows = _images_per_s(forward, probe, repeats)
+                m.items_per_s, rows = _items_per_s(forward, inputs, repeats)
         except BackendUnavailable as e:
             m.skipped = f"runtime missing: {e}"
             log.info("image backend %s skipped: %s", m.name, e)
@@ -289,18 +309,18 @@ def calibrate(module: torch.nn.Module, probe: torch.Tensor, *, candidates: Seque
         if m.min_cosine < min_cosine:
             m.skipped = f"cosine {m.min_cosine:.5f} to PyTorch fp32 is below {min_cosine}"
     eligible = [m for m in measurements if m.skipped is None]
-    best = max(eligible, key=lambda m: m.images_per_s or 0.0)
+    best = max(eligible, key=lambda m: m.items_per_s or 0.0)
     forward = module.eval() if best.name == "torch-fp32" else build(module, probe, best.backend, best.precision)
-    by_batch = _batch_speeds(forward, probe, batch_sizes)
+    by_batch = _batch_speeds(forward, inputs[0], batch_sizes) if len(inputs) == 1 else {}
     batch = min(b for b, speed in by_batch.items() if speed >= 0.95 * max(by_batch.values())) if by_batch else None
-    reason = (f"fastest of {', '.join(f'{m.name} {m.images_per_s:.1f}/s' for m in eligible)} on {cpu.summary()} "
-              f"(probe batch {len(probe)}, cosine >= {min_cosine} to PyTorch fp32)")
+    reason = (f"fastest of {', '.join(f'{m.name} {m.items_per_s:.1f}/s' for m in eligible)} on {cpu.summary()} "
+              f"(probe batch {len(inputs[0])}, cosine >= {min_cosine} to PyTorch fp32)")
     if by_batch:
         reason += "; batches of " + ", ".join(f"{b}: {v:.1f}/s" for b, v in by_batch.items()) + f" -> {batch}"
     return Choice(best.backend, best.precision, reason, measurements, batch=batch)
 
 
-def _batch_speeds(forward: PixelForward, probe: torch.Tensor, sizes: Sequence[int]) -> dict[int, float]:
+def _batch_speeds(forward: Forward, probe: torch.Tensor, sizes: Sequence[int]) -> dict[int, float]:
     """Images/s of `forward` at each batch size (the probe repeated to fill it), one timed run each."""
     speeds = {}
     with torch.inference_mode():
@@ -321,16 +341,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latentspace" / "backends"
 
 
-def calibration_key(model_fingerprint: str, probe: torch.Tensor, candidates: Sequence[tuple[str, str]]) -> str:
-    """What a cached choice depends on: the model, the probe's shape, the CPU and the runtimes."""
+def calibration_key(model_fingerprint: str, probe, candidates: Sequence[tuple[str, str]]) -> str:
+    """What a cached choice depends on: the model, the probe's shapes, the CPU and the runtimes."""
     cpu = cpu_info()
-    blob = json.dumps({"model": model_fingerprint, "probe": list(probe.shape), "cpu": cpu.model,
+    shapes = [list(x.shape) for x in _as_inputs(probe)]
+    blob = json.dumps({"model": model_fingerprint, "probe": shapes, "cpu": cpu.model,
                        "flags": sorted(cpu.flags), "threads": torch.get_num_threads(),
                        "runtimes": runtime_versions(), "candidates": list(candidates)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def choose(module: torch.nn.Module, probe: torch.Tensor, *, model_fingerprint: str, cache_dir: Path | None = None,
+def choose(module: torch.nn.Module, probe, *, model_fingerprint: str, cache_dir: Path | None = None,
            candidates: Sequence[tuple[str, str]] = CANDIDATES, build: Builder = accelerate) -> Choice:
     """The calibrated choice for this model on this machine, from the cache when it has one.
     Concurrent callers (worker processes) wait on a file lock, so only one measures and all
@@ -345,7 +366,8 @@ def choose(module: torch.nn.Module, probe: torch.Tensor, *, model_fingerprint: s
                 return Choice.from_json(json.loads(path.read_text()))
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring an unreadable backend calibration cache %s", path)
-        choice = calibrate(module, probe, candidates=candidates, build=build)
+        choice = calibrate(module, probe, candidates=candidates, build=build,
+                           batch_sizes=BATCH_SIZES if len(_as_inputs(probe)) == 1 else ())
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_text(json.dumps(choice.to_json(), indent=1))
         os.replace(tmp, path)
@@ -381,8 +403,26 @@ def probe_images(preprocess: Callable, n: int = 8) -> torch.Tensor:
     return torch.stack(images)
 
 
+PROBE_TEXTS = [
+    "a red heart", "search for a photo of a dog playing in the snow", "Grüße aus Köln",
+    "the quarterly report shows revenue growth in every region except the north, where supply "
+    "problems delayed the launch of two products until the following year",
+    "cat", "how do I reset my password if I no longer have access to the email address on the account?",
+    "a bowl of ramen with a soft boiled egg, spring onions and chili oil on a wooden table",
+    " ".join(["a long passage about rivers, cities and the night sky"] * 12),
+]
+
+
+def probe_text_inputs(tokenize: Callable[[list[str], str], list[list[int]]], pad_id: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded batch of texts from 1 to ~130 words, as (input_ids, attention_mask)."""
+    from latentspace.models.text_tower import pad_ids
+
+    return pad_ids(tokenize(PROBE_TEXTS * 2, "search_document"), pad_id)
+
+
 def describe_measurements(choice: Choice) -> str:
-    return "; ".join(f"{m.name}: " + (m.skipped if m.skipped and m.images_per_s is None else
-                                       f"{m.images_per_s:.1f} images/s, cosine {m.min_cosine:.5f}"
+    return "; ".join(f"{m.name}: " + (m.skipped if m.skipped and m.items_per_s is None else
+                                       f"{m.items_per_s:.1f}/s, cosine {m.min_cosine:.5f}"
                                        + (f" ({m.skipped})" if m.skipped else ""))
                      for m in choice.measurements)

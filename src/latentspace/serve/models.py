@@ -1,9 +1,10 @@
-"""A served model: an Embedder (models/load.py), the name clients call it by, and the runtime its
-image forward runs on (serve/backends.py).
+"""A served model: an Embedder (models/load.py), the name clients call it by, and the runtimes
+its image and text forwards run on (serve/backends.py).
 
 Everything model-specific (tokenising, preprocessing, forwards, the latent-space identity) comes
-from the Embedder, so any spec `load` understands can be served, and text vectors are the same
-as local mode's. Only the image forward may be swapped for a faster runtime.
+from the Embedder, so any spec `load` understands can be served. Only the forwards may be swapped
+for a faster runtime, within cosine 0.999 of PyTorch fp32 (`--text-backend torch` keeps text
+bit-identical to local mode).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import torch
 
 from latentspace.models.embedder import Embedder
 from latentspace.models.load import default_name, load, parse_spec
-from latentspace.serve.backends import Choice, accelerate, choose, describe_measurements, probe_images
+from latentspace.models.text_tower import pad_ids
+from latentspace.serve.backends import (
+    Choice, accelerate, choose, describe_measurements, probe_images, probe_text_inputs)
 from latentspace.space import hash_state_dict
 
 log = logging.getLogger(__name__)
 
 PixelForward = Callable[[torch.Tensor], torch.Tensor]
+IdsForward = Callable[[list[list[int]]], torch.Tensor]  # token ids of a few texts -> rows
 
 
 def parse_model_arg(arg: str) -> tuple[str, str]:
@@ -41,9 +45,14 @@ class ServedModel:
     model: Embedder
     image_forward: PixelForward | None  # pixels -> rows on the chosen runtime (None: no image side)
     image_backend: Choice | None
+    text_forward: IdsForward | None = None  # None: the model's own PyTorch text_rows
+    text_backend: Choice | None = None
 
     def describe(self) -> dict[str, Any]:
         out = {"id": self.name, "object": "model", "owned_by": "latentspace", **self.model.describe()}
+        if self.text_backend is not None:
+            out["text_backend"] = self.text_backend.name
+            out["text_backend_reason"] = self.text_backend.reason
         if self.image_backend is not None:
             out["image_backend"] = self.image_backend.name
             out["image_backend_reason"] = self.image_backend.reason
@@ -53,21 +62,29 @@ class ServedModel:
 
 
 def load_served_model(name: str, spec: str, partners: Sequence[Embedder] = (), *, image_backend: str = "auto",
-                      image_precision: str | None = None, backend_cache_dir: str | None = None) -> ServedModel:
-    """Load `spec` (with `partners`, the models loaded before it) and put its image forward on
-    `image_backend` (auto: measured, see serve/backends.py). Raises ValueError / OSError with a
-    clear message."""
+                      image_precision: str | None = None, text_backend: str = "auto",
+                      text_precision: str | None = None, backend_cache_dir: str | None = None) -> ServedModel:
+    """Load `spec` (with `partners`, the models loaded before it) and put its forwards on
+    `image_backend` / `text_backend` (auto: measured, see serve/backends.py). Raises ValueError /
+    OSError with a clear message."""
     model = load(spec, partners=partners)
+    cache = Path(backend_cache_dir) if backend_cache_dir else None
+    text_choice, fast_text = None, None
+    if "text" in model.modalities:
+        text_choice = (auto_text_backend(model, cache) if text_backend == "auto"
+                       else Choice(text_backend, text_precision or "fp32", "chosen with --text-backend"))
+        log.info("model %s: text on %s: %s", name, text_choice.name, text_choice.reason)
+        fast_text = text_forward(model, text_choice)
     if "image" not in model.modalities:
-        return ServedModel(name, spec, model, None, None)
+        return ServedModel(name, spec, model, None, None, fast_text, text_choice)
     if image_backend == "auto":
-        choice = auto_image_backend(model, Path(backend_cache_dir) if backend_cache_dir else None)
+        choice = auto_image_backend(model, cache)
         log.info("model %s: images on %s%s: %s", name, choice.name, " (cached calibration)" if choice.cached else "",
                  choice.reason)
         log.debug("model %s calibration: %s", name, describe_measurements(choice))
     else:
         choice = Choice(image_backend, image_precision or "fp32", "chosen with --image-backend")
-    return ServedModel(name, spec, model, image_forward(model, choice), choice)
+    return ServedModel(name, spec, model, image_forward(model, choice), choice, fast_text, text_choice)
 
 
 def auto_image_backend(model: Embedder, cache_dir: Path | None = None) -> Choice:
@@ -76,6 +93,27 @@ def auto_image_backend(model: Embedder, cache_dir: Path | None = None) -> Choice
     fingerprint = f"{model.kind}|{model.space}|{hash_state_dict(model.image_module.state_dict())}"
     return choose(model.image_module, probe_images(model.preprocess_image), model_fingerprint=fingerprint,
                   cache_dir=cache_dir)
+
+
+def auto_text_backend(model: Embedder, cache_dir: Path | None = None) -> Choice:
+    """`--text-backend auto`: the calibrated choice for the text forward, or PyTorch when the
+    model's text forward cannot be exported as one module."""
+    try:
+        module = model.text_module
+    except NotImplementedError as e:
+        return Choice("torch", "fp32", f"the only runtime for this text forward ({e})")
+    fingerprint = f"text|{model.kind}|{model.space}"  # the space fingerprint covers the text weights
+    probe = probe_text_inputs(model.tokenize, model.pad_id)
+    return choose(module, probe, model_fingerprint=fingerprint, cache_dir=cache_dir)
+
+
+def text_forward(model: Embedder, choice: Choice) -> IdsForward | None:
+    """The model's text forward on the chosen runtime (None: PyTorch, the model's own)."""
+    if choice.name == "torch-fp32":
+        return None
+    example = pad_ids(model.tokenize(["an example text", "a text"], "search_document"), model.pad_id)
+    fast = accelerate(model.text_module, example, choice.backend, choice.precision)
+    return lambda ids: fast(*pad_ids(ids, model.pad_id))
 
 
 def image_forward(model: Embedder, choice: Choice) -> PixelForward:

@@ -55,6 +55,7 @@ class ModelRegistry:
         self.settings, self.metrics = settings, metrics
         self.loader = loader or partial(load_served_model, image_backend=settings.image_backend,
                                         image_precision=settings.image_precision,
+                                        text_backend=settings.text_backend, text_precision=settings.text_precision,
                                         backend_cache_dir=settings.backend_cache_dir)
         self.slots: dict[str, Slot] = {}
         for arg in settings.models:
@@ -172,6 +173,7 @@ class ModelRegistry:
     def text_kind(self, slot: Slot) -> BatchKind:
         """Texts arrive as token ids (prefix included), so every task type shares one kind."""
         if ("text",) not in slot.kinds:
-            rows = slot.model.text_rows_by_length  # texts of similar length share a forward
+            # texts of similar length share a forward, on the runtime auto chose (or PyTorch)
+            rows = partial(slot.model.text_rows_by_length, forward=slot.served.text_forward)
             slot.kinds[("text",)] = BatchKind(("text",), rows, self.settings.max_batch_tokens)
         return slot.kinds[("text",)]

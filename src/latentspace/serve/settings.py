@@ -37,6 +37,11 @@ class ServeSettings(BaseModel):
                             "stays within cosine 0.999 of PyTorch fp32 (serve/backends.py)")
     image_precision: Literal["fp32", "bf16", "int8"] | None = Field(
         None, description="with an explicit backend: its precision (default fp32); auto measures it")
+    text_backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto", description="runtime for text forwards, chosen like image_backend; torch keeps served text vectors "
+                            "bit-identical to local mode's")
+    text_precision: Literal["fp32", "bf16", "int8"] | None = Field(
+        None, description="with an explicit text backend: its precision (default fp32)")
     backend_cache_dir: str | None = Field(None, description="where auto's calibrations are kept; None = "
                                                             "$XDG_CACHE_HOME/latentspace/backends")
     allow_urls: bool = Field(False, description="let /v1/embedding/image fetch `urls` server-side")
@@ -55,13 +60,15 @@ class ServeSettings(BaseModel):
                              "or a full-size request could never be queued")
         from latentspace.serve.backends import CANDIDATES
 
-        if self.image_backend == "auto":
-            if self.image_precision is not None:
-                raise ValueError("with image_backend auto the precision is measured too; name a backend "
-                                 "(torch, openvino, onnxruntime) to pin a precision")
-        elif (self.image_backend, self.image_precision or "fp32") not in CANDIDATES:
-            offered = ", ".join(f"{b}-{p}" for b, p in CANDIDATES)
-            raise ValueError(f"there is no {self.image_backend} backend at {self.image_precision}; offered: {offered}")
+        for kind, backend, precision in (("image", self.image_backend, self.image_precision),
+                                         ("text", self.text_backend, self.text_precision)):
+            if backend == "auto":
+                if precision is not None:
+                    raise ValueError(f"with {kind}_backend auto the precision is measured too; name a backend "
+                                     "(torch, openvino, onnxruntime) to pin a precision")
+            elif (backend, precision or "fp32") not in CANDIDATES:
+                offered = ", ".join(f"{b}-{p}" for b, p in CANDIDATES)
+                raise ValueError(f"there is no {backend} backend at {precision} for {kind}s; offered: {offered}")
         return self
 
 
