@@ -149,7 +149,9 @@ def test_eval_and_eval_text_accept_every_form(forms, suite, tmp_path):
 
 
 def test_one_server_serves_every_form_as_local_mode_does(forms):
-    settings = ServeSettings(models=[f"{f.id}={f.spec}" for f in forms], decode_threads=1)
+    # PyTorch runtimes: this is about spec forms (tests/serve/test_autobackend.py measures runtimes)
+    settings = ServeSettings(models=[f"{f.id}={f.spec}" for f in forms], decode_threads=1,
+                             image_backend="torch", text_backend="torch")
     with LiveServer(settings) as server:
         server.wait_ready()
         listed = {m["id"]: m for m in httpx.get(server.url + "/v1/models").json()["data"]}

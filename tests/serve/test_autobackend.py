@@ -103,3 +103,29 @@ def test_the_server_says_which_backend_runs_and_why(served_dir):
         server.wait_ready()
         entry = httpx.get(server.url + "/v1/models").json()["data"][0]
     assert entry["image_backend"] == "torch-fp32" and entry["image_backend_reason"] == "chosen with --image-backend"
+
+
+def test_a_runtime_that_fails_falls_back_to_pytorch(served_dir, caplog):
+    """A runtime that cannot build, or breaks on an input calibration did not show, costs speed,
+    not answers: PyTorch serves from then on, and the choice says so."""
+    from latentspace.serve.backends import Choice
+    from latentspace.serve.models import _guarded, image_forward, text_forward
+
+    def broken(items):
+        raise RuntimeError("a graph that baked in one input shape")
+
+    choice = Choice("onnxruntime", "fp32", "measured")
+    run = _guarded(broken, lambda items: items * 2, choice, "m image")
+    with caplog.at_level(logging.ERROR):
+        assert run(torch.ones(2)).tolist() == [2.0, 2.0]
+    assert choice.name == "torch-fp32" and "fell back" in choice.reason and "serving with PyTorch" in caplog.text
+
+    model = load(str(served_dir))
+    cannot = Choice("openvino", "int8", "test")  # not a runtime that exists
+    assert image_forward(model, cannot) == model.image_rows and cannot.name == "torch-fp32"
+    ok = Choice("onnxruntime", "fp32", "test")
+    pixels = probe_images(model.preprocess_image, n=2)
+    torch.testing.assert_close(image_forward(model, ok)(pixels), model.image_rows(pixels), atol=1e-4, rtol=0)
+    ids = model.tokenize(["a red circle", "two words"], "search_query")
+    torch.testing.assert_close(text_forward(model, Choice("onnxruntime", "fp32", "t"))(ids), model.text_rows(ids),
+                               atol=1e-5, rtol=0)

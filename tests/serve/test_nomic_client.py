@@ -56,7 +56,8 @@ def server(served_dir, nomic_models, lone_vision):
     settings = ServeSettings(models=[f"{TEXT_MODEL}={BUILTIN_TEXT_MODEL}", f"tiny={served_dir}",
                                      f"nomic-embed-text-v1.5={nomic_models / 'nomic-embed-text-v1.5'}",
                                      f"nomic-embed-vision-v1.5={lone_vision}"],
-                             api_keys=(KEY,), max_items=16, max_queue_items=64, decode_threads=1)
+                             api_keys=(KEY,), max_items=16, max_queue_items=64, decode_threads=1,
+                             image_backend="torch", text_backend="torch")
     with LiveServer(settings) as live:
         yield live.wait_ready()
 

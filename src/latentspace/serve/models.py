@@ -112,8 +112,11 @@ def text_forward(model: Embedder, choice: Choice) -> IdsForward | None:
     if choice.name == "torch-fp32":
         return None
     example = pad_ids(model.tokenize(["an example text", "a text"], "search_document"), model.pad_id)
-    fast = accelerate(model.text_module, example, choice.backend, choice.precision)
-    return lambda ids: fast(*pad_ids(ids, model.pad_id))
+    fast = _built(lambda: accelerate(model.text_module, example, choice.backend, choice.precision), choice,
+                  f"{model.name} text")
+    if fast is None:
+        return None
+    return _guarded(lambda ids: fast(*pad_ids(ids, model.pad_id)), model.text_rows, choice, f"{model.name} text")
 
 
 def image_forward(model: Embedder, choice: Choice) -> PixelForward:
@@ -123,7 +126,43 @@ def image_forward(model: Embedder, choice: Choice) -> PixelForward:
     from PIL import Image
 
     example = torch.stack([model.preprocess_image(Image.new("RGB", (64, 64)))] * 2)
-    return accelerate(model.image_module, example, choice.backend, choice.precision)
+    fast = _built(lambda: accelerate(model.image_module, example, choice.backend, choice.precision), choice,
+                  f"{model.name} image")
+    return model.image_rows if fast is None else _guarded(fast, model.image_rows, choice, f"{model.name} image")
+
+
+def _built(build: Callable, choice: Choice, what: str):
+    """The accelerated forward, or None (PyTorch serves) when the runtime cannot build it here:
+    a faster runtime is never worth a model that does not load."""
+    try:
+        return build()
+    except Exception as e:  # noqa: BLE001 - any failure means: serve with PyTorch
+        log.warning("%s forward: %s could not be built (%s: %s); serving with PyTorch fp32", what, choice.name,
+                    type(e).__name__, e)
+        choice.reason = f"fell back to PyTorch fp32: {choice.name} could not be built ({type(e).__name__})"
+        choice.backend, choice.precision = "torch", "fp32"
+        return None
+
+
+def _guarded(fast: Callable, slow: Callable, choice: Choice, what: str) -> Callable:
+    """`fast`, falling back to `slow` (PyTorch) for good if it ever raises: a runtime that fails
+    on an input calibration did not show (a shape its graph cannot take) costs speed, not answers."""
+    state = {"fast": fast}
+
+    def run(items):
+        current = state["fast"]
+        if current is not None:
+            try:
+                return current(items)
+            except Exception as e:  # noqa: BLE001
+                log.error("%s forward on %s failed (%s: %s); serving with PyTorch fp32 from now on", what,
+                          choice.name, type(e).__name__, e)
+                choice.reason = f"fell back to PyTorch fp32 after {choice.name} failed ({type(e).__name__})"
+                choice.backend, choice.precision = "torch", "fp32"
+                state["fast"] = None
+        return slow(items)
+
+    return run
 
 
 def load_order(specs: Sequence[str]) -> list[int]:
