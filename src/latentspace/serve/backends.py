@@ -118,16 +118,14 @@ def _openvino(module: torch.nn.Module, example: tuple[torch.Tensor, ...], precis
                                  "pip install 'latentspace[fast]'") from e
     if precision == "int8":
         raise ValueError("openvino int8 is not offered (it needs NNCF); use onnxruntime-int8 or torch-int8")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer chatter about shape asserts; the outputs are checked
-        # Traced here without the tracer's self-check (which compares two traces by their node
-        # names and fails spuriously on big models); calibration checks the outputs instead, on
-        # two input shapes.
-        traced = torch.jit.trace(module, example, check_trace=False, strict=False)
-        graph = ov.convert_model(traced, example_input=example if len(example) > 1 else example[0])
+    # Through the same ONNX export as ONNX Runtime, read by OpenVINO's runtime: its model
+    # converter (ov.convert_model) would also start a telemetry session (files in $TMPDIR, and a
+    # try at sending usage data), which a server should not.
+    core = ov.Core()
+    with tempfile.TemporaryDirectory(prefix="latentspace-onnx-") as tmp:
+        graph = core.read_model(str(_export_onnx(module, example, Path(tmp) / "model.onnx")))
     graph.reshape({port: ov.PartialShape([-1] * _dynamic_dims(x) + list(x.shape[_dynamic_dims(x):]))
                    for port, x in zip(graph.inputs, example)})  # any batch size (and text length)
-    core = ov.Core()
     # LATENCY: one inference uses every core, which is what one worker thread issuing whole
     # batches wants (THROUGHPUT would split the cores into streams a single request cannot fill).
     compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
@@ -141,24 +139,34 @@ def _openvino(module: torch.nn.Module, example: tuple[torch.Tensor, ...], precis
     return run
 
 
-def _onnxruntime(module: torch.nn.Module, example: tuple[torch.Tensor, ...], precision: str) -> Forward:
+def _export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> Path:
+    """`module` as an ONNX graph whose batch (and, for token ids, length) dimensions are free."""
     try:
         import onnx  # noqa: F401 - the exporter needs it
+    except ImportError as e:
+        raise BackendUnavailable("exporting to ONNX needs the onnx package: pip install 'latentspace[fast]'") from e
+    names = [f"input{i}" for i in range(len(example))]
+    dynamic = {name: {0: "batch", 1: "length"} if _dynamic_dims(x) == 2 else {0: "batch"}
+               for name, x in zip(names, example)}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about shape asserts; calibration checks the outputs
+        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17, input_names=names,
+                          output_names=["rows"], dynamic_axes={**dynamic, "rows": {0: "batch"}})
+    return path
+
+
+def _onnxruntime(module: torch.nn.Module, example: tuple[torch.Tensor, ...], precision: str) -> Forward:
+    try:
         import onnxruntime as ort
+        # ONNX Runtime's Linux wheels carry Microsoft's usage telemetry; a server sends none.
+        ort.disable_telemetry_events()
     except ImportError as e:
         raise BackendUnavailable("the onnxruntime backend needs the onnxruntime and onnx packages: "
                                  "pip install 'latentspace[fast]'") from e
     if precision == "bf16":
         raise ValueError("onnxruntime bf16 is not offered on CPU; use openvino-bf16")
     with tempfile.TemporaryDirectory(prefix="latentspace-onnx-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            names = [f"input{i}" for i in range(len(example))]
-            dynamic = {name: {0: "batch", 1: "length"} if _dynamic_dims(x) == 2 else {0: "batch"}
-                       for name, x in zip(names, example)}
-            torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17,
-                              input_names=names, output_names=["rows"], dynamic_axes={**dynamic, "rows": {0: "batch"}})
+        path = _export_onnx(module, example, Path(tmp) / "model.onnx")
         if precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
