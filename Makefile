@@ -1,31 +1,40 @@
 # Two entry points: `make demo` (quickstart on the embedded default) and `make test`.
+# Each installs what it needs into .venv: the demo the training and evaluation extras, the tests
+# everything (the `dev` extra).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow lint bench clean
 
-$(STAMP): pyproject.toml
+# PyTorch first, pinned: pip takes these wheels from the local disk where they lie, as on the CI
+# machine; the extras then accept the torch already there.
+$(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# PyTorch first, pinned: pip takes these wheels from the local disk where they lie, as on the CI machine.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	touch $@
+
+$(VENV)/.demo: pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install --quiet -e ".[eval]"
+	touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.torch
 	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+install: $(VENV)/.dev
 
-demo: install
+demo: $(VENV)/.demo
 	$(VENV)/bin/latentspace quickstart
 
-test: install
+test: $(VENV)/.dev
 	$(PY) -m pytest -q
 
-test-slow: install
+test-slow: $(VENV)/.dev
 	$(PY) -m pytest -q -m slow
 
-bench: install
+bench: $(VENV)/.dev
 	$(PY) benchmarks/quickstart.py
 
 clean:

@@ -1,5 +1,5 @@
 """`python -m latentspace ...` is the `latentspace` command."""
 
-from latentspace.cli import main
+from latentspace.entry import main
 
 main()

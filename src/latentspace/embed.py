@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from latentspace.models.embedder import Embedder
+from latentspace.inputs import TASK_TYPES, check_texts
+
+if TYPE_CHECKING:  # the model stack (torch) is imported only when a model runs here
+    from latentspace.models.embedder import Embedder
 
 _lock = threading.Lock()
-_loaded: dict[str, Embedder] = {}
+_loaded: dict[str, "Embedder"] = {}
 
 
 def _resolve(model: str | os.PathLike | None) -> str:
@@ -30,7 +33,7 @@ def _resolve(model: str | os.PathLike | None) -> str:
     return str(model)
 
 
-def load(model: str | os.PathLike | None = None) -> Embedder:
+def load(model: str | os.PathLike | None = None) -> "Embedder":
     """The loaded model for a spec (cached per process)."""
     from latentspace.models.load import load as load_spec
 
@@ -62,8 +65,6 @@ def text(texts: Sequence[str], *, model: str | os.PathLike | None = None, task_t
     Local mode (the default) runs `model` in this process. Remote mode (`inference_mode="remote"`,
     or a `base_url`) sends the texts to a server; `base_url` and `api_key` default to
     LATENTSPACE_BASE_URL / LATENTSPACE_API_KEY, and `model` is the server's name for it."""
-    from latentspace.models.embedder import TASK_TYPES, check_texts
-
     texts = check_texts(texts)
     if task_type not in TASK_TYPES:
         raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")

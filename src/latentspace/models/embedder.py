@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from latentspace.inputs import TASK_TYPES, TextEncodingError, check_texts  # noqa: F401 (re-exported)
 from latentspace.space import SpaceIdentity
 
-TASK_TYPES = ("search_document", "search_query", "classification", "clustering")
 LongTextMode = Literal["truncate", "mean"]
 Modality = Literal["text", "image"]
 
@@ -132,31 +132,6 @@ class PreparedTexts:
         if all(n == 1 for n in self.pieces_per_text):
             return rows
         return torch.stack([chunk.mean(dim=0) for chunk in rows.split(self.pieces_per_text)])
-
-
-class TextEncodingError(ValueError):
-    """A text that is not valid Unicode (a lone surrogate): refused, naming its index."""
-
-
-def check_texts(texts: Sequence[str]) -> list[str]:
-    """A list of valid Unicode strings, or an error that names the first bad item.
-
-    A lone surrogate ("\\udcff": legal in JSON, sent by clients that cut UTF-16 text in half) is
-    refused rather than repaired: silently replacing it would embed a text the client never sent."""
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings (wrap a single text in a list)")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"texts must be strings; item {i} is {type(t).__name__}")
-        if not t.isascii():
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise TextEncodingError(
-                    f"text {i} is not valid Unicode: {e.reason} at character {e.start} (a lone UTF-16 "
-                    f"surrogate, e.g. from text cut in the middle of a character); send valid UTF-8 text") from None
-    return texts
 
 
 class Embedder:
@@ -272,9 +247,6 @@ class Embedder:
             pieces = [[t] for t in texts]
         ids = self.tokenize([p for ps in pieces for p in ps], task_type) if texts else []
         return PreparedTexts(ids, [len(ps) for ps in pieces])
-
-    def token_counts(self, texts: Sequence[str], task_type: str = "search_query") -> list[int]:
-        return [len(row) for row in self.prepare_texts(texts, task_type).ids]
 
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str], task_type: str = "search_query", *,

@@ -1,58 +1,129 @@
-"""Server settings: one typed object built by `latentspace serve` from flags, files and env."""
+"""Server settings: one typed object built by `latentspace serve` from flags, files and env.
+
+`ServeSettings` is the one declaration of every setting: its name, default, limits and
+description. `latentspace serve` generates its options from these fields (flag, help text,
+default, environment variable LATENTSPACE_<NAME>), so a setting added here is on the command
+line without further edits; the `Flag` each field carries says where its flag is listed in
+`serve --help` and, where it differs from the field's name, what the flag is called.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 API_KEYS_ENV = "LATENTSPACE_API_KEYS"  # comma-separated keys
+ENV_PREFIX = "LATENTSPACE_"  # each setting's environment variable is this + its name in capitals
+
+# The panels of `latentspace serve --help`, in the order they are listed.
+GROUPS = {"server": "Server", "models": "Models", "limits": "Limits", "security": "Security",
+          "performance": "Performance"}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a setting appears on the command line: the help panel it is listed in and, where the
+    flag is not the field's name with dashes, its name. A list setting is given by repeating a
+    flag named for one item (`--model A --model B` fill `models`), hence `name`."""
+
+    group: Literal["server", "models", "limits", "security", "performance"]
+    name: str | None = None  # without the leading dashes
+    short: str | None = None  # e.g. "-m"
+
+
+def flags() -> dict[str, tuple[str, Flag]]:
+    """Each setting's flag (`--max-items`) and its `Flag`, by field name, in declaration order."""
+    found = {}
+    for name, field in ServeSettings.model_fields.items():
+        flag = next(m for m in field.metadata if isinstance(m, Flag))
+        found[name] = ("--" + (flag.name or name.replace("_", "-")), flag)
+    return found
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+Engine = Literal["auto", "torch", "openvino", "onnxruntime"]
+Precision = Literal["fp32", "bf16", "int8"]
 
 
 class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    models: list[str] = Field([], description="model specs: DIR or NAME=DIR (NAME is what clients pass as `model`)")
-    collections: list[str] = Field([], description="collections to search: DIR, NAME=DIR, or a NAME under "
-                                                   "artifacts/collections (latentspace collection build)")
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, description="uvicorn worker processes; each loads every model")
-    api_keys: tuple[str, ...] = Field((), description="accepted bearer keys; empty = no auth")
-    cors_origins: tuple[str, ...] = Field((), description="origins allowed by CORS; empty = CORS off")
-    max_body_bytes: int = Field(32 * 2**20, ge=1024, description="request body cap (413 above it)")
-    max_items: int = Field(256, ge=1, description="texts or images per request")
-    max_pixels: int = Field(40_000_000, ge=1, description="per-image pixel cap, checked from the header before decoding")
-    max_batch_images: int = Field(32, ge=1, description="images per forward")
-    max_batch_tokens: int = Field(16384, ge=1, description="text tokens per forward")
-    max_queue_items: int = Field(1024, ge=1, description="items waiting per model before 429")
-    batch_wait_ms: float | None = Field(
-        None, ge=0, description="wait this long for more requests before a forward; None = adaptive (only under "
+    # What to serve
+    models: Annotated[list[str], Flag("models", name="model", short="-m")] = Field(
+        [], description="model to serve: SPEC or NAME=SPEC, NAME being what clients pass as `model` (repeat for "
+                        "several); any model spec (`latentspace models --help`): a latentspace model dir, Nomic's "
+                        "text or vision dir, a text model dir, builtin:all-MiniLM-L6-v2, hf-clip:DIR")
+    collections: Annotated[list[str], Flag("models", name="collection", short="-c")] = Field(
+        [], description="collection to search: DIR, NAME=DIR, or a NAME under artifacts/collections (`latentspace "
+                        "collection build`); repeatable; the page at / searches it")
+
+    # Where to listen
+    host: Annotated[str, Flag("server")] = Field("127.0.0.1", description="interface to bind (0.0.0.0 for all)")
+    port: Annotated[int, Flag("server")] = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+
+    # Who may call, and what the server may fetch
+    api_keys: Annotated[tuple[str, ...], Flag("security", name="api-key")] = Field(
+        (), description="accepted bearer key (repeatable); also read from --api-key-file and from "
+                        f"{API_KEYS_ENV} (comma-separated); none = no auth")
+    cors_origins: Annotated[tuple[str, ...], Flag("security", name="cors-origin")] = Field(
+        (), description="origin allowed by CORS (repeatable); none = CORS off")
+    allow_urls: Annotated[bool, Flag("security")] = Field(
+        False, description="let clients send image URLs for the server to fetch (public addresses only, checked "
+                           "on every redirect)")
+    url_allowed_hosts: Annotated[tuple[str, ...], Flag("security", name="url-allowed-host")] = Field(
+        (), description="hostname exempt from the public-address check (repeatable)")
+
+    # How much one request, one client and one remote image may take
+    max_body_bytes: Annotated[int, Flag("limits")] = Field(
+        32 * 2**20, ge=1024, description="request body cap in bytes, 413 above it (or give --max-body-mb)")
+    max_items: Annotated[int, Flag("limits")] = Field(256, ge=1, description="texts or images per request")
+    max_pixels: Annotated[int, Flag("limits")] = Field(
+        40_000_000, ge=1, description="per-image pixel cap, checked from the header before decoding")
+    max_queue_items: Annotated[int, Flag("limits")] = Field(
+        1024, ge=1, description="items waiting per model before answering 429")
+    retry_after_s: Annotated[int, Flag("limits")] = Field(
+        1, ge=1, description="seconds in the Retry-After header of 429 and 503 answers")
+    url_max_bytes: Annotated[int, Flag("limits")] = Field(
+        20 * 2**20, ge=1, description="largest remote image fetched, in bytes")
+    url_timeout_s: Annotated[float, Flag("limits")] = Field(
+        10.0, gt=0, description="connect and read timeout for a remote image, in seconds")
+    url_max_redirects: Annotated[int, Flag("limits")] = Field(
+        3, ge=0, description="redirects followed per remote image")
+
+    # How forwards are run
+    workers: Annotated[int, Flag("performance")] = Field(
+        1, ge=1, description="uvicorn worker processes; each loads every model")
+    max_batch_images: Annotated[int, Flag("performance")] = Field(32, ge=1, description="images per forward")
+    max_batch_tokens: Annotated[int, Flag("performance")] = Field(16384, ge=1, description="text tokens per forward")
+    batch_wait_ms: Annotated[float | None, Flag("performance")] = Field(
+        None, ge=0, description="wait this long for more requests before a forward; unset = adaptive (only under "
                                 "concurrent load, at most 15% of the last forward and 20 ms); 0 = never")
-    decode_threads: int = Field(max(2, os.cpu_count() or 2), ge=1, description="threads decoding and resizing images")
-    image_backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+    decode_threads: Annotated[int, Flag("performance")] = Field(
+        max(2, os.cpu_count() or 2), ge=1,
+        description="threads decoding and resizing images (default: the CPU count, at least 2)")
+    image_backend: Annotated[Engine, Flag("performance")] = Field(
         "auto", description="runtime for image forwards; auto = the fastest measured on this machine whose output "
-                            "stays within cosine 0.999 of PyTorch fp32 (serve/backends.py)")
-    image_precision: Literal["fp32", "bf16", "int8"] | None = Field(
-        None, description="with an explicit backend: its precision (default fp32); auto measures it")
-    text_backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
-        "auto", description="runtime for text forwards, chosen like image_backend; torch keeps served text vectors "
-                            "bit-identical to local mode's")
-    text_precision: Literal["fp32", "bf16", "int8"] | None = Field(
-        None, description="with an explicit text backend: its precision (default fp32)")
-    backend_cache_dir: str | None = Field(None, description="where auto's calibrations are kept; None = "
-                                                            "$XDG_CACHE_HOME/latentspace/backends")
-    allow_urls: bool = Field(False, description="let /v1/embedding/image fetch `urls` server-side")
-    url_allowed_hosts: tuple[str, ...] = Field((), description="hostnames exempt from the public-address check")
-    url_max_bytes: int = Field(20 * 2**20, ge=1)
-    url_timeout_s: float = Field(10.0, gt=0, description="connect and read timeout for remote images")
-    url_max_redirects: int = Field(3, ge=0)
-    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503")
+                            "stays within cosine 0.999 of PyTorch fp32 (docs/serving.md)")
+    image_precision: Annotated[Precision | None, Flag("performance")] = Field(
+        None, description="with an explicit image backend, its precision: fp32 (the default), bf16 (openvino), "
+                          "int8 (torch, onnxruntime); auto measures it")
+    text_backend: Annotated[Engine, Flag("performance")] = Field(
+        "auto", description="runtime for text forwards, chosen like the image backend; torch keeps served text "
+                            "vectors bit-identical to local mode's")
+    text_precision: Annotated[Precision | None, Flag("performance")] = Field(
+        None, description="with an explicit text backend, its precision (fp32 by default)")
+    backend_cache_dir: Annotated[str | None, Flag("performance", name="backend-cache")] = Field(
+        None, description="where auto keeps its calibrations; unset = $XDG_CACHE_HOME/latentspace/backends")
 
     @model_validator(mode="after")
-    def _queue_holds_a_request(self) -> "ServeSettings":
+    def _queue_holds_a_request(self) -> ServeSettings:
         if not self.models and not self.collections:
             raise ValueError("nothing to serve: give at least one --model or --collection")
         if self.max_queue_items < self.max_items:
