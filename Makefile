@@ -34,6 +34,12 @@ test: $(VENV)/.dev
 test-slow: $(VENV)/.dev
 	$(PY) -m pytest -q -m slow
 
+# ruff (lint and format check) over the whole tree, mypy on the public API (pyproject.toml)
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 bench: $(VENV)/.dev
 	$(PY) benchmarks/quickstart.py
 

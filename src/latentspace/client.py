@@ -92,7 +92,8 @@ class RemoteClient:
     def text(self, texts: Sequence[str], *, model: str | None, task_type: str, dimensionality: int | None,
              long_text_mode: str = "truncate") -> dict[str, Any]:
         def send(chunk: list[str]) -> dict:
-            body = {"texts": chunk, "model": model, "task_type": task_type, "long_text_mode": long_text_mode}
+            body: dict[str, Any] = {"texts": chunk, "model": model, "task_type": task_type,
+                                    "long_text_mode": long_text_mode}
             if dimensionality is not None:
                 body["dimensionality"] = dimensionality
             return self._post("/v1/embedding/text", json=body)

@@ -55,7 +55,7 @@ def run_quickstart(artifacts: Path = Path("artifacts"), overrides: list[str] | N
 
     t = time.perf_counter()
     console.rule("[bold]1/4 corpus: emoji art from npm (Twemoji to train, Noto to test)")
-    corpus = build_emoji_corpus(artifacts / "emoji", cache_dir=artifacts / "cache" / "npm", progress=console.print)
+    corpus = build_emoji_corpus(artifacts / "emoji", cache_dir=artifacts / "cache" / "npm", console=console)
     c = corpus["counts"]
     console.print(f"{c['train_images']} training images of {c['train_concepts']} concepts; "
                   f"{c['heldout_concepts']} concepts held out of training")
@@ -71,7 +71,7 @@ def run_quickstart(artifacts: Path = Path("artifacts"), overrides: list[str] | N
     console.rule("[bold]3/4 zero-shot evaluation on the unseen art style")
     model = load(str(result.model_dir))
     suite = Path(corpus["out_dir"]) / corpus["eval_suite"]
-    report = evaluate_suite(PromptCache(model, artifacts / "cache" / "prompts"), suite)
+    report = evaluate_suite(PromptCache(model, artifacts / "cache" / "prompts"), suite, console=console)
     print_table(report, console)
     eval_json = Path(cfg.train.output_dir) / "eval.json"
     write_json(report, eval_json)

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from latentspace.cli import app
 from latentspace.collections import BuildSettings, Collection, build_collection
-from latentspace.collections.progress import PlainProgress, progress_for
 
 SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
 
@@ -108,42 +107,6 @@ def test_cli_build_and_search_json(tmp_path, text_tower):
     assert both.exit_code == 2 and "exactly one query" in both.stderr
     missing = CliRunner().invoke(app, ["collection", "search", str(tmp_path / "nope"), "red"])
     assert missing.exit_code == 2 and "no collection at" in missing.stderr
-
-
-def test_plain_progress_lines():
-    now = [0.0]
-    lines: list[str] = []
-    progress = PlainProgress(lines.append, interval=5.0, clock=lambda: now[0])
-    progress.start(100)
-    for _ in range(4):
-        now[0] += 2.0
-        progress.advance(10)
-    progress.close()
-    assert lines[0] == "embedded 30/100 images (5.0 images/s, ETA 0:00:14)"
-    assert lines[-1] == "embedded 40/100 images (5.0 images/s, ETA 0:00:12)"
-    unknown = PlainProgress(lines.append, clock=lambda: now[0])
-    unknown.start(None)
-    unknown.close()
-    assert lines[-1] == "embedded 0 images (0.0 images/s)"
-
-
-def test_terminal_gets_a_live_bar():
-    import io
-
-    from rich.console import Console
-
-    from latentspace.collections.progress import RichProgress
-
-    assert isinstance(progress_for(Console(file=io.StringIO())), PlainProgress)
-    screen = io.StringIO()
-    bar = progress_for(Console(file=screen, force_terminal=True, width=120))
-    assert isinstance(bar, RichProgress)
-    bar.start(10)
-    bar.describe("part 1/2")
-    bar.advance(4)
-    bar.close()
-    shown = screen.getvalue()
-    assert "embedded part 1/2" in shown and "4/10" in shown and "images/s" in shown and "ETA" in shown
 
 
 def test_one_build_at_a_time(tmp_path, library, colour_model):

@@ -24,8 +24,8 @@ import pytest
 import fakes
 from collection_fakes import ColourModel
 from latentspace.collections import BuildSettings, build_collection
-from latentspace.collections.progress import PlainProgress
 from latentspace.collections.ray_engine import PoolShape, UnitFailed, pool_shape  # imports no Ray
+from latentspace.progress import PlainProgress
 
 SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
 TESTS = Path(__file__).resolve().parent
@@ -80,8 +80,8 @@ def test_ray_build_is_identical_to_local(tmp_path, library, colour_model, ray_cl
     remote = build_collection(tmp_path / "ray", colour_model, library, name="c", settings=SETTINGS, engine="ray",
                               ray_actors=2, log=lines.append, progress=PlainProgress(shown.append, interval=0))
     assert any("2 Ray actor(s) loading 'colour'" in line for line in lines)
-    assert re.fullmatch(r"embedded (\d+)/\1 images \([\d.]+ images/s, ETA 0:00:00\) - part 4/4 on [12] Ray actor\(s\)",
-                        shown[-1]), shown
+    assert re.fullmatch(r"\[[\d:]+\] embedded (\d+)/\1 images \([\d.]+ images/s, ETA 0:00:00\) - "
+                        r"part 4/4 on [12] Ray actor\(s\)", shown[-1]), shown
     assert remote.parts_embedded == local.parts_embedded == 4 and remote.images_embedded == 12
     assert remote.skipped == local.skipped == 5 and remote.newly_skipped == local.newly_skipped
     assert parts(tmp_path / "ray") == parts(tmp_path / "local") and len(parts(tmp_path / "local")) == 4

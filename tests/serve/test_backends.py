@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 import fakes
 from latentspace.serve.models import load_served_model

@@ -86,7 +86,7 @@ def test_a_failing_forward_fails_only_its_batch():
     with pytest.raises(RuntimeError, match="inference failed: ValueError: boom"):
         run(worker.submit(kind, [666]))
     assert run(worker.submit(kind, [7])).flatten().tolist() == [7]
-    assert worker.alive and worker.pending_items == 0
+    assert worker.alive and worker._pending_items == 0
     worker.stop()
 
 

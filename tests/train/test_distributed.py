@@ -34,14 +34,12 @@ from latentspace.train.distributed import (
     DistEnv,
     average_gradients,
     barrier,
-    broadcast_object,
     check_global_batch,
     gather_with_grad,
     init_distributed,
-    shard_roles,
     shutdown,
 )
-from latentspace.train.gradcache import grad_cache_step
+from latentspace.train.gradcache import Trainable, cached_backward
 from latentspace.train.loss import LogitScale, contrastive_loss
 from latentspace.train.sharding import (
     clip_grad_norm, full_state_dict, is_sharded, load_full_state_dict, load_optimizer_state_dict, optimizer_state_dict,
@@ -161,8 +159,6 @@ def _rank_step(env: DistEnv, chunk: int | None, trainable_text: bool, parallel: 
     gather = functools.partial(gather_with_grad, env=env)
 
     torch.manual_seed(SEED + env.rank)
-    text_kwargs = ({"text_encoder": ddp_text, "texts": tokens[local]} if trainable_text
-                   else {"text_emb": text_emb[local]})
     if chunk is None:
         img = ddp_image(images[local])
         txt = ddp_text(tokens[local]) if trainable_text else text_emb[local]
@@ -170,8 +166,9 @@ def _rank_step(env: DistEnv, chunk: int | None, trainable_text: bool, parallel: 
         loss_t.backward()
         loss = loss_t.item()
     else:
-        loss = grad_cache_step(ddp_image, images[local], logit_scale=scale, chunk=chunk, gather=gather,
-                               **text_kwargs)
+        text_side = Trainable(ddp_text, tokens[local]) if trainable_text else text_emb[local]
+        loss = cached_backward([Trainable(ddp_image, images[local]), text_side],
+                               lambda img, txt: contrastive_loss(img, txt, scale()), chunk, gather).item()
     average_gradients(scale.parameters(), env)  # the logit scale lives outside DDP
     modules = (image_enc, text_enc, scale) if trainable_text else (image_enc, scale)
     tensors, saved = _adamw_step(*modules, clip=CLIP if parallel == "fsdp" else None)
@@ -182,11 +179,18 @@ def _rank_step(env: DistEnv, chunk: int | None, trainable_text: bool, parallel: 
     return result
 
 
+def _from_rank0(obj):
+    """Rank 0's `obj` on every rank (full_state_dict gives whole tensors to rank 0 only)."""
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _reload_sharded(env: DistEnv, modules: tuple[nn.Module, ...], saved: dict, trainable_text: bool) -> bool:
     """A checkpoint's whole tensors (read by every rank) loaded into freshly sharded copies give
     back the same weights and optimizer state."""
-    weights = [broadcast_object(full_state_dict(m), env) for m in modules]
-    saved = broadcast_object(saved, env)
+    weights = [_from_rank0(full_state_dict(m)) for m in modules]
+    saved = _from_rank0(saved)
     image_enc, text_enc, scale = _models()
     fresh = (shard_tower(image_enc), shard_tower(text_enc), scale) if trainable_text else (shard_tower(image_enc), scale)
     for module, state in zip(fresh, weights):
@@ -213,8 +217,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     try:
         result = {name: _rank_step(env, *scenario) for name, scenario in SCENARIOS.items()}
         result["env"] = (env.rank, env.world_size, env.local_rank, env.is_main, str(dist.get_backend()))
-        result["roles"] = shard_roles(3, env)
-        result["broadcast"] = broadcast_object({"from": env.rank}, env)
         barrier(env)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
     finally:
@@ -286,8 +288,6 @@ def test_gradient_cache_all_reduces_once_per_step(ranks, trainable_text):
 
 def test_process_group_helpers(ranks):
     assert [r["env"] for r in ranks] == [(0, 2, 0, True, "gloo"), (1, 2, 1, False, "gloo")]
-    assert [r["roles"] for r in ranks] == [[0, 1, 2], [3, 4, 5]]
-    assert [r["broadcast"] for r in ranks] == [{"from": 0}, {"from": 0}]
 
 
 # ---------------------------------------------------------------- single-process pieces
@@ -304,15 +304,6 @@ def test_check_global_batch():
         check_global_batch(0, 2)
     with pytest.raises(ValueError, match="at least 1"):
         check_global_batch(8, 2, grad_cache_chunk=0)
-
-
-def test_shard_roles():
-    env = DistEnv(rank=2, world_size=4)
-    assert shard_roles(3, env) == [6, 7, 8]
-    all_roles = [r for rank in range(4) for r in shard_roles(3, DistEnv(rank=rank, world_size=4))]
-    assert all_roles == list(range(12))
-    with pytest.raises(ValueError, match="at least one data role"):
-        shard_roles(0, env)
 
 
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -335,7 +326,6 @@ def test_single_process_needs_no_process_group(clean_env, variables):
     assert not dist.is_initialized()
     x = torch.randn(3, 4, requires_grad=True)
     assert gather_with_grad(x, env) is x
-    assert broadcast_object("same", env) == "same"
     barrier(env)
     average_gradients([nn.Parameter(torch.ones(1))], env)
     shutdown()

@@ -9,8 +9,8 @@
 
 Modules: sources.py (what a folder / shards / table holds, and reading it), build.py (plan,
 embed units into parts, commit, resume, incremental updates), store.py (the on-disk layout:
-Parquet parts and collection.json), index.py (exact vs HNSW), search.py (`Collection`),
-progress.py (terminal bar vs plain log lines).
+Parquet parts and collection.json), index.py (exact vs HNSW), search.py (`Collection`); progress
+is shown by latentspace.progress.
 """
 
 from latentspace.collections.build import BuildReport, BuildSettings, build_collection, embed_unit, sync_index

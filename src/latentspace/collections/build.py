@@ -51,8 +51,7 @@ resize release the GIL), a few batches ahead of the model; the model's batched f
 the calling thread meanwhile, so the two overlap. The forward is pluggable: `--image-backend
 openvino` compiles the image tower as the server does (serve/backends.py). The CLI runs builds
 with OMP_WAIT_POLICY=PASSIVE (unless set): OpenMP workers that spin between ops take the cores
-the decoders need. Measured in benchmarks/collection_build.py (2 cores): ~0.97x the raw forward
-of a ViT-B/16, and 1.66x a plain `embed.image` loop for a small model that decoding dominates.
+the decoders need. Measured figures (benchmarks/collection_build.py): docs/collections.md.
 """
 
 from __future__ import annotations
@@ -72,11 +71,11 @@ import torch
 
 from latentspace.collections import store
 from latentspace.collections.index import HnswIndex, REBUILD_DEAD_FRACTION, remove_index, use_ann
-from latentspace.collections.progress import NullProgress, Progress
 from latentspace.collections.sources import (MAX_ITEMS_PER_UNIT, FileItem, Record, Skip, Source, UrlReader,
                                              file_records, item_id, open_source, scan, shard_records)
 from latentspace.data.images import IMAGE_FORMATS, MAX_PIXELS, decode_image
 from latentspace.models.embedder import Embedder, finish
+from latentspace.progress import NullProgress, Progress
 from latentspace.serve.backends import Backend, Precision
 from latentspace.space import SpaceIdentity
 
@@ -473,10 +472,6 @@ def _plan(directory: Path, manifest: store.Manifest, source: Source, source_inde
             "files_per_part": settings.files_per_part, "max_pixels": settings.max_pixels,
             "units": units, "rewrites": rewrites, "drop_parts": drop_parts, "skipped": scan_skips + keep_skips,
             "counts": counts, "next_ordinal": manifest.next_ordinal + len(units), "missing_parts": missing}
-
-
-def _is_empty(plan: dict[str, Any]) -> bool:
-    return not (plan["units"] or plan["rewrites"] or plan["drop_parts"])
 
 
 # --- executing and committing -------------------------------------------------------------------

@@ -3,37 +3,22 @@
 Vectors are unit length, so cosine similarity is the inner product.
 
 Exact search is one matrix-vector product over every live vector: perfect recall, nothing to
-build or keep up to date, and its cost grows with rows x dim (it reads every float once; on 2
-cores it is memory-bound, ~0.15-0.4 ns a float depending on what else the machine runs). HNSW
-(faiss `IndexHNSWFlat`, inner product) answers in ~1 ms at any size but costs a build (11-16
-minutes per million vectors on 2 cores), memory for its graph (~0.25 GiB per million rows at
-M=32, beside its own copy of the vectors) and some recall. So a collection is searched exactly
-while
+build or keep up to date, and its cost grows with rows x dim (it reads every float once, so it is
+memory-bound). HNSW (faiss `IndexHNSWFlat`, inner product) answers in about a millisecond at any
+size but costs a build (minutes per million vectors on a small machine), memory for its graph
+(beside its own copy of the vectors) and some recall. So a collection is searched exactly while
 
     rows * dim <= EXACT_MAX_FLOATS (20M: ~26k vectors of 768 dims, ~52k of 384)
 
-and gets an HNSW index above that. Measured by benchmarks/collection_search.py on the project's
-2-core machine (one query, float32, p50; ranges are runs with other work on the machine):
-
-    exact   10k x 384: 0.4 ms     100k x 384:  6.7 ms (to 24)    1M x 384:  67 ms (to 190)
-            10k x 768: 1.2 ms     100k x 768: 10.8 ms (to 22)    1M x 768: 109 ms
-    HNSW    1M x 768, clustered data: 1.0 ms at efSearch 128, recall@10 0.996
-
-At the threshold exact search takes ~3.5 ms on a quiet machine (the benchmark prints this
-figure for every run); past it, latency grows linearly to tens of ms at 100k rows, while an
-index of that size builds in about a minute. Below it, an HNSW build is not worth its time, its
-memory or its lost recall.
-
-HNSW parameters: M=32, efConstruction=80, efSearch=128 (HNSW_PARAMS), tuned with the same
-benchmark. M=16/efConstruction=40 built 1.6-3x faster but lost recall (0.98 vs 1.00 at efSearch
-64 on 100k clustered rows); efConstruction=80 keeps a 1M-row build at 11-16 minutes on 2 cores.
-On clustered data (points around random centres, closer to real embeddings) efSearch 128 gives
-recall@10 1.000 (384-d) and 0.996 (768-d) at 1M rows, p50 0.8-1.0 ms, p99 < 2 ms. On uniformly
-random unit vectors, the worst case for every ANN method (no neighbourhood structure to follow),
-recall@10 is low: 0.05 at efSearch 128 (2.7 ms) and 0.25 at 1024 (17 ms) on 1M x 384; 0.17 and
-0.45 at efSearch 128 and 512 on 200k x 384. No setting within the latency goal reaches 0.95 there,
-and none could on 2 cores: a method has to read most of the data to find neighbours that are
-barely nearer than everything else, which is exact search at 67 ms.
+and gets an HNSW index above that: at the threshold exact search still takes a few milliseconds,
+past it latency grows linearly, while below it an HNSW build is not worth its time, its memory or
+its lost recall. HNSW parameters: M=32, efConstruction=80, efSearch=128 (HNSW_PARAMS); smaller
+M and efConstruction built faster but lost recall. On clustered data (closer to real embeddings)
+they keep recall@10 near 1; on uniformly random unit vectors, the worst case for every ANN method
+(no neighbourhood structure to follow), no setting within the latency goal keeps recall up, since
+finding neighbours that are barely nearer than everything else means reading most of the data,
+which is what exact search does. The measured figures behind these choices, from
+benchmarks/collection_search.py, are in docs/collections.md.
 
 Keeping the index current (build.py calls `sync_index` after every build):
 - faiss's HNSW cannot delete, so the index holds rows by label (the row's `seq`, stored in
@@ -49,11 +34,12 @@ Keeping the index current (build.py calls `sync_index` after every build):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from latentspace import atomic
 
 EXACT_MAX_FLOATS = 20_000_000
 REBUILD_DEAD_FRACTION = 0.25
@@ -154,21 +140,21 @@ class HnswIndex:
 
     # -- files --------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """index file, labels, then index.json last: index.json names the row count, so files
+        """Index file and labels, then index.json last: index.json names the row count, so files
         from two different saves (a crash between renames) are detected and ignored."""
         import faiss
 
         directory.mkdir(parents=True, exist_ok=True)
-        pid = os.getpid()
-        tmp_index, tmp_labels = directory / f".{INDEX_FILE}.tmp-{pid}", directory / f".{LABELS_FILE}.tmp-{pid}.npy"
-        faiss.write_index(self.index, str(tmp_index))
-        np.save(tmp_labels, self.labels)
-        os.replace(tmp_index, directory / INDEX_FILE)
-        os.replace(tmp_labels, directory / LABELS_FILE)
+        # Both are written before either replaces its old copy: the renames follow each other.
+        with (
+            atomic.replacing(directory / INDEX_FILE) as tmp_index,
+            atomic.replacing(directory / LABELS_FILE) as tmp_labels,
+        ):
+            faiss.write_index(self.index, str(tmp_index))
+            with open(tmp_labels, "wb") as f:
+                np.save(f, self.labels)  # a file object: given a path, np.save would append ".npy" to it
         info = {"kind": "hnsw", "metric": "inner_product", "rows": len(self), "dim": self.dim, **asdict(self.params)}
-        tmp_info = directory / f".{INFO_FILE}.tmp-{pid}"
-        tmp_info.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp_info, directory / INFO_FILE)
+        atomic.write_text(directory / INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, directory: Path) -> "HnswIndex | None":

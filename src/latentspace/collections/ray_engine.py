@@ -69,10 +69,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from latentspace.collections import store
+from latentspace import atomic
 from latentspace.collections.build import BuildSettings, PartResult, UnitRuntime, _load, embed_unit, model_spec
-from latentspace.collections.progress import Progress
 from latentspace.models.embedder import Embedder
+from latentspace.progress import Progress
 
 INSTALL_HINT = "pip install 'latentspace[ray]'"
 QUEUED_PER_ACTOR = 2  # units handed to an actor at once: the one it runs and the next
@@ -262,7 +262,7 @@ class RayEngine:
                 raise UnitFailed(f"unit {culprit['part']} ({_describe(culprit)}) {what}. The {done} part(s) "
                                  "finished by this build are staged; rerun the build to resume") from e
             queued[actor].popleft()  # an actor runs its units in the order they were handed to it
-            store.write_atomic(staging / f"{unit['part']}.parquet", data)
+            atomic.write_bytes(staging / f"{unit['part']}.parquet", data, durable=True)
             done += 1
             progress.describe(f"part {done}/{len(units)} on {len(self.ready)} Ray actor(s)")
             progress.advance(result.rows + len(result.skipped))
@@ -279,7 +279,7 @@ class RayEngine:
                 _, data = self.ray.get(ref)
             except self.ray.exceptions.RayError:
                 continue
-            store.write_atomic(staging / f"{flight[ref][1]['part']}.parquet", data)
+            atomic.write_bytes(staging / f"{flight[ref][1]['part']}.parquet", data, durable=True)
             staged += 1
         return staged
 

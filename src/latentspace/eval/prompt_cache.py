@@ -10,13 +10,13 @@ weights, so a different model can never be served another model's vectors.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from latentspace import atomic
 from latentspace.models.embedder import Embeds
 
 
@@ -27,7 +27,6 @@ class PromptCache:
         self.model = model
         self.name, self.space = model.name, model.space
         self.dir = Path(root) / re.sub(r"[^A-Za-z0-9._@-]+", "_", model.space)
-        self.hits = self.misses = 0
 
     def embed_images(self, images: Sequence) -> torch.Tensor:
         return self.model.embed_images(images)
@@ -39,14 +38,11 @@ class PromptCache:
             try:
                 cached = torch.load(path, weights_only=True)
                 if cached.shape[0] == len(texts):
-                    self.hits += 1
                     return cached
             except Exception:  # a torn file from a killed run: recompute and overwrite it
                 pass
-        self.misses += 1
         vectors = self.model.embed_texts(list(texts), task_type=task_type).detach().float().cpu()
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        torch.save(vectors, tmp)
-        os.replace(tmp, path)
+        with atomic.replacing(path) as tmp:
+            torch.save(vectors, tmp)
         return vectors

@@ -92,22 +92,6 @@ def write_json(result: SuiteResult, path: Path) -> None:
     path.write_text(json.dumps({**asdict(result), **summary}, indent=2) + "\n")
 
 
-def read_json(path: Path) -> SuiteResult:
-    """The inverse of write_json, so saved runs of several models can be tabled together."""
-    raw = json.loads(Path(path).read_text())
-    tasks = [TaskResult(**task) for task in raw["tasks"]]
-    return SuiteResult(
-        raw["model"],
-        raw["space"],
-        raw["suite"],
-        tasks=tasks,
-        missing=raw["missing"],
-        groups=raw.get("groups", {}),
-        n_suite_tasks=raw.get("n_suite_tasks", 0),
-        text_tasks=[TaskResult(**task) for task in raw.get("text_tasks", [])],
-    )
-
-
 MISSING = "—"
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.console import Console
 
 from latentspace.eval import winogavil
 from latentspace.eval.loader import decoded_chunks
@@ -36,6 +35,7 @@ from latentspace.eval.tasks import (
     task_type_of,
 )
 from latentspace.models.embedder import Embeds
+from latentspace.progress import Progress, progress_for, shown
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class SuiteResult:
     missing: list[str]  # suite tasks whose directory was absent
     groups: dict[str, list[str]] = field(default_factory=dict)  # sub-average name -> task names
     # Tasks in the whole suite, so a run restricted with `only` is not mistaken for a full one;
-    # 0 = unknown (results saved before this field existed): tasks + missing is used instead.
+    # 0 = not given (a text-only result, or one built by hand): tasks + missing is used instead.
     n_suite_tasks: int = 0
     # Benchmarks of the text side alone (eval.text_retrieval), reported beside the image tasks but
     # never part of the suite's average: a suite score must mean the same with or without them.
@@ -132,7 +132,7 @@ def evaluate_task(
     spec: TaskSpec,
     *,
     batch_size: int = 256,
-    progress: bool = True,
+    progress: bool | Progress = True,
     text_task_type: str = TEXT_TASK_TYPE,
     workers: int = 0,
 ) -> TaskResult:
@@ -140,7 +140,9 @@ def evaluate_task(
 
     `text_task_type` selects the text model's prefix for class prompts and captions (its query
     prefix by default, e.g. `search_query: ` for nomic-embed-text). `workers` DataLoader processes
-    decode the images (0: this process); the result does not depend on it."""
+    decode the images (0: this process); the result does not depend on it. `progress`: True
+    reports images embedded on stderr (a bar on a terminal, plain lines otherwise), or pass the
+    `Progress` to report to."""
     task_dir = Path(task_dir)
     _check_declared_type(task_dir, spec)
     start = time.perf_counter()
@@ -148,6 +150,9 @@ def evaluate_task(
     runners = {CLASSIFICATION: _run_classification, RETRIEVAL: _run_retrieval, MULTILABEL: _run_multilabel,
                WINOGAVIL: _run_winogavil}
     run = runners[spec.type]
+    if isinstance(progress, bool):
+        progress = _image_progress(Console(stderr=True) if progress else None)
+        progress.describe(spec.name)
     settings = _Settings(batch_size, progress, text_task_type, workers)
     metrics, chance = run(model, task_dir, spec, stats, settings)
     if stats.n_skipped:
@@ -175,6 +180,7 @@ def evaluate_suite(
     data_dir: str | Path | None = None,
     text_task_type: str = TEXT_TASK_TYPE,
     workers: int = 0,
+    console: Console | None = None,
 ) -> SuiteResult:
     """Evaluate every task of a suite (or those named in `only`).
 
@@ -183,20 +189,26 @@ def evaluate_suite(
     listed in `missing` rather than failing the whole run: a partly downloaded DataComp suite
     still gives numbers for what is there, and the result says it is incomplete. A task that is
     present but broken (a missing shard) still raises.
+
+    With `progress`, each task reports its images (and which task of how many it is) on
+    `console`, stderr by default: a bar on a terminal, plain lines otherwise.
     """
     suite_name, specs, task_root = load_suite(suite_path, data_dir=data_dir)
     groups = load_groups(suite_path)
     result = SuiteResult(
         model.name, model.space, suite_name, tasks=[], missing=[], groups=groups, n_suite_tasks=len(specs)
     )
-    for spec in _select(specs, only):
+    selected = _select(specs, only)
+    for n, spec in enumerate(selected, start=1):
         task_dir = spec.find_task_dir(task_root)
         if task_dir is None:
             log.warning("%s: no task directory in %s (looked for %s); listed as missing", spec.name, task_root,
                         ", ".join(spec.directory_names))
             result.missing.append(spec.name)
             continue
-        result.tasks.append(evaluate_task(model, task_dir, spec, batch_size=batch_size, progress=progress,
+        images = _image_progress((console or Console(stderr=True)) if progress else None)
+        images.describe(f"{spec.name} (task {n}/{len(selected)})")
+        result.tasks.append(evaluate_task(model, task_dir, spec, batch_size=batch_size, progress=images,
                                           text_task_type=text_task_type, workers=workers))
     return result
 
@@ -222,7 +234,7 @@ class _Settings:
     """How a task is run, passed down to the per-type runners as one value."""
 
     batch_size: int
-    progress: bool
+    progress: Progress  # images embedded
     text_task_type: str
     workers: int
 
@@ -269,9 +281,9 @@ def _run_retrieval(model, task_dir, spec, stats, settings: _Settings):
 
 
 def _run_winogavil(model, task_dir, spec, stats, settings: _Settings):
-    with _progress_bar(spec.name, settings.progress) as advance:
+    with shown(settings.progress, None) as progress:
         return winogavil.evaluate(
-            task_dir, stats, batch_size=settings.batch_size, advance=advance,
+            task_dir, stats, batch_size=settings.batch_size, advance=progress.advance,
             embed_images=lambda images: _unit_rows(model.embed_images(images)),
             embed_texts=lambda texts: _embed_texts(model, texts, settings.text_task_type, settings.batch_size))
 
@@ -286,7 +298,8 @@ def _embed_image_stream(
     """
     batch_size = settings.batch_size
     embeddings, targets, pending = [], [], []
-    with _progress_bar(spec.name, settings.progress) as advance:
+    # The number of usable images is only known once the shards are read: no total, no ETA.
+    with shown(settings.progress, None) as progress:
         for chunk in decoded_chunks(task_dir, spec.type, chunk_size=batch_size, workers=settings.workers,
                                     group_by=spec.group_by):
             stats.add(chunk.stats)
@@ -294,11 +307,11 @@ def _embed_image_stream(
             targets.extend(chunk.targets)
             while len(pending) >= batch_size:
                 embeddings.append(_unit_rows(model.embed_images(pending[:batch_size])))
-                advance(batch_size)
+                progress.advance(batch_size)
                 pending = pending[batch_size:]
         if pending:
             embeddings.append(_unit_rows(model.embed_images(pending)))
-            advance(len(pending))
+            progress.advance(len(pending))
     if not embeddings:
         why = f"skipped: {dict(stats.skipped)}" if stats.n_skipped else "the shards are empty"
         raise ValueError(f"{spec.name}: no usable samples ({why})")
@@ -317,18 +330,6 @@ def _unit_rows(embeddings: torch.Tensor) -> torch.Tensor:
     return F.normalize(embeddings.detach().float().cpu(), dim=-1)
 
 
-@contextmanager
-def _progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """Yield an `advance(n_images)` callback; a rich bar when enabled, a no-op otherwise."""
-    if not enabled:
-        yield lambda n: None
-        return
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("images"),
-        TimeElapsedColumn(),
-    ) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda n: bar.advance(task, n)
+def _image_progress(console: Console | None) -> Progress:
+    """Progress of one task's image pass on `console` (nothing without one)."""
+    return progress_for(console, what="images", verb="evaluated")

@@ -21,7 +21,7 @@ directory (never needed for Nomic's models, which run on latentspace's own modul
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 from urllib.parse import parse_qsl
 
 from latentspace.config import BUILTIN_TEXT_MODEL
@@ -37,7 +37,7 @@ def _flag(value: str) -> bool:
     raise ValueError("expected true or false")
 
 
-OPTIONS = {"text": str, "rotary_scaling_factor": float, "trust_remote_code": _flag}
+OPTIONS: dict[str, Callable[[str], object]] = {"text": str, "rotary_scaling_factor": float, "trust_remote_code": _flag}
 SPEC_FORMS = (
     f"{BUILTIN_TEXT_MODEL!r}; a latentspace model directory; a nomic-embed-text or nomic-embed-vision directory "
     "as published; a Hugging Face CLIP directory (or 'hf-clip:DIR'); 'open_clip:ARCH:CHECKPOINT' (a local "

@@ -249,9 +249,6 @@ class TextTower(nn.Module):
         return self._tokenizers.get()([prefix + t for t in texts], truncation=True, max_length=self.max_length,
                                       return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 
-    def count_tokens(self, texts: Sequence[str], task_type: str) -> int:
-        return sum(len(row) for row in self.token_ids(texts, task_type))
-
     def split_long(self, text: str, task_type: str) -> list[str]:
         """Split `text` into pieces that each fit max_length with the task's prefix
         (long_text_mode='mean')."""

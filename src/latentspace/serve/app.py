@@ -7,6 +7,8 @@
     GET  /v1/models, /health, /metrics
     GET  /v1/user                  what Nomic's client checks its key against
 
+Every body and status is typed in serve/schemas.py, so /openapi.json (and /docs) documents them.
+
 Every handler does the same three things: find a ready model (404 / 503 otherwise), turn the
 request into items (texts with token counts, or preprocessed image tensors, decoded on a thread
 pool so the event loop never decodes), and await the model's inference worker, which batches
@@ -18,17 +20,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from functools import partial
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from functools import partial
+from typing import Any
 
 import orjson
 import torch
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -39,7 +41,7 @@ from latentspace.data.images import (
     ImageTooLargeError,
     decode_image,
 )
-from latentspace.models.embedder import TASK_TYPES, ModalityError, finish
+from latentspace.models.embedder import ModalityError, finish
 from latentspace.serve.auth import BearerAuth
 from latentspace.serve.batching import QueueFull, WorkerDead
 from latentspace.serve.collections import CollectionSet, add_collection_routes, query_vector
@@ -47,37 +49,25 @@ from latentspace.serve.errors import ApiError, retry_later
 from latentspace.serve.metrics import ServerMetrics
 from latentspace.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
 from latentspace.serve.registry import Loader, ModelRegistry, Slot
+from latentspace.serve.schemas import (
+    IMAGE_FORM,
+    IMAGE_URL_FORM,
+    EmbeddingResponse,
+    ErrorResponse,
+    HealthResponse,
+    ModelList,
+    OpenAIEmbeddingResponse,
+    OpenAIRequest,
+    TextRequest,
+    UserResponse,
+    error_responses,
+)
 from latentspace.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 # Requests with fewer characters than this are tokenised on the event loop (see embed_texts).
 INLINE_TOKENIZE_CHARS = 4096
-
-TaskType = Literal["search_document", "search_query", "classification", "clustering"]
-assert set(TaskType.__args__) == set(TASK_TYPES)  # one list of task types, checked here
-
-
-class _Lenient(BaseModel):
-    # Unknown fields are ignored, not refused: clients written for Nomic's or OpenAI's API send
-    # fields (user, max_tokens_per_text, ...) that change nothing here.
-    model_config = ConfigDict(extra="ignore")
-
-
-class TextRequest(_Lenient):
-    texts: list[str] = Field(..., min_length=1)
-    model: str | None = None
-    task_type: TaskType = "search_document"
-    dimensionality: int | None = Field(None, ge=1)
-    long_text_mode: Literal["truncate", "mean"] = "truncate"
-
-
-class OpenAIRequest(_Lenient):
-    input: str | list[str]
-    model: str | None = None
-    dimensions: int | None = Field(None, ge=1)
-    encoding_format: Literal["float", "base64"] = "float"
-    task_type: TaskType = "search_document"  # an extension; OpenAI's API has no task types
 
 
 def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> FastAPI:
@@ -114,8 +104,20 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
     app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
     _install_error_handlers(app)
 
-    def require_key(request: Request) -> None:
-        auth.check(request.headers.get("authorization"))
+    if auth.enabled:
+        # HTTPBearer only documents the scheme in /openapi.json (auto_error=False: it never answers
+        # itself); BearerAuth checks the key, in constant time and with this API's error body.
+        bearer = HTTPBearer(auto_error=False, description="one of the server's API keys")
+
+        def require_key(request: Request, _: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+            auth.check(request.headers.get("authorization"))
+    else:
+        def require_key() -> None:
+            pass
+
+    def errors(*statuses: int) -> dict:
+        """The error statuses a route can answer with: `statuses`, and 401 where keys are required."""
+        return error_responses(*sorted({*statuses, *((401,) if auth.enabled else ())}))
 
     # -- text -------------------------------------------------------------------------------------
     async def embed_texts(slot: Slot, texts: list[str], task_type: str, dimensionality: int | None,
@@ -136,13 +138,17 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         rows = await _submit(slot, registry.text_kind(slot), prepared.ids, costs, settings)
         return finish(prepared.combine(rows), dimensionality), prepared.token_count
 
-    @app.post("/v1/embedding/text", dependencies=[Depends(require_key)])
+    # The embedding routes return orjson Responses, sent as they are: response_model= documents
+    # the body without FastAPI re-validating every float.
+    @app.post("/v1/embedding/text", dependencies=[Depends(require_key)], response_model=EmbeddingResponse,
+              responses=errors(400, 404, 413, 422, 429, 503), summary="Embed texts (Nomic's API)")
     async def text_endpoint(body: TextRequest) -> Response:
         slot = registry.get(body.model)
         vectors, tokens = await embed_texts(slot, body.texts, body.task_type, body.dimensionality, body.long_text_mode)
         return _nomic_response(vectors, slot, tokens)
 
-    @app.post("/v1/embeddings", dependencies=[Depends(require_key)])
+    @app.post("/v1/embeddings", dependencies=[Depends(require_key)], response_model=OpenAIEmbeddingResponse,
+              responses=errors(400, 404, 413, 422, 429, 503), summary="Embed texts (OpenAI's API)")
     async def openai_endpoint(body: OpenAIRequest) -> Response:
         slot = registry.get(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
@@ -156,7 +162,11 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "space": slot.model.space})
 
     # -- images -----------------------------------------------------------------------------------
-    @app.post("/v1/embedding/image", dependencies=[Depends(require_key)])
+    @app.post("/v1/embedding/image", dependencies=[Depends(require_key)], response_model=EmbeddingResponse,
+              responses=errors(400, 404, 413, 415, 422, 429, 503), summary="Embed images (Nomic's API)",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "multipart/form-data": {"schema": IMAGE_FORM},
+                  "application/x-www-form-urlencoded": {"schema": IMAGE_URL_FORM}}}})
     async def image_endpoint(request: Request) -> Response:
         model_name, uploads, urls, dimensionality = await _read_image_form(request, settings)
         slot = registry.get(model_name)
@@ -180,7 +190,9 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         return _nomic_response(finish(rows, dimensionality), slot, 0)
 
     # -- discovery and operations -----------------------------------------------------------------
-    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    # exclude_unset: an entry has the fields its model describes, no nulls for the rest
+    @app.get("/v1/models", dependencies=[Depends(require_key)], response_model=ModelList,
+             response_model_exclude_unset=True, responses=errors(), summary="The served models")
     async def models_endpoint() -> dict[str, Any]:
         statuses = registry.statuses()
         data = []
@@ -205,17 +217,20 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         return query_vector(await _submit(slot, registry.image_kind(slot), [pixels], None, settings))
 
     add_collection_routes(app, collections=collections, registry=registry, settings=settings, require_key=require_key,
-                          decode_pool=decode_pool, embed_query_text=embed_query_text,
+                          errors=errors, decode_pool=decode_pool, embed_query_text=embed_query_text,
                           embed_query_image=embed_query_image,
                           read_image_form=lambda request, field: _read_form_files(request, settings, field))
 
-    @app.get("/v1/user", dependencies=[Depends(require_key)])
+    @app.get("/v1/user", dependencies=[Depends(require_key)], response_model=UserResponse, responses=errors(),
+             summary="The key's user (for Nomic's client)")
     async def user_endpoint() -> dict[str, Any]:
         # Nomic's Python client GETs this when it connects (to check the key) and logs a warning
         # about an invalid token unless it answers 200; nothing else reads it.
         return {"id": "latentspace", "organizations": [], "default_organization": None}
 
-    @app.get("/health")
+    @app.get("/health", response_model=HealthResponse, summary="Readiness: 200 when all is ready",
+             responses={503: {"model": HealthResponse, "description": "a model or collection is loading or failed",
+                              "headers": {"Retry-After": {"schema": {"type": "string"}}}}})
     async def health() -> JSONResponse:
         statuses = registry.statuses()
         body = {"models": statuses}
@@ -226,7 +241,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         return JSONResponse({"status": "unavailable", **body}, status_code=503,
                             headers={"Retry-After": str(settings.retry_after_s)})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text exposition format)")
     async def metrics_endpoint() -> Response:
         registry.statuses()  # refresh the worker-up gauges
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -257,10 +272,10 @@ async def _fetch_all(fetcher, urls: list[str], start: int) -> list[tuple[str, by
     from latentspace.serve.fetch import UrlRefused, display_url
 
     labels = [f"url {i}" for i in range(start, start + len(urls))]
-    results = await asyncio.gather(*(fetcher.fetch(u, label=label) for u, label in zip(urls, labels)),
+    results = await asyncio.gather(*(fetcher.fetch(u, label=label) for u, label in zip(urls, labels, strict=True)),
                                    return_exceptions=True)
     out = []
-    for url, label, result in zip(urls, labels, results):
+    for url, label, result in zip(urls, labels, results, strict=True):
         shown = f"{label} ({display_url(url)})"  # credentials and query strings are never echoed
         if isinstance(result, UrlRefused):
             raise ApiError(400, str(result))
@@ -377,10 +392,15 @@ def _encode_vector(row, encoding_format: str):
     return row
 
 
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every error has one body, the documented ErrorResponse, whatever raised it."""
+    return JSONResponse(ErrorResponse(detail=detail).model_dump(), status_code=status, headers=headers)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": error.message}, status_code=error.status, headers=error.headers)
+        return _error(error.status, error.message, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -388,12 +408,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         for e in error.errors():
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
             problems.append(f"{where or 'body'}: {e.get('msg')}")
-        return JSONResponse({"detail": "invalid request: " + "; ".join(problems[:10])}, status_code=422)
+        return _error(422, "invalid request: " + "; ".join(problems[:10]))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(error.detail)}, status_code=error.status_code,
-                            headers=getattr(error, "headers", None))
+        return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
 
 
 # -- the search page (src/latentspace/web): GET / and /static/... ----------------------------------

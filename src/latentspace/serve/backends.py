@@ -23,8 +23,8 @@ the start-up log and GET /v1/models say which backend runs and why.
 
 Local mode (`embed`, `eval`, `check-compat`) always runs PyTorch fp32, so a locked text tower's
 vectors stay bit-identical to the text model's own there. A server on another text runtime
-answers within the cosine bound of them (ONNX Runtime fp32 on BERT-base: cosine 0.99999994, max
-|difference| 1e-6); `--text-backend torch` serves PyTorch's exact vectors.
+answers within the cosine bound of them (measured: docs/serving.md); `--text-backend torch`
+serves PyTorch's exact vectors.
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ from typing import Callable, Literal, Sequence
 import torch
 import torch.nn.functional as F
 
+from latentspace import atomic
+
 log = logging.getLogger(__name__)
 
 Backend = Literal["torch", "openvino", "onnxruntime"]
 Precision = Literal["fp32", "bf16", "int8"]
 Forward = Callable[..., torch.Tensor]  # inputs (pixels; or token ids and mask) -> (N, dim) rows
-BACKENDS: tuple[str, ...] = ("torch", "openvino", "onnxruntime")
 # Every (backend, precision) that exists, in the order `auto` measures them.
 CANDIDATES: tuple[tuple[str, str], ...] = (
     ("torch", "fp32"), ("torch", "int8"), ("openvino", "fp32"), ("openvino", "bf16"),
@@ -268,7 +269,7 @@ class Choice:
     @classmethod
     def from_json(cls, d: dict) -> "Choice":
         return cls(d["backend"], d["precision"], d["reason"], [Measurement(**m) for m in d["measurements"]],
-                   cached=True, batch=d.get("batch"))
+                   cached=True, batch=d["batch"])
 
 
 Builder = Callable[[torch.nn.Module, object, str, str], Forward]
@@ -396,9 +397,7 @@ def choose(module: torch.nn.Module, probe, *, model_fingerprint: str, cache_dir:
                 log.warning("ignoring an unreadable backend calibration cache %s", path)
         choice = calibrate(module, probe, candidates=candidates, build=build,
                            batch_sizes=BATCH_SIZES if len(_as_inputs(probe)) == 1 else ())
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(choice.to_json(), indent=1))
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps(choice.to_json(), indent=1))
         return choice
 
 

@@ -112,10 +112,6 @@ class InferenceWorker:
     def alive(self) -> bool:
         return self._thread.is_alive() and self.death is None
 
-    @property
-    def pending_items(self) -> int:
-        return self._pending_items
-
     async def submit(self, kind: BatchKind, items: Sequence, costs: Sequence[int] | None = None) -> torch.Tensor:
         """Embed `items` as part of whatever batches form; returns (len(items), D) rows in order."""
         if not items:

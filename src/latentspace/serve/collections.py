@@ -1,4 +1,5 @@
 """Collections on the server: search by text, by uploaded image or by item, list, and thumbnails.
+Their bodies are typed in serve/schemas.py.
 
     GET  /v1/collections                               each collection: space, model, counts
     POST /v1/collections/{name}/search                 JSON: {text | like, k, min_score, filters}
@@ -22,19 +23,29 @@ import asyncio
 import io
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from latentspace.models.embedder import finish
 from latentspace.serve.errors import ApiError, retry_later
+from latentspace.serve.schemas import (
+    SEARCH_IMAGE_FORM,
+    CollectionInfo,
+    CollectionList,
+    ItemResponse,
+    SearchFilters,
+    SearchRequest,
+    SearchResponse,
+    SearchResult,
+)
 from latentspace.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -49,62 +60,6 @@ def parse_collection_arg(arg: str) -> tuple[str | None, str]:
     if sep and name and "/" not in name:
         return name, where
     return None, arg
-
-
-class SearchFilters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    k: int = Field(20, ge=1, le=500, description="how many results")
-    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="leave out results scoring below this")
-    path_prefix: str | None = Field(None, description="only items whose path, URL, shard or key starts with this")
-    caption_contains: str | None = Field(None, description="only items whose caption contains this (any case)")
-
-
-class SearchRequest(SearchFilters):
-    text: str | None = Field(None, description="search by this text (embedded as a search_query)")
-    like: str | None = Field(None, description="search by this item of the collection (its id)")
-
-    @model_validator(mode="after")
-    def _one_query(self) -> "SearchRequest":
-        if (self.text is None) == (self.like is None):
-            raise ValueError("give exactly one of text (a query) or like (an item id)")
-        return self
-
-
-class SearchResult(BaseModel):
-    id: str
-    score: float
-    path: str | None
-    url: str | None
-    caption: str | None
-    width: int | None
-    height: int | None
-    thumbnail: str
-
-
-class SearchResponse(BaseModel):
-    collection: str
-    space: str
-    query: dict[str, str]
-    results: list[SearchResult]
-
-
-class CollectionInfo(BaseModel):
-    name: str
-    space: str
-    model: str
-    served_model: str | None
-    items: int
-    dim: int
-    search: str
-    skipped: int
-    updated: str | None = None
-    status: str
-
-
-class CollectionList(BaseModel):
-    object: str = "list"
-    data: list[CollectionInfo]
 
 
 @dataclass
@@ -168,10 +123,11 @@ class CollectionSet:
 
 
 def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry, settings: ServeSettings,
-                          require_key: Callable, decode_pool: ThreadPoolExecutor, embed_query_text: Callable,
-                          embed_query_image: Callable, read_image_form: Callable) -> None:
+                          require_key: Callable, errors: Callable, decode_pool: ThreadPoolExecutor,
+                          embed_query_text: Callable, embed_query_image: Callable, read_image_form: Callable) -> None:
     """The collection routes, on the app that serves the embedding routes (they share the models,
-    the auth dependency, the decode threads and the limits)."""
+    the auth dependency, the decode threads and the limits). `errors(*statuses)` documents a
+    route's error statuses (401 added where keys are required)."""
     guard = [Depends(require_key)]
 
     def result(served: ServedCollection, hit) -> SearchResult:
@@ -197,7 +153,8 @@ def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry,
         return SearchResponse(collection=served.name, space=c.space, query=query,
                               results=[result(served, h) for h in hits])
 
-    @app.get("/v1/collections", dependencies=guard, response_model=CollectionList)
+    @app.get("/v1/collections", dependencies=guard, response_model=CollectionList, responses=errors(),
+             summary="The collections, with their space, model and counts")
     async def list_collections() -> CollectionList:
         data = []
         for served in collections.items.values():
@@ -210,7 +167,9 @@ def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry,
                 status=served.status if not served.error else f"failed: {served.error}"))
         return CollectionList(data=data)
 
-    @app.post("/v1/collections/{name}/search", dependencies=guard, response_model=SearchResponse)
+    @app.post("/v1/collections/{name}/search", dependencies=guard, response_model=SearchResponse,
+              responses=errors(400, 404, 413, 422, 429, 503),
+              summary="Search a collection by text or by one of its items")
     async def search_text_or_like(name: str, body: SearchRequest) -> SearchResponse:
         served = collections.get(name)
         if body.like is not None:
@@ -218,7 +177,10 @@ def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry,
         vector = await embed_query_text(registry.get(served.slot_name), body.text)
         return await search(served, {"text": body.text}, vector, None, body)
 
-    @app.post("/v1/collections/{name}/search/image", dependencies=guard, response_model=SearchResponse)
+    @app.post("/v1/collections/{name}/search/image", dependencies=guard, response_model=SearchResponse,
+              responses=errors(400, 404, 413, 415, 422, 429, 503), summary="Search a collection by an uploaded image",
+              openapi_extra={"requestBody": {"required": True,
+                                             "content": {"multipart/form-data": {"schema": SEARCH_IMAGE_FORM}}}})
     async def search_image(name: str, request: Request) -> SearchResponse:
         served = collections.get(name)
         form, uploads = await read_image_form(request, field="image")
@@ -233,15 +195,22 @@ def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry,
                                          f"image ({upload.filename or 'unnamed'})")
         return await search(served, {"image": upload.filename or "image"}, vector, None, filters)
 
-    @app.get("/v1/collections/{name}/items/{item_id}", dependencies=guard)
+    @app.get("/v1/collections/{name}/items/{item_id}", dependencies=guard, response_model=ItemResponse,
+             responses=errors(404, 422, 503), summary="An item's metadata")
     async def item(name: str, item_id: str) -> dict[str, Any]:
         served = collections.get(name)
         hit = _item(served, item_id)
         return {**hit.to_dict(), "thumbnail": _thumbnail_url(served.name, hit.id)}
 
-    @app.get("/v1/collections/{name}/items/{item_id}/thumbnail", dependencies=guard,
-             responses={200: {"content": {"image/jpeg": {}}}})
-    async def thumbnail(name: str, item_id: str, size: int = 256) -> Response:
+    # response_class=Response: the JPEG is the only 200 body, and the errors stay documented as JSON
+    @app.get("/v1/collections/{name}/items/{item_id}/thumbnail", dependencies=guard, response_class=Response,
+             responses={200: {"description": "a JPEG of the item, at most `size` pixels on its longer side",
+                              "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+                        **errors(404, 422, 503)},
+             summary="A small JPEG of an item")
+    async def thumbnail(name: str, item_id: str,
+                        size: int = Query(256, description=f"longer side in pixels, clamped to 16..{THUMBNAIL_MAX}")
+                        ) -> Response:
         served = collections.get(name)
         hit = _item(served, item_id)
         size = max(16, min(int(size), THUMBNAIL_MAX))

@@ -1,4 +1,6 @@
-"""Errors the API returns: JSON `{"detail": message}` with the right status and headers."""
+"""Errors the API returns: JSON `{"detail": message}` (schemas.ErrorResponse) with the right status
+and headers. A route lists the statuses it can raise in its `responses=` (schemas.error_responses),
+so /openapi.json documents them."""
 
 from __future__ import annotations
 

@@ -19,13 +19,11 @@ import warnings
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable, TypeVar
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
-
-T = TypeVar("T")
 
 # The variables torchrun exports; anything else (SLURM, MPI) must be mapped onto these first.
 _REQUIRED_WHEN_DISTRIBUTED = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -156,15 +154,6 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
-def broadcast_object(obj: T, env: DistEnv, src: int = 0) -> T:
-    """Rank `src`'s `obj` (any picklable value) on every rank; the other ranks' `obj` is ignored."""
-    if not env.is_distributed:
-        return obj
-    box = [obj if env.rank == src else None]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]  # type: ignore[return-value]
-
-
 def gather_with_grad(x: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """Concatenate every rank's `x` along dim 0 (rank order), keeping the autograd graph.
 
@@ -219,7 +208,7 @@ def check_global_batch(global_batch: int, world_size: int, grad_cache_chunk: int
     The global batch (the number of in-batch negatives + 1) is what the config promises; each rank
     holds global_batch / world_size samples and, with gradient caching, encodes them in chunks of
     grad_cache_chunk. A chunk that does not divide the per-rank batch would work numerically
-    (grad_cache_step handles a short last chunk) but gives every step a second input shape, which
+    (cached_backward handles a short last chunk) but gives every step a second input shape, which
     costs a recompile under torch.compile and a second autotuning pass in cuDNN, so it is refused
     here as a configuration error.
     """
@@ -243,16 +232,3 @@ def check_global_batch(global_batch: int, world_size: int, grad_cache_chunk: int
                 f"the gradient-cache chunk {grad_cache_chunk} does not divide the per-process batch "
                 f"{per_rank}{where}: choose a divisor of {per_rank}")
     return per_rank
-
-
-def shard_roles(n_roles_per_rank: int, env: DistEnv) -> list[int]:
-    """The global data roles (worker streams) this rank owns.
-
-    The job has world_size * n_roles_per_rank roles; rank r owns r*n .. r*n+n-1, so no two ranks
-    read the same samples and the split is fixed by (rank, n) alone, the same rule
-    data.shards.ImageTextStream applies.
-    """
-    if n_roles_per_rank < 1:
-        raise ValueError(f"each rank needs at least one data role, got {n_roles_per_rank}")
-    first = env.rank * n_roles_per_rank
-    return list(range(first, first + n_roles_per_rank))

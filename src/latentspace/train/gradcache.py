@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
 import torch
-from torch import Tensor, nn
-
-from latentspace.train.loss import contrastive_loss
+from torch import Tensor
 
 # What a trainable encoder eats: a tensor (images, token ids), a list (captions) or a mapping of
 # tensors (a tokenizer's output). Anything sliceable along its first dimension works.
@@ -63,52 +61,16 @@ class Trainable:
 Tower = Union[Trainable, Tensor]
 
 
-def grad_cache_step(
-    image_encoder: Encoder,
-    images: Tensor,
-    *,
-    logit_scale: nn.Module,
-    chunk: int,
-    text_emb: Tensor | None = None,
-    text_encoder: Encoder | None = None,
-    texts: Batch | None = None,
-    gather: Callable[[Tensor], Tensor] = identity,
-    loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] = contrastive_loss,
-) -> float:
-    """One image-text contrastive backward pass with gradient caching; returns the loss.
-
-    The text side is either frozen (`text_emb`: precomputed embeddings, no gradient) or trainable
-    (`text_encoder` applied to `texts`, chunked like the images). `gather` maps this rank's
-    embeddings to the global batch's, e.g. functools.partial(gather_with_grad, env=env); the loss
-    is `loss_fn(all_image_emb, all_text_emb, logit_scale())`.
-
-    Gradients are accumulated into .grad (zero them before); the caller steps the optimizer.
-    Encoders that are DDP modules are synchronised once, on their last chunk (see cached_backward).
-    """
-    text = _text_tower(text_emb, text_encoder, texts)
-    towers = [Trainable(image_encoder, images), text]
-    loss = cached_backward(towers, lambda img, txt: loss_fn(img, txt, logit_scale()), chunk, gather)
-    return float(loss)
-
-
-def _text_tower(text_emb: Tensor | None, text_encoder: Encoder | None, texts: Batch | None) -> Tower:
-    if text_emb is not None:
-        if text_encoder is not None or texts is not None:
-            raise ValueError("give either text_emb (a frozen text tower) or text_encoder and texts, not both")
-        return text_emb
-    if text_encoder is None or texts is None:
-        raise ValueError("the text side needs text_emb (frozen) or both text_encoder and texts (trainable)")
-    return Trainable(text_encoder, texts)
-
-
 def cached_backward(towers: Sequence[Tower], loss_fn: Callable[..., Tensor], chunk: int,
                     gather: Callable[[Tensor], Tensor] = identity) -> Tensor:
     """Back-propagate loss_fn(*gathered embeddings of towers) in chunks; return the detached loss.
 
-    The general form behind grad_cache_step, for losses over any number of towers (Three Towers'
-    frozen third tower is a Tensor entry; a text-text loss is two Trainable entries that share an
-    encoder). Every tower's per-rank embeddings go through `gather` before the loss, fixed ones
-    included, so every rank sees the whole global batch.
+    Any number of towers: an image-text loss is a Trainable image tower and a text tower (Trainable,
+    or a Tensor of a frozen tower's embeddings); Three Towers' frozen third tower is a Tensor
+    entry; a text-text loss is two Trainable entries that share an encoder. Every tower's per-rank
+    embeddings go through `gather` (e.g. functools.partial(gather_with_grad, env=env)) before the
+    loss, fixed ones included, so every rank sees the whole global batch. Gradients accumulate
+    into .grad (zero them before).
 
     DDP: each encoder is called directly, so an encoder that is a DistributedDataParallel module
     (or an FSDP one, or a function calling one of those, named by Trainable.synced) runs its

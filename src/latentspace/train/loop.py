@@ -9,7 +9,6 @@ text-only pairs.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -34,12 +32,13 @@ from latentspace.data.text_pairs import TextPairs
 from latentspace.models.model_dir import load_vision, save_model_dir
 from latentspace.models.text_tower import TextTower
 from latentspace.models.vision_tower import VisionTower
+from latentspace.progress import progress_for, shown
 from latentspace.space import SpaceIdentity, check_same_space
 from latentspace.train.checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from latentspace.train.distributed import (
     average_gradients, barrier, check_global_batch, gather_with_grad, init_distributed, shutdown)
 from latentspace.train.gradcache import Trainable, cached_backward
-from latentspace.train.optim import param_groups
+from latentspace.train.optim import param_groups, warmup_cosine_schedule
 from latentspace.train.recipes import FrozenImageTower, RecipeLoss, RecipeSpec, fill_image_cache
 from latentspace.train.sharding import (
     clip_grad_norm, full_state_dict, is_sharded, load_full_state_dict, load_optimizer_state_dict,
@@ -47,16 +46,6 @@ from latentspace.train.sharding import (
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
-
-
-def warmup_cosine(warmup: int, total: int, floor: float):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 @dataclass
@@ -82,17 +71,11 @@ def fill_text_cache(cfg: RunConfig, text: TextTower, urls: list[str], console: C
     todo = cache.missing(iter_captions(urls, cfg.data.caption))
     if todo:
         console.print(f"[bold]text cache[/]: embedding {len(todo)} new caption(s) once with the frozen text tower")
-        with _progress(console) as bar:
-            task = bar.add_task("captions", total=len(todo), stats="")
+        with shown(progress_for(console, what="captions"), len(todo)) as progress:
             cache.fill(todo, lambda c: text.encode(c, cfg.text.caption_task),
-                       batch_size=cfg.text.batch_size, on_progress=lambda n: bar.advance(task, n))
+                       batch_size=cfg.text.batch_size, on_progress=progress.advance)
     console.print(f"text cache: {len(cache)} caption(s) at {cache.dir}")
     return cache
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
 
 
 class Trainer:
@@ -136,8 +119,7 @@ class Trainer:
             groups += param_groups(self.text, o.weight_decay, lr=o.text_lr)
         self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps,
                                            fused=self.device.type == "cuda")
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(o.warmup_steps, cfg.train.steps, o.min_lr_ratio))
+        self.scheduler = warmup_cosine_schedule(self.optimizer, o.warmup_steps, cfg.train.steps, o.min_lr_ratio)
         self.step = 0
         self.positions: dict[int, StreamPosition] = {}
         self.next_role = 0
@@ -213,10 +195,8 @@ class Trainer:
     def _fill_image_cache(self, what: str, tower: FrozenImageTower, root: str) -> TextEmbeddingCache:
         """A frozen image tower's embeddings of every training image, computed once."""
         cache = TextEmbeddingCache(root, tower.identity, "image")
-        with _progress(self.console) as bar:
-            task = bar.add_task(what, total=None, stats="")
-            added = fill_image_cache(cache, self.urls, tower, self.cfg.text.batch_size,
-                                     on_progress=lambda n: bar.advance(task, n))
+        with shown(progress_for(self.console, what="images", verb=f"{what}: embedded"), None) as progress:
+            added = fill_image_cache(cache, self.urls, tower, self.cfg.text.batch_size, on_progress=progress.advance)
         self.console.print(f"{what}: {len(cache)} image embedding(s) cached at {cache.dir} ({added} new)")
         return cache
 
@@ -246,10 +226,7 @@ class Trainer:
         # Same config but a text model directory whose contents changed: a different space.
         check_same_space(SpaceIdentity.from_dict(state["space"]), self.text.space, what=f"checkpoint {self.checkpoint_path}")
         load_full_state_dict(self.vision, state["vision"])
-        if "loss" in state:
-            self.loss_fn.load_state_dict(state["loss"])
-        else:  # checkpoints from before recipes held only the image-text temperature
-            self.loss_fn.scale.load_state_dict(state["logit_scale"])
+        self.loss_fn.load_state_dict(state["loss"])
         if self.spec.train_text:
             load_full_state_dict(self.text, state["text"])
         load_optimizer_state_dict(self._trained_modules(), self.optimizer, state["optimizer"])
@@ -273,9 +250,8 @@ class Trainer:
 
     def _restore_data_position(self, data: dict) -> None:
         positions = {int(k): StreamPosition(**v) for k, v in data["positions"].items()}
-        next_role = data["next_role"]
-        next_role = {0: next_role} if isinstance(next_role, int) else {int(k): v for k, v in next_role.items()}
-        if data.get("roles", self.roles_per_rank) == self.n_roles:  # same split: exact resume
+        next_role = {int(k): v for k, v in data["next_role"].items()}
+        if data["roles"] == self.n_roles:  # same split: exact resume
             self.positions, self.next_role = positions, int(next_role.get(self.env.rank, 0))
             return
         # Another number of processes or workers splits the shards differently, so no stream can
@@ -283,7 +259,7 @@ class Trainer:
         epoch = 1 + max((p.epoch for p in positions.values()), default=0)
         self.positions = {role: StreamPosition(epoch=epoch) for role in range(self.n_roles)}
         self.next_role = 0
-        self.console.print(f"[yellow]the checkpoint was written by {data.get('roles')} data stream(s), this run has "
+        self.console.print(f"[yellow]the checkpoint was written by {data['roles']} data stream(s), this run has "
                            f"{self.n_roles}: weights and optimizer resume exactly; data restarts at epoch {epoch}[/]")
 
     def _truncate_metrics(self, step: int) -> None:
@@ -414,14 +390,14 @@ class Trainer:
         start, t0 = self.step, time.perf_counter()
         window_t, window_n, loss = time.perf_counter(), 0, float("nan")
         log_path = self.out / METRICS_NAME if self.env.is_main else Path(os.devnull)
-        with _progress(self.console) as bar, open(log_path, "a") as log:
-            task = bar.add_task("train", total=t.steps, completed=self.step, stats="")
+        # Only rank 0's console prints (the others' are quiet), so one process reports the job.
+        steps = progress_for(self.console, what="steps", verb="trained")
+        with shown(steps, t.steps, done=self.step), open(log_path, "a") as log:
             for batch in self._loader():
                 if self.step >= t.steps:
                     break
                 loss = self.train_step(batch)
                 window_n += len(batch["captions"]) * self.env.world_size
-                bar.update(task, completed=self.step)
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     ips = window_n / max(1e-9, time.perf_counter() - window_t)
                     window_t, window_n = time.perf_counter(), 0
@@ -430,7 +406,8 @@ class Trainer:
                               "skipped": self.skipped, "time": round(time.time(), 3)}
                     log.write(json.dumps(record) + "\n")
                     log.flush()
-                    bar.update(task, stats=f"loss {loss:.3f}  {ips:.0f} img/s")
+                    steps.describe(f"loss {loss:.3f}, {ips:.0f} images/s")
+                steps.advance()  # after the log, so a progress line shows this step's loss
                 if self.step % t.checkpoint_every == 0 or self.step == t.steps:
                     self._save()
         if self.step < t.steps:

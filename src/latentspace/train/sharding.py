@@ -80,9 +80,6 @@ def optimizer_state_dict(modules: dict[str, nn.Module], optimizer: torch.optim.O
 
 
 def load_optimizer_state_dict(modules: dict[str, nn.Module], optimizer: torch.optim.Optimizer, state: dict) -> None:
-    if _keyed_by_position(state):  # written before checkpoints keyed the state by parameter name
-        optimizer.load_state_dict(state)
-        return
     holder = nn.ModuleDict(modules)
     set_optimizer_state_dict(holder, optimizer, state, options=_options(holder, loading=True))
 
@@ -93,10 +90,6 @@ def _options(holder: nn.Module, loading: bool = False) -> StateDictOptions:
     # the text-pair temperature before the first text step) has no AdamW state to restore, as
     # torch's own Optimizer.load_state_dict allows.
     return StateDictOptions(full_state_dict=sharded, cpu_offload=sharded and not loading, strict=not loading)
-
-
-def _keyed_by_position(state: dict) -> bool:
-    return any(isinstance(p, int) for group in state.get("param_groups", []) for p in group["params"])
 
 
 def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float:

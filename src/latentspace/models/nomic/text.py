@@ -37,9 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -48,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentspace import atomic
 from latentspace.models.nomic.weights import CheckpointError, load_strict, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -669,7 +668,7 @@ def load_nomic_text(directory: str | Path, *, rotary_scaling_factor: float | Non
     state = normalise_text_keys(read_state_dict(directory))
     config = NomicTextConfig.from_hf_dict(raw, state_keys=set(state))
     # Build without initialising (meta), then give it uninitialised storage: every parameter is
-    # overwritten by the strict load below, so random init would be wasted time (~1 s at 137 M).
+    # overwritten by the strict load below, so random init would be wasted time.
     with torch.device("meta"):
         model = NomicBertText(config, rotary_scaling_factor=rotary_scaling_factor)
     model = model.to_empty(device="cpu")
@@ -707,18 +706,7 @@ def save_nomic_text(module: NomicBertText, directory: str | Path) -> Path:
             config = {}  # unreadable: replaced whole
     config.update(module.config.to_hf_dict())
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(text))
+    with atomic.replacing(directory / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic.write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return directory
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,321 @@
+"""The API's bodies as Pydantic models: what clients send, what the server answers, and what
+/openapi.json documents for every route and status.
+
+Embedding responses are written with orjson straight from the float32 arrays (serve/app.py
+`_json`), not through these models: their routes declare the model with `response_model=` and
+return a ready Response, which FastAPI sends as is, so a large float list is never validated per
+request. tests/serve/test_openapi.py and test_schema_fuzz.py check that what is sent matches
+what is declared.
+
+Response models leave `additionalProperties` open (Pydantic's default): a client must ignore
+fields it does not know, which is how fields get added without breaking anyone.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from latentspace.inputs import TASK_TYPES
+
+TaskType = Literal["search_document", "search_query", "classification", "clustering"]
+assert set(get_args(TaskType)) == set(TASK_TYPES)  # one list of task types, checked here
+
+ModelState = Literal["loading", "ready", "failed", "dead"]
+
+
+def _unicode(value: str) -> str:
+    # A lone UTF-16 surrogate ("\ud800") is legal in JSON but is not text: code that encodes the
+    # string as UTF-8 (the collection filters, in Arrow) would fail on it with a 500. It is
+    # refused here, with a 422 that says what is wrong.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode: a lone UTF-16 surrogate at character {e.start}") from None
+    return value
+
+
+UnicodeStr = Annotated[str, AfterValidator(_unicode)]
+
+
+# -- requests ----------------------------------------------------------------------------------------
+class _Lenient(BaseModel):
+    # Unknown fields are ignored, not refused: clients written for Nomic's or OpenAI's API send
+    # fields (user, max_tokens_per_text, ...) that change nothing here.
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextRequest(_Lenient):
+    """Nomic's text embedding request."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["a red heart", "a rocket"],
+                                                               "task_type": "search_query"}]})
+
+    texts: list[str] = Field(..., min_length=1, description="the texts to embed, in order")
+    model: str | None = Field(None, description="a served model's id (GET /v1/models); may be left out "
+                                                "when the server serves one model")
+    task_type: TaskType = Field("search_document", description="the prefix the model puts before each text")
+    dimensionality: int | None = Field(None, ge=1, description="keep the first N dimensions (Matryoshka), "
+                                                               "then re-normalise; at most the model's dimension")
+    long_text_mode: Literal["truncate", "mean"] = Field(
+        "truncate", description="texts over the model's token limit: cut, or embed in pieces and average")
+
+
+class OpenAIRequest(_Lenient):
+    """OpenAI's embeddings request."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"input": "a red heart"}, {"input": ["a cat", "a dog"], "encoding_format": "base64"}]})
+
+    input: str | list[str] = Field(..., description="one text, or a non-empty list of texts")
+    model: str | None = Field(None, description="a served model's id; may be left out when the server serves one")
+    dimensions: int | None = Field(None, ge=1, description="keep the first N dimensions, then re-normalise")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: each vector as little-endian float32 bytes, base64-encoded")
+    task_type: TaskType = Field("search_document", description="an extension; OpenAI's API has no task types")
+
+
+class SearchFilters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(20, ge=1, le=500, description="how many results")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="leave out results scoring below this")
+    path_prefix: UnicodeStr | None = Field(None, description="only items whose path, URL, shard or key starts with "
+                                                             "this")
+    caption_contains: UnicodeStr | None = Field(None, description="only items whose caption contains this (any case)")
+
+
+class SearchRequest(SearchFilters):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "a red circle", "k": 5}]})
+
+    text: str | None = Field(None, description="search by this text (embedded as a search_query)")
+    like: UnicodeStr | None = Field(None, description="search by this item of the collection (its id)")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.text is None) == (self.like is None):
+            raise ValueError("give exactly one of text (a query) or like (an item id)")
+        return self
+
+
+# The form routes read their bodies themselves (to keep their own limits and messages), so FastAPI
+# cannot see their fields: these schemas document them (`openapi_extra`).
+IMAGE_FORM: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string", "description": "a served model's id; may be left out when the server serves one"},
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                   "description": "one file part per image (PNG, JPEG, WebP, GIF or BMP)"},
+        "urls": {"type": "array", "items": {"type": "string"},
+                 "description": "images the server fetches (only with --allow-urls)"},
+        "dimensionality": {"type": "integer", "minimum": 1, "description": "keep the first N dimensions"},
+    },
+}
+IMAGE_URL_FORM: dict[str, Any] = {
+    "type": "object",
+    "properties": {key: IMAGE_FORM["properties"][key] for key in ("model", "urls", "dimensionality")},
+}
+
+
+def _form_field(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model field's schema as a form field: a form cannot send null, so an optional field is
+    its non-null type (left out to mean "none")."""
+    field = {k: v for k, v in schema.items() if k not in ("title", "anyOf", "default")}
+    if "anyOf" in schema:
+        (field_type,) = [option for option in schema["anyOf"] if option != {"type": "null"}]
+        field.update(field_type)
+    if schema.get("default") is not None:
+        field["default"] = schema["default"]
+    return field
+
+
+SEARCH_IMAGE_FORM: dict[str, Any] = {
+    "type": "object",
+    "required": ["image"],
+    "properties": {
+        "image": {"type": "string", "format": "binary", "description": "the query image"},
+        **{name: _form_field(schema) for name, schema in SearchFilters.model_json_schema()["properties"].items()},
+    },
+}
+
+
+# -- responses -----------------------------------------------------------------------------------------
+class ErrorResponse(BaseModel):
+    """Every error, whatever its status."""
+
+    detail: str = Field(..., description="what went wrong, and what to do about it")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(..., description="tokens embedded (0 for images)")
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    """Nomic's embedding response."""
+
+    embeddings: list[list[float]] = Field(..., description="one unit vector per input, in order")
+    usage: Usage
+    model: str = Field(..., description="the model that embedded them")
+    space: str = Field(..., description="the latent space the vectors are in (beyond Nomic's shape): vectors "
+                                        "are comparable only within one space")
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(..., description="the vector; a base64 string with encoding_format=base64")
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    """OpenAI's embeddings response."""
+
+    object: Literal["list"]
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: Usage
+    space: str = Field(..., description="the latent space the vectors are in (an extension)")
+
+
+class ModelStatus(BaseModel):
+    status: ModelState
+    error: str | None = Field(None, description="why a model failed or its worker stopped")
+
+
+class Identity(BaseModel):
+    name: str
+    fingerprint: str
+    dim: int
+
+
+class ModelInfo(BaseModel):
+    """One served model. A model that has not loaded has only id, object, kind, status (and error)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(..., description="what clients pass as `model`")
+    object: Literal["model"]
+    kind: str | None = Field(..., description="the model family; null until it loads")
+    status: ModelState
+    error: str | None = Field(None, description="why the model failed or its worker stopped")
+    owned_by: str | None = None
+    name: str | None = None
+    space: str | None = None
+    identity: Identity | None = None
+    dimension: int | None = None
+    modalities: list[Literal["text", "image"]] | None = None
+    max_tokens: int | None = None
+    task_types: list[str] | None = Field(None, description="the task types it takes (its prompt names)")
+    text_backend: str | None = Field(None, description="the runtime text forwards run on")
+    text_backend_reason: str | None = None
+    image_backend: str | None = Field(None, description="the runtime image forwards run on")
+    image_backend_reason: str | None = None
+    image_batch: int | None = Field(None, description="images per forward on that runtime")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelInfo]
+
+
+class UserResponse(BaseModel):
+    """What Nomic's client checks its key against; nothing else reads it."""
+
+    id: str
+    organizations: list[dict[str, Any]]
+    default_organization: str | None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unavailable"] = Field(..., description="ok: every model and collection is ready")
+    models: dict[str, ModelStatus]
+    collections: dict[str, Literal["loading", "ready", "failed"]] | None = Field(
+        None, description="present when the server has collections")
+
+
+class SearchResult(BaseModel):
+    id: str
+    score: float
+    path: str | None
+    url: str | None
+    caption: str | None
+    width: int | None
+    height: int | None
+    thumbnail: str = Field(..., description="the URL of the item's thumbnail on this server")
+
+
+class SearchResponse(BaseModel):
+    collection: str
+    space: str
+    query: dict[str, str] = Field(..., description="what was searched by: text, like or image")
+    results: list[SearchResult]
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    space: str
+    model: str
+    served_model: str | None
+    items: int
+    dim: int
+    search: str
+    skipped: int
+    updated: str | None = None
+    status: str
+
+
+class CollectionList(BaseModel):
+    object: str = "list"
+    data: list[CollectionInfo]
+
+
+class ItemResponse(BaseModel):
+    """An item's metadata, as the collection recorded it."""
+
+    id: str
+    score: float | None = Field(..., description="null here (items are not scored)")
+    path: str | None
+    url: str | None
+    caption: str | None
+    key: str
+    shard: str | None
+    offset: int | None
+    length: int | None
+    width: int | None
+    height: int | None
+    sha256: str | None
+    size: int | None
+    mtime_ns: int | None
+    thumbnail: str
+
+
+# -- error responses, for a route's `responses=` ----------------------------------------------------------
+_ERRORS = {
+    400: "the request cannot be served as sent: an undecodable image, no images, a model without this "
+         "modality, a URL refused or not fetched",
+    401: "no API key, or not a key this server accepts",
+    404: "no such model, collection or item",
+    413: "too many items, too large a body or too many pixels",
+    415: "not a content type or image format this route reads",
+    422: "a body, field or parameter that is not valid",
+    429: "the model's queue is full: retry after Retry-After seconds",
+    503: "the model or collection is still loading (retry after Retry-After seconds), failed, or its worker "
+         "stopped",
+}
+_HEADERS = {
+    401: {"WWW-Authenticate": {"description": "the scheme to authenticate with (Bearer)",
+                               "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}},
+    503: {"Retry-After": {"description": "seconds to wait (sent when a retry can help)", "schema": {"type": "string"}}},
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries documenting `statuses` with the ErrorResponse body."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        out[status] = {"model": ErrorResponse, "description": _ERRORS[status]}
+        if status in _HEADERS:
+            out[status]["headers"] = _HEADERS[status]
+    return out
