@@ -285,7 +285,7 @@ def main() -> None:
         text_reference = text_model.embed_texts(texts, "search_query")
     print(f"raw batched forwards: images ({backend}, batch {batch}) {image_raw:.2f}/s; "
           f"text (batch 32, {np.mean([len(i) for i in ids]):.0f} tokens on average) {text_raw:.1f}/s")
-    del image_model, text_model
+    image_model = text_model = None  # free the weights before the servers load theirs
 
     def table(title: str, results: dict) -> None:
         print(f"\n{title}, one item per request:")

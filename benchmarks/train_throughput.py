@@ -314,7 +314,7 @@ def fill_cache(text_cfg: TextTowerConfig, captions: list[str], device: torch.dev
     task = text_cfg.caption_task
     cache = TextEmbeddingCache(workdir / "text_cache", text.space, task)
     cache.fill(captions, lambda c: text.encode(c, task))
-    del text
+    text = None  # the tower is no longer needed: free it before the timed steps
     return cache
 
 

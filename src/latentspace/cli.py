@@ -399,14 +399,17 @@ def ablate(
     batch_size: int = typer.Option(256, min=2),
     recipe: Optional[List[str]] = typer.Option(None, help="run only these recipes (repeatable); default all six"),
     text_lr: float = typer.Option(2e-5, help="learning rate of trainable text towers"),
+    seeds: int = typer.Option(3, min=1, help="runs per recipe (seeds 0..N-1); the table shows mean ± standard "
+                                             "deviation over them"),
 ) -> None:
-    """Train the six recipes from the same start with the same budget on the emoji corpus; one table."""
+    """Train the six recipes from the same start with the same budget on the emoji corpus, each with
+    several seeds; one table of mean ± standard deviation."""
     from latentspace.ablate import print_ablation, run_ablation
     from latentspace.config import RECIPES
 
     try:
         rows = run_ablation(artifacts, steps=steps, batch_size=batch_size, recipes=list(recipe or RECIPES),
-                            text_lr=text_lr, console=console)
+                            text_lr=text_lr, seeds=seeds, console=console)
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         _fail(e)
     print_ablation(rows, Console())

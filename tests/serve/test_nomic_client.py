@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-nomic = pytest.importorskip("nomic", reason="the official Nomic client is not installed (pip install nomic)")
+pytest.importorskip("nomic", reason="the official Nomic client is not installed (pip install nomic)")
 import nomic.cli  # noqa: E402
 import nomic.embed  # noqa: E402
 import requests  # noqa: E402 - a dependency of nomic's, not of latentspace's

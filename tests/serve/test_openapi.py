@@ -268,3 +268,15 @@ def test_a_model_that_failed_to_load_answers_503_in_the_documented_shape(tmp_pat
         text = client.post("/v1/embedding/text", json={"texts": ["x"]})
         assert text.status_code == 503 and "failed to load" in text.json()["detail"]
         schema["/v1/embedding/text"]["POST"].validate_response(text)
+
+
+def test_an_unexpected_error_answers_500_in_the_documented_shape(app, client, monkeypatch):
+    def broken():
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app.state.registry, "statuses", broken)
+    # the test client re-raises server errors by default; a real server answers them
+    monkeypatch.setattr(client._transport, "raise_server_exceptions", False)
+    response = client.get("/v1/models", headers=AUTH)
+    assert response.status_code == 500
+    assert ErrorResponse.model_validate(response.json()).detail.startswith("internal error")

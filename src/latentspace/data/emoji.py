@@ -287,7 +287,10 @@ def build_emoji_corpus(
     if not train_styles or set(train_styles) - set(styles) or len(set(train_styles)) < len(train_styles):
         raise ValueError(f"train_styles {train_styles}: need one or more different styles out of {styles}")
     if eval_style not in styles or eval_style in train_styles:
-        raise ValueError(f"eval_style {eval_style!r}: need a style out of {styles} that is not trained on")
+        unseen = [s for s in styles if s not in train_styles]
+        raise ValueError(f"eval_style {eval_style!r}: the main evaluation style must be one not trained on, "
+                         f"out of {unseen}" if unseen else f"train_styles {train_styles}: leave at least one "
+                         "style out of training, to evaluate on")
     if not 0.0 <= heldout_fraction < 1.0 or samples_per_shard < 1:
         raise ValueError("need 0 <= heldout_fraction < 1 and samples_per_shard >= 1")
 
@@ -298,6 +301,7 @@ def build_emoji_corpus(
     for style, (spec, integrity) in pinned.items():
         integrity = (expected_integrity or {}).get(style, integrity)
         packages[style] = {"spec": spec, "integrity": integrity, "licence": STYLE_LICENCES[style]}
+    packages[OPENMOJI]["renderer"] = openmoji.renderer()
     params = {
         "format": CORPUS_FORMAT,
         "train_styles": train_styles,
@@ -422,9 +426,8 @@ def _build(root: Path, params: dict, paths: dict[str, Path], svgs: dict[str, byt
     say(f"rendering {OPENMOJI} images")
     with_variants = OPENMOJI in train_styles and params["include_skin_tones"]  # only training uses variants
     openmoji_files = _openmoji_files(svgs, concepts, with_variants)
-    with shown(track("images", f"rendered {OPENMOJI}"), len(openmoji_files)) as progress:
-        images, failed = openmoji.rasterise({image: svgs[stem] for image, stem in openmoji_files.items()},
-                                            _IMAGE_SIZE, workers=render_workers, advance=progress.advance)
+    images, failed = openmoji.rasterise({image: svgs[stem] for image, stem in openmoji_files.items()}, _IMAGE_SIZE,
+                                        workers=render_workers, progress=track("images", f"rendered {OPENMOJI}"))
     art[OPENMOJI] = _Art(OPENMOJI, images, check_claims=False)
 
     say("writing training shards")

