@@ -64,8 +64,11 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 def machine_lines() -> list[str]:
     """The header every collection benchmark prints: what machine the numbers are from."""
-    return [f"CPU: {cpu_model()} ({platform.machine()})", f"torch threads: {torch.get_num_threads()}",
-            f"fp32 matmul 2048x2048: {matmul_gflops():.1f} GFLOP/s (best of 5)"]
+    return [
+        f"CPU: {cpu_model()} ({platform.machine()})",
+        f"torch threads: {torch.get_num_threads()}",
+        f"fp32 matmul 2048x2048: {matmul_gflops():.1f} GFLOP/s (best of 5)",
+    ]
 
 
 def write_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
@@ -110,17 +113,38 @@ def quickstart_model(work: Path) -> str:
     cfg = load_config(packaged_config(), ["data.train_shards=unused"])
     text = TextTower(cfg.text)
     vision = VisionTower(cfg.vision, text.dim)
-    return str(save_model_dir(work / "quickstart-untrained", vision, text=cfg.text, space=text.space,
-                              preprocess=Preprocess(cfg.vision.image_size), logit_scale=14.0))
+    return str(
+        save_model_dir(
+            work / "quickstart-untrained",
+            vision,
+            text=cfg.text,
+            space=text.space,
+            preprocess=Preprocess(cfg.vision.image_size),
+            logit_scale=14.0,
+        )
+    )
 
 
 def vit_b16_model(work: Path) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     import fakes
 
-    return str(fakes.make_hf_clip(work / "clip-vit-b16", seed=0, width=768, layers=12, heads=12, image_size=224,
-                                  patch_size=16, projection_dim=512, text_width=512, text_layers=12, text_heads=8,
-                                  text_positions=77))
+    return str(
+        fakes.make_hf_clip(
+            work / "clip-vit-b16",
+            seed=0,
+            width=768,
+            layers=12,
+            heads=12,
+            image_size=224,
+            patch_size=16,
+            projection_dim=512,
+            text_width=512,
+            text_layers=12,
+            text_heads=8,
+            text_positions=77,
+        )
+    )
 
 
 def time_raw_forward(model, paths: list[Path], batch_size: int) -> float:
@@ -197,8 +221,11 @@ def main() -> None:
     try:
         t = time.perf_counter()
         all_paths = write_images(work / "images", max(args.images, args.vit_images), size)  # type: ignore[arg-type]
-        print(f"{len(all_paths)} JPEGs of {args.image_size} written in {time.perf_counter() - t:.0f} s; "
-              f"batch size {args.batch_size}, {available_cpus()} CPUs", flush=True)
+        print(
+            f"{len(all_paths)} JPEGs of {args.image_size} written in {time.perf_counter() - t:.0f} s; "
+            f"batch size {args.batch_size}, {available_cpus()} CPUs",
+            flush=True,
+        )
         for name in args.models:
             count = args.images if name == "quickstart" else args.vit_images
             folder = work / f"images-{name}"
@@ -219,28 +246,46 @@ def main() -> None:
                 runs["alternative"].append(time_alternative(spec, paths, work, args.batch_size))
             best = {k: max(v) for k, v in runs.items()}
             median = {k: statistics.median(v) for k, v in runs.items()}
-            print(f"\n{name} ({model.kind}, {model.dim}-d), {count} images, {repeats} interleaved run(s); "
-                  f"images/s best (median):", flush=True)
-            labels = {"raw": "raw batched forward, preprocessed tensors",
-                      "decode1": "read+decode+preprocess only, 1 thread", "decode":
-                      f"read+decode+preprocess only, {max(2, available_cpus())} threads",
-                      "build": "collection build (everything)", "alternative": "alternative (embed.image loop + np.save)"}
+            print(
+                f"\n{name} ({model.kind}, {model.dim}-d), {count} images, {repeats} interleaved run(s); "
+                f"images/s best (median):",
+                flush=True,
+            )
+            labels = {
+                "raw": "raw batched forward, preprocessed tensors",
+                "decode1": "read+decode+preprocess only, 1 thread",
+                "decode": f"read+decode+preprocess only, {max(2, available_cpus())} threads",
+                "build": "collection build (everything)",
+                "alternative": "alternative (embed.image loop + np.save)",
+            }
             for key, label in labels.items():
                 print(f"  {label:48s} {best[key]:8.1f} ({median[key]:.1f})")
             ratios = {key: (best["build"] / best[key], median["build"] / median[key]) for key in ("raw", "alternative")}
             ceiling = min(best["raw"], best["decode"])
-            print(f"  build / raw forward {ratios['raw'][0]:.2f}x ({ratios['raw'][1]:.2f}x); build / min(raw, decode) "
-                  f"{best['build'] / ceiling:.2f}x; build / alternative {ratios['alternative'][0]:.2f}x "
-                  f"({ratios['alternative'][1]:.2f}x)", flush=True)
-            print(f"  decoding on {max(2, available_cpus())} threads runs {best['decode'] / best['decode1']:.2f}x one thread "
-                  "(the parallelism this machine gave the pipeline during the run)")
+            print(
+                f"  build / raw forward {ratios['raw'][0]:.2f}x ({ratios['raw'][1]:.2f}x); build / min(raw, decode) "
+                f"{best['build'] / ceiling:.2f}x; build / alternative {ratios['alternative'][0]:.2f}x "
+                f"({ratios['alternative'][1]:.2f}x)",
+                flush=True,
+            )
+            print(
+                f"  decoding on {max(2, available_cpus())} threads runs "
+                f"{best['decode'] / best['decode1']:.2f}x one thread "
+                "(the parallelism this machine gave the pipeline during the run)"
+            )
             results.append((name, ratios["raw"][0], best["build"] / ceiling, ratios["alternative"][0]))
             del model
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()
-    print("best runs: " + "; ".join(f"{name}: build {r:.2f}x raw forward ({c:.2f}x the slower of forward and decoding), "
-                    f"{a:.2f}x the embed.image loop" for name, r, c, a in results))
+    print(
+        "best runs: "
+        + "; ".join(
+            f"{name}: build {r:.2f}x raw forward ({c:.2f}x the slower of forward and decoding), "
+            f"{a:.2f}x the embed.image loop"
+            for name, r, c, a in results
+        )
+    )
 
 
 if __name__ == "__main__":

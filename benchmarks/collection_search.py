@@ -42,8 +42,10 @@ def unit(x: np.ndarray) -> np.ndarray:
 def make_data(kind: str, rows: int, queries: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     if kind == "uniform":
-        return (unit(rng.standard_normal((rows, dim), dtype=np.float32)),
-                unit(rng.standard_normal((queries, dim), dtype=np.float32)))
+        return (
+            unit(rng.standard_normal((rows, dim), dtype=np.float32)),
+            unit(rng.standard_normal((queries, dim), dtype=np.float32)),
+        )
     centres = unit(rng.standard_normal((max(1, rows // 100), dim), dtype=np.float32))
 
     def draw(n: int) -> np.ndarray:
@@ -66,7 +68,9 @@ def exact_truth(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return truth
 
 
-def exact_latency(data: np.ndarray, queries: np.ndarray, sizes: list[int], k: int = 10) -> dict[int, tuple[float, float]]:
+def exact_latency(
+    data: np.ndarray, queries: np.ndarray, sizes: list[int], k: int = 10
+) -> dict[int, tuple[float, float]]:
     """p50/p99 ms of one exact query (matrix-vector product + top-k) over the first n rows."""
     out = {}
     for n in sizes:
@@ -105,8 +109,11 @@ def main() -> None:
     args = ap.parse_args()
     for line in machine_lines():
         print(line)
-    print(f"faiss HNSW M={args.M} efConstruction={args.ef_construction}; collections use {HNSW_PARAMS}; "
-          f"exact search up to rows*dim = {EXACT_MAX_FLOATS:,}", flush=True)
+    print(
+        f"faiss HNSW M={args.M} efConstruction={args.ef_construction}; collections use {HNSW_PARAMS}; "
+        f"exact search up to rows*dim = {EXACT_MAX_FLOATS:,}",
+        flush=True,
+    )
 
     headline = []
     for dim in args.dims:
@@ -114,31 +121,44 @@ def main() -> None:
             gc.collect()
             t = time.perf_counter()
             data, queries = make_data(kind, args.rows, args.queries, dim)
-            print(f"\n== {kind}, {args.rows:,} x {dim} ({data.nbytes / 2**30:.2f} GiB float32; generated in "
-                  f"{time.perf_counter() - t:.0f} s)", flush=True)
+            print(
+                f"\n== {kind}, {args.rows:,} x {dim} ({data.nbytes / 2**30:.2f} GiB float32; generated in "
+                f"{time.perf_counter() - t:.0f} s)",
+                flush=True,
+            )
             sizes = [n for n in (10_000, 100_000, 1_000_000) if n <= args.rows]
             exact = exact_latency(data, queries, sizes)
             for n, (p50, p99) in exact.items():
-                print(f"exact search, {n:>9,} rows: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms "
-                      f"({n * dim / 1e6:.1f}M floats; {'exact' if n * dim <= EXACT_MAX_FLOATS else 'HNSW'} "
-                      f"in a collection)", flush=True)
+                print(
+                    f"exact search, {n:>9,} rows: p50 {p50:7.2f} ms  p99 {p99:7.2f} ms "
+                    f"({n * dim / 1e6:.1f}M floats; {'exact' if n * dim <= EXACT_MAX_FLOATS else 'HNSW'} "
+                    f"in a collection)",
+                    flush=True,
+                )
             largest = max(exact)
             per_float = exact[largest][0] / (largest * dim)
-            print(f"threshold: exact up to {EXACT_MAX_FLOATS / 1e6:.0f}M floats = {EXACT_MAX_FLOATS // dim:,} rows of "
-                  f"{dim} dims, where exact search takes ~{per_float * EXACT_MAX_FLOATS:.1f} ms (p50 per float at "
-                  f"{largest:,} rows x the threshold); above it HNSW", flush=True)
+            print(
+                f"threshold: exact up to {EXACT_MAX_FLOATS / 1e6:.0f}M floats = {EXACT_MAX_FLOATS // dim:,} rows of "
+                f"{dim} dims, where exact search takes ~{per_float * EXACT_MAX_FLOATS:.1f} ms (p50 per float at "
+                f"{largest:,} rows x the threshold); above it HNSW",
+                flush=True,
+            )
             t = time.perf_counter()
             truth = exact_truth(data, queries, 10)
-            print(f"ground truth (exact, batched) for {len(queries)} queries: {time.perf_counter() - t:.1f} s", flush=True)
+            print(
+                f"ground truth (exact, batched) for {len(queries)} queries: {time.perf_counter() - t:.1f} s", flush=True
+            )
 
             t = time.perf_counter()
             params = HnswParams(M=args.M, ef_construction=args.ef_construction)
             index = HnswIndex.build(data, np.arange(len(data)), params)
             build_s = time.perf_counter() - t
             vectors_gb, graph_gb = index_memory(index)
-            print(f"HNSW build: {build_s:.0f} s ({len(data) / build_s:,.0f} rows/s); index memory "
-                  f"{vectors_gb + graph_gb:.2f} GiB (its copy of the vectors {vectors_gb:.2f} + graph {graph_gb:.2f})",
-                  flush=True)
+            print(
+                f"HNSW build: {build_s:.0f} s ({len(data) / build_s:,.0f} rows/s); index memory "
+                f"{vectors_gb + graph_gb:.2f} GiB (its copy of the vectors {vectors_gb:.2f} + graph {graph_gb:.2f})",
+                flush=True,
+            )
             best = None
             for ef in args.ef:
                 lat, found = [], []
@@ -150,8 +170,11 @@ def main() -> None:
                 recall = float(np.mean([len(set(f.tolist()) & set(g.tolist())) / 10 for f, g in zip(found, truth)]))
                 p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
                 ok = recall >= 0.95 and p50 <= 5 and p99 <= 20
-                print(f"efSearch {ef:4d}: recall@10 {recall:.3f}  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
-                      f"{'  <- meets the goals' if ok else ''}", flush=True)
+                print(
+                    f"efSearch {ef:4d}: recall@10 {recall:.3f}  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
+                    f"{'  <- meets the goals' if ok else ''}",
+                    flush=True,
+                )
                 if ok and best is None:
                     best = (ef, recall, p50, p99)
             headline.append((kind, dim, best))

@@ -55,8 +55,9 @@ def main() -> None:
 
     def run(workers: int):
         start = time.perf_counter()
-        result = evaluate_task(model, task_root / spec.name, spec, batch_size=args.batch_size, progress=False,
-                               workers=workers)
+        result = evaluate_task(
+            model, task_root / spec.name, spec, batch_size=args.batch_size, progress=False, workers=workers
+        )
         return time.perf_counter() - start, result
 
     _, reference = run(0)  # warm-up: fills the prompt cache and the page cache
@@ -65,21 +66,30 @@ def main() -> None:
         for workers in seconds:
             elapsed, result = run(workers)
             if (result.metrics, result.n_samples, result.skipped_reasons) != (
-                    reference.metrics, reference.n_samples, reference.skipped_reasons):
+                reference.metrics,
+                reference.n_samples,
+                reference.skipped_reasons,
+            ):
                 raise SystemExit(f"results differ with {workers} workers: {result} vs {reference}")
             seconds[workers].append(elapsed)
 
     n = reference.n_samples
-    print(f"task {spec.name}: {n} images, batch {args.batch_size}, model {model.name}, "
-          f"torch threads {torch.get_num_threads()}; results identical in every run")
+    print(
+        f"task {spec.name}: {n} images, batch {args.batch_size}, model {model.name}, "
+        f"torch threads {torch.get_num_threads()}; results identical in every run"
+    )
     for workers, times in seconds.items():
         median = statistics.median(times)
-        print(f"{workers} workers: median {median:.2f} s ({n / median:.0f} images/s), best {min(times):.2f} s, "
-              f"runs {[round(t, 2) for t in times]}")
+        print(
+            f"{workers} workers: median {median:.2f} s ({n / median:.0f} images/s), best {min(times):.2f} s, "
+            f"runs {[round(t, 2) for t in times]}"
+        )
     median_ratio = statistics.median(seconds[0]) / statistics.median(seconds[args.workers])
     best_ratio = min(seconds[0]) / min(seconds[args.workers])
-    print(f"speed-up from {args.workers} decoding workers over in-process decoding: "
-          f"{median_ratio:.2f}x (medians), {best_ratio:.2f}x (best runs)")
+    print(
+        f"speed-up from {args.workers} decoding workers over in-process decoding: "
+        f"{median_ratio:.2f}x (medians), {best_ratio:.2f}x (best runs)"
+    )
 
 
 def _model(path: Path) -> PairedModel:

@@ -116,9 +116,11 @@ def main() -> None:
     tokens = int(mask.sum())
     print(f"cpu: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"fp32 matmul 2048x2048: {matmul_gflops():.0f} GFLOP/s")
-    print(f"model: {args.size} ({config.hidden} wide, {config.layers} layers, {config.heads} heads, "
-          f"MLP {config.inner}); batch {args.batch} x {args.max_len} padded, {tokens} real tokens; "
-          f"{args.repeats} alternating runs each")
+    print(
+        f"model: {args.size} ({config.hidden} wide, {config.layers} layers, {config.heads} heads, "
+        f"MLP {config.inner}); batch {args.batch} x {args.max_len} padded, {tokens} real tokens; "
+        f"{args.repeats} alternating runs each"
+    )
     for name, ts in times.items():
         print(f"{name:>12}: median {statistics.median(ts) * 1e3:8.1f} ms, best {min(ts) * 1e3:8.1f} ms")
     print(f"max |delta| over real tokens: {delta:.3g} (output scale {float(want.abs().max()):.3g})")

@@ -36,8 +36,15 @@ def main() -> None:
     result = run_quickstart(artifacts)
     total = time.perf_counter() - t
     report = json.loads(result.eval_json.read_text())
-    print(json.dumps({"stages_s": {k: round(v, 1) for k, v in result.seconds.items()}, "total_s": round(total, 1),
-                      "main_metrics": {t["name"]: t["metrics"][t["main_metric"]] for t in report["tasks"]}}))
+    print(
+        json.dumps(
+            {
+                "stages_s": {k: round(v, 1) for k, v in result.seconds.items()},
+                "total_s": round(total, 1),
+                "main_metrics": {t["name"]: t["metrics"][t["main_metric"]] for t in report["tasks"]},
+            }
+        )
+    )
     print(f"quickstart took {total:.0f} s of a {BUDGET_S:.0f} s budget: {total / BUDGET_S:.2f}x")
 
 

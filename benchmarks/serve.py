@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import fakes  # noqa: E402  (writes the random model directories and draws the test images)
-
 from latentspace.data.images import decode_image  # noqa: E402
 from latentspace.models.load import load  # noqa: E402
 from latentspace.serve.backends import Choice, cpu_info  # noqa: E402
 from latentspace.serve.models import auto_image_backend, image_forward  # noqa: E402
+
+import fakes  # noqa: E402  (writes the random model directories and draws the test images)
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -69,6 +69,7 @@ def free_port() -> int:
 
 # -- inputs -----------------------------------------------------------------------------------------
 
+
 def make_images(n: int, size: int) -> list[bytes]:
     out = []
     for i in range(n):
@@ -80,18 +81,56 @@ def make_images(n: int, size: int) -> list[bytes]:
 def make_texts(n: int) -> list[str]:
     """Sentences of 6 to 40 words: what a search box and a document chunker send."""
     rng = np.random.default_rng(0)
-    words = ("red green blue heart cat dog pizza rocket rain snow music market city river night photo of a the "
-             "with on under small large old new bright dark happy quiet fast").split()
+    words = [
+        "red",
+        "green",
+        "blue",
+        "heart",
+        "cat",
+        "dog",
+        "pizza",
+        "rocket",
+        "rain",
+        "snow",
+        "music",
+        "market",
+        "city",
+        "river",
+        "night",
+        "photo",
+        "of",
+        "a",
+        "the",
+        "with",
+        "on",
+        "under",
+        "small",
+        "large",
+        "old",
+        "new",
+        "bright",
+        "dark",
+        "happy",
+        "quiet",
+        "fast",
+    ]
     return [f"{i}: " + " ".join(rng.choice(words, int(rng.integers(6, 41)))) for i in range(n)]
 
 
 def multipart(model: str, image: bytes, boundary: str) -> bytes:
-    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"x.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    return (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
 
 
 # -- a lean HTTP/1.1 keep-alive client ------------------------------------------------------------
+
 
 @dataclass
 class Request:
@@ -109,8 +148,10 @@ class Connection:
     async def send(self, request: Request) -> bytes:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        head = (f"POST {request.path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {request.content_type}\r\n"
-                f"Content-Length: {len(request.body)}\r\n\r\n").encode()
+        head = (
+            f"POST {request.path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {request.content_type}\r\n"
+            f"Content-Length: {len(request.body)}\r\n\r\n"
+        ).encode()
         self.writer.write(head + request.body)
         status = await self.reader.readline()
         length = 0
@@ -163,6 +204,7 @@ def run_levels(port: int, image_requests, text_requests, levels: list[int], rows
 
 # -- servers --------------------------------------------------------------------------------------
 
+
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 900) -> None:
     import httpx
 
@@ -181,22 +223,55 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 900) -> None
 
 def ours(args, image_spec: str, text_spec: str, images, texts, levels) -> dict:
     port = free_port()
-    cmd = [sys.executable, "-m", "latentspace", "serve", "--model", f"img={image_spec}", "--model", f"txt={text_spec}",
-           "--port", str(port), "--image-backend", args.image_backend, "--max-batch-images", str(args.batch),
-           "--max-queue-items", "4096", "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "latentspace",
+        "serve",
+        "--model",
+        f"img={image_spec}",
+        "--model",
+        f"txt={text_spec}",
+        "--port",
+        str(port),
+        "--image-backend",
+        args.image_backend,
+        "--max-batch-images",
+        str(args.batch),
+        "--max-queue-items",
+        "4096",
+        "--log-level",
+        "warning",
+    ]
     if args.image_precision:
         cmd += ["--image-precision", args.image_precision]
     proc = subprocess.Popen(cmd, stdout=open(Path(args.out) / "ours.log", "w"), stderr=subprocess.STDOUT)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", proc)
         boundary = uuid.uuid4().hex
-        image_requests = [Request("/v1/embedding/image", multipart("img", images[i % len(images)], boundary),
-                                  f"multipart/form-data; boundary={boundary}") for i in range(args.image_requests)]
-        text_requests = [Request("/v1/embedding/text", orjson.dumps({"model": "txt", "texts": [texts[i % len(texts)]],
-                                                                     "task_type": "search_query"}), "application/json")
-                         for i in range(args.text_requests)]
-        return run_levels(port, image_requests, text_requests, levels,
-                          lambda kind, bodies: [orjson.loads(b)["embeddings"][0] for b in bodies])
+        image_requests = [
+            Request(
+                "/v1/embedding/image",
+                multipart("img", images[i % len(images)], boundary),
+                f"multipart/form-data; boundary={boundary}",
+            )
+            for i in range(args.image_requests)
+        ]
+        text_requests = [
+            Request(
+                "/v1/embedding/text",
+                orjson.dumps({"model": "txt", "texts": [texts[i % len(texts)]], "task_type": "search_query"}),
+                "application/json",
+            )
+            for i in range(args.text_requests)
+        ]
+        return run_levels(
+            port,
+            image_requests,
+            text_requests,
+            levels,
+            lambda kind, bodies: [orjson.loads(b)["embeddings"][0] for b in bodies],
+        )
     finally:
         proc.terminate()
         proc.wait(30)
@@ -206,21 +281,54 @@ def infinity(args, image_dir: Path, text_dir: Path, images, texts, levels) -> di
     import base64
 
     port = free_port()
-    cmd = [args.infinity, "v2", "--model-id", str(image_dir), "--model-id", str(text_dir),
-           "--served-model-name", "img", "--served-model-name", "txt", "--device", "cpu", "--engine", "torch",
-           "--engine", "torch", "--batch-size", str(args.batch), "--batch-size", str(args.batch), "--port", str(port)]
+    cmd = [
+        args.infinity,
+        "v2",
+        "--model-id",
+        str(image_dir),
+        "--model-id",
+        str(text_dir),
+        "--served-model-name",
+        "img",
+        "--served-model-name",
+        "txt",
+        "--device",
+        "cpu",
+        "--engine",
+        "torch",
+        "--engine",
+        "torch",
+        "--batch-size",
+        str(args.batch),
+        "--batch-size",
+        str(args.batch),
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd, stdout=open(Path(args.out) / "infinity.log", "w"), stderr=subprocess.STDOUT)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", proc)
         uris = ["data:image/png;base64," + base64.b64encode(b).decode() for b in images]
-        image_requests = [Request("/embeddings", orjson.dumps({"model": "img", "input": [uris[i % len(uris)]],
-                                                               "modality": "image"}), "application/json")
-                          for i in range(args.image_requests)]
+        image_requests = [
+            Request(
+                "/embeddings",
+                orjson.dumps({"model": "img", "input": [uris[i % len(uris)]], "modality": "image"}),
+                "application/json",
+            )
+            for i in range(args.image_requests)
+        ]
         # (a plain BERT directory has no task prefixes, so both servers embed exactly these texts)
-        text_requests = [Request("/embeddings", orjson.dumps({"model": "txt", "input": [texts[i % len(texts)]]}),
-                                 "application/json") for i in range(args.text_requests)]
-        return run_levels(port, image_requests, text_requests, levels,
-                          lambda kind, bodies: [orjson.loads(b)["data"][0]["embedding"] for b in bodies])
+        text_requests = [
+            Request("/embeddings", orjson.dumps({"model": "txt", "input": [texts[i % len(texts)]]}), "application/json")
+            for i in range(args.text_requests)
+        ]
+        return run_levels(
+            port,
+            image_requests,
+            text_requests,
+            levels,
+            lambda kind, bodies: [orjson.loads(b)["data"][0]["embedding"] for b in bodies],
+        )
     finally:
         proc.terminate()
         proc.wait(30)
@@ -232,6 +340,7 @@ def min_cosine(answers: list, reference: torch.Tensor) -> float:
 
 
 # -- main -----------------------------------------------------------------------------------------
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,12 +359,26 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     cpu = cpu_info()
-    print(f"machine: {cpu.summary()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"fp32 matmul {matmul_gflops():.0f} GFLOP/s")
+    print(
+        f"machine: {cpu.summary()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"fp32 matmul {matmul_gflops():.0f} GFLOP/s"
+    )
     clip_dir, bert_dir = out / "clip-vit-b16-random", out / "bert-base-random"
     if not clip_dir.exists():
-        fakes.make_hf_clip(clip_dir, seed=0, width=768, layers=12, heads=12, image_size=224, patch_size=16,
-                           projection_dim=512, text_width=512, text_layers=12, text_heads=8, text_positions=77)
+        fakes.make_hf_clip(
+            clip_dir,
+            seed=0,
+            width=768,
+            layers=12,
+            heads=12,
+            image_size=224,
+            patch_size=16,
+            projection_dim=512,
+            text_width=512,
+            text_layers=12,
+            text_heads=8,
+            text_positions=77,
+        )
     if not bert_dir.exists():
         fakes.make_st_bert(bert_dir)
     images, texts = make_images(32, args.image_size), make_texts(256)
@@ -264,8 +387,10 @@ def main() -> None:
     image_model, text_model = load(str(clip_dir)), load(str(bert_dir))
     pixels = torch.stack([image_model.preprocess_image(decode_image(b)) for b in images])
     choice = auto_image_backend(image_model)  # what the server will find in the cache
-    print(f"\nimage backends, raw forward of 8 probe images ({image_model.name}"
-          f"{', cached calibration' if choice.cached else ''}):")
+    print(
+        f"\nimage backends, raw forward of 8 probe images ({image_model.name}"
+        f"{', cached calibration' if choice.cached else ''}):"
+    )
     for m in choice.measurements:
         speed = f"{m.items_per_s:7.2f} images/s, cosine {m.min_cosine:.5f}" if m.items_per_s else ""
         print(f"  {m.name:<17} {speed}{'  (' + m.skipped + ')' if m.skipped else ''}")
@@ -276,15 +401,20 @@ def main() -> None:
         reference = F.normalize(image_model.image_rows(pixels), dim=-1)
         forward = image_forward(image_model, Choice(*backend.split("-"), reason=""))
         forward(pixels[:batch])
-        image_raw = len(pixels) / min(_timed(lambda: [forward(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
-                                      for _ in range(2))
+        image_raw = len(pixels) / min(
+            _timed(lambda: [forward(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]) for _ in range(2)
+        )
         ids = text_model.tokenize(texts, "search_query")
         text_model.text_rows(ids[:32])
-        text_raw = len(ids) / min(_timed(lambda: [text_model.text_rows_by_length(ids[i:i + 32])
-                                                  for i in range(0, len(ids), 32)]) for _ in range(2))
+        text_raw = len(ids) / min(
+            _timed(lambda: [text_model.text_rows_by_length(ids[i : i + 32]) for i in range(0, len(ids), 32)])
+            for _ in range(2)
+        )
         text_reference = text_model.embed_texts(texts, "search_query")
-    print(f"raw batched forwards: images ({backend}, batch {batch}) {image_raw:.2f}/s; "
-          f"text (batch 32, {np.mean([len(i) for i in ids]):.0f} tokens on average) {text_raw:.1f}/s")
+    print(
+        f"raw batched forwards: images ({backend}, batch {batch}) {image_raw:.2f}/s; "
+        f"text (batch 32, {np.mean([len(i) for i in ids]):.0f} tokens on average) {text_raw:.1f}/s"
+    )
     image_model = text_model = None  # free the weights before the servers load theirs
 
     def table(title: str, results: dict) -> None:
@@ -300,16 +430,21 @@ def main() -> None:
     top = max(args.concurrency)
     mine = ours(args, str(clip_dir), str(bert_dir), images, texts, args.concurrency)
     table(f"latentspace serve (images on {backend})", mine)
-    lines = [f"images at {top} clients: {mine[('image', top)][0]:.2f}/s = {mine[('image', top)][0] / image_raw:.2f}x "
-             f"the raw forward", f"text at {top} clients: {mine[('text', top)][0]:.1f}/s = "
-             f"{mine[('text', top)][0] / text_raw:.2f}x the raw batched forward"]
+    lines = [
+        f"images at {top} clients: {mine[('image', top)][0]:.2f}/s = {mine[('image', top)][0] / image_raw:.2f}x "
+        f"the raw forward",
+        f"text at {top} clients: {mine[('text', top)][0]:.1f}/s = "
+        f"{mine[('text', top)][0] / text_raw:.2f}x the raw batched forward",
+    ]
     if args.infinity:
         theirs = infinity(args, clip_dir, bert_dir, images, texts, args.concurrency)
         table("infinity-emb (torch engine)", theirs)
         for kind in ("image", "text"):
             ratio = mine[(kind, top)][0] / theirs[(kind, top)][0]
-            lines.append(f"{kind} at {top} clients: {ratio:.2f}x infinity-emb ({theirs[(kind, top)][0]:.2f}/s); p99 "
-                         f"{mine[(kind, top)][2] * 1000:.0f} ms vs {theirs[(kind, top)][2] * 1000:.0f} ms")
+            lines.append(
+                f"{kind} at {top} clients: {ratio:.2f}x infinity-emb ({theirs[(kind, top)][0]:.2f}/s); p99 "
+                f"{mine[(kind, top)][2] * 1000:.0f} ms vs {theirs[(kind, top)][2] * 1000:.0f} ms"
+            )
     print("\nheadline:\n  " + "\n  ".join(lines))
 
 

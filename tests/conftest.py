@@ -15,6 +15,8 @@ def _backend_cache(tmp_path_factory):
     """Image-backend calibrations (serve --image-backend auto) go to a folder of this test run,
     not the user's cache; within the run they are shared, as on a real machine."""
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
 sys.path.insert(0, str(Path(__file__).parent))  # for `import fakes`
 
 
@@ -37,7 +39,8 @@ def nomic_models(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("nomic") / "models"
     for seed, version in enumerate(("v1.5", "v1")):
-        fakes_nomic_text.write_tiny_nomic_text_dir(root / f"nomic-embed-text-{version}", seed=2 * seed,
-                                                   sentence_transformers=True)
+        fakes_nomic_text.write_tiny_nomic_text_dir(
+            root / f"nomic-embed-text-{version}", seed=2 * seed, sentence_transformers=True
+        )
         fakes_nomic_vision.write_tiny_nomic_vision_dir(root / f"nomic-embed-vision-{version}", seed=2 * seed + 1)
     return root

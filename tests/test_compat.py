@@ -15,8 +15,14 @@ import fakes
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, text_tower):
     vision = VisionTower(VisionTowerConfig(**fakes.TINY_VISION), text_tower.dim)
-    return save_model_dir(tmp_path_factory.mktemp("compat") / "model", vision, text=TextTowerConfig(),
-                          space=text_tower.space, preprocess=Preprocess(16), logit_scale=10.0)
+    return save_model_dir(
+        tmp_path_factory.mktemp("compat") / "model",
+        vision,
+        text=TextTowerConfig(),
+        space=text_tower.space,
+        preprocess=Preprocess(16),
+        logit_scale=10.0,
+    )
 
 
 def test_same_text_model_is_compatible_bit_for_bit(model_dir):

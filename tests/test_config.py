@@ -54,8 +54,13 @@ def test_the_published_vit_b16_recipe_config_loads():
     from latentspace.quickstart import packaged_config
 
     cfg = load_config(packaged_config("vit_b16_published"), ["data.train_shards=/tmp/x.tar"])
-    assert (cfg.vision.arch, cfg.vision.patch_size, cfg.vision.image_size, cfg.optim.lr, cfg.optim.warmup_steps) == \
-        ("eva02_base_patch14_224", 16, 224, 1e-3, 2000)  # EVA02-B at patch 16, started from its MIM weights
+    assert (cfg.vision.arch, cfg.vision.patch_size, cfg.vision.image_size, cfg.optim.lr, cfg.optim.warmup_steps) == (
+        "eva02_base_patch14_224",
+        16,
+        224,
+        1e-3,
+        2000,
+    )  # EVA02-B at patch 16, started from its MIM weights
     assert cfg.train.steps * cfg.train.batch_size == pytest.approx(4.5e9, rel=0.01)  # 3 epochs of ~1.5 B pairs
     assert cfg.text.trust_remote_code is False and cfg.text.caption_task == "search_query"
     import timm

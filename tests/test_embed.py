@@ -1,4 +1,3 @@
-
 import pytest
 import torch
 
@@ -54,6 +53,7 @@ def test_bad_inputs_get_clear_errors(model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         embed.image([str(tmp_path / "missing.png")], model=str(model_dir))
     from latentspace.data.images import ImageDecodeError
+
     with pytest.raises(ImageDecodeError, match="corrupt.png"):
         (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n garbage")
         embed.image([str(tmp_path / "corrupt.png")], model=str(model_dir))
@@ -61,7 +61,9 @@ def test_bad_inputs_get_clear_errors(model_dir, tmp_path):
 
 def test_vision_model_refuses_a_text_model_of_another_space(model_dir, tmp_path):
     # Record a different space in a copy of the directory: loading must fail and say why.
-    import json, shutil
+    import json
+    import shutil
+
     other = tmp_path / "other"
     shutil.copytree(model_dir, other)
     cfg = json.loads((other / "config.json").read_text())
@@ -73,6 +75,7 @@ def test_vision_model_refuses_a_text_model_of_another_space(model_dir, tmp_path)
 
 def test_broken_model_directory(model_dir, tmp_path):
     import shutil
+
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
     (broken / "config.json").write_text("{not json")

@@ -18,24 +18,51 @@ def test_corpus_train_eval_embed(tmp_path):
     for style in ("twitter", "google"):
         tarballs[style], integrity[style] = fakes.make_emoji_package(tmp_path / f"{style}.tgz", style)
     openmoji_dir, integrity["openmoji"] = fakes.make_openmoji_dir(tmp_path / "openmoji")
-    corpus = build_emoji_corpus(tmp_path / "emoji", cache_dir=tmp_path / "npm", tarballs=tarballs,
-                                openmoji_dir=openmoji_dir, expected_integrity=integrity, heldout_fraction=0.25)
+    corpus = build_emoji_corpus(
+        tmp_path / "emoji",
+        cache_dir=tmp_path / "npm",
+        tarballs=tarballs,
+        openmoji_dir=openmoji_dir,
+        expected_integrity=integrity,
+        heldout_fraction=0.25,
+    )
     shards = "::".join(str(tmp_path / "emoji" / s) for s in corpus["train_shards"])
 
     config = tmp_path / "tiny.yaml"
     config.write_text(json.dumps({"vision": TINY_VISION, "data": {"train_shards": shards, "workers": 0}}))
     runner = CliRunner()
-    result = runner.invoke(app, ["train", str(config), f"train.output_dir={tmp_path / 'run'}",
-                                 f"train.text_cache_dir={tmp_path / 'cache'}", "train.steps=30",
-                                 "train.batch_size=16", "optim.warmup_steps=3", "optim.lr=3e-3"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(config),
+            f"train.output_dir={tmp_path / 'run'}",
+            f"train.text_cache_dir={tmp_path / 'cache'}",
+            "train.steps=30",
+            "train.batch_size=16",
+            "optim.warmup_steps=3",
+            "optim.lr=3e-3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     model = tmp_path / "run" / "model"
-    losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0]
 
     suite = tmp_path / "emoji" / corpus["eval_suite"]
-    result = runner.invoke(app, ["eval", str(model), "--suite", str(suite), "--out", str(tmp_path / "eval"),
-                                 "--prompt-cache", str(tmp_path / "prompts")])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(model),
+            "--suite",
+            str(suite),
+            "--out",
+            str(tmp_path / "eval"),
+            "--prompt-cache",
+            str(tmp_path / "prompts"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert (tmp_path / "eval" / "report.md").is_file() and (tmp_path / "eval" / "chart.png").stat().st_size > 1000

@@ -48,8 +48,12 @@ def light_python(tmp_path_factory) -> Path:
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, f"plain install failed:\n{done.stdout}\n{done.stderr}"
     return python
 
@@ -63,8 +67,9 @@ def server(tmp_path_factory, text_tower):
 
 
 def test_plain_install_has_no_model_stack(light_python):
-    installed = subprocess.run([str(light_python), "-m", "pip", "list", "--format=json"],
-                               capture_output=True, text=True, check=True)
+    installed = subprocess.run(
+        [str(light_python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True
+    )
     names = {p["name"].lower() for p in json.loads(installed.stdout)}
     assert "latentspace" in names
     assert not names & {"torch", "transformers", "timm", "fastapi", "uvicorn", "pydantic", "typer"}, names
@@ -73,8 +78,12 @@ def test_plain_install_has_no_model_stack(light_python):
 def test_plain_install_embeds_through_a_server(light_python, server, tmp_path):
     picture = tmp_path / "heart.png"
     picture.write_bytes(fakes.png_bytes(fakes.draw("red heart")))
-    done = subprocess.run([str(light_python), "-c", CLIENT_SCRIPT, server.url, KEY, str(picture)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(light_python), "-c", CLIENT_SCRIPT, server.url, KEY, str(picture)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["heavy"] == []  # the client imported none of the model or server stack

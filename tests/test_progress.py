@@ -81,8 +81,9 @@ def test_the_console_decides_the_form():
         progress.describe("loss 1.234, 812 images/s")
         progress.advance()
     # Printed whole (no wrapping at the console's width, no markup parsed out of the text).
-    assert re.fullmatch(r"\[0:00:00\] trained 1/3 steps \([\d.e+]+ steps/s, ETA 0:00:00\) - loss 1.234, 812 images/s\n",
-                        log.getvalue()), log.getvalue()
+    assert re.fullmatch(
+        r"\[0:00:00\] trained 1/3 steps \([\d.e+]+ steps/s, ETA 0:00:00\) - loss 1.234, 812 images/s\n", log.getvalue()
+    ), log.getvalue()
 
     screen = io.StringIO()
     bar = progress_for(Console(file=screen, force_terminal=True, width=160), what="steps", verb="trained")
@@ -105,5 +106,8 @@ def test_training_off_a_terminal_prints_progress_lines(tmp_path, text_tower):
     train(fakes.tiny_config(tmp_path, shards, steps=4), console=Console(file=log, width=80))
     lines = [line for line in log.getvalue().splitlines() if " trained " in line]
     assert lines, log.getvalue()
-    assert re.fullmatch(r"\[\d+:\d\d:\d\d\] trained 4/4 steps \([\d.e+-]+ steps/s, ETA 0:00:00\) - "
-                        r"loss \d+\.\d{3}, \d+ images/s", lines[-1]), lines
+    assert re.fullmatch(
+        r"\[\d+:\d\d:\d\d\] trained 4/4 steps \([\d.e+-]+ steps/s, ETA 0:00:00\) - "
+        r"loss \d+\.\d{3}, \d+ images/s",
+        lines[-1],
+    ), lines

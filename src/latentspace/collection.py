@@ -22,10 +22,22 @@ _lock = threading.Lock()
 _opened: dict[str, Any] = {}
 
 
-def search(collection: str | os.PathLike, *, text: str | None = None, image: Any = None, like: str | None = None,
-           k: int = 10, min_score: float | None = None, path_prefix: str | None = None,
-           caption_contains: str | None = None, model: str | None = None, inference_mode: str | None = None,
-           base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0) -> list[dict[str, Any]]:
+def search(
+    collection: str | os.PathLike,
+    *,
+    text: str | None = None,
+    image: Any = None,
+    like: str | None = None,
+    k: int = 10,
+    min_score: float | None = None,
+    path_prefix: str | None = None,
+    caption_contains: str | None = None,
+    model: str | None = None,
+    inference_mode: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 60.0,
+) -> list[dict[str, Any]]:
     if sum(q is not None for q in (text, image, like)) != 1:
         raise ValueError("give exactly one query: text=, image= or like=")
     mode = inference_mode or ("remote" if base_url else "local")
@@ -35,8 +47,15 @@ def search(collection: str | os.PathLike, *, text: str | None = None, image: Any
         from latentspace.client import client_for
 
         return client_for(base_url, api_key, timeout).search_collection(
-            str(collection), text=text, image=image, like=like, k=k, min_score=min_score,
-            path_prefix=path_prefix, caption_contains=caption_contains)
+            str(collection),
+            text=text,
+            image=image,
+            like=like,
+            k=k,
+            min_score=min_score,
+            path_prefix=path_prefix,
+            caption_contains=caption_contains,
+        )
     from latentspace import embed
     from latentspace.collections import Collection, Filters
 

@@ -63,8 +63,10 @@ def check_compat(model_spec: str, text_spec: str) -> CompatReport:
     model.require("text")
     reference = TextModel(TextTower(model.text.cfg))  # the text model alone, as the model uses it
     if reference.identity != model.identity:
-        return CompatReport(space=None, mismatch=f"{model.name} records space {model.identity}, the text model "
-                                                 f"defines {reference.identity}")
+        return CompatReport(
+            space=None,
+            mismatch=f"{model.name} records space {model.identity}, the text model defines {reference.identity}",
+        )
     task_types = list(reference.task_types)
     diff = max(_max_diff(model, reference, task) for task in task_types)
     return CompatReport(space=model.identity, task_types=task_types, max_abs_diff=diff)
@@ -74,4 +76,3 @@ def _max_diff(model: Embedder, reference: Embedder, task_type: str) -> float:
     ours = model.embed_texts(PROBE_TEXTS, task_type)
     theirs = reference.embed_texts(PROBE_TEXTS, task_type)
     return 0.0 if torch.equal(ours, theirs) else float((ours - theirs).abs().max())
-

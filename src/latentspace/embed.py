@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from latentspace.inputs import TASK_TYPES, check_texts
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # the model stack (torch) is imported only when a model runs 
     from latentspace.models.embedder import Embedder
 
 _lock = threading.Lock()
-_loaded: dict[str, "Embedder"] = {}
+_loaded: dict[str, Embedder] = {}
 
 
 def _resolve(model: str | os.PathLike | None) -> str:
@@ -33,7 +34,7 @@ def _resolve(model: str | os.PathLike | None) -> str:
     return str(model)
 
 
-def load(model: str | os.PathLike | None = None) -> "Embedder":
+def load(model: str | os.PathLike | None = None) -> Embedder:
     """The loaded model for a spec (cached per process)."""
     from latentspace.models.load import load as load_spec
 
@@ -56,9 +57,18 @@ def _response(vectors, model: str, space: str, usage: dict[str, int]) -> dict[st
     return {"embeddings": vectors.tolist(), "usage": usage, "model": model, "space": space}
 
 
-def text(texts: Sequence[str], *, model: str | os.PathLike | None = None, task_type: str = "search_document",
-         dimensionality: int | None = None, long_text_mode: str = "truncate", inference_mode: str | None = None,
-         base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0) -> dict[str, Any]:
+def text(
+    texts: Sequence[str],
+    *,
+    model: str | os.PathLike | None = None,
+    task_type: str = "search_document",
+    dimensionality: int | None = None,
+    long_text_mode: str = "truncate",
+    inference_mode: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
     """Embed texts. task_type: search_document | search_query | classification | clustering.
     long_text_mode: 'truncate' at the model's token limit, or 'mean' over pieces that fit.
 
@@ -74,8 +84,12 @@ def text(texts: Sequence[str], *, model: str | os.PathLike | None = None, task_t
         from latentspace.client import client_for
 
         return client_for(base_url, api_key, timeout).text(
-            texts, model=None if model is None else str(model), task_type=task_type,
-            dimensionality=dimensionality, long_text_mode=long_text_mode)
+            texts,
+            model=None if model is None else str(model),
+            task_type=task_type,
+            dimensionality=dimensionality,
+            long_text_mode=long_text_mode,
+        )
     name = _resolve(model)
     m = load(name)
     prepared = m.prepare_texts(texts, task_type, long_text_mode)  # type: ignore[arg-type]
@@ -84,9 +98,16 @@ def text(texts: Sequence[str], *, model: str | os.PathLike | None = None, task_t
     return _response(vectors, name, m.space, {"prompt_tokens": tokens, "total_tokens": tokens})
 
 
-def image(images: Sequence[Any], *, model: str | os.PathLike | None = None, dimensionality: int | None = None,
-          inference_mode: str | None = None, base_url: str | None = None, api_key: str | None = None,
-          timeout: float = 60.0) -> dict[str, Any]:
+def image(
+    images: Sequence[Any],
+    *,
+    model: str | os.PathLike | None = None,
+    dimensionality: int | None = None,
+    inference_mode: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
     """Embed images given as file paths, bytes or PIL images (any mode); in remote mode also
     http(s) URLs, which the server fetches (if it was started with --allow-urls)."""
     if isinstance(images, (str, bytes, os.PathLike)):
@@ -95,7 +116,8 @@ def image(images: Sequence[Any], *, model: str | os.PathLike | None = None, dime
         from latentspace.client import client_for
 
         return client_for(base_url, api_key, timeout).image(
-            list(images), model=None if model is None else str(model), dimensionality=dimensionality)
+            list(images), model=None if model is None else str(model), dimensionality=dimensionality
+        )
     name = _resolve(model)
     m = load(name)
     vectors = m.embed_images(list(images), dimensionality=dimensionality)

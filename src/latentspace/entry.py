@@ -10,8 +10,11 @@ def main() -> None:
     try:
         from latentspace.cli import main as run
     except ModuleNotFoundError as e:
-        print(f"latentspace: the command line needs the model stack, and {e.name!r} is not installed.\n"
-              "Install it with:  pip install 'latentspace[all]'   (or the extra you need: local, train, eval, "
-              "serve, collections, ray, fast, baselines, pretrained)", file=sys.stderr)
+        print(
+            f"latentspace: the command line needs the model stack, and {e.name!r} is not installed.\n"
+            "Install it with:  pip install 'latentspace[all]'   (or the extra you need: local, train, eval, "
+            "serve, collections, ray, fast, baselines, pretrained)",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
     run()

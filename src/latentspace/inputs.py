@@ -5,7 +5,7 @@ validate texts before sending them, exactly as the server would."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 TASK_TYPES = ("search_document", "search_query", "classification", "clustering")
 
@@ -31,5 +31,6 @@ def check_texts(texts: Sequence[str]) -> list[str]:
             except UnicodeEncodeError as e:
                 raise TextEncodingError(
                     f"text {i} is not valid Unicode: {e.reason} at character {e.start} (a lone UTF-16 "
-                    f"surrogate, e.g. from text cut in the middle of a character); send valid UTF-8 text") from None
+                    f"surrogate, e.g. from text cut in the middle of a character); send valid UTF-8 text"
+                ) from None
     return texts

@@ -117,8 +117,15 @@ class PlainProgress:
     Lines are written from advance(), so a loop stuck inside one item writes nothing until it
     moves; the clock is injectable so tests need not sleep."""
 
-    def __init__(self, emit: Callable[[str], None], *, what: str = "images", verb: str = "embedded",
-                 interval: float = DEFAULT_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        emit: Callable[[str], None],
+        *,
+        what: str = "images",
+        verb: str = "embedded",
+        interval: float = DEFAULT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.emit, self.what, self.verb, self.interval, self.clock = emit, what, verb, interval, clock
         self.total: int | None = None
         self.rate = Rate(clock)
@@ -143,8 +150,10 @@ class PlainProgress:
         count = f"{done}/{total}" if total is not None else f"{done}"
         eta = f", ETA {format_duration(self.rate.eta(total))}" if total is not None else ""
         extra = f" - {self.text}" if self.text else ""
-        return (f"[{format_duration(self.rate.elapsed())}] {self.verb} {count} {self.what} "
-                f"({format_rate(self.rate.per_second(), self.what)}{eta}){extra}")
+        return (
+            f"[{format_duration(self.rate.elapsed())}] {self.verb} {count} {self.what} "
+            f"({format_rate(self.rate.per_second(), self.what)}{eta}){extra}"
+        )
 
     def _write(self) -> None:
         self._last_time, self._last_done = self.clock(), self.rate.done
@@ -166,17 +175,26 @@ class RichProgress:
         self.text = ""
         # The described text is data (a path, a task name): shown as is, never parsed as markup.
         self._bar = bars.Progress(
-            bars.TextColumn("[bold]{task.description}"), bars.BarColumn(), bars.MofNCompleteColumn(),
-            bars.TaskProgressColumn(), bars.TextColumn("{task.fields[rate]}"), bars.TimeElapsedColumn(),
-            bars.TextColumn("ETA"), bars.TimeRemainingColumn(), bars.TextColumn("{task.fields[text]}", markup=False),
-            console=console, transient=False)
+            bars.TextColumn("[bold]{task.description}"),
+            bars.BarColumn(),
+            bars.MofNCompleteColumn(),
+            bars.TaskProgressColumn(),
+            bars.TextColumn("{task.fields[rate]}"),
+            bars.TimeElapsedColumn(),
+            bars.TextColumn("ETA"),
+            bars.TimeRemainingColumn(),
+            bars.TextColumn("{task.fields[text]}", markup=False),
+            console=console,
+            transient=False,
+        )
         self._task = None
 
     def start(self, total: int | None, done: int = 0) -> None:
         self.rate = Rate(done=done)
         self._bar.start()
-        self._task = self._bar.add_task(self.verb, total=total, completed=done,
-                                        rate=format_rate(0.0, self.what), text=self.text)
+        self._task = self._bar.add_task(
+            self.verb, total=total, completed=done, rate=format_rate(0.0, self.what), text=self.text
+        )
 
     def describe(self, text: str) -> None:
         self.text = text  # kept for start() when said before it
@@ -192,8 +210,9 @@ class RichProgress:
         self._bar.stop()
 
 
-def progress_for(console: Console | None, *, what: str = "images", verb: str = "embedded",
-                 interval: float = DEFAULT_INTERVAL) -> Progress:
+def progress_for(
+    console: Console | None, *, what: str = "images", verb: str = "embedded", interval: float = DEFAULT_INTERVAL
+) -> Progress:
     """The right progress for `console`: a bar on a terminal, plain lines otherwise, nothing
     without a console or with a quiet one. `what` names the unit counted ("images", "steps"),
     `verb` what is done to it ("embedded", "trained")."""
@@ -201,5 +220,9 @@ def progress_for(console: Console | None, *, what: str = "images", verb: str = "
         return NullProgress()
     if console.is_terminal:
         return RichProgress(console, what=what, verb=verb)
-    return PlainProgress(lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
-                         what=what, verb=verb, interval=interval)
+    return PlainProgress(
+        lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True),
+        what=what,
+        verb=verb,
+        interval=interval,
+    )

@@ -40,16 +40,20 @@ class QuickstartResult:
 
 def quickstart_config(artifacts: Path, corpus: dict, overrides: list[str]) -> RunConfig:
     shards = [str(Path(corpus["out_dir"]) / s) for s in corpus["train_shards"]]
-    return load_config(packaged_config(), [
-        "data.train_shards=" + "::".join(shards),
-        f"train.output_dir={artifacts / 'quickstart'}",
-        f"train.text_cache_dir={artifacts / 'cache' / 'text'}",
-        *overrides,
-    ])
+    return load_config(
+        packaged_config(),
+        [
+            "data.train_shards=" + "::".join(shards),
+            f"train.output_dir={artifacts / 'quickstart'}",
+            f"train.text_cache_dir={artifacts / 'cache' / 'text'}",
+            *overrides,
+        ],
+    )
 
 
-def run_quickstart(artifacts: Path = Path("artifacts"), overrides: list[str] | None = None,
-                   console: Console | None = None) -> QuickstartResult:
+def run_quickstart(
+    artifacts: Path = Path("artifacts"), overrides: list[str] | None = None, console: Console | None = None
+) -> QuickstartResult:
     console = console or Console()
     seconds: dict[str, float] = {}
 
@@ -57,8 +61,10 @@ def run_quickstart(artifacts: Path = Path("artifacts"), overrides: list[str] | N
     console.rule("[bold]1/4 corpus: emoji art from npm (Twemoji to train, Noto to test)")
     corpus = build_emoji_corpus(artifacts / "emoji", cache_dir=artifacts / "cache" / "npm", console=console)
     c = corpus["counts"]
-    console.print(f"{c['train_images']} training images of {c['train_concepts']} concepts; "
-                  f"{c['heldout_concepts']} concepts held out of training")
+    console.print(
+        f"{c['train_images']} training images of {c['train_concepts']} concepts; "
+        f"{c['heldout_concepts']} concepts held out of training"
+    )
     seconds["corpus"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -98,7 +104,7 @@ def show_matches(model: Embedder, task_dir: Path, console: Console, n_images: in
     table = Table(title="held-out concepts, unseen art style: image -> top-3 names")
     table.add_column("true concept")
     table.add_column("model's top 3")
-    for (img, label), row in zip(picks, image_emb @ class_emb.T):
+    for (_, label), row in zip(picks, image_emb @ class_emb.T):
         top = [names[i] for i in row.topk(3).indices]
         table.add_row(names[label], ", ".join(f"[green]{n}[/]" if n == names[label] else n for n in top))
     console.print(table)

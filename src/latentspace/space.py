@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -32,7 +33,7 @@ class SpaceIdentity:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SpaceIdentity":
+    def from_dict(cls, d: Mapping[str, Any]) -> SpaceIdentity:
         return cls(name=str(d["name"]), fingerprint=str(d["fingerprint"]), dim=int(d["dim"]))
 
 

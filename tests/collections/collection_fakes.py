@@ -23,8 +23,7 @@ from latentspace.space import SpaceIdentity
 
 import fakes
 
-TEXT_COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0),
-                "yellow": (1.0, 1.0, 0.0)}
+TEXT_COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0)}
 
 
 class ColourModel(Embedder):

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from collection_fakes import ColourModel, save_drawing
 
 import fakes
-from collection_fakes import ColourModel, save_drawing
 
 
 @pytest.fixture

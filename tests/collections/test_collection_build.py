@@ -21,8 +21,10 @@ def test_folder_build_counts_and_skips(tmp_path, library, colour_model):
     report = build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS)
     assert report.items == report.images_embedded == 12
     assert report.skipped == 5 and report.index == "exact"
-    reasons = {json.loads(line)["key"]: json.loads(line)["reason"]
-               for line in (tmp_path / "c" / "skipped.jsonl").read_text().splitlines()}
+    reasons = {
+        json.loads(line)["key"]: json.loads(line)["reason"]
+        for line in (tmp_path / "c" / "skipped.jsonl").read_text().splitlines()
+    }
     assert set(reasons) == {"bad/corrupt.png", "bad/empty.jpg", "bad/notes.png", "bad/huge.png", "bad/gone.png"}
     assert "empty file" in reasons["bad/empty.jpg"]
     assert "not a decodable image" in reasons["bad/notes.png"] and "not a decodable image" in reasons["bad/corrupt.png"]
@@ -59,15 +61,21 @@ def test_parts_are_plain_parquet_with_provenance(tmp_path, library, colour_model
 
 def test_float16_parts(tmp_path, library, colour_model):
     build_collection(tmp_path / "f32", colour_model, library, settings=SETTINGS)
-    build_collection(tmp_path / "f16", colour_model, library,
-                     settings=BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4, dtype="float16"))
+    build_collection(
+        tmp_path / "f16",
+        colour_model,
+        library,
+        settings=BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4, dtype="float16"),
+    )
     part = pq.read_table(tmp_path / "f16" / "parts" / "part-000000.parquet")
     kind = part.schema.field("embedding").type
     assert kind.value_type == pa.float16() and kind.list_size == 4
     a, b = Collection.open(tmp_path / "f32"), Collection.open(tmp_path / "f16")
     ids = a.meta.column("id").to_pylist()
     assert np.abs(np.stack([a.vector(i) for i in ids]) - np.stack([b.vector(i) for i in ids])).max() < 1e-3
-    assert [h.id for h in b.search_text(colour_model, "blue", k=3)] == [h.id for h in a.search_text(colour_model, "blue", k=3)]
+    assert [h.id for h in b.search_text(colour_model, "blue", k=3)] == [
+        h.id for h in a.search_text(colour_model, "blue", k=3)
+    ]
     with pytest.raises(ValueError, match="stores float16 vectors"):
         build_collection(tmp_path / "f16", colour_model, library, settings=BuildSettings(dtype="float32"))
 
@@ -82,8 +90,23 @@ def test_cli_build_and_search_json(tmp_path, text_tower):
         images.mkdir(exist_ok=True)
         fakes.draw(concept).save(images / f"{i:02d}.png")
     out = tmp_path / "coll"
-    result = CliRunner().invoke(app, ["collection", "build", "pics", "--model", str(model_dir), "--images", str(images),
-                                      "--out", str(out), "--batch-size", "4", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "collection",
+            "build",
+            "pics",
+            "--model",
+            str(model_dir),
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["items"] == 6 and report["images_embedded"] == 6
@@ -99,7 +122,9 @@ def test_cli_build_and_search_json(tmp_path, text_tower):
 
     like = CliRunner().invoke(app, ["collection", "search", str(out), "--like", lines[0]["id"], "--json"])
     assert like.exit_code == 0 and lines[0]["id"] not in like.stdout and len(like.stdout.splitlines()) == 5
-    by_image = CliRunner().invoke(app, ["collection", "search", str(out), "--image", lines[0]["path"], "--json", "-k", "1"])
+    by_image = CliRunner().invoke(
+        app, ["collection", "search", str(out), "--image", lines[0]["path"], "--json", "-k", "1"]
+    )
     assert json.loads(by_image.stdout)["id"] == lines[0]["id"]
     info = CliRunner().invoke(app, ["collection", "info", str(out), "--json"])
     assert json.loads(info.stdout)["items"] == 6
@@ -113,9 +138,8 @@ def test_one_build_at_a_time(tmp_path, library, colour_model):
     from latentspace.collections import CollectionBusy
     from latentspace.collections.store import build_lock
 
-    with build_lock(tmp_path / "c"):
-        with pytest.raises(CollectionBusy, match="another build is running"):
-            build_collection(tmp_path / "c", colour_model, library)
+    with build_lock(tmp_path / "c"), pytest.raises(CollectionBusy, match="another build is running"):
+        build_collection(tmp_path / "c", colour_model, library)
     assert build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS).items == 12
 
 

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
-import fakes
 from collection_fakes import ColourModel
+
 from latentspace.collections import BuildSettings, build_collection
 from latentspace.collections.ray_engine import PoolShape, UnitFailed, pool_shape  # imports no Ray
 from latentspace.progress import PlainProgress
+
+import fakes
 
 SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
 TESTS = Path(__file__).resolve().parent
@@ -38,8 +39,14 @@ def ray_cluster():
     path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", path)  # the raylet and its workers inherit it
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=200 * 1024 * 1024, logging_level="WARNING")
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=200 * 1024 * 1024,
+            logging_level="WARNING",
+        )
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -77,11 +84,23 @@ def test_ray_build_is_identical_to_local(tmp_path, library, colour_model, ray_cl
     local = build_collection(tmp_path / "local", colour_model, library, name="c", settings=SETTINGS)
     lines: list[str] = []
     shown: list[str] = []
-    remote = build_collection(tmp_path / "ray", colour_model, library, name="c", settings=SETTINGS, engine="ray",
-                              ray_actors=2, log=lines.append, progress=PlainProgress(shown.append, interval=0))
+    remote = build_collection(
+        tmp_path / "ray",
+        colour_model,
+        library,
+        name="c",
+        settings=SETTINGS,
+        engine="ray",
+        ray_actors=2,
+        log=lines.append,
+        progress=PlainProgress(shown.append, interval=0),
+    )
     assert any("2 Ray actor(s) loading 'colour'" in line for line in lines)
-    assert re.fullmatch(r"\[[\d:]+\] embedded (\d+)/\1 images \([\d.]+ images/s, ETA 0:00:00\) - "
-                        r"part 4/4 on [12] Ray actor\(s\)", shown[-1]), shown
+    assert re.fullmatch(
+        r"\[[\d:]+\] embedded (\d+)/\1 images \([\d.]+ images/s, ETA 0:00:00\) - "
+        r"part 4/4 on [12] Ray actor\(s\)",
+        shown[-1],
+    ), shown
     assert remote.parts_embedded == local.parts_embedded == 4 and remote.images_embedded == 12
     assert remote.skipped == local.skipped == 5 and remote.newly_skipped == local.newly_skipped
     assert parts(tmp_path / "ray") == parts(tmp_path / "local") and len(parts(tmp_path / "local")) == 4
@@ -91,8 +110,7 @@ def test_ray_build_is_identical_to_local(tmp_path, library, colour_model, ray_cl
     assert sys.modules["ray"].is_initialized()  # the caller's connection is left as it was
 
     lines.clear()
-    again = build_collection(tmp_path / "ray", colour_model, library, settings=SETTINGS, engine="ray",
-                             log=lines.append)
+    again = build_collection(tmp_path / "ray", colour_model, library, settings=SETTINGS, engine="ray", log=lines.append)
     assert again.parts_embedded == 0 and again.unchanged == 12
     assert not any("Ray" in line for line in lines)  # nothing to embed: no actor started
 
@@ -104,8 +122,10 @@ def test_killed_ray_build_resumes_on_either_engine(tmp_path, ray_cluster):
     model = fakes.make_hf_clip(tmp_path / "model", seed=0)
     images = tmp_path / "images"
     images.mkdir()
-    drawings = {f"{i:03d}.png": fakes.draw(fakes.CONCEPTS[i % len(fakes.CONCEPTS)], size=40 + i, style=i % 2)
-                for i in range(2 * PARTS)}
+    drawings = {
+        f"{i:03d}.png": fakes.draw(fakes.CONCEPTS[i % len(fakes.CONCEPTS)], size=40 + i, style=i % 2)
+        for i in range(2 * PARTS)
+    }
     blocking = f"{PARTS:03d}.png"
     for name, drawing in drawings.items():
         if name == blocking:
@@ -116,9 +136,31 @@ def test_killed_ray_build_resumes_on_either_engine(tmp_path, ray_cluster):
 
     out = tmp_path / "interrupted"
     staging = out / "staging"
-    command = [sys.executable, "-m", "latentspace", "collection", "build", "pics", "--model", str(model),
-               "--images", str(images), "--out", str(out), "--files-per-part", "2", "--batch-size", "1", "--json",
-               "--engine", "ray", "--ray-address", ray_cluster, "--ray-actors", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "latentspace",
+        "collection",
+        "build",
+        "pics",
+        "--model",
+        str(model),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--files-per-part",
+        "2",
+        "--batch-size",
+        "1",
+        "--json",
+        "--engine",
+        "ray",
+        "--ray-address",
+        ray_cluster,
+        "--ray-actors",
+        "1",
+    ]
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -144,8 +186,9 @@ def test_killed_ray_build_resumes_on_either_engine(tmp_path, ray_cluster):
 
     shutil.copytree(out, tmp_path / "by-local")
     for directory, engine in ((out, "ray"), (tmp_path / "by-local", "local")):
-        resumed = build_collection(directory, str(model), images, name="pics", settings=settings, engine=engine,
-                                   ray_actors=1)
+        resumed = build_collection(
+            directory, str(model), images, name="pics", settings=settings, engine=engine, ray_actors=1
+        )
         assert resumed.resumed_plan and resumed.parts_resumed == PARTS // 2, engine
         assert resumed.parts_embedded == PARTS // 2 and resumed.items == 2 * PARTS, engine
         assert parts(directory) == parts(tmp_path / "reference"), engine
@@ -168,8 +211,11 @@ def test_a_deleted_part_is_embedded_again_and_nothing_else(tmp_path, library, co
     assert any("part-000001" in line and "missing" in line for line in lines)
     assert report.parts_embedded == 1 and report.images_embedded == len(lost_keys) and report.items == 12
     assert report.added == len(lost_keys) and report.unchanged == 12 - len(lost_keys) and report.removed == 0
-    assert {p.name: (p.stat().st_ino, p.read_bytes()) for p in (directory / "parts").glob("*.parquet")
-            if p.name != "part-000004.parquet"} == kept  # the others untouched
+    assert {
+        p.name: (p.stat().st_ino, p.read_bytes())
+        for p in (directory / "parts").glob("*.parquet")
+        if p.name != "part-000004.parquet"
+    } == kept  # the others untouched
     new = pq.read_table(directory / "parts" / "part-000004.parquet", columns=["key"]).column("key").to_pylist()
     assert set(new) == lost_keys
     after = manifest(directory)
@@ -192,8 +238,9 @@ def test_local_ray_local_chain_with_a_crashing_actor(tmp_path, library, colour_m
     assert staged == ["part-000000.parquet", "part-000001.parquet"]
 
     with pytest.raises(UnitFailed) as failed:  # one actor, running parts 2, 3, ... in order: dies in part 3
-        build_collection(directory, FailingColour(fail_at=3, crash=True), library, settings=settings,
-                         engine="ray", ray_actors=1)
+        build_collection(
+            directory, FailingColour(fail_at=3, crash=True), library, settings=settings, engine="ray", ray_actors=1
+        )
     message = str(failed.value)
     assert message.startswith("unit part-000003 (3 file(s), ") and "the Ray actor embedding it died" in message
     assert "1 more unit(s) queued on it were not run" in message and "rerun the build to resume" in message
@@ -216,8 +263,22 @@ def test_missing_ray_says_how_to_install_it(tmp_path, library, colour_model, mon
     with pytest.raises(RuntimeError, match=r"pip install 'latentspace\[ray\]'"):
         build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS, engine="ray")
     assert not (tmp_path / "c").exists()  # refused before the model loads or anything is written
-    result = CliRunner().invoke(app, ["collection", "build", "c", "--model", "no-such-model", "--images",
-                                      str(library), "--out", str(tmp_path / "cli"), "--engine", "ray"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "collection",
+            "build",
+            "c",
+            "--model",
+            "no-such-model",
+            "--images",
+            str(library),
+            "--out",
+            str(tmp_path / "cli"),
+            "--engine",
+            "ray",
+        ],
+    )
     assert result.exit_code == 2 and "pip install 'latentspace[ray]'" in result.output
 
 

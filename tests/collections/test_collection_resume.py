@@ -22,8 +22,25 @@ BLOCKING = 2 * PARTS // 2  # the image that blocks: the first of part 10
 
 
 def build_command(model: Path, images: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "latentspace", "collection", "build", "pics", "--model", str(model),
-            "--images", str(images), "--out", str(out), "--files-per-part", "2", "--batch-size", "1", "--json"]
+    return [
+        sys.executable,
+        "-m",
+        "latentspace",
+        "collection",
+        "build",
+        "pics",
+        "--model",
+        str(model),
+        "--images",
+        str(images),
+        "--out",
+        str(out),
+        "--files-per-part",
+        "2",
+        "--batch-size",
+        "1",
+        "--json",
+    ]
 
 
 def run(command: list[str]) -> dict:
@@ -40,8 +57,10 @@ def test_kill_9_then_resume_is_byte_identical(tmp_path):
     model = fakes.make_hf_clip(tmp_path / "model", seed=0)  # tiny, and quick to load in a subprocess
     images = tmp_path / "images"
     images.mkdir()
-    drawings = {f"{i:03d}.png": fakes.draw(fakes.CONCEPTS[i % len(fakes.CONCEPTS)], size=40 + i, style=i % 2)
-                for i in range(2 * PARTS)}
+    drawings = {
+        f"{i:03d}.png": fakes.draw(fakes.CONCEPTS[i % len(fakes.CONCEPTS)], size=40 + i, style=i % 2)
+        for i in range(2 * PARTS)
+    }
     blocking = f"{BLOCKING:03d}.png"
     for name, drawing in drawings.items():
         if name == blocking:

@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from latentspace.collections import (
+    BuildSettings,
+    Collection,
+    CollectionSpaceError,
+    Filters,
+    ItemNotFound,
+    build_collection,
+)
+
 import fakes
-from latentspace.collections import (BuildSettings, Collection, CollectionSpaceError, Filters, ItemNotFound,
-                                     build_collection)
 
 SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
 
@@ -49,7 +56,9 @@ def test_filters_and_min_score(built, colour_model):
     in_sub = built.search_text(colour_model, "red", k=10, filters=Filters(path_prefix="sub/"))
     assert len(in_sub) == 4 and all(h.key.startswith("sub/") for h in in_sub)
     assert colour_of(in_sub[0]) == "red"
-    absolute = built.search_text(colour_model, "red", k=10, filters=Filters(path_prefix=str(built.item(in_sub[0].id).path)))
+    absolute = built.search_text(
+        colour_model, "red", k=10, filters=Filters(path_prefix=str(built.item(in_sub[0].id).path))
+    )
     assert [h.id for h in absolute] == [in_sub[0].id]
     strong = built.search_text(colour_model, "red", k=10, min_score=0.9)
     assert strong and all(h.score >= 0.9 for h in strong) and len(strong) < 10
@@ -109,12 +118,15 @@ def test_hnsw_matches_exact_search(tmp_path, colour_model):
     exact, ann = Collection.open(tmp_path / "exact"), Collection.open(tmp_path / "ann")
     assert exact.info()["search"] == "exact" and ann.info()["search"] == "hnsw"
     for text in ("red", "green", "blue", "yellow"):
-        assert [h.id for h in ann.search_text(colour_model, text, k=5)] == [h.id for h in exact.search_text(colour_model, text, k=5)]
+        assert [h.id for h in ann.search_text(colour_model, text, k=5)] == [
+            h.id for h in exact.search_text(colour_model, text, k=5)
+        ]
     some = exact.meta.column("id")[7].as_py()
     assert [h.id for h in ann.search_like(some, k=5)] == [h.id for h in exact.search_like(some, k=5)]
     prefix = Filters(path_prefix="00")  # 000..009
-    assert [h.id for h in ann.search_text(colour_model, "blue", k=3, filters=prefix)] == \
-        [h.id for h in exact.search_text(colour_model, "blue", k=3, filters=prefix)]
+    assert [h.id for h in ann.search_text(colour_model, "blue", k=3, filters=prefix)] == [
+        h.id for h in exact.search_text(colour_model, "blue", k=3, filters=prefix)
+    ]
 
     # delete the best red match: gone from results although the graph still holds it
     best = ann.search_text(colour_model, "red", k=1)[0]

@@ -9,10 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-import fakes
 from latentspace.cli import app
 from latentspace.collections import Collection, SourceError, UrlsNotAllowed, build_collection
 from latentspace.collections.build import BuildSettings
+
+import fakes
 
 
 def test_shards_with_a_corrupt_sample(tmp_path, colour_model):
@@ -99,20 +100,37 @@ def test_urls_need_allow_urls_and_pass_the_ssrf_guard(tmp_path, colour_model):
             build_collection(tmp_path / "c", colour_model, tmp_path / "urls.csv")
 
         # allowed, but loopback: refused by the same guard as the server, listed, not fatal
-        report = build_collection(tmp_path / "c", colour_model, tmp_path / "urls.csv",
-                                  settings=BuildSettings(allow_urls=True))
+        report = build_collection(
+            tmp_path / "c", colour_model, tmp_path / "urls.csv", settings=BuildSettings(allow_urls=True)
+        )
         assert report.items == 0 and report.skipped == 1
         skip = json.loads((tmp_path / "c" / "skipped.jsonl").read_text())
         assert skip["url"] == url and "loopback" in skip["reason"] and host.hits == []
 
         # an operator's allowed host is fetched; the next build retries refused URLs
-        report = build_collection(tmp_path / "c", colour_model, tmp_path / "urls.csv",
-                                  settings=BuildSettings(allow_urls=True, url_allowed_hosts=("127.0.0.1",)))
+        report = build_collection(
+            tmp_path / "c",
+            colour_model,
+            tmp_path / "urls.csv",
+            settings=BuildSettings(allow_urls=True, url_allowed_hosts=("127.0.0.1",)),
+        )
         assert report.items == 1 and report.skipped == 0 and host.hits == ["/a.png"]
         found = Collection.open(tmp_path / "c")
         hit = found.search_text(colour_model, "blue", k=1)[0]
         assert hit.url == url and hit.path is None and found.read_image_bytes(hit.id) is None
 
-    result = CliRunner().invoke(app, ["collection", "build", "u", "--model", "builtin:all-MiniLM-L6-v2",
-                                      "--images", str(tmp_path / "urls.csv"), "--out", str(tmp_path / "d")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "collection",
+            "build",
+            "u",
+            "--model",
+            "builtin:all-MiniLM-L6-v2",
+            "--images",
+            str(tmp_path / "urls.csv"),
+            "--out",
+            str(tmp_path / "d"),
+        ],
+    )
     assert result.exit_code == 2 and "embeds text only" in result.stderr

@@ -57,16 +57,14 @@ ENTRIES = [
     _entry(1, "1F600", "GRINNING FACE", ["grinning"], SMILEYS, "face-smiling"),
     _entry(2, "1F603", "smiling face with open mouth", ["smiley"], SMILEYS, "face-smiling"),
     _entry(3, "1F47B", "GHOST", ["ghost"], SMILEYS, "face-costume"),
-    _entry(4, "1F44B", "WAVING HAND SIGN", ["wave"], PEOPLE, "hand-fingers-open",
-           variants=["1F3FB", "1F3FD", "1F3FF"]),
-    _entry(5, "1F44D", "THUMBS UP SIGN", ["+1", "thumbsup"], PEOPLE, "hand-fingers-closed",
-           variants=["1F3FB", "1F3FC"]),
+    _entry(4, "1F44B", "WAVING HAND SIGN", ["wave"], PEOPLE, "hand-fingers-open", variants=["1F3FB", "1F3FD", "1F3FF"]),
+    _entry(
+        5, "1F44D", "THUMBS UP SIGN", ["+1", "thumbsup"], PEOPLE, "hand-fingers-closed", variants=["1F3FB", "1F3FC"]
+    ),
     _entry(6, "1F935", "MAN IN TUXEDO", ["person_in_tuxedo"], PEOPLE, "person-role"),
     _entry(7, "1F935-200D-2642-FE0F", "MAN IN TUXEDO", ["man_in_tuxedo"], PEOPLE, "person-role"),
-    _entry(8, "1F91D", "HANDSHAKE", ["handshake"], PEOPLE, "hands",
-           variants=["1F3FB-1F3FF", "1F3FD-1F3FD"]),
-    _entry(9, "1F3FB", "EMOJI MODIFIER FITZPATRICK TYPE-1-2", ["skin-tone-2"], "Component",
-           "skin-tone"),
+    _entry(8, "1F91D", "HANDSHAKE", ["handshake"], PEOPLE, "hands", variants=["1F3FB-1F3FF", "1F3FD-1F3FD"]),
+    _entry(9, "1F3FB", "EMOJI MODIFIER FITZPATRICK TYPE-1-2", ["skin-tone-2"], "Component", "skin-tone"),
     _entry(10, "1F34E", "RED APPLE", ["apple"], FOOD, "food-fruit"),
     _entry(11, "1F34C", "BANANA", ["banana"], FOOD, "food-fruit"),
     _entry(12, "1F355", "SLICE OF PIZZA", ["pizza"], FOOD, "food-prepared"),
@@ -125,8 +123,10 @@ def _integrity(path: Path) -> str:
 
 def _svg(colour: str, shape: str = '<circle cx="36" cy="36" r="23"/>') -> bytes:
     """A tiny OpenMoji-like drawing: a 72-unit canvas, flat colour, black outline."""
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><g fill="{colour}" stroke="#000" '
-            f'stroke-width="2">{shape}</g></svg>').encode()
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><g fill="{colour}" stroke="#000" '
+        f'stroke-width="2">{shape}</g></svg>'
+    ).encode()
 
 
 # OpenMoji names files by code point sequence without FE0F ("1F935-200D-2642" for emoji-datasource's
@@ -272,9 +272,7 @@ def test_load_concepts_cleans_and_disambiguates_names(packages):
 
 def test_build_writes_layout(corpus):
     out_dir, summary = corpus
-    assert json.loads((out_dir / "corpus.json").read_text()) == {
-        k: v for k, v in summary.items() if k != "out_dir"
-    }
+    assert json.loads((out_dir / "corpus.json").read_text()) == {k: v for k, v in summary.items() if k != "out_dir"}
     assert summary["train_shards"] and all((out_dir / p).exists() for p in summary["train_shards"])
     suite = yaml.safe_load((out_dir / "eval" / "suite.yaml").read_text())
     assert suite["name"] == "emoji"
@@ -363,8 +361,14 @@ def test_category_task(corpus, packages):
     out_dir, _ = corpus
     concepts = _by_unified(packages)
     classnames, samples = _task(out_dir, "emoji_noto_category")
-    assert classnames == ["smileys and emotion", "people and body", "food and drink", "flags",
-                          "animals and nature", "travel and places"]
+    assert classnames == [
+        "smileys and emotion",
+        "people and body",
+        "food and drink",
+        "flags",
+        "animals and nature",
+        "travel and places",
+    ]
     assert "1f3fb" not in {s["__key__"] for s in samples}  # Component is not a category to learn
     for s in samples:
         category = concepts[s["__key__"]].category.lower().replace("&", "and")
@@ -462,13 +466,18 @@ def test_rendering_in_worker_processes_gives_the_same_images():
 
 def test_noto_can_join_training_with_the_same_heldout_concepts(corpus, packages, integrity):
     out_dir, summary = corpus
-    both = _build(out_dir.parent / "twemoji_noto", packages, integrity,
-                  train_styles=["twitter", "google"], eval_style="openmoji")
+    both = _build(
+        out_dir.parent / "twemoji_noto", packages, integrity, train_styles=["twitter", "google"], eval_style="openmoji"
+    )
     assert both["heldout_concept_ids"] == summary["heldout_concept_ids"]
     suite = yaml.safe_load((out_dir.parent / "twemoji_noto" / "eval" / "suite.yaml").read_text())
     assert [t["name"] for t in suite["tasks"]] == [
-        "emoji_openmoji_all", "emoji_openmoji_heldout", "emoji_openmoji_category", "emoji_openmoji_retrieval",
-        "emoji_twemoji_heldout", "emoji_noto_heldout",
+        "emoji_openmoji_all",
+        "emoji_openmoji_heldout",
+        "emoji_openmoji_category",
+        "emoji_openmoji_retrieval",
+        "emoji_twemoji_heldout",
+        "emoji_noto_heldout",
     ]
     train = _train(out_dir.parent / "twemoji_noto")
     assert len(train) == both["counts"]["train_images"] == 2 * summary["counts"]["train_images"]

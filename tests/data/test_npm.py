@@ -128,7 +128,6 @@ def test_a_local_tarball_is_verified_instead_of_fetched(tmp_path, package, monke
 def test_a_truncated_tarball_fails_clearly_when_read(tmp_path, package):
     truncated = tmp_path / "truncated.tgz"
     truncated.write_bytes(package.read_bytes()[:40])
-    with pytest.raises(NpmPackageError, match="truncated or corrupt"):
-        with open_package(truncated) as tar:
-            for member in tar:
-                tar.extractfile(member).read()
+    with pytest.raises(NpmPackageError, match="truncated or corrupt"), open_package(truncated) as tar:
+        for member in tar:
+            tar.extractfile(member).read()

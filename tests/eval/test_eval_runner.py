@@ -30,8 +30,9 @@ def test_classification_accuracy_is_known_by_construction(model, classification_
     # Per class: red 2/3 (holds the blue image), green 2/3 (holds the yellow one), blue 1, yellow 1.
     assert result.metrics["mean_per_class_recall"] == pytest.approx((2 / 3 + 2 / 3 + 1 + 1) / 4)
     # class sizes 3, 3, 1, 1 of 8: random guessing scores 2c / (8 + 4c) per class in macro F1
-    assert result.chance == pytest.approx({"acc1": 0.25, "acc5": 1.0, "mean_per_class_recall": 0.25,
-                                           "f1_macro": (0.3 + 0.3 + 1 / 6 + 1 / 6) / 4})
+    assert result.chance == pytest.approx(
+        {"acc1": 0.25, "acc5": 1.0, "mean_per_class_recall": 0.25, "f1_macro": (0.3 + 0.3 + 1 / 6 + 1 / 6) / 4}
+    )
     assert 0 < result.metrics["f1_macro"] <= 1
     assert result.main_value == result.metrics["acc1"]
     assert model.image_batch_sizes == [3, 3, 2]  # streamed in batches of batch_size

@@ -38,9 +38,10 @@ def test_datacomp_suite_has_38_tasks_and_valid_groups(tmp_path):
     assert by_name["wds_fgvc_aircraft"].main_metric == "mean_per_class_recall"
     assert by_name["wds_flickr30k"].main_metric == "mean_recall@1"
     # DataComp's worst-group scores: FMoW and GeoDE top-1 by region, Dollar Street top-5 by income
-    assert [(by_name[n].main_metric, by_name[n].group_by) for n in
-            ("wds_wilds-fmow", "wds_fairness-geode", "wds_fairness-dollar_street")] == [
-        ("acc1_worst_group", 0), ("acc1_worst_group", 0), ("acc5_worst_group", 0)]
+    assert [
+        (by_name[n].main_metric, by_name[n].group_by)
+        for n in ("wds_wilds-fmow", "wds_fairness-geode", "wds_fairness-dollar_street")
+    ] == [("acc1_worst_group", 0), ("acc1_worst_group", 0), ("acc5_worst_group", 0)]
     assert sum(spec.group_by is not None for spec in specs) == 3
 
 
@@ -119,9 +120,7 @@ def test_multilabel_chance_is_the_mean_ap_over_all_orderings():
     n, positives = 5, 2
     orderings = list(itertools.permutations(range(n)))
     labels = torch.tensor([True] * positives + [False] * (n - positives))
-    expected = sum(
-        average_precision(-torch.tensor(order, dtype=torch.float), labels) for order in orderings
-    )
+    expected = sum(average_precision(-torch.tensor(order, dtype=torch.float), labels) for order in orderings)
     expected /= len(orderings)
     chance = chance_levels(MULTILABEL, n, positives_per_class=[positives, 0])
     assert chance["mAP"] == pytest.approx(expected)
@@ -161,7 +160,10 @@ def test_image_folder_task(model, tmp_path, encode_image):
     task = _image_folder(tmp_path, encode_image)
     samples = list(iter_task_samples(task))
     assert [(target, key) for _, target, key in samples] == [
-        (0, "a_red/1"), (0, "a_red/2"), (1, "b_green/1"), (1, "b_green/2")
+        (0, "a_red/1"),
+        (0, "a_red/2"),
+        (1, "b_green/1"),
+        (1, "b_green/2"),
     ]
     result = evaluate_task(model, task, TaskSpec("folder_task", CLASSIFICATION, "acc1"), progress=False)
     assert result.metrics["acc1"] == 1.0 and result.n_samples == 4
@@ -187,14 +189,15 @@ def test_worst_group_task_end_to_end(model, make_task, encode_image, tmp_path):
         {"png": encode_image("red"), "cls": 0, "npy": _npy(0, 2016)},
         {"png": encode_image("green"), "cls": 1, "npy": _npy(0, 2017)},
         {"png": encode_image("blue"), "cls": 2, "npy": _npy(1, 2016)},
-        {"png": encode_image("blue"), "cls": 0, "npy": _npy(1, 2016)},     # wrong label
-        {"png": encode_image("yellow"), "cls": 1, "npy": _npy(1, 2017)},   # wrong label
-        {"png": encode_image("yellow"), "cls": 3},                          # no metadata
-        {"png": encode_image("red"), "cls": 0, "npy": b"not numpy"},        # broken metadata
+        {"png": encode_image("blue"), "cls": 0, "npy": _npy(1, 2016)},  # wrong label
+        {"png": encode_image("yellow"), "cls": 1, "npy": _npy(1, 2017)},  # wrong label
+        {"png": encode_image("yellow"), "cls": 3},  # no metadata
+        {"png": encode_image("red"), "cls": 0, "npy": b"not numpy"},  # broken metadata
     ]
     make_task("regions", samples, classnames=["red", "green", "blue", "yellow"], nshards=2)
     (tmp_path / "suite.yaml").write_text(
-        "name: s\ntasks:\n  - {name: regions, main_metric: acc1_worst_group, group_by: 0}\n")
+        "name: s\ntasks:\n  - {name: regions, main_metric: acc1_worst_group, group_by: 0}\n"
+    )
     for workers in (0, 2):
         result = evaluate_suite(model, tmp_path / "suite.yaml", progress=False, workers=workers).tasks[0]
         assert result.n_samples == 5 and result.skipped_reasons == {"missing npy": 1, "invalid npy": 1}
@@ -203,7 +206,8 @@ def test_worst_group_task_end_to_end(model, make_task, encode_image, tmp_path):
         assert result.metrics["acc1"] == pytest.approx(3 / 5)
         assert result.chance["acc1_worst_group"] == result.chance["acc1_group_1"] == 0.25
     (tmp_path / "suite.yaml").write_text(
-        "name: s\ntasks:\n  - {name: regions, main_metric: acc1_worst_group, group_by: 2}\n")
+        "name: s\ntasks:\n  - {name: regions, main_metric: acc1_worst_group, group_by: 2}\n"
+    )
     with pytest.raises(ValueError, match="no usable samples .*'npy has no column 2': 5"):
         evaluate_suite(model, tmp_path / "suite.yaml", progress=False)
 
@@ -211,11 +215,19 @@ def test_worst_group_task_end_to_end(model, make_task, encode_image, tmp_path):
 def test_datacomp_tasks_are_found_under_datacomp_download_names(model, make_task, encode_image, tmp_path):
     """DataComp's download_evalsets.py writes wds_<task>_test, and wds_dollar_street_test for
     Dollar Street: the built-in suite finds both spellings."""
-    samples = [{"png": encode_image("red"), "cls": 0, "npy": _npy(3)}, {"png": encode_image("green"), "cls": 1, "npy": _npy(4)}]
+    samples = [
+        {"png": encode_image("red"), "cls": 0, "npy": _npy(3)},
+        {"png": encode_image("green"), "cls": 1, "npy": _npy(4)},
+    ]
     make_task("wds_imagenet1k_test", samples, classnames=["red", "green"])
     make_task("wds_dollar_street_test", samples, classnames=["red", "green"])
-    result = evaluate_suite(model, "datacomp", data_dir=tmp_path, progress=False,
-                            only=["wds_imagenet1k", "wds_fairness-dollar_street", "wds_fairness-geode"])
+    result = evaluate_suite(
+        model,
+        "datacomp",
+        data_dir=tmp_path,
+        progress=False,
+        only=["wds_imagenet1k", "wds_fairness-dollar_street", "wds_fairness-geode"],
+    )
     assert [t.name for t in result.tasks] == ["wds_imagenet1k", "wds_fairness-dollar_street"]
     assert result.missing == ["wds_fairness-geode"]
     assert result.tasks[1].main_metric == "acc5_worst_group" and result.tasks[1].main_value == 1.0

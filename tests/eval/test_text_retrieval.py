@@ -25,17 +25,23 @@ from latentspace.eval.text_retrieval import (
     ranking_chance,
 )
 from latentspace.models.load import load
-from latentspace.models.text_model import TextModel
 from latentspace.models.model_dir import save_model_dir
 from latentspace.models.paired import PairedModel
+from latentspace.models.text_model import TextModel
 from latentspace.models.vision_tower import VisionTower
 
 import fakes
 
 # Hand-placed 2-d vectors (angles in degrees): the scores below follow from the geometry.
 ANGLES = {
-    "q-cat": 0, "q-dog": 90, "q-car": 180,
-    "cat": 10, "kitten": 60, "dog": 40, "car": 200, "truck": 0,
+    "q-cat": 0,
+    "q-dog": 90,
+    "q-car": 180,
+    "cat": 10,
+    "kitten": 60,
+    "dog": 40,
+    "car": 200,
+    "truck": 0,
 }
 
 
@@ -135,7 +141,9 @@ def test_task_files_are_checked(tmp_path):
 
 
 def test_results_sit_beside_the_image_tasks_without_changing_the_average(tmp_path):
-    result = SuiteResult("m", "s", "suite", tasks=[], missing=[], text_tasks=[evaluate_text_retrieval(AngleEmbedder(), TASK)])
+    result = SuiteResult(
+        "m", "s", "suite", tasks=[], missing=[], text_tasks=[evaluate_text_retrieval(AngleEmbedder(), TASK)]
+    )
     assert result.average is None
     write_json(result, tmp_path / "eval.json")
     saved = json.loads((tmp_path / "eval.json").read_text())["text_tasks"]
@@ -149,11 +157,15 @@ def test_results_sit_beside_the_image_tasks_without_changing_the_average(tmp_pat
 
 def _write_task(path, task: TextRetrievalTask):
     path.mkdir(parents=True, exist_ok=True)
-    (path / "task.json").write_text(json.dumps({
-        "name": task.name,
-        "queries": [{"text": q, "relevant": r} for q, r in zip(task.queries, task.relevant)],
-        "documents": task.documents,
-    }))
+    (path / "task.json").write_text(
+        json.dumps(
+            {
+                "name": task.name,
+                "queries": [{"text": q, "relevant": r} for q, r in zip(task.queries, task.relevant)],
+                "documents": task.documents,
+            }
+        )
+    )
     return path
 
 
@@ -168,8 +180,14 @@ WORDS = TextRetrievalTask(
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, text_tower):
     vision = VisionTower(VisionTowerConfig(**fakes.TINY_VISION), text_tower.dim)
-    return save_model_dir(tmp_path_factory.mktemp("text-retrieval") / "model", vision, text=TextTowerConfig(),
-                          space=text_tower.space, preprocess=Preprocess(16), logit_scale=10.0)
+    return save_model_dir(
+        tmp_path_factory.mktemp("text-retrieval") / "model",
+        vision,
+        text=TextTowerConfig(),
+        space=text_tower.space,
+        preprocess=Preprocess(16),
+        logit_scale=10.0,
+    )
 
 
 def test_a_model_directory_scores_what_its_text_model_scores_alone(model_dir, text_tower, tmp_path):
@@ -182,8 +200,9 @@ def test_a_model_directory_scores_what_its_text_model_scores_alone(model_dir, te
 
     task_dir = _write_task(tmp_path / "words", WORDS)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["eval-text", str(model_dir), "builtin:all-MiniLM-L6-v2",
-                                      "--benchmark", str(task_dir), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["eval-text", str(model_dir), "builtin:all-MiniLM-L6-v2", "--benchmark", str(task_dir), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     saved = [json.loads(p.read_text())["text_tasks"][0]["metrics"] for p in sorted(out.glob("text-*.json"))]
     assert len(saved) == 2 and saved[0] == saved[1] == alone_result.metrics
@@ -199,8 +218,21 @@ def test_eval_adds_a_text_row_beside_the_image_tasks(model_dir, classification_t
     suite.write_text("name: tiny\ntasks:\n  - name: colours\n")
     task_dir = _write_task(tmp_path / "words", WORDS)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["eval", str(model_dir), "--suite", str(suite), "--out", str(out),
-                                      "--prompt-cache", str(tmp_path / "prompts"), "--text-benchmark", str(task_dir)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(model_dir),
+            "--suite",
+            str(suite),
+            "--out",
+            str(out),
+            "--prompt-cache",
+            str(tmp_path / "prompts"),
+            "--text-benchmark",
+            str(task_dir),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "text side alone" in result.output and "words" in result.output
     report = json.loads((out / "eval.json").read_text())

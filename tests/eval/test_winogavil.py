@@ -23,8 +23,15 @@ def _write(task, rows, images):
         writer = csv.DictWriter(f, fieldnames=["cue", "candidates", "associations", "num_associations", "ID"])
         writer.writeheader()
         for i, (cue, candidates, associations) in enumerate(rows):
-            writer.writerow({"cue": cue, "candidates": json.dumps(candidates), "associations": json.dumps(associations),
-                             "num_associations": len(associations), "ID": i})
+            writer.writerow(
+                {
+                    "cue": cue,
+                    "candidates": json.dumps(candidates),
+                    "associations": json.dumps(associations),
+                    "num_associations": len(associations),
+                    "ID": i,
+                }
+            )
     return task
 
 
@@ -35,24 +42,27 @@ def wino_task(tmp_path, encode_image):
     images["broken"] = b"\xff\xd8 not a jpeg"
     names = list(images)[:10]
     rows = [
-        ("Red", names, ["red_0", "red_1"]),                        # both red images: Jaccard 1
-        ("red", names, ["red_0", "blue_3"]),                       # picks red_0 and a reddish one: 1/3
+        ("Red", names, ["red_0", "red_1"]),  # both red images: Jaccard 1
+        ("red", names, ["red_0", "blue_3"]),  # picks red_0 and a reddish one: 1/3
         ("green", ["green_2", "blue_3", "yellow_4", "cyan_5", "magenta_6"], ["green_2"]),  # 5 candidates: 1
-        ("red", names, ["nowhere"]),                               # no association among the candidates
+        ("red", names, ["nowhere"]),  # no association among the candidates
         ("red", ["red_0", "missing_9", "blue_3", "cyan_5", "green_2"], ["red_0"]),  # no such image
-        ("blue", ["blue_3", "broken", "red_0", "cyan_5", "green_2"], ["blue_3"]),   # undecodable image
+        ("blue", ["blue_3", "broken", "red_0", "cyan_5", "green_2"], ["blue_3"]),  # undecodable image
     ]
     return _write(tmp_path / "wds_winogavil", rows, images)
 
 
 def test_picks_and_scores_are_known_by_construction(model, wino_task):
     assert task_type_of(wino_task) == WINOGAVIL
-    result = evaluate_task(model, wino_task, TaskSpec("wds_winogavil", WINOGAVIL, "jaccard_score_10-12"),
-                           batch_size=4, progress=False)
-    assert result.metrics == pytest.approx({"jaccard_score_10-12": (1 + 1 / 3) / 2, "jaccard_score_5-6": 1.0,
-                                            "avg_jaccard_score": (1 + 1 / 3 + 1) / 3})
-    assert result.chance == pytest.approx({"jaccard_score_10-12": 19 / 135, "jaccard_score_5-6": 1 / 5,
-                                           "avg_jaccard_score": (2 * 19 / 135 + 1 / 5) / 3})
+    result = evaluate_task(
+        model, wino_task, TaskSpec("wds_winogavil", WINOGAVIL, "jaccard_score_10-12"), batch_size=4, progress=False
+    )
+    assert result.metrics == pytest.approx(
+        {"jaccard_score_10-12": (1 + 1 / 3) / 2, "jaccard_score_5-6": 1.0, "avg_jaccard_score": (1 + 1 / 3 + 1) / 3}
+    )
+    assert result.chance == pytest.approx(
+        {"jaccard_score_10-12": 19 / 135, "jaccard_score_5-6": 1 / 5, "avg_jaccard_score": (2 * 19 / 135 + 1 / 5) / 3}
+    )
     assert result.n_samples == 3
     assert result.skipped_reasons == {"invalid row": 1, "missing image": 1, "undecodable image": 1}
     # every distinct decodable image embedded once (10), in batches of at most 4

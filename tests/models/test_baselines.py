@@ -18,7 +18,8 @@ from PIL import Image
 from latentspace.eval.runner import evaluate_task
 from latentspace.eval.tasks import CLASSIFICATION, RETRIEVAL, TaskSpec
 from latentspace.models.baselines import HFClipModel, OpenClipModel, is_hf_clip_dir
-from latentspace.models.load import SpecError, load as load_embedder
+from latentspace.models.load import SpecError
+from latentspace.models.load import load as load_embedder
 
 import fakes
 from fakes import PROJECTION_DIM, make_hf_clip
@@ -27,6 +28,7 @@ COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
 
 # --- tiny local models -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory) -> Path:
@@ -39,6 +41,7 @@ def clip(clip_dir) -> HFClipModel:
 
 
 # --- a small task in the on-disk format the harness reads -----------------------------------------
+
 
 def _png(colour: str) -> bytes:
     buffer = io.BytesIO()
@@ -66,15 +69,21 @@ def _assert_metrics_in_unit_interval(result) -> None:
 def _run_both_tasks(model, tmp_path: Path) -> None:
     names = list(COLOURS)
     classification = write_task(
-        tmp_path, "colours", [{"png": _png(c), "cls": i} for i, c in enumerate(names)] * 2,
-        classnames="\n".join(names) + "\n", zeroshot_classification_templates="a photo of {c}.\n{c} art\n")
+        tmp_path,
+        "colours",
+        [{"png": _png(c), "cls": i} for i, c in enumerate(names)] * 2,
+        classnames="\n".join(names) + "\n",
+        zeroshot_classification_templates="a photo of {c}.\n{c} art\n",
+    )
     retrieval = write_task(
-        tmp_path, "captions", [{"png": _png(c), "txt": f"a {c} square\n{c}"} for c in names],
-        dataset_type="retrieval\n")
+        tmp_path, "captions", [{"png": _png(c), "txt": f"a {c} square\n{c}"} for c in names], dataset_type="retrieval\n"
+    )
     _assert_metrics_in_unit_interval(
-        evaluate_task(model, classification, TaskSpec("colours", CLASSIFICATION, "acc1"), batch_size=4, progress=False))
+        evaluate_task(model, classification, TaskSpec("colours", CLASSIFICATION, "acc1"), batch_size=4, progress=False)
+    )
     _assert_metrics_in_unit_interval(
-        evaluate_task(model, retrieval, TaskSpec("captions", RETRIEVAL, "mean_recall@1"), progress=False))
+        evaluate_task(model, retrieval, TaskSpec("captions", RETRIEVAL, "mean_recall@1"), progress=False)
+    )
 
 
 def _rgba_and_composite() -> tuple[Image.Image, Image.Image]:
@@ -92,6 +101,7 @@ def _assert_normalised(vectors: torch.Tensor, n: int, dim: int) -> None:
 
 
 # --- Hugging Face CLIP ---------------------------------------------------------------------------
+
 
 def test_hf_clip_shapes_and_normalised_rows(clip):
     images = [Image.new("RGB", (40, 30), "red"), Image.new("L", (8, 8), 128), Image.new("P", (33, 33))]
@@ -174,7 +184,9 @@ def open_clip_checkpoint(tmp_path_factory) -> Path:
 def test_open_clip_protocol_and_harness(open_clip_checkpoint, tmp_path):
     model = load_embedder(f"open_clip:{TINY_ARCH}:{open_clip_checkpoint}")
     assert isinstance(model, OpenClipModel) and model.space.startswith(f"open_clip:{TINY_ARCH}-{PROJECTION_DIM}d@")
-    _assert_normalised(model.embed_images([Image.new("RGB", (40, 30), "red"), Image.new("L", (9, 9))]), 2, PROJECTION_DIM)
+    _assert_normalised(
+        model.embed_images([Image.new("RGB", (40, 30), "red"), Image.new("L", (9, 9))]), 2, PROJECTION_DIM
+    )
     _assert_normalised(model.embed_texts(["a red square", ""], task_type="search_document"), 2, PROJECTION_DIM)
     rgba, composite = _rgba_and_composite()
     assert torch.equal(model.embed_images([rgba]), model.embed_images([composite]))
@@ -209,13 +221,31 @@ def test_cli_puts_two_baselines_side_by_side(tmp_path, clip_dir):
 
     other = make_hf_clip(tmp_path / "other-clip", seed=1)
     names = list(COLOURS)
-    write_task(tmp_path / "suite", "colours", [{"png": _png(c), "cls": i} for i, c in enumerate(names)],
-               classnames="\n".join(names) + "\n")
+    write_task(
+        tmp_path / "suite",
+        "colours",
+        [{"png": _png(c), "cls": i} for i, c in enumerate(names)],
+        classnames="\n".join(names) + "\n",
+    )
     suite = tmp_path / "suite" / "suite.yaml"
-    suite.write_text("name: tiny\ntasks:\n- {name: colours, type: zeroshot_classification, main_metric: acc1}\n"
-                     "- {name: absent, type: zeroshot_classification, main_metric: acc1}\n")
-    result = CliRunner().invoke(app, ["eval", f"hf-clip:{clip_dir}", str(other), "--suite", str(suite),
-                                      "--out", str(tmp_path / "out"), "--prompt-cache", str(tmp_path / "pc")])
+    suite.write_text(
+        "name: tiny\ntasks:\n- {name: colours, type: zeroshot_classification, main_metric: acc1}\n"
+        "- {name: absent, type: zeroshot_classification, main_metric: acc1}\n"
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            f"hf-clip:{clip_dir}",
+            str(other),
+            "--suite",
+            str(suite),
+            "--out",
+            str(tmp_path / "out"),
+            "--prompt-cache",
+            str(tmp_path / "pc"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = (tmp_path / "out" / "report.md").read_text()
     assert "colours" in report and "absent" in report and "—" in report

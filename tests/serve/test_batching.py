@@ -9,8 +9,9 @@ import torch
 from latentspace.serve.batching import BatchKind, InferenceWorker, QueueFull, WorkerDead
 
 
-def recording_kind(key, budget, calls, gate: threading.Event | None = None, fail_on=None,
-                   started: threading.Event | None = None):
+def recording_kind(
+    key, budget, calls, gate: threading.Event | None = None, fail_on=None, started: threading.Event | None = None
+):
     def run(items):
         if started is not None:
             started.set()
@@ -20,6 +21,7 @@ def recording_kind(key, budget, calls, gate: threading.Event | None = None, fail
         if fail_on is not None and fail_on in items:
             raise ValueError("boom")
         return torch.tensor([[float(x)] for x in items])
+
     return BatchKind(key, run, budget)
 
 
@@ -67,8 +69,10 @@ def test_kinds_are_never_mixed_in_one_forward():
     doc = recording_kind(("text", "doc"), 100, calls, gate)
 
     async def main():
-        tasks = [asyncio.create_task(worker.submit(k, items)) for k, items in
-                 ((query, [1]), (doc, [2]), (query, [3]), (doc, [4]))]
+        tasks = [
+            asyncio.create_task(worker.submit(k, items))
+            for k, items in ((query, [1]), (doc, [2]), (query, [3]), (doc, [4]))
+        ]
         await asyncio.sleep(0.05)
         gate.set()
         return await asyncio.gather(*tasks)
@@ -118,6 +122,7 @@ def _sleepy_kind(calls, seconds: float) -> BatchKind:
         calls.append(list(items))
         time.sleep(seconds)
         return torch.tensor([[float(x)] for x in items])
+
     return BatchKind(("image",), run, 64)
 
 

@@ -31,7 +31,7 @@ def colour_loader(name, spec, partners):
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
     root = tmp_path_factory.mktemp("library")
-    for i, concept in enumerate(fakes.CONCEPTS):
+    for concept in fakes.CONCEPTS:
         folder = root / ("shapes" if "circle" not in concept else "circles")
         folder.mkdir(exist_ok=True)
         fakes.draw(concept, size=48).save(folder / f"{concept.replace(' ', '_')}.png")
@@ -42,8 +42,13 @@ def library(tmp_path_factory):
 def server(library, tmp_path_factory):
     directory = tmp_path_factory.mktemp("collections") / "drawings"
     build_collection(directory, fakes.colour_embedder(), library)
-    settings = ServeSettings(models=["colour"], collections=[f"drawings={directory}"], api_keys=(KEY,),
-                             decode_threads=1, image_backend="torch")
+    settings = ServeSettings(
+        models=["colour"],
+        collections=[f"drawings={directory}"],
+        api_keys=(KEY,),
+        decode_threads=1,
+        image_backend="torch",
+    )
     with LiveServer(settings, loader=colour_loader) as live:
         yield live.wait_ready()
 
@@ -54,7 +59,9 @@ def search(server, body, name="drawings"):
 
 def test_collections_are_listed_with_their_space_and_model(server):
     data = httpx.get(server.url + "/v1/collections", headers=AUTH).json()["data"]
-    assert [(c["name"], c["items"], c["served_model"], c["status"]) for c in data] == [("drawings", 12, "colour", "ready")]
+    assert [(c["name"], c["items"], c["served_model"], c["status"]) for c in data] == [
+        ("drawings", 12, "colour", "ready")
+    ]
     assert data[0]["space"].startswith("colour-space")
     assert httpx.get(server.url + "/health").json()["collections"] == {"drawings": "ready"}
 
@@ -73,8 +80,12 @@ def test_text_search_ranks_by_meaning_and_filters(server):
 def test_image_search_and_more_like_this(server):
     upload = io.BytesIO()
     fakes.draw("yellow square", size=40, style=1).save(upload, format="PNG")
-    response = httpx.post(server.url + "/v1/collections/drawings/search/image", headers=AUTH,
-                          files={"image": ("query.png", upload.getvalue())}, data={"k": "3"})
+    response = httpx.post(
+        server.url + "/v1/collections/drawings/search/image",
+        headers=AUTH,
+        files={"image": ("query.png", upload.getvalue())},
+        data={"k": "3"},
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["query"] == {"image": "query.png"} and all("yellow" in r["path"] for r in body["results"])
@@ -102,11 +113,15 @@ def test_errors_are_clear(server):
     assert both.status_code == 422 and "exactly one of text" in both.json()["detail"]
     assert search(server, {"like": "no-such-id"}).status_code == 404
     assert search(server, {"text": "red", "k": 0}).status_code == 422
-    corrupt = httpx.post(server.url + "/v1/collections/drawings/search/image", headers=AUTH,
-                         files={"image": ("bad.png", b"\x89PNG broken")})
+    corrupt = httpx.post(
+        server.url + "/v1/collections/drawings/search/image",
+        headers=AUTH,
+        files={"image": ("bad.png", b"\x89PNG broken")},
+    )
     assert corrupt.status_code == 400 and "bad.png" in corrupt.json()["detail"]
-    missing = httpx.post(server.url + "/v1/collections/drawings/search/image", headers=AUTH,
-                         files={"other": ("x.png", b"x")})
+    missing = httpx.post(
+        server.url + "/v1/collections/drawings/search/image", headers=AUTH, files={"other": ("x.png", b"x")}
+    )
     assert missing.status_code == 400 and "'image' file part" in missing.json()["detail"]
 
 

@@ -103,8 +103,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
 
-    def _reply(self, status: int, body: bytes, *, content_type: str = "application/octet-stream",
-               extra: dict[str, str] | None = None) -> None:
+    def _reply(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        extra: dict[str, str] | None = None,
+    ) -> None:
         self._headers(status, {"Content-Type": content_type, "Content-Length": str(len(body)), **(extra or {})})
         self.wfile.write(body)
 
@@ -178,11 +184,20 @@ class FakeResolver:
         return self.table[host]
 
 
-def fetch(url: str, *, resolver: FakeResolver | None = None, transport: httpx.AsyncBaseTransport | None = None,
-          label: str = "url", **policy: object) -> bytes:
+def fetch(
+    url: str,
+    *,
+    resolver: FakeResolver | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    label: str = "url",
+    **policy: object,
+) -> bytes:
     async def go() -> bytes:
-        async with UrlFetcher(FetchPolicy(**policy), resolver=resolver or FakeResolver(),  # type: ignore[arg-type]
-                              transport=transport) as fetcher:
+        async with UrlFetcher(
+            FetchPolicy(**policy),
+            resolver=resolver or FakeResolver(),  # type: ignore[arg-type]
+            transport=transport,
+        ) as fetcher:
             return await fetcher.fetch(url, label=label)
 
     return asyncio.run(go())
@@ -232,7 +247,10 @@ LOCAL = {"allowed_hosts": frozenset({"images.test"})}
         ("http://0/", "is the address 0.0.0.0, which is unspecified"),
         # IPv6 spellings of IPv4 addresses
         ("http://[::ffff:127.0.0.1]/", "an IPv4-mapped form of 127.0.0.1, which is loopback"),
-        ("http://[::ffff:169.254.169.254]/", "an IPv4-mapped form of 169.254.169.254, which is a cloud metadata address"),
+        (
+            "http://[::ffff:169.254.169.254]/",
+            "an IPv4-mapped form of 169.254.169.254, which is a cloud metadata address",
+        ),
         ("http://[64:ff9b::10.0.0.1]/", "a NAT64 form of 10.0.0.1, which is private"),
         ("http://[2002:7f00:1::]/", "a 6to4 form of 127.0.0.1, which is loopback"),
         ("http://[::ffff:0:7f00:1]/", "an IPv4-translated form of 127.0.0.1, which is loopback"),
@@ -325,7 +343,9 @@ def _recording_transport(seen: list[httpx.Request], response: httpx.Response | N
 def test_https_connects_to_the_checked_address_with_hostname_as_host_header_and_sni() -> None:
     seen: list[httpx.Request] = []
     resolver = FakeResolver({"cdn.example": ["93.184.216.34"]})
-    body = fetch("https://cdn.example:8443/cats/1.png?size=large", resolver=resolver, transport=_recording_transport(seen))
+    body = fetch(
+        "https://cdn.example:8443/cats/1.png?size=large", resolver=resolver, transport=_recording_transport(seen)
+    )
     assert body == PNG
     (request,) = seen
     assert request.url.host == "93.184.216.34" and request.url.port == 8443
@@ -383,8 +403,10 @@ def test_without_allowed_hosts_the_same_url_is_refused(port: int) -> None:
 def test_allowed_looking_url_that_redirects_to_loopback_is_refused(server: _TestServer, port: int) -> None:
     message = refusal(f"http://images.test:{port}/redirect-to-loopback", label="url 1", **LOCAL)
     assert message.startswith(f"url 1 (http://images.test:{port}/redirect-to-loopback): ")
-    assert (f"redirected to http://127.0.0.1:{port}/img.png, which is refused: "
-            "address 127.0.0.1 is loopback; only public addresses may be fetched") in message
+    assert (
+        f"redirected to http://127.0.0.1:{port}/img.png, which is refused: "
+        "address 127.0.0.1 is loopback; only public addresses may be fetched"
+    ) in message
     assert [path for path, _, _ in server.seen] == ["/redirect-to-loopback"]  # never fetched /img.png
 
 
@@ -411,11 +433,15 @@ def test_redirect_loop_is_refused(server: _TestServer, port: int) -> None:
 
 
 def test_redirect_without_location_is_refused(port: int) -> None:
-    assert "HTTP 302 (a redirect) without a Location" in refusal(f"http://images.test:{port}/redirect-without-location", **LOCAL)
+    assert "HTTP 302 (a redirect) without a Location" in refusal(
+        f"http://images.test:{port}/redirect-without-location", **LOCAL
+    )
 
 
 def test_error_status_is_refused_naming_it(port: int) -> None:
-    assert "the server answered HTTP 404 Not Found, not an image" in refusal(f"http://images.test:{port}/missing", **LOCAL)
+    assert "the server answered HTTP 404 Not Found, not an image" in refusal(
+        f"http://images.test:{port}/missing", **LOCAL
+    )
 
 
 def test_declared_size_over_the_cap_is_refused_up_front(port: int) -> None:
@@ -475,11 +501,17 @@ def test_failure_after_a_redirect_names_the_redirect_target() -> None:
             return httpx.Response(302, headers={"Location": "http://cdn.test:8080/a.png"})
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
-    message = refusal("http://images.test/start", resolver=FakeResolver({"cdn.test": ["127.0.0.1"]}),
-                      transport=httpx.MockTransport(handle), allowed_hosts=frozenset({"images.test", "cdn.test"}))
+    message = refusal(
+        "http://images.test/start",
+        resolver=FakeResolver({"cdn.test": ["127.0.0.1"]}),
+        transport=httpx.MockTransport(handle),
+        allowed_hosts=frozenset({"images.test", "cdn.test"}),
+    )
     assert seen == ["images.test", "cdn.test:8080"]
-    assert ("redirected to http://cdn.test:8080/a.png, which failed: "
-            "could not connect to the server ([Errno 111] Connection refused)") in message
+    assert (
+        "redirected to http://cdn.test:8080/a.png, which failed: "
+        "could not connect to the server ([Errno 111] Connection refused)"
+    ) in message
 
 
 def test_next_address_is_tried_when_one_refuses_the_connection(server: _TestServer, port: int) -> None:
@@ -500,10 +532,28 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=images.test",
-         "-addext", "subjectAltName=DNS:images.test"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=images.test",
+            "-addext",
+            "subjectAltName=DNS:images.test",
+        ],
+        check=True,
+        capture_output=True,
     )
     sni_names: list[str] = []
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -517,7 +567,8 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
 
 def _tls_transport(cert: Path) -> httpx.AsyncHTTPTransport:
     return httpx.AsyncHTTPTransport(
-        verify=ssl.create_default_context(cafile=str(cert)), retries=0,
+        verify=ssl.create_default_context(cafile=str(cert)),
+        retries=0,
         limits=httpx.Limits(max_keepalive_connections=0),
     )
 
@@ -533,8 +584,12 @@ def test_https_verifies_the_certificate_against_the_hostname_not_the_address(tls
 def test_https_certificate_for_another_name_is_refused(tls_server) -> None:  # type: ignore[no-untyped-def]
     port, cert, _ = tls_server
     resolver = FakeResolver({"other.test": ["127.0.0.1"]})
-    message = refusal(f"https://other.test:{port}/img.png", resolver=resolver, transport=_tls_transport(cert),
-                      allowed_hosts=frozenset({"other.test"}))
+    message = refusal(
+        f"https://other.test:{port}/img.png",
+        resolver=resolver,
+        transport=_tls_transport(cert),
+        allowed_hosts=frozenset({"other.test"}),
+    )
     assert "could not connect to the server" in message
     assert "certificate verify failed" in message
 
@@ -552,9 +607,20 @@ def test_display_url_hides_secrets_and_truncates() -> None:
 
 @pytest.mark.parametrize(
     ("host", "expected"),
-    [("2130706433", "127.0.0.1"), ("0x7f.1", "127.0.0.1"), ("0177.0.0.1", "127.0.0.1"), ("127.1", "127.0.0.1"),
-     ("10.1", "10.0.0.1"), ("192.168.257", "192.168.1.1"), ("0xA9.0xFE.0xA9.0xFE", "169.254.169.254"),
-     ("256.0.0.1", None), ("08.0.0.1", None), ("1.2.3.4.5", None), ("1.2.3.0x", "1.2.3.0"), ("4294967296", None)],
+    [
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("10.1", "10.0.0.1"),
+        ("192.168.257", "192.168.1.1"),
+        ("0xA9.0xFE.0xA9.0xFE", "169.254.169.254"),
+        ("256.0.0.1", None),
+        ("08.0.0.1", None),
+        ("1.2.3.4.5", None),
+        ("1.2.3.0x", "1.2.3.0"),
+        ("4294967296", None),
+    ],
 )
 def test_parse_ipv4_loosely(host: str, expected: str | None) -> None:
     parsed = parse_ipv4_loosely(host)

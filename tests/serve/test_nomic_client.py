@@ -36,9 +36,25 @@ from fakes import LiveServer  # noqa: E402
 
 KEY = "nk-latentspace-test-key-0123"  # "nk-": the client sends it as is (see the module docstring)
 TEXT_MODEL = "all-MiniLM-L6-v2"  # the name clients pass as `model`; served from BUILTIN_TEXT_MODEL
-TEXTS = [f"text number {i}: {t}" for i, t in enumerate(
-    ["a red heart", "pizza with cheese", "a rocket", "a blue square", "two cats on a sofa", "rain",
-     "the stock market fell", "a green triangle", "jazz music", "a yellow circle", "snow", "tea"])]
+TEXTS = [
+    f"text number {i}: {t}"
+    for i, t in enumerate(
+        [
+            "a red heart",
+            "pizza with cheese",
+            "a rocket",
+            "a blue square",
+            "two cats on a sofa",
+            "rain",
+            "the stock market fell",
+            "a green triangle",
+            "jazz music",
+            "a yellow circle",
+            "snow",
+            "tea",
+        ]
+    )
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +63,29 @@ def lone_vision(nomic_models, tmp_path_factory) -> Path:
     text model it serves beside it."""
     import shutil
 
-    return Path(shutil.copytree(nomic_models / "nomic-embed-vision-v1.5",
-                                tmp_path_factory.mktemp("alone") / "nomic-embed-vision-v1.5"))
+    return Path(
+        shutil.copytree(
+            nomic_models / "nomic-embed-vision-v1.5", tmp_path_factory.mktemp("alone") / "nomic-embed-vision-v1.5"
+        )
+    )
 
 
 @pytest.fixture(scope="module")
 def server(served_dir, nomic_models, lone_vision):
-    settings = ServeSettings(models=[f"{TEXT_MODEL}={BUILTIN_TEXT_MODEL}", f"tiny={served_dir}",
-                                     f"nomic-embed-text-v1.5={nomic_models / 'nomic-embed-text-v1.5'}",
-                                     f"nomic-embed-vision-v1.5={lone_vision}"],
-                             api_keys=(KEY,), max_items=16, max_queue_items=64, decode_threads=1,
-                             image_backend="torch", text_backend="torch")
+    settings = ServeSettings(
+        models=[
+            f"{TEXT_MODEL}={BUILTIN_TEXT_MODEL}",
+            f"tiny={served_dir}",
+            f"nomic-embed-text-v1.5={nomic_models / 'nomic-embed-text-v1.5'}",
+            f"nomic-embed-vision-v1.5={lone_vision}",
+        ],
+        api_keys=(KEY,),
+        max_items=16,
+        max_queue_items=64,
+        decode_threads=1,
+        image_backend="torch",
+        text_backend="torch",
+    )
     with LiveServer(settings) as live:
         yield live.wait_ready()
 
@@ -70,7 +98,9 @@ def sent(server, monkeypatch):
     original = requests.Session.request
 
     def record(self, method, url, *args, **kwargs):
-        calls.append(SimpleNamespace(method=method, url=url, **{k: kwargs.get(k) for k in ("headers", "json", "data", "files")}))
+        calls.append(
+            SimpleNamespace(method=method, url=url, **{k: kwargs.get(k) for k in ("headers", "json", "data", "files")})
+        )
         return original(self, method, url, *args, **kwargs)
 
     monkeypatch.setattr(requests.Session, "request", record)
@@ -149,13 +179,17 @@ def test_nomic_names_are_the_clients_defaults_and_share_one_space(client, server
     pil = fakes.draw("red circle", size=48).convert("RGB")
     texts = client.text(["a red circle", "a blue square"], task_type="search_query")
     images = client.image([pil])
-    local_text = embed.text(["a red circle", "a blue square"], model=str(nomic_models / "nomic-embed-text-v1.5"),
-                            task_type="search_query")
+    local_text = embed.text(
+        ["a red circle", "a blue square"], model=str(nomic_models / "nomic-embed-text-v1.5"), task_type="search_query"
+    )
     local_image = embed.image([_as_nomic_sends(pil)], model=str(nomic_models / "nomic-embed-vision-v1.5"))
     np.testing.assert_allclose(texts["embeddings"], local_text["embeddings"], atol=1e-5)
     np.testing.assert_allclose(images["embeddings"], local_image["embeddings"], atol=1e-5)
     assert texts["model"] == "nomic-embed-text-v1.5" and images["model"] == "nomic-embed-vision-v1.5"
-    listed = {m["id"]: m for m in requests.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]}
+    listed = {
+        m["id"]: m
+        for m in requests.get(server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    }
     assert listed["nomic-embed-text-v1.5"]["space"] == listed["nomic-embed-vision-v1.5"]["space"] == local_text["space"]
 
 

@@ -63,9 +63,18 @@ def app(served_dir, tmp_path_factory):
     directory = tmp_path_factory.mktemp("openapi-collections") / "drawings"
     build_collection(directory, str(served_dir), library)
     # the collection is in the tiny model's space, so its queries run on "tiny": one served model
-    return create_app(ServeSettings(models=[f"tiny={served_dir}"], collections=[f"drawings={directory}"],
-                                    api_keys=(KEY,), max_items=4, max_pixels=1_000_000, decode_threads=1,
-                                    image_backend="torch", text_backend="torch"))
+    return create_app(
+        ServeSettings(
+            models=[f"tiny={served_dir}"],
+            collections=[f"drawings={directory}"],
+            api_keys=(KEY,),
+            max_items=4,
+            max_pixels=1_000_000,
+            decode_threads=1,
+            image_backend="torch",
+            text_backend="torch",
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +117,13 @@ def conforms(app, spec):
 
 # --- the spec ---------------------------------------------------------------------------------------
 
+
 def test_every_route_documents_its_bodies_and_statuses(app, spec):
     operations = {(method, path): op for path, item in spec["paths"].items() for method, op in item.items()}
     assert set(operations) == set(OPERATIONS)
-    documented_routes = {(m.lower(), r.path) for r in app.routes
-                         if isinstance(r, APIRoute) and r.include_in_schema for m in r.methods}
+    documented_routes = {
+        (m.lower(), r.path) for r in app.routes if isinstance(r, APIRoute) and r.include_in_schema for m in r.methods
+    }
     assert documented_routes == set(OPERATIONS)  # nothing served is left out of the spec
     for key, op in operations.items():
         assert set(op["responses"]) == OPERATIONS[key], key
@@ -122,7 +133,9 @@ def test_every_route_documents_its_bodies_and_statuses(app, spec):
                 assert content.get("schema"), (key, status, media_type)  # a real schema, never {}
                 if status != "200" and key != ("get", "/health"):
                     assert (media_type, content["schema"]) == (
-                        "application/json", {"$ref": "#/components/schemas/ErrorResponse"}), (key, status)
+                        "application/json",
+                        {"$ref": "#/components/schemas/ErrorResponse"},
+                    ), (key, status)
     # The 422 body is this API's {"detail": "..."}, not FastAPI's default list of errors.
     assert "HTTPValidationError" not in json.dumps(spec)
     detail = spec["components"]["schemas"]["ErrorResponse"]["properties"]["detail"]
@@ -162,19 +175,28 @@ def test_the_bodies_are_the_declared_models(spec):
 
 # --- real responses against the spec -----------------------------------------------------------------
 
+
 def test_embedding_responses_match_the_spec(client, conforms):
-    text = conforms(client.post("/v1/embedding/text", headers=AUTH, json={"texts": ["a red heart", "x"],
-                                                                           "dimensionality": 32}),
-                    "post", "/v1/embedding/text").json()
+    text = conforms(
+        client.post("/v1/embedding/text", headers=AUTH, json={"texts": ["a red heart", "x"], "dimensionality": 32}),
+        "post",
+        "/v1/embedding/text",
+    ).json()
     assert np.array(text["embeddings"]).shape == (2, 32)
     plain = conforms(client.post("/v1/embeddings", headers=AUTH, json={"input": "a cat"}), "post", "/v1/embeddings")
-    packed = conforms(client.post("/v1/embeddings", headers=AUTH,
-                                  json={"input": ["a cat"], "encoding_format": "base64"}), "post", "/v1/embeddings")
+    packed = conforms(
+        client.post("/v1/embeddings", headers=AUTH, json={"input": ["a cat"], "encoding_format": "base64"}),
+        "post",
+        "/v1/embeddings",
+    )
     decoded = np.frombuffer(base64.b64decode(packed.json()["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(decoded, plain.json()["data"][0]["embedding"], atol=1e-6)
     png = fakes.png_bytes(fakes.draw("red circle", size=32))
-    image = conforms(client.post("/v1/embedding/image", headers=AUTH, files=[("images", ("a.png", png))]),
-                     "post", "/v1/embedding/image").json()
+    image = conforms(
+        client.post("/v1/embedding/image", headers=AUTH, files=[("images", ("a.png", png))]),
+        "post",
+        "/v1/embedding/image",
+    ).json()
     assert image["model"] == "tiny" and len(image["embeddings"]) == 1
 
 
@@ -193,42 +215,80 @@ def test_collection_responses_match_the_spec(client, conforms):
     base = "/v1/collections/drawings"
     listed = conforms(client.get("/v1/collections", headers=AUTH), "get", "/v1/collections").json()
     assert listed["data"][0]["served_model"] == "tiny"
-    found = conforms(client.post(f"{base}/search", headers=AUTH, json={"text": "a red circle", "k": 3}),
-                     "post", "/v1/collections/{name}/search").json()["results"]
+    found = conforms(
+        client.post(f"{base}/search", headers=AUTH, json={"text": "a red circle", "k": 3}),
+        "post",
+        "/v1/collections/{name}/search",
+    ).json()["results"]
     assert len(found) == 3
-    conforms(client.post(f"{base}/search", headers=AUTH, json={"like": found[0]["id"], "k": 2}),
-             "post", "/v1/collections/{name}/search")
+    conforms(
+        client.post(f"{base}/search", headers=AUTH, json={"like": found[0]["id"], "k": 2}),
+        "post",
+        "/v1/collections/{name}/search",
+    )
     png = fakes.png_bytes(fakes.draw("blue square", size=32))
-    conforms(client.post(f"{base}/search/image", headers=AUTH, files={"image": ("q.png", png)}, data={"k": "2"}),
-             "post", "/v1/collections/{name}/search/image")
-    item = conforms(client.get(f"{base}/items/{found[0]['id']}", headers=AUTH),
-                    "get", "/v1/collections/{name}/items/{item_id}").json()
+    conforms(
+        client.post(f"{base}/search/image", headers=AUTH, files={"image": ("q.png", png)}, data={"k": "2"}),
+        "post",
+        "/v1/collections/{name}/search/image",
+    )
+    item = conforms(
+        client.get(f"{base}/items/{found[0]['id']}", headers=AUTH), "get", "/v1/collections/{name}/items/{item_id}"
+    ).json()
     assert item["score"] is None and item["thumbnail"] == found[0]["thumbnail"]
-    thumbnail = conforms(client.get(item["thumbnail"], headers=AUTH, params={"size": 24}),
-                         "get", "/v1/collections/{name}/items/{item_id}/thumbnail")
+    thumbnail = conforms(
+        client.get(item["thumbnail"], headers=AUTH, params={"size": 24}),
+        "get",
+        "/v1/collections/{name}/items/{item_id}/thumbnail",
+    )
     assert Image.open(io.BytesIO(thumbnail.content)).format == "JPEG"
 
 
-@pytest.mark.parametrize("method, path, url, kwargs, status", [
-    ("post", "/v1/embedding/text", None, dict(json={"texts": ["x"]}, headers={}), 401),
-    ("post", "/v1/embedding/text", None, dict(json={"texts": ["x"]}, headers={"Authorization": "Bearer wrong"}), 401),
-    ("post", "/v1/embedding/text", None, dict(json={"texts": []}), 422),
-    ("post", "/v1/embedding/text", None, dict(json={"texts": ["x"], "dimensionality": 100000}), 422),
-    ("post", "/v1/embedding/text", None, dict(json={"texts": ["x"], "model": "nope"}), 404),
-    ("post", "/v1/embedding/text", None, dict(json={"texts": ["x"] * 5}), 413),
-    ("post", "/v1/embeddings", None, dict(json={"input": []}), 422),
-    ("post", "/v1/embedding/image", None, dict(content=b"{}", headers={**AUTH, "Content-Type": "text/json"}), 415),
-    ("post", "/v1/embedding/image", None, dict(files=[("images", ("bad.png", b"not an image"))]), 400),
-    ("post", "/v1/embedding/image", None, dict(data={"dimensionality": "-3", "urls": "http://x"}), 422),
-    ("get", "/v1/models", None, dict(headers={}), 401),
-    ("post", "/v1/collections/{name}/search", "/v1/collections/other/search", dict(json={"text": "x"}), 404),
-    ("post", "/v1/collections/{name}/search", "/v1/collections/drawings/search", dict(json={"text": "x", "k": 0}), 422),
-    ("post", "/v1/collections/{name}/search/image", "/v1/collections/drawings/search/image",
-     dict(files={"other": ("x.png", b"x")}), 400),
-    ("get", "/v1/collections/{name}/items/{item_id}", "/v1/collections/drawings/items/nope", {}, 404),
-    ("get", "/v1/collections/{name}/items/{item_id}/thumbnail", "/v1/collections/drawings/items/nope/thumbnail",
-     dict(params={"size": "big"}), 422),
-])
+@pytest.mark.parametrize(
+    "method, path, url, kwargs, status",
+    [
+        ("post", "/v1/embedding/text", None, dict(json={"texts": ["x"]}, headers={}), 401),
+        (
+            "post",
+            "/v1/embedding/text",
+            None,
+            dict(json={"texts": ["x"]}, headers={"Authorization": "Bearer wrong"}),
+            401,
+        ),
+        ("post", "/v1/embedding/text", None, dict(json={"texts": []}), 422),
+        ("post", "/v1/embedding/text", None, dict(json={"texts": ["x"], "dimensionality": 100000}), 422),
+        ("post", "/v1/embedding/text", None, dict(json={"texts": ["x"], "model": "nope"}), 404),
+        ("post", "/v1/embedding/text", None, dict(json={"texts": ["x"] * 5}), 413),
+        ("post", "/v1/embeddings", None, dict(json={"input": []}), 422),
+        ("post", "/v1/embedding/image", None, dict(content=b"{}", headers={**AUTH, "Content-Type": "text/json"}), 415),
+        ("post", "/v1/embedding/image", None, dict(files=[("images", ("bad.png", b"not an image"))]), 400),
+        ("post", "/v1/embedding/image", None, dict(data={"dimensionality": "-3", "urls": "http://x"}), 422),
+        ("get", "/v1/models", None, dict(headers={}), 401),
+        ("post", "/v1/collections/{name}/search", "/v1/collections/other/search", dict(json={"text": "x"}), 404),
+        (
+            "post",
+            "/v1/collections/{name}/search",
+            "/v1/collections/drawings/search",
+            dict(json={"text": "x", "k": 0}),
+            422,
+        ),
+        (
+            "post",
+            "/v1/collections/{name}/search/image",
+            "/v1/collections/drawings/search/image",
+            dict(files={"other": ("x.png", b"x")}),
+            400,
+        ),
+        ("get", "/v1/collections/{name}/items/{item_id}", "/v1/collections/drawings/items/nope", {}, 404),
+        (
+            "get",
+            "/v1/collections/{name}/items/{item_id}/thumbnail",
+            "/v1/collections/drawings/items/nope/thumbnail",
+            dict(params={"size": "big"}),
+            422,
+        ),
+    ],
+)
 def test_error_responses_match_the_spec(client, conforms, method, path, url, kwargs, status):
     kwargs = {**kwargs, "headers": kwargs.get("headers", AUTH)}
     response = conforms(client.request(method.upper(), url or path, **kwargs), method, path)
@@ -236,15 +296,22 @@ def test_error_responses_match_the_spec(client, conforms, method, path, url, kwa
     ErrorResponse.model_validate_json(response.content, strict=True)
 
 
-@pytest.mark.parametrize("body", [{"like": "\ud800"}, {"text": "x", "path_prefix": "a\ud800"},
-                                  {"text": "x", "caption_contains": "\udcff"}])
+@pytest.mark.parametrize(
+    "body", [{"like": "\ud800"}, {"text": "x", "path_prefix": "a\ud800"}, {"text": "x", "caption_contains": "\udcff"}]
+)
 def test_a_lone_surrogate_is_refused_not_a_server_error(client, conforms, body):
     """JSON can carry a lone UTF-16 surrogate ("\\ud800"), which is not text: the collection
     filters could not encode it and answered 500. (Hypothesis never generates one, so the fuzz
     test cannot find this.)"""
-    response = conforms(client.post("/v1/collections/drawings/search", content=json.dumps(body).encode(),
-                                    headers={**AUTH, "Content-Type": "application/json"}),
-                        "post", "/v1/collections/{name}/search")
+    response = conforms(
+        client.post(
+            "/v1/collections/drawings/search",
+            content=json.dumps(body).encode(),
+            headers={**AUTH, "Content-Type": "application/json"},
+        ),
+        "post",
+        "/v1/collections/{name}/search",
+    )
     assert response.status_code == 422 and "not valid Unicode" in response.json()["detail"]
 
 

@@ -44,14 +44,30 @@ CONFIG = {
     "phases": {"stateful": {"enabled": False}},
     "suppress-health-check": ["too_slow"],  # a request runs a forward: slow by Hypothesis's standard
 }
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          response_headers_conformance, ignored_auth]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    ignored_auth,
+]
 
 
 def make_app(served_dir: Path, collection: Path):
-    return create_app(ServeSettings(models=[f"tiny={served_dir}"], collections=[f"drawings={collection}"],
-                                    api_keys=(KEY,), max_items=4, max_body_bytes=256 * 1024, max_pixels=1_000_000,
-                                    decode_threads=1, image_backend="torch", text_backend="torch"))
+    return create_app(
+        ServeSettings(
+            models=[f"tiny={served_dir}"],
+            collections=[f"drawings={collection}"],
+            api_keys=(KEY,),
+            max_items=4,
+            max_body_bytes=256 * 1024,
+            max_pixels=1_000_000,
+            decode_threads=1,
+            image_backend="torch",
+            text_backend="torch",
+        )
+    )
 
 
 class AppUnderTest:

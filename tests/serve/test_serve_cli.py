@@ -24,9 +24,13 @@ def _free_port() -> int:
 
 
 def _serve(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "latentspace", "serve", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=None if env is None else {**os.environ, **env})
+    return subprocess.Popen(
+        [sys.executable, "-m", "latentspace", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=None if env is None else {**os.environ, **env},
+    )
 
 
 def _sample(metrics_text: str, name: str, **labels: str) -> float:
@@ -44,8 +48,19 @@ def test_serve_command_with_key_file_and_two_workers(tmp_path):
     port = _free_port()
     scratch = tmp_path / "tmp"  # where the server's shared metrics directory goes
     scratch.mkdir()
-    proc = _serve("--model", "minilm=builtin:all-MiniLM-L6-v2", "--port", str(port), "--api-key-file", str(keys),
-                  "--workers", "2", "--log-level", "warning", env={"TMPDIR": str(scratch)})
+    proc = _serve(
+        "--model",
+        "minilm=builtin:all-MiniLM-L6-v2",
+        "--port",
+        str(port),
+        "--api-key-file",
+        str(keys),
+        "--workers",
+        "2",
+        "--log-level",
+        "warning",
+        env={"TMPDIR": str(scratch)},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -60,8 +75,12 @@ def test_serve_command_with_key_file_and_two_workers(tmp_path):
             time.sleep(0.3)
         for key in ("first-key-123456", "second-key-123456"):
             for _ in range(4):  # spread over both worker processes
-                out = httpx.post(url + "/v1/embedding/text", headers={"Authorization": f"Bearer {key}"},
-                                 json={"texts": ["hello there"], "model": "minilm"}, timeout=30).json()
+                out = httpx.post(
+                    url + "/v1/embedding/text",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json={"texts": ["hello there"], "model": "minilm"},
+                    timeout=30,
+                ).json()
                 want = embed.text(["hello there"], model="builtin:all-MiniLM-L6-v2")["embeddings"]
                 np.testing.assert_allclose(out["embeddings"], want, atol=1e-5)
         assert httpx.post(url + "/v1/embedding/text", json={"texts": ["x"]}).status_code == 401

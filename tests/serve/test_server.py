@@ -27,8 +27,15 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def settings(served_dir, **overrides) -> ServeSettings:
-    base = dict(models=[f"tiny={served_dir}"], api_keys=(KEY,), max_items=8, max_queue_items=256,
-                max_body_bytes=2 * 2**20, max_pixels=1_000_000, decode_threads=2)
+    base = dict(
+        models=[f"tiny={served_dir}"],
+        api_keys=(KEY,),
+        max_items=8,
+        max_queue_items=256,
+        max_body_bytes=2 * 2**20,
+        max_pixels=1_000_000,
+        decode_threads=2,
+    )
     return ServeSettings(**{**base, **overrides})
 
 
@@ -59,6 +66,7 @@ def assert_error(response, status, *phrases):
 
 # --- answers equal local mode ---------------------------------------------------------------------
 
+
 def test_text_equals_local_mode(server, served_dir):
     texts = ["a red heart", "pizza with cheese", "a rocket"]
     for task, dim in (("search_query", None), ("search_document", 64)):
@@ -85,14 +93,20 @@ def test_openai_endpoint_float_and_base64(server, served_dir):
     plain = httpx.post(url, headers=AUTH, json={"input": "a cat", "dimensions": 32}).json()
     assert plain["object"] == "list" and plain["data"][0]["index"] == 0
     np.testing.assert_allclose(plain["data"][0]["embedding"], want, atol=1e-5)
-    packed = httpx.post(url, headers=AUTH, json={"input": ["a cat"], "dimensions": 32, "encoding_format": "base64"}).json()
+    packed = httpx.post(
+        url, headers=AUTH, json={"input": ["a cat"], "dimensions": 32, "encoding_format": "base64"}
+    ).json()
     decoded = np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(decoded, want, atol=1e-5)
 
 
 def test_images_equal_local_mode_in_any_mode_and_size(server, served_dir):
-    inputs = [png("red circle", 64, "RGBA"), png("blue square", 20, "P"), png("green triangle", 1, "L"),
-              fakes.png_bytes(fakes.draw("yellow circle").convert("RGB"))]
+    inputs = [
+        png("red circle", 64, "RGBA"),
+        png("blue square", 20, "P"),
+        png("green triangle", 1, "L"),
+        fakes.png_bytes(fakes.draw("yellow circle").convert("RGB")),
+    ]
     jpeg = io.BytesIO()
     fakes.draw("blue circle").convert("RGB").save(jpeg, format="JPEG")
     inputs.append(jpeg.getvalue())
@@ -117,21 +131,29 @@ def test_models_health_and_metrics(server, served_dir, text_tower):
 
 # --- hostile input ----------------------------------------------------------------------------------
 
+
 def _claims_pixels(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height but carries almost no data (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
-@pytest.mark.parametrize("payload, status, phrase", [
-    (b"", 400, "empty"),
-    (b"hello, I am a text file", 400, "not a decodable image"),
-    (png()[:60], 400, "not a decodable image"),  # truncated
-    (_claims_pixels(30000, 30000), 413, "900000000 pixels"),  # refused by PIL's own guard
-    (_claims_pixels(2000, 1000), 413, "2000x1000 pixels exceeds the limit of 1000000"),  # by ours
-])
+@pytest.mark.parametrize(
+    "payload, status, phrase",
+    [
+        (b"", 400, "empty"),
+        (b"hello, I am a text file", 400, "not a decodable image"),
+        (png()[:60], 400, "not a decodable image"),  # truncated
+        (_claims_pixels(30000, 30000), 413, "900000000 pixels"),  # refused by PIL's own guard
+        (_claims_pixels(2000, 1000), 413, "2000x1000 pixels exceeds the limit of 1000000"),  # by ours
+    ],
+)
 def test_bad_image_fails_only_its_request(server, payload, status, phrase):
     response = post_images(server, [("images", ("good.png", png())), ("images", ("evil.png", payload))])
     assert_error(response, status, "image 1 (evil.png)", phrase)
@@ -158,8 +180,10 @@ def test_chunked_body_over_the_cap_is_413(server):
     def stream():  # no Content-Length: the cap is enforced while reading
         for _ in range(40):
             yield b"x" * 65536
-    response = httpx.post(server.url + "/v1/embedding/text", headers={**AUTH, "content-type": "application/json"},
-                          content=stream())
+
+    response = httpx.post(
+        server.url + "/v1/embedding/text", headers={**AUTH, "content-type": "application/json"}, content=stream()
+    )
     assert_error(response, 413, "exceeds the limit")
 
 
@@ -188,12 +212,15 @@ def test_urls_are_off_by_default(server):
 
 # --- concurrency, overload and failure ------------------------------------------------------------------
 
+
 def test_many_clients_get_their_own_answers_in_order(server, served_dir):
     concepts = [f"{c} {s}" for c in fakes.COLOURS for s in fakes.SHAPES]
     requests = [[concepts[(i + j) % len(concepts)] for j in range(1 + i % 4)] for i in range(32)]
     images = {c: fakes.png_bytes(fakes.draw(c)) for c in concepts}
     want_text = {c: v for c, v in zip(concepts, embed.text(concepts, model=str(served_dir))["embeddings"])}
-    want_image = {c: v for c, v in zip(concepts, embed.image([images[c] for c in concepts], model=str(served_dir))["embeddings"])}
+    want_image = {
+        c: v for c, v in zip(concepts, embed.image([images[c] for c in concepts], model=str(served_dir))["embeddings"])
+    }
 
     def client(i: int):
         texts = requests[i]
@@ -220,6 +247,7 @@ def _slow_forward(slot, seconds: float):
     def slow(ids):
         time.sleep(seconds)
         return original(ids)
+
     return original, slow
 
 
@@ -244,6 +272,7 @@ def test_dead_worker_turns_health_and_requests_to_503(served_dir):
 
         def crash(pixels):
             raise SystemExit("simulated crash of the inference thread")
+
         slot.served.image_forward = crash
         slot.kinds.clear()
         started = time.monotonic()
@@ -252,7 +281,7 @@ def test_dead_worker_turns_health_and_requests_to_503(served_dir):
         assert time.monotonic() - started < 10  # failed, not hung
         health = httpx.get(live.url + "/health")
         assert health.status_code == 503 and health.json()["models"]["tiny"]["status"] == "dead"
-        assert "latentspace_worker_up{model=\"tiny\"} 0.0" in httpx.get(live.url + "/metrics").text
+        assert 'latentspace_worker_up{model="tiny"} 0.0' in httpx.get(live.url + "/metrics").text
 
 
 def test_health_is_503_while_loading(served_dir):
@@ -298,11 +327,14 @@ def test_serves_a_hugging_face_clip_directory(tmp_path):
         clip = HFClipModel(clip_dir)
         want = clip.embed_images([Image.open(io.BytesIO(b)) for b in image_bytes])
         np.testing.assert_allclose(got["embeddings"], want.numpy(), atol=1e-5)
-        text = httpx.post(live.url + "/v1/embedding/text", json={"texts": ["a red circle"], "task_type": "search_query"}).json()
+        text = httpx.post(
+            live.url + "/v1/embedding/text", json={"texts": ["a red circle"], "task_type": "search_query"}
+        ).json()
         np.testing.assert_allclose(text["embeddings"], clip.embed_texts(["a red circle"]).numpy(), atol=1e-5)
 
 
 # --- remote image URLs ---------------------------------------------------------------------------------
+
 
 def test_urls_fetched_when_enabled_and_hostile_ones_refused(served_dir):
     image = png("green square")
@@ -318,9 +350,15 @@ def test_urls_fetched_when_enabled_and_hostile_ones_refused(served_dir):
 
             ok = post_urls(f"http://localhost:{host.port}/img.png")
             assert ok.status_code == 200, ok.text
-            np.testing.assert_allclose(ok.json()["embeddings"], embed.image([image], model=str(served_dir))["embeddings"], atol=1e-5)
-            mixed = httpx.post(live.url + "/v1/embedding/image", headers=AUTH, files=[("images", ("a.png", png()))],
-                               data={"urls": [f"http://localhost:{host.port}/img.png"]}).json()["embeddings"]
+            np.testing.assert_allclose(
+                ok.json()["embeddings"], embed.image([image], model=str(served_dir))["embeddings"], atol=1e-5
+            )
+            mixed = httpx.post(
+                live.url + "/v1/embedding/image",
+                headers=AUTH,
+                files=[("images", ("a.png", png()))],
+                data={"urls": [f"http://localhost:{host.port}/img.png"]},
+            ).json()["embeddings"]
             assert len(mixed) == 2
             hostile = {
                 "http://127.0.0.1/x.png": "loopback",
@@ -338,8 +376,11 @@ def test_urls_fetched_when_enabled_and_hostile_ones_refused(served_dir):
 
 
 def test_cors_is_off_unless_configured(server, served_dir):
-    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type"}
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     closed = httpx.options(server.url + "/v1/embedding/text", headers=preflight)
     assert "access-control-allow-origin" not in closed.headers
     with LiveServer(settings(served_dir, cors_origins=("https://app.example",))) as live:

@@ -82,11 +82,34 @@ def test_every_setting_has_a_flag_an_env_var_and_a_panel():
 
 def test_flags_users_already_have_still_exist():
     opts = {opt for param in _serve_command().params for opt in param.opts}
-    for flag in ("--model", "-m", "--collection", "-c", "--host", "--port", "--workers", "--api-key",
-                 "--api-key-file", "--cors-origin", "--max-body-mb", "--max-items", "--max-pixels",
-                 "--max-batch-images", "--max-batch-tokens", "--max-queue-items", "--batch-wait-ms",
-                 "--decode-threads", "--image-backend", "--image-precision", "--text-backend", "--text-precision",
-                 "--backend-cache", "--allow-urls", "--url-allowed-host", "--log-level"):
+    for flag in (
+        "--model",
+        "-m",
+        "--collection",
+        "-c",
+        "--host",
+        "--port",
+        "--workers",
+        "--api-key",
+        "--api-key-file",
+        "--cors-origin",
+        "--max-body-mb",
+        "--max-items",
+        "--max-pixels",
+        "--max-batch-images",
+        "--max-batch-tokens",
+        "--max-queue-items",
+        "--batch-wait-ms",
+        "--decode-threads",
+        "--image-backend",
+        "--image-precision",
+        "--text-backend",
+        "--text-precision",
+        "--backend-cache",
+        "--allow-urls",
+        "--url-allowed-host",
+        "--log-level",
+    ):
         assert flag in opts, flag
 
 
@@ -127,8 +150,17 @@ def test_every_setting_from_the_environment(served, tmp_path):
 def test_unset_settings_keep_their_defaults_and_keys_merge(served, tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("# ours\nfile-key-123456\n")
-    result = _serve("-m", "x", "-c", "photos", "--api-key", "flag-key-123456", "--api-key-file", str(keys),
-                    env={API_KEYS_ENV: "env-key-123456,flag-key-123456"})
+    result = _serve(
+        "-m",
+        "x",
+        "-c",
+        "photos",
+        "--api-key",
+        "flag-key-123456",
+        "--api-key-file",
+        str(keys),
+        env={API_KEYS_ENV: "env-key-123456,flag-key-123456"},
+    )
     assert result.exit_code == 0, result.output
     [(settings, log_level)] = served
     assert settings.api_keys == ("flag-key-123456", "file-key-123456", "env-key-123456")
@@ -155,18 +187,29 @@ def test_help_lists_the_options_in_panels():
     assert "--url-timeout-s" in result.output and "LATENTSPACE_URL_TIMEOUT_S" in result.output
 
 
-@pytest.mark.parametrize("args, env, says", [
-    (["--max-items", "0"], {}, "--max-items: Input should be greater than or equal to 1"),
-    (["--max-items", "50", "--max-queue-items", "10"], {}, "max_queue_items (10) must be at least max_items (50)"),
-    (["--url-timeout-s", "0"], {}, "--url-timeout-s: Input should be greater than 0"),
-    (["--image-backend", "auto", "--image-precision", "int8"], {}, "with image_backend auto the precision is measured"),
-    (["--max-items", "many"], {}, "'--max-items' (env var: 'LATENTSPACE_MAX_ITEMS'): Input should be a valid integer"),
-    (["--image-backend", "tpu"], {}, "'tpu' is not one of 'auto', 'torch', 'openvino', 'onnxruntime'"),
-    ([], {"LATENTSPACE_PORT": "70000"}, "--port (LATENTSPACE_PORT): Input should be less than or equal to 65535"),
-    ([], {"LATENTSPACE_BATCH_WAIT_MS": "soon"}, "'--batch-wait-ms' (env var: 'LATENTSPACE_BATCH_WAIT_MS'): Input"),
-    ([], {"LATENTSPACE_ALLOW_URLS": "maybe"}, "'--allow-urls' (env var: 'LATENTSPACE_ALLOW_URLS'): Input"),
-    (["--api-key", "short"], {}, "API keys must be at least 8 characters"),
-])
+@pytest.mark.parametrize(
+    "args, env, says",
+    [
+        (["--max-items", "0"], {}, "--max-items: Input should be greater than or equal to 1"),
+        (["--max-items", "50", "--max-queue-items", "10"], {}, "max_queue_items (10) must be at least max_items (50)"),
+        (["--url-timeout-s", "0"], {}, "--url-timeout-s: Input should be greater than 0"),
+        (
+            ["--image-backend", "auto", "--image-precision", "int8"],
+            {},
+            "with image_backend auto the precision is measured",
+        ),
+        (
+            ["--max-items", "many"],
+            {},
+            "'--max-items' (env var: 'LATENTSPACE_MAX_ITEMS'): Input should be a valid integer",
+        ),
+        (["--image-backend", "tpu"], {}, "'tpu' is not one of 'auto', 'torch', 'openvino', 'onnxruntime'"),
+        ([], {"LATENTSPACE_PORT": "70000"}, "--port (LATENTSPACE_PORT): Input should be less than or equal to 65535"),
+        ([], {"LATENTSPACE_BATCH_WAIT_MS": "soon"}, "'--batch-wait-ms' (env var: 'LATENTSPACE_BATCH_WAIT_MS'): Input"),
+        ([], {"LATENTSPACE_ALLOW_URLS": "maybe"}, "'--allow-urls' (env var: 'LATENTSPACE_ALLOW_URLS'): Input"),
+        (["--api-key", "short"], {}, "API keys must be at least 8 characters"),
+    ],
+)
 def test_a_bad_value_is_a_short_error(served, args, env, says):
     result = _serve("-m", "x", *args, env=env)
     assert result.exit_code == 2, result.output

@@ -16,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings as hyp_settings, strategies as st
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from latentspace.models.load import load
 from latentspace.serve.settings import ServeSettings
@@ -36,8 +38,7 @@ def server(served_dir):
 
 def _texts(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.choice([1, 2, 5, 20, 60, 200, 400])))
-            for _ in range(n)]
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.choice([1, 2, 5, 20, 60, 200, 400]))) for _ in range(n)]
 
 
 def test_32_clients_mixed_lengths_and_images_no_5xx_and_exact_answers(server, served_dir):
@@ -91,7 +92,9 @@ def http(server):
 ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=40)
 
 
-@hyp_settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hyp_settings(
+    max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(texts=st.lists(ANY_TEXT, min_size=1, max_size=4))
 @example(texts=["\ud800"])
 @example(texts=["ok", "cut \udcff here", "\ud83d"])
@@ -111,7 +114,10 @@ def test_any_unicode_is_embedded_or_refused_with_422_never_5xx(http, texts):
 
 
 def test_a_lone_surrogate_is_a_422_naming_it_and_the_connection_survives(http):
-    response = http.post("/v1/embedding/text", content=b'{"texts": ["fine", "cut \\udcff here"]}',
-                         headers={"content-type": "application/json"})
+    response = http.post(
+        "/v1/embedding/text",
+        content=b'{"texts": ["fine", "cut \\udcff here"]}',
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 422 and "text 1 is not valid Unicode" in response.json()["detail"]
     assert http.post("/v1/embedding/text", json={"texts": ["next request"]}).status_code == 200

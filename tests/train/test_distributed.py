@@ -42,15 +42,27 @@ from latentspace.train.distributed import (
 from latentspace.train.gradcache import Trainable, cached_backward
 from latentspace.train.loss import LogitScale, contrastive_loss
 from latentspace.train.sharding import (
-    clip_grad_norm, full_state_dict, is_sharded, load_full_state_dict, load_optimizer_state_dict, optimizer_state_dict,
-    shard_tower)
+    clip_grad_norm,
+    full_state_dict,
+    is_sharded,
+    load_full_state_dict,
+    load_optimizer_state_dict,
+    optimizer_state_dict,
+    shard_tower,
+)
 
 WORLD, GLOBAL_BATCH, CHUNK, DIM, SEED = 2, 8, 2, 16, 100
 CLIP = 0.05  # small enough that clipping bites
 # name -> (gradient-cache chunk or None, trainable text tower?, "ddp" or "fsdp")
 SCENARIOS = {
-    f"{parallel}-{'plain' if chunk is None else 'gradcache'}-{'trainable' if text else 'frozen'}-text": (chunk, text, parallel)
-    for parallel in ("ddp", "fsdp") for text in (False, True) for chunk in (None, CHUNK)
+    f"{parallel}-{'plain' if chunk is None else 'gradcache'}-{'trainable' if text else 'frozen'}-text": (
+        chunk,
+        text,
+        parallel,
+    )
+    for parallel in ("ddp", "fsdp")
+    for text in (False, True)
+    for chunk in (None, CHUNK)
 }
 TIGHT = {"rtol": 1e-9, "atol": 1e-12}
 
@@ -105,8 +117,7 @@ def _whole(t: torch.Tensor) -> torch.Tensor:
 
 
 def _adamw(modules: tuple[nn.Module, ...]) -> torch.optim.AdamW:
-    return torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=1e-2, betas=(0.9, 0.95),
-                             weight_decay=0.1)
+    return torch.optim.AdamW([p for m in modules for p in m.parameters()], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
 
 
 def _adamw_step(*modules: nn.Module, clip: float | None = None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -125,12 +136,17 @@ def _adamw_step(*modules: nn.Module, clip: float | None = None) -> tuple[dict[st
     for i, m in enumerate(modules):
         out |= {f"weight/{i}.{n}": _whole(p) for n, p in m.named_parameters()}
     saved = optimizer_state_dict({str(i): m for i, m in enumerate(modules)}, optimizer)
-    out |= {f"adam/{name}.{key}": v for name, moments in saved.get("state", {}).items() for key, v in moments.items()
-            if key != "step"}
+    out |= {
+        f"adam/{name}.{key}": v
+        for name, moments in saved.get("state", {}).items()
+        for key, v in moments.items()
+        if key != "step"
+    }
     return out, saved
 
 
 # ---------------------------------------------------------------- the worker (one per rank)
+
 
 def _counting_allreduce(calls: list, bucket):
     """DDP's default averaging all-reduce (over the default group), counted."""
@@ -167,13 +183,22 @@ def _rank_step(env: DistEnv, chunk: int | None, trainable_text: bool, parallel: 
         loss = loss_t.item()
     else:
         text_side = Trainable(ddp_text, tokens[local]) if trainable_text else text_emb[local]
-        loss = cached_backward([Trainable(ddp_image, images[local]), text_side],
-                               lambda img, txt: contrastive_loss(img, txt, scale()), chunk, gather).item()
+        loss = cached_backward(
+            [Trainable(ddp_image, images[local]), text_side],
+            lambda img, txt: contrastive_loss(img, txt, scale()),
+            chunk,
+            gather,
+        ).item()
     average_gradients(scale.parameters(), env)  # the logit scale lives outside DDP
     modules = (image_enc, text_enc, scale) if trainable_text else (image_enc, scale)
     tensors, saved = _adamw_step(*modules, clip=CLIP if parallel == "fsdp" else None)
-    result = {"loss": loss, "image_allreduces": len(image_calls), "text_allreduces": len(text_calls),
-              "sharded": [is_sharded(m) for m in modules], **tensors}
+    result = {
+        "loss": loss,
+        "image_allreduces": len(image_calls),
+        "text_allreduces": len(text_calls),
+        "sharded": [is_sharded(m) for m in modules],
+        **tensors,
+    }
     if parallel == "fsdp":
         result["reloaded"] = _reload_sharded(env, modules, saved, trainable_text)
     return result
@@ -192,7 +217,9 @@ def _reload_sharded(env: DistEnv, modules: tuple[nn.Module, ...], saved: dict, t
     weights = [_from_rank0(full_state_dict(m)) for m in modules]
     saved = _from_rank0(saved)
     image_enc, text_enc, scale = _models()
-    fresh = (shard_tower(image_enc), shard_tower(text_enc), scale) if trainable_text else (shard_tower(image_enc), scale)
+    fresh = (
+        (shard_tower(image_enc), shard_tower(text_enc), scale) if trainable_text else (shard_tower(image_enc), scale)
+    )
     for module, state in zip(fresh, weights):
         load_full_state_dict(module, state)
     optimizer = _adamw(fresh)
@@ -201,18 +228,23 @@ def _reload_sharded(env: DistEnv, modules: tuple[nn.Module, ...], saved: dict, t
     reloaded = [full_state_dict(m) for m in fresh]  # collectives: every rank takes part
     if not env.is_main:
         return True  # only rank 0 receives whole tensors to compare
-    same_weights = all(torch.equal(a, b) for r, w in zip(reloaded, weights) for a, b in
-                       zip(r.values(), w.values(), strict=True))
-    same_moments = all(torch.equal(torch.as_tensor(v), torch.as_tensor(again["state"][name][key]))
-                       for name, moments in saved["state"].items() for key, v in moments.items())
+    same_weights = all(
+        torch.equal(a, b) for r, w in zip(reloaded, weights) for a, b in zip(r.values(), w.values(), strict=True)
+    )
+    same_moments = all(
+        torch.equal(torch.as_tensor(v), torch.as_tensor(again["state"][name][key]))
+        for name, moments in saved["state"].items()
+        for key, v in moments.items()
+    )
     same_groups = json.dumps(again["param_groups"]) == json.dumps(saved["param_groups"])  # tuples read back as lists
     return same_weights and same_moments and same_groups
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)  # two processes share two cores
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
     env = init_distributed("gloo", device="cpu", timeout=timedelta(seconds=60))
     try:
         result = {name: _rank_step(env, *scenario) for name, scenario in SCENARIOS.items()}
@@ -225,6 +257,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 # ---------------------------------------------------------------- the single-process reference
 
+
 def _reference_step(chunk: int | None, trainable_text: bool, parallel: str) -> dict[str, torch.Tensor]:
     image_enc, text_enc, scale = _models()
     images, text_emb, tokens = _data()
@@ -234,9 +267,9 @@ def _reference_step(chunk: int | None, trainable_text: bool, parallel: str) -> d
     for rank in range(WORLD):  # replay each rank's RNG stream over its half, chunk by chunk
         torch.manual_seed(SEED + rank)
         starts = range(rank * per_rank, (rank + 1) * per_rank, step)
-        img_parts += [image_enc(images[s:s + step]) for s in starts]
+        img_parts += [image_enc(images[s : s + step]) for s in starts]
         if trainable_text:
-            txt_parts += [text_enc(tokens[s:s + step]) for s in starts]
+            txt_parts += [text_enc(tokens[s : s + step]) for s in starts]
     txt = torch.cat(txt_parts) if trainable_text else text_emb
     loss = contrastive_loss(torch.cat(img_parts), txt, scale())
     loss.backward()
@@ -292,6 +325,7 @@ def test_process_group_helpers(ranks):
 
 # ---------------------------------------------------------------- single-process pieces
 
+
 def test_check_global_batch():
     assert check_global_batch(8, 2) == 4
     assert check_global_batch(8, 2, grad_cache_chunk=2) == 4
@@ -331,16 +365,21 @@ def test_single_process_needs_no_process_group(clean_env, variables):
     shutdown()
 
 
-@pytest.mark.parametrize("variables, message", [
-    ({"RANK": "1"}, "RANK is set .1. but WORLD_SIZE is not"),
-    ({"WORLD_SIZE": "2"}, "RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set"),
-    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT is not set"),
-    ({"WORLD_SIZE": "two"}, "WORLD_SIZE must be an integer, got 'two'"),
-    ({"WORLD_SIZE": "0"}, "WORLD_SIZE must be at least 1"),
-    ({"WORLD_SIZE": "1", "RANK": "1"}, "RANK is 1 but WORLD_SIZE is 1"),
-    ({"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"},
-     r"RANK must be in \[0, 2\)"),
-])
+@pytest.mark.parametrize(
+    "variables, message",
+    [
+        ({"RANK": "1"}, "RANK is set .1. but WORLD_SIZE is not"),
+        ({"WORLD_SIZE": "2"}, "RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set"),
+        ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT is not set"),
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE must be an integer, got 'two'"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE must be at least 1"),
+        ({"WORLD_SIZE": "1", "RANK": "1"}, "RANK is 1 but WORLD_SIZE is 1"),
+        (
+            {"WORLD_SIZE": "2", "RANK": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"},
+            r"RANK must be in \[0, 2\)",
+        ),
+    ],
+)
 def test_bad_launch_environment_fails_before_joining(clean_env, variables, message):
     for name, value in variables.items():
         clean_env.setenv(name, value)
@@ -350,8 +389,13 @@ def test_bad_launch_environment_fails_before_joining(clean_env, variables, messa
 
 
 def test_nccl_without_cuda_is_refused(clean_env):
-    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                        "MASTER_PORT": "1"}.items():
+    for name, value in {
+        "WORLD_SIZE": "2",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "1",
+    }.items():
         clean_env.setenv(name, value)
     with pytest.raises(ValueError, match="nccl backend needs CUDA"):
         init_distributed("nccl", device="cpu")

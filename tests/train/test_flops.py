@@ -29,14 +29,17 @@ def test_mfu_is_achieved_over_peak():
     assert mfu(10**12, 1.0, None) is None
 
 
-@pytest.mark.parametrize("name, precision, expected", [
-    ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
-    ("NVIDIA H100 80GB HBM3", "fp32", 494.5),
-    ("NVIDIA H100 PCIe", "bf16", 756.0),
-    ("NVIDIA H200", "bf16", 989.0),
-    ("NVIDIA A100-SXM4-80GB", "bf16", 312.0),
-    ("cpu", "fp32", None),
-    ("Some Future GPU", "bf16", None),
-])
+@pytest.mark.parametrize(
+    "name, precision, expected",
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989.0),
+        ("NVIDIA H100 80GB HBM3", "fp32", 494.5),
+        ("NVIDIA H100 PCIe", "bf16", 756.0),
+        ("NVIDIA H200", "bf16", 989.0),
+        ("NVIDIA A100-SXM4-80GB", "bf16", 312.0),
+        ("cpu", "fp32", None),
+        ("Some Future GPU", "bf16", None),
+    ],
+)
 def test_peak_lookup(name, precision, expected):
     assert peak_tflops(name, precision) == expected

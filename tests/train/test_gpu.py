@@ -30,8 +30,16 @@ def shards(tmp_path_factory):
 
 
 def test_bf16_compiled_checkpointed_training_runs_and_resumes(tmp_path, shards):
-    cfg = tiny_config(tmp_path, shards, "train.device=cuda", "train.precision=bf16", "train.compile=true",
-                      "vision.grad_checkpointing=true", steps=4, workers=1)
+    cfg = tiny_config(
+        tmp_path,
+        shards,
+        "train.device=cuda",
+        "train.precision=bf16",
+        "train.compile=true",
+        "vision.grad_checkpointing=true",
+        steps=4,
+        workers=1,
+    )
     trainer = Trainer(cfg)
     assert trainer.device.type == "cuda"
     assert trainer.optimizer.defaults["fused"] is True
@@ -61,13 +69,31 @@ def test_gradient_cache_replays_cuda_dropout_and_drop_path():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL across processes needs two GPUs")
 def test_two_gpus_under_nccl_train_once(tmp_path, shards):
     config = tmp_path / "config.yaml"
-    config.write_text(dump_config(tiny_config(tmp_path, shards, "train.device=cuda", "train.precision=bf16",
-                                              "train.parallel=fsdp", steps=3)))
+    config.write_text(
+        dump_config(
+            tiny_config(tmp_path, shards, "train.device=cuda", "train.precision=bf16", "train.parallel=fsdp", steps=3)
+        )
+    )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(port), "-m", "latentspace.train", str(config)],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            "-m",
+            "latentspace.train",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

@@ -27,8 +27,18 @@ class ImageEncoder(nn.Module):
     def __init__(self, drop: float):
         super().__init__()
         self.trunk = timm.create_model(
-            "vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, depth=2, num_classes=0,
-            drop_rate=drop, pos_drop_rate=drop, proj_drop_rate=drop, attn_drop_rate=drop, drop_path_rate=drop)
+            "vit_tiny_patch16_224",
+            pretrained=False,
+            img_size=16,
+            patch_size=8,
+            depth=2,
+            num_classes=0,
+            drop_rate=drop,
+            pos_drop_rate=drop,
+            proj_drop_rate=drop,
+            attn_drop_rate=drop,
+            drop_path_rate=drop,
+        )
         self.proj = nn.Linear(self.trunk.num_features, DIM)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -89,8 +99,9 @@ def _image_text_step(image_enc, images, scale, chunk, text) -> float:
 def _reference(image_enc, scale, images, forward_chunk, *, text_emb=None, text_enc=None, tokens=None):
     """Plain autograd over the whole batch: one graph, one backward. Forwarding in `forward_chunk`
     pieces (all kept in the graph) draws dropout masks in the same order as the gradient cache."""
+
     def encode(encoder, inputs):
-        return torch.cat([encoder(inputs[s:s + forward_chunk]) for s in range(0, len(inputs), forward_chunk)])
+        return torch.cat([encoder(inputs[s : s + forward_chunk]) for s in range(0, len(inputs), forward_chunk)])
 
     img = encode(image_enc, images)
     txt = text_emb if text_enc is None else encode(text_enc, tokens)
@@ -207,8 +218,11 @@ def test_shared_encoder_syncs_once_on_its_last_chunk():
     _zero(encoder, scale)
     encoder.synced_calls.clear()
 
-    cached_backward([Trainable(encoder, queries), Trainable(encoder, documents)],
-                    lambda q, d: contrastive_loss(q, d, scale()), chunk=2)
+    cached_backward(
+        [Trainable(encoder, queries), Trainable(encoder, documents)],
+        lambda q, d: contrastive_loss(q, d, scale()),
+        chunk=2,
+    )
     assert encoder.synced_calls == [False] * 5 + [True]
     torch.testing.assert_close(_grads(encoder, scale), ref, **TIGHT)
 
@@ -247,8 +261,13 @@ def test_sync_is_deferred_through_wrappers_named_by_synced(recorder):
     encoder, scale = recorder(), LogitScale().double()
     gen = torch.Generator().manual_seed(2)
     queries, documents = torch.randn(2, 6, 5, generator=gen, dtype=torch.float64)
-    cached_backward([Trainable(lambda x: encoder(x), queries, synced=encoder),
-                     Trainable(lambda x: encoder(x), documents, synced=encoder)],
-                    lambda q, d: contrastive_loss(q, d, scale()), chunk=2)
+    cached_backward(
+        [
+            Trainable(lambda x: encoder(x), queries, synced=encoder),
+            Trainable(lambda x: encoder(x), documents, synced=encoder),
+        ],
+        lambda q, d: contrastive_loss(q, d, scale()),
+        chunk=2,
+    )
     assert encoder.synced_calls == [False] * 5 + [True]
     assert encoder.syncing  # switched back on afterwards

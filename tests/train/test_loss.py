@@ -1,4 +1,3 @@
-
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +23,9 @@ def test_repeated_caption_equals_the_shared_positive_loss():
     scale = torch.tensor(5.0)
     logits = scale * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T
     targets = torch.tensor([[0.5, 0, 0, 0.5], [0, 1, 0, 0], [0, 0, 1, 0], [0.5, 0, 0, 0.5]])
-    by_hand = -(targets * logits.log_softmax(1)).sum(1).mean() / 2 - (targets * logits.T.log_softmax(1)).sum(1).mean() / 2
+    by_hand = (
+        -(targets * logits.log_softmax(1)).sum(1).mean() / 2 - (targets * logits.T.log_softmax(1)).sum(1).mean() / 2
+    )
     torch.testing.assert_close(contrastive_loss(img, txt, scale), by_hand)
 
 

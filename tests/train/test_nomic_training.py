@@ -37,7 +37,9 @@ def test_nomic_text_as_the_locked_tower(tmp_path, shards, nomic_models):
     text = load(str(text_dir))
     assert config.space == text.identity and config.text.layer_norm is True  # the v1.5 recipe, recorded as used
     model = load(str(result.model_dir))
-    assert torch.equal(model.embed_texts(["a red circle"], "search_query"), text.embed_texts(["a red circle"], "search_query"))
+    assert torch.equal(
+        model.embed_texts(["a red circle"], "search_query"), text.embed_texts(["a red circle"], "search_query")
+    )
     check = CliRunner().invoke(app, ["check-compat", str(result.model_dir), "--text", str(text_dir)])
     assert check.exit_code == 0 and "compatible" in check.output
 
@@ -51,10 +53,21 @@ def test_vision_continues_from_a_nomic_vision_directory(tmp_path, shards, nomic_
     with torch.no_grad():  # before any step it *is* the published model: same vectors, same space
         torch.testing.assert_close(F.normalize(tower(pixels), dim=-1), published.embed(pixels), atol=1e-6, rtol=0)
 
-    result = train(fakes.tiny_config(
-        tmp_path, shards, f"text.path={nomic_models / 'nomic-embed-text-v1.5'}", "vision.arch=nomic-vision",
-        "vision.image_size=32", "vision.pool=cls", f"vision.init_checkpoint={vision_dir}", "vision.model_kwargs={}",
-        "vision.patch_size=null", "optim.lr=1e-4", steps=2))
+    result = train(
+        fakes.tiny_config(
+            tmp_path,
+            shards,
+            f"text.path={nomic_models / 'nomic-embed-text-v1.5'}",
+            "vision.arch=nomic-vision",
+            "vision.image_size=32",
+            "vision.pool=cls",
+            f"vision.init_checkpoint={vision_dir}",
+            "vision.model_kwargs={}",
+            "vision.patch_size=null",
+            "optim.lr=1e-4",
+            steps=2,
+        )
+    )
     config = read_model_config(result.model_dir)
     assert config.preprocess.mean == CLIP_MEAN and config.preprocess.std == CLIP_STD  # as Nomic preprocesses
     assert config.vision.init_checkpoint is None and "nomic_config" in config.vision.model_kwargs

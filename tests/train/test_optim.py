@@ -58,8 +58,14 @@ def test_schedule_shape_linear_warmup_then_cosine_to_the_floor(warmup, total, fl
 
 def previous_groups(module: nn.Module, weight_decay: float) -> tuple[list[str], list[str]]:
     """Names of the parameters the previous hand-written grouping decayed, and those it did not."""
-    suffixes = ("pos_embed", "cls_token", "query", "reg_token", "position_embeddings.weight",
-                "token_type_embeddings.weight")
+    suffixes = (
+        "pos_embed",
+        "cls_token",
+        "query",
+        "reg_token",
+        "position_embeddings.weight",
+        "token_type_embeddings.weight",
+    )
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if p.requires_grad:

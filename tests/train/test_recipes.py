@@ -34,8 +34,11 @@ def pretrained(tmp_path_factory, shards):
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    lines = [json.dumps({"query": f"what colour is a {c} {s}?", "positive": f"a {s} that is {c}"})
-             for c in fakes.COLOURS for s in fakes.SHAPES]
+    lines = [
+        json.dumps({"query": f"what colour is a {c} {s}?", "positive": f"a {s} that is {c}"})
+        for c in fakes.COLOURS
+        for s in fakes.SHAPES
+    ]
     lines += [json.dumps(["a list pair", "works too"]), "not json", json.dumps({"query": "no positive"})]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -49,13 +52,16 @@ def test_the_recipe_table():
         RecipeSpec.of("four_towers")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["recipe=both+text"], "data.text_pairs.path"),
-    (["recipe=three_towers"], "third tower"),
-    (["recipe=both", "data.text_pairs.path=x.jsonl"], "does not use it"),
-    (["recipe=locked_text", "three_towers.model_dir=x"], "has no third tower"),
-    (["recipe=three_towers", "three_towers.arch=resnet10t"], "local checkpoint"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["recipe=both+text"], "data.text_pairs.path"),
+        (["recipe=three_towers"], "third tower"),
+        (["recipe=both", "data.text_pairs.path=x.jsonl"], "does not use it"),
+        (["recipe=locked_text", "three_towers.model_dir=x"], "has no third tower"),
+        (["recipe=three_towers", "three_towers.arch=resnet10t"], "local checkpoint"),
+    ],
+)
 def test_inconsistent_recipe_configs_are_refused(tmp_path, shards, overrides, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(tmp_path, shards, *overrides)
@@ -71,8 +77,15 @@ def test_bad_inputs_fail_before_any_step(tmp_path, shards):
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not load the third tower"):
-        Trainer(tiny_config(tmp_path / "c", shards, "recipe=three_towers", "three_towers.arch=resnet10t",
-                            f"three_towers.checkpoint={broken}"))
+        Trainer(
+            tiny_config(
+                tmp_path / "c",
+                shards,
+                "recipe=three_towers",
+                "three_towers.arch=resnet10t",
+                f"three_towers.checkpoint={broken}",
+            )
+        )
     for step_dir in ("a", "b", "c"):
         assert not (tmp_path / step_dir / "run" / "checkpoint.pt").exists()
 
@@ -82,8 +95,9 @@ def _vision_weights(model_dir):
 
 
 def test_both_trains_the_text_tower_into_a_new_space(tmp_path, shards, pretrained, text_tower):
-    result = train(tiny_config(tmp_path, shards, "recipe=both", f"vision.init_from={pretrained}",
-                               "optim.text_lr=1e-4", steps=3))
+    result = train(
+        tiny_config(tmp_path, shards, "recipe=both", f"vision.init_from={pretrained}", "optim.text_lr=1e-4", steps=3)
+    )
     config = read_model_config(result.model_dir)
     assert config.text.path == "all-MiniLM-L6-v2-both"  # saved inside the model directory
     assert config.space.fingerprint != text_tower.space.fingerprint
@@ -93,8 +107,10 @@ def test_both_trains_the_text_tower_into_a_new_space(tmp_path, shards, pretraine
     original = embed.text(["a red circle"], model="builtin:all-MiniLM-L6-v2")
     assert tuned["space"] == model.space != original["space"]
     assert tuned["embeddings"] != original["embeddings"]
-    assert any(not torch.equal(a, b) for a, b in zip(_vision_weights(result.model_dir).values(),
-                                                    _vision_weights(pretrained).values()))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(_vision_weights(result.model_dir).values(), _vision_weights(pretrained).values())
+    )
 
 
 def test_locked_image_keeps_the_vision_tower_and_caches_it(tmp_path, shards, pretrained):
@@ -106,17 +122,25 @@ def test_locked_image_keeps_the_vision_tower_and_caches_it(tmp_path, shards, pre
 
 
 def test_three_towers_plus_text_with_a_saved_model_as_third_tower(tmp_path, shards, pretrained, pairs_file):
-    cfg = tiny_config(tmp_path, shards, "recipe=three_towers+text", f"three_towers.model_dir={pretrained}",
-                      f"three_towers.cache_dir={tmp_path / 'third'}", f"data.text_pairs.path={pairs_file}",
-                      "data.text_pairs.ratio=0.5", steps=4)
+    cfg = tiny_config(
+        tmp_path,
+        shards,
+        "recipe=three_towers+text",
+        f"three_towers.model_dir={pretrained}",
+        f"three_towers.cache_dir={tmp_path / 'third'}",
+        f"data.text_pairs.path={pairs_file}",
+        "data.text_pairs.ratio=0.5",
+        steps=4,
+    )
     trainer = Trainer(cfg)
     assert trainer.pairs is not None and len(trainer.pairs) == 13 and trainer.pairs.skipped == 2
     assert [trainer.pairs.is_text_step(s) for s in range(4)] == [False, True, False, True]
     result = trainer.run()
     assert result.steps == 4
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert {"loss.image_head.weight", "loss.text_head.weight", "loss.third_scale.value", "loss.pair_scale.value"} \
-        <= {f"loss.{k}" for k in state["loss"]}
+    assert {"loss.image_head.weight", "loss.text_head.weight", "loss.third_scale.value", "loss.pair_scale.value"} <= {
+        f"loss.{k}" for k in state["loss"]
+    }
     assert "text" in state
     assert len(list((tmp_path / "third").iterdir())) == 1
 
@@ -137,5 +161,7 @@ def test_a_trainable_text_tower_resumes_exactly(tmp_path, shards, pairs_file):
     cut_text = load_file(str(result.model_dir / folder / "model.safetensors"))
     for name in ref_text:
         assert torch.equal(ref_text[name], cut_text[name]), name
-    assert all(torch.equal(a, b) for a, b in zip(_vision_weights(reference.model_dir).values(),
-                                                 _vision_weights(result.model_dir).values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(_vision_weights(reference.model_dir).values(), _vision_weights(result.model_dir).values())
+    )

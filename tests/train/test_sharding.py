@@ -9,14 +9,22 @@ from torch import nn
 from latentspace.config import VisionTowerConfig
 from latentspace.models.vision_tower import VisionTower
 from latentspace.train.sharding import (
-    clip_grad_norm, full_state_dict, is_sharded, load_optimizer_state_dict, optimizer_state_dict, repeated_blocks)
+    clip_grad_norm,
+    full_state_dict,
+    is_sharded,
+    load_optimizer_state_dict,
+    optimizer_state_dict,
+    repeated_blocks,
+)
 
 from fakes import TINY_VISION
 
 
 def test_blocks_of_a_timm_vit_and_a_bert_are_found(text_tower):
-    vision = VisionTower(VisionTowerConfig(**{**TINY_VISION, "model_kwargs": {**TINY_VISION["model_kwargs"], "depth": 3}}),
-                         text_tower.dim)
+    vision = VisionTower(
+        VisionTowerConfig(**{**TINY_VISION, "model_kwargs": {**TINY_VISION["model_kwargs"], "depth": 3}}),
+        text_tower.dim,
+    )
     blocks = repeated_blocks(vision)
     assert len(blocks) == 3 and all(type(b).__name__ == "Block" for b in blocks)
     text_tower.set_trainable(True)

@@ -38,12 +38,24 @@ def _torchrun(nproc: int, config: Path, *extra: str, wait: bool = True):
     with socket.socket() as probe:  # torchrun's static rendezvous needs a concrete free port
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
-           "-m", "latentspace.train", str(config), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(port),
+        "-m",
+        "latentspace.train",
+        str(config),
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+        )
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -58,8 +70,12 @@ def test_two_processes_train_once_and_resume_on_one(tmp_path, shards):
     assert state["step"] == 4 and state["data"]["roles"] == 2 and sorted(state["data"]["positions"]) == [0, 1]
     assert (run / "model" / "model.safetensors").is_file()
     # the same run, continued by a single process: weights resume, data restarts an epoch
-    again = subprocess.run([sys.executable, "-m", "latentspace.train", str(config), "train.steps=4"],
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "latentspace.train", str(config), "train.steps=4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "data restarts at epoch" in again.stdout + again.stderr
 
@@ -105,14 +121,22 @@ def test_fsdp_trains_like_ddp_and_its_checkpoint_resumes_unsharded(tmp_path, sha
     for parallel in ("ddp", "fsdp"):
         out = tmp_path / parallel
         out.mkdir()
-        config = _config_file(out, shards, "recipe=both", f"vision.init_from={pretrained}",
-                              f"train.parallel={parallel}", "optim.text_lr=1e-4", steps=3)
+        config = _config_file(
+            out,
+            shards,
+            "recipe=both",
+            f"vision.init_from={pretrained}",
+            f"train.parallel={parallel}",
+            "optim.text_lr=1e-4",
+            steps=3,
+        )
         done = _torchrun(2, config)
         assert done.returncode == 0, done.stdout + done.stderr
         runs[parallel] = (config, out / "run")
     ddp, fsdp = (runs[p][1] / "model" for p in ("ddp", "fsdp"))
-    torch.testing.assert_close(load_file(fsdp / "model.safetensors"), load_file(ddp / "model.safetensors"),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        load_file(fsdp / "model.safetensors"), load_file(ddp / "model.safetensors"), rtol=1e-4, atol=1e-5
+    )
     text = "all-MiniLM-L6-v2-both/model.safetensors"
     torch.testing.assert_close(load_file(fsdp / text), load_file(ddp / text), rtol=1e-4, atol=1e-5)
     state = torch.load(runs["fsdp"][1] / "checkpoint.pt", weights_only=False)
@@ -120,8 +144,12 @@ def test_fsdp_trains_like_ddp_and_its_checkpoint_resumes_unsharded(tmp_path, sha
     assert all(isinstance(k, str) for k in state["optimizer"]["state"])  # keyed by parameter name
     # one plain process reads the FSDP checkpoint (weights, optimizer) and writes the same model
     trained = load_file(fsdp / "model.safetensors")
-    again = subprocess.run([sys.executable, "-m", "latentspace.train", str(runs["fsdp"][0]), "train.parallel=ddp"],
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "latentspace.train", str(runs["fsdp"][0]), "train.parallel=ddp"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming" in again.stdout + again.stderr
     torch.testing.assert_close(load_file(fsdp / "model.safetensors"), trained, rtol=0, atol=0)
@@ -130,8 +158,15 @@ def test_fsdp_trains_like_ddp_and_its_checkpoint_resumes_unsharded(tmp_path, sha
 def test_fsdp_with_bf16_mixed_precision_and_gradcache_trains(tmp_path, shards):
     """FSDP's bf16 policy (parameters gathered in bf16, gradients reduced in fp32) with GradCache's
     deferred gradient sync, under real torchrun; the checkpoint holds whole fp32 tensors."""
-    config = _config_file(tmp_path, shards, "train.batch_size=8", "train.parallel=fsdp", "train.precision=bf16",
-                          "train.grad_cache_chunk=2", steps=3)
+    config = _config_file(
+        tmp_path,
+        shards,
+        "train.batch_size=8",
+        "train.parallel=fsdp",
+        "train.precision=bf16",
+        "train.grad_cache_chunk=2",
+        steps=3,
+    )
     done = _torchrun(2, config)
     assert done.returncode == 0, done.stdout + done.stderr
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)

@@ -56,8 +56,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, shards, workers):
     cfg_path = tmp_path / "killed.yaml"
     cfg_path.write_text(dump_config(cfg))
     run = Path(cfg.train.output_dir)
-    proc = subprocess.Popen([sys.executable, "-m", "latentspace.train", str(cfg_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "latentspace.train", str(cfg_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 120
     while not (run / "checkpoint.pt").exists():
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -101,18 +102,28 @@ def test_bf16_autocast_with_gradcache_and_checkpointing_trains_close_to_fp32(tmp
     """The GPU path's numerics, on CPU: bf16 autocast around the tower, GradCache chunks and
     activation checkpointing together land near the fp32 run, and not on it (bf16 really ran)."""
     train(tiny_config(tmp_path / "fp32", shards, steps=3))
-    train(tiny_config(tmp_path / "bf16", shards, "train.precision=bf16", "train.grad_cache_chunk=2",
-                      "vision.grad_checkpointing=true", steps=3))
+    train(
+        tiny_config(
+            tmp_path / "bf16",
+            shards,
+            "train.precision=bf16",
+            "train.grad_cache_chunk=2",
+            "vision.grad_checkpointing=true",
+            steps=3,
+        )
+    )
     ref, got = _weights(tmp_path / "fp32" / "run"), _weights(tmp_path / "bf16" / "run")
     assert all(got[k].dtype == torch.float32 for k in got)  # weights stay fp32 under autocast
     torch.testing.assert_close(got, ref, rtol=0, atol=0.02)
     assert any(not torch.equal(got[k], ref[k]) for k in ref)
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler"
+)
 def test_compiled_vision_tower_trains_like_eager(tmp_path, shards):
     train(tiny_config(tmp_path / "eager", shards, steps=3))
     train(tiny_config(tmp_path / "compiled", shards, "train.compile=true", steps=3))
-    torch.testing.assert_close(_weights(tmp_path / "compiled" / "run"), _weights(tmp_path / "eager" / "run"),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        _weights(tmp_path / "compiled" / "run"), _weights(tmp_path / "eager" / "run"), rtol=1e-4, atol=1e-5
+    )

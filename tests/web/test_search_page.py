@@ -27,9 +27,17 @@ import fakes
 from fakes import LiveServer
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--window-size=1280,900")
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,900",
+)
 KEY = "page-test-key-5678"
 HOSTILE = "<script>window.__pwned = 1</script><b>bold</b>"
 WEB = Path(__file__).resolve().parents[2] / "src" / "latentspace" / "web"
@@ -70,8 +78,9 @@ def wait_for_collections(live, headers=None, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = httpx.get(live.url + "/v1/collections", headers=headers)
-        if response.status_code == 200 and any(c["name"] == "drawings" and c["status"] == "ready"
-                                               for c in response.json()["data"]):
+        if response.status_code == 200 and any(
+            c["name"] == "drawings" and c["status"] == "ready" for c in response.json()["data"]
+        ):
             return live
         time.sleep(0.05)
     raise RuntimeError("the drawings collection did not open")
@@ -81,16 +90,25 @@ def wait_for_collections(live, headers=None, timeout=30.0):
 def server(drawings, tmp_path_factory):
     """No API keys; two collections: the drawings, and one whose folder does not exist."""
     missing = tmp_path_factory.mktemp("page-missing") / "nothing-here"
-    settings = ServeSettings(models=["colour"], collections=[f"drawings={drawings}", f"broken={missing}"],
-                             decode_threads=1, image_backend="torch")
+    settings = ServeSettings(
+        models=["colour"],
+        collections=[f"drawings={drawings}", f"broken={missing}"],
+        decode_threads=1,
+        image_backend="torch",
+    )
     with LiveServer(settings, loader=colour_loader) as live:
         yield wait_for_collections(live)
 
 
 @pytest.fixture(scope="module")
 def keyed_server(drawings):
-    settings = ServeSettings(models=["colour"], collections=[f"drawings={drawings}"], api_keys=(KEY,),
-                             decode_threads=1, image_backend="torch")
+    settings = ServeSettings(
+        models=["colour"],
+        collections=[f"drawings={drawings}"],
+        api_keys=(KEY,),
+        decode_threads=1,
+        image_backend="torch",
+    )
     with LiveServer(settings, loader=colour_loader) as live:
         yield live.wait_ready()
 
@@ -99,8 +117,10 @@ def keyed_server(drawings):
 def browser(tmp_path_factory):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
-        pytest.skip(f"the browser tests need Debian's chromium and chromium-driver ({' and '.join(missing)} "
-                    "missing): apt-get install chromium chromium-driver")
+        pytest.skip(
+            f"the browser tests need Debian's chromium and chromium-driver ({' and '.join(missing)} "
+            "missing): apt-get install chromium chromium-driver"
+        )
     pytest.importorskip("selenium", reason="the browser tests need selenium (pip install -e '.[dev]')")
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
@@ -166,8 +186,15 @@ def search_text(driver, text):
 def results(driver):
     """[(caption or '', file name)] of the cards, in order, once a search finished."""
     message(driver, "done")
-    return [(card.find_elements("css selector", ".caption")[0].text if card.find_elements("css selector", ".caption")
-             else "", card.find_element("css selector", ".path").text) for card in by_css(driver, "#results .card")]
+    return [
+        (
+            card.find_elements("css selector", ".caption")[0].text
+            if card.find_elements("css selector", ".caption")
+            else "",
+            card.find_element("css selector", ".path").text,
+        )
+        for card in by_css(driver, "#results .card")
+    ]
 
 
 def query_of(driver):
@@ -238,7 +265,8 @@ def test_uploaded_dropped_and_pasted_images_find_their_colour(server, browser, t
     assert query_of(browser) == {"c": ["drawings"]}  # an image cannot be put in a link
 
     for event in ("drop", "paste"):  # a green image, as the browser hands it to the page
-        browser.execute_script("""
+        browser.execute_script(
+            """
             const canvas = document.createElement("canvas");
             canvas.width = canvas.height = 32;
             const g = canvas.getContext("2d");
@@ -251,7 +279,9 @@ def test_uploaded_dropped_and_pasted_images_find_their_colour(server, browser, t
                 ? new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true})
                 : new ClipboardEvent("paste", {clipboardData: data, bubbles: true, cancelable: true});
               document.body.dispatchEvent(event);
-            }, "image/png");""", event)
+            }, "image/png");""",
+            event,
+        )
         wait(browser, lambda d: f"green-{event}.png" in by_css(d, "#summary")[0].text, what=f"the {event} image search")
         found = results(browser)
         assert {colour_of(name) for _, name in found[:6]} == {"green"}, event
@@ -320,15 +350,25 @@ def test_api_key_is_asked_for_kept_and_sent(keyed_server, browser):
     by_css(browser, "#q")[0].send_keys(Keys.ENTER)
     wait(browser, lambda d: by_css(d, "#key-dialog[open]"), what="the key dialog, again")
     by_css(browser, "#key-input")[0].send_keys("wrong-key", Keys.ENTER)
-    wait(browser, lambda d: "refused" in by_css(d, "#key-message")[0].text and by_css(d, "#key-dialog[open]"),
-         what="the key to be refused")
+    wait(
+        browser,
+        lambda d: "refused" in by_css(d, "#key-message")[0].text and by_css(d, "#key-dialog[open]"),
+        what="the key to be refused",
+    )
     by_css(browser, "#key-input")[0].send_keys(KEY, Keys.ENTER)
     found = results(browser)
     assert colour_of(found[0][1]) == "red"
     assert browser.execute_script("return sessionStorage.getItem('latentspace.apiKey')") == KEY
-    wait(browser, lambda d: d.execute_script(
-        "return [...document.querySelectorAll('#results img')].filter(i => i.naturalWidth > 0).length") >= 10,
-         what="thumbnails fetched with the key")
+    wait(
+        browser,
+        lambda d: (
+            d.execute_script(
+                "return [...document.querySelectorAll('#results img')].filter(i => i.naturalWidth > 0).length"
+            )
+            >= 10
+        ),
+        what="thumbnails fetched with the key",
+    )
     # the key is kept for this tab: a reload searches without asking again
     open_page(browser, keyed_server.url + "/?q=blue")
     assert colour_of(results(browser)[0][1]) == "blue" and not by_css(browser, "#key-dialog[open]")

@@ -16,9 +16,29 @@ is shown by latentspace.progress.
 from latentspace.collections.build import BuildReport, BuildSettings, build_collection, embed_unit, sync_index
 from latentspace.collections.search import Collection, Filters, Hit, ItemNotFound
 from latentspace.collections.sources import SourceError, UrlsNotAllowed
-from latentspace.collections.store import (CollectionBusy, CollectionError, CollectionNotFound,
-                                           CollectionSpaceError, resolve_collection)
+from latentspace.collections.store import (
+    CollectionBusy,
+    CollectionError,
+    CollectionNotFound,
+    CollectionSpaceError,
+    resolve_collection,
+)
 
-__all__ = ["BuildReport", "BuildSettings", "Collection", "CollectionBusy", "CollectionError", "CollectionNotFound",
-           "CollectionSpaceError", "Filters", "Hit", "ItemNotFound", "SourceError", "UrlsNotAllowed",
-           "build_collection", "embed_unit", "resolve_collection", "sync_index"]
+__all__ = [
+    "BuildReport",
+    "BuildSettings",
+    "Collection",
+    "CollectionBusy",
+    "CollectionError",
+    "CollectionNotFound",
+    "CollectionSpaceError",
+    "Filters",
+    "Hit",
+    "ItemNotFound",
+    "SourceError",
+    "UrlsNotAllowed",
+    "build_collection",
+    "embed_unit",
+    "resolve_collection",
+    "sync_index",
+]

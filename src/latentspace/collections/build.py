@@ -60,19 +60,31 @@ import hashlib
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, get_args
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
 from latentspace.collections import store
-from latentspace.collections.index import HnswIndex, REBUILD_DEAD_FRACTION, remove_index, use_ann
-from latentspace.collections.sources import (MAX_ITEMS_PER_UNIT, FileItem, Record, Skip, Source, UrlReader,
-                                             file_records, item_id, open_source, scan, shard_records)
+from latentspace.collections.index import REBUILD_DEAD_FRACTION, HnswIndex, remove_index, use_ann
+from latentspace.collections.sources import (
+    MAX_ITEMS_PER_UNIT,
+    FileItem,
+    Record,
+    Skip,
+    Source,
+    UrlReader,
+    file_records,
+    item_id,
+    open_source,
+    scan,
+    shard_records,
+)
 from latentspace.data.images import IMAGE_FORMATS, MAX_PIXELS, decode_image
 from latentspace.models.embedder import Embedder, finish
 from latentspace.progress import NullProgress, Progress
@@ -109,13 +121,19 @@ class BuildSettings:
             raise ValueError(f"dtype must be one of {', '.join(store.DTYPES)}, not {self.dtype!r}")
         # names only; serve.backends.accelerate says which combinations exist (when the build starts)
         if self.image_backend not in get_args(Backend) or self.image_precision not in get_args(Precision):
-            raise ValueError(f"image_backend must be one of {', '.join(get_args(Backend))} and image_precision one "
-                             f"of {', '.join(get_args(Precision))}")
+            raise ValueError(
+                f"image_backend must be one of {', '.join(get_args(Backend))} and image_precision one "
+                f"of {', '.join(get_args(Precision))}"
+            )
 
     def vector_settings(self, dtype: str) -> dict[str, Any]:
         """What, besides the model, decided the stored numbers."""
-        return {"dtype": dtype, "image_backend": self.image_backend, "image_precision": self.image_precision,
-                "normalized": True}
+        return {
+            "dtype": dtype,
+            "image_backend": self.image_backend,
+            "image_precision": self.image_precision,
+            "normalized": True,
+        }
 
 
 @dataclass
@@ -189,8 +207,12 @@ class UnitRuntime:
             from latentspace.serve.backends import accelerate
 
             example = torch.stack([model.preprocess_image(Image.new("RGB", (64, 64)))] * 2)
-            self.forward = accelerate(model.image_module, example, settings.image_backend,  # type: ignore[arg-type]
-                                      settings.image_precision)  # type: ignore[arg-type]
+            self.forward = accelerate(
+                model.image_module,
+                example,
+                settings.image_backend,  # type: ignore[arg-type]
+                settings.image_precision,
+            )  # type: ignore[arg-type]
         from latentspace.data.workers import available_cpus
 
         self.threads = settings.decode_threads or max(2, available_cpus())
@@ -254,16 +276,25 @@ def _records(unit: dict[str, Any], runtime: UnitRuntime) -> Iterator[Record]:
     return file_records(unit["items"], runtime.urls())
 
 
-def embed_unit(unit: dict[str, Any], model: Embedder | str, settings: BuildSettings, out_dir: Path, *,
-               runtime: UnitRuntime | None = None, progress: Progress | None = None) -> PartResult:
+def embed_unit(
+    unit: dict[str, Any],
+    model: Embedder | str,
+    settings: BuildSettings,
+    out_dir: Path,
+    *,
+    runtime: UnitRuntime | None = None,
+    progress: Progress | None = None,
+) -> PartResult:
     """Embed one unit into `out_dir/<unit part>.parquet` (written atomically) and return what
     it holds. `unit` is a description from a build plan; the part depends on nothing else."""
     own = runtime is None
     runtime = runtime or UnitRuntime(_load(model), settings)
     wanted = (unit["settings"]["image_backend"], unit["settings"]["image_precision"])
     if (runtime.settings.image_backend, runtime.settings.image_precision) != wanted:
-        raise ValueError(f"unit {unit['part']} was planned for the {'-'.join(wanted)} image backend, not "
-                         f"{runtime.settings.image_backend}-{runtime.settings.image_precision}")
+        raise ValueError(
+            f"unit {unit['part']} was planned for the {'-'.join(wanted)} image backend, not "
+            f"{runtime.settings.image_backend}-{runtime.settings.image_precision}"
+        )
     progress = progress or NullProgress()
     started = time.perf_counter()
     try:
@@ -271,16 +302,22 @@ def embed_unit(unit: dict[str, Any], model: Embedder | str, settings: BuildSetti
     finally:
         if own:
             runtime.close()
-    info = {"model": unit["model"], "identity": unit["identity"], "dim": unit["identity"]["dim"],
-            "dtype": unit["settings"]["dtype"], "settings": unit["settings"],
-            "unit": {k: v for k, v in unit.items() if k not in ("items", "model", "identity", "settings")},
-            "skipped": skipped}
+    info = {
+        "model": unit["model"],
+        "identity": unit["identity"],
+        "dim": unit["identity"]["dim"],
+        "dtype": unit["settings"]["dtype"],
+        "settings": unit["settings"],
+        "unit": {k: v for k, v in unit.items() if k not in ("items", "model", "identity", "settings")},
+        "skipped": skipped,
+    }
     rows = store.write_part(out_dir / f"{unit['part']}.parquet", columns, vectors, unit["settings"]["dtype"], info)
     return PartResult(unit["part"], rows, skipped, time.perf_counter() - started)
 
 
-def _run_unit(unit: dict[str, Any], runtime: UnitRuntime, progress: Progress
-              ) -> tuple[dict[str, list], np.ndarray, list[dict[str, Any]]]:
+def _run_unit(
+    unit: dict[str, Any], runtime: UnitRuntime, progress: Progress
+) -> tuple[dict[str, list], np.ndarray, list[dict[str, Any]]]:
     model, batch_size = runtime.model, int(unit["batch_size"])
     has_urls = unit["kind"] == "files" and any(item.get("url") for item in unit["items"])
     pool, threads = runtime.pool(has_urls)
@@ -343,19 +380,38 @@ def _add_row(columns: dict[str, list], unit: dict[str, Any], p: _Prepared) -> No
         raise ValueError(f"unit {unit['part']} has more than {MAX_ITEMS_PER_UNIT} items; split the shard")
     key = meta["key"]
     ident_key = f"{meta['shard']}#{key}" if unit["kind"] == "shard" else key
-    row = {"seq": store.seq_of(unit["ordinal"], position), "id": item_id(unit["location"], ident_key),
-           "source": unit["source"], "key": key, "path": meta.get("path"), "url": meta.get("url"),
-           "shard": meta.get("shard"), "offset": meta.get("offset"), "length": meta.get("length"),
-           "caption": meta.get("caption"), "width": p.width, "height": p.height, "sha256": p.sha256,
-           "size": p.size, "mtime_ns": meta.get("mtime_ns")}
+    row = {
+        "seq": store.seq_of(unit["ordinal"], position),
+        "id": item_id(unit["location"], ident_key),
+        "source": unit["source"],
+        "key": key,
+        "path": meta.get("path"),
+        "url": meta.get("url"),
+        "shard": meta.get("shard"),
+        "offset": meta.get("offset"),
+        "length": meta.get("length"),
+        "caption": meta.get("caption"),
+        "width": p.width,
+        "height": p.height,
+        "sha256": p.sha256,
+        "size": p.size,
+        "mtime_ns": meta.get("mtime_ns"),
+    }
     for name, value in row.items():
         columns[name].append(value)
 
 
 def _skip_entry(unit: dict[str, Any], meta: dict[str, Any], reason: str) -> dict[str, Any]:
     key = f"{meta['shard']}#{meta['key']}" if unit["kind"] == "shard" else meta["key"]
-    entry = Skip(key=key, reason=reason, path=meta.get("path"), url=meta.get("url"), shard=meta.get("shard"),
-                 size=meta.get("size"), mtime_ns=meta.get("mtime_ns")).to_dict()
+    entry = Skip(
+        key=key,
+        reason=reason,
+        path=meta.get("path"),
+        url=meta.get("url"),
+        shard=meta.get("shard"),
+        size=meta.get("size"),
+        mtime_ns=meta.get("mtime_ns"),
+    ).to_dict()
     if unit["kind"] == "files":
         item = unit["items"][meta["index"]]
         entry.update({k: item[k] for k in ("size", "mtime_ns") if item.get(k) is not None})
@@ -366,11 +422,13 @@ def _skip_entry(unit: dict[str, Any], meta: dict[str, Any], reason: str) -> dict
 # --- planning -----------------------------------------------------------------------------------
 
 
-def _live_rows(directory: Path, manifest: store.Manifest, source: int,
-               missing: list[str]) -> dict[str, dict[str, Any]]:
+def _live_rows(directory: Path, manifest: store.Manifest, source: int, missing: list[str]) -> dict[str, dict[str, Any]]:
     """key -> row metadata of the source's live rows (read from the parts, without vectors)."""
-    paths = [directory / store.PARTS / f"{p['name']}.parquet" for p in manifest.parts
-             if p["source"] == source and p["kind"] == "files" and p["name"] not in missing]
+    paths = [
+        directory / store.PARTS / f"{p['name']}.parquet"
+        for p in manifest.parts
+        if p["source"] == source and p["kind"] == "files" and p["name"] not in missing
+    ]
     table = store.read_meta(paths, ["seq", "key", "caption", "size", "mtime_ns", "sha256", "url"])
     return {row["key"]: row for row in table.to_pylist()}
 
@@ -386,15 +444,26 @@ def _sha256_file(path: str) -> str | None:
     return h.hexdigest()
 
 
-def _plan(directory: Path, manifest: store.Manifest, source: Source, source_index: int, settings: BuildSettings,
-          spec: str, identity: dict[str, Any], dtype: str) -> dict[str, Any]:
+def _plan(
+    directory: Path,
+    manifest: store.Manifest,
+    source: Source,
+    source_index: int,
+    settings: BuildSettings,
+    spec: str,
+    identity: dict[str, Any],
+    dtype: str,
+) -> dict[str, Any]:
     found = scan(source, allow_urls=settings.allow_urls)
     previous = [s for s in store.read_skipped(directory) if s.get("source") == source_index]
     counts = {"added": 0, "changed": 0, "removed": 0, "unchanged": 0, "refreshed": 0}
     rewrites: dict[str, dict[str, Any]] = {}
     # Committed parts gone from disk: dropped from the manifest, their items planned as new ones.
-    missing = [p["name"] for p in manifest.parts
-               if p["source"] == source_index and not (directory / store.PARTS / f"{p['name']}.parquet").exists()]
+    missing = [
+        p["name"]
+        for p in manifest.parts
+        if p["source"] == source_index and not (directory / store.PARTS / f"{p['name']}.parquet").exists()
+    ]
     drop_parts: list[str] = list(missing)
     keep_skips: list[dict[str, Any]] = []
     unit_specs: list[tuple[str, Any]] = []  # ("files", [items]) or ("shard", shard item)
@@ -403,8 +472,11 @@ def _plan(directory: Path, manifest: store.Manifest, source: Source, source_inde
         return rewrites.setdefault(store.part_name(seq >> store.POSITION_BITS), {"delete": [], "stats": {}})
 
     if source.kind == "shards":
-        embedded = {p["shard"]["url"]: p for p in manifest.parts
-                    if p["source"] == source_index and p["kind"] == "shard" and p["name"] not in missing}
+        embedded = {
+            p["shard"]["url"]: p
+            for p in manifest.parts
+            if p["source"] == source_index and p["kind"] == "shard" and p["name"] not in missing
+        }
         wanted = {s.url for s in found.shards}
         for shard in found.shards:
             part = embedded.get(shard.url)
@@ -457,21 +529,43 @@ def _plan(directory: Path, manifest: store.Manifest, source: Source, source_inde
     units = []
     for n, (kind, payload) in enumerate(unit_specs):
         ordinal = manifest.next_ordinal + n
-        unit: dict[str, Any] = {"part": store.part_name(ordinal), "ordinal": ordinal, "kind": kind,
-                                "source": source_index, "location": source.location, "batch_size": settings.batch_size,
-                                "max_pixels": settings.max_pixels, "model": spec, "identity": identity,
-                                "settings": vector_settings}
+        unit: dict[str, Any] = {
+            "part": store.part_name(ordinal),
+            "ordinal": ordinal,
+            "kind": kind,
+            "source": source_index,
+            "location": source.location,
+            "batch_size": settings.batch_size,
+            "max_pixels": settings.max_pixels,
+            "model": spec,
+            "identity": identity,
+            "settings": vector_settings,
+        }
         if kind == "shard":
             unit["shard"] = asdict(payload)
         else:
             unit["items"] = [{**asdict(item), "index": i} for i, item in enumerate(payload)]
         units.append(unit)
     scan_skips = [{**s.to_dict(), "source": source_index, "stage": "scan"} for s in found.skipped]
-    return {"format": PLAN_FORMAT, "source": source_index, "source_info": source.to_dict(), "model": spec,
-            "identity": identity, "dtype": dtype, "settings": vector_settings, "batch_size": settings.batch_size,
-            "files_per_part": settings.files_per_part, "max_pixels": settings.max_pixels,
-            "units": units, "rewrites": rewrites, "drop_parts": drop_parts, "skipped": scan_skips + keep_skips,
-            "counts": counts, "next_ordinal": manifest.next_ordinal + len(units), "missing_parts": missing}
+    return {
+        "format": PLAN_FORMAT,
+        "source": source_index,
+        "source_info": source.to_dict(),
+        "model": spec,
+        "identity": identity,
+        "dtype": dtype,
+        "settings": vector_settings,
+        "batch_size": settings.batch_size,
+        "files_per_part": settings.files_per_part,
+        "max_pixels": settings.max_pixels,
+        "units": units,
+        "rewrites": rewrites,
+        "drop_parts": drop_parts,
+        "skipped": scan_skips + keep_skips,
+        "counts": counts,
+        "next_ordinal": manifest.next_ordinal + len(units),
+        "missing_parts": missing,
+    }
 
 
 # --- executing and committing -------------------------------------------------------------------
@@ -482,8 +576,9 @@ def _plan(directory: Path, manifest: store.Manifest, source: Source, source_inde
 UnitRunner = Callable[[list[dict[str, Any]], Path, Progress], Iterator[PartResult]]
 
 
-def _embed_here(runtime: UnitRuntime, units: list[dict[str, Any]], staging: Path,
-                progress: Progress) -> Iterator[PartResult]:
+def _embed_here(
+    runtime: UnitRuntime, units: list[dict[str, Any]], staging: Path, progress: Progress
+) -> Iterator[PartResult]:
     for n, unit in enumerate(units):
         progress.describe(f"part {n + 1}/{len(units)}")
         yield embed_unit(unit, runtime.model, runtime.settings, staging, runtime=runtime, progress=progress)
@@ -492,12 +587,21 @@ def _embed_here(runtime: UnitRuntime, units: list[dict[str, Any]], staging: Path
 def _todo(directory: Path, plan: dict[str, Any]) -> list[dict[str, Any]]:
     """The plan's units whose part is neither staged nor committed yet."""
     staging, parts = directory / store.STAGING, directory / store.PARTS
-    return [u for u in plan["units"]
-            if not (staging / f"{u['part']}.parquet").exists() and not (parts / f"{u['part']}.parquet").exists()]
+    return [
+        u
+        for u in plan["units"]
+        if not (staging / f"{u['part']}.parquet").exists() and not (parts / f"{u['part']}.parquet").exists()
+    ]
 
 
-def _execute(directory: Path, plan: dict[str, Any], run_units: UnitRunner, progress: Progress,
-             report: BuildReport, log: Callable[[str], None]) -> None:
+def _execute(
+    directory: Path,
+    plan: dict[str, Any],
+    run_units: UnitRunner,
+    progress: Progress,
+    report: BuildReport,
+    log: Callable[[str], None],
+) -> None:
     staging, parts = directory / store.STAGING, directory / store.PARTS
     staging.mkdir(parents=True, exist_ok=True)
     for stale in staging.glob(".*.tmp-*"):  # a part that was in flight when a build died
@@ -565,9 +669,12 @@ def _commit(directory: Path, manifest: store.Manifest, plan: dict[str, Any]) -> 
         entries[name]["rows"] = rows
     manifest.parts = sorted(entries.values(), key=lambda p: p["ordinal"])
     manifest.next_ordinal = max(manifest.next_ordinal, plan["next_ordinal"])
-    manifest.counts = {"items": sum(p["rows"] for p in manifest.parts), "parts": len(manifest.parts),
-                       "skipped": len(skipped)}
-    manifest.updated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest.counts = {
+        "items": sum(p["rows"] for p in manifest.parts),
+        "parts": len(manifest.parts),
+        "skipped": len(skipped),
+    }
+    manifest.updated = datetime.now(UTC).isoformat(timespec="seconds")
     manifest.save(directory)
     (directory / store.PLAN).unlink(missing_ok=True)
     if staging.exists() and not any(staging.iterdir()):
@@ -620,11 +727,19 @@ def _vectors_for(paths: dict[str, Path], seqs: np.ndarray) -> np.ndarray:
 # --- the whole build ----------------------------------------------------------------------------
 
 
-def build_collection(directory: str | Path, model: Embedder | str | None = None,
-                     source: str | Path | None = None, *, name: str | None = None,
-                     settings: BuildSettings = BuildSettings(), progress: Progress | None = None,
-                     log: Callable[[str], None] = lambda line: None, engine: str = "local",
-                     ray_address: str | None = None, ray_actors: int | None = None) -> BuildReport:
+def build_collection(
+    directory: str | Path,
+    model: Embedder | str | None = None,
+    source: str | Path | None = None,
+    *,
+    name: str | None = None,
+    settings: BuildSettings = BuildSettings(),
+    progress: Progress | None = None,
+    log: Callable[[str], None] = lambda line: None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
+) -> BuildReport:
     """Create or update the collection in `directory` from `source` with `model` (an Embedder
     or a spec; None: the collection's own). Finishes an interrupted build first. Refuses a
     model of another space. See the module docstring for what is (re)embedded.
@@ -649,7 +764,9 @@ def build_collection(directory: str | Path, model: Embedder | str | None = None,
             source = manifest.sources[0]["location"]  # a rerun without --images updates the one source
         if model is None:
             if manifest is None:
-                raise store.CollectionError(f"{directory} holds no collection yet: pass --model SPEC for the first build")
+                raise store.CollectionError(
+                    f"{directory} holds no collection yet: pass --model SPEC for the first build"
+                )
             model = manifest.model
         spec = model_spec(model)
         embedder = _load(model)
@@ -660,13 +777,19 @@ def build_collection(directory: str | Path, model: Embedder | str | None = None,
             if settings.dtype is not None and settings.dtype != manifest.dtype:
                 raise store.CollectionError(
                     f"collection {manifest.name!r} stores {manifest.dtype} vectors; build it with --dtype "
-                    f"{manifest.dtype} (or leave --dtype out), or build a new collection for {settings.dtype}")
+                    f"{manifest.dtype} (or leave --dtype out), or build a new collection for {settings.dtype}"
+                )
             if name is not None and name != manifest.name:
                 raise store.CollectionError(f"{directory} holds collection {manifest.name!r}, not {name!r}")
         else:
             dtype = pending_plan["dtype"] if pending_plan is not None else settings.dtype or "float32"
-            manifest = store.Manifest(name=name or directory.name, model=spec, identity=embedder.identity,
-                                      dtype=dtype, settings=settings.vector_settings(dtype))
+            manifest = store.Manifest(
+                name=name or directory.name,
+                model=spec,
+                identity=embedder.identity,
+                dtype=dtype,
+                settings=settings.vector_settings(dtype),
+            )
         if settings.hnsw_min_rows is not None:
             manifest.hnsw_min_rows = settings.hnsw_min_rows
         dtype = manifest.dtype
@@ -678,8 +801,10 @@ def build_collection(directory: str | Path, model: Embedder | str | None = None,
         def run(plan: dict[str, Any], run_settings: BuildSettings) -> None:
             nonlocal runtime
             if plan.get("missing_parts"):
-                log(f"{len(plan['missing_parts'])} part(s) listed in {store.MANIFEST} are missing from "
-                    f"{store.PARTS}/ ({', '.join(plan['missing_parts'])}): their items are embedded again")
+                log(
+                    f"{len(plan['missing_parts'])} part(s) listed in {store.MANIFEST} are missing from "
+                    f"{store.PARTS}/ ({', '.join(plan['missing_parts'])}): their items are embedded again"
+                )
             run_units: UnitRunner
             if ray_engine is not None:
                 if _todo(directory, plan):
@@ -702,13 +827,20 @@ def build_collection(directory: str | Path, model: Embedder | str | None = None,
                     manifest.sources.append(pending_plan["source_info"])
                 _count(report, pending_plan)
                 # Resume with the settings the plan was made with: they fix the part bytes.
-                run(pending_plan, BuildSettings(
-                    batch_size=pending_plan["batch_size"], files_per_part=pending_plan["files_per_part"],
-                    dtype=pending_plan["dtype"], max_pixels=pending_plan["max_pixels"],
-                    allow_urls=settings.allow_urls, url_allowed_hosts=settings.url_allowed_hosts,
-                    image_backend=pending_plan["settings"]["image_backend"],
-                    image_precision=pending_plan["settings"]["image_precision"],
-                    decode_threads=settings.decode_threads))
+                run(
+                    pending_plan,
+                    BuildSettings(
+                        batch_size=pending_plan["batch_size"],
+                        files_per_part=pending_plan["files_per_part"],
+                        dtype=pending_plan["dtype"],
+                        max_pixels=pending_plan["max_pixels"],
+                        allow_urls=settings.allow_urls,
+                        url_allowed_hosts=settings.url_allowed_hosts,
+                        image_backend=pending_plan["settings"]["image_backend"],
+                        image_precision=pending_plan["settings"]["image_precision"],
+                        decode_threads=settings.decode_threads,
+                    ),
+                )
             if source is not None:
                 src = open_source(source)
                 index = manifest.source_index(src.location)
@@ -741,7 +873,8 @@ def _check_pending(plan: dict[str, Any], identity: dict[str, Any], directory: Pa
         raise store.CollectionSpaceError(
             f"an interrupted build of {directory} with model {plan['model']!r} (space "
             f"{SpaceIdentity.from_dict(plan['identity'])}) is pending, and the model given is in another space; "
-            f"finish it with that model first (rerun the build with --model {plan['model']!r})")
+            f"finish it with that model first (rerun the build with --model {plan['model']!r})"
+        )
 
 
 def _count(report: BuildReport, plan: dict[str, Any]) -> None:

@@ -95,7 +95,7 @@ class HnswIndex:
         return int(self.index.ntotal)
 
     @classmethod
-    def build(cls, vectors: np.ndarray, labels: np.ndarray, params: HnswParams = HNSW_PARAMS) -> "HnswIndex":
+    def build(cls, vectors: np.ndarray, labels: np.ndarray, params: HnswParams = HNSW_PARAMS) -> HnswIndex:
         import faiss
 
         index = faiss.IndexHNSWFlat(vectors.shape[1], params.M, faiss.METRIC_INNER_PRODUCT)
@@ -121,8 +121,9 @@ class HnswIndex:
         view.flags.writeable = False
         return view
 
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None,
-               ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, ef_search: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, internal ids) of up to k allowed rows nearest `query`; `allowed` is a bool
         mask over internal ids (None: all)."""
         import faiss
@@ -157,7 +158,7 @@ class HnswIndex:
         atomic.write_text(directory / INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, directory: Path) -> "HnswIndex | None":
+    def load(cls, directory: Path) -> HnswIndex | None:
         """The saved index, or None when there is none or its files do not agree."""
         import faiss
 
@@ -169,8 +170,9 @@ class HnswIndex:
             return None
         if not (int(info.get("rows", -1)) == len(labels) == index.ntotal):
             return None
-        params = HnswParams(M=int(info["M"]), ef_construction=int(info["ef_construction"]),
-                            ef_search=int(info["ef_search"]))
+        params = HnswParams(
+            M=int(info["M"]), ef_construction=int(info["ef_construction"]), ef_search=int(info["ef_search"])
+        )
         return cls(index, labels, params)
 
 

@@ -65,9 +65,10 @@ import os
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from latentspace import atomic
 from latentspace.collections.build import BuildSettings, PartResult, UnitRuntime, _load, embed_unit, model_spec
@@ -95,8 +96,14 @@ class PoolShape:
     gpus: int  # GPUs each actor reserves: 1 on a cluster with GPUs, else 0
 
 
-def pool_shape(cluster_cpus: float, node_cpus: list[float], cluster_gpus: float, *,
-               decode_threads: int | None = None, actors: int | None = None) -> PoolShape:
+def pool_shape(
+    cluster_cpus: float,
+    node_cpus: list[float],
+    cluster_gpus: float,
+    *,
+    decode_threads: int | None = None,
+    actors: int | None = None,
+) -> PoolShape:
     """How many actors, and what each reserves, from the cluster's resources (module docstring)."""
     cpus_total = max(1, int(cluster_cpus))
     largest = max(1, int(max(node_cpus, default=1)))
@@ -144,8 +151,9 @@ class RayEngine:
     installed; `start` connects (or starts a local Ray instance) and starts the actors, `run`
     embeds units into staging/, `close` ends the actors and what `start` started."""
 
-    def __init__(self, *, address: str | None = None, actors: int | None = None,
-                 log: Callable[[str], None] = lambda line: None) -> None:
+    def __init__(
+        self, *, address: str | None = None, actors: int | None = None, log: Callable[[str], None] = lambda line: None
+    ) -> None:
         if actors is not None and actors < 1:
             raise ValueError("ray_actors must be at least 1")
         self.ray = import_ray()
@@ -186,26 +194,36 @@ class RayEngine:
         self._connect()
         resources = ray.cluster_resources()
         node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-        self.shape = shape = pool_shape(resources.get("CPU", 1.0), node_cpus, resources.get("GPU", 0.0),
-                                        decode_threads=settings.decode_threads, actors=self.requested)
+        self.shape = shape = pool_shape(
+            resources.get("CPU", 1.0),
+            node_cpus,
+            resources.get("GPU", 0.0),
+            decode_threads=settings.decode_threads,
+            actors=self.requested,
+        )
         if not isinstance(model, str):
             model = self._model_ref = ray.put(model)  # pickled once; each actor unpickles its copy
-        worker = ray.remote(UnitWorker).options(num_cpus=shape.cpus, num_gpus=shape.gpus, max_restarts=0,
-                                                max_task_retries=0)
+        worker = ray.remote(UnitWorker).options(
+            num_cpus=shape.cpus, num_gpus=shape.gpus, max_restarts=0, max_task_retries=0
+        )
         for _ in range(shape.actors):
             actor = worker.remote(model, self._actor_settings(settings), shape.cpus)
             self.starting[actor.ready.remote()] = actor
-        self.log(f"{shape.actors} Ray actor(s) loading {model_spec(self.model)!r}, each with {shape.cpus} CPU(s)"
-                 + (" and 1 GPU" if shape.gpus else ""))
+        self.log(
+            f"{shape.actors} Ray actor(s) loading {model_spec(self.model)!r}, each with {shape.cpus} CPU(s)"
+            + (" and 1 GPU" if shape.gpus else "")
+        )
         started = time.monotonic()
         while not self.ready:
             done, _ = ray.wait(list(self.starting), num_returns=1, timeout=WAIT_NOTICE_S)
             for ref in done:
                 self._started(ref)
             if not done:
-                self.log(f"still waiting for a Ray actor to start ({time.monotonic() - started:.0f} s): each needs "
-                         f"{shape.cpus} CPU(s){' and 1 GPU' if shape.gpus else ''}; the cluster has "
-                         f"{ray.available_resources()} free")
+                self.log(
+                    f"still waiting for a Ray actor to start ({time.monotonic() - started:.0f} s): each needs "
+                    f"{shape.cpus} CPU(s){' and 1 GPU' if shape.gpus else ''}; the cluster has "
+                    f"{ray.available_resources()} free"
+                )
 
     def _actor_settings(self, settings: BuildSettings) -> BuildSettings:
         assert self.shape is not None
@@ -216,14 +234,16 @@ class RayEngine:
         try:
             self.ray.get(ref)
         except self.ray.exceptions.RayError as e:
-            raise UnitFailed(f"a Ray actor could not load the model {model_spec(self.model or '?')!r}: "
-                             f"{_cause(e)}") from e
+            raise UnitFailed(
+                f"a Ray actor could not load the model {model_spec(self.model or '?')!r}: {_cause(e)}"
+            ) from e
         self.ready.append(actor)
 
     # -- running units --------------------------------------------------------------------------
 
-    def run(self, units: list[dict[str, Any]], settings: BuildSettings, staging: Path,
-            progress: Progress) -> Iterator[PartResult]:
+    def run(
+        self, units: list[dict[str, Any]], settings: BuildSettings, staging: Path, progress: Progress
+    ) -> Iterator[PartResult]:
         """Embed `units` on the actors, writing each part into `staging` as it arrives (in any
         order) and yielding its result. Raises UnitFailed naming the first unit that failed."""
         ray = self.ray
@@ -254,13 +274,16 @@ class RayEngine:
                 if isinstance(e, ray.exceptions.RayActorError):
                     # Every unit queued on the actor fails with it; the one it was running is the first.
                     culprit, others = queued[actor][0], len(queued[actor]) - 1
-                    what = (f"failed: the Ray actor embedding it died ({_cause(e)})"
-                            + (f"; {others} more unit(s) queued on it were not run" if others else ""))
+                    what = f"failed: the Ray actor embedding it died ({_cause(e)})" + (
+                        f"; {others} more unit(s) queued on it were not run" if others else ""
+                    )
                 else:
                     culprit, what = unit, f"failed on a Ray actor: {_cause(e)}"
                 done += self._salvage(flight, staging)
-                raise UnitFailed(f"unit {culprit['part']} ({_describe(culprit)}) {what}. The {done} part(s) "
-                                 "finished by this build are staged; rerun the build to resume") from e
+                raise UnitFailed(
+                    f"unit {culprit['part']} ({_describe(culprit)}) {what}. The {done} part(s) "
+                    "finished by this build are staged; rerun the build to resume"
+                ) from e
             queued[actor].popleft()  # an actor runs its units in the order they were handed to it
             atomic.write_bytes(staging / f"{unit['part']}.parquet", data, durable=True)
             done += 1

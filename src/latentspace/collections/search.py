@@ -73,16 +73,28 @@ class Hit:
 
     def short(self) -> dict[str, Any]:
         """What `collection search --json` prints per line."""
-        out = {"id": self.id, "score": None if self.score is None else round(self.score, 6), "path": self.path,
-               "url": self.url, "caption": self.caption}
+        out = {
+            "id": self.id,
+            "score": None if self.score is None else round(self.score, 6),
+            "path": self.path,
+            "url": self.url,
+            "caption": self.caption,
+        }
         if self.shard is not None:
             out.update(shard=self.shard, key=self.key, offset=self.offset)
         return out
 
 
 class Collection:
-    def __init__(self, directory: Path, manifest: store.Manifest, meta: pa.Table, vectors: np.ndarray | None,
-                 index: HnswIndex | None, index_rows: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        manifest: store.Manifest,
+        meta: pa.Table,
+        vectors: np.ndarray | None,
+        index: HnswIndex | None,
+        index_rows: np.ndarray | None,
+    ) -> None:
         self.directory, self.manifest, self.meta = directory, manifest, meta
         self._vectors = vectors  # (rows, dim) float32 aligned with meta, when searched exactly
         self._index = index
@@ -92,7 +104,7 @@ class Collection:
 
     # -- opening ----------------------------------------------------------------------------------
     @classmethod
-    def open(cls, where: str | os.PathLike) -> "Collection":
+    def open(cls, where: str | os.PathLike) -> Collection:
         """Open a collection by directory, or by name under artifacts/collections."""
         directory = store.resolve_collection(where)
         manifest = store.Manifest.load(directory)
@@ -113,8 +125,11 @@ class Collection:
             rows = order[pos] if len(seqs) else np.zeros(len(index.labels), dtype=np.int64)
             live = (seqs[rows] == index.labels) if len(seqs) else np.zeros(len(index.labels), dtype=bool)
             return cls(directory, manifest, meta, None, index, np.where(live, rows, -1))
-        vectors = (np.concatenate([store.read_vectors(p) for p in paths]) if paths
-                   else np.empty((0, manifest.dim), dtype=np.float32))
+        vectors = (
+            np.concatenate([store.read_vectors(p) for p in paths])
+            if paths
+            else np.empty((0, manifest.dim), dtype=np.float32)
+        )
         return cls(directory, manifest, meta, vectors, None, None)
 
     # -- facts ------------------------------------------------------------------------------------
@@ -131,11 +146,22 @@ class Collection:
 
     def info(self) -> dict[str, Any]:
         m = self.manifest
-        return {"name": m.name, "directory": str(self.directory), "model": m.model, "space": self.space,
-                "identity": m.identity.to_dict(), "dim": m.dim, "dtype": m.dtype, "settings": m.settings,
-                "items": len(self), "parts": len(m.parts), "skipped": m.counts.get("skipped", 0),
-                "sources": m.sources, "search": "hnsw" if self._index is not None else "exact",
-                "updated": m.updated}
+        return {
+            "name": m.name,
+            "directory": str(self.directory),
+            "model": m.model,
+            "space": self.space,
+            "identity": m.identity.to_dict(),
+            "dim": m.dim,
+            "dtype": m.dtype,
+            "settings": m.settings,
+            "items": len(self),
+            "parts": len(m.parts),
+            "skipped": m.counts.get("skipped", 0),
+            "sources": m.sources,
+            "search": "hnsw" if self._index is not None else "exact",
+            "updated": m.updated,
+        }
 
     def skipped(self) -> list[dict[str, Any]]:
         return store.read_skipped(self.directory)
@@ -148,15 +174,30 @@ class Collection:
                 matches = np.flatnonzero(_bools(pc.fill_null(pc.equal(self.meta.column(column), item), False)))
                 if len(matches) == 1:
                     return int(matches[0])
-            raise ItemNotFound(f"no item {item!r} in collection {self.name!r} (give an id from search results, "
-                               "or a path in the collection)")
+            raise ItemNotFound(
+                f"no item {item!r} in collection {self.name!r} (give an id from search results, "
+                "or a path in the collection)"
+            )
         return row
 
     def _hit(self, row: int, score: float | None) -> Hit:
         r = {name: self.meta.column(name)[row].as_py() for name in store.META_COLUMNS}
-        return Hit(id=r["id"], score=score, path=r["path"], url=r["url"], caption=r["caption"], key=r["key"],
-                   shard=r["shard"], offset=r["offset"], length=r["length"], width=r["width"], height=r["height"],
-                   sha256=r["sha256"], size=r["size"], mtime_ns=r["mtime_ns"])
+        return Hit(
+            id=r["id"],
+            score=score,
+            path=r["path"],
+            url=r["url"],
+            caption=r["caption"],
+            key=r["key"],
+            shard=r["shard"],
+            offset=r["offset"],
+            length=r["length"],
+            width=r["width"],
+            height=r["height"],
+            sha256=r["sha256"],
+            size=r["size"],
+            mtime_ns=r["mtime_ns"],
+        )
 
     def item(self, item_id: str) -> Hit:
         """An item's metadata by id (or by path/URL/key when exactly one item has it)."""
@@ -205,30 +246,44 @@ class Collection:
         store.check_space(self.manifest, model.identity, what=f"query model {model.name!r}", directory=self.directory)
         return model
 
-    def search_text(self, model: Embedder | str, text: str, k: int = 10, min_score: float | None = None,
-                    filters: Filters | None = None) -> list[Hit]:
+    def search_text(
+        self,
+        model: Embedder | str,
+        text: str,
+        k: int = 10,
+        min_score: float | None = None,
+        filters: Filters | None = None,
+    ) -> list[Hit]:
         model = self._check_model(model)
         model.require("text")
         query = model.embed_texts([text], "search_query")[0].numpy()
         return self.search_vector(query, k, min_score, filters)
 
-    def search_image(self, model: Embedder | str, image: Any, k: int = 10, min_score: float | None = None,
-                     filters: Filters | None = None) -> list[Hit]:
+    def search_image(
+        self,
+        model: Embedder | str,
+        image: Any,
+        k: int = 10,
+        min_score: float | None = None,
+        filters: Filters | None = None,
+    ) -> list[Hit]:
         """`image`: a path, bytes or a PIL image."""
         model = self._check_model(model)
         query = model.embed_images([image])[0].numpy()
         return self.search_vector(query, k, min_score, filters)
 
-    def search_like(self, item_id: str, k: int = 10, min_score: float | None = None,
-                    filters: Filters | None = None) -> list[Hit]:
+    def search_like(
+        self, item_id: str, k: int = 10, min_score: float | None = None, filters: Filters | None = None
+    ) -> list[Hit]:
         """Items nearest to an item of the collection (by id, or a path in it), without itself."""
         row = self._row(item_id)
         hits = self.search_vector(self._vector_of(row), k + 1, min_score, filters)
         own = self.meta.column("id")[row].as_py()
         return [h for h in hits if h.id != own][:k]
 
-    def search_vector(self, query: np.ndarray, k: int = 10, min_score: float | None = None,
-                      filters: Filters | None = None) -> list[Hit]:
+    def search_vector(
+        self, query: np.ndarray, k: int = 10, min_score: float | None = None, filters: Filters | None = None
+    ) -> list[Hit]:
         """The k items nearest to a unit `query` vector of the collection's dimension."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.manifest.dim:
@@ -239,8 +294,7 @@ class Collection:
         if allowed is not None and not len(allowed):
             return []
         scores, rows = self._search(query, k, allowed)
-        return [self._hit(int(r), float(s)) for s, r in zip(scores, rows)
-                if min_score is None or s >= min_score]
+        return [self._hit(int(r), float(s)) for s, r in zip(scores, rows) if min_score is None or s >= min_score]
 
     def _search(self, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if self._index is None:

@@ -28,9 +28,10 @@ import hashlib
 import os
 import tarfile
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 from latentspace.data.images import IMAGE_EXTENSIONS
 
@@ -116,7 +117,7 @@ class Source:
         return {"kind": self.kind, "location": self.location, "spec": self.spec}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Source":
+    def from_dict(cls, d: dict[str, Any]) -> Source:
         return cls(d["kind"], d["location"], d.get("spec", d["location"]))
 
 
@@ -125,8 +126,10 @@ def open_source(spec: str | os.PathLike) -> Source:
     should be."""
     text = str(spec)
     if text.startswith(("http://", "https://")):
-        raise SourceError(f"{text!r}: shards are read from local paths or 'pipe:COMMAND' (e.g. 'pipe:curl -s URL'); "
-                          "image URLs belong in a table (a .csv or .parquet with a url column) with --allow-urls")
+        raise SourceError(
+            f"{text!r}: shards are read from local paths or 'pipe:COMMAND' (e.g. 'pipe:curl -s URL'); "
+            "image URLs belong in a table (a .csv or .parquet with a url column) with --allow-urls"
+        )
     if text.startswith("pipe:") or "{" in text or "::" in text:
         return Source("shards", _canonical_shards(text), text)
     path = Path(text).expanduser()
@@ -137,9 +140,13 @@ def open_source(spec: str | os.PathLike) -> Source:
             return Source("shards", str(path.resolve()), text)
         if path.suffix.lower() in TABLE_SUFFIXES:
             return Source("table", str(path.resolve()), text)
-        raise SourceError(f"{text!r} is a {path.suffix or 'suffix-less'} file; give a folder of images, webdataset "
-                          f"shards (.tar, a brace pattern or pipe:) or a table ({', '.join(TABLE_SUFFIXES)})")
-    raise SourceError(f"image source {text!r} does not exist; give a folder, webdataset shards or a .csv/.parquet table")
+        raise SourceError(
+            f"{text!r} is a {path.suffix or 'suffix-less'} file; give a folder of images, webdataset "
+            f"shards (.tar, a brace pattern or pipe:) or a table ({', '.join(TABLE_SUFFIXES)})"
+        )
+    raise SourceError(
+        f"image source {text!r} does not exist; give a folder, webdataset shards or a .csv/.parquet table"
+    )
 
 
 def _canonical_shards(spec: str) -> str:
@@ -203,8 +210,10 @@ def _scan_table(table_path: Path, allow_urls: bool) -> Scan:
         raise SourceError(f"cannot read table {table_path}: {e}") from e
     path_col = _column(table.column_names, PATH_COLUMNS)
     if path_col is None:
-        raise SourceError(f"table {table_path} has no {', '.join(PATH_COLUMNS)} column (its columns: "
-                          f"{', '.join(table.column_names)}); name the column of image paths or URLs one of those")
+        raise SourceError(
+            f"table {table_path} has no {', '.join(PATH_COLUMNS)} column (its columns: "
+            f"{', '.join(table.column_names)}); name the column of image paths or URLs one of those"
+        )
     caption_col = _column(table.column_names, CAPTION_COLUMNS)
     values = table.column(path_col).to_pylist()
     captions = table.column(caption_col).to_pylist() if caption_col else [None] * len(values)
@@ -235,8 +244,10 @@ def _scan_table(table_path: Path, allow_urls: bool) -> Scan:
         out.items.append(FileItem(key=value, path=str(path), caption=caption, size=size, mtime_ns=mtime))
     urls = sum(item.url is not None for item in out.items)
     if urls and not allow_urls:
-        raise UrlsNotAllowed(f"table {table_path} lists {urls} image URL(s); fetching them is off. Pass --allow-urls "
-                             "to fetch them (with the server's safeguards: public addresses only, size and time limits)")
+        raise UrlsNotAllowed(
+            f"table {table_path} lists {urls} image URL(s); fetching them is off. Pass --allow-urls "
+            "to fetch them (with the server's safeguards: public addresses only, size and time limits)"
+        )
     out.items.sort(key=lambda item: item.key)
     return out
 
@@ -275,10 +286,17 @@ class Record:
     error: str | None = None
 
 
-def file_records(items: list[dict[str, Any]], urls: "UrlReader | None") -> Iterator[Record]:
+def file_records(items: list[dict[str, Any]], urls: UrlReader | None) -> Iterator[Record]:
     for item in items:
-        meta = {"key": item["key"], "index": item["index"], "path": item.get("path"), "url": item.get("url"),
-                "caption": item.get("caption"), "size": item.get("size"), "mtime_ns": item.get("mtime_ns")}
+        meta = {
+            "key": item["key"],
+            "index": item["index"],
+            "path": item.get("path"),
+            "url": item.get("url"),
+            "caption": item.get("caption"),
+            "size": item.get("size"),
+            "mtime_ns": item.get("mtime_ns"),
+        }
         if item.get("url"):
             if urls is None:
                 yield Record(meta, error="URL fetching is off (pass --allow-urls)")
@@ -344,8 +362,10 @@ def shard_records(url: str) -> Iterator[Record]:
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         # Truncated or corrupt tar: keep what was read before; the samples after the break are
         # lost (a tar has no index to resynchronise on).
-        yield Record({"key": f"<unreadable after {key}>", "shard": url, "position": position + 1},
-                     error=f"shard unreadable after {position} sample(s): {type(e).__name__}: {e}")
+        yield Record(
+            {"key": f"<unreadable after {key}>", "shard": url, "position": position + 1},
+            error=f"shard unreadable after {position} sample(s): {type(e).__name__}: {e}",
+        )
     finally:
         try:
             stream.close()
@@ -405,9 +425,14 @@ class UrlReader:
             return fields[name].default
 
         timeout = default("url_timeout_s")
-        self.policy = FetchPolicy(max_bytes=default("url_max_bytes"), connect_timeout=timeout, read_timeout=timeout,
-                                  total_timeout=3 * timeout, max_redirects=default("url_max_redirects"),
-                                  allowed_hosts=frozenset(h.lower() for h in allowed_hosts))
+        self.policy = FetchPolicy(
+            max_bytes=default("url_max_bytes"),
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            total_timeout=3 * timeout,
+            max_redirects=default("url_max_redirects"),
+            allowed_hosts=frozenset(h.lower() for h in allowed_hosts),
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="collection-url-fetch", daemon=True)
         self._thread.start()
@@ -428,7 +453,7 @@ class UrlReader:
         self._thread.join(5)
         self._loop.close()
 
-    def __enter__(self) -> "UrlReader":
+    def __enter__(self) -> UrlReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

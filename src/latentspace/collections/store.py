@@ -44,10 +44,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -70,11 +71,21 @@ DTYPES = ("float32", "float16")
 POSITION_BITS = 20  # seq = ordinal << POSITION_BITS | position
 
 META_FIELDS = [
-    pa.field("seq", pa.int64()), pa.field("id", pa.string()), pa.field("source", pa.int32()),
-    pa.field("key", pa.string()), pa.field("path", pa.string()), pa.field("url", pa.string()),
-    pa.field("shard", pa.string()), pa.field("offset", pa.int64()), pa.field("length", pa.int64()),
-    pa.field("caption", pa.string()), pa.field("width", pa.int32()), pa.field("height", pa.int32()),
-    pa.field("sha256", pa.string()), pa.field("size", pa.int64()), pa.field("mtime_ns", pa.int64()),
+    pa.field("seq", pa.int64()),
+    pa.field("id", pa.string()),
+    pa.field("source", pa.int32()),
+    pa.field("key", pa.string()),
+    pa.field("path", pa.string()),
+    pa.field("url", pa.string()),
+    pa.field("shard", pa.string()),
+    pa.field("offset", pa.int64()),
+    pa.field("length", pa.int64()),
+    pa.field("caption", pa.string()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("sha256", pa.string()),
+    pa.field("size", pa.int64()),
+    pa.field("mtime_ns", pa.int64()),
 ]
 META_COLUMNS = [f.name for f in META_FIELDS]
 
@@ -172,22 +183,43 @@ class Manifest:
         return self.identity.dim
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "name": self.name, "model": self.model, "identity": self.identity.to_dict(),
-                "space": str(self.identity), "dim": self.dim, "dtype": self.dtype, "settings": self.settings,
-                "sources": self.sources, "parts": self.parts, "next_ordinal": self.next_ordinal,
-                "hnsw_min_rows": self.hnsw_min_rows, "counts": self.counts, "updated": self.updated}
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "model": self.model,
+            "identity": self.identity.to_dict(),
+            "space": str(self.identity),
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "settings": self.settings,
+            "sources": self.sources,
+            "parts": self.parts,
+            "next_ordinal": self.next_ordinal,
+            "hnsw_min_rows": self.hnsw_min_rows,
+            "counts": self.counts,
+            "updated": self.updated,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
         if d.get("format") != FORMAT:
             raise CollectionError(f"not a collection manifest of format {FORMAT} (found {d.get('format')!r})")
-        return cls(name=d["name"], model=d["model"], identity=SpaceIdentity.from_dict(d["identity"]),
-                   dtype=d["dtype"], settings=d.get("settings", {}), sources=d.get("sources", []),
-                   parts=d.get("parts", []), next_ordinal=int(d.get("next_ordinal", 0)),
-                   hnsw_min_rows=d.get("hnsw_min_rows"), counts=d.get("counts", {}), updated=d.get("updated", ""))
+        return cls(
+            name=d["name"],
+            model=d["model"],
+            identity=SpaceIdentity.from_dict(d["identity"]),
+            dtype=d["dtype"],
+            settings=d.get("settings", {}),
+            sources=d.get("sources", []),
+            parts=d.get("parts", []),
+            next_ordinal=int(d.get("next_ordinal", 0)),
+            hnsw_min_rows=d.get("hnsw_min_rows"),
+            counts=d.get("counts", {}),
+            updated=d.get("updated", ""),
+        )
 
     @classmethod
-    def load(cls, directory: Path) -> "Manifest":
+    def load(cls, directory: Path) -> Manifest:
         return cls.from_dict(read_json(directory / MANIFEST))
 
     def save(self, directory: Path) -> None:
@@ -206,9 +238,11 @@ def resolve_collection(name_or_dir: str | os.PathLike, root: Path = DEFAULT_ROOT
     named = root / text
     if "/" not in text and (named / MANIFEST).is_file():
         return named
-    raise CollectionNotFound(f"no collection at {text!r}"
-                             + ("" if "/" in text else f" (nor {named})")
-                             + "; build one with `latentspace collection build NAME --model SPEC --images SOURCE`")
+    raise CollectionNotFound(
+        f"no collection at {text!r}"
+        + ("" if "/" in text else f" (nor {named})")
+        + "; build one with `latentspace collection build NAME --model SPEC --images SOURCE`"
+    )
 
 
 def check_space(manifest: Manifest, identity: SpaceIdentity, *, what: str, directory: Path) -> None:
@@ -219,7 +253,8 @@ def check_space(manifest: Manifest, identity: SpaceIdentity, *, what: str, direc
         f"{what} is in latent space {identity}, but collection {manifest.name!r} ({directory}) holds vectors of "
         f"space {manifest.identity} (built with model {manifest.model!r}). Vectors of different spaces are not "
         f"comparable: use a model of the collection's space (e.g. {manifest.model!r}), or build a new collection "
-        "for this model with another name or --out")
+        "for this model with another name or --out"
+    )
 
 
 # --- parts ------------------------------------------------------------------------------------
@@ -234,8 +269,7 @@ def read_part_info(path: Path) -> dict[str, Any]:
     return json.loads(meta.get(b"latentspace", b"{}"))
 
 
-def write_part(path: Path, columns: dict[str, list], vectors: np.ndarray, dtype: str,
-               info: dict[str, Any]) -> int:
+def write_part(path: Path, columns: dict[str, list], vectors: np.ndarray, dtype: str, info: dict[str, Any]) -> int:
     """Write one part atomically; returns its row count. `vectors` are unit float32 rows."""
     dim = vectors.shape[1] if vectors.ndim == 2 else int(info["dim"])
     target = schema(dim, dtype)

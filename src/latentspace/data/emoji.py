@@ -288,9 +288,11 @@ def build_emoji_corpus(
         raise ValueError(f"train_styles {train_styles}: need one or more different styles out of {styles}")
     if eval_style not in styles or eval_style in train_styles:
         unseen = [s for s in styles if s not in train_styles]
-        raise ValueError(f"eval_style {eval_style!r}: the main evaluation style must be one not trained on, "
-                         f"out of {unseen}" if unseen else f"train_styles {train_styles}: leave at least one "
-                         "style out of training, to evaluate on")
+        raise ValueError(
+            f"eval_style {eval_style!r}: the main evaluation style must be one not trained on, out of {unseen}"
+            if unseen
+            else f"train_styles {train_styles}: leave at least one style out of training, to evaluate on"
+        )
     if not 0.0 <= heldout_fraction < 1.0 or samples_per_shard < 1:
         raise ValueError("need 0 <= heldout_fraction < 1 and samples_per_shard >= 1")
 
@@ -347,9 +349,7 @@ def _existing_summary(out_dir: Path, params: dict) -> dict | None:
     return {**summary, "out_dir": str(out_dir.resolve())}
 
 
-def _local_package(
-    style: str, integrity: str, tarballs: dict[str, Path] | None, cache_dir: Path
-) -> Path:
+def _local_package(style: str, integrity: str, tarballs: dict[str, Path] | None, cache_dir: Path) -> Path:
     """The caller's tarball for `style` if given (verified), else the fetched, cached one."""
     spec = EMOJI_PACKAGES[style][0]
     return local_or_fetched(spec, integrity, (tarballs or {}).get(style), cache_dir)
@@ -400,8 +400,15 @@ class _Art:
         return (self.style in styles or not self.check_claims) and image in self.images
 
 
-def _build(root: Path, params: dict, paths: dict[str, Path], svgs: dict[str, bytes], say: Callable[[str], None],
-           track: _Tracker = lambda what, verb: NullProgress(), render_workers: int | None = None) -> dict:
+def _build(
+    root: Path,
+    params: dict,
+    paths: dict[str, Path],
+    svgs: dict[str, bytes],
+    say: Callable[[str], None],
+    track: _Tracker = lambda what, verb: NullProgress(),
+    render_workers: int | None = None,
+) -> dict:
     """Write the whole corpus under `root` and return its summary (written last)."""
     train_styles, eval_style = params["train_styles"], params["eval_style"]
     say("reading concepts")
@@ -415,10 +422,7 @@ def _build(root: Path, params: dict, paths: dict[str, Path], svgs: dict[str, byt
 
     # A concept needs both npm styles: the concepts, and so the held-out ones, then do not depend
     # on which styles train. OpenMoji's tasks cover the concepts it draws (all of them in 17.0.0).
-    missing = {
-        c.concept_id: [s for s in EMOJI_PACKAGES if not art[s].has(c.image, c.styles)]
-        for c in all_concepts
-    }
+    missing = {c.concept_id: [s for s in EMOJI_PACKAGES if not art[s].has(c.image, c.styles)] for c in all_concepts}
     skipped = [c for c in all_concepts if missing[c.concept_id]]
     concepts = [c for c in all_concepts if not missing[c.concept_id]]
     heldout = _choose_heldout(concepts, params["heldout_fraction"], params["seed"])
@@ -426,8 +430,12 @@ def _build(root: Path, params: dict, paths: dict[str, Path], svgs: dict[str, byt
     say(f"rendering {OPENMOJI} images")
     with_variants = OPENMOJI in train_styles and params["include_skin_tones"]  # only training uses variants
     openmoji_files = _openmoji_files(svgs, concepts, with_variants)
-    images, failed = openmoji.rasterise({image: svgs[stem] for image, stem in openmoji_files.items()}, _IMAGE_SIZE,
-                                        workers=render_workers, progress=track("images", f"rendered {OPENMOJI}"))
+    images, failed = openmoji.rasterise(
+        {image: svgs[stem] for image, stem in openmoji_files.items()},
+        _IMAGE_SIZE,
+        workers=render_workers,
+        progress=track("images", f"rendered {OPENMOJI}"),
+    )
     art[OPENMOJI] = _Art(OPENMOJI, images, check_claims=False)
 
     say("writing training shards")
@@ -464,8 +472,7 @@ def _build(root: Path, params: dict, paths: dict[str, Path], svgs: dict[str, byt
         },
         "heldout_concept_ids": sorted(heldout),
         "skipped_concepts": [
-            {"concept_id": c.concept_id, "unified": c.unified, "name": c.name,
-             "missing_in": missing[c.concept_id]}
+            {"concept_id": c.concept_id, "unified": c.unified, "name": c.name, "missing_in": missing[c.concept_id]}
             for c in skipped
         ],
         "styles": {
@@ -479,8 +486,9 @@ def _build(root: Path, params: dict, paths: dict[str, Path], svgs: dict[str, byt
         },
         # Images a training style lacks (skin variants, mostly): the concept trains on the others.
         "missing_train_images": missing_train,
-        "unrenderable_svgs": [{"file": f"{openmoji_files[image]}.svg", "error": error}
-                              for image, error in sorted(failed.items())],
+        "unrenderable_svgs": [
+            {"file": f"{openmoji_files[image]}.svg", "error": error} for image, error in sorted(failed.items())
+        ],
         "train_shards": [str(p.relative_to(root)) for p in shards],
         "eval_suite": "eval/suite.yaml",
         "eval_tasks": task_summaries,
@@ -514,9 +522,7 @@ def _choose_heldout(concepts: list[EmojiConcept], fraction: float, seed: int) ->
     return {c.concept_id for c in sorted(concepts, key=rank)[:count]}
 
 
-def _train_samples(
-    concepts: list[EmojiConcept], art: _Art, include_skin_tones: bool
-) -> tuple[list[dict], list[str]]:
+def _train_samples(concepts: list[EmojiConcept], art: _Art, include_skin_tones: bool) -> tuple[list[dict], list[str]]:
     """Webdataset samples of the training concepts in one style; also the images it lacks."""
     samples, missing = [], []
     for c in concepts:
@@ -563,8 +569,9 @@ class _Task:
     classnames: list[str] | None = None
 
 
-def _eval_tasks(concepts: list[EmojiConcept], heldout: set[int], art: dict[str, _Art],
-                train_styles: list[str], eval_style: str) -> dict[str, _Task]:
+def _eval_tasks(
+    concepts: list[EmojiConcept], heldout: set[int], art: dict[str, _Art], train_styles: list[str], eval_style: str
+) -> dict[str, _Task]:
     """The evaluation suite: all and held-out concepts in each style not trained on (the main
     evaluation style first, with category and retrieval tasks), then held-out concepts in each
     training style. A style's tasks cover the concepts it draws; empty tasks are left out."""
@@ -575,21 +582,27 @@ def _eval_tasks(concepts: list[EmojiConcept], heldout: set[int], art: dict[str, 
         drawn = [c for c in concepts if style_art.has(c.image, c.styles)]
         held = [c for c in drawn if c.concept_id in heldout]
         tasks[f"emoji_{name}_all"] = _classification(
-            drawn, _name, style_art, f"all concepts, {name} art (an art style unseen in training)")
+            drawn, _name, style_art, f"all concepts, {name} art (an art style unseen in training)"
+        )
         tasks[f"emoji_{name}_heldout"] = _classification(
-            held, _name, style_art, f"held-out concepts only, {name} art (unseen style and unseen concepts)")
+            held, _name, style_art, f"held-out concepts only, {name} art (unseen style and unseen concepts)"
+        )
         if style == eval_style:
             categorised = [c for c in drawn if c.category != "Component"]
             tasks[f"emoji_{name}_category"] = _classification(
-                categorised, _category, style_art, f"coarse emoji category, {name} art")
+                categorised, _category, style_art, f"coarse emoji category, {name} art"
+            )
             tasks[f"emoji_{name}_retrieval"] = _Task(
-                "retrieval", f"image-text retrieval over all concepts and their captions, {name} art",
-                [_eval_sample(c, style_art, txt="\n".join(c.captions)) for c in drawn])
+                "retrieval",
+                f"image-text retrieval over all concepts and their captions, {name} art",
+                [_eval_sample(c, style_art, txt="\n".join(c.captions)) for c in drawn],
+            )
     for style in train_styles:
         name, style_art = STYLE_TASK_NAMES[style], art[style]
         held = [c for c in concepts if c.concept_id in heldout and style_art.has(c.image, c.styles)]
         tasks[f"emoji_{name}_heldout"] = _classification(
-            held, _name, style_art, f"held-out concepts only, {name} art (seen style, unseen concepts)")
+            held, _name, style_art, f"held-out concepts only, {name} art (seen style, unseen concepts)"
+        )
     return {name: task for name, task in tasks.items() if task.samples}
 
 
@@ -630,9 +643,7 @@ def _write_task(task_dir: Path, task: _Task, samples_per_shard: int, progress: P
     summary = {"path": f"eval/{task_dir.name}", "type": task.type, "samples": len(task.samples)}
     if task.classnames is not None:
         (task_dir / "classnames.txt").write_text("".join(f"{n}\n" for n in task.classnames))
-        (task_dir / "zeroshot_classification_templates.txt").write_text(
-            "".join(f"{t}\n" for t in TEMPLATES)
-        )
+        (task_dir / "zeroshot_classification_templates.txt").write_text("".join(f"{t}\n" for t in TEMPLATES))
         summary["classes"] = len(task.classnames)
     return summary
 
@@ -649,8 +660,9 @@ def _write_suite(path: Path, tasks: dict[str, _Task]) -> None:
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
 
 
-def _write_shards(samples: list[dict], directory: Path, pattern: str, per_shard: int,
-                  progress: Progress | None = None) -> list[Path]:
+def _write_shards(
+    samples: list[dict], directory: Path, pattern: str, per_shard: int, progress: Progress | None = None
+) -> list[Path]:
     """Write samples in order, `per_shard` per tar; a fixed mtime keeps shards reproducible."""
     directory.mkdir(parents=True, exist_ok=True)
     progress = progress or NullProgress()

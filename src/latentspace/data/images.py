@@ -42,8 +42,9 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS,
-                 formats: frozenset[str] | None = None) -> Image.Image:
+def decode_image(
+    data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXELS, formats: frozenset[str] | None = None
+) -> Image.Image:
     """Bytes -> RGB PIL image, fully loaded. Raises ImageDecodeError (or its subclasses
     ImageFormatError / ImageTooLargeError) naming `name`. `formats` restricts the accepted PIL
     formats; None accepts whatever PIL can read."""
@@ -52,26 +53,32 @@ def decode_image(data: bytes, *, name: str = "image", max_pixels: int = MAX_PIXE
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only
         if formats is not None and img.format not in formats:
-            raise ImageFormatError(f"{name}: {img.format} images are not accepted; "
-                                   f"send one of {', '.join(sorted(f.lower() for f in formats))}")
+            raise ImageFormatError(
+                f"{name}: {img.format} images are not accepted; "
+                f"send one of {', '.join(sorted(f.lower() for f in formats))}"
+            )
         w, h = img.size
         if w * h > max_pixels:
-            raise ImageTooLargeError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels}; "
-                                     f"downscale it before sending")
+            raise ImageTooLargeError(
+                f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels}; downscale it before sending"
+            )
         img.load()
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as e:  # PIL's own guard, for sizes far over any sane cap
-        raise ImageTooLargeError(f"{name}: its header declares a huge size (PIL: {e}); "
-                                 f"the limit here is {max_pixels} pixels") from e
+        raise ImageTooLargeError(
+            f"{name}: its header declares a huge size (PIL: {e}); the limit here is {max_pixels} pixels"
+        ) from e
     except UnidentifiedImageError as e:
-        raise ImageDecodeError(f"{name}: not a decodable image (the bytes are not in any image format known here)") from e
+        raise ImageDecodeError(
+            f"{name}: not a decodable image (the bytes are not in any image format known here)"
+        ) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageDecodeError(f"{name}: not a decodable image ({e})") from e
     return to_rgb(img)
 
 
-def load_image(source: "str | Path | bytes | Image.Image", *, name: str | None = None) -> Image.Image:
+def load_image(source: str | Path | bytes | Image.Image, *, name: str | None = None) -> Image.Image:
     """Path, bytes or PIL image -> RGB PIL image."""
     if isinstance(source, Image.Image):
         return to_rgb(source)

@@ -105,9 +105,7 @@ def _npm_pack(spec: str, dest: Path) -> Path:
     dest = dest.resolve()  # npm runs with cwd=dest: a relative path would be resolved twice
     cmd = [npm, "pack", spec, "--json", "--pack-destination", str(dest)]
     try:
-        subprocess.run(
-            cmd, cwd=dest, check=True, capture_output=True, text=True, timeout=_NPM_TIMEOUT_S
-        )
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True, text=True, timeout=_NPM_TIMEOUT_S)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
         stderr = err.stderr.strip()[-2000:] if isinstance(err.stderr, str) else ""
         raise NpmPackageError(

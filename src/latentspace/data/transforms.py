@@ -31,7 +31,7 @@ class Preprocess:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))
 
 
@@ -42,7 +42,9 @@ def _to_tensor(pre: Preprocess) -> list:
 def eval_transform(pre: Preprocess) -> v2.Compose:
     """PIL image -> normalised float tensor at the model's input size."""
     size = pre.image_size
-    return v2.Compose([v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True), *_to_tensor(pre)])
+    return v2.Compose(
+        [v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True), *_to_tensor(pre)]
+    )
 
 
 def load_transform(pre: Preprocess) -> v2.Compose:
@@ -52,7 +54,9 @@ def load_transform(pre: Preprocess) -> v2.Compose:
     transforms (docs/benchmarks.md); the 2x margin lets crops zoom in without upsampling blur.
     """
     size = 2 * pre.image_size
-    return v2.Compose([v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.ToImage()])
+    return v2.Compose(
+        [v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.ToImage()]
+    )
 
 
 def _uniform(gen: torch.Generator, n: int, low: float, high: float) -> torch.Tensor:
@@ -60,7 +64,7 @@ def _uniform(gen: torch.Generator, n: int, low: float, high: float) -> torch.Ten
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
 class BatchAugment:
@@ -89,8 +93,9 @@ class BatchAugment:
         angle = _uniform(gen, n, -a.rotation, a.rotation).deg2rad()
         flip = torch.where(torch.rand(n, generator=gen) < a.hflip, -1.0, 1.0)
         cos, sin = angle.cos(), angle.sin()
-        theta = torch.stack([torch.stack([cos * w * flip, -sin * h, cx], 1),
-                             torch.stack([sin * w * flip, cos * h, cy], 1)], 1)
+        theta = torch.stack(
+            [torch.stack([cos * w * flip, -sin * h, cx], 1), torch.stack([sin * w * flip, cos * h, cy], 1)], 1
+        )
         grid = F.affine_grid(theta, [n, 3, big, big], align_corners=False)
         # Sample (x - 1) with zero padding so whatever falls outside the image is white.
         out = F.grid_sample(x - 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1.0

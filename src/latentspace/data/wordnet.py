@@ -248,7 +248,7 @@ def leaks_a_lemma(synset: Synset) -> bool:
 
 
 def _words(text: str) -> str:
-    """" w1 w2 ... " in lower case, so a substring test matches whole words only."""
+    """ " w1 w2 ... " in lower case, so a substring test matches whole words only."""
     return f" {' '.join(_WORD.findall(text.casefold()))} "
 
 
@@ -387,8 +387,15 @@ def _existing_summary(path: Path, params: dict) -> dict | None:
     return {**summary, "path": str(path.resolve())}
 
 
-def write_wordnet_pairs(path: Path, *, cache_dir: Path, n_pairs: int = 20_000, benchmark_queries: int = DEFAULT_QUERIES,
-                        seed: int = 0, tarball: Path | None = None) -> Path:
+def write_wordnet_pairs(
+    path: Path,
+    *,
+    cache_dir: Path,
+    n_pairs: int = 20_000,
+    benchmark_queries: int = DEFAULT_QUERIES,
+    seed: int = 0,
+    tarball: Path | None = None,
+) -> Path:
     """Text-only training pairs (definition -> one of its lemmas) for the `+text` recipes, from
     synsets *disjoint* from the benchmark's: the next `n_pairs` in the same seeded ranking, so
     training never sees a benchmark query. (They are the same kind of task, so a recipe trained on

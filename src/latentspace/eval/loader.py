@@ -19,13 +19,14 @@ task alone:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from latentspace.data.workers import available_cpus
 from latentspace.eval.tasks import (
     SampleStats,
     is_image_folder,
@@ -34,8 +35,6 @@ from latentspace.eval.tasks import (
     sample_reader,
     shard_paths,
 )
-
-from latentspace.data.workers import available_cpus
 
 # How many chunks each worker decodes ahead of the model.
 _PREFETCH_CHUNKS = 2
@@ -99,8 +98,9 @@ class TaskChunks(IterableDataset):
             yield chunk
 
 
-def decoded_chunks(task_dir: Path, task_type: str, *, chunk_size: int, workers: int,
-                   group_by: int | None = None) -> Iterator[DecodedChunk]:
+def decoded_chunks(
+    task_dir: Path, task_type: str, *, chunk_size: int, workers: int, group_by: int | None = None
+) -> Iterator[DecodedChunk]:
     """Every chunk of the task, decoded by `workers` processes (0 = here), yielded in order.
     With `group_by`, targets are (class index, group) pairs (see tasks.sample_reader)."""
     if workers < 0:
@@ -110,8 +110,9 @@ def decoded_chunks(task_dir: Path, task_type: str, *, chunk_size: int, workers: 
     if workers == 0:
         yield from dataset
         return
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_as_is,
-                        prefetch_factor=_PREFETCH_CHUNKS)
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=workers, collate_fn=_as_is, prefetch_factor=_PREFETCH_CHUNKS
+    )
     # DataLoader already serves workers' items round-robin, which is chunk order; the buffer makes
     # the order a property of this function rather than of DataLoader's scheduling.
     pending: dict[int, DecodedChunk] = {}

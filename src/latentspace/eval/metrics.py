@@ -9,7 +9,7 @@ Inputs are L2-normalised rows, so a dot product is the cosine similarity.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -123,9 +123,7 @@ def f1_macro_chance(labels: Sequence[int], n_classes: int) -> float:
     return sum(2 * c / (n + n_classes * c) for c in counts) / n_classes
 
 
-def retrieval_metrics(
-    image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor
-) -> dict[str, float]:
+def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor) -> dict[str, float]:
     """Recall@{1,5,10} both ways, plus mean_recall@1 (DataComp's retrieval score).
 
     As in CLIP_benchmark: image_retrieval_recall@k asks, for each caption, whether its image is
@@ -140,15 +138,11 @@ def retrieval_metrics(
     for k in RECALL_KS:
         metrics[f"image_retrieval_recall@{k}"] = (text_rank < k).float().mean().item()
         metrics[f"text_retrieval_recall@{k}"] = (image_rank < k).float().mean().item()
-    metrics["mean_recall@1"] = (
-        metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]
-    ) / 2
+    metrics["mean_recall@1"] = (metrics["image_retrieval_recall@1"] + metrics["text_retrieval_recall@1"]) / 2
     return metrics
 
 
-def multilabel_metrics(
-    image_emb: torch.Tensor, class_emb: torch.Tensor, targets: torch.Tensor
-) -> dict[str, float]:
+def multilabel_metrics(image_emb: torch.Tensor, class_emb: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """mAP: average precision per class (images ranked by similarity to the class), then the mean.
 
     `targets` is an (N images, C classes) 0/1 matrix. Classes with no positive image are left
@@ -160,9 +154,7 @@ def multilabel_metrics(
     scores = image_emb @ class_emb.T
     if not torch.isfinite(scores).all():
         raise ValueError("non-finite similarity scores: the model produced NaN/inf embeddings")
-    per_class = [
-        average_precision(scores[:, c], targets[:, c]) for c in range(targets.shape[1]) if targets[:, c].any()
-    ]
+    per_class = [average_precision(scores[:, c], targets[:, c]) for c in range(targets.shape[1]) if targets[:, c].any()]
     if not per_class:
         raise ValueError("multilabel task with no positive label at all")
     return {"mAP": sum(per_class) / len(per_class)}

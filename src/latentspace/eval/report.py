@@ -45,8 +45,15 @@ def print_table(result: SuiteResult, console: Console | None = None) -> None:
         table.add_section()  # below the average: these rows are not part of it
         table.add_row("[italic]text side alone[/italic]", "", "", "", "", "", "")
         for task in result.text_tasks:
-            table.add_row(task.name, task.main_metric, _percent(task.main_value),
-                          _percent(task.chance[task.main_metric]), str(task.n_samples), "", f"{task.seconds:.1f}")
+            table.add_row(
+                task.name,
+                task.main_metric,
+                _percent(task.main_value),
+                _percent(task.chance[task.main_metric]),
+                str(task.n_samples),
+                "",
+                f"{task.seconds:.1f}",
+            )
     (console or Console()).print(table)
 
 
@@ -67,8 +74,9 @@ def print_text_comparison(results: list[SuiteResult], console: Console | None = 
         for column in (*metrics, "n", "s"):
             table.add_column(column, justify="right")
         for model, task in found:
-            table.add_row(model, *(_percent(task.metrics[m]) for m in metrics), str(task.n_samples),
-                          f"{task.seconds:.1f}")
+            table.add_row(
+                model, *(_percent(task.metrics[m]) for m in metrics), str(task.n_samples), f"{task.seconds:.1f}"
+            )
         table.add_section()
         table.add_row("chance", *(_percent(found[0][1].chance[m]) for m in metrics), "", "")
         (console or Console()).print(table)

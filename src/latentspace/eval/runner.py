@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,13 @@ from rich.console import Console
 
 from latentspace.eval import winogavil
 from latentspace.eval.loader import decoded_chunks
-from latentspace.eval.metrics import chance_levels, f1_macro_chance, multilabel_metrics, retrieval_metrics, zeroshot_metrics
+from latentspace.eval.metrics import (
+    chance_levels,
+    f1_macro_chance,
+    multilabel_metrics,
+    retrieval_metrics,
+    zeroshot_metrics,
+)
 from latentspace.eval.tasks import (
     CLASSIFICATION,
     MULTILABEL,
@@ -147,8 +153,12 @@ def evaluate_task(
     _check_declared_type(task_dir, spec)
     start = time.perf_counter()
     stats = SampleStats()
-    runners = {CLASSIFICATION: _run_classification, RETRIEVAL: _run_retrieval, MULTILABEL: _run_multilabel,
-               WINOGAVIL: _run_winogavil}
+    runners = {
+        CLASSIFICATION: _run_classification,
+        RETRIEVAL: _run_retrieval,
+        MULTILABEL: _run_multilabel,
+        WINOGAVIL: _run_winogavil,
+    }
     run = runners[spec.type]
     if isinstance(progress, bool):
         progress = _image_progress(Console(stderr=True) if progress else None)
@@ -202,14 +212,27 @@ def evaluate_suite(
     for n, spec in enumerate(selected, start=1):
         task_dir = spec.find_task_dir(task_root)
         if task_dir is None:
-            log.warning("%s: no task directory in %s (looked for %s); listed as missing", spec.name, task_root,
-                        ", ".join(spec.directory_names))
+            log.warning(
+                "%s: no task directory in %s (looked for %s); listed as missing",
+                spec.name,
+                task_root,
+                ", ".join(spec.directory_names),
+            )
             result.missing.append(spec.name)
             continue
         images = _image_progress((console or Console(stderr=True)) if progress else None)
         images.describe(f"{spec.name} (task {n}/{len(selected)})")
-        result.tasks.append(evaluate_task(model, task_dir, spec, batch_size=batch_size, progress=images,
-                                          text_task_type=text_task_type, workers=workers))
+        result.tasks.append(
+            evaluate_task(
+                model,
+                task_dir,
+                spec,
+                batch_size=batch_size,
+                progress=images,
+                text_task_type=text_task_type,
+                workers=workers,
+            )
+        )
     return result
 
 
@@ -242,8 +265,9 @@ class _Settings:
 def _run_classification(model, task_dir, spec, stats, settings: _Settings):
     # Class prompts first: a text-side failure surfaces before the long image pass.
     classnames = read_classnames(task_dir)
-    class_emb = class_embeddings(model, classnames, read_templates(task_dir), task_type=settings.text_task_type,
-                                 batch_size=settings.batch_size)
+    class_emb = class_embeddings(
+        model, classnames, read_templates(task_dir), task_type=settings.text_task_type, batch_size=settings.batch_size
+    )
     image_emb, targets = _embed_image_stream(model, task_dir, spec, stats, settings)
     groups = None
     if spec.group_by is None:
@@ -260,8 +284,9 @@ def _run_classification(model, task_dir, spec, stats, settings: _Settings):
 
 def _run_multilabel(model, task_dir, spec, stats, settings: _Settings):
     classnames = read_classnames(task_dir)
-    class_emb = class_embeddings(model, classnames, read_templates(task_dir), task_type=settings.text_task_type,
-                                 batch_size=settings.batch_size)
+    class_emb = class_embeddings(
+        model, classnames, read_templates(task_dir), task_type=settings.text_task_type, batch_size=settings.batch_size
+    )
     image_emb, label_sets = _embed_image_stream(model, task_dir, spec, stats, settings)
     targets = torch.zeros(len(label_sets), len(classnames), dtype=torch.bool)
     for row, labels in enumerate(label_sets):
@@ -283,9 +308,13 @@ def _run_retrieval(model, task_dir, spec, stats, settings: _Settings):
 def _run_winogavil(model, task_dir, spec, stats, settings: _Settings):
     with shown(settings.progress, None) as progress:
         return winogavil.evaluate(
-            task_dir, stats, batch_size=settings.batch_size, advance=progress.advance,
+            task_dir,
+            stats,
+            batch_size=settings.batch_size,
+            advance=progress.advance,
             embed_images=lambda images: _unit_rows(model.embed_images(images)),
-            embed_texts=lambda texts: _embed_texts(model, texts, settings.text_task_type, settings.batch_size))
+            embed_texts=lambda texts: _embed_texts(model, texts, settings.text_task_type, settings.batch_size),
+        )
 
 
 def _embed_image_stream(
@@ -300,8 +329,9 @@ def _embed_image_stream(
     embeddings, targets, pending = [], [], []
     # The number of usable images is only known once the shards are read: no total, no ETA.
     with shown(settings.progress, None) as progress:
-        for chunk in decoded_chunks(task_dir, spec.type, chunk_size=batch_size, workers=settings.workers,
-                                    group_by=spec.group_by):
+        for chunk in decoded_chunks(
+            task_dir, spec.type, chunk_size=batch_size, workers=settings.workers, group_by=spec.group_by
+        ):
             stats.add(chunk.stats)
             pending.extend(chunk.images)
             targets.extend(chunk.targets)
@@ -318,9 +348,7 @@ def _embed_image_stream(
     return torch.cat(embeddings), targets
 
 
-def _embed_texts(
-    model: Embeds, texts: Sequence[str], task_type: str, batch_size: int
-) -> torch.Tensor:
+def _embed_texts(model: Embeds, texts: Sequence[str], task_type: str, batch_size: int) -> torch.Tensor:
     chunks = [list(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     return torch.cat([_unit_rows(model.embed_texts(chunk, task_type=task_type)) for chunk in chunks])
 

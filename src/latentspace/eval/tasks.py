@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import io
 import logging
-from importlib import resources
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import yaml
@@ -52,23 +52,29 @@ MULTILABEL = "zeroshot_multilabel"
 WINOGAVIL = "winogavil"  # DataComp's misc/winogavil, in the dataset's own release layout (eval/winogavil.py)
 WINOGAVIL_CSV = "winogavil_dataset.csv"
 # The metric a task is ranked by when the suite does not name one (DataComp's choices).
-DEFAULT_MAIN_METRIC = {CLASSIFICATION: "acc1", RETRIEVAL: "mean_recall@1", MULTILABEL: "mAP",
-                       WINOGAVIL: "jaccard_score_10-12"}
+DEFAULT_MAIN_METRIC = {
+    CLASSIFICATION: "acc1",
+    RETRIEVAL: "mean_recall@1",
+    MULTILABEL: "mAP",
+    WINOGAVIL: "jaccard_score_10-12",
+}
 # Every metric a task type produces; a suite may only name one of these as its main metric.
 # Classification metrics that only a task with `group_by` produces.
 GROUP_METRICS = ("acc1_worst_group", "acc5_worst_group")
 METRIC_NAMES = {
     CLASSIFICATION: ("acc1", "acc5", "mean_per_class_recall", "f1_macro", *GROUP_METRICS),
-    RETRIEVAL: tuple(
-        f"{direction}_retrieval_recall@{k}" for direction in ("image", "text") for k in (1, 5, 10)
-    )
+    RETRIEVAL: tuple(f"{direction}_retrieval_recall@{k}" for direction in ("image", "text") for k in (1, 5, 10))
     + ("mean_recall@1",),
     MULTILABEL: ("mAP",),
     WINOGAVIL: ("jaccard_score_10-12", "jaccard_score_5-6", "avg_jaccard_score"),
 }
 # dataset_type.txt uses CLIP_benchmark's words; suites use DataComp's task types.
-_DATASET_TYPES = {"classification": CLASSIFICATION, "retrieval": RETRIEVAL, "multilabel": MULTILABEL,
-                  "winogavil": WINOGAVIL}
+_DATASET_TYPES = {
+    "classification": CLASSIFICATION,
+    "retrieval": RETRIEVAL,
+    "multilabel": MULTILABEL,
+    "winogavil": WINOGAVIL,
+}
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 # Suites shipped inside the package, loadable by name: load_suite("datacomp").
 BUILTIN_SUITES = ("datacomp",)
@@ -113,7 +119,7 @@ class SampleStats:
         self.skipped[reason] += 1
         log.debug("skipping sample %s: %s", key, reason)
 
-    def add(self, other: "SampleStats") -> None:
+    def add(self, other: SampleStats) -> None:
         """Fold in counts made elsewhere (a DataLoader worker's share of the task)."""
         self.n_yielded += other.n_yielded
         self.skipped.update(other.skipped)
@@ -126,9 +132,7 @@ def suite_path(suite: str | Path) -> Path:
     return Path(suite)
 
 
-def load_suite(
-    path: str | Path, data_dir: str | Path | None = None
-) -> tuple[str, list[TaskSpec], Path]:
+def load_suite(path: str | Path, data_dir: str | Path | None = None) -> tuple[str, list[TaskSpec], Path]:
     """Read a suite YAML; returns (suite name, tasks, directory holding the task directories).
 
     Task directories sit beside the YAML unless `data_dir` is given; then each task resolves to
@@ -184,8 +188,7 @@ def _parse_task(entry: object, suite_path: Path) -> TaskSpec:
     task_type = entry.get("type", CLASSIFICATION)
     if task_type not in METRIC_NAMES:
         raise ValueError(
-            f"{suite_path}: task {entry['name']!r} has type {task_type!r}; "
-            f"expected one of {sorted(METRIC_NAMES)}"
+            f"{suite_path}: task {entry['name']!r} has type {task_type!r}; expected one of {sorted(METRIC_NAMES)}"
         )
     main_metric = entry.get("main_metric", DEFAULT_MAIN_METRIC[task_type])
     if main_metric not in METRIC_NAMES[task_type]:
@@ -194,18 +197,24 @@ def _parse_task(entry: object, suite_path: Path) -> TaskSpec:
             f"choose from {list(METRIC_NAMES[task_type])}"
         )
     group_by = entry.get("group_by")
-    if group_by is not None and (task_type != CLASSIFICATION or not isinstance(group_by, int)
-                                 or isinstance(group_by, bool) or group_by < 0):
-        raise ValueError(f"{suite_path}: task {entry['name']!r}: group_by must be a column number (0, 1, ...) "
-                         f"of the samples' npy metadata, on a {CLASSIFICATION} task; got {group_by!r}")
+    if group_by is not None and (
+        task_type != CLASSIFICATION or not isinstance(group_by, int) or isinstance(group_by, bool) or group_by < 0
+    ):
+        raise ValueError(
+            f"{suite_path}: task {entry['name']!r}: group_by must be a column number (0, 1, ...) "
+            f"of the samples' npy metadata, on a {CLASSIFICATION} task; got {group_by!r}"
+        )
     if main_metric in GROUP_METRICS and group_by is None:
-        raise ValueError(f"{suite_path}: task {entry['name']!r} ranks by {main_metric!r}, which needs "
-                         "group_by: the npy metadata column that says each sample's group")
+        raise ValueError(
+            f"{suite_path}: task {entry['name']!r} ranks by {main_metric!r}, which needs "
+            "group_by: the npy metadata column that says each sample's group"
+        )
     aliases = entry.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         raise ValueError(f"{suite_path}: task {entry['name']!r}: aliases must be a list of directory names")
-    return TaskSpec(str(entry["name"]), task_type, main_metric, str(entry.get("description", "")), group_by,
-                    tuple(aliases))
+    return TaskSpec(
+        str(entry["name"]), task_type, main_metric, str(entry.get("description", "")), group_by, tuple(aliases)
+    )
 
 
 def task_type_of(task_dir: Path) -> str:

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,8 +61,7 @@ def load_text_task(path: str | Path) -> TextRetrievalTask:
         path = path / TASK_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"no text-retrieval task at {path}; build the WordNet one with `latentspace data wordnet` "
-            "(or pass `auto`)"
+            f"no text-retrieval task at {path}; build the WordNet one with `latentspace data wordnet` (or pass `auto`)"
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -135,7 +134,7 @@ def ranking_chance(n_documents: int, n_relevant: Sequence[int]) -> dict[str, flo
     return {key: sum(c[key] for c in per_query) / len(per_query) for key in per_query[0]}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _chance_for(n: int, r: int) -> dict[str, float]:
     """r relevant among n in random order. recall@k = 1 - P(the top k are all non-relevant);
     MRR = sum over j of P(first relevant at rank j) / j, with P(first relevant after rank j) =

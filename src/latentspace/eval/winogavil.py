@@ -23,9 +23,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -73,8 +73,13 @@ def _parse_row(row: dict) -> Instance | None:
         associations = json.loads(row.get("associations") or "")
     except (json.JSONDecodeError, TypeError):
         return None
-    if (not cue or not isinstance(candidates, list) or not isinstance(associations, list)
-            or not all(isinstance(c, str) and c for c in candidates) or len(set(candidates)) != len(candidates)):
+    if (
+        not cue
+        or not isinstance(candidates, list)
+        or not isinstance(associations, list)
+        or not all(isinstance(c, str) and c for c in candidates)
+        or len(set(candidates)) != len(candidates)
+    ):
         return None
     # As DataComp marks them (np.isin over the candidates): an association that is not among the
     # candidates cannot be picked and is ignored; a row left with none cannot be scored.
@@ -107,8 +112,10 @@ def random_jaccard(n_candidates: int, k: int) -> float:
     """Expected Jaccard index of k candidates picked at random out of n, against k true ones:
     the overlap i is hypergeometric, and the index is i / (2k - i)."""
     total = math.comb(n_candidates, k)
-    return sum(math.comb(k, i) * math.comb(n_candidates - k, k - i) / total * i / (2 * k - i)
-               for i in range(max(0, 2 * k - n_candidates), k + 1))
+    return sum(
+        math.comb(k, i) * math.comb(n_candidates - k, k - i) / total * i / (2 * k - i)
+        for i in range(max(0, 2 * k - n_candidates), k + 1)
+    )
 
 
 def evaluate(
@@ -150,21 +157,26 @@ def evaluate(
                 scores[name].append(jaccard(picked, instance.associations))
                 chance[name].append(random_jaccard(len(instance.candidates), k))
     if not scores[MAIN_METRIC]:
-        raise ValueError(f"{task_dir.name}: no instance with 10 or 12 candidates, so {MAIN_METRIC} "
-                         "(DataComp's WinoGAViL score) is undefined")
+        raise ValueError(
+            f"{task_dir.name}: no instance with 10 or 12 candidates, so {MAIN_METRIC} "
+            "(DataComp's WinoGAViL score) is undefined"
+        )
     # A group without instances has no mean: it is left out rather than reported as 0.
-    return ({name: sum(v) / len(v) for name, v in scores.items() if v},
-            {name: sum(v) / len(v) for name, v in chance.items() if v})
+    return (
+        {name: sum(v) / len(v) for name, v in scores.items() if v},
+        {name: sum(v) / len(v) for name, v in chance.items() if v},
+    )
 
 
-def _embed_named_images(folder: Path, names: list[str], embed_images, batch_size: int, advance
-                        ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _embed_named_images(
+    folder: Path, names: list[str], embed_images, batch_size: int, advance
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """name -> embedding for every decodable image, and name -> why not for the rest."""
     embeddings: dict[str, torch.Tensor] = {}
     unusable: dict[str, str] = {}
     for start in range(0, len(names), batch_size):
         batch, images = [], []
-        for name in names[start:start + batch_size]:
+        for name in names[start : start + batch_size]:
             path = folder / f"{name}{IMAGE_SUFFIX}"
             if not path.is_file():
                 unusable[name] = "missing image"

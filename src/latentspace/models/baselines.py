@@ -11,8 +11,8 @@ no task prefixes: task_type is accepted and ignored.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -76,14 +76,17 @@ class HFClipModel(Embedder):
             self.processor = CLIPImageProcessor.from_pretrained(self.path, local_files_only=True)
             self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         except (OSError, ValueError) as e:
-            raise ValueError(f"{self.path} is not a loadable Hugging Face CLIP directory "
-                             f"(needs config.json, weights, preprocessor_config.json and tokenizer files): {e}") from e
+            raise ValueError(
+                f"{self.path} is not a loadable Hugging Face CLIP directory "
+                f"(needs config.json, weights, preprocessor_config.json and tokenizer files): {e}"
+            ) from e
         self._tokenizers = PerThread(self.tokenizer)  # a copy per thread: it keeps per-object state
         self.max_tokens = self._max_text_length()
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
         self.name = f"hf-clip:{self.path.name}"
-        self.identity = SpaceIdentity(name=self.name, fingerprint=self._fingerprint(),
-                                      dim=int(self.model.config.projection_dim))
+        self.identity = SpaceIdentity(
+            name=self.name, fingerprint=self._fingerprint(), dim=int(self.model.config.projection_dim)
+        )
         self._image = _ImageForward(self.model, "get_image_features").eval()
         self._text = _TextForward(self.model).eval()
 
@@ -96,15 +99,18 @@ class HFClipModel(Embedder):
     def _fingerprint(self) -> str:
         """Weights + tokenizer files: two CLIPs that share a directory name are still two spaces."""
         tokenizer_files = [self.path / f for f in _HF_TOKENIZER_FILES if (self.path / f).is_file()]
-        return fingerprint({
-            "kind": "hf-clip",
-            "weights": hash_state_dict(self.model.state_dict()),
-            "tokenizer": hash_files(tokenizer_files),
-        })[:12]
+        return fingerprint(
+            {
+                "kind": "hf-clip",
+                "weights": hash_state_dict(self.model.state_dict()),
+                "tokenizer": hash_files(tokenizer_files),
+            }
+        )[:12]
 
     def tokenize(self, texts: Sequence[str], task_type: str) -> list[list[int]]:
-        return self._tokenizers.get()(list(texts), truncation=True, max_length=self.max_tokens,
-                                      return_attention_mask=False)["input_ids"]
+        return self._tokenizers.get()(
+            list(texts), truncation=True, max_length=self.max_tokens, return_attention_mask=False
+        )["input_ids"]
 
     @torch.inference_mode()
     def text_rows(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -157,11 +163,13 @@ class OpenClipModel(Embedder):
         try:
             import open_clip
         except ImportError as e:
-            raise ImportError("open_clip baselines need the open_clip_torch package: "
-                              "pip install 'latentspace[baselines]'") from e
+            raise ImportError(
+                "open_clip baselines need the open_clip_torch package: pip install 'latentspace[baselines]'"
+            ) from e
         try:
             model, _, transform = open_clip.create_model_and_transforms(
-                self.arch, pretrained=str(self.checkpoint.resolve()), require_pretrained=True)
+                self.arch, pretrained=str(self.checkpoint.resolve()), require_pretrained=True
+            )
             tokenizer = open_clip.get_tokenizer(self.arch)
         except Exception as e:  # open_clip raises RuntimeError/KeyError/pickling errors: name the inputs
             raise ValueError(f"could not load open_clip model {self.arch!r} from {self.checkpoint}: {e}") from e
@@ -187,8 +195,10 @@ class OpenClipModel(Embedder):
         return self.model.encode_text(tokens).float()
 
     def split_long(self, text: str, task_type: str) -> list[str]:
-        raise ValueError("long_text_mode='mean' is not available for open_clip models (their tokenizer gives no "
-                         "offsets to split at); use long_text_mode='truncate'")
+        raise ValueError(
+            "long_text_mode='mean' is not available for open_clip models (their tokenizer gives no "
+            "offsets to split at); use long_text_mode='truncate'"
+        )
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -103,8 +104,11 @@ def split_to_fit(tokenizer, text: str, max_length: int, prefix: str = "") -> lis
     """Split `text` into consecutive pieces that each fit `max_length` tokens once `prefix` and
     the special tokens are added. Pieces are slices of the original text at token boundaries
     (from a fast tokenizer's offsets), so nothing is lost or re-spelled."""
-    budget = (max_length - tokenizer.num_special_tokens_to_add()
-              - len(tokenizer(prefix, add_special_tokens=False)["input_ids"]))
+    budget = (
+        max_length
+        - tokenizer.num_special_tokens_to_add()
+        - len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    )
     if budget < 1:
         raise ValueError(f"max_length {max_length} leaves no room for text after the prefix")
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
@@ -165,8 +169,10 @@ class Embedder:
     def require(self, modality: Modality) -> None:
         if modality not in self.modalities:
             has = " and ".join("images" if m == "image" else m for m in self.modalities) or "nothing"
-            raise ModalityError(f"model {self.name!r} is a {self.kind} model: it embeds {has} only, "
-                                f"not {'images' if modality == 'image' else 'text'}")
+            raise ModalityError(
+                f"model {self.name!r} is a {self.kind} model: it embeds {has} only, "
+                f"not {'images' if modality == 'image' else 'text'}"
+            )
 
     # -- text: model-specific steps --------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], task_type: str) -> list[list[int]]:
@@ -232,8 +238,9 @@ class Embedder:
             raise ValueError(f"unknown task_type {task_type!r}; expected one of {TASK_TYPES}")
         return task_type
 
-    def prepare_texts(self, texts: Sequence[str], task_type: str = "search_query",
-                      long_text_mode: LongTextMode = "truncate") -> PreparedTexts:
+    def prepare_texts(
+        self, texts: Sequence[str], task_type: str = "search_query", long_text_mode: LongTextMode = "truncate"
+    ) -> PreparedTexts:
         """Texts -> token ids, once. long_text_mode='mean' splits a text that does not fit into
         pieces (each embedded, then averaged by `PreparedTexts.combine`)."""
         self.require("text")
@@ -249,15 +256,22 @@ class Embedder:
         return PreparedTexts(ids, [len(ps) for ps in pieces])
 
     @torch.inference_mode()
-    def embed_texts(self, texts: Sequence[str], task_type: str = "search_query", *,
-                    dimensionality: int | None = None, long_text_mode: LongTextMode = "truncate",
-                    batch_size: int | None = None) -> torch.Tensor:
+    def embed_texts(
+        self,
+        texts: Sequence[str],
+        task_type: str = "search_query",
+        *,
+        dimensionality: int | None = None,
+        long_text_mode: LongTextMode = "truncate",
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
         """Texts -> (N, dim or dimensionality) unit rows."""
         prepared = self.prepare_texts(texts, task_type, long_text_mode)
         return self.rows_for(prepared, batch_size, dimensionality)
 
-    def rows_for(self, prepared: PreparedTexts, batch_size: int | None = None,
-                 dimensionality: int | None = None) -> torch.Tensor:
+    def rows_for(
+        self, prepared: PreparedTexts, batch_size: int | None = None, dimensionality: int | None = None
+    ) -> torch.Tensor:
         """Prepared texts -> unit rows, in batches of `batch_size` pieces."""
         ids, batch_size = prepared.ids, batch_size or self.text_batch_size
         if not ids:
@@ -266,8 +280,9 @@ class Embedder:
         return finish(prepared.combine(rows), dimensionality)
 
     @torch.inference_mode()
-    def embed_images(self, images: Sequence[Any], *, dimensionality: int | None = None,
-                     batch_size: int | None = None) -> torch.Tensor:
+    def embed_images(
+        self, images: Sequence[Any], *, dimensionality: int | None = None, batch_size: int | None = None
+    ) -> torch.Tensor:
         """Paths, bytes or PIL images (any mode) -> (N, dim or dimensionality) unit rows.
         Every input is decoded first, so a bad one fails the call before any forward runs."""
         from latentspace.data.images import load_image
@@ -287,9 +302,14 @@ class Embedder:
 
     def describe(self) -> dict[str, Any]:
         """What `latentspace models SPEC` prints and GET /v1/models reports."""
-        out: dict[str, Any] = {"kind": self.kind, "name": self.name, "space": self.space,
-                               "identity": self.identity.to_dict(), "dimension": self.dim,
-                               "modalities": list(self.modalities)}
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "name": self.name,
+            "space": self.space,
+            "identity": self.identity.to_dict(),
+            "dimension": self.dim,
+            "modalities": list(self.modalities),
+        }
         if "text" in self.modalities:
             out["max_tokens"] = self.max_tokens
             out["task_types"] = list(self.task_types)

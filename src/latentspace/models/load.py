@@ -20,8 +20,8 @@ directory (never needed for Nomic's models, which run on latentspace's own modul
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 from urllib.parse import parse_qsl
 
 from latentspace.config import BUILTIN_TEXT_MODEL
@@ -29,6 +29,8 @@ from latentspace.models.embedder import Embedder
 
 HF_PREFIX = "hf-clip:"
 OPEN_CLIP_PREFIX = "open_clip:"
+
+
 def _flag(value: str) -> bool:
     if value.lower() in ("1", "true", "yes", "on"):
         return True
@@ -119,12 +121,12 @@ def _classify(base: str) -> tuple[str, Path | str]:
     if base == BUILTIN_TEXT_MODEL:
         return "text", base
     if base.startswith(OPEN_CLIP_PREFIX):
-        arch, sep, checkpoint = base[len(OPEN_CLIP_PREFIX):].partition(":")
+        arch, sep, checkpoint = base[len(OPEN_CLIP_PREFIX) :].partition(":")
         if not (arch and sep and checkpoint):
             raise SpecError(f"bad open_clip spec {base!r}: expected 'open_clip:ARCH:CHECKPOINT'")
         return "open_clip", f"{arch}:{checkpoint}"
     if base.startswith(HF_PREFIX):
-        return "hf-clip", Path(base[len(HF_PREFIX):]).expanduser()
+        return "hf-clip", Path(base[len(HF_PREFIX) :]).expanduser()
     path = Path(base).expanduser()
     if not path.exists():
         raise ModelNotFoundError(f"model not found: {base!r} does not exist; accepted forms: {SPEC_FORMS}")
@@ -145,7 +147,7 @@ def default_name(spec: str) -> str:
     """The name a model is served under when none is given: the directory's name."""
     base, _ = parse_spec(spec)
     if base.startswith(HF_PREFIX):
-        base = base[len(HF_PREFIX):]
+        base = base[len(HF_PREFIX) :]
     elif base.startswith(OPEN_CLIP_PREFIX):
-        return base[len(OPEN_CLIP_PREFIX):].split(":", 1)[0]
+        return base[len(OPEN_CLIP_PREFIX) :].split(":", 1)[0]
     return Path(base).expanduser().name or base

@@ -54,9 +54,17 @@ class ModelDirConfig(BaseModel):
         return value if isinstance(value, Preprocess) else Preprocess.from_dict(value)
 
 
-def save_model_dir(path: str | Path, vision: VisionTower, *, text: TextTowerConfig, space: SpaceIdentity,
-                   preprocess: Preprocess, logit_scale: float, info: dict[str, Any] | None = None,
-                   trained_text: "TextTower | None" = None) -> Path:
+def save_model_dir(
+    path: str | Path,
+    vision: VisionTower,
+    *,
+    text: TextTowerConfig,
+    space: SpaceIdentity,
+    preprocess: Preprocess,
+    logit_scale: float,
+    info: dict[str, Any] | None = None,
+    trained_text: TextTower | None = None,
+) -> Path:
     """Write a model directory atomically (a crash leaves the old one or the new one, never half).
 
     `trained_text`: a text tower the recipe trained. It is saved inside the directory (as a
@@ -144,5 +152,7 @@ def load_vision(path: str | Path) -> tuple[VisionTower, ModelDirConfig]:
     vision = VisionTower(config.vision, config.space.dim)
     missing, unexpected = load_model(vision, str(path / WEIGHTS_NAME), strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path / WEIGHTS_NAME} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{path / WEIGHTS_NAME} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return vision.eval(), config

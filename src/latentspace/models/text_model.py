@@ -8,7 +8,7 @@ why text vectors through them are bit-identical to the text model's own.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -64,5 +64,5 @@ class TextModel(TowerText, Embedder):
         self.name, self.identity = tower.name, tower.space
 
     @classmethod
-    def load(cls, path: str, **settings) -> "TextModel":
+    def load(cls, path: str, **settings) -> TextModel:
         return cls(TextTower(TextTowerConfig(path=path, **settings)))

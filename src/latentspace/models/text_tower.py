@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,7 @@ class StDescription:
     prompts: dict[str, str]
 
     @classmethod
-    def read(cls, root: Path) -> "StDescription":
+    def read(cls, root: Path) -> StDescription:
         modules = _read_json(root / "modules.json") if (root / "modules.json").is_file() else []
         pooling, normalize = "mean", False
         for m in modules:
@@ -92,8 +92,12 @@ class StDescription:
     def _pooling_mode(cfg: dict) -> str:
         if "pooling_mode" in cfg:
             return str(cfg["pooling_mode"])
-        for mode, key in (("cls", "pooling_mode_cls_token"), ("max", "pooling_mode_max_tokens"),
-                          ("lasttoken", "pooling_mode_lasttoken"), ("mean", "pooling_mode_mean_tokens")):
+        for mode, key in (
+            ("cls", "pooling_mode_cls_token"),
+            ("max", "pooling_mode_max_tokens"),
+            ("lasttoken", "pooling_mode_lasttoken"),
+            ("mean", "pooling_mode_mean_tokens"),
+        ):
             if cfg.get(key):
                 return mode
         return "mean"
@@ -113,8 +117,9 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"unknown pooling mode {mode!r}; expected one of {POOLING_MODES}")
 
 
-def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_ids(
+    ids: Sequence[Sequence[int]], pad_id: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token id lists into (input_ids, attention_mask) tensors."""
     width = max(len(row) for row in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
@@ -125,8 +130,9 @@ def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device | No
     return input_ids.to(device), mask.to(device)
 
 
-def pooled_rows(transformer: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, pooling: str,
-                layer_norm: bool) -> torch.Tensor:
+def pooled_rows(
+    transformer: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, pooling: str, layer_norm: bool
+) -> torch.Tensor:
     """The transformer on a padded batch -> pooled (N, width) float rows (layer-normed if asked)."""
     out = transformer(input_ids=input_ids, attention_mask=mask)
     hidden = out if isinstance(out, torch.Tensor) else out.last_hidden_state
@@ -140,10 +146,14 @@ class TextRows(nn.Module):
     """A tower's text forward as one module: (input_ids, attention_mask) -> (N, dim) rows, pooled
     and truncated to the tower's dimension, not normalised. What exporters (ONNX, OpenVINO) take."""
 
-    def __init__(self, tower: "TextTower"):
+    def __init__(self, tower: TextTower):
         super().__init__()
         self.transformer, self.pooling, self.layer_norm, self.dim = (
-            tower.transformer, tower.desc.pooling, tower.layer_norm, tower.dim)
+            tower.transformer,
+            tower.desc.pooling,
+            tower.layer_norm,
+            tower.dim,
+        )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return pooled_rows(self.transformer, input_ids, attention_mask, self.pooling, self.layer_norm)[:, : self.dim]
@@ -170,7 +180,9 @@ class TextTower(nn.Module):
         self.prefixes = dict(self.desc.prompts if cfg.prefixes is None else cfg.prefixes)
         if self.nomic and not self.prefixes and cfg.prefixes is None:
             self.prefixes = dict(NOMIC_PREFIXES)
-        self.layer_norm = cfg.layer_norm if cfg.layer_norm is not None else bool(self.release and self.release.layer_norm)
+        self.layer_norm = (
+            cfg.layer_norm if cfg.layer_norm is not None else bool(self.release and self.release.layer_norm)
+        )
         self.dim = cfg.dimensionality or self.full_dim
         if self.dim > self.full_dim:
             raise ValueError(f"text.dimensionality {self.dim} exceeds the model's width {self.full_dim}")
@@ -180,12 +192,14 @@ class TextTower(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         if cfg.rotary_scaling_factor is not None:
-            raise ValueError("text.rotary_scaling_factor applies to nomic-embed-text models only; "
-                             f"{self.root} is not one")
+            raise ValueError(
+                f"text.rotary_scaling_factor applies to nomic-embed-text models only; {self.root} is not one"
+            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.root), local_files_only=True)
             self.transformer = AutoModel.from_pretrained(
-                str(self.root), local_files_only=True, trust_remote_code=cfg.trust_remote_code)
+                str(self.root), local_files_only=True, trust_remote_code=cfg.trust_remote_code
+            )
         except (OSError, ValueError) as e:
             raise RuntimeError(f"could not load the text model from {self.root}: {e}") from e
         self.max_length = int(cfg.max_length or self.desc.max_length or self.tokenizer.model_max_length)
@@ -196,12 +210,18 @@ class TextTower(nn.Module):
         from latentspace.models.nomic.tokenizer import load_nomic_tokenizer
 
         if cfg.trust_remote_code:
-            log.warning("%s is a nomic-embed-text model: it runs on latentspace's own NomicBERT module, "
-                        "so text.trust_remote_code is ignored (no code from the directory runs)", self.root)
+            log.warning(
+                "%s is a nomic-embed-text model: it runs on latentspace's own NomicBERT module, "
+                "so text.trust_remote_code is ignored (no code from the directory runs)",
+                self.root,
+            )
         if self.release is None and cfg.layer_norm is None:
-            log.warning("%s: cannot tell nomic-embed-text v1 from v1.5 (no release in config.json "
-                        "_name_or_path, the directory name or README.md): using the v1 recipe, no layer norm. "
-                        "Set text.layer_norm: true for v1.5 (or name the directory ...-v1.5).", self.root)
+            log.warning(
+                "%s: cannot tell nomic-embed-text v1 from v1.5 (no release in config.json "
+                "_name_or_path, the directory name or README.md): using the v1 recipe, no layer norm. "
+                "Set text.layer_norm: true for v1.5 (or name the directory ...-v1.5).",
+                self.root,
+            )
         self.transformer = load_nomic_text(self.root, rotary_scaling_factor=cfg.rotary_scaling_factor)
         # Nomic's models take 8192 tokens (the model cards); past the trained 2048 they need
         # rotary_scaling_factor to stay in distribution, as the cards say.
@@ -246,8 +266,13 @@ class TextTower(nn.Module):
         if not texts:
             return []
         prefix = self.prefix_for(task_type)
-        return self._tokenizers.get()([prefix + t for t in texts], truncation=True, max_length=self.max_length,
-                                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return self._tokenizers.get()(
+            [prefix + t for t in texts],
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
 
     def split_long(self, text: str, task_type: str) -> list[str]:
         """Split `text` into pieces that each fit max_length with the task's prefix
@@ -256,8 +281,12 @@ class TextTower(nn.Module):
 
     @torch.inference_mode()
     def encode(
-        self, texts: Sequence[str], task_type: str = "search_query", *,
-        dimensionality: int | None = None, batch_size: int | None = None,
+        self,
+        texts: Sequence[str],
+        task_type: str = "search_query",
+        *,
+        dimensionality: int | None = None,
+        batch_size: int | None = None,
     ) -> torch.Tensor:
         texts = check_texts(texts)
         if dimensionality is not None and dimensionality > self.dim:
@@ -305,8 +334,9 @@ class TextTower(nn.Module):
     def text_module(self) -> TextRows:
         """This tower's forward as one module, for a faster runtime (serve/backends.py)."""
         if self._ntk_threshold() is not None:
-            raise NotImplementedError("with dynamic NTK, texts past the trained length run alone (forward_ids); "
-                                      "that policy stays in PyTorch")
+            raise NotImplementedError(
+                "with dynamic NTK, texts past the trained length run alone (forward_ids); that policy stays in PyTorch"
+            )
         return TextRows(self)
 
     # -- for recipes that train the text tower ---------------------------------------------------

@@ -52,8 +52,10 @@ def _nomic_backbone(cfg: VisionTowerConfig) -> nn.Module:
     from latentspace.models.nomic.vision import NomicVision, NomicVisionConfig, load_nomic_vision
 
     if cfg.init_checkpoint and cfg.init_checkpoint.startswith(PYPI_PREFIX):
-        raise ValueError("vision.arch nomic-vision starts from a nomic-embed-vision directory, not from "
-                         f"{cfg.init_checkpoint}: set vision.init_checkpoint to that directory")
+        raise ValueError(
+            "vision.arch nomic-vision starts from a nomic-embed-vision directory, not from "
+            f"{cfg.init_checkpoint}: set vision.init_checkpoint to that directory"
+        )
     if cfg.init_checkpoint:
         backbone = load_nomic_vision(Path(cfg.init_checkpoint).expanduser())
     elif "nomic_config" in cfg.model_kwargs:
@@ -62,10 +64,14 @@ def _nomic_backbone(cfg: VisionTowerConfig) -> nn.Module:
         raise ValueError("vision.arch nomic-vision needs vision.init_checkpoint: a nomic-embed-vision directory")
     size = backbone.config.img_size
     if (cfg.image_size, cfg.image_size) != tuple(size):
-        raise ValueError(f"vision.image_size is {cfg.image_size} but this nomic-embed-vision model takes "
-                         f"{size[0]}x{size[1]} images: set vision.image_size={size[0]}")
+        raise ValueError(
+            f"vision.image_size is {cfg.image_size} but this nomic-embed-vision model takes "
+            f"{size[0]}x{size[1]} images: set vision.image_size={size[0]}"
+        )
     if cfg.pool != "cls":
-        raise ValueError("nomic-vision pools with its own attention selector, added to every token: set vision.pool=cls")
+        raise ValueError(
+            "nomic-vision pools with its own attention selector, added to every token: set vision.pool=cls"
+        )
     return backbone
 
 
@@ -80,8 +86,9 @@ def build_backbone(cfg: VisionTowerConfig) -> tuple[nn.Module, StartingWeights |
         raise ValueError(f"unknown timm architecture {cfg.arch!r} (see timm.list_models())")
     # A file or an installed package's weights (models/pretrained.py), heads dropped, fitted and
     # loaded through timm, which adapts position / patch embeddings to the image and patch size.
-    return create_timm_backbone(cfg.arch, cfg.init_checkpoint, img_size=cfg.image_size,
-                                what="vision.init_checkpoint", **kwargs)
+    return create_timm_backbone(
+        cfg.arch, cfg.init_checkpoint, img_size=cfg.image_size, what="vision.init_checkpoint", **kwargs
+    )
 
 
 def create_backbone(cfg: VisionTowerConfig) -> nn.Module:
@@ -100,7 +107,9 @@ class VisionTower(nn.Module):
         width = int(self.backbone.config.n_embd if self.nomic else self.backbone.num_features)
         self.num_prefix_tokens = 1 if self.nomic else int(getattr(self.backbone, "num_prefix_tokens", 0))
         if cfg.pool == "cls" and self.num_prefix_tokens == 0:
-            raise ValueError(f"vision.pool=cls needs a model with a class token; {cfg.arch} has none (use mean or attn)")
+            raise ValueError(
+                f"vision.pool=cls needs a model with a class token; {cfg.arch} has none (use mean or attn)"
+            )
         self.attn_pool = AttentionPool(width, _heads_for(width)) if cfg.pool == "attn" else None
         self.proj = nn.Linear(width, out_dim, bias=False)
         if cfg.grad_checkpointing:

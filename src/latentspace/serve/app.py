@@ -112,6 +112,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         def require_key(request: Request, _: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
             auth.check(request.headers.get("authorization"))
     else:
+
         def require_key() -> None:
             pass
 
@@ -120,8 +121,9 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         return error_responses(*sorted({*statuses, *((401,) if auth.enabled else ())}))
 
     # -- text -------------------------------------------------------------------------------------
-    async def embed_texts(slot: Slot, texts: list[str], task_type: str, dimensionality: int | None,
-                          long_text_mode: str = "truncate") -> tuple[torch.Tensor, int]:
+    async def embed_texts(
+        slot: Slot, texts: list[str], task_type: str, dimensionality: int | None, long_text_mode: str = "truncate"
+    ) -> tuple[torch.Tensor, int]:
         model = slot.model
         _require(slot, "text")
         _check_items(len(texts), settings)
@@ -140,15 +142,25 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
 
     # The embedding routes return orjson Responses, sent as they are: response_model= documents
     # the body without FastAPI re-validating every float.
-    @app.post("/v1/embedding/text", dependencies=[Depends(require_key)], response_model=EmbeddingResponse,
-              responses=errors(400, 404, 413, 422, 429, 503), summary="Embed texts (Nomic's API)")
+    @app.post(
+        "/v1/embedding/text",
+        dependencies=[Depends(require_key)],
+        response_model=EmbeddingResponse,
+        responses=errors(400, 404, 413, 422, 429, 503),
+        summary="Embed texts (Nomic's API)",
+    )
     async def text_endpoint(body: TextRequest) -> Response:
         slot = registry.get(body.model)
         vectors, tokens = await embed_texts(slot, body.texts, body.task_type, body.dimensionality, body.long_text_mode)
         return _nomic_response(vectors, slot, tokens)
 
-    @app.post("/v1/embeddings", dependencies=[Depends(require_key)], response_model=OpenAIEmbeddingResponse,
-              responses=errors(400, 404, 413, 422, 429, 503), summary="Embed texts (OpenAI's API)")
+    @app.post(
+        "/v1/embeddings",
+        dependencies=[Depends(require_key)],
+        response_model=OpenAIEmbeddingResponse,
+        responses=errors(400, 404, 413, 422, 429, 503),
+        summary="Embed texts (OpenAI's API)",
+    )
     async def openai_endpoint(body: OpenAIRequest) -> Response:
         slot = registry.get(body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
@@ -156,17 +168,37 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
             raise ApiError(422, "input is empty: give a string or a non-empty list of strings")
         vectors, tokens = await embed_texts(slot, texts, body.task_type, body.dimensions)
         rows = vectors.numpy()
-        data = [{"object": "embedding", "index": i, "embedding": _encode_vector(row, body.encoding_format)}
-                for i, row in enumerate(rows)]
-        return _json({"object": "list", "data": data, "model": slot.name,
-                      "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "space": slot.model.space})
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encode_vector(row, body.encoding_format)}
+            for i, row in enumerate(rows)
+        ]
+        return _json(
+            {
+                "object": "list",
+                "data": data,
+                "model": slot.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "space": slot.model.space,
+            }
+        )
 
     # -- images -----------------------------------------------------------------------------------
-    @app.post("/v1/embedding/image", dependencies=[Depends(require_key)], response_model=EmbeddingResponse,
-              responses=errors(400, 404, 413, 415, 422, 429, 503), summary="Embed images (Nomic's API)",
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "multipart/form-data": {"schema": IMAGE_FORM},
-                  "application/x-www-form-urlencoded": {"schema": IMAGE_URL_FORM}}}})
+    @app.post(
+        "/v1/embedding/image",
+        dependencies=[Depends(require_key)],
+        response_model=EmbeddingResponse,
+        responses=errors(400, 404, 413, 415, 422, 429, 503),
+        summary="Embed images (Nomic's API)",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {"schema": IMAGE_FORM},
+                    "application/x-www-form-urlencoded": {"schema": IMAGE_URL_FORM},
+                },
+            }
+        },
+    )
     async def image_endpoint(request: Request) -> Response:
         model_name, uploads, urls, dimensionality = await _read_image_form(request, settings)
         slot = registry.get(model_name)
@@ -174,14 +206,19 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         _check_items(len(uploads) + len(urls), settings)
         _check_dimensionality(dimensionality, slot.model.dim)
         if urls and fetcher is None:
-            raise ApiError(400, "remote image URLs are disabled on this server: upload the images as "
-                                "'images' file parts, or start the server with --allow-urls")
+            raise ApiError(
+                400,
+                "remote image URLs are disabled on this server: upload the images as "
+                "'images' file parts, or start the server with --allow-urls",
+            )
         named = [(f"image {i} ({u.filename or 'unnamed'})", await u.read()) for i, u in enumerate(uploads)]
         named += await _fetch_all(fetcher, urls, start=len(uploads)) if urls else []
         loop = asyncio.get_running_loop()
         prepare = slot.model.preprocess_image
-        jobs = [loop.run_in_executor(decode_pool, _decode_and_prepare, data, name, settings.max_pixels, prepare)
-                for name, data in named]
+        jobs = [
+            loop.run_in_executor(decode_pool, _decode_and_prepare, data, name, settings.max_pixels, prepare)
+            for name, data in named
+        ]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         for result in results:  # the first bad image, by position, names the failure
             if isinstance(result, BaseException):
@@ -191,8 +228,14 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
 
     # -- discovery and operations -----------------------------------------------------------------
     # exclude_unset: an entry has the fields its model describes, no nulls for the rest
-    @app.get("/v1/models", dependencies=[Depends(require_key)], response_model=ModelList,
-             response_model_exclude_unset=True, responses=errors(), summary="The served models")
+    @app.get(
+        "/v1/models",
+        dependencies=[Depends(require_key)],
+        response_model=ModelList,
+        response_model_exclude_unset=True,
+        responses=errors(),
+        summary="The served models",
+    )
     async def models_endpoint() -> dict[str, Any]:
         statuses = registry.statuses()
         data = []
@@ -210,27 +253,50 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         _require(slot, "image")
         loop = asyncio.get_running_loop()
         try:
-            pixels = await loop.run_in_executor(decode_pool, _decode_and_prepare, data, name, settings.max_pixels,
-                                                slot.model.preprocess_image)
+            pixels = await loop.run_in_executor(
+                decode_pool, _decode_and_prepare, data, name, settings.max_pixels, slot.model.preprocess_image
+            )
         except Exception as e:  # noqa: BLE001 - mapped to 400 / 413 / 415 like the embedding route
             raise _image_error(e) from e
         return query_vector(await _submit(slot, registry.image_kind(slot), [pixels], None, settings))
 
-    add_collection_routes(app, collections=collections, registry=registry, settings=settings, require_key=require_key,
-                          errors=errors, decode_pool=decode_pool, embed_query_text=embed_query_text,
-                          embed_query_image=embed_query_image,
-                          read_image_form=lambda request, field: _read_form_files(request, settings, field))
+    add_collection_routes(
+        app,
+        collections=collections,
+        registry=registry,
+        settings=settings,
+        require_key=require_key,
+        errors=errors,
+        decode_pool=decode_pool,
+        embed_query_text=embed_query_text,
+        embed_query_image=embed_query_image,
+        read_image_form=lambda request, field: _read_form_files(request, settings, field),
+    )
 
-    @app.get("/v1/user", dependencies=[Depends(require_key)], response_model=UserResponse, responses=errors(),
-             summary="The key's user (for Nomic's client)")
+    @app.get(
+        "/v1/user",
+        dependencies=[Depends(require_key)],
+        response_model=UserResponse,
+        responses=errors(),
+        summary="The key's user (for Nomic's client)",
+    )
     async def user_endpoint() -> dict[str, Any]:
         # Nomic's Python client GETs this when it connects (to check the key) and logs a warning
         # about an invalid token unless it answers 200; nothing else reads it.
         return {"id": "latentspace", "organizations": [], "default_organization": None}
 
-    @app.get("/health", response_model=HealthResponse, summary="Readiness: 200 when all is ready",
-             responses={503: {"model": HealthResponse, "description": "a model or collection is loading or failed",
-                              "headers": {"Retry-After": {"schema": {"type": "string"}}}}})
+    @app.get(
+        "/health",
+        response_model=HealthResponse,
+        summary="Readiness: 200 when all is ready",
+        responses={
+            503: {
+                "model": HealthResponse,
+                "description": "a model or collection is loading or failed",
+                "headers": {"Retry-After": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def health() -> JSONResponse:
         statuses = registry.statuses()
         body = {"models": statuses}
@@ -238,8 +304,9 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
             body["collections"] = {name: c.status for name, c in collections.items.items()}
         if registry.healthy and collections.healthy:
             return JSONResponse({"status": "ok", **body})
-        return JSONResponse({"status": "unavailable", **body}, status_code=503,
-                            headers={"Retry-After": str(settings.retry_after_s)})
+        return JSONResponse(
+            {"status": "unavailable", **body}, status_code=503, headers={"Retry-After": str(settings.retry_after_s)}
+        )
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text exposition format)")
     async def metrics_endpoint() -> Response:
@@ -251,8 +318,12 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)  # outermost: runs first
     return app
@@ -262,18 +333,25 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
 def _make_fetcher(settings: ServeSettings):
     from latentspace.serve.fetch import FetchPolicy, UrlFetcher
 
-    return UrlFetcher(FetchPolicy(
-        max_bytes=settings.url_max_bytes, connect_timeout=settings.url_timeout_s, read_timeout=settings.url_timeout_s,
-        total_timeout=3 * settings.url_timeout_s, max_redirects=settings.url_max_redirects,
-        allowed_hosts=frozenset(h.lower() for h in settings.url_allowed_hosts)))
+    return UrlFetcher(
+        FetchPolicy(
+            max_bytes=settings.url_max_bytes,
+            connect_timeout=settings.url_timeout_s,
+            read_timeout=settings.url_timeout_s,
+            total_timeout=3 * settings.url_timeout_s,
+            max_redirects=settings.url_max_redirects,
+            allowed_hosts=frozenset(h.lower() for h in settings.url_allowed_hosts),
+        )
+    )
 
 
 async def _fetch_all(fetcher, urls: list[str], start: int) -> list[tuple[str, bytes]]:
     from latentspace.serve.fetch import UrlRefused, display_url
 
     labels = [f"url {i}" for i in range(start, start + len(urls))]
-    results = await asyncio.gather(*(fetcher.fetch(u, label=label) for u, label in zip(urls, labels, strict=True)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(fetcher.fetch(u, label=label) for u, label in zip(urls, labels, strict=True)), return_exceptions=True
+    )
     out = []
     for url, label, result in zip(urls, labels, results, strict=True):
         shown = f"{label} ({display_url(url)})"  # credentials and query strings are never echoed
@@ -306,8 +384,11 @@ async def _read_form_files(request: Request, settings: ServeSettings, field: str
     """-> (form, the file parts named `field`) from a multipart body (the collection search route)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
-        raise ApiError(415, f"send the image as multipart/form-data with an {field!r} file part "
-                            f"(got {content_type or 'no Content-Type'})")
+        raise ApiError(
+            415,
+            f"send the image as multipart/form-data with an {field!r} file part "
+            f"(got {content_type or 'no Content-Type'})",
+        )
     try:
         form = await request.form(max_files=2, max_fields=16, max_part_size=settings.max_body_bytes)
     except StarletteHTTPException as e:
@@ -320,20 +401,29 @@ async def _read_image_form(request: Request, settings: ServeSettings):
     """-> (model, uploads, urls, dimensionality) from a multipart or urlencoded body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raise ApiError(415, f"send images as multipart/form-data ('images' file parts) or urls as "
-                            f"application/x-www-form-urlencoded (got {content_type or 'no Content-Type'})")
+        raise ApiError(
+            415,
+            f"send images as multipart/form-data ('images' file parts) or urls as "
+            f"application/x-www-form-urlencoded (got {content_type or 'no Content-Type'})",
+        )
     try:
-        form = await request.form(max_files=settings.max_items, max_fields=settings.max_items + 16,
-                                  max_part_size=settings.max_body_bytes)
+        form = await request.form(
+            max_files=settings.max_items, max_fields=settings.max_items + 16, max_part_size=settings.max_body_bytes
+        )
     except StarletteHTTPException as e:  # the multipart parser's own limits
         too_many = "Too many" in str(e.detail)
-        raise ApiError(413 if too_many else 400, f"{e.detail} (at most {settings.max_items} images per request)"
-                       if too_many else f"malformed form body: {e.detail}") from e
+        raise ApiError(
+            413 if too_many else 400,
+            f"{e.detail} (at most {settings.max_items} images per request)"
+            if too_many
+            else f"malformed form body: {e.detail}",
+        ) from e
     images = form.getlist("images")
     not_files = [i for i, part in enumerate(images) if not isinstance(part, UploadFile)]
     if not_files:
-        raise ApiError(400, f"images {not_files} are plain form fields; send each image as a file part "
-                            "(curl: -F images=@cat.png)")
+        raise ApiError(
+            400, f"images {not_files} are plain form fields; send each image as a file part (curl: -F images=@cat.png)"
+        )
     urls = [u for u in form.getlist("urls") if isinstance(u, str)]
     if not images and not urls:
         raise ApiError(400, "no images: send one 'images' file part per image, or 'urls' fields")
@@ -382,8 +472,14 @@ def _json(payload: dict[str, Any]) -> Response:
 
 def _nomic_response(vectors: torch.Tensor, slot: Slot, tokens: int) -> Response:
     # `space` is beyond Nomic's shape (clients ignore it): every vector says which space it is in.
-    return _json({"embeddings": vectors.numpy(), "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                  "model": slot.name, "space": slot.model.space})
+    return _json(
+        {
+            "embeddings": vectors.numpy(),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "model": slot.name,
+            "space": slot.model.space,
+        }
+    )
 
 
 def _encode_vector(row, encoding_format: str):
@@ -428,7 +524,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 # slipped into HTML still could not run a script.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-                               "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",

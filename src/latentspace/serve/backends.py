@@ -39,9 +39,10 @@ import platform
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +56,12 @@ Precision = Literal["fp32", "bf16", "int8"]
 Forward = Callable[..., torch.Tensor]  # inputs (pixels; or token ids and mask) -> (N, dim) rows
 # Every (backend, precision) that exists, in the order `auto` measures them.
 CANDIDATES: tuple[tuple[str, str], ...] = (
-    ("torch", "fp32"), ("torch", "int8"), ("openvino", "fp32"), ("openvino", "bf16"),
-    ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+    ("torch", "fp32"),
+    ("torch", "int8"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("onnxruntime", "fp32"),
+    ("onnxruntime", "int8"),
 )
 MIN_COSINE = 0.999
 BATCH_SIZES = (4, 8, 16, 32)  # what `auto` times the chosen backend at
@@ -67,6 +72,7 @@ class BackendUnavailable(ImportError):
 
 
 # -- building a forward on one runtime ------------------------------------------------------------
+
 
 def _as_inputs(example) -> tuple[torch.Tensor, ...]:
     return example if isinstance(example, tuple) else (example,)
@@ -85,8 +91,9 @@ def accelerate(module: torch.nn.Module, example, backend: str, precision: str) -
     length). Raises BackendUnavailable when the runtime is missing, ValueError for a combination
     that does not exist."""
     if (backend, precision) not in CANDIDATES:
-        raise ValueError(f"no {backend} backend at {precision}; choose one of "
-                         + ", ".join(f"{b}-{p}" for b, p in CANDIDATES))
+        raise ValueError(
+            f"no {backend} backend at {precision}; choose one of " + ", ".join(f"{b}-{p}" for b, p in CANDIDATES)
+        )
     module = module.eval()
     if backend == "torch":
         return module if precision == "fp32" else _torch_int8(module)
@@ -115,8 +122,9 @@ def _openvino(module: torch.nn.Module, example: tuple[torch.Tensor, ...], precis
     try:
         import openvino as ov
     except ImportError as e:
-        raise BackendUnavailable("the openvino backend needs the openvino package: "
-                                 "pip install 'latentspace[fast]'") from e
+        raise BackendUnavailable(
+            "the openvino backend needs the openvino package: pip install 'latentspace[fast]'"
+        ) from e
     if precision == "int8":
         raise ValueError("openvino int8 is not offered (it needs NNCF); use onnxruntime-int8 or torch-int8")
     # Through the same ONNX export as ONNX Runtime, read by OpenVINO's runtime: its model
@@ -125,12 +133,19 @@ def _openvino(module: torch.nn.Module, example: tuple[torch.Tensor, ...], precis
     core = ov.Core()
     with tempfile.TemporaryDirectory(prefix="latentspace-onnx-") as tmp:
         graph = core.read_model(str(_export_onnx(module, example, Path(tmp) / "model.onnx")))
-    graph.reshape({port: ov.PartialShape([-1] * _dynamic_dims(x) + list(x.shape[_dynamic_dims(x):]))
-                   for port, x in zip(graph.inputs, example)})  # any batch size (and text length)
+    graph.reshape(
+        {
+            port: ov.PartialShape([-1] * _dynamic_dims(x) + list(x.shape[_dynamic_dims(x) :]))
+            for port, x in zip(graph.inputs, example)
+        }
+    )  # any batch size (and text length)
     # LATENCY: one inference uses every core, which is what one worker thread issuing whole
     # batches wants (THROUGHPUT would split the cores into streams a single request cannot fill).
-    compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
-                                                  "PERFORMANCE_HINT": "LATENCY"})
+    compiled = core.compile_model(
+        graph,
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision], "PERFORMANCE_HINT": "LATENCY"},
+    )
     request = compiled.create_infer_request()  # used only from the model's inference thread
 
     def run(*inputs: torch.Tensor) -> torch.Tensor:
@@ -147,23 +162,34 @@ def _export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], pat
     except ImportError as e:
         raise BackendUnavailable("exporting to ONNX needs the onnx package: pip install 'latentspace[fast]'") from e
     names = [f"input{i}" for i in range(len(example))]
-    dynamic = {name: {0: "batch", 1: "length"} if _dynamic_dims(x) == 2 else {0: "batch"}
-               for name, x in zip(names, example)}
+    dynamic = {
+        name: {0: "batch", 1: "length"} if _dynamic_dims(x) == 2 else {0: "batch"} for name, x in zip(names, example)
+    }
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter about shape asserts; calibration checks the outputs
-        torch.onnx.export(module, example, str(path), dynamo=False, opset_version=17, input_names=names,
-                          output_names=["rows"], dynamic_axes={**dynamic, "rows": {0: "batch"}})
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=names,
+            output_names=["rows"],
+            dynamic_axes={**dynamic, "rows": {0: "batch"}},
+        )
     return path
 
 
 def _onnxruntime(module: torch.nn.Module, example: tuple[torch.Tensor, ...], precision: str) -> Forward:
     try:
         import onnxruntime as ort
+
         # ONNX Runtime's Linux wheels carry Microsoft's usage telemetry; a server sends none.
         ort.disable_telemetry_events()
     except ImportError as e:
-        raise BackendUnavailable("the onnxruntime backend needs the onnxruntime and onnx packages: "
-                                 "pip install 'latentspace[fast]'") from e
+        raise BackendUnavailable(
+            "the onnxruntime backend needs the onnxruntime and onnx packages: pip install 'latentspace[fast]'"
+        ) from e
     if precision == "bf16":
         raise ValueError("onnxruntime bf16 is not offered on CPU; use openvino-bf16")
     with tempfile.TemporaryDirectory(prefix="latentspace-onnx-") as tmp:
@@ -190,6 +216,7 @@ def _onnxruntime(module: torch.nn.Module, example: tuple[torch.Tensor, ...], pre
 
 # -- the machine ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class CpuInfo:
     model: str
@@ -201,8 +228,11 @@ class CpuInfo:
 
     def summary(self) -> str:
         """The features that decide between the runtimes, e.g. 'AMD EPYC (avx2, fma; no bf16)'."""
-        shown = [f for f in ("amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2", "fma")
-                 if f in self.flags]
+        shown = [
+            f
+            for f in ("amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2", "fma")
+            if f in self.flags
+        ]
         return f"{self.model} ({', '.join(shown) or 'no AVX2'}{'' if self.native_bf16 else '; no native bf16'})"
 
 
@@ -236,6 +266,7 @@ def runtime_versions() -> dict[str, str | None]:
 
 # -- the measured choice --------------------------------------------------------------------------
 
+
 @dataclass
 class Measurement:
     backend: str
@@ -263,13 +294,24 @@ class Choice:
         return f"{self.backend}-{self.precision}"
 
     def to_json(self) -> dict:
-        return {"backend": self.backend, "precision": self.precision, "reason": self.reason, "batch": self.batch,
-                "measurements": [asdict(m) for m in self.measurements]}
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "reason": self.reason,
+            "batch": self.batch,
+            "measurements": [asdict(m) for m in self.measurements],
+        }
 
     @classmethod
-    def from_json(cls, d: dict) -> "Choice":
-        return cls(d["backend"], d["precision"], d["reason"], [Measurement(**m) for m in d["measurements"]],
-                   cached=True, batch=d["batch"])
+    def from_json(cls, d: dict) -> Choice:
+        return cls(
+            d["backend"],
+            d["precision"],
+            d["reason"],
+            [Measurement(**m) for m in d["measurements"]],
+            cached=True,
+            batch=d["batch"],
+        )
 
 
 Builder = Callable[[torch.nn.Module, object, str, str], Forward]
@@ -285,9 +327,16 @@ def _items_per_s(forward: Forward, probe: tuple[torch.Tensor, ...], repeats: int
     return len(probe[0]) / best, rows
 
 
-def calibrate(module: torch.nn.Module, probe, *, candidates: Sequence[tuple[str, str]] = CANDIDATES,
-              min_cosine: float = MIN_COSINE, repeats: int = 2, build: Builder = accelerate,
-              batch_sizes: Sequence[int] = BATCH_SIZES) -> Choice:
+def calibrate(
+    module: torch.nn.Module,
+    probe,
+    *,
+    candidates: Sequence[tuple[str, str]] = CANDIDATES,
+    min_cosine: float = MIN_COSINE,
+    repeats: int = 2,
+    build: Builder = accelerate,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+) -> Choice:
     """Time every candidate on `probe` and choose the fastest whose rows keep a cosine of at least
     `min_cosine` to PyTorch fp32 on every probe image. PyTorch fp32 is always measured (it is the
     reference, and the fallback). Then time the chosen one at each of `batch_sizes` and keep the
@@ -323,8 +372,10 @@ def calibrate(module: torch.nn.Module, probe, *, candidates: Sequence[tuple[str,
             m.skipped = f"failed: {type(e).__name__}: {e}"
             log.info("image backend %s skipped: %s", m.name, m.skipped)
             continue
-        m.min_cosine = min(float(F.cosine_similarity(rows.float(), reference.float(), dim=-1).min()),
-                           float(F.cosine_similarity(other_rows, other_reference, dim=-1).min()))
+        m.min_cosine = min(
+            float(F.cosine_similarity(rows.float(), reference.float(), dim=-1).min()),
+            float(F.cosine_similarity(other_rows, other_reference, dim=-1).min()),
+        )
         if m.min_cosine < min_cosine:
             m.skipped = f"cosine {m.min_cosine:.5f} to PyTorch fp32 is below {min_cosine}"
     eligible = [m for m in measurements if m.skipped is None]
@@ -332,8 +383,10 @@ def calibrate(module: torch.nn.Module, probe, *, candidates: Sequence[tuple[str,
     forward = module.eval() if best.name == "torch-fp32" else build(module, probe, best.backend, best.precision)
     by_batch = _batch_speeds(forward, inputs[0], batch_sizes) if len(inputs) == 1 else {}
     batch = min(b for b, speed in by_batch.items() if speed >= 0.95 * max(by_batch.values())) if by_batch else None
-    reason = (f"fastest of {', '.join(f'{m.name} {m.items_per_s:.1f}/s' for m in eligible)} on {cpu.summary()} "
-              f"(probe batch {len(inputs[0])}, cosine >= {min_cosine} to PyTorch fp32)")
+    reason = (
+        f"fastest of {', '.join(f'{m.name} {m.items_per_s:.1f}/s' for m in eligible)} on {cpu.summary()} "
+        f"(probe batch {len(inputs[0])}, cosine >= {min_cosine} to PyTorch fp32)"
+    )
     if by_batch:
         reason += "; batches of " + ", ".join(f"{b}: {v:.1f}/s" for b, v in by_batch.items()) + f" -> {batch}"
     return Choice(best.backend, best.precision, reason, measurements, batch=batch)
@@ -374,14 +427,30 @@ def calibration_key(model_fingerprint: str, probe, candidates: Sequence[tuple[st
     """What a cached choice depends on: the model, the probe's shapes, the CPU and the runtimes."""
     cpu = cpu_info()
     shapes = [list(x.shape) for x in _as_inputs(probe)]
-    blob = json.dumps({"model": model_fingerprint, "probe": shapes, "cpu": cpu.model,
-                       "flags": sorted(cpu.flags), "threads": torch.get_num_threads(),
-                       "runtimes": runtime_versions(), "candidates": list(candidates)}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "model": model_fingerprint,
+            "probe": shapes,
+            "cpu": cpu.model,
+            "flags": sorted(cpu.flags),
+            "threads": torch.get_num_threads(),
+            "runtimes": runtime_versions(),
+            "candidates": list(candidates),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def choose(module: torch.nn.Module, probe, *, model_fingerprint: str, cache_dir: Path | None = None,
-           candidates: Sequence[tuple[str, str]] = CANDIDATES, build: Builder = accelerate) -> Choice:
+def choose(
+    module: torch.nn.Module,
+    probe,
+    *,
+    model_fingerprint: str,
+    cache_dir: Path | None = None,
+    candidates: Sequence[tuple[str, str]] = CANDIDATES,
+    build: Builder = accelerate,
+) -> Choice:
     """The calibrated choice for this model on this machine, from the cache when it has one.
     Concurrent callers (worker processes) wait on a file lock, so only one measures and all
     take the same choice."""
@@ -395,8 +464,13 @@ def choose(module: torch.nn.Module, probe, *, model_fingerprint: str, cache_dir:
                 return Choice.from_json(json.loads(path.read_text()))
             except (ValueError, KeyError, TypeError):
                 log.warning("ignoring an unreadable backend calibration cache %s", path)
-        choice = calibrate(module, probe, candidates=candidates, build=build,
-                           batch_sizes=BATCH_SIZES if len(_as_inputs(probe)) == 1 else ())
+        choice = calibrate(
+            module,
+            probe,
+            candidates=candidates,
+            build=build,
+            batch_sizes=BATCH_SIZES if len(_as_inputs(probe)) == 1 else (),
+        )
         atomic.write_text(path, json.dumps(choice.to_json(), indent=1))
         return choice
 
@@ -415,8 +489,11 @@ def probe_images(preprocess: Callable, n: int = 8) -> torch.Tensor:
             img = Image.new("RGB", (256, 256), tuple(int(c) for c in rng.integers(0, 256, 3)))
         elif kind == 1:
             ramp = np.linspace(0, 255, 256, dtype=np.uint8)
-            img = Image.fromarray(np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)),
-                                            np.full((256, 256), 128, np.uint8)], -1))
+            img = Image.fromarray(
+                np.stack(
+                    [np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)), np.full((256, 256), 128, np.uint8)], -1
+                )
+            )
         elif kind == 2:
             img = Image.new("RGB", (256, 192), "white")
             draw = ImageDraw.Draw(img)
@@ -431,17 +508,21 @@ def probe_images(preprocess: Callable, n: int = 8) -> torch.Tensor:
 
 
 PROBE_TEXTS = [
-    "a red heart", "search for a photo of a dog playing in the snow", "Grüße aus Köln",
+    "a red heart",
+    "search for a photo of a dog playing in the snow",
+    "Grüße aus Köln",
     "the quarterly report shows revenue growth in every region except the north, where supply "
     "problems delayed the launch of two products until the following year",
-    "cat", "how do I reset my password if I no longer have access to the email address on the account?",
+    "cat",
+    "how do I reset my password if I no longer have access to the email address on the account?",
     "a bowl of ramen with a soft boiled egg, spring onions and chili oil on a wooden table",
     " ".join(["a long passage about rivers, cities and the night sky"] * 12),
 ]
 
 
-def probe_text_inputs(tokenize: Callable[[list[str], str], list[list[int]]], pad_id: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_text_inputs(
+    tokenize: Callable[[list[str], str], list[list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A padded batch of texts from 1 to ~130 words, as (input_ids, attention_mask)."""
     from latentspace.models.text_tower import pad_ids
 
@@ -449,7 +530,12 @@ def probe_text_inputs(tokenize: Callable[[list[str], str], list[list[int]]], pad
 
 
 def describe_measurements(choice: Choice) -> str:
-    return "; ".join(f"{m.name}: " + (m.skipped if m.skipped and m.items_per_s is None else
-                                       f"{m.items_per_s:.1f}/s, cosine {m.min_cosine:.5f}"
-                                       + (f" ({m.skipped})" if m.skipped else ""))
-                     for m in choice.measurements)
+    return "; ".join(
+        f"{m.name}: "
+        + (
+            m.skipped
+            if m.skipped and m.items_per_s is None
+            else f"{m.items_per_s:.1f}/s, cosine {m.min_cosine:.5f}" + (f" ({m.skipped})" if m.skipped else "")
+        )
+        for m in choice.measurements
+    )

@@ -19,8 +19,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Sequence
 
 import torch
 
@@ -68,6 +68,7 @@ class _Job:
                 self.future.set_exception(error)
             else:
                 self.future.set_result(value)
+
         try:
             self.loop.call_soon_threadsafe(_set)
         except RuntimeError:  # event loop already closed (server shutting down)
@@ -83,8 +84,9 @@ class BatchObserver:
 
 
 class InferenceWorker:
-    def __init__(self, name: str, *, max_queue_items: int, max_wait_s: float | None = None,
-                 observer: BatchObserver | None = None):
+    def __init__(
+        self, name: str, *, max_queue_items: int, max_wait_s: float | None = None, observer: BatchObserver | None = None
+    ):
         """`max_wait_s`: how long a forward waits for more requests to share it. A number is a
         fixed wait (0: never wait). None is adaptive: wait only while fewer items are queued
         than the last batch had (under steady load, answered clients are about to send again),
@@ -120,10 +122,14 @@ class InferenceWorker:
         job = _Job(kind, list(items), list(costs or [1] * len(items)), loop.create_future(), loop)
         with self._cond:
             if not self.alive:
-                raise WorkerDead(f"the inference worker for model {self.name!r} is not running ({self.death or 'not started'})")
+                raise WorkerDead(
+                    f"the inference worker for model {self.name!r} is not running ({self.death or 'not started'})"
+                )
             if self._pending_items + len(items) > self.max_queue_items:
-                raise QueueFull(f"model {self.name!r} has {self._pending_items} items queued "
-                                f"(limit {self.max_queue_items}); retry shortly")
+                raise QueueFull(
+                    f"model {self.name!r} has {self._pending_items} items queued "
+                    f"(limit {self.max_queue_items}); retry shortly"
+                )
             self._jobs.append(job)
             self._pending_items += len(items)
             self.observer.depth(self._pending_items)

@@ -100,8 +100,13 @@ class CollectionSet:
             try:
                 served.collection = Collection.open(served.where)
                 served.slot_name = registry.query_model_for(served.collection.manifest, f"collection:{served.name}")
-                log.info("collection %s: %d items in %s, queries on model %s", served.name, len(served.collection),
-                         served.collection.space, served.slot_name)
+                log.info(
+                    "collection %s: %d items in %s, queries on model %s",
+                    served.name,
+                    len(served.collection),
+                    served.collection.space,
+                    served.slot_name,
+                )
             except Exception as e:  # noqa: BLE001 - reported by /health, /v1/collections and every request
                 served.error = f"{type(e).__name__}: {e}"
                 log.error("could not open collection %s (%s): %s", served.name, served.where, served.error)
@@ -122,21 +127,39 @@ class CollectionSet:
         return all(s.status == "ready" for s in self.items.values())
 
 
-def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry, settings: ServeSettings,
-                          require_key: Callable, errors: Callable, decode_pool: ThreadPoolExecutor,
-                          embed_query_text: Callable, embed_query_image: Callable, read_image_form: Callable) -> None:
+def add_collection_routes(
+    app: FastAPI,
+    *,
+    collections: CollectionSet,
+    registry,
+    settings: ServeSettings,
+    require_key: Callable,
+    errors: Callable,
+    decode_pool: ThreadPoolExecutor,
+    embed_query_text: Callable,
+    embed_query_image: Callable,
+    read_image_form: Callable,
+) -> None:
     """The collection routes, on the app that serves the embedding routes (they share the models,
     the auth dependency, the decode threads and the limits). `errors(*statuses)` documents a
     route's error statuses (401 added where keys are required)."""
     guard = [Depends(require_key)]
 
     def result(served: ServedCollection, hit) -> SearchResult:
-        return SearchResult(id=hit.id, score=hit.score, path=hit.path, url=hit.url, caption=hit.caption,
-                            width=hit.width, height=hit.height,
-                            thumbnail=_thumbnail_url(served.name, hit.id))
+        return SearchResult(
+            id=hit.id,
+            score=hit.score,
+            path=hit.path,
+            url=hit.url,
+            caption=hit.caption,
+            width=hit.width,
+            height=hit.height,
+            thumbnail=_thumbnail_url(served.name, hit.id),
+        )
 
-    async def search(served: ServedCollection, query: dict[str, str], vector: np.ndarray | None,
-                     like: str | None, f: SearchFilters) -> SearchResponse:
+    async def search(
+        served: ServedCollection, query: dict[str, str], vector: np.ndarray | None, like: str | None, f: SearchFilters
+    ) -> SearchResponse:
         from latentspace.collections import Filters
         from latentspace.collections.search import ItemNotFound
 
@@ -150,26 +173,45 @@ def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry,
             hits = await asyncio.get_running_loop().run_in_executor(None, run)
         except ItemNotFound as e:
             raise ApiError(404, str(e)) from e
-        return SearchResponse(collection=served.name, space=c.space, query=query,
-                              results=[result(served, h) for h in hits])
+        return SearchResponse(
+            collection=served.name, space=c.space, query=query, results=[result(served, h) for h in hits]
+        )
 
-    @app.get("/v1/collections", dependencies=guard, response_model=CollectionList, responses=errors(),
-             summary="The collections, with their space, model and counts")
+    @app.get(
+        "/v1/collections",
+        dependencies=guard,
+        response_model=CollectionList,
+        responses=errors(),
+        summary="The collections, with their space, model and counts",
+    )
     async def list_collections() -> CollectionList:
         data = []
         for served in collections.items.values():
             c = served.collection
             info = c.info() if c is not None else {}
-            data.append(CollectionInfo(
-                name=served.name, space=info.get("space", ""), model=info.get("model", ""),
-                served_model=served.slot_name, items=info.get("items", 0), dim=info.get("dim", 0),
-                search=info.get("search", ""), skipped=info.get("skipped", 0), updated=info.get("updated"),
-                status=served.status if not served.error else f"failed: {served.error}"))
+            data.append(
+                CollectionInfo(
+                    name=served.name,
+                    space=info.get("space", ""),
+                    model=info.get("model", ""),
+                    served_model=served.slot_name,
+                    items=info.get("items", 0),
+                    dim=info.get("dim", 0),
+                    search=info.get("search", ""),
+                    skipped=info.get("skipped", 0),
+                    updated=info.get("updated"),
+                    status=served.status if not served.error else f"failed: {served.error}",
+                )
+            )
         return CollectionList(data=data)
 
-    @app.post("/v1/collections/{name}/search", dependencies=guard, response_model=SearchResponse,
-              responses=errors(400, 404, 413, 422, 429, 503),
-              summary="Search a collection by text or by one of its items")
+    @app.post(
+        "/v1/collections/{name}/search",
+        dependencies=guard,
+        response_model=SearchResponse,
+        responses=errors(400, 404, 413, 422, 429, 503),
+        summary="Search a collection by text or by one of its items",
+    )
     async def search_text_or_like(name: str, body: SearchRequest) -> SearchResponse:
         served = collections.get(name)
         if body.like is not None:
@@ -177,10 +219,16 @@ def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry,
         vector = await embed_query_text(registry.get(served.slot_name), body.text)
         return await search(served, {"text": body.text}, vector, None, body)
 
-    @app.post("/v1/collections/{name}/search/image", dependencies=guard, response_model=SearchResponse,
-              responses=errors(400, 404, 413, 415, 422, 429, 503), summary="Search a collection by an uploaded image",
-              openapi_extra={"requestBody": {"required": True,
-                                             "content": {"multipart/form-data": {"schema": SEARCH_IMAGE_FORM}}}})
+    @app.post(
+        "/v1/collections/{name}/search/image",
+        dependencies=guard,
+        response_model=SearchResponse,
+        responses=errors(400, 404, 413, 415, 422, 429, 503),
+        summary="Search a collection by an uploaded image",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": SEARCH_IMAGE_FORM}}}
+        },
+    )
     async def search_image(name: str, request: Request) -> SearchResponse:
         served = collections.get(name)
         form, uploads = await read_image_form(request, field="image")
@@ -191,26 +239,42 @@ def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry,
         except ValueError as e:
             raise ApiError(422, f"invalid search fields: {e}") from e
         upload = uploads[0]
-        vector = await embed_query_image(registry.get(served.slot_name), await upload.read(),
-                                         f"image ({upload.filename or 'unnamed'})")
+        vector = await embed_query_image(
+            registry.get(served.slot_name), await upload.read(), f"image ({upload.filename or 'unnamed'})"
+        )
         return await search(served, {"image": upload.filename or "image"}, vector, None, filters)
 
-    @app.get("/v1/collections/{name}/items/{item_id}", dependencies=guard, response_model=ItemResponse,
-             responses=errors(404, 422, 503), summary="An item's metadata")
+    @app.get(
+        "/v1/collections/{name}/items/{item_id}",
+        dependencies=guard,
+        response_model=ItemResponse,
+        responses=errors(404, 422, 503),
+        summary="An item's metadata",
+    )
     async def item(name: str, item_id: str) -> dict[str, Any]:
         served = collections.get(name)
         hit = _item(served, item_id)
         return {**hit.to_dict(), "thumbnail": _thumbnail_url(served.name, hit.id)}
 
     # response_class=Response: the JPEG is the only 200 body, and the errors stay documented as JSON
-    @app.get("/v1/collections/{name}/items/{item_id}/thumbnail", dependencies=guard, response_class=Response,
-             responses={200: {"description": "a JPEG of the item, at most `size` pixels on its longer side",
-                              "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
-                        **errors(404, 422, 503)},
-             summary="A small JPEG of an item")
-    async def thumbnail(name: str, item_id: str,
-                        size: int = Query(256, description=f"longer side in pixels, clamped to 16..{THUMBNAIL_MAX}")
-                        ) -> Response:
+    @app.get(
+        "/v1/collections/{name}/items/{item_id}/thumbnail",
+        dependencies=guard,
+        response_class=Response,
+        responses={
+            200: {
+                "description": "a JPEG of the item, at most `size` pixels on its longer side",
+                "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **errors(404, 422, 503),
+        },
+        summary="A small JPEG of an item",
+    )
+    async def thumbnail(
+        name: str,
+        item_id: str,
+        size: int = Query(256, description=f"longer side in pixels, clamped to 16..{THUMBNAIL_MAX}"),
+    ) -> Response:
         served = collections.get(name)
         hit = _item(served, item_id)
         size = max(16, min(int(size), THUMBNAIL_MAX))
@@ -218,10 +282,14 @@ def add_collection_routes(app: FastAPI, *, collections: CollectionSet, registry,
         data = served.thumbnails.get(key)
         if data is None:
             data = await asyncio.get_running_loop().run_in_executor(
-                decode_pool, _make_thumbnail, served.collection, hit.id, size, settings.max_pixels)
+                decode_pool, _make_thumbnail, served.collection, hit.id, size, settings.max_pixels
+            )
             if data is None:
-                raise ApiError(404, f"no image to show for item {hit.id}: its file changed or is gone, or it was "
-                                    "read from a URL or a piped shard")
+                raise ApiError(
+                    404,
+                    f"no image to show for item {hit.id}: its file changed or is gone, or it was "
+                    "read from a URL or a piped shard",
+                )
             served.thumbnails[key] = data
             while len(served.thumbnails) > THUMBNAIL_CACHE:
                 served.thumbnails.popitem(last=False)

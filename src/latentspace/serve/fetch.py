@@ -189,7 +189,10 @@ def _parse_target(raw: str) -> _Target:
     if url.scheme not in _SCHEMES:
         raise _Refusal(f"scheme '{_short(url.scheme, 20)}' is not allowed; only http and https URLs may be fetched")
     if url.userinfo:
-        raise _Refusal("URLs with a user name or password (user:pass@host) are not fetched; put the image at a URL that needs no credentials")
+        raise _Refusal(
+            "URLs with a user name or password (user:pass@host) are not fetched; "
+            "put the image at a URL that needs no credentials"
+        )
     port = url.port if url.port is not None else _SCHEMES[url.scheme]
     if not 1 <= port <= 65535:
         raise _Refusal(f"port {port} is not a valid port (1-65535)")
@@ -424,9 +427,7 @@ class UrlFetcher:
             if isinstance(outcome, bytes):
                 return outcome
             current = outcome
-        raise _Refusal(
-            f"more than {self._policy.max_redirects} redirects (the last one to {display_url(current)})"
-        )
+        raise _Refusal(f"more than {self._policy.max_redirects} redirects (the last one to {display_url(current)})")
 
     async def _visit(self, url: str, *, redirected: bool) -> bytes | str:
         """One hop, checked from scratch: the body, or the absolute URL a redirect points to."""
@@ -434,11 +435,12 @@ class UrlFetcher:
             target = _parse_target(url)
             addresses = await self._vetted_addresses(target)
         except _Refusal as exc:
-            raise _after_redirect(exc, url, "which is refused") if redirected else exc
+            # re-raised as is, or restated for the URL the client sent (the cause is in the text)
+            raise _after_redirect(exc, url, "which is refused") if redirected else exc  # noqa: B904
         try:
             outcome = await self._get(target, addresses)
         except _Refusal as exc:
-            raise _after_redirect(exc, url, "which failed") if redirected else exc
+            raise _after_redirect(exc, url, "which failed") if redirected else exc  # noqa: B904
         if isinstance(outcome, bytes):
             return outcome
         # Relative to the URL as the user gave it, not to the address we connected to.
@@ -479,7 +481,9 @@ class UrlFetcher:
             try:
                 addresses.append(ipaddress.ip_address(text))
             except ValueError as exc:
-                raise _Refusal(f"the resolver returned {_short(repr(text), 60)} for host {target.host}, which is not an address") from exc
+                raise _Refusal(
+                    f"the resolver returned {_short(repr(text), 60)} for host {target.host}, which is not an address"
+                ) from exc
         if not addresses:
             raise _Refusal(f"host {target.host} has no addresses")
         return addresses
@@ -511,9 +515,7 @@ class UrlFetcher:
         extensions = {}
         if target.url.scheme == "https" and target.ip is None:
             extensions["sni_hostname"] = target.host
-        request = self._client.build_request(
-            "GET", pinned, headers={"Host": target.host_header}, extensions=extensions
-        )
+        request = self._client.build_request("GET", pinned, headers={"Host": target.host_header}, extensions=extensions)
         response = await self._client.send(request, stream=True)
         try:
             return await self._read(response)

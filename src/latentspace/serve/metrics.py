@@ -22,24 +22,40 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("latentspace_requests_total", "HTTP requests by route and status",
-                                ["route", "status"], registry=r)
-        self.errors = Counter("latentspace_request_errors_total", "HTTP responses with status >= 400",
-                              ["route", "status"], registry=r)
-        self.latency = Histogram("latentspace_request_seconds", "request latency", ["route"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "latentspace_requests_total", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.errors = Counter(
+            "latentspace_request_errors_total", "HTTP responses with status >= 400", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "latentspace_request_seconds", "request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
         # multiprocess_mode (ignored in a single process): queued items add up over the live
         # processes; a model's worker is up only if it is up in every live process.
-        self.queue_depth = Gauge("latentspace_queue_items", "items waiting for inference", ["model"], registry=r,
-                                 multiprocess_mode="livesum")
-        self.batch_size = Histogram("latentspace_batch_items", "items per forward", ["model", "kind"],
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("latentspace_batch_seconds", "forward time per batch", ["model", "kind"],
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.embedded = Counter("latentspace_items_embedded_total", "texts and images embedded",
-                                ["model", "kind"], registry=r)
-        self.worker_up = Gauge("latentspace_worker_up", "1 while the model's inference worker runs", ["model"],
-                               registry=r, multiprocess_mode="livemin")
+        self.queue_depth = Gauge(
+            "latentspace_queue_items", "items waiting for inference", ["model"], registry=r, multiprocess_mode="livesum"
+        )
+        self.batch_size = Histogram(
+            "latentspace_batch_items", "items per forward", ["model", "kind"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "latentspace_batch_seconds",
+            "forward time per batch",
+            ["model", "kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.embedded = Counter(
+            "latentspace_items_embedded_total", "texts and images embedded", ["model", "kind"], registry=r
+        )
+        self.worker_up = Gauge(
+            "latentspace_worker_up",
+            "1 while the model's inference worker runs",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

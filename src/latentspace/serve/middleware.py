@@ -17,7 +17,9 @@ from latentspace.serve.metrics import ServerMetrics
 
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int):
-        super().__init__(413, f"request body exceeds the limit of {limit} bytes; send fewer or smaller items per request")
+        super().__init__(
+            413, f"request body exceeds the limit of {limit} bytes; send fewer or smaller items per request"
+        )
 
 
 class BodyLimitMiddleware:

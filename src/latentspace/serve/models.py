@@ -10,9 +10,10 @@ bit-identical to local mode).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -20,7 +21,13 @@ from latentspace.models.embedder import Embedder
 from latentspace.models.load import default_name, load, parse_spec
 from latentspace.models.text_tower import pad_ids
 from latentspace.serve.backends import (
-    Choice, accelerate, choose, describe_measurements, probe_images, probe_text_inputs)
+    Choice,
+    accelerate,
+    choose,
+    describe_measurements,
+    probe_images,
+    probe_text_inputs,
+)
 from latentspace.space import hash_state_dict
 
 log = logging.getLogger(__name__)
@@ -61,9 +68,17 @@ class ServedModel:
         return out
 
 
-def load_served_model(name: str, spec: str, partners: Sequence[Embedder] = (), *, image_backend: str = "auto",
-                      image_precision: str | None = None, text_backend: str = "auto",
-                      text_precision: str | None = None, backend_cache_dir: str | None = None) -> ServedModel:
+def load_served_model(
+    name: str,
+    spec: str,
+    partners: Sequence[Embedder] = (),
+    *,
+    image_backend: str = "auto",
+    image_precision: str | None = None,
+    text_backend: str = "auto",
+    text_precision: str | None = None,
+    backend_cache_dir: str | None = None,
+) -> ServedModel:
     """Load `spec` (with `partners`, the models loaded before it) and put its forwards on
     `image_backend` / `text_backend` (auto: measured, see serve/backends.py). Raises ValueError /
     OSError with a clear message."""
@@ -71,16 +86,24 @@ def load_served_model(name: str, spec: str, partners: Sequence[Embedder] = (), *
     cache = Path(backend_cache_dir) if backend_cache_dir else None
     text_choice, fast_text = None, None
     if "text" in model.modalities:
-        text_choice = (auto_text_backend(model, cache) if text_backend == "auto"
-                       else Choice(text_backend, text_precision or "fp32", "chosen with --text-backend"))
+        text_choice = (
+            auto_text_backend(model, cache)
+            if text_backend == "auto"
+            else Choice(text_backend, text_precision or "fp32", "chosen with --text-backend")
+        )
         log.info("model %s: text on %s: %s", name, text_choice.name, text_choice.reason)
         fast_text = text_forward(model, text_choice)
     if "image" not in model.modalities:
         return ServedModel(name, spec, model, None, None, fast_text, text_choice)
     if image_backend == "auto":
         choice = auto_image_backend(model, cache)
-        log.info("model %s: images on %s%s: %s", name, choice.name, " (cached calibration)" if choice.cached else "",
-                 choice.reason)
+        log.info(
+            "model %s: images on %s%s: %s",
+            name,
+            choice.name,
+            " (cached calibration)" if choice.cached else "",
+            choice.reason,
+        )
         log.debug("model %s calibration: %s", name, describe_measurements(choice))
     else:
         choice = Choice(image_backend, image_precision or "fp32", "chosen with --image-backend")
@@ -91,8 +114,9 @@ def auto_image_backend(model: Embedder, cache_dir: Path | None = None) -> Choice
     """`--image-backend auto` for this model: the calibrated choice (serve/backends.py), cached by
     the model's identity and its image weights."""
     fingerprint = f"{model.kind}|{model.space}|{hash_state_dict(model.image_module.state_dict())}"
-    return choose(model.image_module, probe_images(model.preprocess_image), model_fingerprint=fingerprint,
-                  cache_dir=cache_dir)
+    return choose(
+        model.image_module, probe_images(model.preprocess_image), model_fingerprint=fingerprint, cache_dir=cache_dir
+    )
 
 
 def auto_text_backend(model: Embedder, cache_dir: Path | None = None) -> Choice:
@@ -112,8 +136,9 @@ def text_forward(model: Embedder, choice: Choice) -> IdsForward | None:
     if choice.name == "torch-fp32":
         return None
     example = pad_ids(model.tokenize(["an example text", "a text"], "search_document"), model.pad_id)
-    fast = _built(lambda: accelerate(model.text_module, example, choice.backend, choice.precision), choice,
-                  f"{model.name} text")
+    fast = _built(
+        lambda: accelerate(model.text_module, example, choice.backend, choice.precision), choice, f"{model.name} text"
+    )
     if fast is None:
         return None
     return _guarded(lambda ids: fast(*pad_ids(ids, model.pad_id)), model.text_rows, choice, f"{model.name} text")
@@ -126,8 +151,9 @@ def image_forward(model: Embedder, choice: Choice) -> PixelForward:
     from PIL import Image
 
     example = torch.stack([model.preprocess_image(Image.new("RGB", (64, 64)))] * 2)
-    fast = _built(lambda: accelerate(model.image_module, example, choice.backend, choice.precision), choice,
-                  f"{model.name} image")
+    fast = _built(
+        lambda: accelerate(model.image_module, example, choice.backend, choice.precision), choice, f"{model.name} image"
+    )
     return model.image_rows if fast is None else _guarded(fast, model.image_rows, choice, f"{model.name} image")
 
 
@@ -137,8 +163,13 @@ def _built(build: Callable, choice: Choice, what: str):
     try:
         return build()
     except Exception as e:  # noqa: BLE001 - any failure means: serve with PyTorch
-        log.warning("%s forward: %s could not be built (%s: %s); serving with PyTorch fp32", what, choice.name,
-                    type(e).__name__, e)
+        log.warning(
+            "%s forward: %s could not be built (%s: %s); serving with PyTorch fp32",
+            what,
+            choice.name,
+            type(e).__name__,
+            e,
+        )
         choice.reason = f"fell back to PyTorch fp32: {choice.name} could not be built ({type(e).__name__})"
         choice.backend, choice.precision = "torch", "fp32"
         return None
@@ -155,8 +186,13 @@ def _guarded(fast: Callable, slow: Callable, choice: Choice, what: str) -> Calla
             try:
                 return current(items)
             except Exception as e:  # noqa: BLE001
-                log.error("%s forward on %s failed (%s: %s); serving with PyTorch fp32 from now on", what,
-                          choice.name, type(e).__name__, e)
+                log.error(
+                    "%s forward on %s failed (%s: %s); serving with PyTorch fp32 from now on",
+                    what,
+                    choice.name,
+                    type(e).__name__,
+                    e,
+                )
                 choice.reason = f"fell back to PyTorch fp32 after {choice.name} failed ({type(e).__name__})"
                 choice.backend, choice.precision = "torch", "fp32"
                 state["fast"] = None

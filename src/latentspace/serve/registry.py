@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from functools import partial
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from functools import partial
 
 import torch
 
@@ -53,10 +53,14 @@ class Slot:
 class ModelRegistry:
     def __init__(self, settings: ServeSettings, metrics: ServerMetrics, loader: Loader | None = None):
         self.settings, self.metrics = settings, metrics
-        self.loader = loader or partial(load_served_model, image_backend=settings.image_backend,
-                                        image_precision=settings.image_precision,
-                                        text_backend=settings.text_backend, text_precision=settings.text_precision,
-                                        backend_cache_dir=settings.backend_cache_dir)
+        self.loader = loader or partial(
+            load_served_model,
+            image_backend=settings.image_backend,
+            image_precision=settings.image_precision,
+            text_backend=settings.text_backend,
+            text_precision=settings.text_precision,
+            backend_cache_dir=settings.backend_cache_dir,
+        )
         self.slots: dict[str, Slot] = {}
         for arg in settings.models:
             name, spec = parse_model_arg(arg)
@@ -64,7 +68,7 @@ class ModelRegistry:
                 raise ValueError(f"two models are named {name!r}; name them with NAME=DIR")
             self.slots[name] = Slot(name, spec)
         self._thread = threading.Thread(target=self.load_now, name="model-loader", daemon=True)
-        self.after_load: list[Callable[["ModelRegistry"], None]] = []  # run when every model is loaded
+        self.after_load: list[Callable[[ModelRegistry], None]] = []  # run when every model is loaded
 
     def start(self) -> None:
         """Load the models on a background thread, so /health can answer 503 while they load."""
@@ -92,8 +96,15 @@ class ModelRegistry:
             self.metrics.worker_up.labels(slot.name).set(1)
             slot.state = "ready"
             m = model.model
-            log.info("model %s ready (%s, %s, %d-d, %s%s)", slot.name, m.kind, m.space, m.dim, "+".join(m.modalities),
-                     f", images on {model.image_backend.name}" if model.image_backend else "")
+            log.info(
+                "model %s ready (%s, %s, %d-d, %s%s)",
+                slot.name,
+                m.kind,
+                m.space,
+                m.dim,
+                "+".join(m.modalities),
+                f", images on {model.image_backend.name}" if model.image_backend else "",
+            )
         for hook in self.after_load:
             hook(self)
 
@@ -106,8 +117,10 @@ class ModelRegistry:
         slot = Slot(name, manifest.model)
         model = self.loader(name, manifest.model, tuple(s.model for s in self.slots.values() if s.state == "ready"))
         if model.model.identity != manifest.identity:
-            raise ValueError(f"the collection's model {manifest.model!r} now loads in space {model.model.space}, "
-                             f"not the collection's {manifest.identity}; serve a model of that space beside it")
+            raise ValueError(
+                f"the collection's model {manifest.model!r} now loads in space {model.model.space}, "
+                f"not the collection's {manifest.identity}; serve a model of that space beside it"
+            )
         slot.served, slot.worker = model, self._worker_for(name)
         slot.worker.start()
         self.metrics.worker_up.labels(name).set(1)
@@ -121,9 +134,12 @@ class ModelRegistry:
             batch=lambda kind, size, seconds: self.metrics.observe_batch(name, kind[0], size, seconds),
             depth=gauge.set,
         )
-        return InferenceWorker(name, max_queue_items=self.settings.max_queue_items,
-                               max_wait_s=None if self.settings.batch_wait_ms is None else self.settings.batch_wait_ms / 1000,
-                               observer=observer)
+        return InferenceWorker(
+            name,
+            max_queue_items=self.settings.max_queue_items,
+            max_wait_s=None if self.settings.batch_wait_ms is None else self.settings.batch_wait_ms / 1000,
+            observer=observer,
+        )
 
     # -- request side ----------------------------------------------------------------------------
     @property
@@ -150,16 +166,22 @@ class ModelRegistry:
             name = next(iter(self.slots))
         slot = self.slots.get(name)
         if slot is None:
-            raise ApiError(404, f"unknown model {name!r}; this server has {', '.join(sorted(self.slots))} "
-                                f"(GET /v1/models lists them)")
+            raise ApiError(
+                404,
+                f"unknown model {name!r}; this server has {', '.join(sorted(self.slots))} (GET /v1/models lists them)",
+            )
         retry = self.settings.retry_after_s
         if slot.status == "loading":
             raise retry_later(503, f"model {name!r} is still loading; retry shortly", retry)
         if slot.status == "failed":
             raise ApiError(503, f"model {name!r} failed to load: {slot.error}")
         if slot.status == "dead":
-            raise retry_later(503, f"the inference worker for model {name!r} is not running ({slot.worker.death}); "
-                                   "the server needs a restart", retry)
+            raise retry_later(
+                503,
+                f"the inference worker for model {name!r} is not running ({slot.worker.death}); "
+                "the server needs a restart",
+                retry,
+            )
         return slot
 
     def image_kind(self, slot: Slot) -> BatchKind:

@@ -26,8 +26,9 @@ def app_from_env():
 
 
 def run_server(settings: ServeSettings, log_level: str = "info") -> None:
-    common = dict(host=settings.host, port=settings.port, log_level=log_level,
-                  timeout_graceful_shutdown=10, server_header=False)
+    common = dict(
+        host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=10, server_header=False
+    )
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)
     else:

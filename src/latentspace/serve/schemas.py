@@ -49,30 +49,40 @@ class _Lenient(BaseModel):
 class TextRequest(_Lenient):
     """Nomic's text embedding request."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"texts": ["a red heart", "a rocket"],
-                                                               "task_type": "search_query"}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"texts": ["a red heart", "a rocket"], "task_type": "search_query"}]}
+    )
 
     texts: list[str] = Field(..., min_length=1, description="the texts to embed, in order")
-    model: str | None = Field(None, description="a served model's id (GET /v1/models); may be left out "
-                                                "when the server serves one model")
+    model: str | None = Field(
+        None, description="a served model's id (GET /v1/models); may be left out when the server serves one model"
+    )
     task_type: TaskType = Field("search_document", description="the prefix the model puts before each text")
-    dimensionality: int | None = Field(None, ge=1, description="keep the first N dimensions (Matryoshka), "
-                                                               "then re-normalise; at most the model's dimension")
+    dimensionality: int | None = Field(
+        None,
+        ge=1,
+        description="keep the first N dimensions (Matryoshka), then re-normalise; at most the model's dimension",
+    )
     long_text_mode: Literal["truncate", "mean"] = Field(
-        "truncate", description="texts over the model's token limit: cut, or embed in pieces and average")
+        "truncate", description="texts over the model's token limit: cut, or embed in pieces and average"
+    )
 
 
 class OpenAIRequest(_Lenient):
     """OpenAI's embeddings request."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"input": "a red heart"}, {"input": ["a cat", "a dog"], "encoding_format": "base64"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"input": "a red heart"}, {"input": ["a cat", "a dog"], "encoding_format": "base64"}]
+        }
+    )
 
     input: str | list[str] = Field(..., description="one text, or a non-empty list of texts")
     model: str | None = Field(None, description="a served model's id; may be left out when the server serves one")
     dimensions: int | None = Field(None, ge=1, description="keep the first N dimensions, then re-normalise")
     encoding_format: Literal["float", "base64"] = Field(
-        "float", description="base64: each vector as little-endian float32 bytes, base64-encoded")
+        "float", description="base64: each vector as little-endian float32 bytes, base64-encoded"
+    )
     task_type: TaskType = Field("search_document", description="an extension; OpenAI's API has no task types")
 
 
@@ -81,8 +91,9 @@ class SearchFilters(BaseModel):
 
     k: int = Field(20, ge=1, le=500, description="how many results")
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="leave out results scoring below this")
-    path_prefix: UnicodeStr | None = Field(None, description="only items whose path, URL, shard or key starts with "
-                                                             "this")
+    path_prefix: UnicodeStr | None = Field(
+        None, description="only items whose path, URL, shard or key starts with this"
+    )
     caption_contains: UnicodeStr | None = Field(None, description="only items whose caption contains this (any case)")
 
 
@@ -105,10 +116,16 @@ IMAGE_FORM: dict[str, Any] = {
     "type": "object",
     "properties": {
         "model": {"type": "string", "description": "a served model's id; may be left out when the server serves one"},
-        "images": {"type": "array", "items": {"type": "string", "format": "binary"},
-                   "description": "one file part per image (PNG, JPEG, WebP, GIF or BMP)"},
-        "urls": {"type": "array", "items": {"type": "string"},
-                 "description": "images the server fetches (only with --allow-urls)"},
+        "images": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": "one file part per image (PNG, JPEG, WebP, GIF or BMP)",
+        },
+        "urls": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "images the server fetches (only with --allow-urls)",
+        },
         "dimensionality": {"type": "integer", "minimum": 1, "description": "keep the first N dimensions"},
     },
 }
@@ -158,8 +175,11 @@ class EmbeddingResponse(BaseModel):
     embeddings: list[list[float]] = Field(..., description="one unit vector per input, in order")
     usage: Usage
     model: str = Field(..., description="the model that embedded them")
-    space: str = Field(..., description="the latent space the vectors are in (beyond Nomic's shape): vectors "
-                                        "are comparable only within one space")
+    space: str = Field(
+        ...,
+        description="the latent space the vectors are in (beyond Nomic's shape): vectors "
+        "are comparable only within one space",
+    )
 
 
 class OpenAIEmbedding(BaseModel):
@@ -231,7 +251,8 @@ class HealthResponse(BaseModel):
     status: Literal["ok", "unavailable"] = Field(..., description="ok: every model and collection is ready")
     models: dict[str, ModelStatus]
     collections: dict[str, Literal["loading", "ready", "failed"]] | None = Field(
-        None, description="present when the server has collections")
+        None, description="present when the server has collections"
+    )
 
 
 class SearchResult(BaseModel):
@@ -293,19 +314,19 @@ class ItemResponse(BaseModel):
 # -- error responses, for a route's `responses=` ----------------------------------------------------------
 _ERRORS = {
     400: "the request cannot be served as sent: an undecodable image, no images, a model without this "
-         "modality, a URL refused or not fetched",
+    "modality, a URL refused or not fetched",
     401: "no API key, or not a key this server accepts",
     404: "no such model, collection or item",
     413: "too many items, too large a body or too many pixels",
     415: "not a content type or image format this route reads",
     422: "a body, field or parameter that is not valid",
     429: "the model's queue is full: retry after Retry-After seconds",
-    503: "the model or collection is still loading (retry after Retry-After seconds), failed, or its worker "
-         "stopped",
+    503: "the model or collection is still loading (retry after Retry-After seconds), failed, or its worker stopped",
 }
 _HEADERS = {
-    401: {"WWW-Authenticate": {"description": "the scheme to authenticate with (Bearer)",
-                               "schema": {"type": "string"}}},
+    401: {
+        "WWW-Authenticate": {"description": "the scheme to authenticate with (Bearer)", "schema": {"type": "string"}}
+    },
     429: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}},
     503: {"Retry-After": {"description": "seconds to wait (sent when a retry can help)", "schema": {"type": "string"}}},
 }

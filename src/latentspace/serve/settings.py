@@ -20,8 +20,13 @@ API_KEYS_ENV = "LATENTSPACE_API_KEYS"  # comma-separated keys
 ENV_PREFIX = "LATENTSPACE_"  # each setting's environment variable is this + its name in capitals
 
 # The panels of `latentspace serve --help`, in the order they are listed.
-GROUPS = {"server": "Server", "models": "Models", "limits": "Limits", "security": "Security",
-          "performance": "Performance"}
+GROUPS = {
+    "server": "Server",
+    "models": "Models",
+    "limits": "Limits",
+    "security": "Security",
+    "performance": "Performance",
+}
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,16 @@ class ServeSettings(BaseModel):
 
     # What to serve
     models: Annotated[list[str], Flag("models", name="model", short="-m")] = Field(
-        [], description="model to serve: SPEC or NAME=SPEC, NAME being what clients pass as `model` (repeat for "
-                        "several); any model spec (`latentspace models --help`): a latentspace model dir, Nomic's "
-                        "text or vision dir, a text model dir, builtin:all-MiniLM-L6-v2, hf-clip:DIR")
+        [],
+        description="model to serve: SPEC or NAME=SPEC, NAME being what clients pass as `model` (repeat for "
+        "several); any model spec (`latentspace models --help`): a latentspace model dir, Nomic's "
+        "text or vision dir, a text model dir, builtin:all-MiniLM-L6-v2, hf-clip:DIR",
+    )
     collections: Annotated[list[str], Flag("models", name="collection", short="-c")] = Field(
-        [], description="collection to search: DIR, NAME=DIR, or a NAME under artifacts/collections (`latentspace "
-                        "collection build`); repeatable; the page at / searches it")
+        [],
+        description="collection to search: DIR, NAME=DIR, or a NAME under artifacts/collections (`latentspace "
+        "collection build`); repeatable; the page at / searches it",
+    )
 
     # Where to listen
     host: Annotated[str, Flag("server")] = Field("127.0.0.1", description="interface to bind (0.0.0.0 for all)")
@@ -70,73 +79,106 @@ class ServeSettings(BaseModel):
 
     # Who may call, and what the server may fetch
     api_keys: Annotated[tuple[str, ...], Flag("security", name="api-key")] = Field(
-        (), description="accepted bearer key (repeatable); also read from --api-key-file and from "
-                        f"{API_KEYS_ENV} (comma-separated); none = no auth")
+        (),
+        description="accepted bearer key (repeatable); also read from --api-key-file and from "
+        f"{API_KEYS_ENV} (comma-separated); none = no auth",
+    )
     cors_origins: Annotated[tuple[str, ...], Flag("security", name="cors-origin")] = Field(
-        (), description="origin allowed by CORS (repeatable); none = CORS off")
+        (), description="origin allowed by CORS (repeatable); none = CORS off"
+    )
     allow_urls: Annotated[bool, Flag("security")] = Field(
-        False, description="let clients send image URLs for the server to fetch (public addresses only, checked "
-                           "on every redirect)")
+        False,
+        description="let clients send image URLs for the server to fetch (public addresses only, checked "
+        "on every redirect)",
+    )
     url_allowed_hosts: Annotated[tuple[str, ...], Flag("security", name="url-allowed-host")] = Field(
-        (), description="hostname exempt from the public-address check (repeatable)")
+        (), description="hostname exempt from the public-address check (repeatable)"
+    )
 
     # How much one request, one client and one remote image may take
     max_body_bytes: Annotated[int, Flag("limits")] = Field(
-        32 * 2**20, ge=1024, description="request body cap in bytes, 413 above it (or give --max-body-mb)")
+        32 * 2**20, ge=1024, description="request body cap in bytes, 413 above it (or give --max-body-mb)"
+    )
     max_items: Annotated[int, Flag("limits")] = Field(256, ge=1, description="texts or images per request")
     max_pixels: Annotated[int, Flag("limits")] = Field(
-        40_000_000, ge=1, description="per-image pixel cap, checked from the header before decoding")
+        40_000_000, ge=1, description="per-image pixel cap, checked from the header before decoding"
+    )
     max_queue_items: Annotated[int, Flag("limits")] = Field(
-        1024, ge=1, description="items waiting per model before answering 429")
+        1024, ge=1, description="items waiting per model before answering 429"
+    )
     retry_after_s: Annotated[int, Flag("limits")] = Field(
-        1, ge=1, description="seconds in the Retry-After header of 429 and 503 answers")
+        1, ge=1, description="seconds in the Retry-After header of 429 and 503 answers"
+    )
     url_max_bytes: Annotated[int, Flag("limits")] = Field(
-        20 * 2**20, ge=1, description="largest remote image fetched, in bytes")
+        20 * 2**20, ge=1, description="largest remote image fetched, in bytes"
+    )
     url_timeout_s: Annotated[float, Flag("limits")] = Field(
-        10.0, gt=0, description="connect and read timeout for a remote image, in seconds")
+        10.0, gt=0, description="connect and read timeout for a remote image, in seconds"
+    )
     url_max_redirects: Annotated[int, Flag("limits")] = Field(
-        3, ge=0, description="redirects followed per remote image")
+        3, ge=0, description="redirects followed per remote image"
+    )
 
     # How forwards are run
     workers: Annotated[int, Flag("performance")] = Field(
-        1, ge=1, description="uvicorn worker processes; each loads every model")
+        1, ge=1, description="uvicorn worker processes; each loads every model"
+    )
     max_batch_images: Annotated[int, Flag("performance")] = Field(32, ge=1, description="images per forward")
     max_batch_tokens: Annotated[int, Flag("performance")] = Field(16384, ge=1, description="text tokens per forward")
     batch_wait_ms: Annotated[float | None, Flag("performance")] = Field(
-        None, ge=0, description="wait this long for more requests before a forward; unset = adaptive (only under "
-                                "concurrent load, at most 15% of the last forward and 20 ms); 0 = never")
+        None,
+        ge=0,
+        description="wait this long for more requests before a forward; unset = adaptive (only under "
+        "concurrent load, at most 15% of the last forward and 20 ms); 0 = never",
+    )
     decode_threads: Annotated[int, Flag("performance")] = Field(
-        max(2, os.cpu_count() or 2), ge=1,
-        description="threads decoding and resizing images (default: the CPU count, at least 2)")
+        max(2, os.cpu_count() or 2),
+        ge=1,
+        description="threads decoding and resizing images (default: the CPU count, at least 2)",
+    )
     image_backend: Annotated[Engine, Flag("performance")] = Field(
-        "auto", description="runtime for image forwards; auto = the fastest measured on this machine whose output "
-                            "stays within cosine 0.999 of PyTorch fp32 (docs/serving.md)")
+        "auto",
+        description="runtime for image forwards; auto = the fastest measured on this machine whose output "
+        "stays within cosine 0.999 of PyTorch fp32 (docs/serving.md)",
+    )
     image_precision: Annotated[Precision | None, Flag("performance")] = Field(
-        None, description="with an explicit image backend, its precision: fp32 (the default), bf16 (openvino), "
-                          "int8 (torch, onnxruntime); auto measures it")
+        None,
+        description="with an explicit image backend, its precision: fp32 (the default), bf16 (openvino), "
+        "int8 (torch, onnxruntime); auto measures it",
+    )
     text_backend: Annotated[Engine, Flag("performance")] = Field(
-        "auto", description="runtime for text forwards, chosen like the image backend; torch keeps served text "
-                            "vectors bit-identical to local mode's")
+        "auto",
+        description="runtime for text forwards, chosen like the image backend; torch keeps served text "
+        "vectors bit-identical to local mode's",
+    )
     text_precision: Annotated[Precision | None, Flag("performance")] = Field(
-        None, description="with an explicit text backend, its precision (fp32 by default)")
+        None, description="with an explicit text backend, its precision (fp32 by default)"
+    )
     backend_cache_dir: Annotated[str | None, Flag("performance", name="backend-cache")] = Field(
-        None, description="where auto keeps its calibrations; unset = $XDG_CACHE_HOME/latentspace/backends")
+        None, description="where auto keeps its calibrations; unset = $XDG_CACHE_HOME/latentspace/backends"
+    )
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> ServeSettings:
         if not self.models and not self.collections:
             raise ValueError("nothing to serve: give at least one --model or --collection")
         if self.max_queue_items < self.max_items:
-            raise ValueError(f"max_queue_items ({self.max_queue_items}) must be at least max_items ({self.max_items}), "
-                             "or a full-size request could never be queued")
+            raise ValueError(
+                f"max_queue_items ({self.max_queue_items}) must be at least max_items ({self.max_items}), "
+                "or a full-size request could never be queued"
+            )
         from latentspace.serve.backends import CANDIDATES
 
-        for kind, backend, precision in (("image", self.image_backend, self.image_precision),
-                                         ("text", self.text_backend, self.text_precision)):
+        for kind, backend, precision in (
+            ("image", self.image_backend, self.image_precision),
+            ("text", self.text_backend, self.text_precision),
+        ):
             if backend == "auto":
                 if precision is not None:
-                    raise ValueError(f"with {kind}_backend auto the precision is measured too; name a backend "
-                                     "(torch, openvino, onnxruntime) to pin a precision")
+                    raise ValueError(
+                        f"with {kind}_backend auto the precision is measured too; name a backend "
+                        "(torch, openvino, onnxruntime) to pin a precision"
+                    )
             elif (backend, precision or "fp32") not in CANDIDATES:
                 offered = ", ".join(f"{b}-{p}" for b, p in CANDIDATES)
                 raise ValueError(f"there is no {backend} backend at {precision} for {kind}s; offered: {offered}")
@@ -156,6 +198,8 @@ def read_api_keys(keys: list[str] | None, key_file: Path | None, env: dict[str, 
     found += [k.strip() for k in env.get(API_KEYS_ENV, "").split(",") if k.strip()]
     for key in found:
         if len(key) < 8 or any(c.isspace() for c in key):
-            raise ValueError("API keys must be at least 8 characters with no whitespace "
-                             "(a key is not echoed here, so check the flag, file and environment)")
+            raise ValueError(
+                "API keys must be at least 8 characters with no whitespace "
+                "(a key is not echoed here, so check the flag, file and environment)"
+            )
     return tuple(dict.fromkeys(found))

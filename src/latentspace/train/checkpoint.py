@@ -17,10 +17,17 @@ import torch
 from latentspace import atomic
 
 # Fields that change speed or memory, not the maths: a run may resume with other values.
-RESUMABLE_DIFFERENCES = {("train", "log_every"), ("train", "checkpoint_every"), ("train", "threads"),
-                         ("train", "device"), ("train", "compile"), ("train", "grad_cache_chunk"),
-                         ("train", "parallel"),
-                         ("vision", "grad_checkpointing"), ("data", "workers")}
+RESUMABLE_DIFFERENCES = {
+    ("train", "log_every"),
+    ("train", "checkpoint_every"),
+    ("train", "threads"),
+    ("train", "device"),
+    ("train", "compile"),
+    ("train", "grad_cache_chunk"),
+    ("train", "parallel"),
+    ("vision", "grad_checkpointing"),
+    ("data", "workers"),
+}
 
 
 def rng_state() -> dict[str, Any]:

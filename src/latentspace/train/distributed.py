@@ -14,12 +14,11 @@ single-process gradient under DDP is explained at `gather_with_grad`.
 
 from __future__ import annotations
 
-import warnings
-
 import os
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -48,8 +47,9 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(backend: str | None = None, *, device: str | None = None,
-                     timeout: timedelta | None = None) -> DistEnv:
+def init_distributed(
+    backend: str | None = None, *, device: str | None = None, timeout: timedelta | None = None
+) -> DistEnv:
     """Join the torchrun job described by the environment, or return the single-process env.
 
     backend: None picks nccl when the processes use CUDA devices, gloo otherwise.
@@ -71,7 +71,8 @@ def init_distributed(backend: str | None = None, *, device: str | None = None,
         if (dist.get_rank(), dist.get_world_size()) != (rank, world_size):
             raise RuntimeError(
                 f"a process group already exists as rank {dist.get_rank()} of {dist.get_world_size()}, "
-                f"but the environment says rank {rank} of {world_size}")
+                f"but the environment says rank {rank} of {world_size}"
+            )
     else:
         kwargs = {"timeout": timeout} if timeout is not None else {}
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size, **kwargs)
@@ -85,7 +86,8 @@ def _read_launch_env() -> tuple[int, int, int]:
         if "RANK" in env:
             raise ValueError(
                 f"RANK is set ({env['RANK']}) but WORLD_SIZE is not: launch with torchrun, which sets "
-                "both, or unset RANK to train in a single process")
+                "both, or unset RANK to train in a single process"
+            )
         return 0, 1, _int_var("LOCAL_RANK", default=0)
     world_size = _int_var("WORLD_SIZE")
     if world_size < 1:
@@ -99,7 +101,8 @@ def _read_launch_env() -> tuple[int, int, int]:
     if missing:
         raise ValueError(
             f"WORLD_SIZE is {world_size} but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-            "not set: launch with torchrun, which sets RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT")
+            "not set: launch with torchrun, which sets RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT"
+        )
     rank, local_rank = _int_var("RANK"), _int_var("LOCAL_RANK")
     if not 0 <= rank < world_size:
         raise ValueError(f"RANK must be in [0, {world_size}) for WORLD_SIZE {world_size}, got {rank}")
@@ -131,7 +134,8 @@ def _pick_device(device: str | None, local_rank: int) -> torch.device:
     if local_rank >= torch.cuda.device_count():
         raise ValueError(
             f"LOCAL_RANK {local_rank} has no GPU: this node has {torch.cuda.device_count()}; start at most "
-            "that many processes per node (torchrun --nproc_per_node)")
+            "that many processes per node (torchrun --nproc_per_node)"
+        )
     # Every later CUDA call (NCCL's communicator included) goes to this process's own GPU.
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
@@ -221,7 +225,8 @@ def check_global_batch(global_batch: int, world_size: int, grad_cache_chunk: int
         options = " or ".join(str(n) for n in (lower, lower + world_size) if n > 0)
         raise ValueError(
             f"the global batch {global_batch} does not split evenly over {world_size} processes: "
-            f"choose a multiple of {world_size} (e.g. {options}) or change the number of processes")
+            f"choose a multiple of {world_size} (e.g. {options}) or change the number of processes"
+        )
     per_rank = global_batch // world_size
     if grad_cache_chunk is not None:
         if grad_cache_chunk < 1:
@@ -230,5 +235,6 @@ def check_global_batch(global_batch: int, world_size: int, grad_cache_chunk: int
             where = f" ({global_batch} / {world_size} processes)" if world_size > 1 else ""
             raise ValueError(
                 f"the gradient-cache chunk {grad_cache_chunk} does not divide the per-process batch "
-                f"{per_rank}{where}: choose a divisor of {per_rank}")
+                f"{per_rank}{where}: choose a divisor of {per_rank}"
+            )
     return per_rank

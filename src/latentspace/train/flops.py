@@ -8,7 +8,7 @@ recomputation are not counted, which is the usual convention for MFU.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch.utils.flop_counter import FlopCounterMode
 

@@ -24,15 +24,16 @@ The optimizer step, zeroing gradients and gradient clipping stay with the caller
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+from typing import Any
 
 import torch
 from torch import Tensor
 
 # What a trainable encoder eats: a tensor (images, token ids), a list (captions) or a mapping of
 # tensors (a tokenizer's output). Anything sliceable along its first dimension works.
-Batch = Union[Tensor, Sequence[Any], Mapping[str, Tensor]]
+Batch = Tensor | Sequence[Any] | Mapping[str, Tensor]
 Encoder = Callable[[Any], Tensor]
 
 
@@ -58,11 +59,12 @@ class Trainable:
 
 
 # A loss input: a Trainable tower, or fixed embeddings (a frozen tower's, precomputed) as a tensor.
-Tower = Union[Trainable, Tensor]
+Tower = Trainable | Tensor
 
 
-def cached_backward(towers: Sequence[Tower], loss_fn: Callable[..., Tensor], chunk: int,
-                    gather: Callable[[Tensor], Tensor] = identity) -> Tensor:
+def cached_backward(
+    towers: Sequence[Tower], loss_fn: Callable[..., Tensor], chunk: int, gather: Callable[[Tensor], Tensor] = identity
+) -> Tensor:
     """Back-propagate loss_fn(*gathered embeddings of towers) in chunks; return the detached loss.
 
     Any number of towers: an image-text loss is a Trainable image tower and a text tower (Trainable,

@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader
 from latentspace.config import RunConfig, VisionTowerConfig, dump_config
 from latentspace.data.shards import ImageTextStream, StreamPosition, expand_urls, iter_captions, sample_seed
 from latentspace.data.text_cache import TextEmbeddingCache
+from latentspace.data.text_pairs import TextPairs
 from latentspace.data.transforms import BatchAugment, Preprocess, load_transform
 from latentspace.data.workers import auto_train_workers
-from latentspace.data.text_pairs import TextPairs
 from latentspace.models.model_dir import load_vision, save_model_dir
 from latentspace.models.text_tower import TextTower
 from latentspace.models.vision_tower import VisionTower
@@ -36,13 +36,25 @@ from latentspace.progress import progress_for, shown
 from latentspace.space import SpaceIdentity, check_same_space
 from latentspace.train.checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from latentspace.train.distributed import (
-    average_gradients, barrier, check_global_batch, gather_with_grad, init_distributed, shutdown)
+    average_gradients,
+    barrier,
+    check_global_batch,
+    gather_with_grad,
+    init_distributed,
+    shutdown,
+)
 from latentspace.train.gradcache import Trainable, cached_backward
 from latentspace.train.optim import param_groups, warmup_cosine_schedule
 from latentspace.train.recipes import FrozenImageTower, RecipeLoss, RecipeSpec, fill_image_cache
 from latentspace.train.sharding import (
-    clip_grad_norm, full_state_dict, is_sharded, load_full_state_dict, load_optimizer_state_dict,
-    optimizer_state_dict, shard_tower)
+    clip_grad_norm,
+    full_state_dict,
+    is_sharded,
+    load_full_state_dict,
+    load_optimizer_state_dict,
+    optimizer_state_dict,
+    shard_tower,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -72,8 +84,12 @@ def fill_text_cache(cfg: RunConfig, text: TextTower, urls: list[str], console: C
     if todo:
         console.print(f"[bold]text cache[/]: embedding {len(todo)} new caption(s) once with the frozen text tower")
         with shown(progress_for(console, what="captions"), len(todo)) as progress:
-            cache.fill(todo, lambda c: text.encode(c, cfg.text.caption_task),
-                       batch_size=cfg.text.batch_size, on_progress=progress.advance)
+            cache.fill(
+                todo,
+                lambda c: text.encode(c, cfg.text.caption_task),
+                batch_size=cfg.text.batch_size,
+                on_progress=progress.advance,
+            )
     console.print(f"text cache: {len(cache)} caption(s) at {cache.dir}")
     return cache
 
@@ -98,8 +114,11 @@ class Trainer:
         self.pairs = self._text_pairs()
         self.text = TextTower(cfg.text)
         self.text.set_trainable(self.spec.train_text)
-        self.cache = None if self.spec.train_text else self._main_first(
-            lambda: fill_text_cache(cfg, self.text, self.urls, self.console))
+        self.cache = (
+            None
+            if self.spec.train_text
+            else self._main_first(lambda: fill_text_cache(cfg, self.text, self.urls, self.console))
+        )
         self.vision = VisionTower(cfg.vision, self.text.dim)
         init_preprocess = load_whole_vision(self.vision, cfg.vision.init_from) if cfg.vision.init_from else None
         self.preprocess = vision_preprocess(cfg.vision, self.vision, init_preprocess)
@@ -108,7 +127,9 @@ class Trainer:
         third = FrozenImageTower.from_config(cfg.three_towers) if self.spec.third_tower else None
         self.third_cache = self._image_cache("third tower", third, cfg.three_towers.cache_dir) if third else None
         t, o = cfg.train, cfg.optim
-        self.loss_fn = RecipeLoss(self.spec, self.text.dim, third.dim if third else None, t.init_temperature, t.max_logit_scale)
+        self.loss_fn = RecipeLoss(
+            self.spec, self.text.dim, third.dim if third else None, t.init_temperature, t.max_logit_scale
+        )
         for module in (self.vision, self.text, self.loss_fn):
             module.to(self.device)
         self.vision_fwd, self.text_fwd = self._wrap_trainable()
@@ -117,8 +138,7 @@ class Trainer:
             groups += param_groups(self.vision, o.weight_decay)
         if self.spec.train_text:
             groups += param_groups(self.text, o.weight_decay, lr=o.text_lr)
-        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps,
-                                           fused=self.device.type == "cuda")
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=self.device.type == "cuda")
         self.scheduler = warmup_cosine_schedule(self.optimizer, o.warmup_steps, cfg.train.steps, o.min_lr_ratio)
         self.step = 0
         self.positions: dict[int, StreamPosition] = {}
@@ -155,8 +175,10 @@ class Trainer:
             if self.spec.train_text:  # the transformer's pooler is never used: let DDP skip it
                 text = DistributedDataParallel(text, device_ids=device_ids, find_unused_parameters=True)
         elif t.parallel == "fsdp":
-            self.console.print("[yellow]train.parallel fsdp: a single process has nothing to shard over; "
-                               "training unsharded (launch with torchrun to shard)[/]")
+            self.console.print(
+                "[yellow]train.parallel fsdp: a single process has nothing to shard over; "
+                "training unsharded (launch with torchrun to shard)[/]"
+            )
         self.synced = {"vision": vision, "text": text}
         if t.compile and self.spec.train_vision:
             vision = torch.compile(vision)
@@ -176,18 +198,23 @@ class Trainer:
         if tp is None:
             return None
         pairs = TextPairs(tp.path, self.cfg.train.seed, tp.ratio, tp.batch_size or self.cfg.train.batch_size)
-        self.console.print(f"text pairs: {len(pairs)} from {tp.path} ({pairs.skipped} malformed skipped), "
-                           f"on {tp.ratio:.0%} of steps")
+        self.console.print(
+            f"text pairs: {len(pairs)} from {tp.path} ({pairs.skipped} malformed skipped), on {tp.ratio:.0%} of steps"
+        )
         return pairs
 
     def _frozen_vision_cache(self) -> TextEmbeddingCache:
         v = self.cfg.vision
         if not (v.init_from or v.init_checkpoint):
-            raise ValueError(f"recipe {self.spec.name} freezes the vision tower, so it must start from pretrained "
-                             "weights: set vision.init_from (a latentspace model directory) or vision.init_checkpoint")
+            raise ValueError(
+                f"recipe {self.spec.name} freezes the vision tower, so it must start from pretrained "
+                "weights: set vision.init_from (a latentspace model directory) or vision.init_checkpoint"
+            )
         self.vision.requires_grad_(False).eval()
         tower = FrozenImageTower(self.vision, self.preprocess, v.arch)
-        return self._image_cache("frozen vision tower", tower, str(Path(self.cfg.train.text_cache_dir).parent / "images"))
+        return self._image_cache(
+            "frozen vision tower", tower, str(Path(self.cfg.train.text_cache_dir).parent / "images")
+        )
 
     def _image_cache(self, what: str, tower: FrozenImageTower, root: str) -> TextEmbeddingCache:
         return self._main_first(lambda: self._fill_image_cache(what, tower, root))
@@ -217,14 +244,19 @@ class Trainer:
         try:
             saved = RunConfig.model_validate(state["config"]).model_dump(mode="json")
         except ValueError as e:
-            raise RuntimeError(f"{self.checkpoint_path} holds a config this version cannot read ({e}); "
-                               "choose a new train.output_dir") from None
+            raise RuntimeError(
+                f"{self.checkpoint_path} holds a config this version cannot read ({e}); choose a new train.output_dir"
+            ) from None
         diffs = config_differences(json.loads(json.dumps(saved)), self._config_dict())
         if diffs:
-            raise RuntimeError(f"{self.checkpoint_path} was written with a different config ({'; '.join(diffs)}). "
-                               "Resume with the same config, or choose a new train.output_dir.")
+            raise RuntimeError(
+                f"{self.checkpoint_path} was written with a different config ({'; '.join(diffs)}). "
+                "Resume with the same config, or choose a new train.output_dir."
+            )
         # Same config but a text model directory whose contents changed: a different space.
-        check_same_space(SpaceIdentity.from_dict(state["space"]), self.text.space, what=f"checkpoint {self.checkpoint_path}")
+        check_same_space(
+            SpaceIdentity.from_dict(state["space"]), self.text.space, what=f"checkpoint {self.checkpoint_path}"
+        )
         load_full_state_dict(self.vision, state["vision"])
         self.loss_fn.load_state_dict(state["loss"])
         if self.spec.train_text:
@@ -259,8 +291,10 @@ class Trainer:
         epoch = 1 + max((p.epoch for p in positions.values()), default=0)
         self.positions = {role: StreamPosition(epoch=epoch) for role in range(self.n_roles)}
         self.next_role = 0
-        self.console.print(f"[yellow]the checkpoint was written by {data['roles']} data stream(s), this run has "
-                           f"{self.n_roles}: weights and optimizer resume exactly; data restarts at epoch {epoch}[/]")
+        self.console.print(
+            f"[yellow]the checkpoint was written by {data['roles']} data stream(s), this run has "
+            f"{self.n_roles}: weights and optimizer resume exactly; data restarts at epoch {epoch}[/]"
+        )
 
     def _truncate_metrics(self, step: int) -> None:
         """Drop log lines a killed run wrote after its last checkpoint; they will be redone."""
@@ -278,18 +312,21 @@ class Trainer:
         optimizer = optimizer_state_dict(self._trained_modules(), self.optimizer)
         if not self.env.is_main:
             return
-        save_checkpoint(self.checkpoint_path, {
-            "step": self.step,
-            "vision": vision,
-            "loss": self.loss_fn.state_dict(),
-            **({"text": text} if self.spec.train_text else {}),
-            "optimizer": optimizer,
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
-            "data": {"positions": positions, "next_role": next_roles, "roles": self.n_roles},
-            "config": self._config_dict(),
-            "space": self.text.space.to_dict(),
-        })
+        save_checkpoint(
+            self.checkpoint_path,
+            {
+                "step": self.step,
+                "vision": vision,
+                "loss": self.loss_fn.state_dict(),
+                **({"text": text} if self.spec.train_text else {}),
+                "optimizer": optimizer,
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(),
+                "data": {"positions": positions, "next_role": next_roles, "roles": self.n_roles},
+                "config": self._config_dict(),
+                "space": self.text.space.to_dict(),
+            },
+        )
 
     def _gathered_data_positions(self) -> tuple[dict, dict]:
         """Every rank's stream positions (each rank advances only its own roles)."""
@@ -308,12 +345,26 @@ class Trainer:
     def _loader(self) -> DataLoader:
         d = self.cfg.data
         stream = ImageTextStream(
-            urls=self.urls, transform=load_transform(self.preprocess), batch_size=self.local_batch,
-            seed=self.cfg.train.seed, caption_mode=d.caption, shuffle_buffer=d.shuffle_buffer,
-            rank=self.env.rank, world_size=self.env.world_size,
-            num_workers=self.workers, positions=self.positions, first_role=self.next_role)
-        return DataLoader(stream, batch_size=None, num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                          prefetch_factor=4 if self.workers else None, persistent_workers=False)
+            urls=self.urls,
+            transform=load_transform(self.preprocess),
+            batch_size=self.local_batch,
+            seed=self.cfg.train.seed,
+            caption_mode=d.caption,
+            shuffle_buffer=d.shuffle_buffer,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            num_workers=self.workers,
+            positions=self.positions,
+            first_role=self.next_role,
+        )
+        return DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if self.workers else None,
+            persistent_workers=False,
+        )
 
     def train_step(self, batch: dict) -> float:
         spec, task, dev = self.spec, self.cfg.text.caption_task, self.device
@@ -332,8 +383,9 @@ class Trainer:
         else:
             image_side = self.image_cache.lookup(batch["keys"]).to(dev)
         if spec.train_text:
-            text_side = Trainable(self._autocast(lambda texts: self.text_fwd(texts, task)), batch["captions"],
-                                  synced=self.synced["text"])
+            text_side = Trainable(
+                self._autocast(lambda texts: self.text_fwd(texts, task)), batch["captions"], synced=self.synced["text"]
+            )
         else:
             text_side = self.cache.lookup(batch["captions"]).to(dev)
         sides = [image_side, text_side]
@@ -344,11 +396,20 @@ class Trainer:
             queries, positives = self.pairs.batch(self.step)
             weight = self.cfg.data.text_pairs.weight
             loss += self._backward(
-                [Trainable(self._autocast(lambda texts: self.text_fwd(texts, "search_query")), queries,
-                           synced=self.synced["text"]),
-                 Trainable(self._autocast(lambda texts: self.text_fwd(texts, "search_document")), positives,
-                           synced=self.synced["text"])],
-                lambda q, d: weight * self.loss_fn.pairs(q.float(), d.float()))
+                [
+                    Trainable(
+                        self._autocast(lambda texts: self.text_fwd(texts, "search_query")),
+                        queries,
+                        synced=self.synced["text"],
+                    ),
+                    Trainable(
+                        self._autocast(lambda texts: self.text_fwd(texts, "search_document")),
+                        positives,
+                        synced=self.synced["text"],
+                    ),
+                ],
+                lambda q, d: weight * self.loss_fn.pairs(q.float(), d.float()),
+            )
         # The temperatures and heads live outside DDP (every rank computed the same global loss).
         average_gradients(self.loss_fn.parameters(), self.env)
         if self.cfg.optim.grad_clip:
@@ -383,6 +444,7 @@ class Trainer:
         def run(inputs):
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 return encoder(inputs).float()
+
         return run
 
     def run(self) -> TrainResult:
@@ -401,9 +463,15 @@ class Trainer:
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     ips = window_n / max(1e-9, time.perf_counter() - window_t)
                     window_t, window_n = time.perf_counter(), 0
-                    record = {"step": self.step, "loss": round(loss, 5), "lr": self.scheduler.get_last_lr()[0],
-                              "logit_scale": round(float(self.loss_fn.scale().detach()), 3), "images_per_s": round(ips, 1),
-                              "skipped": self.skipped, "time": round(time.time(), 3)}
+                    record = {
+                        "step": self.step,
+                        "loss": round(loss, 5),
+                        "lr": self.scheduler.get_last_lr()[0],
+                        "logit_scale": round(float(self.loss_fn.scale().detach()), 3),
+                        "images_per_s": round(ips, 1),
+                        "skipped": self.skipped,
+                        "time": round(time.time(), 3),
+                    }
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                     steps.describe(f"loss {loss:.3f}, {ips:.0f} images/s")
@@ -416,23 +484,33 @@ class Trainer:
         vision, text = self._unsharded_towers()  # a collective under FSDP
         if not self.env.is_main:
             barrier(self.env)  # wait for rank 0 to write the model directory
-            return TrainResult(self.out, model_dir, self.step, start, self.skipped, self.shard_errors,
-                               time.perf_counter() - t0, loss)
+            return TrainResult(
+                self.out, model_dir, self.step, start, self.skipped, self.shard_errors, time.perf_counter() - t0, loss
+            )
         plot_loss_curve(self.out / METRICS_NAME, self.out / "loss.png")
         model_dir = save_model_dir(
             # The text recipe as resolved (layer_norm None -> the model's own), so the directory
             # records what was used even if the text model's directory is later renamed.
-            self.out / "model", vision, text=self.cfg.text.model_copy(update={"layer_norm": self.text.layer_norm}),
-            space=self.text.space, preprocess=self.preprocess,
+            self.out / "model",
+            vision,
+            text=self.cfg.text.model_copy(update={"layer_norm": self.text.layer_norm}),
+            space=self.text.space,
+            preprocess=self.preprocess,
             logit_scale=float(self.loss_fn.scale().detach()),
-            info={"steps": self.step, "batch_size": t.batch_size, "train_shards": self.cfg.data.train_shards,
-                  "recipe": self.spec.name,
-                  # Where the backbone's weights started (file, sha256, package, licence); None = scratch.
-                  "init_checkpoint": self.vision.init_source()},
-            trained_text=text if self.spec.train_text else None)
+            info={
+                "steps": self.step,
+                "batch_size": t.batch_size,
+                "train_shards": self.cfg.data.train_shards,
+                "recipe": self.spec.name,
+                # Where the backbone's weights started (file, sha256, package, licence); None = scratch.
+                "init_checkpoint": self.vision.init_source(),
+            },
+            trained_text=text if self.spec.train_text else None,
+        )
         barrier(self.env)
-        return TrainResult(self.out, model_dir, self.step, start, self.skipped, self.shard_errors,
-                           time.perf_counter() - t0, loss)
+        return TrainResult(
+            self.out, model_dir, self.step, start, self.skipped, self.shard_errors, time.perf_counter() - t0, loss
+        )
 
     def _unsharded_towers(self) -> tuple[VisionTower, TextTower]:
         """The towers to save: themselves, or whole copies (on rank 0) of the ones FSDP sharded."""
@@ -480,12 +558,17 @@ def load_whole_vision(vision: VisionTower, model_dir: str) -> Preprocess:
     mine = {k: v for k, v in vision.saved_config().model_dump(mode="json").items() if k not in ignore}
     theirs = {k: v for k, v in config.vision.model_dump(mode="json").items() if k not in ignore}
     if mine != theirs:
-        diffs = [f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in sorted(set(mine) | set(theirs))
-                 if mine.get(k) != theirs.get(k)]
+        diffs = [
+            f"{k}: {theirs.get(k)!r} there, {mine.get(k)!r} here"
+            for k in sorted(set(mine) | set(theirs))
+            if mine.get(k) != theirs.get(k)
+        ]
         raise ValueError(f"vision.init_from {model_dir} has a different vision tower ({'; '.join(diffs)})")
     if config.space.dim != vision.proj.out_features:
-        raise ValueError(f"vision.init_from {model_dir} projects to {config.space.dim} dims, "
-                         f"this text tower has {vision.proj.out_features}")
+        raise ValueError(
+            f"vision.init_from {model_dir} projects to {config.space.dim} dims, "
+            f"this text tower has {vision.proj.out_features}"
+        )
     vision.load_state_dict(source.state_dict())
     return config.preprocess
 

@@ -10,8 +10,14 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
 
 # Parameters that are embeddings or tokens rather than weights: no weight decay, like 1-d ones
 # (biases, norms), which timm leaves out by itself. Patterns match whole parameter names.
-_NO_DECAY = ("*pos_embed", "*cls_token", "*query", "*reg_token", "*position_embeddings.weight",
-             "*token_type_embeddings.weight")
+_NO_DECAY = (
+    "*pos_embed",
+    "*cls_token",
+    "*query",
+    "*reg_token",
+    "*position_embeddings.weight",
+    "*token_type_embeddings.weight",
+)
 
 
 def param_groups(module: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
@@ -24,10 +30,12 @@ def param_groups(module: nn.Module, weight_decay: float, lr: float | None = None
     return [{**group, "lr": lr} if lr is not None else group for group in groups]
 
 
-def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int,
-                           floor: float) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer, warmup: int, total: int, floor: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Each group's learning rate rises linearly over `warmup` steps (lr/warmup at the first step,
     so no step is wasted at zero), then follows a cosine down to `floor` x its own lr, reached at
     the last of `total` steps. A LambdaLR, so its state saves and resumes with the checkpoint."""
     return get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
-        optimizer, num_warmup_steps=warmup, num_training_steps=total, min_lr_rate=floor)
+        optimizer, num_warmup_steps=warmup, num_training_steps=total, min_lr_rate=floor
+    )

@@ -16,9 +16,9 @@ on un-augmented images: an augmented view would have to be re-embedded every ste
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,11 +42,16 @@ class RecipeSpec:
     text_pairs: bool
 
     @classmethod
-    def of(cls, name: str) -> "RecipeSpec":
+    def of(cls, name: str) -> RecipeSpec:
         if name not in RECIPES:
             raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-        return cls(name=name, train_vision=name != "locked_image", train_text=name != "locked_text",
-                   third_tower=name.startswith("three_towers"), text_pairs=name.endswith("+text"))
+        return cls(
+            name=name,
+            train_vision=name != "locked_image",
+            train_text=name != "locked_text",
+            third_tower=name.startswith("three_towers"),
+            text_pairs=name.endswith("+text"),
+        )
 
 
 class FrozenImageTower:
@@ -60,11 +65,14 @@ class FrozenImageTower:
         with torch.inference_mode():
             self.dim = int(self.module(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size)).shape[-1])
         weights = hash_state_dict(self.module.state_dict())
-        self.identity = SpaceIdentity(name=f"frozen-image-{name}", dim=self.dim,
-                                      fingerprint=fingerprint({"weights": weights, "preprocess": preprocess.to_dict()}))
+        self.identity = SpaceIdentity(
+            name=f"frozen-image-{name}",
+            dim=self.dim,
+            fingerprint=fingerprint({"weights": weights, "preprocess": preprocess.to_dict()}),
+        )
 
     @classmethod
-    def from_config(cls, cfg: ThirdTowerConfig) -> "FrozenImageTower":
+    def from_config(cls, cfg: ThirdTowerConfig) -> FrozenImageTower:
         if cfg.model_dir:
             from latentspace.models.model_dir import load_vision
 
@@ -85,8 +93,13 @@ class FrozenImageTower:
         return F.normalize(self.module(torch.stack([self.transform(i) for i in images])).float(), dim=-1)
 
 
-def fill_image_cache(cache: TextEmbeddingCache, urls: list[str], tower: FrozenImageTower, batch_size: int,
-                     on_progress: Callable[[int], None] | None = None) -> int:
+def fill_image_cache(
+    cache: TextEmbeddingCache,
+    urls: list[str],
+    tower: FrozenImageTower,
+    batch_size: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
     """Embed every training image not cached yet (no augmentation), keyed like the stream's
     batches; undecodable samples are skipped (the stream skips them too)."""
     added = 0
@@ -134,12 +147,17 @@ class RecipeLoss(nn.Module):
         if spec.text_pairs:
             self.pair_scale = LogitScale(init_temperature, max_scale)
 
-    def forward(self, image_emb: torch.Tensor, text_emb: torch.Tensor, third_emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, image_emb: torch.Tensor, text_emb: torch.Tensor, third_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
         loss = contrastive_loss(image_emb, text_emb, self.scale())
         if self.spec.third_tower:
             scale = self.third_scale()
-            loss = (loss + contrastive_loss(self.image_head(image_emb), third_emb, scale)
-                    + contrastive_loss(self.text_head(text_emb), third_emb, scale)) / 3
+            loss = (
+                loss
+                + contrastive_loss(self.image_head(image_emb), third_emb, scale)
+                + contrastive_loss(self.text_head(text_emb), third_emb, scale)
+            ) / 3
         return loss
 
     def pairs(self, query_emb: torch.Tensor, positive_emb: torch.Tensor) -> torch.Tensor:

@@ -13,12 +13,17 @@ under FSDP resumes under DDP, in one process, or on another number of processes,
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -28,8 +33,9 @@ def shard_tower(module: nn.Module, *, bf16: bool = False) -> nn.Module:
     unit (so only one block's full parameters exist at a time), the rest (embeddings, head) the
     root unit. With bf16, parameters are gathered and run in bf16 while gradients are reduced and
     kept in fp32."""
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
-              else MixedPrecisionPolicy())
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    )
     for block in repeated_blocks(module):
         fully_shard(block, mp_policy=policy)
     fully_shard(module, mp_policy=policy)
@@ -42,9 +48,12 @@ def repeated_blocks(module: nn.Module) -> list[nn.Module]:
     found: list[nn.Module] = []
     for child in module.children():
         members = list(child.children())
-        if (isinstance(child, (nn.Sequential, nn.ModuleList)) and len(members) > 1
-                and len({type(m) for m in members}) == 1
-                and any(p.requires_grad for p in child.parameters())):
+        if (
+            isinstance(child, (nn.Sequential, nn.ModuleList))
+            and len(members) > 1
+            and len({type(m) for m in members}) == 1
+            and any(p.requires_grad for p in child.parameters())
+        ):
             found += members
         else:
             found += repeated_blocks(child)
@@ -111,4 +120,3 @@ def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> float
         for g in grads:
             g.mul_(coef)
     return norm
-

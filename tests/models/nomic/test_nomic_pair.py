@@ -30,8 +30,8 @@ import fakes
 import fakes_nomic_text
 from fakes import LiveServer
 
-
 # --- which release a directory holds -------------------------------------------------------------
+
 
 def _dir(root: Path, name: str, config: dict | None = None, readme: str | None = None) -> Path:
     path = root / name
@@ -46,7 +46,12 @@ def test_release_is_read_from_name_or_path_then_directory_then_model_card(tmp_pa
     named = _dir(tmp_path, "snapshot", {"_name_or_path": "nomic-ai/nomic-embed-text-v1.5"})
     assert detect_release(named).version == "v1.5" and "_name_or_path" in detect_release(named).source
     # _name_or_path wins over the directory's own name
-    assert detect_release(_dir(tmp_path, "nomic-embed-text-v1.5-copy", {"_name_or_path": "nomic-ai/nomic-embed-text-v1"})).version == "v1"
+    assert (
+        detect_release(
+            _dir(tmp_path, "nomic-embed-text-v1.5-copy", {"_name_or_path": "nomic-ai/nomic-embed-text-v1"})
+        ).version
+        == "v1"
+    )
     assert detect_release(_dir(tmp_path, "nomic-embed-text-v1")).version == "v1"
     assert detect_release(_dir(tmp_path, "my-model-v1.5")).version == "v1.5"
     cache = tmp_path / "models--nomic-ai--nomic-embed-vision-v1.5" / "snapshots"
@@ -58,6 +63,7 @@ def test_release_is_read_from_name_or_path_then_directory_then_model_card(tmp_pa
 
 
 # --- the text recipe per release -----------------------------------------------------------------
+
 
 def test_v15_text_gets_layer_norm_and_nomic_prefixes_and_v1_does_not(nomic_models):
     v15 = TextTower(TextTowerConfig(path=str(nomic_models / "nomic-embed-text-v1.5")))
@@ -87,8 +93,11 @@ def test_an_unnamed_release_warns_and_takes_the_v1_recipe_unless_told(tmp_path, 
 
 
 def test_directory_prompts_win_and_trust_remote_code_is_ignored_with_a_warning(tmp_path, caplog):
-    path = fakes_nomic_text.write_tiny_nomic_text_dir(tmp_path / "nomic-embed-text-v1.5", sentence_transformers=True,
-                                                      prompts={"search_query": "query: ", "search_document": "doc: "})
+    path = fakes_nomic_text.write_tiny_nomic_text_dir(
+        tmp_path / "nomic-embed-text-v1.5",
+        sentence_transformers=True,
+        prompts={"search_query": "query: ", "search_document": "doc: "},
+    )
     with caplog.at_level(logging.WARNING):
         tower = TextTower(TextTowerConfig(path=str(path), trust_remote_code=True))
     assert tower.prefixes == {"search_query": "query: ", "search_document": "doc: "}
@@ -112,8 +121,13 @@ def test_long_texts_run_alone_under_dynamic_ntk(tmp_path):
 
 # --- pairing a vision directory with its text model ----------------------------------------------
 
+
 def _lone(nomic_models: Path, tmp_path: Path, version: str = "v1.5") -> Path:
-    return Path(shutil.copytree(nomic_models / f"nomic-embed-vision-{version}", tmp_path / "lone" / f"nomic-embed-vision-{version}"))
+    return Path(
+        shutil.copytree(
+            nomic_models / f"nomic-embed-vision-{version}", tmp_path / "lone" / f"nomic-embed-vision-{version}"
+        )
+    )
 
 
 def test_sibling_text_model_is_found_and_text_is_bit_identical(nomic_models):
@@ -132,19 +146,34 @@ def test_a_partner_is_shared_not_loaded_again(nomic_models, tmp_path):
 
 def test_the_other_release_is_refused_and_check_compat_fails(nomic_models, tmp_path):
     lone = _lone(nomic_models, tmp_path)
-    with pytest.raises(SpaceMismatchError, match="nomic-embed-vision-v1.5 .* lives in nomic-embed-text-v1.5's .* "
-                                                  "nomic-embed-text-v1 "):
+    with pytest.raises(
+        SpaceMismatchError, match="nomic-embed-vision-v1.5 .* lives in nomic-embed-text-v1.5's .* nomic-embed-text-v1 "
+    ):
         load(f"{lone}?text={nomic_models / 'nomic-embed-text-v1'}")
     with pytest.raises(SpaceMismatchError, match="defined by nomic-embed-text"):
         load(f"{lone}?text=builtin:all-MiniLM-L6-v2")
     # a v1 partner is not taken for a v1.5 vision model: it stays unpaired
     assert load(str(lone), partners=[load(str(nomic_models / "nomic-embed-text-v1"))]).modalities == ("image",)
     runner = CliRunner()
-    fails = runner.invoke(app, ["check-compat", str(nomic_models / "nomic-embed-vision-v1.5"),
-                                "--text", str(nomic_models / "nomic-embed-text-v1")])
+    fails = runner.invoke(
+        app,
+        [
+            "check-compat",
+            str(nomic_models / "nomic-embed-vision-v1.5"),
+            "--text",
+            str(nomic_models / "nomic-embed-text-v1"),
+        ],
+    )
     assert fails.exit_code == 1 and "different latent spaces" in fails.output
-    passes = runner.invoke(app, ["check-compat", str(nomic_models / "nomic-embed-vision-v1"),
-                                 "--text", str(nomic_models / "nomic-embed-text-v1")])
+    passes = runner.invoke(
+        app,
+        [
+            "check-compat",
+            str(nomic_models / "nomic-embed-vision-v1"),
+            "--text",
+            str(nomic_models / "nomic-embed-text-v1"),
+        ],
+    )
     assert passes.exit_code == 0 and "bit-identical" in passes.output
 
 
@@ -163,27 +192,44 @@ def test_without_a_text_model_it_embeds_images_in_an_unverified_space(nomic_mode
 
 # --- served under Nomic's names, on every image backend -----------------------------------------
 
+
 def test_the_pair_served_under_nomic_names_shares_one_space(nomic_models, tmp_path):
     lone = _lone(nomic_models, tmp_path)
-    settings = ServeSettings(models=[f"nomic-embed-vision-v1.5={lone}",  # listed first, loaded after its partner
-                                     f"nomic-embed-text-v1.5={nomic_models / 'nomic-embed-text-v1.5'}"],
-                             decode_threads=1)
+    settings = ServeSettings(
+        models=[
+            f"nomic-embed-vision-v1.5={lone}",  # listed first, loaded after its partner
+            f"nomic-embed-text-v1.5={nomic_models / 'nomic-embed-text-v1.5'}",
+        ],
+        decode_threads=1,
+    )
     with LiveServer(settings) as server:
         server.wait_ready()
         models = {m["id"]: m for m in httpx.get(server.url + "/v1/models").json()["data"]}
         assert models["nomic-embed-vision-v1.5"]["space"] == models["nomic-embed-text-v1.5"]["space"]
         assert models["nomic-embed-vision-v1.5"]["kind"] == "nomic-vision"
         registry = server.app.state.registry
-        assert registry.slots["nomic-embed-vision-v1.5"].model.text is registry.slots["nomic-embed-text-v1.5"].model.text
-        text = httpx.post(server.url + "/v1/embedding/text", json={
-            "model": "nomic-embed-text-v1.5", "texts": ["a red square"], "task_type": "search_query",
-            "dimensionality": 16}).json()
+        assert (
+            registry.slots["nomic-embed-vision-v1.5"].model.text is registry.slots["nomic-embed-text-v1.5"].model.text
+        )
+        text = httpx.post(
+            server.url + "/v1/embedding/text",
+            json={
+                "model": "nomic-embed-text-v1.5",
+                "texts": ["a red square"],
+                "task_type": "search_query",
+                "dimensionality": 16,
+            },
+        ).json()
         png = io.BytesIO()
         Image.new("RGB", (30, 30), "red").save(png, format="PNG")
-        image = httpx.post(server.url + "/v1/embedding/image", data={"model": "nomic-embed-vision-v1.5"},
-                           files=[("images", ("red.png", png.getvalue()))]).json()
-    local_text = load(str(nomic_models / "nomic-embed-text-v1.5")).embed_texts(["a red square"], "search_query",
-                                                                                 dimensionality=16)
+        image = httpx.post(
+            server.url + "/v1/embedding/image",
+            data={"model": "nomic-embed-vision-v1.5"},
+            files=[("images", ("red.png", png.getvalue()))],
+        ).json()
+    local_text = load(str(nomic_models / "nomic-embed-text-v1.5")).embed_texts(
+        ["a red square"], "search_query", dimensionality=16
+    )
     local_image = load(str(nomic_models / "nomic-embed-vision-v1.5")).embed_images([png.getvalue()])
     np.testing.assert_allclose(text["embeddings"], local_text.numpy(), atol=1e-5)
     np.testing.assert_allclose(image["embeddings"], local_image.numpy(), atol=1e-5)

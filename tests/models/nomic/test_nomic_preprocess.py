@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-from fakes_nomic_vision import write_tiny_nomic_vision_dir
 from latentspace.data.images import to_rgb
 from latentspace.models.nomic.preprocess import (
     CLIP_MEAN,
@@ -25,11 +24,23 @@ from latentspace.models.nomic.preprocess import (
     published_preprocessor_config,
 )
 
+from fakes_nomic_vision import write_tiny_nomic_vision_dir
+
 SIZES = [(300, 200), (64, 480), (224, 224), (17, 31), (1000, 999), (225, 224)]  # (width, height)
 
-CLIP_KW = dict(do_resize=True, size={"height": 224, "width": 224}, resample=3, do_center_crop=True, crop_size=224,
-               do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(CLIP_MEAN),
-               image_std=list(CLIP_STD), do_convert_rgb=True)
+CLIP_KW = dict(
+    do_resize=True,
+    size={"height": 224, "width": 224},
+    resample=3,
+    do_center_crop=True,
+    crop_size=224,
+    do_rescale=True,
+    rescale_factor=1 / 255,
+    do_normalize=True,
+    image_mean=list(CLIP_MEAN),
+    image_std=list(CLIP_STD),
+    do_convert_rgb=True,
+)
 
 
 def _random_image(w: int, h: int, mode: str = "RGB") -> Image.Image:

@@ -11,8 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fakes_nomic_text
-from fakes_nomic_text import write_tiny_nomic_text_dir
 from latentspace.models.nomic.text import (
     NomicBertText,
     NomicTextConfig,
@@ -22,6 +20,9 @@ from latentspace.models.nomic.text import (
     save_nomic_text,
 )
 from latentspace.models.nomic.weights import CheckpointError, load_strict, read_state_dict
+
+import fakes_nomic_text
+from fakes_nomic_text import write_tiny_nomic_text_dir
 
 TOL = 1e-5
 
@@ -55,6 +56,7 @@ def reference_model(directory):
 # ---------------------------------------------------------------------------------------------
 # T1, T2: parity with transformers
 # ---------------------------------------------------------------------------------------------
+
 
 def test_matches_transformers_on_a_padded_batch(tmp_path):
     """Legacy key names; Wqkv split; fc11 = up, fc12 = gate; post-LN; RoPE base 1000 NeoX; mask."""
@@ -107,8 +109,10 @@ def test_native_dynamic_ntk_is_stateless(tmp_path):
 # T3: generic branches vs an inline einsum reference
 # ---------------------------------------------------------------------------------------------
 
-def einsum_reference(state: dict[str, torch.Tensor], cfg: dict, ids: torch.Tensor, mask: torch.Tensor,
-                     scaling: float | None = None) -> torch.Tensor:
+
+def einsum_reference(
+    state: dict[str, torch.Tensor], cfg: dict, ids: torch.Tensor, mask: torch.Tensor, scaling: float | None = None
+) -> torch.Tensor:
     """NomicBERT written out from the formulas: complex-number RoPE, einsum attention, explicit LN."""
     hidden, heads = cfg["n_embd"], cfg["n_head"]
     d = hidden // heads
@@ -135,11 +139,13 @@ def einsum_reference(state: dict[str, torch.Tensor], cfg: dict, ids: torch.Tenso
             z = torch.view_as_complex(rot.reshape(*rot.shape[:-1], r // 2, 2).contiguous()) * phase
             rot = torch.view_as_real(z).flatten(-2)
         else:
-            z = torch.complex(rot[..., : r // 2], rot[..., r // 2:]) * phase
+            z = torch.complex(rot[..., : r // 2], rot[..., r // 2 :]) * phase
             rot = torch.cat((z.real, z.imag), -1)
         return torch.cat((rot, rest), -1)
 
-    x = ln(state["embeddings.word_embeddings.weight"][ids] + state["embeddings.token_type_embeddings.weight"][0], "emb_ln")
+    x = ln(
+        state["embeddings.word_embeddings.weight"][ids] + state["embeddings.token_type_embeddings.weight"][0], "emb_ln"
+    )
     for i in range(cfg["n_layer"]):
         p = f"encoder.layers.{i}"
         q, k, v = linear(x, f"{p}.attn.Wqkv").view(b, n, 3, heads, d).unbind(2)
@@ -164,8 +170,13 @@ VARIANTS = {
     "biases": {"biases": True},
     "half_rotary": {"rotary_emb_fraction": 0.5},
     "interleaved": {"interleaved": True},
-    "all_three_and_ntk": {"biases": True, "rotary_emb_fraction": 0.5, "interleaved": True,
-                          "rotary_scaling_factor": 2.0, "max_trained_positions": 8},
+    "all_three_and_ntk": {
+        "biases": True,
+        "rotary_emb_fraction": 0.5,
+        "interleaved": True,
+        "rotary_scaling_factor": 2.0,
+        "max_trained_positions": 8,
+    },
     "geglu": {"activation": "geglu"},
     "glu": {"activation": "glu"},
     "plain_gelu_mlp": {"activation": "gelu_new", "new_keys": False},
@@ -192,6 +203,7 @@ def test_variants_match_an_einsum_reference(tmp_path, variant):
 # ---------------------------------------------------------------------------------------------
 # T4: invariants and strict loading
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def tiny(tmp_path):
@@ -232,9 +244,11 @@ def test_left_padding_is_refused(tiny):
 
 
 def test_mlm_checkpoint_with_bert_prefix_and_cls_heads_loads(tmp_path, tiny):
-    heads = {"cls.predictions.transform.dense.weight": torch.randn(32, 32),
-             "cls.predictions.transform.layer_norm.weight": torch.ones(32),
-             "cls.predictions.decoder.weight": torch.randn(30528, 32)}
+    heads = {
+        "cls.predictions.transform.dense.weight": torch.randn(32, 32),
+        "cls.predictions.transform.layer_norm.weight": torch.ones(32),
+        "cls.predictions.decoder.weight": torch.randn(30528, 32),
+    }
     mlm = write_tiny_nomic_text_dir(tmp_path / "mlm", seed=11, key_prefix="bert.", extra_state=heads)
     cfg = json.loads((mlm / "config.json").read_text())
     cfg["architectures"] = ["NomicBertForPreTraining"]
@@ -266,16 +280,26 @@ def test_transformers_in_memory_key_names_load(tmp_path, tiny):
 
 def test_normalise_keys_maps_and_drops():
     t = torch.zeros(2, 2)
-    state = {"bert.embeddings.position_ids": t, "model.pooler.dense.weight": t,
-             "layers.0.self_attn.q_proj.weight": torch.full((2, 2), 1.0),
-             "layers.0.self_attn.k_proj.weight": torch.full((2, 2), 2.0),
-             "layers.0.self_attn.v_proj.weight": torch.full((2, 2), 3.0),
-             "rotary_emb.inv_freq": t, "rotary_emb.original_inv_freq": t,
-             "layers.0.mlp.gate_proj.weight": t, "embeddings.LayerNorm.bias": t,
-             "encoder.layers.1.attn.norm_factor": t, "layers.1.self_attn.q_proj.weight": t}
+    state = {
+        "bert.embeddings.position_ids": t,
+        "model.pooler.dense.weight": t,
+        "layers.0.self_attn.q_proj.weight": torch.full((2, 2), 1.0),
+        "layers.0.self_attn.k_proj.weight": torch.full((2, 2), 2.0),
+        "layers.0.self_attn.v_proj.weight": torch.full((2, 2), 3.0),
+        "rotary_emb.inv_freq": t,
+        "rotary_emb.original_inv_freq": t,
+        "layers.0.mlp.gate_proj.weight": t,
+        "embeddings.LayerNorm.bias": t,
+        "encoder.layers.1.attn.norm_factor": t,
+        "layers.1.self_attn.q_proj.weight": t,
+    }
     out = normalise_text_keys(state)
-    assert sorted(out) == ["emb_ln.bias", "encoder.layers.0.attn.Wqkv.weight", "encoder.layers.0.mlp.fc12.weight",
-                           "layers.1.self_attn.q_proj.weight"]  # an incomplete q/k/v stays, for the strict load
+    assert sorted(out) == [
+        "emb_ln.bias",
+        "encoder.layers.0.attn.Wqkv.weight",
+        "encoder.layers.0.mlp.fc12.weight",
+        "layers.1.self_attn.q_proj.weight",
+    ]  # an incomplete q/k/v stays, for the strict load
     assert out["encoder.layers.0.attn.Wqkv.weight"][:, 0].tolist() == [1, 1, 2, 2, 3, 3]
     with pytest.raises(CheckpointError, match="twice"):
         normalise_text_keys({"emb_ln.weight": t, "embeddings.LayerNorm.weight": t})
@@ -296,14 +320,26 @@ def _edit_config(d, **changes):
 
 
 BAD = {
-    "missing": (lambda d: _edit_state(d, lambda s: s.pop("encoder.layers.1.mlp.fc2.weight")),
-                CheckpointError, r"missing keys: encoder\.layers\.1\.mlp\.fc2\.weight"),
-    "unexpected": (lambda d: _edit_state(d, lambda s: s.update({"encoder.layers.0.attn.extra": torch.zeros(1)})),
-                   CheckpointError, r"unexpected keys: encoder\.layers\.0\.attn\.extra"),
-    "wrong_shape": (lambda d: _edit_state(d, lambda s: s.update({"emb_ln.weight": torch.ones(31)})),
-                    CheckpointError, r"wrong shapes: emb_ln\.weight \(31,\) \(expected \(32,\)\)"),
-    "truncated": (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
-                  CheckpointError, "truncated or corrupt"),
+    "missing": (
+        lambda d: _edit_state(d, lambda s: s.pop("encoder.layers.1.mlp.fc2.weight")),
+        CheckpointError,
+        r"missing keys: encoder\.layers\.1\.mlp\.fc2\.weight",
+    ),
+    "unexpected": (
+        lambda d: _edit_state(d, lambda s: s.update({"encoder.layers.0.attn.extra": torch.zeros(1)})),
+        CheckpointError,
+        r"unexpected keys: encoder\.layers\.0\.attn\.extra",
+    ),
+    "wrong_shape": (
+        lambda d: _edit_state(d, lambda s: s.update({"emb_ln.weight": torch.ones(31)})),
+        CheckpointError,
+        r"wrong shapes: emb_ln\.weight \(31,\) \(expected \(32,\)\)",
+    ),
+    "truncated": (
+        lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+        CheckpointError,
+        "truncated or corrupt",
+    ),
     "no_weights": (lambda d: (d / "model.safetensors").unlink(), CheckpointError, "has no weights"),
     "moe": (lambda d: _edit_config(d, num_experts=8, moe_every_n_layers=2), ValueError, "num_experts"),
     "prenorm": (lambda d: _edit_config(d, prenorm=True), ValueError, "prenorm"),
@@ -334,17 +370,41 @@ def test_a_failed_strict_load_changes_nothing(tiny):
 # ---------------------------------------------------------------------------------------------
 
 PUBLISHED_LEGACY = {
-    "model_type": "nomic_bert", "architectures": ["NomicBertModel"], "activation_function": "swiglu",
-    "n_embd": 768, "n_head": 12, "n_layer": 12, "n_inner": 3072, "n_positions": 8192, "vocab_size": 30528,
-    "pad_vocab_size_multiple": 64, "type_vocab_size": 2, "layer_norm_epsilon": 1e-12, "rotary_emb_base": 1000,
-    "rotary_emb_fraction": 1.0, "rotary_emb_interleaved": False, "rotary_emb_scale_base": None,
-    "rotary_scaling_factor": None, "max_trained_positions": 2048, "qkv_proj_bias": False,
-    "mlp_fc1_bias": False, "mlp_fc2_bias": False, "prenorm": False, "causal": False,
+    "model_type": "nomic_bert",
+    "architectures": ["NomicBertModel"],
+    "activation_function": "swiglu",
+    "n_embd": 768,
+    "n_head": 12,
+    "n_layer": 12,
+    "n_inner": 3072,
+    "n_positions": 8192,
+    "vocab_size": 30528,
+    "pad_vocab_size_multiple": 64,
+    "type_vocab_size": 2,
+    "layer_norm_epsilon": 1e-12,
+    "rotary_emb_base": 1000,
+    "rotary_emb_fraction": 1.0,
+    "rotary_emb_interleaved": False,
+    "rotary_emb_scale_base": None,
+    "rotary_scaling_factor": None,
+    "max_trained_positions": 2048,
+    "qkv_proj_bias": False,
+    "mlp_fc1_bias": False,
+    "mlp_fc2_bias": False,
+    "prenorm": False,
+    "causal": False,
 }
 PUBLISHED_NEW = {
-    "model_type": "nomic_bert", "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-    "intermediate_size": 3072, "hidden_act": "silu", "layer_norm_eps": 1e-12, "vocab_size": 30528,
-    "max_position_embeddings": 2048, "rope_parameters": {"rope_theta": 1000.0, "rope_type": "default"},
+    "model_type": "nomic_bert",
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "silu",
+    "layer_norm_eps": 1e-12,
+    "vocab_size": 30528,
+    "max_position_embeddings": 2048,
+    "rope_parameters": {"rope_theta": 1000.0, "rope_type": "default"},
 }
 REAL = NomicTextConfig(hidden=768, layers=12, heads=12, inner=3072, vocab_size=30528)
 
@@ -379,12 +439,25 @@ def test_config_infers_biases_from_the_checkpoint():
     assert not NomicTextConfig.from_hf_dict(legacy, state_keys=set()).qkv_proj_bias
 
 
-@pytest.mark.parametrize("field,value", [
-    ("prenorm", True), ("parallel_block", True), ("use_rms_norm", True), ("causal", True),
-    ("rotary_emb_scale_base", 512), ("num_experts", 8), ("moe_every_n_layers", 2),
-    ("activation_function", "relu"), ("hidden_act", "relu"), ("rotary_emb_fraction", 0.0),
-    ("model_type", "bert"), ("rope_parameters", {"rope_type": "yarn", "factor": 4.0}), ("num_heads_kv", 4), ("head_dim", 32),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("prenorm", True),
+        ("parallel_block", True),
+        ("use_rms_norm", True),
+        ("causal", True),
+        ("rotary_emb_scale_base", 512),
+        ("num_experts", 8),
+        ("moe_every_n_layers", 2),
+        ("activation_function", "relu"),
+        ("hidden_act", "relu"),
+        ("rotary_emb_fraction", 0.0),
+        ("model_type", "bert"),
+        ("rope_parameters", {"rope_type": "yarn", "factor": 4.0}),
+        ("num_heads_kv", 4),
+        ("head_dim", 32),
+    ],
+)
 def test_config_refusals_name_the_field(field, value):
     name = "rope_type" if field == "rope_parameters" else field
     with pytest.raises(ValueError, match=name):
@@ -392,9 +465,21 @@ def test_config_refusals_name_the_field(field, value):
 
 
 def test_to_hf_dict_round_trips_and_only_claims_what_transformers_can_build():
-    for cfg in (REAL, NomicTextConfig(hidden=32, layers=1, heads=2, inner=256, vocab_size=64, rotary_scaling_factor=2.0),
-                NomicTextConfig(hidden=32, layers=1, heads=2, inner=64, vocab_size=64, qkv_proj_bias=True,
-                                rotary_emb_fraction=0.5, rotary_emb_interleaved=True, activation="gelu")):
+    for cfg in (
+        REAL,
+        NomicTextConfig(hidden=32, layers=1, heads=2, inner=256, vocab_size=64, rotary_scaling_factor=2.0),
+        NomicTextConfig(
+            hidden=32,
+            layers=1,
+            heads=2,
+            inner=64,
+            vocab_size=64,
+            qkv_proj_bias=True,
+            rotary_emb_fraction=0.5,
+            rotary_emb_interleaved=True,
+            activation="gelu",
+        ),
+    ):
         d = json.loads(json.dumps(cfg.to_hf_dict()))
         assert NomicTextConfig.from_hf_dict(d) == cfg
         native_ok = cfg.gated and not cfg.qkv_proj_bias
@@ -411,8 +496,10 @@ def test_save_and_reload(tmp_path, tiny):
         want = native(ids, mask)
         assert torch.equal(load_nomic_text(out)(ids, mask), want)
         # transformers reads the saved directory as the same model
-        assert max_delta_on_tokens(reference_model(out)(input_ids=ids, attention_mask=mask).last_hidden_state,
-                                   want, mask) <= TOL
+        assert (
+            max_delta_on_tokens(reference_model(out)(input_ids=ids, attention_mask=mask).last_hidden_state, want, mask)
+            <= TOL
+        )
 
 
 def test_save_over_a_copy_keeps_metadata_and_rewrites_the_model_keys(tmp_path):
@@ -435,8 +522,12 @@ def test_is_nomic_text_dir(tmp_path, tiny):
         (d / "config.json").write_text(json.dumps(cfg))
         return d
 
-    auto_text = {"auto_map": {"AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel",
-                              "AutoTokenizer": [None, "BertTokenizerFast"]}}
+    auto_text = {
+        "auto_map": {
+            "AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel",
+            "AutoTokenizer": [None, "BertTokenizerFast"],
+        }
+    }
     auto_vision = {"auto_map": {"AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicVisionModel"}}
     assert is_nomic_text_dir(tiny)
     assert is_nomic_text_dir(cfg_dir("auto_map_only", auto_text))
@@ -461,13 +552,16 @@ PER_LAYER = {
     "mlp.fc11.weight": (3072, 768),
     "mlp.fc12.weight": (3072, 768),
     "mlp.fc2.weight": (768, 3072),
-    "norm1.weight": (768,), "norm1.bias": (768,),
-    "norm2.weight": (768,), "norm2.bias": (768,),
+    "norm1.weight": (768,),
+    "norm1.bias": (768,),
+    "norm2.weight": (768,),
+    "norm2.bias": (768,),
 }
 REAL_KEYS = {
     "embeddings.word_embeddings.weight": (30528, 768),
     "embeddings.token_type_embeddings.weight": (2, 768),
-    "emb_ln.weight": (768,), "emb_ln.bias": (768,),
+    "emb_ln.weight": (768,),
+    "emb_ln.bias": (768,),
     **{f"encoder.layers.{i}.{k}": shape for i in range(12) for k, shape in PER_LAYER.items()},
 }
 
@@ -483,10 +577,18 @@ def test_real_shapes_on_meta():
 
 
 def test_fake_directory_helper_writes_what_it_promises(tmp_path):
-    d = write_tiny_nomic_text_dir(tmp_path / "st", sentence_transformers=True, prompts={"search_query": "search_query: "})
+    d = write_tiny_nomic_text_dir(
+        tmp_path / "st", sentence_transformers=True, prompts={"search_query": "search_query: "}
+    )
     names = sorted(p.name for p in d.iterdir())
-    assert names == ["1_Pooling", "config.json", "config_sentence_transformers.json", "model.safetensors",
-                     "modules.json", "sentence_bert_config.json"]
+    assert names == [
+        "1_Pooling",
+        "config.json",
+        "config_sentence_transformers.json",
+        "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
+    ]
     assert json.loads((d / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"]
     assert read_state_dict(d)["embeddings.word_embeddings.weight"].shape == (30528, 32)
     assert fakes_nomic_text.tiny_config_dict()["n_inner"] == 256

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fakes_nomic_text import write_tiny_nomic_text_dir
 from latentspace.models.nomic.tokenizer import TokenizerError, load_nomic_tokenizer, minilm_vocab_path
+
+from fakes_nomic_text import write_tiny_nomic_text_dir
 
 LONG = " ".join(f"Paragraph {i}: The Quick Brown Fox jumped over the lazy dog near Zürich." for i in range(40))
 TEXTS = [

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fakes_nomic_vision import perturb_, tiny_vision_config, write_tiny_nomic_vision_dir
 from latentspace.models.nomic.preprocess import NomicImagePreprocessor
 from latentspace.models.nomic.vision import (
     NomicVision,
@@ -32,19 +31,49 @@ from latentspace.models.nomic.vision import (
 )
 from latentspace.models.nomic.weights import CheckpointError
 
+from fakes_nomic_vision import perturb_, tiny_vision_config, write_tiny_nomic_vision_dir
+
 # The published nomic-embed-vision-v1.5 config.json fields that matter (values as published,
 # including n_inner as a float).
 PUBLISHED_CONFIG = {
-    "activation_function": "swiglu", "architectures": ["NomicVisionModel"], "attn_pdrop": 0.0,
-    "auto_map": {"AutoConfig": "nomic-ai/nomic-bert-2048--configuration_hf_nomic_bert.NomicBertConfig",
-                 "AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicVisionModel"},
-    "causal": False, "global_pool": None, "img_size": 224, "layer_norm_epsilon": 1e-06,
-    "layer_scale": False, "learned_pos_embedding": False, "mask_token": False, "mlp_fc1_bias": True,
-    "mlp_fc2_bias": True, "model_type": "nomic_bert", "n_embd": 768, "n_head": 12, "n_inner": 2048.0,
-    "n_layer": 12, "no_cls_token": False, "no_embed_class": False, "no_last_ln": True, "norm_mlp": True,
-    "num_channels": 3, "parallel_block": False, "patch_embed_bias": True, "patch_size": 16, "prenorm": True,
-    "qkv_proj_bias": True, "ref_feat_shape": [14, 14], "register_tokens": 0, "rotary_emb_base": 10000,
-    "rotary_emb_fraction": 0, "sinusoidal_pos_embedding": False, "use_pos_embed": True, "use_rms_norm": False,
+    "activation_function": "swiglu",
+    "architectures": ["NomicVisionModel"],
+    "attn_pdrop": 0.0,
+    "auto_map": {
+        "AutoConfig": "nomic-ai/nomic-bert-2048--configuration_hf_nomic_bert.NomicBertConfig",
+        "AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicVisionModel",
+    },
+    "causal": False,
+    "global_pool": None,
+    "img_size": 224,
+    "layer_norm_epsilon": 1e-06,
+    "layer_scale": False,
+    "learned_pos_embedding": False,
+    "mask_token": False,
+    "mlp_fc1_bias": True,
+    "mlp_fc2_bias": True,
+    "model_type": "nomic_bert",
+    "n_embd": 768,
+    "n_head": 12,
+    "n_inner": 2048.0,
+    "n_layer": 12,
+    "no_cls_token": False,
+    "no_embed_class": False,
+    "no_last_ln": True,
+    "norm_mlp": True,
+    "num_channels": 3,
+    "parallel_block": False,
+    "patch_embed_bias": True,
+    "patch_size": 16,
+    "prenorm": True,
+    "qkv_proj_bias": True,
+    "ref_feat_shape": [14, 14],
+    "register_tokens": 0,
+    "rotary_emb_base": 10000,
+    "rotary_emb_fraction": 0,
+    "sinusoidal_pos_embedding": False,
+    "use_pos_embed": True,
+    "use_rms_norm": False,
     "use_rotary_pos_emb": True,
 }
 
@@ -62,10 +91,24 @@ def _timm_eva_from_native(native: NomicVision) -> nn.Module:
 
     cfg = native.config
     d, p = cfg.n_embd, cfg.patch_size
-    eva = Eva(img_size=cfg.img_size[0], patch_size=p, embed_dim=d, depth=cfg.n_layer, num_heads=cfg.n_head,
-              qkv_bias=True, qkv_fused=True, mlp_ratio=cfg.mlp_hidden / d, swiglu_mlp=True, scale_mlp=True,
-              use_rot_pos_emb=True, ref_feat_shape=cfg.ref_feat_shape, use_abs_pos_emb=True, class_token=True,
-              num_classes=0, norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
+    eva = Eva(
+        img_size=cfg.img_size[0],
+        patch_size=p,
+        embed_dim=d,
+        depth=cfg.n_layer,
+        num_heads=cfg.n_head,
+        qkv_bias=True,
+        qkv_fused=True,
+        mlp_ratio=cfg.mlp_hidden / d,
+        swiglu_mlp=True,
+        scale_mlp=True,
+        use_rot_pos_emb=True,
+        ref_feat_shape=cfg.ref_feat_shape,
+        use_abs_pos_emb=True,
+        class_token=True,
+        num_classes=0,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+    ).eval()
     for blk in eva.blocks:
         blk.mlp.norm.eps = 1e-5  # the reference's MLP hidden norm uses nn.LayerNorm's default eps
     sd = native.state_dict()
@@ -76,20 +119,29 @@ def _timm_eva_from_native(native: NomicVision) -> nn.Module:
         "patch_embed.proj.weight": sd["embeddings.proj.weight"].reshape(d, 3, p, p),
         "patch_embed.proj.bias": sd["embeddings.proj.bias"],
     }
-    renames = [("attn.proj", "attn.out_proj"), ("mlp.fc1_x", "mlp.fc11"), ("mlp.fc1_g", "mlp.fc12"),
-               ("mlp.norm", "mlp.norm"), ("mlp.fc2", "mlp.fc2"), ("norm1", "norm1"), ("norm2", "norm2")]
+    renames = [
+        ("attn.proj", "attn.out_proj"),
+        ("mlp.fc1_x", "mlp.fc11"),
+        ("mlp.fc1_g", "mlp.fc12"),
+        ("mlp.norm", "mlp.norm"),
+        ("mlp.fc2", "mlp.fc2"),
+        ("norm1", "norm1"),
+        ("norm2", "norm2"),
+    ]
     for i in range(cfg.n_layer):
         t, n = f"blocks.{i}.", f"layers.{i}."
         mapped[t + "attn.qkv.weight"] = sd[n + "attn.Wqkv.weight"]
         bias = sd[n + "attn.Wqkv.bias"]
         mapped[t + "attn.q_bias"] = bias[:d]  # timm keeps k_bias as a zero buffer
-        mapped[t + "attn.v_bias"] = bias[2 * d:]
+        mapped[t + "attn.v_bias"] = bias[2 * d :]
         for timm_name, native_name in renames:
             for suffix in ("weight", "bias"):
                 mapped[f"{t}{timm_name}.{suffix}"] = sd[f"{n}{native_name}.{suffix}"]
     missing, unexpected = eva.load_state_dict(mapped, strict=False)
-    assert not unexpected and set(missing) <= {"fc_norm.weight", "fc_norm.bias", "norm.weight", "norm.bias"}, \
-        (missing, unexpected)
+    assert not unexpected and set(missing) <= {"fc_norm.weight", "fc_norm.bias", "norm.weight", "norm.bias"}, (
+        missing,
+        unexpected,
+    )
     return eva
 
 
@@ -164,8 +216,11 @@ def test_selector_and_embedding_follow_the_formula():
             heads_out.append(torch.softmax(scores, -1) @ v[..., sl])  # (B, 1, hd)
         o = F.linear(torch.cat(heads_out, -1), s.attn.out_proj.weight, s.attn.out_proj.bias)
         n = F.layer_norm(o, (d,), s.norm1.weight, s.norm1.bias, eps=1e-6)
-        p = F.linear(F.linear(n, s.mlp.fc11.weight, s.mlp.fc11.bias)
-                     * F.silu(F.linear(n, s.mlp.fc12.weight, s.mlp.fc12.bias)), s.mlp.fc2.weight, s.mlp.fc2.bias)
+        p = F.linear(
+            F.linear(n, s.mlp.fc11.weight, s.mlp.fc11.bias) * F.silu(F.linear(n, s.mlp.fc12.weight, s.mlp.fc12.bias)),
+            s.mlp.fc2.weight,
+            s.mlp.fc2.bias,
+        )
         expected = h + p  # (B, 1, D) broadcast onto every token
         out = model(x)
         emb = model.embed(x)
@@ -176,8 +231,10 @@ def test_selector_and_embedding_follow_the_formula():
     assert torch.equal(out, h + pooled)  # ... added to every token
     delta_p = (pooled - p).abs().max().item()
     delta = (out - expected).abs().max().item()
-    print(f"selector vs formula: max|delta| = {delta_p:.3g} on the pooled vector (scale "
-          f"{p.abs().max().item():.3g}), {delta:.3g} on the output (scale {expected.abs().max().item():.3g})")
+    print(
+        f"selector vs formula: max|delta| = {delta_p:.3g} on the pooled vector (scale "
+        f"{p.abs().max().item():.3g}), {delta:.3g} on the output (scale {expected.abs().max().item():.3g})"
+    )
     assert delta_p <= 1e-6
     # the output adds p to tokens of size ~10, where one float32 ulp is ~1e-6
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
@@ -211,14 +268,22 @@ REAL_SHAPES_FIXED = {
     "selector.norm1.bias": (768,),
 }
 REAL_SHAPES_PER_LAYER = {
-    "norm1.weight": (768,), "norm1.bias": (768,),
-    "attn.Wqkv.weight": (2304, 768), "attn.Wqkv.bias": (2304,),
-    "attn.out_proj.weight": (768, 768), "attn.out_proj.bias": (768,),
-    "mlp.fc11.weight": (2048, 768), "mlp.fc11.bias": (2048,),
-    "mlp.fc12.weight": (2048, 768), "mlp.fc12.bias": (2048,),
-    "mlp.norm.weight": (2048,), "mlp.norm.bias": (2048,),
-    "mlp.fc2.weight": (768, 2048), "mlp.fc2.bias": (768,),
-    "norm2.weight": (768,), "norm2.bias": (768,),
+    "norm1.weight": (768,),
+    "norm1.bias": (768,),
+    "attn.Wqkv.weight": (2304, 768),
+    "attn.Wqkv.bias": (2304,),
+    "attn.out_proj.weight": (768, 768),
+    "attn.out_proj.bias": (768,),
+    "mlp.fc11.weight": (2048, 768),
+    "mlp.fc11.bias": (2048,),
+    "mlp.fc12.weight": (2048, 768),
+    "mlp.fc12.bias": (2048,),
+    "mlp.norm.weight": (2048,),
+    "mlp.norm.bias": (2048,),
+    "mlp.fc2.weight": (768, 2048),
+    "mlp.fc2.bias": (768,),
+    "norm2.weight": (768,),
+    "norm2.bias": (768,),
 }
 
 
@@ -249,7 +314,13 @@ def test_real_shape_model_has_the_published_keys_and_size():
 
 def test_config_reads_the_published_file_and_round_trips():
     config = NomicVisionConfig.from_hf_dict(PUBLISHED_CONFIG)
-    assert (config.img_size, config.patch_size, config.n_embd, config.n_head, config.n_layer) == ((224, 224), 16, 768, 12, 12)
+    assert (config.img_size, config.patch_size, config.n_embd, config.n_head, config.n_layer) == (
+        (224, 224),
+        16,
+        768,
+        12,
+        12,
+    )
     assert config.layer_norm_epsilon == 1e-6 and config.norm_mlp and config.prenorm
     assert config.ref_feat_shape == (14, 14) and config.grid == (14, 14)
     written = config.to_hf_dict()
@@ -261,22 +332,25 @@ def test_config_reads_the_published_file_and_round_trips():
     assert NomicVisionConfig.from_hf_dict(json.loads(json.dumps(written))) == config
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"register_tokens": 4}, "register_tokens"),
-    ({"no_cls_token": True}, "no_cls_token"),
-    ({"learned_pos_embedding": True}, "learned_pos_embedding"),
-    ({"sinusoidal_pos_embedding": True}, "sinusoidal_pos_embedding"),
-    ({"global_pool": "avg"}, "global_pool"),
-    ({"prenorm": False}, "prenorm"),
-    ({"prenorm": None}, "prenorm"),  # absent: the reference default is post-LN
-    ({"mask_token": True}, "mask_token"),
-    ({"no_embed_class": True}, "no_embed_class"),
-    ({"activation_function": "gelu"}, "activation_function"),
-    ({"rotary_emb_fraction": 0.5}, "rotary_emb_fraction"),
-    ({"parallel_block": True}, "parallel_block"),
-    ({"n_head": 5}, "n_head"),
-    ({"n_embd": None}, "n_embd"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"register_tokens": 4}, "register_tokens"),
+        ({"no_cls_token": True}, "no_cls_token"),
+        ({"learned_pos_embedding": True}, "learned_pos_embedding"),
+        ({"sinusoidal_pos_embedding": True}, "sinusoidal_pos_embedding"),
+        ({"global_pool": "avg"}, "global_pool"),
+        ({"prenorm": False}, "prenorm"),
+        ({"prenorm": None}, "prenorm"),  # absent: the reference default is post-LN
+        ({"mask_token": True}, "mask_token"),
+        ({"no_embed_class": True}, "no_embed_class"),
+        ({"activation_function": "gelu"}, "activation_function"),
+        ({"rotary_emb_fraction": 0.5}, "rotary_emb_fraction"),
+        ({"parallel_block": True}, "parallel_block"),
+        ({"n_head": 5}, "n_head"),
+        ({"n_embd": None}, "n_embd"),
+    ],
+)
 def test_config_refusals_name_the_field(change, field):
     d = {**PUBLISHED_CONFIG, **change}
     d = {k: v for k, v in d.items() if v is not None or k == "global_pool"}
@@ -285,16 +359,30 @@ def test_config_refusals_name_the_field(change, field):
 
 
 def test_config_accepts_direct_construction_with_json_spellings():
-    config = NomicVisionConfig(img_size=32, patch_size=16, n_embd=32, n_head=4, n_layer=1, prenorm=True,
-                               use_rotary_pos_emb=True, ref_feat_shape=[2, 2])  # type: ignore[arg-type]
+    config = NomicVisionConfig(
+        img_size=32,
+        patch_size=16,
+        n_embd=32,
+        n_head=4,
+        n_layer=1,
+        prenorm=True,
+        use_rotary_pos_emb=True,
+        ref_feat_shape=[2, 2],
+    )  # type: ignore[arg-type]
     assert config.img_size == (32, 32) and config.ref_feat_shape == (2, 2) and config.num_tokens == 5
     assert config.mlp_hidden == 256  # n_inner absent: int(8 * 32 / 3) = 85, rounded up to 256
 
 
 def test_optional_parts_follow_the_config():
     """use_pos_embed / norm_mlp / biases false simply leave those tensors out."""
-    d = {**tiny_vision_config(), "use_pos_embed": False, "norm_mlp": False, "qkv_proj_bias": False,
-         "patch_embed_bias": False, "use_rotary_pos_emb": False}
+    d = {
+        **tiny_vision_config(),
+        "use_pos_embed": False,
+        "norm_mlp": False,
+        "qkv_proj_bias": False,
+        "patch_embed_bias": False,
+        "use_rotary_pos_emb": False,
+    }
     model = NomicVision(NomicVisionConfig.from_hf_dict(d)).eval()
     keys = set(model.state_dict())
     assert "embeddings.pos_embed" not in keys and "layers.0.mlp.norm.weight" not in keys
@@ -321,11 +409,25 @@ def test_is_nomic_vision_dir(tmp_path: Path):
         return d
 
     assert is_nomic_vision_dir(write("published", PUBLISHED_CONFIG))
-    assert is_nomic_vision_dir(write("auto_map_only", {"model_type": "nomic_bert", "auto_map": {
-        "AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicVisionModel"}}))
-    assert not is_nomic_vision_dir(write("text", {
-        "model_type": "nomic_bert", "architectures": ["NomicBertModel"],
-        "auto_map": {"AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel"}}))
+    assert is_nomic_vision_dir(
+        write(
+            "auto_map_only",
+            {
+                "model_type": "nomic_bert",
+                "auto_map": {"AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicVisionModel"},
+            },
+        )
+    )
+    assert not is_nomic_vision_dir(
+        write(
+            "text",
+            {
+                "model_type": "nomic_bert",
+                "architectures": ["NomicBertModel"],
+                "auto_map": {"AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel"},
+            },
+        )
+    )
     assert not is_nomic_vision_dir(write("model_type_only", {"model_type": "nomic_bert"}))
     assert not is_nomic_vision_dir(write("broken", "{not json"))
     assert not is_nomic_vision_dir(tmp_path / "does-not-exist")
@@ -333,8 +435,12 @@ def test_is_nomic_vision_dir(tmp_path: Path):
 
 def test_normalise_vision_keys():
     t = torch.zeros(1)
-    state = {"trunk.embeddings.proj.weight": t, "trunk.layers.0.attn.norm_factor": t,
-             "trunk.embeddings.rope.pos_embed": t, "trunk.selector.norm1.weight": t}
+    state = {
+        "trunk.embeddings.proj.weight": t,
+        "trunk.layers.0.attn.norm_factor": t,
+        "trunk.embeddings.rope.pos_embed": t,
+        "trunk.selector.norm1.weight": t,
+    }
     assert set(normalise_vision_keys(state)) == {"embeddings.proj.weight", "selector.norm1.weight"}
     assert set(normalise_vision_keys({"vision_model.a": t, "vision_model.b": t})) == {"a", "b"}
     # a prefix on only some keys is left alone (the strict load will name them)
@@ -351,8 +457,11 @@ def test_fake_dir_loads_and_save_load_round_trips(tmp_path: Path):
     assert x.shape == (2, 3, 32, 32)
     out = model.embed(x)
     save_nomic_vision(model, tmp_path / "copy")
-    assert {p.name for p in (tmp_path / "copy").iterdir()} == {"model.safetensors", "config.json",
-                                                               "preprocessor_config.json"}
+    assert {p.name for p in (tmp_path / "copy").iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+    }
     again = load_nomic_vision(tmp_path / "copy")
     assert torch.equal(again.embed(x), out)
     assert torch.equal(again(x), model(x))
@@ -400,12 +509,21 @@ def _truncate(directory: Path) -> None:
 
 
 BAD_DIRS = {
-    "missing key": (lambda d: _edit_weights(d, lambda s: s.pop("selector.attn.latent")),
-                    CheckpointError, r"missing keys: selector\.attn\.latent"),
-    "unexpected key": (lambda d: _edit_weights(d, lambda s: s.update({"head.weight": torch.zeros(2)})),
-                       CheckpointError, r"unexpected keys: head\.weight"),
-    "wrong shape": (lambda d: _edit_weights(d, lambda s: s.update({"embeddings.pos_embed": torch.zeros(1, 4, 32)})),
-                    CheckpointError, r"wrong shapes: embeddings\.pos_embed \(1, 4, 32\) \(expected \(1, 5, 32\)\)"),
+    "missing key": (
+        lambda d: _edit_weights(d, lambda s: s.pop("selector.attn.latent")),
+        CheckpointError,
+        r"missing keys: selector\.attn\.latent",
+    ),
+    "unexpected key": (
+        lambda d: _edit_weights(d, lambda s: s.update({"head.weight": torch.zeros(2)})),
+        CheckpointError,
+        r"unexpected keys: head\.weight",
+    ),
+    "wrong shape": (
+        lambda d: _edit_weights(d, lambda s: s.update({"embeddings.pos_embed": torch.zeros(1, 4, 32)})),
+        CheckpointError,
+        r"wrong shapes: embeddings\.pos_embed \(1, 4, 32\) \(expected \(1, 5, 32\)\)",
+    ),
     "truncated safetensors": (_truncate, CheckpointError, "truncated or corrupt"),
     "no weights": (lambda d: (d / "model.safetensors").unlink(), CheckpointError, "has no weights"),
     "no config": (lambda d: (d / "config.json").unlink(), CheckpointError, "config.json is missing"),

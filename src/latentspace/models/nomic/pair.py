@@ -19,8 +19,8 @@ check-compat fails: there is nothing to verify the space against.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -56,8 +56,15 @@ class ImageEmbedding(nn.Module):
 class NomicVisionModel(TowerText, Embedder):
     kind = "nomic-vision"
 
-    def __init__(self, vision: NomicVision, preprocessor: NomicImagePreprocessor, *, root: Path,
-                 release: NomicRelease | None, text: TextTower | None):
+    def __init__(
+        self,
+        vision: NomicVision,
+        preprocessor: NomicImagePreprocessor,
+        *,
+        root: Path,
+        release: NomicRelease | None,
+        text: TextTower | None,
+    ):
         self.vision, self.preprocessor, self.root, self.release = vision.eval(), preprocessor, root, release
         self._image = ImageEmbedding(self.vision).eval()
         self.name = release.vision_name if release else root.name
@@ -73,16 +80,19 @@ class NomicVisionModel(TowerText, Embedder):
             self.identity = text.space
 
     @classmethod
-    def load(cls, path: str | Path, *, text: str | None = None, partners: Sequence[Embedder] = ()) -> "NomicVisionModel":
+    def load(cls, path: str | Path, *, text: str | None = None, partners: Sequence[Embedder] = ()) -> NomicVisionModel:
         root = Path(path).expanduser()
         release = detect_release(root)
         vision = load_nomic_vision(root)
         preprocessor = NomicImagePreprocessor.from_dir(root)
         tower = _find_text(root, release, text, partners)
         if tower is None:
-            log.warning("%s: no nomic-embed-text model found for it (give one with ?text=DIR, serve it beside "
-                        "this model, or put it in a sibling directory): embedding images only, in an unverified "
-                        "space", root)
+            log.warning(
+                "%s: no nomic-embed-text model found for it (give one with ?text=DIR, serve it beside "
+                "this model, or put it in a sibling directory): embedding images only, in an unverified "
+                "space",
+                root,
+            )
         return cls(vision, preprocessor, root=root, release=release, text=tower)
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
@@ -97,14 +107,21 @@ class NomicVisionModel(TowerText, Embedder):
         return self._image
 
 
-def _find_text(root: Path, release: NomicRelease | None, text: str | None,
-               partners: Sequence[Embedder]) -> TextTower | None:
+def _find_text(
+    root: Path, release: NomicRelease | None, text: str | None, partners: Sequence[Embedder]
+) -> TextTower | None:
     if text is not None:
         return TextTower(TextTowerConfig(path=text))
     for partner in partners:
         tower = getattr(partner, "text", None)
-        if (partner.kind == "text" and isinstance(tower, TextTower) and tower.nomic
-                and release is not None and tower.release is not None and tower.release.version == release.version):
+        if (
+            partner.kind == "text"
+            and isinstance(tower, TextTower)
+            and tower.nomic
+            and release is not None
+            and tower.release is not None
+            and tower.release.version == release.version
+        ):
             return tower
     if "vision" in root.name:
         sibling = root.with_name(root.name.replace("vision", "text"))
@@ -118,11 +135,14 @@ def _find_text(root: Path, release: NomicRelease | None, text: str | None,
 def _check_pair(root: Path, release: NomicRelease | None, text: TextTower, width: int) -> None:
     """Refuse a text model whose space this vision model was not trained into."""
     if not text.nomic:
-        raise SpaceMismatchError(f"{root} is a Nomic vision model; its space is defined by nomic-embed-text, "
-                                 f"not by {text.root} ({text.name})")
+        raise SpaceMismatchError(
+            f"{root} is a Nomic vision model; its space is defined by nomic-embed-text, "
+            f"not by {text.root} ({text.name})"
+        )
     if release is not None and text.release is not None and release.version != text.release.version:
         raise SpaceMismatchError(
             f"{release.vision_name} ({root}) lives in {release.text_name}'s latent space, but the text model given "
-            f"is {text.release.text_name} ({text.root}): embeddings of the two are not comparable")
+            f"is {text.release.text_name} ({text.root}): embeddings of the two are not comparable"
+        )
     if text.dim != width:
         raise SpaceMismatchError(f"{root} embeds {width}-d vectors but text model {text.root} gives {text.dim}-d ones")

@@ -19,9 +19,10 @@ normalised in float32.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,11 +104,14 @@ class NomicImagePreprocessor:
 
     def __post_init__(self) -> None:
         if (self.size is None) == (self.shortest_edge is None):
-            raise ValueError("give exactly one of size (squash to height x width) and shortest_edge "
-                             "(resize the shorter edge, then centre-crop)")
+            raise ValueError(
+                "give exactly one of size (squash to height x width) and shortest_edge "
+                "(resize the shorter edge, then centre-crop)"
+            )
         if self.shortest_edge is not None and self.crop_size is None:
-            raise ValueError("shortest_edge resizing keeps the aspect ratio, so crop_size is needed to get a "
-                             "fixed-size image")
+            raise ValueError(
+                "shortest_edge resizing keeps the aspect ratio, so crop_size is needed to get a fixed-size image"
+            )
         if self.crop_size is not None:
             # A crop larger than the resized image would need padding; no published config does that.
             limit = self.size if self.size is not None else (self.shortest_edge, self.shortest_edge)
@@ -119,12 +123,14 @@ class NomicImagePreprocessor:
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> "NomicImagePreprocessor":
+    def from_dict(cls, config: Mapping[str, Any]) -> NomicImagePreprocessor:
         """From the fields of a CLIP-style `preprocessor_config.json`. `do_convert_rgb` is not read:
         conversion to RGB always happens (onto white, see the class docstring)."""
         if not config.get("do_resize", True):
-            raise ValueError("preprocessor config field 'do_resize' is false; the model needs a fixed input size, "
-                             "so images must be resized")
+            raise ValueError(
+                "preprocessor config field 'do_resize' is false; the model needs a fixed input size, "
+                "so images must be resized"
+            )
         raw_size = config.get("size", {"height": 224, "width": 224})
         size: tuple[int, int] | None = None
         shortest: int | None = None
@@ -152,7 +158,7 @@ class NomicImagePreprocessor:
         )
 
     @classmethod
-    def from_dir(cls, directory: str | Path) -> "NomicImagePreprocessor":
+    def from_dir(cls, directory: str | Path) -> NomicImagePreprocessor:
         """From `directory/preprocessor_config.json`, or the published defaults when there is none."""
         path = Path(directory) / PREPROCESSOR_CONFIG_NAME
         if not path.is_file():

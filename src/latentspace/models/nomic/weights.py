@@ -8,8 +8,8 @@ an error that names the keys, so a model is either loaded completely or not at a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -75,8 +75,11 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, source:
     expected = module.state_dict()
     missing = set(expected) - set(state)
     unexpected = set(state) - set(expected)
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-             for k in sorted(set(expected) & set(state)) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys: {_listed(missing)}")
@@ -85,6 +88,7 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], *, source:
     if wrong:
         problems.append(f"wrong shapes: {_listed(wrong)}")
     if problems:
-        raise CheckpointError(f"{source} does not match the model its config describes; "
-                              + "; ".join(problems) + ". Nothing was loaded.")
+        raise CheckpointError(
+            f"{source} does not match the model its config describes; " + "; ".join(problems) + ". Nothing was loaded."
+        )
     module.load_state_dict(state, strict=True)
