@@ -37,7 +37,13 @@ def image_host():
 def server(model_dir, image_host):
     # max_items 5 is below the client's chunk sizes: the client must split to fit
     config = ServeSettings(
-        models=[f"tiny={model_dir}"], api_keys=(KEY,), max_items=5, allow_urls=True, url_allowed_hosts=("localhost",)
+        models=[f"tiny={model_dir}"],
+        api_keys=(KEY,),
+        max_items=5,
+        allow_urls=True,
+        url_allowed_hosts=("localhost",),
+        image_backend="torch",  # compared with local mode to 1e-5: PyTorch, not auto
+        text_backend="torch",
     )
     with LiveServer(config) as live:
         yield live.wait_ready()

@@ -35,6 +35,8 @@ def settings(served_dir, **overrides) -> ServeSettings:
         max_body_bytes=2 * 2**20,
         max_pixels=1_000_000,
         decode_threads=2,
+        image_backend="torch",  # compared with local mode to 1e-5: PyTorch, not auto
+        text_backend="torch",
     )
     return ServeSettings(**{**base, **overrides})
 

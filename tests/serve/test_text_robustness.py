@@ -31,7 +31,14 @@ WORDS = ["cat", "heart", "pizza", "Köln", "漢字", "rocket", "🚀", "rain", "
 
 @pytest.fixture(scope="module")
 def server(served_dir):
-    settings = ServeSettings(models=[f"tiny={served_dir}"], max_items=16, max_queue_items=4096, decode_threads=2)
+    settings = ServeSettings(
+        models=[f"tiny={served_dir}"],
+        max_items=16,
+        max_queue_items=4096,
+        decode_threads=2,
+        image_backend="torch",  # compared with local mode to 1e-5: PyTorch, not auto
+        text_backend="torch",
+    )
     with LiveServer(settings) as live:
         yield live.wait_ready()
 

@@ -201,6 +201,8 @@ def test_the_pair_served_under_nomic_names_shares_one_space(nomic_models, tmp_pa
             f"nomic-embed-text-v1.5={nomic_models / 'nomic-embed-text-v1.5'}",
         ],
         decode_threads=1,
+        image_backend="torch",  # compared with local mode to 1e-5: PyTorch, not auto
+        text_backend="torch",
     )
     with LiveServer(settings) as server:
         server.wait_ready()
