@@ -38,28 +38,8 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from machine import cpu_model, matmul_gflops  # noqa: E402  (benchmarks/machine.py)
 from PIL import Image, ImageDraw  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def machine_lines() -> list[str]:
@@ -129,22 +109,7 @@ def vit_b16_model(work: Path) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     import fakes
 
-    return str(
-        fakes.make_hf_clip(
-            work / "clip-vit-b16",
-            seed=0,
-            width=768,
-            layers=12,
-            heads=12,
-            image_size=224,
-            patch_size=16,
-            projection_dim=512,
-            text_width=512,
-            text_layers=12,
-            text_heads=8,
-            text_positions=77,
-        )
-    )
+    return str(fakes.make_hf_clip(work / "clip-vit-b16", seed=0, **fakes.CLIP_VIT_B16))
 
 
 def time_raw_forward(model, paths: list[Path], batch_size: int) -> float:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import matmul_gflops  # benchmarks/machine.py
 
 from latentspace.models.nomic.text import NomicBertText, NomicTextConfig, load_nomic_text, save_nomic_text
 
@@ -37,13 +38,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
 
 
 def _timed(fn) -> float:

@@ -40,19 +40,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from machine import matmul_gflops  # noqa: E402  (benchmarks/machine.py)
+
 from latentspace.data.images import decode_image  # noqa: E402
 from latentspace.models.load import load  # noqa: E402
 from latentspace.serve.backends import Choice, cpu_info  # noqa: E402
 from latentspace.serve.models import auto_image_backend, image_forward  # noqa: E402
 
 import fakes  # noqa: E402  (writes the random model directories and draws the test images)
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -365,20 +360,7 @@ def main() -> None:
     )
     clip_dir, bert_dir = out / "clip-vit-b16-random", out / "bert-base-random"
     if not clip_dir.exists():
-        fakes.make_hf_clip(
-            clip_dir,
-            seed=0,
-            width=768,
-            layers=12,
-            heads=12,
-            image_size=224,
-            patch_size=16,
-            projection_dim=512,
-            text_width=512,
-            text_layers=12,
-            text_heads=8,
-            text_positions=77,
-        )
+        fakes.make_hf_clip(clip_dir, seed=0, **fakes.CLIP_VIT_B16)
     if not bert_dir.exists():
         fakes.make_st_bert(bert_dir)
     images, texts = make_images(32, args.image_size), make_texts(256)

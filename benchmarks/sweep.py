@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
+from machine import matmul_gflops  # benchmarks/machine.py
 
 from latentspace.cli import _quiet_libraries
 from latentspace.config import load_config
@@ -80,18 +80,6 @@ TASKS = [
     "emoji_openmoji_heldout",
     "emoji_twemoji_heldout",
 ]
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """fp32 matmul speed now (best of `repeats`): what the training times are relative to."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def corpus_for(name: str, corpus: Path, npm_cache: Path) -> Path:

@@ -203,6 +203,21 @@ def _write_byte_tokenizer(directory: Path, max_length: int = 16) -> None:
     tokenizer.save_pretrained(directory)
 
 
+# The shapes of OpenAI's CLIP ViT-B/16, for benchmarks that need a real-sized model.
+CLIP_VIT_B16 = dict(
+    width=768,
+    layers=12,
+    heads=12,
+    image_size=224,
+    patch_size=16,
+    projection_dim=512,
+    text_width=512,
+    text_layers=12,
+    text_heads=8,
+    text_positions=77,
+)
+
+
 def make_hf_clip(
     directory: Path,
     seed: int,
@@ -218,9 +233,8 @@ def make_hf_clip(
     text_heads: int = 2,
     text_positions: int = 16,
 ) -> Path:
-    """A randomly initialised Hugging Face CLIP directory (tiny by default). CLIP ViT-B/16 is
-    width=768, layers=12, heads=12, image_size=224, patch_size=16, projection_dim=512,
-    text_width=512, text_layers=12, text_heads=8, text_positions=77."""
+    """A randomly initialised Hugging Face CLIP directory (tiny by default; `**CLIP_VIT_B16` for
+    the shapes of the real ViT-B/16)."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
