@@ -39,6 +39,20 @@ def png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def drawn_collection(root: Path, model_dir: Path, concepts: list[str], size: int = 32) -> Path:
+    """A collection built with `model_dir` from drawings of `concepts` (files named after them),
+    under `root`; returns the collection directory."""
+    from latentspace.collections import build_collection
+
+    library = root / "library"
+    library.mkdir(parents=True)
+    for concept in concepts:
+        draw(concept, size=size).save(library / f"{concept.replace(' ', '_')}.png")
+    directory = root / "drawings"
+    build_collection(directory, str(model_dir), library)
+    return directory
+
+
 def write_shards(
     directory: Path, *, n_shards: int = 2, per_shard: int = 24, style: int = 0, corrupt: int = 0, empty_caption: int = 0
 ) -> list[Path]:

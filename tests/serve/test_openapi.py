@@ -19,7 +19,6 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from latentspace.collections import build_collection
 from latentspace.serve.app import create_app
 from latentspace.serve.schemas import ErrorResponse
 from latentspace.serve.settings import ServeSettings
@@ -57,11 +56,7 @@ def wait_ready(client: TestClient, timeout: float = 120.0) -> None:
 
 @pytest.fixture(scope="module")
 def app(served_dir, tmp_path_factory):
-    library = tmp_path_factory.mktemp("openapi-library")
-    for concept in fakes.CONCEPTS[:6]:
-        fakes.draw(concept, size=32).save(library / f"{concept.replace(' ', '_')}.png")
-    directory = tmp_path_factory.mktemp("openapi-collections") / "drawings"
-    build_collection(directory, str(served_dir), library)
+    directory = fakes.drawn_collection(tmp_path_factory.mktemp("openapi"), served_dir, fakes.CONCEPTS[:6])
     # the collection is in the tiny model's space, so its queries run on "tiny": one served model
     return create_app(
         ServeSettings(

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from latentspace.collections import build_collection
 from latentspace.serve.app import create_app
 from latentspace.serve.settings import ServeSettings
 
@@ -101,11 +100,7 @@ schema.app = APP  # what from_asgi sets; from_dict has no argument for it
 
 @pytest.fixture(scope="module")
 def app_under_test(served_dir, tmp_path_factory):
-    library = tmp_path_factory.mktemp("fuzz-library")
-    for concept in fakes.CONCEPTS[:4]:
-        fakes.draw(concept, size=32).save(library / f"{concept.replace(' ', '_')}.png")
-    directory = tmp_path_factory.mktemp("fuzz-collections") / "drawings"
-    build_collection(directory, str(served_dir), library)
+    directory = fakes.drawn_collection(tmp_path_factory.mktemp("fuzz"), served_dir, fakes.CONCEPTS[:4])
     app = make_app(served_dir, directory)
     with TestClient(app) as client:  # the app's lifespan: its models load in the background
         assert client.get("/openapi.json").json() == SPEC
