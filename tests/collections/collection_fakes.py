@@ -12,6 +12,9 @@ first colour it names. A fourth dimension keeps grey images and colourless texts
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +72,33 @@ def save_drawing(path: Path, concept: str, style: int = 0, size: int = 48, fmt: 
         image = canvas
     image.save(path, format=fmt)
     return path
+
+
+def kill_halfway(job, out: Path, parts: int, timeout: float) -> dict[str, int]:
+    """SIGKILL a build `job` once half of its `parts` are staged (the next unit is blocked on a
+    pipe, so no more arrive), check it died mid-build, and return the staged parts' inodes."""
+    staging = out / "staging"
+    try:
+        deadline = time.monotonic() + timeout
+        while len(list(staging.glob("part-*.parquet"))) < parts // 2:
+            assert job.poll() is None, job.stderr.read().decode()
+            assert time.monotonic() < deadline, "the build made no progress"
+            time.sleep(0.01)
+        time.sleep(0.3)  # the build is blocked on the pipe: nothing more gets staged
+        os.kill(job.pid, signal.SIGKILL)
+    finally:
+        job.wait(30)
+    assert job.returncode == -signal.SIGKILL
+    assert (out / "plan.json").exists() and not (out / "collection.json").exists()
+    done_before = {p.name: p.stat().st_ino for p in staging.glob("part-*.parquet")}
+    assert sorted(done_before) == [f"part-{i:06d}.parquet" for i in range(parts // 2)]
+    return done_before
+
+
+def unblock(path: Path, drawing: Image.Image) -> None:
+    """Replace the pipe at `path` with the drawing, keeping its mtime: as if it had been a plain
+    file all along."""
+    mtime = path.stat().st_mtime_ns
+    path.unlink()
+    drawing.save(path)
+    os.utime(path, ns=(mtime, mtime))

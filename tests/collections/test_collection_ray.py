@@ -12,15 +12,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from collection_fakes import ColourModel
+from collection_fakes import ColourModel, kill_halfway, unblock
 
 from latentspace.collections import BuildSettings, build_collection
 from latentspace.collections.ray_engine import PoolShape, UnitFailed, pool_shape  # imports no Ray
@@ -135,7 +133,6 @@ def test_killed_ray_build_resumes_on_either_engine(tmp_path, ray_cluster):
     settings = BuildSettings(files_per_part=2, batch_size=1)
 
     out = tmp_path / "interrupted"
-    staging = out / "staging"
     command = [
         sys.executable,
         "-m",
@@ -162,25 +159,8 @@ def test_killed_ray_build_resumes_on_either_engine(tmp_path, ray_cluster):
         "1",
     ]
     job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while len(list(staging.glob("part-*.parquet"))) < PARTS // 2:
-            assert job.poll() is None, job.stderr.read().decode()
-            assert time.monotonic() < deadline, "the build made no progress"
-            time.sleep(0.01)
-        time.sleep(0.3)  # the actor is blocked on the pipe: nothing more gets staged
-        os.kill(job.pid, signal.SIGKILL)
-    finally:
-        job.wait(30)
-    assert job.returncode == -signal.SIGKILL
-    assert (out / "plan.json").exists() and not (out / "collection.json").exists()
-    done_before = {p.name: p.stat().st_ino for p in staging.glob("part-*.parquet")}
-    assert sorted(done_before) == [f"part-{i:06d}.parquet" for i in range(PARTS // 2)]
-
-    mtime = (images / blocking).stat().st_mtime_ns
-    (images / blocking).unlink()
-    drawings[blocking].save(images / blocking)
-    os.utime(images / blocking, ns=(mtime, mtime))  # as if it had been a plain file all along
+    done_before = kill_halfway(job, out, PARTS, timeout=120)
+    unblock(images / blocking, drawings[blocking])
     reference = build_collection(tmp_path / "reference", str(model), images, name="pics", settings=settings)
     assert reference.parts_embedded == PARTS
 

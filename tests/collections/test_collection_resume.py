@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from collection_fakes import kill_halfway, unblock
 
 import fakes
 
@@ -71,25 +71,8 @@ def test_kill_9_then_resume_is_byte_identical(tmp_path):
     out = tmp_path / "interrupted"
     staging = out / "staging"
     job = subprocess.Popen(build_command(model, images, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while len(list(staging.glob("part-*.parquet"))) < PARTS // 2:
-            assert job.poll() is None, job.stderr.read().decode()
-            assert time.monotonic() < deadline, "the build made no progress"
-            time.sleep(0.01)
-        time.sleep(0.3)  # the build is blocked on the pipe: nothing more gets written
-        os.kill(job.pid, signal.SIGKILL)
-    finally:
-        job.wait(30)
-    assert job.returncode == -signal.SIGKILL
-    assert (out / "plan.json").exists() and not (out / "collection.json").exists()
-    done_before = {p.name: p.stat().st_ino for p in staging.glob("part-*.parquet")}
-    assert sorted(done_before) == [f"part-{i:06d}.parquet" for i in range(PARTS // 2)]
-
-    mtime = (images / blocking).stat().st_mtime_ns
-    (images / blocking).unlink()
-    drawings[blocking].save(images / blocking)
-    os.utime(images / blocking, ns=(mtime, mtime))  # as if it had been a plain file all along
+    done_before = kill_halfway(job, out, PARTS, timeout=240)
+    unblock(images / blocking, drawings[blocking])
     reference = run(build_command(model, images, tmp_path / "reference"))
     assert reference["parts_embedded"] == PARTS and reference["items"] == 2 * PARTS
 
