@@ -18,6 +18,8 @@ import os
 import threading
 from typing import Any
 
+from latentspace.inputs import is_remote
+
 _lock = threading.Lock()
 _opened: dict[str, Any] = {}
 
@@ -40,10 +42,7 @@ def search(
 ) -> list[dict[str, Any]]:
     if sum(q is not None for q in (text, image, like)) != 1:
         raise ValueError("give exactly one query: text=, image= or like=")
-    mode = inference_mode or ("remote" if base_url else "local")
-    if mode not in ("local", "remote"):
-        raise ValueError(f"inference_mode must be 'local' or 'remote', got {inference_mode!r}")
-    if mode == "remote":
+    if is_remote(inference_mode, base_url):
         from latentspace.client import client_for
 
         return client_for(base_url, api_key, timeout).search_collection(

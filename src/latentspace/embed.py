@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from latentspace.inputs import TASK_TYPES, check_texts
+from latentspace.inputs import TASK_TYPES, check_texts, is_remote
 
 if TYPE_CHECKING:  # the model stack (torch) is imported only when a model runs here
     from latentspace.models.embedder import Embedder
@@ -43,14 +43,6 @@ def load(model: str | os.PathLike | None = None) -> Embedder:
         if key not in _loaded:
             _loaded[key] = load_spec(key)
         return _loaded[key]
-
-
-def _remote(inference_mode: str | None, base_url: str | None) -> bool:
-    """Remote when asked to, or when a server is named and no mode is given."""
-    mode = inference_mode or ("remote" if base_url else "local")
-    if mode not in ("local", "remote"):
-        raise ValueError(f"inference_mode must be 'local' or 'remote', got {inference_mode!r}")
-    return mode == "remote"
 
 
 def _response(vectors, model: str, space: str, usage: dict[str, int]) -> dict[str, Any]:
@@ -80,7 +72,7 @@ def text(
         raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
     if long_text_mode not in ("truncate", "mean"):
         raise ValueError(f"long_text_mode must be 'truncate' or 'mean', got {long_text_mode!r}")
-    if _remote(inference_mode, base_url):
+    if is_remote(inference_mode, base_url):
         from latentspace.client import client_for
 
         return client_for(base_url, api_key, timeout).text(
@@ -112,7 +104,7 @@ def image(
     http(s) URLs, which the server fetches (if it was started with --allow-urls)."""
     if isinstance(images, (str, bytes, os.PathLike)):
         raise TypeError("images must be a list (wrap a single image in a list)")
-    if _remote(inference_mode, base_url):
+    if is_remote(inference_mode, base_url):
         from latentspace.client import client_for
 
         return client_for(base_url, api_key, timeout).image(

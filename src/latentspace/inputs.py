@@ -34,3 +34,11 @@ def check_texts(texts: Sequence[str]) -> list[str]:
                     f"surrogate, e.g. from text cut in the middle of a character); send valid UTF-8 text"
                 ) from None
     return texts
+
+
+def is_remote(inference_mode: str | None, base_url: str | None) -> bool:
+    """Remote when asked to, or when a server is named and no mode is given."""
+    mode = inference_mode or ("remote" if base_url else "local")
+    if mode not in ("local", "remote"):
+        raise ValueError(f"inference_mode must be 'local' or 'remote', got {inference_mode!r}")
+    return mode == "remote"
