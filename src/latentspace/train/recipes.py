@@ -58,15 +58,16 @@ class FrozenImageTower:
     """A frozen image model used only to fill a cache: a latentspace model directory's vision
     tower, or a timm backbone from a local checkpoint (pooled features)."""
 
-    def __init__(self, module: nn.Module, preprocess: Preprocess, name: str):
+    def __init__(self, module: nn.Module, preprocess: Preprocess, name: str, normalize: bool = True):
         self.module = module.eval().requires_grad_(False)
-        self.preprocess = preprocess
+        self.preprocess, self.normalize = preprocess, normalize
         self.transform = eval_transform(preprocess)
         with torch.inference_mode():
             self.dim = int(self.module(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size)).shape[-1])
         weights = hash_state_dict(self.module.state_dict())
         self.identity = SpaceIdentity(
-            name=f"frozen-image-{name}",
+            # Unnormalised features are another kind of vector than embeddings: another cache.
+            name=f"frozen-image-{name}" if normalize else f"backbone-features-{name}",
             dim=self.dim,
             fingerprint=fingerprint({"weights": weights, "preprocess": preprocess.to_dict()}),
         )
@@ -90,7 +91,8 @@ class FrozenImageTower:
 
     @torch.inference_mode()
     def embed(self, images: list) -> torch.Tensor:
-        return F.normalize(self.module(torch.stack([self.transform(i) for i in images])).float(), dim=-1)
+        out = self.module(torch.stack([self.transform(i) for i in images])).float()
+        return F.normalize(out, dim=-1) if self.normalize else out
 
 
 def fill_image_cache(

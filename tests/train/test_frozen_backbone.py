@@ -1,0 +1,81 @@
+"""`vision.freeze_backbone`: only the head trains, on backbone features cached once per image."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from latentspace import embed
+from latentspace.models.paired import PairedModel
+from latentspace.train.loop import Trainer, train
+
+import fakes
+from fakes import TINY_VISION, tiny_config
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return fakes.brace(fakes.write_shards(tmp_path_factory.mktemp("shards"), n_shards=2, per_shard=12, corrupt=1))
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory):
+    """A 'pretrained' classification checkpoint of the tiny backbone (random weights, head included)."""
+    kw = TINY_VISION["model_kwargs"]
+    donor = timm.create_model(TINY_VISION["arch"], img_size=16, patch_size=8, num_classes=5, **kw)
+    path = tmp_path_factory.mktemp("donor") / "classifier.safetensors"
+    save_file({k: v.contiguous() for k, v in donor.state_dict().items()}, str(path))
+    return path
+
+
+def _frozen(tmp_path, shards, backbone_file, *extra, steps=4):
+    return tiny_config(
+        tmp_path,
+        shards,
+        f"vision.init_checkpoint={backbone_file}",
+        "vision.freeze_backbone=true",
+        "vision.head_hidden=16",
+        "vision.head_dropout=0.1",
+        *extra,
+        steps=steps,
+    )
+
+
+def test_only_the_head_trains_and_the_saved_model_runs_whole(tmp_path, shards, backbone_file):
+    result = train(_frozen(tmp_path, shards, backbone_file))
+    weights = load_file(str(result.model_dir / "model.safetensors"))
+    donor = load_file(str(backbone_file))
+    backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+    assert backbone and all(torch.equal(v, donor[k]) for k, v in backbone.items())  # untouched
+    caches = list((tmp_path / "images").iterdir())
+    assert len(caches) == 1 and caches[0].name.startswith("backbone-features-")
+    # The saved model is backbone + head: an image embeds through both, as in the cache + head.
+    model = PairedModel.load(result.model_dir)
+    image = fakes.draw(fakes.CONCEPTS[0])
+    served = torch.tensor(embed.image([image], model=str(result.model_dir))["embeddings"])
+    assert torch.allclose(served, model.embed_images([image]), atol=1e-5)
+    assert not torch.allclose(served, torch.zeros_like(served))
+
+
+def test_a_killed_frozen_backbone_run_resumes_to_the_same_head(tmp_path, shards, backbone_file):
+    whole = train(_frozen(tmp_path / "whole", shards, backbone_file))
+    interrupted = Trainer(_frozen(tmp_path / "split", shards, backbone_file))
+    batches = iter(interrupted._loader())
+    for _ in range(2):  # two steps, a checkpoint, then the process "dies"
+        interrupted.train_step(next(batches))
+    interrupted._save()
+    trainer = Trainer(_frozen(tmp_path / "split", shards, backbone_file))
+    assert trainer.resumed_from == 2
+    resumed = trainer.run()
+    a = load_file(str(whole.model_dir / "model.safetensors"))
+    b = load_file(str(resumed.model_dir / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_frozen_backbone_needs_pretrained_weights_and_a_fixed_pool(tmp_path, shards, backbone_file):
+    with pytest.raises(ValueError, match="must start from pretrained weights"):
+        train(tiny_config(tmp_path / "a", shards, "vision.freeze_backbone=true", steps=2))
+    with pytest.raises(ValueError, match="needs pool mean or cls"):
+        train(_frozen(tmp_path / "b", shards, backbone_file, "vision.pool=attn", steps=2))
