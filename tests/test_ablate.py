@@ -39,9 +39,9 @@ def test_two_seeds_give_mean_and_standard_deviation(tmp_path):
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert saved["seeds"] == [0, 1]
     both = saved["rows"][0]
-    assert [r["noto_all_top1"] for r in both["runs"]] == pytest.approx([0.2, 0.22])
-    assert both["mean"]["noto_all_top1"] == pytest.approx(0.21)
-    assert both["std"]["noto_all_top1"] == pytest.approx(0.01414, abs=1e-4)
+    assert [r["unseen_all_top1"] for r in both["runs"]] == pytest.approx([0.2, 0.22])
+    assert both["mean"]["unseen_all_top1"] == pytest.approx(0.21)
+    assert both["std"]["unseen_all_top1"] == pytest.approx(0.01414, abs=1e-4)
     _write([_row("both")], tmp_path, steps=5, batch_size=8)  # one seed is another protocol: a new table
     assert len((tmp_path / "ablation.md").read_text().splitlines()) == 3
     console = Console(record=True, width=200)

@@ -25,6 +25,8 @@ def test_corpus_train_eval_embed(tmp_path):
         openmoji_dir=openmoji_dir,
         expected_integrity=integrity,
         heldout_fraction=0.25,
+        train_styles=["twitter"],  # Noto and OpenMoji unseen: both get evaluation tasks
+        eval_style="google",
     )
     shards = "::".join(str(tmp_path / "emoji" / s) for s in corpus["train_shards"])
 

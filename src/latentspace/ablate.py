@@ -8,7 +8,7 @@ tower, is the frozen image tower of `locked_image`, and the frozen third tower o
 The `+text` recipes mix in WordNet definition -> lemma pairs from synsets disjoint from the text
 benchmark's.
 
-Reported per recipe: zero-shot top-1 on the Noto art style (never trained on) over all concepts
+Reported per recipe: zero-shot top-1 on the OpenMoji art style (never trained on) over all concepts
 and over held-out concepts, and the text tower's own WordNet retrieval (MRR) before and after:
 a recipe that trains the text tower moves the latent space, and this shows by how much.
 
@@ -39,11 +39,11 @@ from latentspace.models.load import load
 from latentspace.quickstart import quickstart_config
 from latentspace.train.loop import train
 
-IMAGE_TASKS = ("emoji_noto_all", "emoji_noto_heldout")
+IMAGE_TASKS = ("emoji_openmoji_all", "emoji_openmoji_heldout")
 
 
 # What each run measures, averaged over seeds in the table.
-METRICS = ("noto_all_top1", "noto_heldout_top1", "text_mrr", "train_seconds")
+METRICS = ("unseen_all_top1", "unseen_heldout_top1", "text_mrr", "train_seconds")
 
 
 @dataclass
@@ -51,8 +51,8 @@ class SeedRun:
     """One training run of a recipe."""
 
     seed: int
-    noto_all_top1: float
-    noto_heldout_top1: float
+    unseen_all_top1: float
+    unseen_heldout_top1: float
     text_mrr: float
     space_changed: bool
     train_seconds: float
@@ -203,12 +203,12 @@ def _write(rows: list[AblationRow], folder: Path, steps: int, batch_size: int) -
         )
     )
     lines = [
-        "| recipe | Noto all top-1 | Noto held-out top-1 | text MRR before → after | space | train s | seeds |",
+        "| recipe | OpenMoji all top-1 | OpenMoji held-out top-1 | text MRR before → after | space | train s | seeds |",
         "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
-            f"| `{r.recipe}` | {_spread(r, 'noto_all_top1')} | {_spread(r, 'noto_heldout_top1')} | "
+            f"| `{r.recipe}` | {_spread(r, 'unseen_all_top1')} | {_spread(r, 'unseen_heldout_top1')} | "
             f"{100 * r.text_mrr_before:.1f} → {_spread(r, 'text_mrr')} | "
             f"{'new' if r.space_changed else 'unchanged'} | {r.mean('train_seconds'):.0f} | {len(r.runs)} |"
         )
@@ -225,15 +225,16 @@ def print_ablation(rows: list[AblationRow], console: Console) -> None:
     seeds = max((len(r.runs) for r in rows), default=0)
     spread = f"mean ± sd over {seeds} seeds" if seeds > 1 else "one seed"
     table = Table(
-        title=f"six recipes, same start and budget, {spread} (zero-shot on the unseen Noto style; text MRR on WordNet)"
+        title=f"six recipes, same start and budget, {spread} "
+        "(zero-shot on the unseen OpenMoji style; text MRR on WordNet)"
     )
-    for column in ("recipe", "Noto all top-1", "held-out top-1", "text MRR before → after", "space"):
+    for column in ("recipe", "OpenMoji all top-1", "held-out top-1", "text MRR before → after", "space"):
         table.add_column(column, justify="left" if column in ("recipe", "space") else "right")
     for r in rows:
         table.add_row(
             r.recipe,
-            f"{_spread(r, 'noto_all_top1')}%",
-            f"{_spread(r, 'noto_heldout_top1')}%",
+            f"{_spread(r, 'unseen_all_top1')}%",
+            f"{_spread(r, 'unseen_heldout_top1')}%",
             f"{100 * r.text_mrr_before:.1f} → {_spread(r, 'text_mrr')}",
             "new" if r.space_changed else "unchanged",
         )

@@ -57,11 +57,11 @@ def data_emoji(
     seed: int = typer.Option(0),
     train_style: list[str] | None = typer.Option(
         None,
-        help="art style to train on, repeatable: twitter (the default), google, openmoji; "
-        "e.g. --train-style twitter --train-style google leaves OpenMoji unseen",
+        help="art style to train on, repeatable: twitter, google, openmoji; default twitter and google "
+        "(OpenMoji unseen); --train-style twitter alone leaves Noto and OpenMoji unseen",
     ),
     eval_style: str = typer.Option(
-        "google",
+        "openmoji",
         help="the main unseen style (gets the category and retrieval tasks "
         "too); every style not trained on is evaluated",
     ),
@@ -74,7 +74,7 @@ def data_emoji(
         summary = build_emoji_corpus(
             out,
             cache_dir=cache_dir,
-            train_styles=train_style or ["twitter"],
+            train_styles=train_style or ["twitter", "google"],
             eval_style=eval_style,
             heldout_fraction=heldout_fraction,
             seed=seed,

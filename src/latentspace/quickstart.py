@@ -58,7 +58,7 @@ def run_quickstart(
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
-    console.rule("[bold]1/4 corpus: emoji art from npm (Twemoji to train, Noto to test)")
+    console.rule("[bold]1/4 corpus: emoji art (Twemoji and Noto to train, OpenMoji never seen)")
     corpus = build_emoji_corpus(artifacts / "emoji", cache_dir=artifacts / "cache" / "npm", console=console)
     c = corpus["counts"]
     console.print(
@@ -68,7 +68,7 @@ def run_quickstart(
     seconds["corpus"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    console.rule("[bold]2/4 training the vision tower into all-MiniLM-L6-v2's space")
+    console.rule("[bold]2/4 training the vision tower's head into all-MiniLM-L6-v2's space")
     cfg = quickstart_config(artifacts, corpus, overrides or [])
     result = train(cfg, console=console)
     seconds["train"] = time.perf_counter() - t
@@ -85,7 +85,7 @@ def run_quickstart(
 
     t = time.perf_counter()
     console.rule("[bold]4/4 embedding a few images and texts")
-    show_matches(model, suite.parent / "emoji_noto_heldout", console)
+    show_matches(model, suite.parent / "emoji_openmoji_heldout", console)
     seconds["demo"] = time.perf_counter() - t
 
     console.print(f"\nmodel saved at [bold]{result.model_dir}[/]  (eval: {eval_json})")
@@ -95,7 +95,7 @@ def run_quickstart(
 
 
 def show_matches(model: Embedder, task_dir: Path, console: Console, n_images: int = 6) -> None:
-    """Held-out Noto images -> best class names; free-text queries -> best images."""
+    """Held-out concepts in the unseen style -> best class names; free-text queries -> best images."""
     names = read_classnames(task_dir)
     samples = [(img, label) for img, label, _ in iter_task_samples(task_dir)]
     picks = samples[:: max(1, len(samples) // n_images)][:n_images]

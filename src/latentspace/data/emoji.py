@@ -241,12 +241,18 @@ def _read_images(tgz: Path, style: str, wanted: set[str], progress: Progress | N
 # --------------------------------------------------------------------------- corpus
 
 
+# The default corpus (quickstart, ablate, `latentspace data emoji`): trained on Twemoji and Noto,
+# OpenMoji kept unseen (the most distant style: outlines, drawn small in its frame).
+DEFAULT_TRAIN_STYLES = ("twitter", "google")
+DEFAULT_EVAL_STYLE = "openmoji"
+
+
 def build_emoji_corpus(
     out_dir: Path,
     *,
     cache_dir: Path,
-    train_styles: Sequence[str] = ("twitter",),
-    eval_style: str = "google",
+    train_styles: Sequence[str] = DEFAULT_TRAIN_STYLES,
+    eval_style: str = DEFAULT_EVAL_STYLE,
     heldout_fraction: float = 0.2,
     seed: int = 0,
     samples_per_shard: int = 1000,
@@ -264,8 +270,8 @@ def build_emoji_corpus(
     so a killed build never leaves something that looks complete. If `out_dir/corpus.json`
     already records the same parameters and package hashes, nothing is rebuilt.
 
-    `train_styles` are the styles whose art is trained on (Twemoji by default; Twemoji and Noto
-    leave OpenMoji as the unseen style); `eval_style`, a style not trained on, also gets the
+    `train_styles` are the styles whose art is trained on (Twemoji and Noto by default, leaving
+    OpenMoji as the unseen style); `eval_style`, a style not trained on, also gets the
     category and retrieval tasks.
 
     `tarballs` maps an npm style to a local package tarball, used instead of `npm pack`; it is
