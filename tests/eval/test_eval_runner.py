@@ -107,3 +107,29 @@ def test_suite_only_runs_the_named_tasks(model, tmp_path, classification_task, r
     assert [task.name for task in result.tasks] == ["captions"]
     with pytest.raises(ValueError, match="typo"):
         evaluate_suite(model, suite, progress=False, only=["typo"])
+
+
+def test_a_suite_embeds_an_image_that_an_earlier_task_embedded_only_once(tmp_path, make_task):
+    from conftest import CLASSIFICATION_SAMPLES, CLASSNAMES, ColourEmbedder, image_bytes
+
+    make_task("colours", CLASSIFICATION_SAMPLES, classnames=CLASSNAMES)
+    make_task("colours_again", CLASSIFICATION_SAMPLES, classnames=CLASSNAMES)  # the same pixels
+    cyan = {"png": image_bytes("cyan"), "cls": 2}
+    make_task("colours_plus_one", CLASSIFICATION_SAMPLES + [cyan], classnames=CLASSNAMES)
+    suite = _write_suite(
+        tmp_path,
+        ("colours", "zeroshot_classification"),
+        ("colours_again", "zeroshot_classification"),
+        ("colours_plus_one", "zeroshot_classification"),
+    )
+    model = ColourEmbedder()
+    result = evaluate_suite(model, suite, batch_size=4, progress=False)
+    # 8 images, of which two pairs are the same pixels (one red, one green PNG drawn twice), so
+    # 6 distinct ones; later tasks embed only what is new (cyan).
+    assert sum(model.image_batch_sizes) == len(CLASSIFICATION_SAMPLES) - 2 + 1
+    first, again, plus_one = result.tasks
+    assert first.metrics == again.metrics and first.n_samples == again.n_samples == 8
+    assert plus_one.n_samples == 9
+    # Alone, each task scores the same as within the suite.
+    alone = evaluate_suite(ColourEmbedder(), suite, batch_size=4, progress=False, only=["colours_plus_one"])
+    assert alone.tasks[0].metrics == pytest.approx(plus_one.metrics)
