@@ -109,27 +109,26 @@ def test_suite_only_runs_the_named_tasks(model, tmp_path, classification_task, r
         evaluate_suite(model, suite, progress=False, only=["typo"])
 
 
-def test_a_suite_embeds_an_image_that_an_earlier_task_embedded_only_once(tmp_path, make_task):
-    from conftest import CLASSIFICATION_SAMPLES, CLASSNAMES, ColourEmbedder, image_bytes
-
-    make_task("colours", CLASSIFICATION_SAMPLES, classnames=CLASSNAMES)
-    make_task("colours_again", CLASSIFICATION_SAMPLES, classnames=CLASSNAMES)  # the same pixels
-    cyan = {"png": image_bytes("cyan"), "cls": 2}
-    make_task("colours_plus_one", CLASSIFICATION_SAMPLES + [cyan], classnames=CLASSNAMES)
+def test_a_suite_embeds_an_image_that_an_earlier_task_embedded_only_once(model, tmp_path, make_task, encode_image):
+    classnames = ["red", "green", "blue", "yellow"]
+    samples = [{"png": encode_image(colour), "cls": i} for i, colour in enumerate(classnames)]
+    samples += [{"jpg": encode_image("blue", "JPEG"), "cls": 2}, {"png": encode_image("red"), "cls": 0}]
+    make_task("colours", samples, classnames=classnames)  # 6 samples, 5 distinct images
+    make_task("colours_again", samples, classnames=classnames)  # the same pixels
+    bigger_red = {"png": encode_image("red", size=16), "cls": 0}  # other pixels, same class
+    make_task("colours_plus_one", samples + [bigger_red], classnames=classnames)
     suite = _write_suite(
         tmp_path,
         ("colours", "zeroshot_classification"),
         ("colours_again", "zeroshot_classification"),
         ("colours_plus_one", "zeroshot_classification"),
     )
-    model = ColourEmbedder()
     result = evaluate_suite(model, suite, batch_size=4, progress=False)
-    # 8 images, of which two pairs are the same pixels (one red, one green PNG drawn twice), so
-    # 6 distinct ones; later tasks embed only what is new (cyan).
-    assert sum(model.image_batch_sizes) == len(CLASSIFICATION_SAMPLES) - 2 + 1
+    # The repeated red PNG is embedded once; later tasks embed only what is new (the bigger red).
+    assert sum(model.image_batch_sizes) == 5 + 1
     first, again, plus_one = result.tasks
-    assert first.metrics == again.metrics and first.n_samples == again.n_samples == 8
-    assert plus_one.n_samples == 9
-    # Alone, each task scores the same as within the suite.
-    alone = evaluate_suite(ColourEmbedder(), suite, batch_size=4, progress=False, only=["colours_plus_one"])
+    assert first.metrics == again.metrics and first.n_samples == again.n_samples == 6
+    assert plus_one.n_samples == 7
+    # Alone, a task scores the same as within the suite.
+    alone = evaluate_suite(type(model)(), suite, batch_size=4, progress=False, only=["colours_plus_one"])
     assert alone.tasks[0].metrics == pytest.approx(plus_one.metrics)
