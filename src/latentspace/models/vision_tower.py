@@ -111,7 +111,7 @@ class VisionTower(nn.Module):
                 f"vision.pool=cls needs a model with a class token; {cfg.arch} has none (use mean or attn)"
             )
         self.attn_pool = AttentionPool(width, _heads_for(width)) if cfg.pool == "attn" else None
-        self.width, self.out_dim = width, out_dim
+        self.out_dim = out_dim
         self.proj = nn.Linear(width, out_dim, bias=False) if not cfg.head_hidden else MLPHead(width, out_dim, cfg)
         if cfg.grad_checkpointing:
             if self.nomic:
@@ -186,7 +186,6 @@ class MLPHead(nn.Module):
             nn.Dropout(cfg.head_dropout),
             nn.Linear(cfg.head_hidden, out_dim),
         )
-        self.out_features = out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

