@@ -261,11 +261,10 @@ class _SeenImages:
             self._remember(keys, vectors)
             return vectors
         fresh = self.model.embed_images([images[i] for i in new]) if new else None
-        rows: list[torch.Tensor | None] = [None if key is None else self._vectors.get(key) for key in keys]
-        for j, i in enumerate(new):
-            rows[i] = fresh[j]
+        by_index = dict(zip(new, fresh)) if fresh is not None else {}
+        vectors = torch.stack([by_index[i] if i in by_index else self._vectors[key] for i, key in enumerate(keys)])
         self._remember([keys[i] for i in new], fresh)
-        return torch.stack([row for row in rows if row is not None])
+        return vectors
 
     def _remember(self, keys: list[bytes | None], vectors: torch.Tensor | None) -> None:
         for key, vector in zip(keys, vectors if vectors is not None else []):
