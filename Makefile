@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-shuffled test-slow machine lint bench clean
 
 # PyTorch first, pinned: pip takes these wheels from the local disk where they lie, as on the CI
 # machine; the extras then accept the torch already there.
@@ -31,8 +31,20 @@ demo: $(VENV)/.demo
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
 
+# The suite in a random order: modules shuffled, and the tests within each. The seed is printed
+# first; `make test-shuffled SEED=N` replays that order. (`make test` keeps the file order.)
+test-shuffled: $(VENV)/.dev
+	@seed=$${SEED:-$$($(PY) -c 'import random; print(random.randint(1, 999999))')}; \
+	echo "test order seed $$seed (replay: make test-shuffled SEED=$$seed)"; \
+	$(PY) -m pytest -q --random-order-bucket=module --random-order-seed=$$seed
+
 test-slow: $(VENV)/.dev
 	$(PY) -m pytest -q -m slow
+
+# The CPU, the features that decide its fast paths (AVX2, AVX-512, VNNI, bf16, AMX) and its
+# measured matmul rates: printed before the tests in CI, beside every time we report.
+machine: $(VENV)/.torch
+	$(PY) benchmarks/machine.py
 
 # ruff (lint and format check) over the whole tree, mypy on the public API (pyproject.toml)
 lint: $(VENV)/.dev

@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.text import Text
+
+from latentspace.process_state import environment
 
 app = typer.Typer(
     add_completion=False,
@@ -24,15 +28,26 @@ app.add_typer(collection_app, name="collection")
 console = Console(stderr=True)
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
+@contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """For the length of a command: no model hub, and no library chatter. Put back when the
+    command ends, because commands also run inside other processes (tests, notebooks)."""
+    quiet = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with environment(quiet, defaults_only=True):
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("timm").setLevel(logging.WARNING)
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        timm_level = logging.getLogger("timm").level
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        logging.getLogger("timm").setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+            logging.getLogger("timm").setLevel(timm_level)
 
 
 def _fail(e: BaseException) -> None:
@@ -45,8 +60,8 @@ def _fail(e: BaseException) -> None:
 
 
 @app.callback()
-def _main() -> None:
-    _quiet_libraries()
+def _main(ctx: typer.Context) -> None:
+    ctx.with_resource(_quiet_libraries())
 
 
 @data_app.command("emoji")
@@ -420,7 +435,7 @@ def serve(ctx: typer.Context, **options) -> None:
     """
     # Before torch loads: OpenMP threads that spin between ops would take the cores that parse
     # requests, decode images and tokenise (see docs/serving.md). An explicit setting is respected.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    ctx.with_resource(environment({"OMP_WAIT_POLICY": "PASSIVE"}, defaults_only=True))
     from pydantic import ValidationError
 
     from latentspace.serve.run import run_server
@@ -511,6 +526,7 @@ def quickstart(
 
 @collection_app.command("build")
 def collection_build(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="the collection's name; it lives in artifacts/collections/NAME unless --out"),
     model: str | None = typer.Option(
         None, help="model spec (`latentspace models --help`); default: the collection's own model, when it exists"
@@ -574,7 +590,7 @@ def collection_build(
     # interleaves the model's forward with decoding threads; spinning workers took the cores
     # the decoders needed and slowed the forward itself (docs/collections.md). An explicit
     # OMP_WAIT_POLICY is respected.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    ctx.with_resource(environment({"OMP_WAIT_POLICY": "PASSIVE"}, defaults_only=True))
     from latentspace.collections import BuildSettings, build_collection
     from latentspace.collections.store import DEFAULT_ROOT
     from latentspace.progress import progress_for

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from collection_fakes import ColourModel, kill_halfway, unblock
 
+from latentspace import process_state
 from latentspace.collections import BuildSettings, build_collection
 from latentspace.collections.ray_engine import PoolShape, UnitFailed, pool_shape  # imports no Ray
 from latentspace.progress import PlainProgress
@@ -35,20 +36,23 @@ def ray_cluster():
     """A local Ray instance for the module; yields its address (for a second driver)."""
     ray = pytest.importorskip("ray")
     path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", path)  # the raylet and its workers inherit it
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            object_store_memory=200 * 1024 * 1024,
-            logging_level="WARNING",
-        )
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+    # ray.init changes this process (a SIGTERM handler, a signal stack, environment variables)
+    # and ray.shutdown does not undo it: as_found does, as the Ray engine does for its own.
+    with process_state.as_found():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("PYTHONPATH", path)  # the raylet and its workers inherit it
+            ray.init(
+                address="local",
+                num_cpus=2,
+                include_dashboard=False,
+                log_to_driver=False,
+                object_store_memory=200 * 1024 * 1024,
+                logging_level="WARNING",
+            )
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
 
 
 def parts(directory: Path) -> dict[str, bytes]:

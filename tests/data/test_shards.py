@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 from latentspace.data.images import ImageDecodeError, decode_image, load_image, to_rgb
 from latentspace.data.shards import ImageTextStream, StreamPosition, expand_urls, iter_captions
 from latentspace.data.transforms import Preprocess, load_transform
+from latentspace.process_state import kept_signal_handlers
 
 import fakes
 
@@ -70,12 +71,13 @@ def test_resuming_from_positions_replays_the_same_stream(tmp_path, workers):
     paths = fakes.write_shards(tmp_path, n_shards=3, per_shard=11, corrupt=1)
     paths[2].write_bytes(paths[2].read_bytes()[:9000])  # a truncated shard: its errors must not be counted twice
     make = lambda **kw: DataLoader(_stream(paths, num_workers=workers, **kw), batch_size=None, num_workers=workers)
-    full = list(itertools.islice(make(), 14))  # crosses several epochs
-    positions, next_role = {}, 0
-    for b in full[:5]:
-        positions[b["role"]] = StreamPosition(**b["position"])
-        next_role = (b["role"] + 1) % max(1, workers)
-    resumed = list(itertools.islice(make(positions=positions, first_role=next_role), 9))
+    with kept_signal_handlers():  # the workers' SIGCHLD handler ends with them
+        full = list(itertools.islice(make(), 14))  # crosses several epochs
+        positions, next_role = {}, 0
+        for b in full[:5]:
+            positions[b["role"]] = StreamPosition(**b["position"])
+            next_role = (b["role"] + 1) % max(1, workers)
+        resumed = list(itertools.islice(make(positions=positions, first_role=next_role), 9))
     assert _flat(resumed) == _flat(full[5:])
     assert all(torch.equal(a["images"], b["images"]) for a, b in zip(resumed, full[5:]))
     assert [b["position"] for b in resumed] == [b["position"] for b in full[5:]]  # counts too

@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# The reference, imported with the module: importing it sets environment variables (scikit-learn,
+# which it imports, sets KMP_*), which is its doing, not a test's.
+from sentence_transformers import SentenceTransformer
+
 from latentspace.config import TextTowerConfig
 from latentspace.models.text_tower import TextTower
 
@@ -10,8 +14,6 @@ TEXTS = ["grinning face", "a slice of pizza on a plate", ""]
 
 
 def test_matches_sentence_transformers(text_tower):
-    from sentence_transformers import SentenceTransformer
-
     st = SentenceTransformer(str(text_tower.root), device="cpu")
     ours = text_tower.encode(TEXTS)
     theirs = st.encode(TEXTS, convert_to_tensor=True)

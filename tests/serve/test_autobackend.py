@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -43,9 +44,43 @@ def test_every_installed_candidate_is_measured_against_pytorch_fp32(tiny):
     chosen = by_name[choice.name]
     assert chosen.skipped is None and chosen.min_cosine >= 0.999
     assert chosen.items_per_s == max(m.items_per_s for m in choice.measurements if m.skipped is None)
-    if not cpu_info().native_bf16:
+    if cpu_info().native_bf16:  # measured (or failed for a reason of its own), never skipped for the CPU
+        assert "no native bf16" not in (by_name["openvino-bf16"].skipped or "")
+    else:
         assert "no native bf16" in by_name["openvino-bf16"].skipped
     assert cpu_info().model in choice.reason
+
+
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def test_the_avx2_only_path_runs_on_any_cpu_under_the_isa_cap(served_dir):
+    """An AVX2-only machine, emulated on this one (an AVX-512 or AMX machine runs the other
+    path in the test above): PyTorch's kernels and OpenVINO's obey the cap, and so does `auto`,
+    which then measures no bf16 and still chooses a runtime within the bound."""
+    script = textwrap.dedent(f"""
+        import json, torch
+        from latentspace.models.load import load
+        from latentspace.serve.backends import calibrate, cpu_info, probe_images
+        model = load({str(served_dir)!r})
+        choice = calibrate(model.image_module, probe_images(model.preprocess_image, n=4))
+        print(json.dumps({{
+            "aten": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": cpu_info().native_bf16,
+            "flags": sorted(f for f in cpu_info().flags if f.startswith(("avx512", "amx"))),
+            "bf16": next(m.skipped for m in choice.measurements if m.name == "openvino-bf16"),
+            "chosen": choice.name,
+            "cosine": next(m.min_cosine for m in choice.measurements if m.name == choice.name),
+        }}))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env={**os.environ, **AVX2_ONLY}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["aten"] == "AVX2" and not seen["native_bf16"] and seen["flags"] == []
+    assert "no native bf16" in seen["bf16"]
+    assert seen["cosine"] >= 0.999
 
 
 def test_a_fast_but_wrong_backend_is_never_chosen_and_a_missing_one_is_skipped(tiny, caplog):

@@ -322,7 +322,11 @@ def test_serves_a_hugging_face_clip_directory(tmp_path):
     from latentspace.models.baselines import HFClipModel
 
     clip_dir = fakes.make_hf_clip(tmp_path / "clip", seed=0)
-    with LiveServer(ServeSettings(models=[f"clip=hf-clip:{clip_dir}"])) as live:
+    # PyTorch runtimes: the check is the weights' mapping, to 1e-5 (an auto-chosen bf16 or int8
+    # runtime answers within cosine 0.999, which test_autobackend checks).
+    with LiveServer(
+        ServeSettings(models=[f"clip=hf-clip:{clip_dir}"], image_backend="torch", text_backend="torch")
+    ) as live:
         live.wait_ready()
         image_bytes = [png("red circle"), png("blue square", 50)]
         got = httpx.post(live.url + "/v1/embedding/image", files=[("images", ("a.png", b)) for b in image_bytes]).json()

@@ -70,9 +70,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from latentspace import atomic
+from latentspace import atomic, process_state
 from latentspace.collections.build import BuildSettings, PartResult, UnitRuntime, _load, embed_unit, model_spec
 from latentspace.models.embedder import Embedder
+from latentspace.process_state import ProcessState
 from latentspace.progress import Progress
 
 INSTALL_HINT = "pip install 'latentspace[ray]'"
@@ -162,7 +163,9 @@ class RayEngine:
         self.shape: PoolShape | None = None
         self.starting: dict[Any, Any] = {}  # ready() ref -> actor still loading the model
         self.ready: list[Any] = []
-        self._initialized = False  # whether ray.init was called here (and so shutdown is ours)
+        # The process as it was before ray.init was called here (None: not called here, so the
+        # connection, its shutdown and what it changed in this process are the caller's).
+        self._before_init: ProcessState | None = None
         self._model_ref: Any = None
 
     # -- the pool -------------------------------------------------------------------------------
@@ -174,6 +177,9 @@ class RayEngine:
             return
         address = self.address or os.environ.get("RAY_ADDRESS")
         quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+        # ray.init leaves a SIGTERM handler, an alternate signal stack and environment variables
+        # behind, even after ray.shutdown; `close` puts the process back as it was.
+        self._before_init = process_state.snapshot()
         if address:
             ray.init(address=address, **quiet)
             self.log(f"connected to the Ray cluster at {address}")
@@ -182,7 +188,6 @@ class RayEngine:
 
             ray.init(address="local", num_cpus=available_cpus(), include_dashboard=False, **quiet)
             self.log(f"started a local Ray instance with {available_cpus()} CPUs")
-        self._initialized = True
 
     def start(self, model: Embedder | str, settings: BuildSettings) -> None:
         """Connect, start the actors with `model` (a spec, or an Embedder to pickle to them), and
@@ -317,9 +322,10 @@ class RayEngine:
         self.ready, self.starting = [], {}
         self._model_ref = None
         self.shape = None
-        if self._initialized:
+        if self._before_init is not None:
             ray.shutdown()
-            self._initialized = False
+            process_state.restore(self._before_init)
+            self._before_init = None
 
 
 def _describe(unit: dict[str, Any]) -> str:

@@ -35,6 +35,7 @@ from latentspace.eval.tasks import (
     sample_reader,
     shard_paths,
 )
+from latentspace.process_state import kept_signal_handlers
 
 # How many chunks each worker decodes ahead of the model.
 _PREFETCH_CHUNKS = 2
@@ -117,11 +118,12 @@ def decoded_chunks(
     # the order a property of this function rather than of DataLoader's scheduling.
     pending: dict[int, DecodedChunk] = {}
     expected = 0
-    for chunk in loader:
-        pending[chunk.number] = chunk
-        while expected in pending:
-            yield pending.pop(expected)
-            expected += 1
+    with kept_signal_handlers():  # the workers' SIGCHLD handler goes when they do
+        for chunk in loader:
+            pending[chunk.number] = chunk
+            while expected in pending:
+                yield pending.pop(expected)
+                expected += 1
     if pending:
         raise RuntimeError(f"{task_dir}: chunks {sorted(pending)} arrived without chunk {expected}; a worker lost data")
 

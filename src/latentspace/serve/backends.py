@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from latentspace import atomic
+from latentspace.process_state import kept_signal_stack
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +97,14 @@ def accelerate(module: torch.nn.Module, example, backend: str, precision: str) -
             f"no {backend} backend at {precision}; choose one of " + ", ".join(f"{b}-{p}" for b, p in CANDIDATES)
         )
     module = module.eval()
-    if backend == "torch":
-        return module if precision == "fp32" else _torch_int8(module)
-    if backend == "openvino":
-        return _openvino(module, _as_inputs(example), precision)
-    return _onnxruntime(module, _as_inputs(example), precision)
+    # A native runtime may swap the calling thread's alternate signal stack while it sets up
+    # (OpenVINO's CPU plugin does; see process_state): whatever it does, the caller keeps its own.
+    with kept_signal_stack():
+        if backend == "torch":
+            return module if precision == "fp32" else _torch_int8(module)
+        if backend == "openvino":
+            return _openvino(module, _as_inputs(example), precision)
+        return _onnxruntime(module, _as_inputs(example), precision)
 
 
 def _torch_int8(module: torch.nn.Module) -> Forward:
@@ -118,6 +123,17 @@ def _torch_int8(module: torch.nn.Module) -> Forward:
     return run
 
 
+@functools.cache
+def _openvino_core():
+    """The one OpenVINO Core of this process, kept for its life. Every Core loads its own CPU
+    plugin, and each plugin swaps the thread's alternate signal stack when it starts and unmaps
+    its stack when it ends; plugins ending in the order they started leave a thread pointing at
+    unmapped memory (see process_state). One Core, one plugin, never destroyed: none of that."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 def _openvino(module: torch.nn.Module, example: tuple[torch.Tensor, ...], precision: str) -> Forward:
     try:
         import openvino as ov
@@ -130,7 +146,7 @@ def _openvino(module: torch.nn.Module, example: tuple[torch.Tensor, ...], precis
     # Through the same ONNX export as ONNX Runtime, read by OpenVINO's runtime: its model
     # converter (ov.convert_model) would also start a telemetry session (files in $TMPDIR, and a
     # try at sending usage data), which a server should not.
-    core = ov.Core()
+    core = _openvino_core()
     with tempfile.TemporaryDirectory(prefix="latentspace-onnx-") as tmp:
         graph = core.read_model(str(_export_onnx(module, example, Path(tmp) / "model.onnx")))
     graph.reshape(
@@ -236,8 +252,30 @@ class CpuInfo:
         return f"{self.model} ({', '.join(shown) or 'no AVX2'}{'' if self.native_bf16 else '; no native bf16'})"
 
 
+# oneDNN's instruction-set cap (ONEDNN_MAX_CPU_ISA, which PyTorch's and OpenVINO's kernels
+# honour) -> the prefixes of the CPU flags it rules out: a cap of AVX2 makes an AMX machine run the AVX2
+# path, so `auto` must not count on bf16 there (OpenVINO's bf16 does not even compile under it).
+_ISA_CAPS: dict[str, frozenset[str]] = {
+    **{
+        isa: frozenset({"avx512", "amx", "avx512_vnni", "avx512_bf16"})
+        for isa in ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2")
+    },
+    "AVX512_CORE": frozenset({"amx", "avx512_vnni", "avx512_bf16"}),
+    "AVX512_CORE_VNNI": frozenset({"amx", "avx512_bf16"}),
+    **{isa: frozenset({"amx"}) for isa in ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512")},
+}
+
+
+def _capped(flags: frozenset[str]) -> frozenset[str]:
+    """`flags` less what ONEDNN_MAX_CPU_ISA (or its older name DNNL_MAX_CPU_ISA) forbids."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    dropped = _ISA_CAPS.get(cap, frozenset())
+    return frozenset(f for f in flags if not any(f.startswith(prefix) for prefix in dropped))
+
+
 def cpu_info() -> CpuInfo:
-    """The CPU model and its feature flags (from /proc/cpuinfo on Linux)."""
+    """The CPU model and the feature flags the runtimes may use: /proc/cpuinfo's (on Linux), less
+    what an instruction-set cap in the environment rules out."""
     model, flags = platform.processor() or platform.machine(), frozenset()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -248,7 +286,7 @@ def cpu_info() -> CpuInfo:
                 flags = frozenset(value.split())
     except OSError:
         pass
-    return CpuInfo(model, flags)
+    return CpuInfo(model, _capped(flags))
 
 
 def runtime_versions() -> dict[str, str | None]:

@@ -14,6 +14,7 @@ import tempfile
 
 import uvicorn
 
+from latentspace.process_state import environment
 from latentspace.serve.app import create_app
 from latentspace.serve.metrics import MULTIPROCESS_ENV
 from latentspace.serve.settings import ServeSettings
@@ -32,11 +33,11 @@ def run_server(settings: ServeSettings, log_level: str = "info") -> None:
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)
     else:
-        os.environ[SETTINGS_ENV] = settings.model_dump_json()
         # Fresh for every start: files left by an earlier server would be counted again.
         shared_metrics = tempfile.mkdtemp(prefix="latentspace-metrics-")
-        os.environ[MULTIPROCESS_ENV] = shared_metrics
         try:
-            uvicorn.run("latentspace.serve.run:app_from_env", factory=True, workers=settings.workers, **common)
+            # The workers inherit these; this process gets its own values back when the server stops.
+            with environment({SETTINGS_ENV: settings.model_dump_json(), MULTIPROCESS_ENV: shared_metrics}):
+                uvicorn.run("latentspace.serve.run:app_from_env", factory=True, workers=settings.workers, **common)
         finally:
             shutil.rmtree(shared_metrics, ignore_errors=True)

@@ -32,6 +32,7 @@ from latentspace.data.workers import auto_train_workers
 from latentspace.models.model_dir import load_vision, save_model_dir
 from latentspace.models.text_tower import TextTower
 from latentspace.models.vision_tower import PooledBackbone, VisionTower
+from latentspace.process_state import as_found, kept_signal_handlers, torch_threads
 from latentspace.progress import progress_for, shown
 from latentspace.space import SpaceIdentity, check_same_space
 from latentspace.train.checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -104,8 +105,6 @@ class Trainer:
         self.console = (console or Console(stderr=True)) if self.env.is_main else Console(quiet=True)
         self.out = Path(cfg.train.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
         self.urls = expand_urls(cfg.data.train_shards)
         self.workers = auto_train_workers() if cfg.data.workers == "auto" else cfg.data.workers
@@ -479,7 +478,8 @@ class Trainer:
         log_path = self.out / METRICS_NAME if self.env.is_main else Path(os.devnull)
         # Only rank 0's console prints (the others' are quiet), so one process reports the job.
         steps = progress_for(self.console, what="steps", verb="trained")
-        with shown(steps, t.steps, done=self.step), open(log_path, "a") as log:
+        # kept_signal_handlers: the DataLoader's workers leave a SIGCHLD handler, removed once they end.
+        with shown(steps, t.steps, done=self.step), open(log_path, "a") as log, kept_signal_handlers():
             for batch in self._loader():
                 if self.step >= t.steps:
                     break
@@ -602,10 +602,14 @@ def load_whole_vision(vision: VisionTower, model_dir: str) -> Preprocess:
 
 
 def train(cfg: RunConfig, console: Console | None = None) -> TrainResult:
-    try:
-        return Trainer(cfg, console).run()
-    finally:
-        shutdown()  # leave the torchrun process group (a no-op in a single process)
+    """Train as `cfg` says, on `train.threads` torch threads; the calling process gets back its
+    thread count and whatever else the libraries changed on the way (see process_state.as_found:
+    torch.compile, for one, leaves an environment variable)."""
+    with as_found(), torch_threads(cfg.train.threads):
+        try:
+            return Trainer(cfg, console).run()
+        finally:
+            shutdown()  # leave the torchrun process group (a no-op in a single process)
 
 
 def plot_loss_curve(metrics_path: Path, png_path: Path) -> None:
