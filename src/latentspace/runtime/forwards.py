@@ -1,0 +1,262 @@
+"""A model with its forwards on the runtimes chosen for them: what every entry point runs.
+
+`on_runtimes(model, image=..., text=...)` wraps any Embedder: tokenising, preprocessing, the
+latent-space identity and everything else stay the model's own; only the two batched forwards
+(`image_rows`, `text_rows`) run on the chosen runtimes, and the images per forward are the ones
+measured best. A runtime that cannot be built for the model, or that later fails on an input,
+costs speed, not answers: PyTorch fp32 runs from then on, and the choice says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentspace.models.embedder import Embedder
+from latentspace.models.text_tower import pad_ids
+from latentspace.runtime.builders import build_forward
+from latentspace.runtime.choice import AUTO, EXACT, Choice, RuntimeSettings, choose
+from latentspace.space import hash_state_dict
+
+log = logging.getLogger(__name__)
+
+
+class ModelOnRuntimes(Embedder):
+    """`model`, with its image and text forwards on the runtimes in `choices`."""
+
+    def __init__(
+        self,
+        model: Embedder,
+        choices: dict[str, Choice],
+        image: Callable[[torch.Tensor], torch.Tensor] | None,
+        text: Callable[[Sequence[Sequence[int]]], torch.Tensor] | None,
+    ) -> None:
+        self.model, self.choices = model, choices
+        self.kind, self.name, self.identity = model.kind, model.name, model.identity
+        self.modalities, self.max_tokens, self.pad_id = model.modalities, model.max_tokens, model.pad_id
+        self.task_types, self.text_batch_size = model.task_types, model.text_batch_size
+        image_choice = choices.get("image")
+        self.image_batch_size = (image_choice.batch if image_choice else None) or model.image_batch_size
+        self._image, self._text = image, text
+
+    def __getattr__(self, name: str) -> Any:
+        # What is not part of the Embedder interface (a Nomic text model's `text` tower, which a
+        # Nomic vision model loaded beside it pairs with) is the model's own.
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    # the model's own steps
+    def tokenize(self, texts, task_type):
+        return self.model.tokenize(texts, task_type)
+
+    def split_long(self, text, task_type):
+        return self.model.split_long(text, task_type)
+
+    def preprocess_image(self, image):
+        return self.model.preprocess_image(image)
+
+    @property
+    def image_module(self) -> torch.nn.Module:
+        return self.model.image_module
+
+    @property
+    def text_module(self) -> torch.nn.Module:
+        return self.model.text_module
+
+    # the forwards, on their runtimes
+    def image_rows(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.require("image")
+        return (self._image or self.model.image_rows)(pixels)
+
+    def text_rows(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        self.require("text")
+        return (self._text or self.model.text_rows)(ids)
+
+    def describe(self) -> dict[str, Any]:
+        out = self.model.describe()
+        out["runtimes"] = {
+            modality: {"runtime": c.name, "reason": c.reason, **({"batch": c.batch} if c.batch else {})}
+            for modality, c in self.choices.items()
+        }
+        return out
+
+    def runtime_names(self) -> dict[str, str]:
+        """modality -> 'runtime-precision' now running it (after any fall-back)."""
+        return {modality: c.name for modality, c in self.choices.items()}
+
+
+def on_runtimes(
+    model: Embedder,
+    *,
+    image: RuntimeSettings = AUTO,
+    text: RuntimeSettings = EXACT,
+    cache_dir: Path | None = None,
+) -> ModelOnRuntimes:
+    """`model` with each of its forwards on the runtime `image` / `text` ask for (auto: measured
+    here, or read from the cache of an earlier measurement). A model already on runtimes is
+    taken back to its own forwards first."""
+    if isinstance(model, ModelOnRuntimes):
+        model = model.model
+    choices: dict[str, Choice] = {}
+    image_forward = text_forward = None
+    if "image" in model.modalities:
+        choices["image"] = image_choice(model, image, cache_dir)
+        image_forward = _image_forward(model, choices["image"])
+    if "text" in model.modalities:
+        choices["text"] = text_choice(model, text, cache_dir)
+        text_forward = _text_forward(model, choices["text"])
+    return ModelOnRuntimes(model, choices, image_forward, text_forward)
+
+
+def image_choice(model: Embedder, settings: RuntimeSettings, cache_dir: Path | None = None) -> Choice:
+    if settings.pinned:
+        return Choice(settings.runtime, settings.precision, "asked for")
+    fingerprint = f"{model.kind}|{model.space}|{hash_state_dict(model.image_module.state_dict())}"
+    choice = choose(
+        model.image_module,
+        probe_images(model.preprocess_image),
+        model_fingerprint=fingerprint,
+        settings=settings,
+        cache_dir=cache_dir,
+    )
+    log.info("%s images on %s%s: %s", model.name, choice.name, " (cached)" if choice.cached else "", choice.reason)
+    log.debug("%s image calibration: %s", model.name, choice.describe_measurements())
+    return choice
+
+
+def text_choice(model: Embedder, settings: RuntimeSettings, cache_dir: Path | None = None) -> Choice:
+    """The text forward's runtime, or PyTorch when the model's text forward cannot be exported
+    as one module."""
+    if settings == EXACT:
+        return Choice("torch", "fp32", "asked for")
+    try:
+        module = model.text_module
+    except NotImplementedError as e:
+        return Choice("torch", "fp32", f"the only runtime for this text forward ({e})")
+    if settings.pinned:
+        return Choice(settings.runtime, settings.precision, "asked for")
+    fingerprint = f"text|{model.kind}|{model.space}"  # the space's fingerprint covers the text weights
+    choice = choose(
+        module,
+        probe_text_inputs(model.tokenize, model.pad_id),
+        model_fingerprint=fingerprint,
+        settings=settings,
+        cache_dir=cache_dir,
+    )
+    log.info("%s text on %s%s: %s", model.name, choice.name, " (cached)" if choice.cached else "", choice.reason)
+    return choice
+
+
+def _image_forward(model: Embedder, choice: Choice) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The image forward on the chosen runtime (None: the model's own PyTorch one)."""
+    if choice.name == "torch-fp32":
+        return None
+    from PIL import Image
+
+    example = torch.stack([model.preprocess_image(Image.new("RGB", (64, 64)))] * 2)
+    fast = _built(lambda: build_forward(model.image_module, example, choice.runtime, choice.precision), choice)
+    return None if fast is None else guarded(fast, model.image_rows, choice, f"{model.name} image")
+
+
+def _text_forward(model: Embedder, choice: Choice) -> Callable[[Sequence[Sequence[int]]], torch.Tensor] | None:
+    """The text forward on the chosen runtime (None: the model's own PyTorch one)."""
+    if choice.name == "torch-fp32":
+        return None
+    example = pad_ids(model.tokenize(["an example text", "a text"], "search_document"), model.pad_id)
+    fast = _built(lambda: build_forward(model.text_module, example, choice.runtime, choice.precision), choice)
+    if fast is None:
+        return None
+    return guarded(lambda ids: fast(*pad_ids(ids, model.pad_id)), model.text_rows, choice, f"{model.name} text")
+
+
+def _built(build: Callable, choice: Choice):
+    """The forward, or None (PyTorch runs) when the runtime cannot build it here: a faster
+    runtime is never worth a model that does not load."""
+    try:
+        return build()
+    except Exception as e:  # noqa: BLE001 - any failure means: run with PyTorch
+        log.warning("%s could not be built (%s: %s); running PyTorch fp32", choice.name, type(e).__name__, e)
+        choice.fell_back(f"could not be built ({type(e).__name__})")
+        return None
+
+
+def guarded(fast: Callable, slow: Callable, choice: Choice, what: str) -> Callable:
+    """`fast`, falling back to `slow` (PyTorch) for good if it ever raises: a runtime that fails
+    on an input calibration did not show (a shape its graph cannot take) costs speed, not answers."""
+    state = {"fast": fast}
+
+    def run(items):
+        current = state["fast"]
+        if current is not None:
+            try:
+                return current(items)
+            except Exception as e:  # noqa: BLE001
+                log.error(
+                    "%s forward on %s failed (%s: %s); running PyTorch fp32 from now on",
+                    what,
+                    choice.name,
+                    type(e).__name__,
+                    e,
+                )
+                choice.fell_back(f"failed ({type(e).__name__})")
+                state["fast"] = None
+        return slow(items)
+
+    return run
+
+
+def probe_images(preprocess: Callable, n: int = 8) -> torch.Tensor:
+    """A probe batch with what images have: flat colour, gradients, edges and noise, run through
+    the model's own preprocessing."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            img = Image.new("RGB", (256, 256), tuple(int(c) for c in rng.integers(0, 256, 3)))
+        elif kind == 1:
+            ramp = np.linspace(0, 255, 256, dtype=np.uint8)
+            img = Image.fromarray(
+                np.stack(
+                    [np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)), np.full((256, 256), 128, np.uint8)], -1
+                )
+            )
+        elif kind == 2:
+            img = Image.new("RGB", (256, 192), "white")
+            draw = ImageDraw.Draw(img)
+            for _ in range(6):
+                x, y = (int(v) for v in rng.integers(0, 160, 2))
+                w, h = (int(v) for v in rng.integers(16, 96, 2))
+                draw.ellipse((x, y, x + w, y + h), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        else:
+            img = Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
+        images.append(preprocess(img))
+    return torch.stack(images)
+
+
+PROBE_TEXTS = [
+    "a red heart",
+    "search for a photo of a dog playing in the snow",
+    "Grüße aus Köln",
+    "the quarterly report shows revenue growth in every region except the north, where supply "
+    "problems delayed the launch of two products until the following year",
+    "cat",
+    "how do I reset my password if I no longer have access to the email address on the account?",
+    "a bowl of ramen with a soft boiled egg, spring onions and chili oil on a wooden table",
+    " ".join(["a long passage about rivers, cities and the night sky"] * 12),
+]
+
+
+def probe_text_inputs(
+    tokenize: Callable[[list[str], str], list[list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded batch of texts from 1 to ~130 words, as (input_ids, attention_mask)."""
+    return pad_ids(tokenize(PROBE_TEXTS * 2, "search_document"), pad_id)
