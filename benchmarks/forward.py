@@ -67,7 +67,9 @@ def default_model():
     from latentspace.config import VisionTowerConfig
     from latentspace.models.vision_tower import VisionTower
 
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "src/latentspace/configs/quickstart.yaml").read_text())
+    config = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "src/latentspace/configs/quickstart.yaml").read_text()
+    )
     tower = VisionTower(VisionTowerConfig(**config["vision"]), 384).eval()
     size = tower.cfg.image_size
     return tower, lambda: probe_images(_resize_to(size), n=8)
@@ -88,9 +90,9 @@ def vit_b16():
 
 
 def nomic_vision():
-    import fakes_nomic_vision
-
     from latentspace.models.load import load
+
+    import fakes_nomic_vision
 
     root = Path(tempfile.mkdtemp(prefix="bench-nomic-vision-"))
     fakes_nomic_vision.write_tiny_nomic_vision_dir(
@@ -108,9 +110,9 @@ def minilm():
 
 
 def nomic_text():
-    import fakes_nomic_text
-
     from latentspace.models.load import load
+
+    import fakes_nomic_text
 
     root = Path(tempfile.mkdtemp(prefix="bench-nomic-text-"))
     fakes_nomic_text.write_tiny_nomic_text_dir(

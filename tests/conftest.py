@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session", autouse=True)
 def _backend_cache(tmp_path_factory):
-    """Image-backend calibrations (serve --image-backend auto) go to a folder of this test run,
+    """Runtime measurements (`auto`, latentspace.runtime) go to a folder of this test run,
     not the user's cache; within the run they are shared, as on a real machine."""
     before = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
@@ -110,3 +110,12 @@ def nomic_models(tmp_path_factory) -> Path:
         )
         fakes_nomic_vision.write_tiny_nomic_vision_dir(root / f"nomic-embed-vision-{version}", seed=2 * seed + 1)
     return root
+
+
+@pytest.fixture(scope="session")
+def served_dir(tmp_path_factory, text_tower):
+    """A tiny latentspace model directory (a small timm ViT over all-MiniLM-L6-v2) that the
+    server and runtime tests run."""
+    import fakes
+
+    return fakes.save_tiny_model_dir(tmp_path_factory.mktemp("served") / "tiny", text_tower)

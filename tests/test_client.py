@@ -42,8 +42,10 @@ def server(model_dir, image_host):
         max_items=5,
         allow_urls=True,
         url_allowed_hosts=("localhost",),
-        image_backend="torch",  # compared with local mode to 1e-5: PyTorch, not auto
-        text_backend="torch",
+        image_runtime="torch",  # compared with local mode to 1e-5: PyTorch, not auto
+        image_precision="fp32",
+        text_runtime="torch",
+        text_precision="fp32",
     )
     with LiveServer(config) as live:
         yield live.wait_ready()

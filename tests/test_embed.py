@@ -84,3 +84,17 @@ def test_broken_model_directory(model_dir, tmp_path):
     (broken / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="not a latentspace model directory"):
         PairedModel.load(broken)
+
+
+def test_local_images_run_on_the_runtime_layer_and_say_which(model_dir):
+    images = [fakes.draw(c) for c in fakes.CONCEPTS[:4]]
+    auto = embed.image(images, model=model_dir)  # the default: auto's choice for this machine
+    exact = embed.image(images, model=model_dir, runtime="torch", precision="fp32")
+    assert exact["runtime"] == "torch-fp32" and auto["runtime"] != ""
+    cosines = (torch.tensor(auto["embeddings"]) * torch.tensor(exact["embeddings"])).sum(dim=1)
+    assert cosines.min() >= 0.999
+    reference = PairedModel.load(model_dir).embed_images(images)
+    torch.testing.assert_close(torch.tensor(exact["embeddings"]), reference, atol=1e-6, rtol=0)
+    assert embed.text(["a red heart"], model=str(model_dir))["runtime"] == "torch-fp32"  # text: exact by default
+    with pytest.raises(ValueError, match="no torch runtime at bf16"):
+        embed.image(images, model=model_dir, runtime="torch", precision="bf16")

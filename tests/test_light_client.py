@@ -61,7 +61,14 @@ def light_python(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, text_tower):
     model_dir = fakes.save_tiny_model_dir(tmp_path_factory.mktemp("light-model") / "tiny", text_tower)
-    settings = ServeSettings(models=[f"tiny={model_dir}"], api_keys=(KEY,), image_backend="torch", text_backend="torch")
+    settings = ServeSettings(
+        models=[f"tiny={model_dir}"],
+        api_keys=(KEY,),
+        image_runtime="torch",
+        image_precision="fp32",
+        text_runtime="torch",
+        text_precision="fp32",
+    )
     with LiveServer(settings) as live:
         yield live.wait_ready()
 

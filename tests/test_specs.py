@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from latentspace import embed
 from latentspace.cli import app
 from latentspace.models.load import load
+from latentspace.runtime import CANDIDATES
 from latentspace.serve.settings import ServeSettings
 
 import fakes
@@ -106,9 +107,14 @@ def test_local_embed_accepts_every_form(forms):
             with pytest.raises(ValueError, match="images only"):
                 embed.text(TEXTS, model=form.spec)
         if "image" in form.modalities:
-            out = embed.image(_images(), model=form.spec)
+            want = model.embed_images(_images()).numpy()
+            out = embed.image(_images(), model=form.spec)  # on auto's runtime: within the bound
             assert np.asarray(out["embeddings"]).shape == (2, model.dim), form.id
-            np.testing.assert_allclose(out["embeddings"], model.embed_images(_images()).numpy(), atol=1e-6)
+            assert out["runtime"] in {f"{r}-{p}" for r, p in CANDIDATES}, form.id
+            assert (np.asarray(out["embeddings"]) * want).sum(axis=1).min() >= 0.999, form.id
+            exact = embed.image(_images(), model=form.spec, runtime="torch", precision="fp32")
+            assert exact["runtime"] == "torch-fp32"
+            np.testing.assert_allclose(exact["embeddings"], want, atol=1e-6)
         else:
             with pytest.raises(ValueError, match="text only"):
                 embed.image(_images(), model=form.spec)
@@ -186,9 +192,14 @@ def test_eval_and_eval_text_accept_every_form(forms, suite, tmp_path):
 
 
 def test_one_server_serves_every_form_as_local_mode_does(forms):
-    # PyTorch runtimes: this is about spec forms (tests/serve/test_autobackend.py measures runtimes)
+    # PyTorch runtimes: this is about spec forms (tests/runtime measures runtimes)
     settings = ServeSettings(
-        models=[f"{f.id}={f.spec}" for f in forms], decode_threads=1, image_backend="torch", text_backend="torch"
+        models=[f"{f.id}={f.spec}" for f in forms],
+        decode_threads=1,
+        image_runtime="torch",
+        image_precision="fp32",
+        text_runtime="torch",
+        text_precision="fp32",
     )
     with LiveServer(settings) as server:
         server.wait_ready()

@@ -37,6 +37,7 @@ from latentspace.eval.runner import evaluate_suite
 from latentspace.eval.text_retrieval import evaluate_text_retrieval, load_text_task
 from latentspace.models.load import load
 from latentspace.quickstart import quickstart_config
+from latentspace.runtime import on_runtimes
 from latentspace.train.loop import train
 
 IMAGE_TASKS = ("emoji_openmoji_all", "emoji_openmoji_heldout")
@@ -136,7 +137,7 @@ def run_ablation(
             t = time.perf_counter()
             result = train(quickstart_config(artifacts, corpus, overrides), console=console)
             seconds = time.perf_counter() - t
-            model = load(str(result.model_dir))
+            model = on_runtimes(load(str(result.model_dir)))
             report = evaluate_suite(
                 PromptCache(model, artifacts / "cache" / "prompts"), suite, only=list(IMAGE_TASKS), progress=False
             )

@@ -50,6 +50,35 @@ def _quiet_libraries() -> Iterator[None]:
             logging.getLogger("timm").setLevel(timm_level)
 
 
+# The same runtime options in every command that runs a model (serve's come from ServeSettings, with
+# these names): which library and precision runs the image and the text forward.
+IMAGE_RUNTIME = typer.Option(
+    "auto",
+    help="runtime for image forwards: auto (the fastest measured on this machine within cosine 0.999 of "
+    "PyTorch fp32), torch, openvino or onnxruntime",
+)
+IMAGE_PRECISION = typer.Option("auto", help="precision of image forwards: auto (measured), fp32, bf16 or int8")
+TEXT_RUNTIME = typer.Option(
+    "torch",
+    help="runtime for text forwards (auto, torch, openvino, onnxruntime); torch at fp32, the default, gives "
+    "the text model's own vectors bit for bit",
+)
+TEXT_PRECISION = typer.Option("fp32", help="precision of text forwards: auto, fp32, bf16 or int8")
+
+
+def _runtime(what: str, runtime: str, precision: str):
+    """A RuntimeSettings from two options, or a ValueError that names the options."""
+    from pydantic import ValidationError
+
+    from latentspace.runtime import RuntimeSettings
+
+    try:
+        return RuntimeSettings(runtime=runtime, precision=precision)
+    except ValidationError as e:
+        problem = e.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ValueError(f"--{what}-runtime {runtime} --{what}-precision {precision}: {problem}") from None
+
+
 def _fail(e: BaseException) -> None:
     if os.environ.get("LATENTSPACE_DEBUG"):
         raise e
@@ -185,6 +214,10 @@ def evaluate(
         "`latentspace data wordnet`, or `auto`: the default WordNet task, built if missing); "
         "reported beside the image tasks, not part of the average",
     ),
+    image_runtime: str = IMAGE_RUNTIME,
+    image_precision: str = IMAGE_PRECISION,
+    text_runtime: str = TEXT_RUNTIME,
+    text_precision: str = TEXT_PRECISION,
 ) -> None:
     """Zero-shot classification and retrieval on a task suite for one or more models, side by side."""
     from latentspace.eval.loader import default_workers
@@ -195,13 +228,16 @@ def evaluate(
     from latentspace.eval.text_retrieval import evaluate_text_retrieval, load_text_task
     from latentspace.models.load import load
     from latentspace.models.model_dir import is_model_dir
+    from latentspace.runtime import on_runtimes
 
     results = []
     try:
+        image = _runtime("image", image_runtime, image_precision)
+        text = _runtime("text", text_runtime, text_precision)
         path = suite_path(suite)
         text_task = load_text_task(_text_benchmark_path(text_benchmark)) if text_benchmark else None
         for spec in models:
-            model = load(spec)
+            model = on_runtimes(load(spec), image=image, text=text)
             model.require("image")
             model.require("text")
             cached = PromptCache(model, prompt_cache)
@@ -241,6 +277,8 @@ def evaluate_text(
     benchmark: str = typer.Option("auto", help="text-retrieval task folder, or `auto` (the default WordNet task)"),
     out: Path = typer.Option(Path("artifacts/eval-text"), help="folder for JSON per model and report.md"),
     batch_size: int = typer.Option(256, min=1),
+    text_runtime: str = TEXT_RUNTIME,
+    text_precision: str = TEXT_PRECISION,
 ) -> None:
     """Score the text side alone (no image involved, no cache) for several models side by side: a
     model directory must score exactly what its text model scores alone."""
@@ -248,15 +286,22 @@ def evaluate_text(
     from latentspace.eval.runner import SuiteResult
     from latentspace.eval.text_retrieval import evaluate_text_retrieval, load_text_task
     from latentspace.models.load import load
+    from latentspace.runtime import EXACT, on_runtimes
 
     results = []
     try:
+        text = _runtime("text", text_runtime, text_precision)
         task = load_text_task(_text_benchmark_path(benchmark))
         for spec in models:
-            model = load(spec)
+            model = on_runtimes(load(spec), image=EXACT, text=text)  # (no image forward runs here)
             model.require("text")
             result = evaluate_text_retrieval(model, task, batch_size=batch_size)
-            results.append(SuiteResult(model.name, model.space, task.name, tasks=[], missing=[], text_tasks=[result]))
+            runtimes = {"text": model.runtime_names()["text"]}
+            results.append(
+                SuiteResult(
+                    model.name, model.space, task.name, tasks=[], missing=[], text_tasks=[result], runtimes=runtimes
+                )
+            )
     except (OSError, RuntimeError, ValueError) as e:
         _fail(e)
     print_text_comparison(results, Console())
@@ -309,7 +354,7 @@ def check_compat(
     )
     out.print(
         f"text embeddings via {model} vs the text model alone, {len(PROBE_TEXTS)} probe texts "
-        f"x task types {', '.join(report.task_types)}: {verdict}"
+        f"x task types {', '.join(report.task_types)}, both on {report.runtime}: {verdict}"
     )
     if not report.ok:
         raise typer.Exit(1)
@@ -538,7 +583,9 @@ def collection_build(
         "default: the collection's source, when it has one",
     ),
     out: Path | None = typer.Option(None, help="the collection directory (default artifacts/collections/NAME)"),
-    batch_size: int = typer.Option(64, min=1, help="images per model forward"),
+    batch_size: int | None = typer.Option(
+        None, min=1, help="images per model forward (default: the best measured for the runtime)"
+    ),
     files_per_part: int = typer.Option(
         1024, min=1, help="files per Parquet part (folders and tables; shards: one part each)"
     ),
@@ -550,8 +597,8 @@ def collection_build(
         False, help="fetch image URLs listed in a table (public addresses only, with the server's size and time limits)"
     ),
     url_allowed_host: list[str] | None = typer.Option(None, help="hostname exempt from the public-address check"),
-    image_backend: str = typer.Option("torch", help="image forward runtime: torch, or openvino"),
-    image_precision: str = typer.Option("fp32", help="fp32, or bf16 (openvino only)"),
+    image_runtime: str = IMAGE_RUNTIME,
+    image_precision: str = IMAGE_PRECISION,
     decode_threads: int | None = typer.Option(None, min=1, help="threads reading and decoding images (default: CPUs)"),
     hnsw_min_rows: int | None = typer.Option(
         None,
@@ -604,7 +651,7 @@ def collection_build(
             max_pixels=max_pixels,
             allow_urls=allow_urls,
             url_allowed_hosts=tuple(url_allowed_host or ()),
-            image_backend=image_backend,
+            image_runtime=image_runtime,
             image_precision=image_precision,
             decode_threads=decode_threads,
             hnsw_min_rows=hnsw_min_rows,

@@ -182,7 +182,13 @@ class RemoteClient:
     # -- plumbing --------------------------------------------------------------------------------
     def _gather(self, chunks: list, send, model: str | None) -> dict[str, Any]:
         if not chunks:
-            return {"embeddings": [], "usage": {"prompt_tokens": 0, "total_tokens": 0}, "model": model, "space": None}
+            return {
+                "embeddings": [],
+                "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                "model": model,
+                "space": None,
+                "runtime": None,
+            }
         with ThreadPoolExecutor(min(self.concurrency, len(chunks))) as pool:
             answers = list(pool.map(lambda chunk: _send_fitting(send, chunk), chunks))  # map keeps input order
         spaces = {a.get("space") for a in answers}
@@ -192,11 +198,15 @@ class RemoteClient:
                 "these embeddings would not be comparable"
             )
         tokens = sum(a.get("usage", {}).get("prompt_tokens", 0) for a in answers)
+        # Batches may meet servers on different runtimes (workers behind a balancer, a fall-back):
+        # all of them are named.
+        runtimes = sorted({str(a["runtime"]) for a in answers if a.get("runtime")})
         return {
             "embeddings": [row for a in answers for row in a["embeddings"]],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "model": answers[0].get("model", model),
             "space": spaces.pop(),
+            "runtime": ", ".join(runtimes) or None,
         }
 
     def _post(self, path: str, **kwargs) -> dict:

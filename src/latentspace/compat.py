@@ -7,7 +7,8 @@ prefixes, ...); for Nomic's published vision directories, which carry no fingerp
 weights, the release (vision v1.5 belongs to text v1.5). (2) Behaviour: text embedded through the
 model is bit-identical to text embedded by the text model on its own, with the settings the model
 records, for every task type the text model supports: the promise of a locked text tower, checked
-on real vectors.
+on real vectors. Both sides run on PyTorch fp32, the reference runtime (latentspace.runtime): bit
+identity is a property of the weights and the recipe, and only the reference can show it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from latentspace.models.embedder import Embedder
 from latentspace.models.load import load
 from latentspace.models.text_model import TextModel
 from latentspace.models.text_tower import TextTower
+from latentspace.runtime import EXACT, on_runtimes
 from latentspace.space import SpaceIdentity, SpaceMismatchError
 
 # Short, long, non-ASCII, empty and whitespace-only inputs: the cases where tokenisation,
@@ -41,6 +43,7 @@ class CompatReport:
     mismatch: str | None = None  # why not, when it did not
     task_types: list[str] = field(default_factory=list)
     max_abs_diff: float | None = None  # None when the spaces differ (vectors not compared)
+    runtime: str = EXACT.runtime + "-" + EXACT.precision  # what ran the text forwards compared
 
     @property
     def same_space(self) -> bool:
@@ -62,6 +65,7 @@ def check_compat(model_spec: str, text_spec: str) -> CompatReport:
         return CompatReport(space=None, mismatch=str(e))
     model.require("text")
     reference = TextModel(TextTower(model.text.cfg))  # the text model alone, as the model uses it
+    model, reference = (on_runtimes(m, image=EXACT, text=EXACT) for m in (model, reference))
     if reference.identity != model.identity:
         return CompatReport(
             space=None,
@@ -69,7 +73,8 @@ def check_compat(model_spec: str, text_spec: str) -> CompatReport:
         )
     task_types = list(reference.task_types)
     diff = max(_max_diff(model, reference, task) for task in task_types)
-    return CompatReport(space=model.identity, task_types=task_types, max_abs_diff=diff)
+    runtime = {m.runtime_names()["text"] for m in (model, reference)}
+    return CompatReport(space=model.identity, task_types=task_types, max_abs_diff=diff, runtime=" and ".join(runtime))
 
 
 def _max_diff(model: Embedder, reference: Embedder, task_type: str) -> float:

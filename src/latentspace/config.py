@@ -12,6 +12,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# Which library and precision runs a forward (latentspace.runtime); `auto` = measured.
+RuntimeName = Literal["auto", "torch", "openvino", "onnxruntime"]
+PrecisionName = Literal["auto", "fp32", "bf16", "int8"]
+
 BUILTIN_TEXT_MODEL = "builtin:all-MiniLM-L6-v2"
 
 
@@ -209,6 +213,12 @@ class TrainConfig(_Strict):
         "fp32", description="bf16 = autocast on the towers (GPUs; this CPU has no fast bf16)"
     )
     compile: bool = Field(False, description="torch.compile the vision tower")
+    frozen_runtime: RuntimeName = Field(
+        "auto",
+        description="runtime of the frozen image forwards that fill the caches (a frozen backbone, a frozen "
+        "vision tower, the third tower): auto = the fastest within cosine 0.999 of PyTorch fp32",
+    )
+    frozen_precision: PrecisionName = Field("auto", description="their precision: auto (measured), fp32, bf16, int8")
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="under torchrun, how trainable towers are spread: "

@@ -22,6 +22,7 @@ from latentspace.eval.runner import evaluate_suite
 from latentspace.eval.tasks import iter_task_samples, read_classnames
 from latentspace.models.embedder import Embedder
 from latentspace.models.load import load
+from latentspace.runtime import on_runtimes
 from latentspace.train.loop import train
 
 DEMO_QUERIES = ["a red heart", "a smiling cat", "a slice of pizza", "a rocket", "rain"]
@@ -75,7 +76,7 @@ def run_quickstart(
 
     t = time.perf_counter()
     console.rule("[bold]3/4 zero-shot evaluation on the unseen art style")
-    model = load(str(result.model_dir))
+    model = on_runtimes(load(str(result.model_dir)))  # images on auto's runtime, text on PyTorch
     suite = Path(corpus["out_dir"]) / corpus["eval_suite"]
     report = evaluate_suite(PromptCache(model, artifacts / "cache" / "prompts"), suite, console=console)
     print_table(report, console)

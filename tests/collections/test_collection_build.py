@@ -54,7 +54,8 @@ def test_parts_are_plain_parquet_with_provenance(tmp_path, library, colour_model
     assert np.isclose(np.linalg.norm(row["embedding"]), 1.0, atol=1e-6)
     info = json.loads(part.schema.metadata[b"latentspace"])
     assert info["model"] == "colour" and info["identity"] == colour_model.identity.to_dict()
-    assert info["dtype"] == "float32" and info["settings"]["image_backend"] == "torch"
+    assert info["dtype"] == "float32" and info["settings"]["image_runtime"] == "auto"
+    assert info["runtime"] == "torch-fp32"  # what made the vectors: the colour model exports no module
     manifest = json.loads((tmp_path / "c" / "collection.json").read_text())
     assert manifest["identity"] == colour_model.identity.to_dict() and manifest["dim"] == 4
 
@@ -143,8 +144,9 @@ def test_one_build_at_a_time(tmp_path, library, colour_model):
     assert build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS).items == 12
 
 
-def test_openvino_image_backend(tmp_path):
-    """The forward is pluggable: the server's OpenVINO backend gives the same vectors (fp32)."""
+def test_openvino_image_runtime(tmp_path):
+    """The forward runs on the runtime asked for: OpenVINO fp32 gives PyTorch's vectors, and every
+    part records the runtime that made its vectors."""
     pytest.importorskip("openvino")
     import fakes
 
@@ -153,11 +155,14 @@ def test_openvino_image_backend(tmp_path):
     images.mkdir()
     for i, concept in enumerate(fakes.CONCEPTS[:5]):
         fakes.draw(concept).save(images / f"{i}.png")
-    build_collection(tmp_path / "torch", model, images)
-    report = build_collection(tmp_path / "ov", model, images, settings=BuildSettings(image_backend="openvino"))
+    build_collection(
+        tmp_path / "torch", model, images, settings=BuildSettings(image_runtime="torch", image_precision="fp32")
+    )
+    openvino = BuildSettings(image_runtime="openvino", image_precision="fp32")
+    report = build_collection(tmp_path / "ov", model, images, settings=openvino)
     assert report.items == 5
     info = json.loads(pq.read_schema(tmp_path / "ov" / "parts" / "part-000000.parquet").metadata[b"latentspace"])
-    assert info["settings"]["image_backend"] == "openvino"
+    assert info["settings"]["image_runtime"] == "openvino" and info["runtime"] == "openvino-fp32"
     a, b = Collection.open(tmp_path / "torch"), Collection.open(tmp_path / "ov")
     for item in a.meta.column("id").to_pylist():
         assert float(a.vector(item) @ b.vector(item)) > 0.9999

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from latentspace.collections import build_collection
-from latentspace.serve.backends import Choice
+from latentspace.runtime import EXACT, on_runtimes
 from latentspace.serve.models import ServedModel, load_served_model
 from latentspace.serve.settings import ServeSettings
 
@@ -24,8 +24,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def colour_loader(name, spec, partners):
     if spec == "colour":
         model = fakes.colour_embedder()
-        return ServedModel(name, spec, model, model.image_rows, Choice("torch", "fp32", "test"))
-    return load_served_model(name, spec, partners, image_backend="torch")
+        return ServedModel(name, spec, on_runtimes(model, image=EXACT, text=EXACT))
+    return load_served_model(name, spec, partners, image=EXACT)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def server(library, tmp_path_factory):
         collections=[f"drawings={directory}"],
         api_keys=(KEY,),
         decode_threads=1,
-        image_backend="torch",
+        image_runtime="torch",
+        image_precision="fp32",
     )
     with LiveServer(settings, loader=colour_loader) as live:
         yield live.wait_ready()
@@ -131,7 +132,9 @@ def test_a_collection_alone_brings_its_own_model(tmp_path, served_dir, library):
 
     directory = tmp_path / "tiny-drawings"
     build_collection(directory, str(served_dir), library)
-    with LiveServer(ServeSettings(collections=[str(directory)], decode_threads=1, image_backend="torch")) as live:
+    with LiveServer(
+        ServeSettings(collections=[str(directory)], decode_threads=1, image_runtime="torch", image_precision="fp32")
+    ) as live:
         live.wait_ready()
         models = [m["id"] for m in httpx.get(live.url + "/v1/models").json()["data"]]
         assert models == ["collection:tiny-drawings"]

@@ -83,8 +83,10 @@ def server(served_dir, nomic_models, lone_vision):
         max_items=16,
         max_queue_items=64,
         decode_threads=1,
-        image_backend="torch",
-        text_backend="torch",
+        image_runtime="torch",
+        image_precision="fp32",
+        text_runtime="torch",
+        text_precision="fp32",
     )
     with LiveServer(settings) as live:
         yield live.wait_ready()

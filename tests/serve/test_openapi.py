@@ -66,8 +66,10 @@ def app(served_dir, tmp_path_factory):
             max_items=4,
             max_pixels=1_000_000,
             decode_threads=1,
-            image_backend="torch",
-            text_backend="torch",
+            image_runtime="torch",
+            image_precision="fp32",
+            text_runtime="torch",
+            text_precision="fp32",
         )
     )
 
@@ -197,7 +199,7 @@ def test_embedding_responses_match_the_spec(client, conforms):
 
 def test_discovery_and_operations_responses_match_the_spec(client, conforms):
     models = conforms(client.get("/v1/models", headers=AUTH), "get", "/v1/models").json()["data"]
-    assert models[0]["id"] == "tiny" and models[0]["text_backend"] == "torch-fp32"
+    assert models[0]["id"] == "tiny" and models[0]["text_runtime"] == "torch-fp32"
     assert "error" not in models[0]  # optional fields are left out, never sent as null
     conforms(client.get("/v1/user", headers=AUTH), "get", "/v1/user")
     health = conforms(client.get("/health"), "get", "/health").json()

@@ -63,8 +63,10 @@ def make_app(served_dir: Path, collection: Path):
             max_body_bytes=256 * 1024,
             max_pixels=1_000_000,
             decode_threads=1,
-            image_backend="torch",
-            text_backend="torch",
+            image_runtime="torch",
+            image_precision="fp32",
+            text_runtime="torch",
+            text_precision="fp32",
         )
     )
 

@@ -57,8 +57,10 @@ def test_serve_command_with_key_file_and_two_workers(tmp_path):
         str(keys),
         "--workers",
         "2",
-        "--text-backend",  # answers are compared with local mode's to 1e-5: PyTorch, not auto's pick
+        "--text-runtime",  # answers are compared with local mode's to 1e-5: PyTorch fp32, not auto's pick
         "torch",
+        "--text-precision",
+        "fp32",
         "--log-level",
         "warning",
         env={"TMPDIR": str(scratch)},

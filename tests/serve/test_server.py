@@ -35,8 +35,10 @@ def settings(served_dir, **overrides) -> ServeSettings:
         max_body_bytes=2 * 2**20,
         max_pixels=1_000_000,
         decode_threads=2,
-        image_backend="torch",  # compared with local mode to 1e-5: PyTorch, not auto
-        text_backend="torch",
+        image_runtime="torch",  # compared with local mode to 1e-5: PyTorch, not auto
+        image_precision="fp32",
+        text_runtime="torch",
+        text_precision="fp32",
     )
     return ServeSettings(**{**base, **overrides})
 
@@ -275,7 +277,7 @@ def test_dead_worker_turns_health_and_requests_to_503(served_dir):
         def crash(pixels):
             raise SystemExit("simulated crash of the inference thread")
 
-        slot.served.image_forward = crash
+        slot.model.image_rows = crash  # what the inference thread calls
         slot.kinds.clear()
         started = time.monotonic()
         assert_error(post_images(live, [("images", ("a.png", png()))]), 503, "crashed", "simulated crash")
@@ -323,9 +325,15 @@ def test_serves_a_hugging_face_clip_directory(tmp_path):
 
     clip_dir = fakes.make_hf_clip(tmp_path / "clip", seed=0)
     # PyTorch runtimes: the check is the weights' mapping, to 1e-5 (an auto-chosen bf16 or int8
-    # runtime answers within cosine 0.999, which test_autobackend checks).
+    # runtime answers within cosine 0.999, which tests/runtime checks).
     with LiveServer(
-        ServeSettings(models=[f"clip=hf-clip:{clip_dir}"], image_backend="torch", text_backend="torch")
+        ServeSettings(
+            models=[f"clip=hf-clip:{clip_dir}"],
+            image_runtime="torch",
+            image_precision="fp32",
+            text_runtime="torch",
+            text_precision="fp32",
+        )
     ) as live:
         live.wait_ready()
         image_bytes = [png("red circle"), png("blue square", 50)]

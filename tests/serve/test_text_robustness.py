@@ -36,8 +36,10 @@ def server(served_dir):
         max_items=16,
         max_queue_items=4096,
         decode_threads=2,
-        image_backend="torch",  # compared with local mode to 1e-5: PyTorch, not auto
-        text_backend="torch",
+        image_runtime="torch",  # compared with local mode to 1e-5: PyTorch, not auto
+        image_precision="fp32",
+        text_runtime="torch",
+        text_precision="fp32",
     )
     with LiveServer(settings) as live:
         yield live.wait_ready()

@@ -54,7 +54,9 @@ def test_only_the_head_trains_and_the_saved_model_runs_whole(tmp_path, shards, b
     # The saved model is backbone + head: an image embeds through both, as in the cache + head.
     model = PairedModel.load(result.model_dir)
     image = fakes.draw(fakes.CONCEPTS[0])
-    served = torch.tensor(embed.image([image], model=str(result.model_dir))["embeddings"])
+    served = torch.tensor(
+        embed.image([image], model=str(result.model_dir), runtime="torch", precision="fp32")["embeddings"]
+    )
     assert torch.allclose(served, model.embed_images([image]), atol=1e-5)
     assert not torch.allclose(served, torch.zeros_like(served))
 
@@ -62,7 +64,7 @@ def test_only_the_head_trains_and_the_saved_model_runs_whole(tmp_path, shards, b
 def test_a_killed_frozen_backbone_run_resumes_to_the_same_head(tmp_path, shards, backbone_file):
     whole = train(_frozen(tmp_path / "whole", shards, backbone_file))
     interrupted = Trainer(_frozen(tmp_path / "split", shards, backbone_file))
-    batches = iter(interrupted._loader())
+    batches = iter(interrupted._batches())
     for _ in range(2):  # two steps, a checkpoint, then the process "dies"
         interrupted.train_step(next(batches))
     interrupted._save()
@@ -79,3 +81,44 @@ def test_a_frozen_backbone_needs_pretrained_weights_and_a_fixed_pool(tmp_path, s
         train(tiny_config(tmp_path / "a", shards, "vision.freeze_backbone=true", steps=2))
     with pytest.raises(ValueError, match="needs pool mean or cls"):
         train(_frozen(tmp_path / "b", shards, backbone_file, "vision.pool=attn", steps=2))
+
+
+def test_the_head_trains_from_features_in_memory_and_the_cache_says_its_runtime(tmp_path, shards, backbone_file):
+    """No shard is streamed while the head trains: every batch comes from the table in memory, a
+    function of (seed, step). The frozen forward that filled the cache ran on the runtime layer's
+    choice, within cosine 0.999 of PyTorch fp32."""
+    import torch.nn.functional as F
+
+    from latentspace.data.images import decode_image
+    from latentspace.data.shards import ErrorCounter, expand_urls, iter_raw_samples, sample_id
+    from latentspace.data.transforms import eval_transform
+    from latentspace.models.vision_tower import PooledBackbone
+    from latentspace.runtime import CANDIDATES
+
+    trainer = Trainer(_frozen(tmp_path, shards, backbone_file))
+    table = trainer.table
+    assert table is not None and len(table) + table.skipped == 24 and table.skipped >= 1  # the corrupt ones
+
+    def no_stream():
+        raise AssertionError("the shards were streamed")
+
+    trainer._loader = no_stream
+    first, again = table.batch(3, 8), table.batch(3, 8)
+    assert first["keys"] == again["keys"] and torch.equal(first["features"], again["features"])
+    halves = [table.batch(3, 8, rank, 2) for rank in (0, 1)]
+    assert halves[0]["keys"] + halves[1]["keys"] == first["keys"]  # two processes: one global batch
+    n = len(table) - len(table) % 2
+    epoch = [k for step in range(n // 2) for k in table.batch(step, 2)["keys"]]
+    assert len(set(epoch)) == n  # an epoch visits each sample once
+    assert trainer.run().steps == 4
+
+    assert trainer.cache_runtimes["frozen backbone"] in {f"{r}-{p}" for r, p in CANDIDATES}
+    images = {
+        sample_id(s): decode_image(s["png"], name="x")
+        for s in iter_raw_samples(expand_urls(shards), ErrorCounter())
+        if sample_id(s) in table.keys[:3]
+    }
+    pixels = torch.stack([eval_transform(trainer.preprocess)(images[k]) for k in table.keys[:3]])
+    with torch.inference_mode():
+        exact = PooledBackbone(trainer.vision).eval()(pixels)
+    assert F.cosine_similarity(trainer.feature_cache.lookup(table.keys[:3]), exact).min() >= 0.999

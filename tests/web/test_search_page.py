@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from latentspace.collections import build_collection
-from latentspace.serve.backends import Choice
+from latentspace.runtime import EXACT, on_runtimes
 from latentspace.serve.models import ServedModel
 from latentspace.serve.settings import ServeSettings
 
@@ -45,7 +45,7 @@ WEB = Path(__file__).resolve().parents[2] / "src" / "latentspace" / "web"
 
 def colour_loader(name, spec, partners):
     model = fakes.colour_embedder()
-    return ServedModel(name, spec, model, model.image_rows, Choice("torch", "fp32", "test"))
+    return ServedModel(name, spec, on_runtimes(model, image=EXACT, text=EXACT))
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,8 @@ def server(drawings, tmp_path_factory):
         models=["colour"],
         collections=[f"drawings={drawings}", f"broken={missing}"],
         decode_threads=1,
-        image_backend="torch",
+        image_runtime="torch",
+        image_precision="fp32",
     )
     with LiveServer(settings, loader=colour_loader) as live:
         yield wait_for_collections(live)
@@ -107,7 +108,8 @@ def keyed_server(drawings):
         collections=[f"drawings={drawings}"],
         api_keys=(KEY,),
         decode_threads=1,
-        image_backend="torch",
+        image_runtime="torch",
+        image_precision="fp32",
     )
     with LiveServer(settings, loader=colour_loader) as live:
         yield live.wait_ready()

@@ -48,8 +48,10 @@ failures are often transient).
 
 **Speed.** File reads, decoding and preprocessing run on a thread pool (PIL and torchvision's
 resize release the GIL), a few batches ahead of the model; the model's batched forward runs on
-the calling thread meanwhile, so the two overlap. The forward is pluggable: `--image-backend
-openvino` compiles the image tower as the server does (serve/backends.py). The CLI runs builds
+the calling thread meanwhile, so the two overlap. The forward runs on the runtime layer's choice
+(latentspace.runtime: `--image-runtime auto` by default, the fastest runtime within cosine 0.999
+of PyTorch fp32, falling back to PyTorch if it fails), with its measured batch size unless
+`--batch-size` is given; every part records the runtime that made its vectors. The CLI runs builds
 with OMP_WAIT_POLICY=PASSIVE (unless set): OpenMP workers that spin between ops take the cores
 the decoders need. Measured figures (benchmarks/collection_build.py): docs/collections.md.
 """
@@ -62,10 +64,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +90,7 @@ from latentspace.collections.sources import (
 from latentspace.data.images import IMAGE_FORMATS, MAX_PIXELS, decode_image
 from latentspace.models.embedder import Embedder, finish
 from latentspace.progress import NullProgress, Progress
-from latentspace.serve.backends import Backend, Precision
+from latentspace.runtime import PRECISION_NAMES, RUNTIME_NAMES, RuntimeSettings, on_runtimes
 from latentspace.space import SpaceIdentity
 
 PLAN_FORMAT = "latentspace.collection-plan/1"
@@ -97,40 +99,45 @@ URL_THREADS = 16  # URL fetches mostly wait on the network: more threads than co
 
 @dataclass(frozen=True)
 class BuildSettings:
-    """How a build runs. `dtype`, `image_backend` and `image_precision` shape the stored vectors
-    and are recorded in every part; `batch_size` and `files_per_part` fix part boundaries and
-    batch composition, so a resumed build keeps the ones its plan was made with."""
+    """How a build runs. `dtype`, `image_runtime` and `image_precision` shape the stored vectors
+    and are recorded in every part; `batch_size` (None: what the runtime measured best) and
+    `files_per_part` fix part boundaries and batch composition, so a resumed build keeps the ones
+    its plan was made with."""
 
-    batch_size: int = 64
+    batch_size: int | None = None
     files_per_part: int = 1024
     dtype: str | None = None  # None: the collection's dtype, float32 for a new one
     max_pixels: int = MAX_PIXELS
     allow_urls: bool = False
     url_allowed_hosts: tuple[str, ...] = ()
-    image_backend: str = "torch"
-    image_precision: str = "fp32"
+    image_runtime: str = "auto"
+    image_precision: str = "auto"
     decode_threads: int | None = None  # None: the CPUs this process may use
     hnsw_min_rows: int | None = None  # HNSW from this many rows (None: the collection's setting, else by size)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.files_per_part < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.files_per_part < 1:
             raise ValueError("batch_size and files_per_part must be at least 1")
         if self.files_per_part > MAX_ITEMS_PER_UNIT:
             raise ValueError(f"files_per_part must be at most {MAX_ITEMS_PER_UNIT}")
         if self.dtype is not None and self.dtype not in store.DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(store.DTYPES)}, not {self.dtype!r}")
-        # names only; serve.backends.accelerate says which combinations exist (when the build starts)
-        if self.image_backend not in get_args(Backend) or self.image_precision not in get_args(Precision):
+        if self.image_runtime not in RUNTIME_NAMES or self.image_precision not in PRECISION_NAMES:
             raise ValueError(
-                f"image_backend must be one of {', '.join(get_args(Backend))} and image_precision one "
-                f"of {', '.join(get_args(Precision))}"
+                f"image_runtime must be one of {', '.join(RUNTIME_NAMES)} and image_precision one "
+                f"of {', '.join(PRECISION_NAMES)}"
             )
+        _ = self.image  # fails on a runtime and precision that do not go together
+
+    @property
+    def image(self) -> RuntimeSettings:
+        return RuntimeSettings(runtime=self.image_runtime, precision=self.image_precision)  # type: ignore[arg-type]
 
     def vector_settings(self, dtype: str) -> dict[str, Any]:
         """What, besides the model, decided the stored numbers."""
         return {
             "dtype": dtype,
-            "image_backend": self.image_backend,
+            "image_runtime": self.image_runtime,
             "image_precision": self.image_precision,
             "normalized": True,
         }
@@ -194,25 +201,13 @@ def _load(model: Embedder | str) -> Embedder:
 
 
 class UnitRuntime:
-    """What running units needs besides their descriptions: the model, its (possibly compiled)
-    image forward, the decode thread pool and the URL fetcher. One per build, or per actor."""
+    """What running units needs besides their descriptions: the model with its image forward on
+    the runtime the settings ask for, the decode thread pool and the URL fetcher. One per build,
+    or per actor."""
 
     def __init__(self, model: Embedder, settings: BuildSettings) -> None:
         model.require("image")
-        self.model, self.settings = model, settings
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = model.image_rows
-        if (settings.image_backend, settings.image_precision) != ("torch", "fp32"):
-            from PIL import Image
-
-            from latentspace.serve.backends import accelerate
-
-            example = torch.stack([model.preprocess_image(Image.new("RGB", (64, 64)))] * 2)
-            self.forward = accelerate(
-                model.image_module,
-                example,
-                settings.image_backend,  # type: ignore[arg-type]
-                settings.image_precision,
-            )  # type: ignore[arg-type]
+        self.model, self.settings = on_runtimes(model, image=settings.image), settings
         from latentspace.data.workers import available_cpus
 
         self.threads = settings.decode_threads or max(2, available_cpus())
@@ -289,12 +284,9 @@ def embed_unit(
     it holds. `unit` is a description from a build plan; the part depends on nothing else."""
     own = runtime is None
     runtime = runtime or UnitRuntime(_load(model), settings)
-    wanted = (unit["settings"]["image_backend"], unit["settings"]["image_precision"])
-    if (runtime.settings.image_backend, runtime.settings.image_precision) != wanted:
-        raise ValueError(
-            f"unit {unit['part']} was planned for the {'-'.join(wanted)} image backend, not "
-            f"{runtime.settings.image_backend}-{runtime.settings.image_precision}"
-        )
+    wanted = RuntimeSettings(runtime=unit["settings"]["image_runtime"], precision=unit["settings"]["image_precision"])
+    if runtime.settings.image != wanted:
+        raise ValueError(f"unit {unit['part']} was planned for image runtime {wanted}, not {runtime.settings.image}")
     progress = progress or NullProgress()
     started = time.perf_counter()
     try:
@@ -308,6 +300,7 @@ def embed_unit(
         "dim": unit["identity"]["dim"],
         "dtype": unit["settings"]["dtype"],
         "settings": unit["settings"],
+        "runtime": runtime.model.choices["image"].name,  # what made these vectors
         "unit": {k: v for k, v in unit.items() if k not in ("items", "model", "identity", "settings")},
         "skipped": skipped,
     }
@@ -348,7 +341,7 @@ def _run_unit(
         if not batch:
             return
         with torch.inference_mode():
-            rows = finish(runtime.forward(torch.stack([p.pixels for p in batch])))
+            rows = finish(model.image_rows(torch.stack([p.pixels for p in batch])))
         chunks.append(rows.numpy().astype(np.float32, copy=False))
         for p in batch:
             _add_row(columns, unit, p)
@@ -795,8 +788,12 @@ def build_collection(
         dtype = manifest.dtype
         report = BuildReport(directory, manifest.name, str(manifest.identity))
         progress = progress or NullProgress()
-        # Built before any plan is written, so a backend that cannot run fails the build up front.
+        # Built before any plan is written: the runtime is chosen (measured, or read from the
+        # cache) once, and its measured batch size is what the plan fixes when none was given.
         runtime: UnitRuntime | None = UnitRuntime(embedder, settings)
+        if settings.batch_size is None:
+            settings = replace(settings, batch_size=runtime.model.image_batch_size)
+            runtime.settings = settings
 
         def run(plan: dict[str, Any], run_settings: BuildSettings) -> None:
             nonlocal runtime
@@ -836,7 +833,7 @@ def build_collection(
                         max_pixels=pending_plan["max_pixels"],
                         allow_urls=settings.allow_urls,
                         url_allowed_hosts=settings.url_allowed_hosts,
-                        image_backend=pending_plan["settings"]["image_backend"],
+                        image_runtime=pending_plan["settings"]["image_runtime"],
                         image_precision=pending_plan["settings"]["image_precision"],
                         decode_threads=settings.decode_threads,
                     ),

@@ -110,15 +110,20 @@ def iter_raw_samples(urls: list[str], handler: Callable[[Exception], bool]) -> I
     return wds.tarfile_to_samples(handler=handler)(iter({"url": u} for u in urls))
 
 
+def caption_options(sample: dict, mode: str) -> list[str]:
+    """The captions `read_caption` may draw for a sample ([] when it has none)."""
+    options = _json_captions(sample) if mode == "random" else []
+    if options:
+        return options
+    caption = read_caption(sample, "name")
+    return [caption] if caption else []
+
+
 def iter_captions(urls: list[str], mode: str) -> Iterator[str]:
     """Every caption the training stream could draw, without decoding a single image
     (the same choices `read_caption` makes, so the text cache never misses)."""
     for sample in iter_raw_samples(urls, ErrorCounter()):
-        options = _json_captions(sample) if mode == "random" else []
-        if options:
-            yield from options
-        elif caption := read_caption(sample, "name"):
-            yield caption
+        yield from caption_options(sample, mode)
 
 
 @dataclass

@@ -4,7 +4,8 @@ Evaluating the emoji suite embeds ~17k prompts and captions, the DataComp suite 
 images change with the model, the prompts do not. Wrapping a model in `PromptCache` makes every
 repeated `embed_texts` call (same space, task type and texts) a file read. The key includes the
 model's space string, which for our models and the baselines fingerprints the text encoder's
-weights, so a different model can never be served another model's vectors.
+weights, so a different model can never be served another model's vectors, and the runtime of
+its text forward (a vector from OpenVINO is not PyTorch's to the bit).
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ class PromptCache:
     def embed_images(self, images: Sequence) -> torch.Tensor:
         return self.model.embed_images(images)
 
+    def runtime_names(self) -> dict[str, str]:
+        return self.model.runtime_names()
+
     def embed_texts(self, texts: Sequence[str], task_type: str = "search_query") -> torch.Tensor:
-        digest = hashlib.sha256("\x1f".join([self.space, task_type, *texts]).encode()).hexdigest()[:32]
+        runtime = self.model.runtime_names().get("text", "torch-fp32")
+        digest = hashlib.sha256("\x1f".join([self.space, runtime, task_type, *texts]).encode()).hexdigest()[:32]
         path = self.dir / f"{digest}.pt"
         if path.is_file():
             try:

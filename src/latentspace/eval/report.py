@@ -19,7 +19,10 @@ from latentspace.eval.runner import SuiteResult, TaskResult
 
 def print_table(result: SuiteResult, console: Console | None = None) -> None:
     """One row per task: main metric as %, chance beside it (small tasks have high chance)."""
-    table = Table(title=f"{result.suite} — {result.model} ({result.space}), values in %")
+    table = Table(
+        title=f"{result.suite} — {result.model} ({result.space}), values in %",
+        caption=f"forwards on {runtimes_text(result.runtimes)}" if result.runtimes else None,
+    )
     for column in ("task", "metric"):
         table.add_column(column, no_wrap=True)  # names must stay readable on an 80-column terminal
     for column in ("value", "chance", "n", "skipped", "s"):
@@ -133,7 +136,15 @@ def _markdown_lines(results: list[SuiteResult]) -> list[str]:
     for name in _text_task_order(results):
         found = [_text_task(r, name) for r in results]
         lines.append(_md_row([_text_label(name), *_metric_cells(found)]))
+    ran = [r for r in results if r.runtimes]
+    if ran:
+        lines += ["", "Forwards ran on: " + "; ".join(f"{r.model}: {runtimes_text(r.runtimes)}" for r in ran) + "."]
     return lines
+
+
+def runtimes_text(runtimes: dict[str, str]) -> str:
+    """{'image': 'openvino-fp32', 'text': 'torch-fp32'} -> 'image openvino-fp32, text torch-fp32'."""
+    return ", ".join(f"{modality} {name}" for modality, name in runtimes.items())
 
 
 def _metric_cells(found: list[TaskResult | None]) -> list[str]:

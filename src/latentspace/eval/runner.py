@@ -84,6 +84,8 @@ class SuiteResult:
     # Benchmarks of the text side alone (eval.text_retrieval), reported beside the image tasks but
     # never part of the suite's average: a suite score must mean the same with or without them.
     text_tasks: list[TaskResult] = field(default_factory=list)
+    # modality -> the runtime and precision its forwards ran on (latentspace.runtime)
+    runtimes: dict[str, str] = field(default_factory=dict)
 
     @property
     def average(self) -> float | None:
@@ -209,7 +211,14 @@ def evaluate_suite(
     suite_name, specs, task_root = load_suite(suite_path, data_dir=data_dir)
     groups = load_groups(suite_path)
     result = SuiteResult(
-        model.name, model.space, suite_name, tasks=[], missing=[], groups=groups, n_suite_tasks=len(specs)
+        model.name,
+        model.space,
+        suite_name,
+        tasks=[],
+        missing=[],
+        groups=groups,
+        n_suite_tasks=len(specs),
+        runtimes=model.runtime_names(),
     )
     selected = _select(specs, only)
     model = _SeenImages(model)
@@ -252,6 +261,9 @@ class _SeenImages:
 
     def embed_texts(self, texts: Sequence[str], task_type: str = TEXT_TASK_TYPE) -> torch.Tensor:
         return self.model.embed_texts(texts, task_type=task_type)
+
+    def runtime_names(self) -> dict[str, str]:
+        return self.model.runtime_names()
 
     def embed_images(self, images: Sequence) -> torch.Tensor:
         keys = [_pixels_key(image) for image in images]

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -284,21 +286,36 @@ class Embedder:
         self, images: Sequence[Any], *, dimensionality: int | None = None, batch_size: int | None = None
     ) -> torch.Tensor:
         """Paths, bytes or PIL images (any mode) -> (N, dim or dimensionality) unit rows.
-        Every input is decoded first, so a bad one fails the call before any forward runs."""
+        Every input is decoded first, so a bad one fails the call before any forward runs.
+
+        Decoding and preprocessing run on a thread pool (PIL releases the GIL for both), the
+        next batches' preprocessing while the current batch's forward runs."""
         from latentspace.data.images import load_image
+        from latentspace.data.workers import available_cpus
 
         self.require("image")
         if isinstance(images, (str, bytes)):
             raise TypeError("images must be a list (wrap a single image in a list)")
-        pils = [load_image(img) for img in images]
         batch_size = batch_size or self.image_batch_size
-        if not pils:
+        if not images:
             return torch.empty(0, dimensionality or self.dim)
-        out = []
-        for i in range(0, len(pils), batch_size):
-            pixels = torch.stack([self.preprocess_image(p) for p in pils[i : i + batch_size]])
-            out.append(self.image_rows(pixels))
+        with ThreadPoolExecutor(min(8, max(2, available_cpus())), thread_name_prefix="embed-images") as pool:
+            pils = list(pool.map(load_image, images))
+            starts = range(0, len(pils), batch_size)
+            ahead = deque([pool.submit(self.preprocess_image, p) for p in pils[i : i + batch_size]] for i in starts[:2])
+            out = []
+            for i in starts:
+                batch = ahead.popleft()
+                if i + 2 * batch_size < len(pils):  # keep two batches in preparation
+                    nxt = i + 2 * batch_size
+                    ahead.append([pool.submit(self.preprocess_image, p) for p in pils[nxt : nxt + batch_size]])
+                out.append(self.image_rows(torch.stack([f.result() for f in batch])))
         return finish(torch.cat(out), dimensionality)
+
+    def runtime_names(self) -> dict[str, str]:
+        """modality -> the runtime and precision running its forward: a model's own forwards are
+        PyTorch fp32 (latentspace.runtime puts them on others)."""
+        return {modality: "torch-fp32" for modality in self.modalities}
 
     def describe(self) -> dict[str, Any]:
         """What `latentspace models SPEC` prints and GET /v1/models reports."""
@@ -327,3 +344,5 @@ class Embeds(Protocol):
     def embed_texts(self, texts: Sequence[str], task_type: str = "search_query") -> torch.Tensor: ...
 
     def embed_images(self, images: Sequence[Any]) -> torch.Tensor: ...
+
+    def runtime_names(self) -> dict[str, str]: ...

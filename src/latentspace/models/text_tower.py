@@ -332,7 +332,7 @@ class TextTower(nn.Module):
         return pooled_rows(self.transformer, input_ids, mask, self.desc.pooling, self.layer_norm)
 
     def text_module(self) -> TextRows:
-        """This tower's forward as one module, for a faster runtime (serve/backends.py)."""
+        """This tower's forward as one module, for a faster runtime (latentspace.runtime)."""
         if self._ntk_threshold() is not None:
             raise NotImplementedError(
                 "with dynamic NTK, texts past the trained length run alone (forward_ids); that policy stays in PyTorch"

@@ -104,6 +104,12 @@ class VisionTower(nn.Module):
         except RuntimeError as e:
             raise RuntimeError(f"could not build vision tower {cfg.arch!r}: {e}") from e
         self.nomic = cfg.arch == NOMIC_VISION_ARCH
+        # ConvNets run in channels_last (NHWC): oneDNN's convolutions, depthwise ones above all,
+        # are about twice as fast in it on CPUs (EfficientNet-Lite0 at 160 px, batch 32: 178 vs 83
+        # images/s). A ViT has one convolution (its patch embedding) and gains nothing.
+        self.channels_last = not self.nomic and sum(isinstance(m, nn.Conv2d) for m in self.backbone.modules()) > 1
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         width = int(self.backbone.config.n_embd if self.nomic else self.backbone.num_features)
         self.num_prefix_tokens = 1 if self.nomic else int(getattr(self.backbone, "num_prefix_tokens", 0))
         if cfg.pool == "cls" and self.num_prefix_tokens == 0:
@@ -152,6 +158,8 @@ class VisionTower(nn.Module):
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         if self.nomic:
             return self.backbone(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         feats = self.backbone.forward_features(images)
         if feats.ndim == 4:  # (B, C, H, W) from a ConvNet -> (B, H*W, C)
             feats = feats.flatten(2).transpose(1, 2)

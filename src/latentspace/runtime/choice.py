@@ -23,20 +23,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from latentspace import atomic
+from latentspace.config import PrecisionName, RuntimeName
 from latentspace.runtime.builders import CANDIDATES, Forward, RuntimeUnavailable, as_inputs, build_forward, dynamic_dims
 from latentspace.runtime.machine import cpu_info, runtime_versions
 
 log = logging.getLogger(__name__)
 
-RuntimeName = Literal["auto", "torch", "openvino", "onnxruntime"]
-PrecisionName = Literal["auto", "fp32", "bf16", "int8"]
 MIN_COSINE = 0.999
 BATCH_SIZES = (4, 8, 16, 32)  # what a chosen image runtime is timed at
 
@@ -64,11 +63,7 @@ class RuntimeSettings(BaseModel):
         return "auto" not in (self.runtime, self.precision)
 
     def candidates(self) -> list[tuple[str, str]]:
-        return [
-            (r, p)
-            for r, p in CANDIDATES
-            if self.runtime in ("auto", r) and self.precision in ("auto", p)
-        ]
+        return [(r, p) for r, p in CANDIDATES if self.runtime in ("auto", r) and self.precision in ("auto", p)]
 
     def __str__(self) -> str:
         return f"{self.runtime}-{self.precision}" if self.pinned else f"{self.runtime}/{self.precision}"

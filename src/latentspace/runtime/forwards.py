@@ -77,12 +77,28 @@ class ModelOnRuntimes(Embedder):
         self.require("text")
         return (self._text or self.model.text_rows)(ids)
 
+    # A forward left on PyTorch fp32 is the model's own, whole: its embed_* (which a model may
+    # define in its own way) runs, with the images per forward measured best.
+    def embed_images(self, images, *, dimensionality=None, batch_size=None) -> torch.Tensor:
+        if self._image is None:
+            batch_size = batch_size or self.image_batch_size
+            return self.model.embed_images(images, dimensionality=dimensionality, batch_size=batch_size)
+        return super().embed_images(images, dimensionality=dimensionality, batch_size=batch_size)
+
+    def embed_texts(self, texts, task_type="search_query", **options) -> torch.Tensor:
+        if self._text is None:
+            return self.model.embed_texts(texts, task_type, **options)
+        return super().embed_texts(texts, task_type, **options)
+
     def describe(self) -> dict[str, Any]:
+        """The model's own description, and what runs each forward and why (`image_runtime`,
+        `image_runtime_reason`, `image_batch`, `text_runtime`, `text_runtime_reason`)."""
         out = self.model.describe()
-        out["runtimes"] = {
-            modality: {"runtime": c.name, "reason": c.reason, **({"batch": c.batch} if c.batch else {})}
-            for modality, c in self.choices.items()
-        }
+        for modality, choice in self.choices.items():
+            out[f"{modality}_runtime"] = choice.name
+            out[f"{modality}_runtime_reason"] = choice.reason
+            if modality == "image" and choice.batch:
+                out["image_batch"] = choice.batch
         return out
 
     def runtime_names(self) -> dict[str, str]:
@@ -113,20 +129,29 @@ def on_runtimes(
     return ModelOnRuntimes(model, choices, image_forward, text_forward)
 
 
+def _choice(
+    module: torch.nn.Module, probe, settings: RuntimeSettings, fingerprint: str, cache_dir: Path | None, what: str
+) -> Choice:
+    """The runtime for `module`'s forward: the one asked for, or auto's (measured on `probe`, or
+    read from the cache of an earlier measurement keyed by `fingerprint`)."""
+    if settings.pinned:
+        return Choice(settings.runtime, settings.precision, "asked for")
+    choice = choose(module, probe, model_fingerprint=fingerprint, settings=settings, cache_dir=cache_dir)
+    log.info("%s on %s%s: %s", what, choice.name, " (cached)" if choice.cached else "", choice.reason)
+    log.debug("%s measurements: %s", what, choice.describe_measurements())
+    return choice
+
+
 def image_choice(model: Embedder, settings: RuntimeSettings, cache_dir: Path | None = None) -> Choice:
     if settings.pinned:
         return Choice(settings.runtime, settings.precision, "asked for")
-    fingerprint = f"{model.kind}|{model.space}|{hash_state_dict(model.image_module.state_dict())}"
-    choice = choose(
-        model.image_module,
-        probe_images(model.preprocess_image),
-        model_fingerprint=fingerprint,
-        settings=settings,
-        cache_dir=cache_dir,
-    )
-    log.info("%s images on %s%s: %s", model.name, choice.name, " (cached)" if choice.cached else "", choice.reason)
-    log.debug("%s image calibration: %s", model.name, choice.describe_measurements())
-    return choice
+    try:
+        module = model.image_module
+    except NotImplementedError as e:
+        return Choice("torch", "fp32", f"the only runtime for this image forward ({e or 'not one module'})")
+    fingerprint = f"{model.kind}|{model.space}|{hash_state_dict(module.state_dict())}"
+    probe = probe_images(model.preprocess_image)
+    return _choice(module, probe, settings, fingerprint, cache_dir, f"{model.name} images")
 
 
 def text_choice(model: Embedder, settings: RuntimeSettings, cache_dir: Path | None = None) -> Choice:
@@ -138,18 +163,29 @@ def text_choice(model: Embedder, settings: RuntimeSettings, cache_dir: Path | No
         module = model.text_module
     except NotImplementedError as e:
         return Choice("torch", "fp32", f"the only runtime for this text forward ({e})")
-    if settings.pinned:
-        return Choice(settings.runtime, settings.precision, "asked for")
     fingerprint = f"text|{model.kind}|{model.space}"  # the space's fingerprint covers the text weights
-    choice = choose(
-        module,
-        probe_text_inputs(model.tokenize, model.pad_id),
-        model_fingerprint=fingerprint,
-        settings=settings,
-        cache_dir=cache_dir,
-    )
-    log.info("%s text on %s%s: %s", model.name, choice.name, " (cached)" if choice.cached else "", choice.reason)
-    return choice
+    probe = probe_text_inputs(model.tokenize, model.pad_id)
+    return _choice(module, probe, settings, fingerprint, cache_dir, f"{model.name} text")
+
+
+def module_forward(
+    module: torch.nn.Module,
+    probe: torch.Tensor,
+    settings: RuntimeSettings = AUTO,
+    *,
+    fingerprint: str,
+    cache_dir: Path | None = None,
+    what: str = "forward",
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], Choice]:
+    """A module's forward (pixels -> rows: a frozen backbone, a frozen tower) on the runtime
+    `settings` ask for, with the PyTorch fall-back, and the choice. `probe` is a batch of real
+    inputs (auto measures on it); `fingerprint` names the module's weights for the cache."""
+    choice = _choice(module, probe, settings, fingerprint, cache_dir, what)
+    exact = build_forward(module, probe, "torch", "fp32")
+    if choice.name == "torch-fp32":
+        return exact, choice
+    fast = _built(lambda: build_forward(module, probe, choice.runtime, choice.precision), choice)
+    return (exact if fast is None else guarded(fast, exact, choice, what)), choice
 
 
 def _image_forward(model: Embedder, choice: Choice) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -152,7 +152,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
     async def text_endpoint(body: TextRequest) -> Response:
         slot = registry.get(body.model)
         vectors, tokens = await embed_texts(slot, body.texts, body.task_type, body.dimensionality, body.long_text_mode)
-        return _nomic_response(vectors, slot, tokens)
+        return _nomic_response(vectors, slot, tokens, "text")
 
     @app.post(
         "/v1/embeddings",
@@ -179,6 +179,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
                 "model": slot.name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
                 "space": slot.model.space,
+                "runtime": slot.model.runtime_names()["text"],
             }
         )
 
@@ -224,7 +225,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
             if isinstance(result, BaseException):
                 raise _image_error(result)
         rows = await _submit(slot, registry.image_kind(slot), results, None, settings)
-        return _nomic_response(finish(rows, dimensionality), slot, 0)
+        return _nomic_response(finish(rows, dimensionality), slot, 0, "image")
 
     # -- discovery and operations -----------------------------------------------------------------
     # exclude_unset: an entry has the fields its model describes, no nulls for the rest
@@ -470,14 +471,16 @@ def _json(payload: dict[str, Any]) -> Response:
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
-def _nomic_response(vectors: torch.Tensor, slot: Slot, tokens: int) -> Response:
-    # `space` is beyond Nomic's shape (clients ignore it): every vector says which space it is in.
+def _nomic_response(vectors: torch.Tensor, slot: Slot, tokens: int, modality: str) -> Response:
+    # `space` and `runtime` are beyond Nomic's shape (clients ignore them): every answer says which
+    # space its vectors are in, and which runtime made them.
     return _json(
         {
             "embeddings": vectors.numpy(),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "model": slot.name,
             "space": slot.model.space,
+            "runtime": slot.model.runtime_names()[modality],
         }
     )
 

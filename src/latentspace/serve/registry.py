@@ -55,11 +55,9 @@ class ModelRegistry:
         self.settings, self.metrics = settings, metrics
         self.loader = loader or partial(
             load_served_model,
-            image_backend=settings.image_backend,
-            image_precision=settings.image_precision,
-            text_backend=settings.text_backend,
-            text_precision=settings.text_precision,
-            backend_cache_dir=settings.backend_cache_dir,
+            image=settings.image,
+            text=settings.text,
+            runtime_cache_dir=settings.runtime_cache_dir,
         )
         self.slots: dict[str, Slot] = {}
         for arg in settings.models:
@@ -103,7 +101,7 @@ class ModelRegistry:
                 m.space,
                 m.dim,
                 "+".join(m.modalities),
-                f", images on {model.image_backend.name}" if model.image_backend else "",
+                f", images on {model.image_runtime}" if model.image_runtime else "",
             )
         for hook in self.after_load:
             hook(self)
@@ -186,16 +184,16 @@ class ModelRegistry:
 
     def image_kind(self, slot: Slot) -> BatchKind:
         if ("image",) not in slot.kinds:
-            forward, choice = slot.served.image_forward, slot.served.image_backend
-            # auto measured the batch size this backend serves best at; the setting caps it
-            budget = min(self.settings.max_batch_images, choice.batch or self.settings.max_batch_images)
-            slot.kinds[("image",)] = BatchKind(("image",), lambda items: forward(torch.stack(items)), budget)
+            model = slot.model
+            # auto measured the batch size this runtime serves best at; the setting caps it
+            budget = min(self.settings.max_batch_images, model.image_batch_size)
+            slot.kinds[("image",)] = BatchKind(("image",), lambda items: model.image_rows(torch.stack(items)), budget)
         return slot.kinds[("image",)]
 
     def text_kind(self, slot: Slot) -> BatchKind:
         """Texts arrive as token ids (prefix included), so every task type shares one kind."""
         if ("text",) not in slot.kinds:
-            # texts of similar length share a forward, on the runtime auto chose (or PyTorch)
-            rows = partial(slot.model.text_rows_by_length, forward=slot.served.text_forward)
+            # texts of similar length share a forward, on the runtime chosen for it
+            rows = slot.model.text_rows_by_length
             slot.kinds[("text",)] = BatchKind(("text",), rows, self.settings.max_batch_tokens)
         return slot.kinds[("text",)]

@@ -180,6 +180,11 @@ class EmbeddingResponse(BaseModel):
         description="the latent space the vectors are in (beyond Nomic's shape): vectors "
         "are comparable only within one space",
     )
+    runtime: str = Field(
+        ...,
+        description="the runtime and precision that made the vectors, e.g. openvino-fp32 (beyond Nomic's "
+        "shape); any runtime but torch-fp32 is within cosine 0.999 of it",
+    )
 
 
 class OpenAIEmbedding(BaseModel):
@@ -196,6 +201,7 @@ class OpenAIEmbeddingResponse(BaseModel):
     model: str
     usage: Usage
     space: str = Field(..., description="the latent space the vectors are in (an extension)")
+    runtime: str = Field(..., description="the runtime and precision that made the vectors (an extension)")
 
 
 class ModelStatus(BaseModel):
@@ -227,10 +233,10 @@ class ModelInfo(BaseModel):
     modalities: list[Literal["text", "image"]] | None = None
     max_tokens: int | None = None
     task_types: list[str] | None = Field(None, description="the task types it takes (its prompt names)")
-    text_backend: str | None = Field(None, description="the runtime text forwards run on")
-    text_backend_reason: str | None = None
-    image_backend: str | None = Field(None, description="the runtime image forwards run on")
-    image_backend_reason: str | None = None
+    text_runtime: str | None = Field(None, description="the runtime and precision text forwards run on")
+    text_runtime_reason: str | None = None
+    image_runtime: str | None = Field(None, description="the runtime and precision image forwards run on")
+    image_runtime_reason: str | None = None
     image_batch: int | None = Field(None, description="images per forward on that runtime")
 
 

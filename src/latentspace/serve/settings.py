@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from latentspace.runtime.choice import PrecisionName, RuntimeName, RuntimeSettings
+
 API_KEYS_ENV = "LATENTSPACE_API_KEYS"  # comma-separated keys
 ENV_PREFIX = "LATENTSPACE_"  # each setting's environment variable is this + its name in capitals
 
@@ -51,10 +53,6 @@ def flags() -> dict[str, tuple[str, Flag]]:
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
-
-
-Engine = Literal["auto", "torch", "openvino", "onnxruntime"]
-Precision = Literal["fp32", "bf16", "int8"]
 
 
 class ServeSettings(BaseModel):
@@ -136,27 +134,33 @@ class ServeSettings(BaseModel):
         ge=1,
         description="threads decoding and resizing images (default: the CPU count, at least 2)",
     )
-    image_backend: Annotated[Engine, Flag("performance")] = Field(
+    image_runtime: Annotated[RuntimeName, Flag("performance")] = Field(
         "auto",
-        description="runtime for image forwards; auto = the fastest measured on this machine whose output "
-        "stays within cosine 0.999 of PyTorch fp32 (docs/serving.md)",
+        description="runtime for image forwards: torch, openvino, onnxruntime, or auto = the fastest measured "
+        "on this machine whose output stays within cosine 0.999 of PyTorch fp32 (docs/serving.md)",
     )
-    image_precision: Annotated[Precision | None, Flag("performance")] = Field(
-        None,
-        description="with an explicit image backend, its precision: fp32 (the default), bf16 (openvino), "
-        "int8 (torch, onnxruntime); auto measures it",
+    image_precision: Annotated[PrecisionName, Flag("performance")] = Field(
+        "auto", description="precision of image forwards: fp32, bf16, int8, or auto = measured"
     )
-    text_backend: Annotated[Engine, Flag("performance")] = Field(
+    text_runtime: Annotated[RuntimeName, Flag("performance")] = Field(
         "auto",
-        description="runtime for text forwards, chosen like the image backend; torch keeps served text "
+        description="runtime for text forwards, chosen like the image one; torch with fp32 keeps served text "
         "vectors bit-identical to local mode's",
     )
-    text_precision: Annotated[Precision | None, Flag("performance")] = Field(
-        None, description="with an explicit text backend, its precision (fp32 by default)"
+    text_precision: Annotated[PrecisionName, Flag("performance")] = Field(
+        "auto", description="precision of text forwards: fp32, bf16, int8, or auto = measured"
     )
-    backend_cache_dir: Annotated[str | None, Flag("performance", name="backend-cache")] = Field(
-        None, description="where auto keeps its calibrations; unset = $XDG_CACHE_HOME/latentspace/backends"
+    runtime_cache_dir: Annotated[str | None, Flag("performance", name="runtime-cache")] = Field(
+        None, description="where auto keeps its measurements; unset = $XDG_CACHE_HOME/latentspace/runtimes"
     )
+
+    @property
+    def image(self) -> RuntimeSettings:
+        return RuntimeSettings(runtime=self.image_runtime, precision=self.image_precision)
+
+    @property
+    def text(self) -> RuntimeSettings:
+        return RuntimeSettings(runtime=self.text_runtime, precision=self.text_precision)
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> ServeSettings:
@@ -167,21 +171,11 @@ class ServeSettings(BaseModel):
                 f"max_queue_items ({self.max_queue_items}) must be at least max_items ({self.max_items}), "
                 "or a full-size request could never be queued"
             )
-        from latentspace.serve.backends import CANDIDATES
-
-        for kind, backend, precision in (
-            ("image", self.image_backend, self.image_precision),
-            ("text", self.text_backend, self.text_precision),
-        ):
-            if backend == "auto":
-                if precision is not None:
-                    raise ValueError(
-                        f"with {kind}_backend auto the precision is measured too; name a backend "
-                        "(torch, openvino, onnxruntime) to pin a precision"
-                    )
-            elif (backend, precision or "fp32") not in CANDIDATES:
-                offered = ", ".join(f"{b}-{p}" for b, p in CANDIDATES)
-                raise ValueError(f"there is no {backend} backend at {precision} for {kind}s; offered: {offered}")
+        for kind in ("image", "text"):
+            try:
+                getattr(self, kind)
+            except ValueError as e:  # a runtime and precision that do not go together
+                raise ValueError(f"{kind} forwards: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
         return self
 
 

