@@ -29,8 +29,9 @@ def test_same_text_model_is_compatible_bit_for_bit(model_dir):
     report = check_compat(model_dir, "builtin:all-MiniLM-L6-v2")
     assert report.same_space and report.bit_identical and report.ok
     assert set(report.task_types) == {"search_document", "search_query", "classification", "clustering"}
+    assert report.runtime == "torch-fp32"  # bit identity is checked on the reference runtime
     result = CliRunner().invoke(app, ["check-compat", str(model_dir), "--text", "builtin:all-MiniLM-L6-v2"])
-    assert result.exit_code == 0 and "compatible" in result.output
+    assert result.exit_code == 0 and "compatible" in result.output and "both on torch-fp32" in result.output
 
 
 def test_another_space_is_reported_and_exits_1(model_dir, tmp_path):

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from latentspace import embed
 from latentspace.cli import app
 from latentspace.models.load import load
-from latentspace.runtime import CANDIDATES
+from latentspace.runtime import CANDIDATES, EXACT, RuntimeSettings, on_runtimes
 from latentspace.serve.settings import ServeSettings
 
 import fakes
@@ -172,7 +172,12 @@ def test_eval_and_eval_text_accept_every_form(forms, suite, tmp_path):
                 ],
             )
             assert result.exit_code == 0, (form.id, result.output)
-            assert json.loads((tmp_path / form.id / "eval.json").read_text())["tasks"][0]["name"] == "colours"
+            report = json.loads((tmp_path / form.id / "eval.json").read_text())
+            assert report["tasks"][0]["name"] == "colours"
+            # which runtime made the numbers: images auto's choice (as on_runtimes makes it), texts exact
+            expected = on_runtimes(load(form.spec)).runtime_names()
+            assert report["runtimes"] == expected and report["runtimes"]["text"] == "torch-fp32", form.id
+            assert "Forwards ran on:" in (tmp_path / form.id / "report.md").read_text()
         if "text" in form.modalities:
             result = runner.invoke(
                 app,
@@ -183,9 +188,20 @@ def test_eval_and_eval_text_accept_every_form(forms, suite, tmp_path):
                     str(suite / "words"),
                     "--out",
                     str(tmp_path / f"text-{form.id}"),
+                    "--text-runtime",
+                    "onnxruntime",
+                    "--text-precision",
+                    "fp32",
                 ],
             )
             assert result.exit_code == 0, (form.id, result.output)
+            report = json.loads(next((tmp_path / f"text-{form.id}").glob("text-*.json")).read_text())
+            # what ran: ONNX Runtime where the text forward exports (not open_clip's, not NomicBERT's
+            # rotary attention, which fall back to PyTorch), as the runtime layer reports it
+            asked = RuntimeSettings(runtime="onnxruntime", precision="fp32")
+            expected = on_runtimes(load(form.spec), image=EXACT, text=asked).runtime_names()["text"]
+            assert report["runtimes"] == {"text": expected}, form.id
+            assert expected == "onnxruntime-fp32" or form.kind in ("open_clip", "text", "nomic-vision"), form.id
         else:
             result = runner.invoke(app, ["eval-text", form.spec, "--benchmark", str(suite / "words")])
             assert result.exit_code == 2 and "images only" in result.output, form.id

@@ -166,3 +166,50 @@ def test_openvino_image_runtime(tmp_path):
     a, b = Collection.open(tmp_path / "torch"), Collection.open(tmp_path / "ov")
     for item in a.meta.column("id").to_pylist():
         assert float(a.vector(item) @ b.vector(item)) > 0.9999
+
+
+def test_a_runtime_that_fails_falls_back_to_pytorch_and_the_parts_say_so(tmp_path, monkeypatch):
+    """As the server does: a runtime that cannot build, or fails on a batch, costs speed, not the
+    build; the vectors are PyTorch's and every part records the runtime that made them."""
+    import fakes
+
+    model = fakes.colour_embedder()
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, concept in enumerate(fakes.CONCEPTS[:6]):
+        fakes.draw(concept).save(images / f"{i}.png")
+    exact = BuildSettings(image_runtime="torch", image_precision="fp32", files_per_part=3, batch_size=2)
+    build_collection(tmp_path / "exact", model, images, settings=exact)
+
+    def fails_on_first_batch(module, example, runtime, precision):
+        def run(*inputs):
+            raise RuntimeError("a graph that baked in one input shape (simulated)")
+
+        return run
+
+    monkeypatch.setattr("latentspace.runtime.forwards.build_forward", fails_on_first_batch)
+    asked = BuildSettings(image_runtime="onnxruntime", image_precision="fp32", files_per_part=3, batch_size=2)
+    report = build_collection(tmp_path / "fell", model, images, settings=asked)
+    assert report.items == 6 and report.skipped == 0
+    for part in sorted((tmp_path / "fell" / "parts").glob("*.parquet")):
+        info = json.loads(pq.read_schema(part).metadata[b"latentspace"])
+        assert info["runtime"] == "torch-fp32" and info["settings"]["image_runtime"] == "onnxruntime"
+    a, b = Collection.open(tmp_path / "exact"), Collection.open(tmp_path / "fell")
+    for item in a.meta.column("id").to_pylist():
+        np.testing.assert_array_equal(a.vector(item), b.vector(item))
+
+
+def test_without_a_batch_size_the_plan_takes_the_runtimes_measured_one(tmp_path, library, colour_model):
+    report = build_collection(tmp_path / "c", colour_model, library, settings=BuildSettings(max_pixels=10_000))
+    assert report.items == 12
+    info = json.loads(pq.read_schema(tmp_path / "c" / "parts" / "part-000000.parquet").metadata[b"latentspace"])
+    assert info["unit"]["batch_size"] == colour_model.image_batch_size  # no measurement: the model's own
+    from latentspace.runtime import CANDIDATES
+
+    import fakes
+
+    exportable = fakes.colour_embedder()  # a forward that is one module: auto measures it
+    build_collection(tmp_path / "m", exportable, library, settings=BuildSettings(max_pixels=10_000))
+    info = json.loads(pq.read_schema(tmp_path / "m" / "parts" / "part-000000.parquet").metadata[b"latentspace"])
+    assert info["unit"]["batch_size"] in (4, 8, 16, 32)
+    assert info["runtime"] in {f"{r}-{p}" for r, p in CANDIDATES}

@@ -47,6 +47,9 @@ class ColourEmbedder:
         self.text_calls.append((list(texts), task_type))
         return self._finish(torch.tensor([_named_colour(text) for text in texts], dtype=torch.float32))
 
+    def runtime_names(self):
+        return {"image": "torch-fp32", "text": "torch-fp32"}
+
     def _finish(self, rgb: torch.Tensor) -> torch.Tensor:
         noise = 0.01 * torch.randn(len(rgb), NOISE_DIMS, generator=self._noise)
         return F.normalize(torch.cat([rgb, noise], dim=1), dim=-1)

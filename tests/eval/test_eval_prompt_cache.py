@@ -16,6 +16,11 @@ class Recorder:
         self.calls.append((tuple(texts), task_type))
         return torch.tensor([[float(len(t)), 1.0, 0.0] for t in texts])
 
+    def runtime_names(self):
+        return {"image": "torch-fp32", "text": self.text_runtime}
+
+    text_runtime = "torch-fp32"
+
 
 def test_repeated_texts_are_read_back_not_recomputed(tmp_path):
     model = Recorder()
@@ -70,3 +75,13 @@ def test_suite_uses_the_requested_text_task_type(tmp_path):
     model = Recorder()
     evaluate_suite(model, tmp_path / "suite.yaml", progress=False, text_task_type="classification")
     assert {task_type for _, task_type in model.calls} == {"classification"}
+
+
+def test_vectors_from_another_text_runtime_are_not_served_from_the_cache(tmp_path):
+    """An OpenVINO text vector is within the bound of PyTorch's, not equal to it: the cache keeps
+    them apart."""
+    model = Recorder()
+    PromptCache(model, tmp_path).embed_texts(["a cat"], "search_query")
+    model.text_runtime = "openvino-fp32"
+    PromptCache(model, tmp_path).embed_texts(["a cat"], "search_query")
+    assert len(model.calls) == 2
