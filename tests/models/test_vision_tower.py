@@ -36,3 +36,16 @@ def test_errors_name_the_problem(tmp_path):
         VisionTower(VisionTowerConfig(arch="vit_imaginary"), 8)
     with pytest.raises(FileNotFoundError, match="init_checkpoint"):
         VisionTower(VisionTowerConfig(**(TINY_VISION | {"init_checkpoint": str(tmp_path / "none.pt")})), 8)
+
+
+def test_the_heads_dropout_is_inverted_dropout():
+    from latentspace.models.vision_tower import Dropout
+
+    drop = Dropout(0.5).train()
+    x = torch.ones(200, 500)
+    y = drop(x)
+    kept = y != 0
+    assert set(y.unique().tolist()) <= {0.0, 2.0}  # dropped, or kept and scaled by 1 / (1 - p)
+    assert abs(kept.float().mean().item() - 0.5) < 0.01
+    assert torch.equal(drop.eval()(x), x)  # identity at inference
+    assert torch.equal(Dropout(0.0).train()(x), x)

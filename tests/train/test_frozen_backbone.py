@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import timm
 import torch
@@ -122,3 +124,29 @@ def test_the_head_trains_from_features_in_memory_and_the_cache_says_its_runtime(
     with torch.inference_mode():
         exact = PooledBackbone(trainer.vision).eval()(pixels)
     assert F.cosine_similarity(trainer.feature_cache.lookup(table.keys[:3]), exact).min() >= 0.999
+
+
+@pytest.mark.parametrize("caption", ["name", "random"])
+def test_the_table_gives_the_batches_the_stream_would(tmp_path, shards, backbone_file, caption):
+    """Same samples, same order across epochs, same captions drawn: a frozen-backbone run trains on
+    what it would have streamed from the shards with one reader."""
+    from torch.utils.data import DataLoader
+
+    from latentspace.data.shards import ImageTextStream
+    from latentspace.train.loop import _no_pixels
+
+    trainer = Trainer(_frozen(tmp_path, shards, backbone_file, f"data.caption={caption}"))
+    cfg = trainer.cfg
+    stream = ImageTextStream(
+        urls=trainer.urls,
+        transform=_no_pixels,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        caption_mode=caption,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+    )
+    streamed = list(itertools.islice(iter(DataLoader(stream, batch_size=None)), 9))  # past three epochs
+    for step, batch in enumerate(streamed):
+        ours = trainer.table.batch(step, cfg.train.batch_size)
+        assert ours["keys"] == batch["keys"] and ours["captions"] == batch["captions"], step
+        assert torch.equal(ours["features"], trainer.feature_cache.lookup(batch["keys"]))

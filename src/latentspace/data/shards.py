@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import webdataset as wds
@@ -70,9 +71,12 @@ def sample_seed(*parts: int) -> int:
     return h
 
 
-def _shuffled(items: Iterator[dict], buffer: int, rng: random.Random) -> Iterator[dict]:
+T = TypeVar("T")
+
+
+def shuffled(items: Iterator[T], buffer: int, rng: random.Random) -> Iterator[T]:
     """Reservoir-style shuffle buffer with our own RNG, so the order is reproducible."""
-    pool: list[dict] = []
+    pool: list[T] = []
     for item in items:
         pool.append(item)
         if len(pool) >= buffer:
@@ -208,7 +212,7 @@ class ImageTextStream(IterableDataset):
         else:  # fewer shards than readers: every reader scans all, keeps every n-th sample
             raw = (s for i, s in enumerate(iter_raw_samples(shards, errors)) if i % n_roles == role)
         rng = random.Random(sample_seed(self.seed, epoch, role, 7))
-        return _shuffled(raw, max(1, self.shuffle_buffer), rng), errors
+        return shuffled(raw, max(1, self.shuffle_buffer), rng), errors
 
     def _prepare(self, sample: dict, seed: int) -> tuple | None:
         rng = random.Random(seed)

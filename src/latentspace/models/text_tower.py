@@ -131,14 +131,21 @@ def pad_ids(
 
 
 def pooled_rows(
-    transformer: nn.Module, input_ids: torch.Tensor, mask: torch.Tensor, pooling: str, layer_norm: bool
+    transformer: nn.Module,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    pooling: str,
+    layer_norm: bool,
+    width: int | None = None,
 ) -> torch.Tensor:
-    """The transformer on a padded batch -> pooled (N, width) float rows (layer-normed if asked)."""
+    """The transformer on a padded batch -> pooled (N, width) float rows (layer-normed if asked).
+    `width`, when known, is the rows' width as a constant (an exported graph needs the layer
+    norm's shape fixed, not read from a tensor)."""
     out = transformer(input_ids=input_ids, attention_mask=mask)
     hidden = out if isinstance(out, torch.Tensor) else out.last_hidden_state
     vectors = pool(hidden, mask, pooling)
     if layer_norm:
-        vectors = F.layer_norm(vectors, (vectors.shape[-1],))
+        vectors = F.layer_norm(vectors, (width or vectors.shape[-1],))
     return vectors.float()
 
 
@@ -148,15 +155,17 @@ class TextRows(nn.Module):
 
     def __init__(self, tower: TextTower):
         super().__init__()
-        self.transformer, self.pooling, self.layer_norm, self.dim = (
+        self.transformer, self.pooling, self.layer_norm, self.dim, self.width = (
             tower.transformer,
             tower.desc.pooling,
             tower.layer_norm,
             tower.dim,
+            tower.full_dim,
         )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return pooled_rows(self.transformer, input_ids, attention_mask, self.pooling, self.layer_norm)[:, : self.dim]
+        rows = pooled_rows(self.transformer, input_ids, attention_mask, self.pooling, self.layer_norm, self.width)
+        return rows[:, : self.dim]
 
 
 class TextTower(nn.Module):

@@ -180,6 +180,28 @@ class VisionTower(nn.Module):
         return self.proj(self.features(images))
 
 
+class Dropout(nn.Module):
+    """Inverted dropout, as `nn.Dropout`, with its mask drawn from uniform floats on the CPU:
+    PyTorch's CPU dropout draws a Bernoulli sample element by element, about three times slower
+    (4.9 ms against 1.7 ms for a 256 x 1280 batch on a 2-core CPU), which made the head's two
+    dropouts a third of a frozen-backbone training step. On GPUs PyTorch's own is used."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.is_cuda:
+            return nn.functional.dropout(x, self.p, training=True)
+        # uniform r in [0, 1): floor(r + 1 - p) is 1 with probability 1 - p, else 0; all in place
+        return x * torch.rand_like(x).add_(1 - self.p).floor_().mul_(1 / (1 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class MLPHead(nn.Module):
     """Pooled features -> text space through one hidden layer. The LayerNorm first puts features of
     any scale (a frozen pretrained backbone's, say) on one footing."""
@@ -188,10 +210,10 @@ class MLPHead(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.LayerNorm(width),
-            nn.Dropout(cfg.head_dropout),
+            Dropout(cfg.head_dropout),
             nn.Linear(width, cfg.head_hidden),
             nn.GELU(),
-            nn.Dropout(cfg.head_dropout),
+            Dropout(cfg.head_dropout),
             nn.Linear(cfg.head_hidden, out_dim),
         )
 

@@ -34,8 +34,9 @@ class ModelOnRuntimes(Embedder):
         choices: dict[str, Choice],
         image: Callable[[torch.Tensor], torch.Tensor] | None,
         text: Callable[[Sequence[Sequence[int]]], torch.Tensor] | None,
+        asked: tuple[RuntimeSettings, RuntimeSettings] = (AUTO, EXACT),
     ) -> None:
-        self.model, self.choices = model, choices
+        self.model, self.choices, self.asked = model, choices, asked  # asked: (image, text) settings
         self.kind, self.name, self.identity = model.kind, model.name, model.identity
         self.modalities, self.max_tokens, self.pad_id = model.modalities, model.max_tokens, model.pad_id
         self.task_types, self.text_batch_size = model.task_types, model.text_batch_size
@@ -114,9 +115,12 @@ def on_runtimes(
     cache_dir: Path | None = None,
 ) -> ModelOnRuntimes:
     """`model` with each of its forwards on the runtime `image` / `text` ask for (auto: measured
-    here, or read from the cache of an earlier measurement). A model already on runtimes is
-    taken back to its own forwards first."""
+    here, or read from the cache of an earlier measurement). A model already on the runtimes
+    asked for is returned as it is (its compiled forwards are reused); one on others is taken back
+    to its own forwards first."""
     if isinstance(model, ModelOnRuntimes):
+        if model.asked == (image, text):
+            return model
         model = model.model
     choices: dict[str, Choice] = {}
     image_forward = text_forward = None
@@ -126,7 +130,7 @@ def on_runtimes(
     if "text" in model.modalities:
         choices["text"] = text_choice(model, text, cache_dir)
         text_forward = _text_forward(model, choices["text"])
-    return ModelOnRuntimes(model, choices, image_forward, text_forward)
+    return ModelOnRuntimes(model, choices, image_forward, text_forward, (image, text))
 
 
 def _choice(
