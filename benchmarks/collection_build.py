@@ -256,9 +256,9 @@ def main() -> None:
             # image costs the time of both, so no pipeline beats 1 / (1/raw + 1/decode) here.
             ceiling = 1 / (1 / best["raw"] + 1 / best["decode"])
             print(
-                f"  build / raw forward {ratios['raw'][0]:.2f}x ({ratios['raw'][1]:.2f}x); build / shared-CPU bound "
-                f"({ceiling:.0f}/s) {best['build'] / ceiling:.2f}x; build / alternative {ratios['alternative'][0]:.2f}x "
-                f"({ratios['alternative'][1]:.2f}x)",
+                f"  build / raw forward {ratios['raw'][0]:.2f}x ({ratios['raw'][1]:.2f}x); build / shared-CPU "
+                f"bound ({ceiling:.0f}/s) {best['build'] / ceiling:.2f}x; build / alternative "
+                f"{ratios['alternative'][0]:.2f}x ({ratios['alternative'][1]:.2f}x)",
                 flush=True,
             )
             print(
