@@ -2,15 +2,16 @@
 --infinity, against infinity-emb on the same weights and the same inputs.
 
     .venv/bin/python benchmarks/serve.py                                   # ours vs raw forwards
+    .venv/bin/python benchmarks/serve.py --image-model artifacts/quickstart/model  # the default model
     .venv/bin/python benchmarks/serve.py --infinity /tmp/infvenv/bin/infinity_emb
 
 Models (written to --out on first use, random weights): a Hugging Face CLIP ViT-B/16 for images
-and a BERT-base sentence-transformers directory (mean pooling) for text: shapes of real models
-that both servers load. What it prints:
+(or --image-model SPEC) and a BERT-base sentence-transformers directory (mean pooling) for text:
+shapes of real models that both servers load. What it prints:
 
 1. the machine: CPU model and the features that matter (AVX2, AVX-512, VNNI, bf16, AMX), torch
    threads and the fp32 matmul rate;
-2. every image backend's raw forward (images/s, cosine to PyTorch fp32), as `--image-backend
+2. every image runtime's raw forward (images/s, cosine to PyTorch fp32), as `--image-runtime
    auto` measures them, and which one auto picks; the raw batched text forward;
 3. for each server and 1 / 8 / 32 clients, each sending ONE image or ONE text per request:
    items/s, p50 and p99 latency, the ratio to the raw forward, the minimum cosine of the answers
@@ -44,8 +45,7 @@ from machine import matmul_gflops  # noqa: E402  (benchmarks/machine.py)
 
 from latentspace.data.images import decode_image  # noqa: E402
 from latentspace.models.load import load  # noqa: E402
-from latentspace.serve.backends import Choice, cpu_info  # noqa: E402
-from latentspace.serve.models import auto_image_backend, image_forward  # noqa: E402
+from latentspace.runtime import RuntimeSettings, cpu_info, on_runtimes  # noqa: E402
 
 import fakes  # noqa: E402  (writes the random model directories and draws the test images)
 
@@ -229,8 +229,10 @@ def ours(args, image_spec: str, text_spec: str, images, texts, levels) -> dict:
         f"txt={text_spec}",
         "--port",
         str(port),
-        "--image-backend",
-        args.image_backend,
+        "--image-runtime",
+        args.image_runtime,
+        "--image-precision",
+        args.image_precision,
         "--max-batch-images",
         str(args.batch),
         "--max-queue-items",
@@ -238,8 +240,6 @@ def ours(args, image_spec: str, text_spec: str, images, texts, levels) -> dict:
         "--log-level",
         "warning",
     ]
-    if args.image_precision:
-        cmd += ["--image-precision", args.image_precision]
     proc = subprocess.Popen(cmd, stdout=open(Path(args.out) / "ours.log", "w"), stderr=subprocess.STDOUT)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", proc)
@@ -340,8 +340,13 @@ def min_cosine(answers: list, reference: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="artifacts/bench/serve")
-    ap.add_argument("--image-backend", default="auto", choices=["auto", "torch", "openvino", "onnxruntime"])
-    ap.add_argument("--image-precision", choices=["fp32", "bf16", "int8"], help="with an explicit backend")
+    ap.add_argument("--image-runtime", default="auto", choices=["auto", "torch", "openvino", "onnxruntime"])
+    ap.add_argument("--image-precision", default="auto", choices=["auto", "fp32", "bf16", "int8"])
+    ap.add_argument(
+        "--image-model",
+        default="clip",
+        help="clip (a random CLIP ViT-B/16) or a model spec, e.g. artifacts/quickstart/model (the default model)",
+    )
     ap.add_argument("--infinity", help="path of an infinity_emb executable to compare against")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--image-requests", type=int, default=96, help="image requests per concurrency level")
@@ -359,29 +364,30 @@ def main() -> None:
         f"fp32 matmul {matmul_gflops():.0f} GFLOP/s"
     )
     clip_dir, bert_dir = out / "clip-vit-b16-random", out / "bert-base-random"
-    if not clip_dir.exists():
+    if args.image_model != "clip":
+        clip_dir = Path(args.image_model)
+    elif not clip_dir.exists():
         fakes.make_hf_clip(clip_dir, seed=0, **fakes.CLIP_VIT_B16)
     if not bert_dir.exists():
         fakes.make_st_bert(bert_dir)
     images, texts = make_images(32, args.image_size), make_texts(256)
 
-    # raw forwards: every image backend as auto measures it, and the text forward
-    image_model, text_model = load(str(clip_dir)), load(str(bert_dir))
-    pixels = torch.stack([image_model.preprocess_image(decode_image(b)) for b in images])
-    choice = auto_image_backend(image_model)  # what the server will find in the cache
-    print(
-        f"\nimage backends, raw forward of 8 probe images ({image_model.name}"
-        f"{', cached calibration' if choice.cached else ''}):"
-    )
+    # raw forwards: the image forward on the runtime the server will run (auto: measured here and
+    # cached, so the server finds the same choice), and the text forward
+    exact, text_model = load(str(clip_dir)), load(str(bert_dir))
+    image_model = on_runtimes(exact, image=RuntimeSettings(runtime=args.image_runtime, precision=args.image_precision))
+    pixels = torch.stack([exact.preprocess_image(decode_image(b)) for b in images])
+    choice = image_model.choices["image"]
+    print(f"\nimage runtimes ({exact.name}{', cached calibration' if choice.cached else ''}):")
     for m in choice.measurements:
-        speed = f"{m.items_per_s:7.2f} images/s, cosine {m.min_cosine:.5f}" if m.items_per_s else ""
+        speed = f"{m.items_per_s:7.2f} images/s, cosine {m.min_cosine:.5f}" if m.items_per_s and m.min_cosine else ""
         print(f"  {m.name:<17} {speed}{'  (' + m.skipped + ')' if m.skipped else ''}")
-    backend = choice.name if args.image_backend == "auto" else f"{args.image_backend}-{args.image_precision or 'fp32'}"
-    print(f"auto picks {choice.name}: {choice.reason}")
-    batch = min(args.batch, choice.batch or args.batch) if args.image_backend == "auto" else args.batch
+    backend = choice.name
+    print(f"images on {choice.name}: {choice.reason}")
+    batch = min(args.batch, image_model.image_batch_size)
     with torch.inference_mode():
-        reference = F.normalize(image_model.image_rows(pixels), dim=-1)
-        forward = image_forward(image_model, Choice(*backend.split("-"), reason=""))
+        reference = F.normalize(exact.image_rows(pixels), dim=-1)
+        forward = image_model.image_rows
         forward(pixels[:batch])
         image_raw = len(pixels) / min(
             _timed(lambda: [forward(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]) for _ in range(2)
@@ -397,7 +403,7 @@ def main() -> None:
         f"raw batched forwards: images ({backend}, batch {batch}) {image_raw:.2f}/s; "
         f"text (batch 32, {np.mean([len(i) for i in ids]):.0f} tokens on average) {text_raw:.1f}/s"
     )
-    image_model = text_model = None  # free the weights before the servers load theirs
+    image_model = exact = text_model = None  # free the weights before the servers load theirs
 
     def table(title: str, results: dict) -> None:
         print(f"\n{title}, one item per request:")

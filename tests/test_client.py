@@ -16,6 +16,10 @@ from latentspace.serve.settings import ServeSettings
 import fakes
 from fakes import LiveServer
 
+# Local mode pinned to PyTorch fp32, as the servers compared with it are: equal to 1e-5, not
+# within the cosine bound only.
+EXACT = {"runtime": "torch", "precision": "fp32"}
+
 KEY = "client-test-key-42"
 FAST_RETRY = RetryPolicy(max_retries=2, backoff_s=0.01)
 
@@ -69,7 +73,7 @@ def test_remote_images_of_every_kind_keep_their_order(server, model_dir, image_h
     inputs = [str(path), rgba, url, path.read_bytes(), rgba.convert("P"), rgba.convert("L"), url, rgba.convert("CMYK")]
     remote = embed.image(inputs, model="tiny", inference_mode="remote", base_url=server.url, api_key=KEY)
     local_inputs = [fakes.png_bytes(fakes.draw("red square")) if x == url else x for x in inputs]
-    local = embed.image(local_inputs, model=str(model_dir))
+    local = embed.image(local_inputs, model=str(model_dir), **EXACT)
     np.testing.assert_allclose(remote["embeddings"], local["embeddings"], atol=1e-5)
 
 

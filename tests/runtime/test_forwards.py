@@ -94,3 +94,21 @@ def test_a_model_without_an_exportable_forward_runs_its_own(tmp_path):
     assert model.runtime_names() == {"image": "torch-fp32"}
     assert "the only runtime for this image forward" in model.choices["image"].reason
     assert model.embed_images([fakes.draw("red circle")]).shape == (1, 3)
+
+
+def test_a_runtime_asked_for_by_name_is_still_held_to_the_bound(tiny, monkeypatch):
+    """Pinning a runtime skips the race, not the check: a graph that answers wrongly (here: noise)
+    is refused before it serves a vector."""
+    from latentspace.runtime import forwards
+
+    real = forwards.build_forward
+
+    def noisy(module, example, runtime, precision):
+        if runtime == "torch":
+            return real(module, example, runtime, precision)
+        return lambda *inputs: torch.randn(len(inputs[0]), 384)
+
+    monkeypatch.setattr(forwards, "build_forward", noisy)
+    model = on_runtimes(tiny, image=RuntimeSettings(runtime="onnxruntime", precision="fp32"), text=EXACT)
+    assert model.runtime_names()["image"] == "torch-fp32"
+    assert "strays from PyTorch fp32" in model.choices["image"].reason

@@ -34,6 +34,10 @@ from latentspace.serve.settings import ServeSettings  # noqa: E402
 import fakes  # noqa: E402
 from fakes import LiveServer  # noqa: E402
 
+# Local mode pinned to PyTorch fp32, as the servers compared with it are: equal to 1e-5, not
+# within the cosine bound only.
+EXACT = {"runtime": "torch", "precision": "fp32"}
+
 KEY = "nk-latentspace-test-key-0123"  # "nk-": the client sends it as is (see the module docstring)
 TEXT_MODEL = "all-MiniLM-L6-v2"  # the name clients pass as `model`; served from BUILTIN_TEXT_MODEL
 TEXTS = [
@@ -170,7 +174,7 @@ def test_image_pil_and_path_equal_local_mode(client, sent, served_dir, tmp_path)
     jpegs = [_as_nomic_sends(pil), _as_nomic_sends(Image.open(path).convert("RGB"))]
     uploads = [part for call in _requests_to(sent, "/v1/embedding/image") for part in call.files]
     assert sorted(uploads) == sorted(("images", data) for data in jpegs)  # requests names each file part "images"
-    want = embed.image(jpegs, model=str(served_dir))
+    want = embed.image(jpegs, model=str(served_dir), **EXACT)
     np.testing.assert_allclose(got["embeddings"], want["embeddings"], atol=1e-5)
     assert got["model"] == "tiny" and got["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
 
@@ -184,7 +188,7 @@ def test_nomic_names_are_the_clients_defaults_and_share_one_space(client, server
     local_text = embed.text(
         ["a red circle", "a blue square"], model=str(nomic_models / "nomic-embed-text-v1.5"), task_type="search_query"
     )
-    local_image = embed.image([_as_nomic_sends(pil)], model=str(nomic_models / "nomic-embed-vision-v1.5"))
+    local_image = embed.image([_as_nomic_sends(pil)], model=str(nomic_models / "nomic-embed-vision-v1.5"), **EXACT)
     np.testing.assert_allclose(texts["embeddings"], local_text["embeddings"], atol=1e-5)
     np.testing.assert_allclose(images["embeddings"], local_image["embeddings"], atol=1e-5)
     assert texts["model"] == "nomic-embed-text-v1.5" and images["model"] == "nomic-embed-vision-v1.5"

@@ -22,6 +22,10 @@ from latentspace.serve.settings import ServeSettings
 import fakes
 from fakes import LiveServer
 
+# Local mode pinned to PyTorch fp32, as the servers compared with it are: equal to 1e-5, not
+# within the cosine bound only.
+EXACT = {"runtime": "torch", "precision": "fp32"}
+
 KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -115,7 +119,7 @@ def test_images_equal_local_mode_in_any_mode_and_size(server, served_dir):
     fakes.draw("blue circle").convert("RGB").save(jpeg, format="JPEG")
     inputs.append(jpeg.getvalue())
     got = post_images(server, [("images", (f"{i}.img", b)) for i, b in enumerate(inputs)], model="tiny").json()
-    want = embed.image(inputs, model=str(served_dir))
+    want = embed.image(inputs, model=str(served_dir), **EXACT)
     np.testing.assert_allclose(got["embeddings"], want["embeddings"], atol=1e-5)
     assert got["model"] == "tiny" and got["space"] == want["space"]
 
@@ -223,7 +227,10 @@ def test_many_clients_get_their_own_answers_in_order(server, served_dir):
     images = {c: fakes.png_bytes(fakes.draw(c)) for c in concepts}
     want_text = {c: v for c, v in zip(concepts, embed.text(concepts, model=str(served_dir))["embeddings"])}
     want_image = {
-        c: v for c, v in zip(concepts, embed.image([images[c] for c in concepts], model=str(served_dir))["embeddings"])
+        c: v
+        for c, v in zip(
+            concepts, embed.image([images[c] for c in concepts], model=str(served_dir), **EXACT)["embeddings"]
+        )
     }
 
     def client(i: int):
@@ -365,7 +372,7 @@ def test_urls_fetched_when_enabled_and_hostile_ones_refused(served_dir):
             ok = post_urls(f"http://localhost:{host.port}/img.png")
             assert ok.status_code == 200, ok.text
             np.testing.assert_allclose(
-                ok.json()["embeddings"], embed.image([image], model=str(served_dir))["embeddings"], atol=1e-5
+                ok.json()["embeddings"], embed.image([image], model=str(served_dir), **EXACT)["embeddings"], atol=1e-5
             )
             mixed = httpx.post(
                 live.url + "/v1/embedding/image",

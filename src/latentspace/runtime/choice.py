@@ -175,7 +175,7 @@ def calibrate(
     inputs = as_inputs(probe)
     # A second, smaller input of another shape: a runtime whose graph kept a size of the first
     # (a traced constant) fails or strays here, and is not chosen.
-    other = _other_shape(inputs)
+    other = other_shape(inputs)
     module = module.eval()
     reference_forward = build_forward(module, probe, "torch", "fp32")
     reference = reference_forward(*inputs)
@@ -250,7 +250,7 @@ def _timing_batch(inputs: tuple[torch.Tensor, ...], forward: Forward, fast: floa
     return (pixels.repeat((32 + len(pixels) - 1) // len(pixels), 1, 1, 1)[:32],)
 
 
-def _other_shape(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+def other_shape(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The probe cut to 3 items, and token ids and their mask also to 60% of the length (a
     different shape is all this input is for: the same ids go to the reference and the candidate)."""
     cut = tuple(x[:3] for x in inputs)

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from latentspace.models.embedder import Embedder
 from latentspace.models.text_tower import pad_ids
-from latentspace.runtime.builders import build_forward
-from latentspace.runtime.choice import AUTO, EXACT, Choice, RuntimeSettings, choose
+from latentspace.runtime.builders import as_inputs, build_forward
+from latentspace.runtime.choice import AUTO, EXACT, MIN_COSINE, Choice, RuntimeSettings, choose, other_shape
 from latentspace.space import hash_state_dict
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def module_forward(
     exact = build_forward(module, probe, "torch", "fp32")
     if choice.name == "torch-fp32":
         return exact, choice
-    fast = _built(lambda: build_forward(module, probe, choice.runtime, choice.precision), choice)
+    fast = _fast(module, probe, probe, choice)
     return (exact if fast is None else guarded(fast, exact, choice, what)), choice
 
 
@@ -199,7 +200,7 @@ def _image_forward(model: Embedder, choice: Choice) -> Callable[[torch.Tensor], 
     from PIL import Image
 
     example = torch.stack([model.preprocess_image(Image.new("RGB", (64, 64)))] * 2)
-    fast = _built(lambda: build_forward(model.image_module, example, choice.runtime, choice.precision), choice)
+    fast = _fast(model.image_module, example, lambda: probe_images(model.preprocess_image, n=4), choice)
     return None if fast is None else guarded(fast, model.image_rows, choice, f"{model.name} image")
 
 
@@ -208,21 +209,42 @@ def _text_forward(model: Embedder, choice: Choice) -> Callable[[Sequence[Sequenc
     if choice.name == "torch-fp32":
         return None
     example = pad_ids(model.tokenize(["an example text", "a text"], "search_document"), model.pad_id)
-    fast = _built(lambda: build_forward(model.text_module, example, choice.runtime, choice.precision), choice)
+    fast = _fast(model.text_module, example, lambda: probe_text_inputs(model.tokenize, model.pad_id), choice)
     if fast is None:
         return None
     return guarded(lambda ids: fast(*pad_ids(ids, model.pad_id)), model.text_rows, choice, f"{model.name} text")
 
 
-def _built(build: Callable, choice: Choice):
-    """The forward, or None (PyTorch runs) when the runtime cannot build it here: a faster
-    runtime is never worth a model that does not load."""
+def _fast(module: torch.nn.Module, example, probe, choice: Choice):
+    """`module` on the chosen runtime, or None (PyTorch runs) when the runtime cannot build it
+    here, or, for a runtime asked for by name (auto's choice was checked when it was measured),
+    when its rows stray below the cosine bound on a probe batch or a batch of another shape: a
+    faster runtime is never worth a model that does not load, or one that answers wrongly.
+    `probe` is the probe batch, or a function that makes it."""
     try:
-        return build()
+        fast = build_forward(module, example, choice.runtime, choice.precision)
     except Exception as e:  # noqa: BLE001 - any failure means: run with PyTorch
         log.warning("%s could not be built (%s: %s); running PyTorch fp32", choice.name, type(e).__name__, e)
         choice.fell_back(f"could not be built ({type(e).__name__})")
         return None
+    if choice.measurements:
+        return fast
+    probe = as_inputs(probe() if callable(probe) else probe)
+    exact = build_forward(module, probe, "torch", "fp32")
+    try:
+        cosine = min(
+            float(F.cosine_similarity(fast(*inputs).float(), exact(*inputs), dim=-1).min())
+            for inputs in (probe, other_shape(probe))
+        )
+    except Exception as e:  # noqa: BLE001 - e.g. a graph that kept a shape of the example
+        log.warning("%s failed on the probe (%s: %s); running PyTorch fp32", choice.name, type(e).__name__, e)
+        choice.fell_back(f"failed on the probe ({type(e).__name__})")
+        return None
+    if cosine < MIN_COSINE:
+        log.warning("%s strays from PyTorch fp32 (cosine %.5f); running PyTorch fp32", choice.name, cosine)
+        choice.fell_back(f"strays from PyTorch fp32 (cosine {cosine:.5f} on the probe, below {MIN_COSINE})")
+        return None
+    return fast
 
 
 def guarded(fast: Callable, slow: Callable, choice: Choice, what: str) -> Callable:
