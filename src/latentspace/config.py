@@ -218,7 +218,11 @@ class TrainConfig(_Strict):
         description="runtime of the frozen image forwards that fill the caches (a frozen backbone, a frozen "
         "vision tower, the third tower): auto = the fastest within cosine 0.999 of PyTorch fp32",
     )
-    frozen_precision: PrecisionName = Field("auto", description="their precision: auto (measured), fp32, bf16, int8")
+    frozen_precision: PrecisionName = Field(
+        "fp32",
+        description="their precision: fp32 (the default: training data that does not depend on whether "
+        "the CPU has native bf16), or bf16, int8, auto (measured)",
+    )
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description="under torchrun, how trainable towers are spread: "

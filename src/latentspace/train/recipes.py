@@ -79,11 +79,14 @@ class FrozenImageTower:
         with torch.inference_mode():
             self.dim = int(self.module(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size)).shape[-1])
         self.weights = hash_state_dict(self.module.state_dict())
+        # Vectors from fp32 runtimes agree to about 1e-6 and share a cache; a lower precision (or
+        # auto, which may pick one) is another set of vectors, in a cache of its own.
+        exactness = {} if runtime.precision == "fp32" else {"precision": runtime.precision}
         self.identity = SpaceIdentity(
             # Unnormalised features are another kind of vector than embeddings: another cache.
             name=f"frozen-image-{name}" if normalize else f"backbone-features-{name}",
             dim=self.dim,
-            fingerprint=fingerprint({"weights": self.weights, "preprocess": preprocess.to_dict()}),
+            fingerprint=fingerprint({"weights": self.weights, "preprocess": preprocess.to_dict(), **exactness}),
         )
         self.choice: Choice | None = None  # the runtime, once chosen
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
