@@ -162,3 +162,22 @@ def test_the_avx2_only_path_runs_on_any_cpu_under_the_isa_cap(served_dir):
     assert seen["aten"] == "AVX2" and not seen["native_bf16"] and seen["flags"] == []
     assert "no native bf16" in seen["bf16"]
     assert seen["cosine"] >= 0.999
+
+
+def test_measurements_read_as_a_line_whatever_happened_to_each():
+    from latentspace.runtime import Choice, Measurement
+
+    choice = Choice(
+        "torch",
+        "fp32",
+        "measured",
+        [
+            Measurement("torch", "fp32", 10.0, 1.0),
+            Measurement("openvino", "bf16", skipped="no native bf16 on this CPU"),
+            Measurement("onnxruntime", "fp32", 12.0, None, skipped="failed: RuntimeError: a kept shape"),
+            Measurement("onnxruntime", "int8", 30.0, 0.5, skipped="cosine 0.5 below 0.999"),
+        ],
+    )
+    line = choice.describe_measurements()
+    assert "torch-fp32: 10.0/s, cosine 1.00000" in line and "openvino-bf16: no native bf16" in line
+    assert "onnxruntime-fp32: failed: RuntimeError" in line and "onnxruntime-int8: 30.0/s, cosine 0.50000 (" in line

@@ -85,6 +85,13 @@ class Measurement:
     def name(self) -> str:
         return f"{self.runtime}-{self.precision}"
 
+    def describe(self) -> str:
+        if self.items_per_s is None or self.min_cosine is None:  # not run, or failed on the second shape
+            return self.skipped or ""
+        return f"{self.items_per_s:.1f}/s, cosine {self.min_cosine:.5f}" + (
+            f" ({self.skipped})" if self.skipped else ""
+        )
+
 
 @dataclass
 class Choice:
@@ -127,15 +134,8 @@ class Choice:
         )
 
     def describe_measurements(self) -> str:
-        return "; ".join(
-            f"{m.name}: "
-            + (
-                m.skipped
-                if m.skipped and m.items_per_s is None
-                else f"{m.items_per_s:.1f}/s, cosine {m.min_cosine:.5f}" + (f" ({m.skipped})" if m.skipped else "")
-            )
-            for m in self.measurements
-        )
+        """Every candidate in one line: its rate and cosine, and why it was not eligible."""
+        return "; ".join(f"{m.name}: {m.describe()}" for m in self.measurements)
 
 
 Builder = Callable[[torch.nn.Module, object, str, str], Forward]
