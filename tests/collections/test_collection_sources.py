@@ -10,8 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from latentspace.cli import app
-from latentspace.collections import Collection, SourceError, UrlsNotAllowed, build_collection
-from latentspace.collections.build import BuildSettings
+from latentspace.collections import BuildSettings, Collection, SourceError, UrlsNotAllowed, build_collection
 
 import fakes
 

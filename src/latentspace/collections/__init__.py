@@ -7,14 +7,18 @@
     for hit in photos.search_text(model, "a red circle", k=5):
         print(hit.score, hit.path)
 
-Modules: sources.py (what a folder / shards / table holds, and reading it), build.py (plan,
-embed units into parts, commit, resume, incremental updates), store.py (the on-disk layout:
-Parquet parts and collection.json), index.py (exact vs HNSW), search.py (`Collection`); progress
-is shown by latentspace.progress.
+Modules, in the order a build uses them: sources.py (what a folder / shards / table holds, and
+reading it), settings.py (`BuildSettings`), plan.py (scan and compare: the typed plan of units),
+engines.py and ray_engine.py (where units run), unit.py (one unit -> one part), commit.py (staged
+parts into place, the manifest, the index), build.py (the whole build: resume, incremental
+updates). store.py is the on-disk layout (Parquet parts and collection.json), index.py exact vs
+HNSW search, search.py `Collection`; progress is shown by latentspace.progress.
 """
 
-from latentspace.collections.build import BuildReport, BuildSettings, build_collection, embed_unit, sync_index
+from latentspace.collections.build import BuildReport, build_collection
+from latentspace.collections.commit import sync_index
 from latentspace.collections.search import Collection, Filters, Hit, ItemNotFound
+from latentspace.collections.settings import BuildSettings
 from latentspace.collections.sources import SourceError, UrlsNotAllowed
 from latentspace.collections.store import (
     CollectionBusy,
@@ -23,6 +27,7 @@ from latentspace.collections.store import (
     CollectionSpaceError,
     resolve_collection,
 )
+from latentspace.collections.unit import UnitRuntime, embed_unit
 
 __all__ = [
     "BuildReport",
@@ -36,6 +41,7 @@ __all__ = [
     "Hit",
     "ItemNotFound",
     "SourceError",
+    "UnitRuntime",
     "UrlsNotAllowed",
     "build_collection",
     "embed_unit",

@@ -3,7 +3,7 @@
     latentspace collection build photos --model SPEC --images /data/photos --engine ray \\
         [--ray-address HOST:PORT] [--ray-actors N]
 
-Everything but the embedding stays where it is (build.py): the driver scans the source, writes
+Everything but the embedding stays where it is (build.py, plan.py, commit.py): the driver scans the source, writes
 `plan.json`, and commits. Only the plan's pending units go to the actors, each one run by the
 very `embed_unit` the local engine calls, with the plan's batch size and settings, so a unit
 gives the same part byte for byte on either engine. That is why a local build and a Ray build
@@ -71,7 +71,9 @@ from pathlib import Path
 from typing import Any
 
 from latentspace import atomic, process_state
-from latentspace.collections.build import BuildSettings, PartResult, UnitRuntime, _load, embed_unit, model_spec
+from latentspace.collections.plan import Unit
+from latentspace.collections.settings import BuildSettings
+from latentspace.collections.unit import PartResult, UnitRuntime, as_embedder, embed_unit, model_spec
 from latentspace.models.embedder import Embedder
 from latentspace.process_state import ProcessState
 from latentspace.progress import Progress
@@ -121,26 +123,26 @@ def pool_shape(
 
 
 class UnitWorker:
-    """The actor: loads the model once, then embeds units (build.embed_unit), each into a
+    """The actor: loads the model once, then embeds units (unit.embed_unit), each into a
     temporary folder, and returns each part's bytes."""
 
     def __init__(self, model: Embedder | str, settings: BuildSettings, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.model = _load(model)
+        self.model = as_embedder(model)
         self.runtime = UnitRuntime(self.model, settings)  # a backend that cannot run fails here, at start
 
     def ready(self) -> int:
         return os.getpid()
 
-    def embed(self, unit: dict[str, Any], settings: BuildSettings) -> tuple[PartResult, bytes]:
+    def embed(self, unit: Unit, settings: BuildSettings) -> tuple[PartResult, bytes]:
         if self.runtime.settings != settings:  # a resumed plan and a new one can differ
             self.runtime.close()
             self.runtime = UnitRuntime(self.model, settings)
         with tempfile.TemporaryDirectory(prefix="latentspace-unit-") as folder:
-            result = embed_unit(unit, self.model, settings, Path(folder), runtime=self.runtime)
-            return result, (Path(folder) / f"{unit['part']}.parquet").read_bytes()
+            result = embed_unit(unit, self.runtime, Path(folder))
+            return result, (Path(folder) / f"{unit.part}.parquet").read_bytes()
 
 
 class UnitFailed(RuntimeError):
@@ -148,7 +150,7 @@ class UnitFailed(RuntimeError):
 
 
 class RayEngine:
-    """Runs a build's units on a pool of Ray actors. Constructing it only checks that Ray is
+    """Runs a build's units on a pool of Ray actors (an engines.Engine). Constructing it only checks that Ray is
     installed; `start` connects (or starts a local Ray instance) and starts the actors, `run`
     embeds units into staging/, `close` ends the actors and what `start` started."""
 
@@ -247,7 +249,7 @@ class RayEngine:
     # -- running units --------------------------------------------------------------------------
 
     def run(
-        self, units: list[dict[str, Any]], settings: BuildSettings, staging: Path, progress: Progress
+        self, units: list[Unit], settings: BuildSettings, staging: Path, progress: Progress
     ) -> Iterator[PartResult]:
         """Embed `units` on the actors, writing each part into `staging` as it arrives (in any
         order) and yielding its result. Raises UnitFailed naming the first unit that failed."""
@@ -256,8 +258,8 @@ class RayEngine:
             raise RuntimeError("RayEngine.run before RayEngine.start")
         settings = self._actor_settings(settings)
         waiting = deque(units)
-        queued: dict[Any, deque[dict[str, Any]]] = {}  # actor -> its units, in the order it runs them
-        flight: dict[Any, tuple[Any, dict[str, Any]]] = {}  # result ref -> (actor, unit)
+        queued: dict[Any, deque[Unit]] = {}  # actor -> its units, in the order it runs them
+        flight: dict[Any, tuple[Any, Unit]] = {}  # result ref -> (actor, unit)
         done = 0
         progress.describe(f"part 0/{len(units)} on {len(self.ready)} Ray actor(s)")
         while waiting or flight:
@@ -286,17 +288,17 @@ class RayEngine:
                     culprit, what = unit, f"failed on a Ray actor: {_cause(e)}"
                 done += self._salvage(flight, staging)
                 raise UnitFailed(
-                    f"unit {culprit['part']} ({_describe(culprit)}) {what}. The {done} part(s) "
+                    f"unit {culprit.part} ({culprit.describe()}) {what}. The {done} part(s) "
                     "finished by this build are staged; rerun the build to resume"
                 ) from e
             queued[actor].popleft()  # an actor runs its units in the order they were handed to it
-            atomic.write_bytes(staging / f"{unit['part']}.parquet", data, durable=True)
+            atomic.write_bytes(staging / f"{unit.part}.parquet", data, durable=True)
             done += 1
             progress.describe(f"part {done}/{len(units)} on {len(self.ready)} Ray actor(s)")
             progress.advance(result.rows + len(result.skipped))
             yield result
 
-    def _salvage(self, flight: dict[Any, tuple[Any, dict[str, Any]]], staging: Path) -> int:
+    def _salvage(self, flight: dict[Any, tuple[Any, Unit]], staging: Path) -> int:
         """Stage the units other actors have already finished (without waiting for the rest)."""
         if not flight:
             return 0
@@ -307,7 +309,7 @@ class RayEngine:
                 _, data = self.ray.get(ref)
             except self.ray.exceptions.RayError:
                 continue
-            atomic.write_bytes(staging / f"{flight[ref][1]['part']}.parquet", data, durable=True)
+            atomic.write_bytes(staging / f"{flight[ref][1].part}.parquet", data, durable=True)
             staged += 1
         return staged
 
@@ -326,14 +328,6 @@ class RayEngine:
             ray.shutdown()
             process_state.restore(self._before_init)
             self._before_init = None
-
-
-def _describe(unit: dict[str, Any]) -> str:
-    if unit["kind"] == "shard":
-        return f"shard {unit['shard']['url']}"
-    items = unit["items"]
-    first, last = items[0]["key"], items[-1]["key"]
-    return f"{len(items)} file(s), {first}" + (f" .. {last}" if last != first else "")
 
 
 def _cause(error: BaseException) -> str:

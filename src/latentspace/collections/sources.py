@@ -23,17 +23,18 @@ description, so whoever runs a unit (this process, or later a Ray actor) reads t
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import tarfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from latentspace.data.images import IMAGE_EXTENSIONS
+
+if TYPE_CHECKING:
+    from latentspace.data.fetch import BlockingFetcher
 
 SourceKind = Literal["folder", "shards", "table"]
 TABLE_SUFFIXES = (".parquet", ".csv")
@@ -286,24 +287,27 @@ class Record:
     error: str | None = None
 
 
-def file_records(items: list[dict[str, Any]], urls: UrlReader | None) -> Iterator[Record]:
-    for item in items:
+def file_records(items: list[FileItem], urls: BlockingFetcher | None) -> Iterator[Record]:
+    """A files unit's items, in order; each record's meta carries its `index` in the unit."""
+    for index, item in enumerate(items):
         meta = {
-            "key": item["key"],
-            "index": item["index"],
-            "path": item.get("path"),
-            "url": item.get("url"),
-            "caption": item.get("caption"),
-            "size": item.get("size"),
-            "mtime_ns": item.get("mtime_ns"),
+            "key": item.key,
+            "index": index,
+            "path": item.path,
+            "url": item.url,
+            "caption": item.caption,
+            "size": item.size,
+            "mtime_ns": item.mtime_ns,
         }
-        if item.get("url"):
+        if item.url:
             if urls is None:
                 yield Record(meta, error="URL fetching is off (pass --allow-urls)")
                 continue
-            yield Record(meta, read=lambda u=item["url"]: urls.fetch(u))
+            yield Record(meta, read=lambda u=item.url: urls.fetch(u))
+        elif item.path is not None:
+            yield Record(meta, read=lambda p=item.path: Path(p).read_bytes())
         else:
-            yield Record(meta, read=lambda p=item["path"]: Path(p).read_bytes())
+            yield Record(meta, error="the item names neither a path nor a URL")
 
 
 def _split_member(name: str) -> tuple[str, str]:
@@ -407,54 +411,3 @@ def read_shard_member(shard: str, offset: int, length: int) -> bytes | None:
     with open(shard, "rb") as f:
         f.seek(offset)
         return f.read(length)
-
-
-class UrlReader:
-    """Blocking URL fetches for worker threads, through the server's SSRF-guarded fetcher.
-
-    One event loop runs in a background thread; each `fetch` schedules a coroutine there and
-    waits, so many worker threads can have fetches in flight at once."""
-
-    def __init__(self, allowed_hosts: tuple[str, ...] = (), resolver=None) -> None:
-        from latentspace.serve.fetch import FetchPolicy, UrlFetcher
-        from latentspace.serve.settings import ServeSettings
-
-        fields = ServeSettings.model_fields  # the server's limits, one source of truth
-
-        def default(name: str) -> Any:
-            return fields[name].default
-
-        timeout = default("url_timeout_s")
-        self.policy = FetchPolicy(
-            max_bytes=default("url_max_bytes"),
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            total_timeout=3 * timeout,
-            max_redirects=default("url_max_redirects"),
-            allowed_hosts=frozenset(h.lower() for h in allowed_hosts),
-        )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="collection-url-fetch", daemon=True)
-        self._thread.start()
-        self._fetcher = asyncio.run_coroutine_threadsafe(self._make(UrlFetcher, resolver), self._loop).result()
-
-    async def _make(self, cls, resolver):
-        return cls(self.policy, resolver=resolver)
-
-    def fetch(self, url: str) -> bytes:
-        """The bytes at `url`; raises serve.fetch.UrlRefused saying why not."""
-        return asyncio.run_coroutine_threadsafe(self._fetcher.fetch(url, label="url"), self._loop).result()
-
-    def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        asyncio.run_coroutine_threadsafe(self._fetcher.aclose(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-        self._loop.close()
-
-    def __enter__(self) -> UrlReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -149,6 +149,9 @@ class Embedder:
 
     kind: str = "?"
     name: str = "?"
+    # The spec `load()` opened it from (set by load); what a collection records so that a later
+    # build or search can open the same model again. None for a model built another way.
+    spec: str | None = None
     identity: SpaceIdentity
     modalities: tuple[Modality, ...] = ()
     max_tokens: int = 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from latentspace.config import BUILTIN_TEXT_MODEL
 from latentspace.models.embedder import Embedder
@@ -76,11 +76,27 @@ def parse_spec(spec: str) -> tuple[str, dict[str, object]]:
 
 
 def load(spec: str, *, text: str | None = None, partners: Sequence[Embedder] = ()) -> Embedder:
-    """Load the model a spec names (see the module docstring).
+    """Load the model a spec names (see the module docstring); the model remembers the spec in
+    its `spec` attribute (with `text` added as an option), so it can be loaded again from it.
 
     `text` is the same as a `?text=` option. `partners` are models already loaded (the server's
     other models): a Nomic vision model takes its text side from a partner of its release rather
     than loading the text model twice."""
+    model = _load(spec, text=text, partners=partners)
+    model.spec = _with_text(str(spec), text)
+    return model
+
+
+def _with_text(spec: str, text: str | None) -> str:
+    """`spec` with `text` as its text= option (replacing one it had)."""
+    if text is None:
+        return spec
+    base, _, query = spec.partition("?")
+    pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k != "text"] + [("text", text)]
+    return f"{base}?{urlencode(pairs, safe='/:~')}"
+
+
+def _load(spec: str, *, text: str | None, partners: Sequence[Embedder]) -> Embedder:
     base, options = parse_spec(spec)
     text = text if text is not None else options.pop("text", None)  # type: ignore[assignment]
     kind, path = _classify(base)

@@ -332,22 +332,20 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
 
 # -- helpers ---------------------------------------------------------------------------------------
 def _make_fetcher(settings: ServeSettings):
-    from latentspace.serve.fetch import FetchPolicy, UrlFetcher
+    from latentspace.data.fetch import FetchPolicy, UrlFetcher
 
     return UrlFetcher(
-        FetchPolicy(
+        FetchPolicy.with_limits(
             max_bytes=settings.url_max_bytes,
-            connect_timeout=settings.url_timeout_s,
-            read_timeout=settings.url_timeout_s,
-            total_timeout=3 * settings.url_timeout_s,
+            timeout_s=settings.url_timeout_s,
             max_redirects=settings.url_max_redirects,
-            allowed_hosts=frozenset(h.lower() for h in settings.url_allowed_hosts),
+            allowed_hosts=settings.url_allowed_hosts,
         )
     )
 
 
 async def _fetch_all(fetcher, urls: list[str], start: int) -> list[tuple[str, bytes]]:
-    from latentspace.serve.fetch import UrlRefused, display_url
+    from latentspace.data.fetch import UrlRefused, display_url
 
     labels = [f"url {i}" for i in range(start, start + len(urls))]
     results = await asyncio.gather(

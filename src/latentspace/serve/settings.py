@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from latentspace.data.fetch import DEFAULT_POLICY
 from latentspace.runtime.choice import PrecisionName, RuntimeName, RuntimeSettings
 
 API_KEYS_ENV = "LATENTSPACE_API_KEYS"  # comma-separated keys
@@ -108,13 +109,13 @@ class ServeSettings(BaseModel):
         1, ge=1, description="seconds in the Retry-After header of 429 and 503 answers"
     )
     url_max_bytes: Annotated[int, Flag("limits")] = Field(
-        20 * 2**20, ge=1, description="largest remote image fetched, in bytes"
+        DEFAULT_POLICY.max_bytes, ge=1, description="largest remote image fetched, in bytes"
     )
     url_timeout_s: Annotated[float, Flag("limits")] = Field(
-        10.0, gt=0, description="connect and read timeout for a remote image, in seconds"
+        DEFAULT_POLICY.read_timeout, gt=0, description="connect and read timeout for a remote image, in seconds"
     )
     url_max_redirects: Annotated[int, Flag("limits")] = Field(
-        3, ge=0, description="redirects followed per remote image"
+        DEFAULT_POLICY.max_redirects, ge=0, description="redirects followed per remote image"
     )
 
     # How forwards are run

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from latentspace.serve.fetch import (
+from latentspace.data.fetch import (
     FetchPolicy,
     UrlFetcher,
     UrlRefused,

@@ -15,6 +15,10 @@ therefore goes through the same steps, and again for every redirect:
 Redirects are followed by hand, each one a fresh trip through these steps; bodies are streamed
 with a byte cap; connect, read and overall time limits apply. Every failure is a `UrlRefused`
 whose message names the URL (query string and userinfo hidden) and says what to change.
+
+Two callers share it, so it lives below both: the server (images sent as URLs) and collection
+builds (tables of URLs, fetched from worker threads through `BlockingFetcher`). `FetchPolicy`
+owns the default limits; the server's settings take their defaults from it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import http.cookiejar
 import ipaddress
 import re
 import socket
+import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -94,8 +99,8 @@ class UrlRefused(ValueError):
 class FetchPolicy:
     """Limits for fetching remote images. Times are in seconds."""
 
-    max_bytes: int = 20_000_000
-    connect_timeout: float = 5.0
+    max_bytes: int = 20 * 2**20
+    connect_timeout: float = 10.0
     read_timeout: float = 10.0
     total_timeout: float = 30.0
     max_redirects: int = 3
@@ -103,6 +108,28 @@ class FetchPolicy:
     # check, for an operator's internal image host. Scheme, userinfo and port checks still apply,
     # and a redirect away from such a host is checked like any other URL.
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def with_limits(
+        cls,
+        *,
+        max_bytes: int | None = None,
+        timeout_s: float | None = None,
+        max_redirects: int | None = None,
+        allowed_hosts: Iterable[str] = (),
+    ) -> FetchPolicy:
+        """The policy from the three limits users set (None: the default). One timeout bounds the
+        connect and each read; the whole fetch may take three times as long."""
+        default = DEFAULT_POLICY
+        timeout = default.read_timeout if timeout_s is None else timeout_s
+        return cls(
+            max_bytes=default.max_bytes if max_bytes is None else max_bytes,
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            total_timeout=3 * timeout,
+            max_redirects=default.max_redirects if max_redirects is None else max_redirects,
+            allowed_hosts=frozenset(allowed_hosts),
+        )
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1:
@@ -129,6 +156,9 @@ def _normalise_allowed_host(host: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         return host
+
+
+DEFAULT_POLICY = FetchPolicy()  # the limits anyone gets who sets none
 
 
 class _Refusal(Exception):
@@ -593,3 +623,38 @@ def _unmap(ip: IPAddress) -> IPAddress:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+class BlockingFetcher:
+    """`UrlFetcher` for code that runs on plain threads (a collection build's decode pool).
+
+    One event loop runs in a background thread; each `fetch` schedules a coroutine there and
+    waits, so many worker threads can have fetches in flight at once."""
+
+    def __init__(self, policy: FetchPolicy = DEFAULT_POLICY, resolver: Resolver | None = None) -> None:
+        self.policy = policy
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="url-fetch", daemon=True)
+        self._thread.start()
+        self._fetcher = asyncio.run_coroutine_threadsafe(self._make(resolver), self._loop).result()
+
+    async def _make(self, resolver: Resolver | None) -> UrlFetcher:
+        return UrlFetcher(self.policy, resolver=resolver)
+
+    def fetch(self, url: str) -> bytes:
+        """The bytes at `url`; raises UrlRefused saying why not."""
+        return asyncio.run_coroutine_threadsafe(self._fetcher.fetch(url, label="url"), self._loop).result()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self._fetcher.aclose(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+    def __enter__(self) -> BlockingFetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
