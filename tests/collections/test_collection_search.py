@@ -13,6 +13,7 @@ from latentspace.collections import (
     ItemNotFound,
     build_collection,
 )
+from latentspace.collections.index import HnswIndex
 
 import fakes
 
@@ -102,6 +103,13 @@ def test_another_space_is_refused(tmp_path, built, library):
     assert Collection.open(built.directory).info()["items"] == 12  # untouched
 
 
+def _indexed_and_live(directory) -> tuple[set[int], set[int]]:
+    """The rows (seqs) the saved HNSW index holds, and the rows the collection's parts hold."""
+    index = HnswIndex.load(directory / "index")
+    assert index is not None, "no usable index saved"
+    return set(index.labels.tolist()), set(Collection.open(directory).meta.column("seq").to_pylist())
+
+
 def test_hnsw_matches_exact_search(tmp_path, colour_model):
     """Forcing the HNSW threshold down to a few rows: same top results as exact search, filters
     and deleted rows respected."""
@@ -113,9 +121,10 @@ def test_hnsw_matches_exact_search(tmp_path, colour_model):
     for i in range(60):  # solid colours, spread over the colour cube
         Image.new("RGB", (8, 8), tuple(int(c) for c in rng.integers(0, 256, 3))).save(images / f"{i:03d}.png")
     build_collection(tmp_path / "exact", colour_model, images)
-    report = build_collection(tmp_path / "ann", colour_model, images, settings=BuildSettings(hnsw_min_rows=10))
-    assert report.index.startswith("hnsw (built over 60")
+    build_collection(tmp_path / "ann", colour_model, images, settings=BuildSettings(hnsw_min_rows=10))
     exact, ann = Collection.open(tmp_path / "exact"), Collection.open(tmp_path / "ann")
+    indexed, live = _indexed_and_live(tmp_path / "ann")
+    assert len(indexed) == 60 and indexed == live
     assert exact.info()["search"] == "exact" and ann.info()["search"] == "hnsw"
     for text in ("red", "green", "blue", "yellow"):
         assert [h.id for h in ann.search_text(colour_model, text, k=5)] == [
@@ -132,17 +141,24 @@ def test_hnsw_matches_exact_search(tmp_path, colour_model):
     best = ann.search_text(colour_model, "red", k=1)[0]
     (images / best.key).unlink()
     report = build_collection(tmp_path / "ann", colour_model, images)
-    assert report.removed == 1 and report.index.startswith("hnsw (")
+    assert report.removed == 1
+    indexed, live = _indexed_and_live(tmp_path / "ann")  # kept, not rebuilt: the dead row stays in it
+    assert len(indexed) == 60 and live < indexed and len(indexed - live) == 1
     again = Collection.open(tmp_path / "ann")
+    assert again.info()["search"] == "hnsw"
     assert best.id not in [h.id for h in again.search_text(colour_model, "red", k=5)]
     assert len(again) == 59
 
     # a quarter of the index dead: rebuilt from the live rows; below the threshold: exact again
     for path in sorted(images.iterdir())[:20]:
         path.unlink()
-    assert build_collection(tmp_path / "ann", colour_model, images).index == "hnsw (built over 39 rows)"
+    build_collection(tmp_path / "ann", colour_model, images)
+    indexed, live = _indexed_and_live(tmp_path / "ann")
+    assert len(indexed) == 39 and indexed == live
     for path in sorted(images.iterdir())[:35]:
         path.unlink()
-    assert build_collection(tmp_path / "ann", colour_model, images).index == "exact"
+    build_collection(tmp_path / "ann", colour_model, images)
+    assert HnswIndex.load(tmp_path / "ann" / "index") is None
     assert not (tmp_path / "ann" / "index" / "hnsw.faiss").exists()
+    assert Collection.open(tmp_path / "ann").info()["search"] == "exact"
     assert len(Collection.open(tmp_path / "ann").search_text(colour_model, "red", k=10)) == 4
