@@ -25,14 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from latentspace.data.fetch import (
-    FetchPolicy,
-    UrlFetcher,
-    UrlRefused,
-    address_problem,
-    display_url,
-    parse_ipv4_loosely,
-)
+from latentspace.data.fetch import FetchPolicy, UrlFetcher, UrlRefused
+from latentspace.data.url_checks import address_problem, display_url, parse_ipv4_loosely
 
 
 def _png_1x1() -> bytes:
