@@ -9,51 +9,51 @@
 
 Every body and status is typed in serve/schemas.py, so /openapi.json (and /docs) documents them.
 
-Every handler does the same three things: find a ready model (404 / 503 otherwise), turn the
-request into items (texts with token counts, or preprocessed image tensors, decoded on a thread
-pool so the event loop never decodes), and await the model's inference worker, which batches
-them with other requests.
+Every handler does the same three things: find a ready model (404 / 503 otherwise; the models
+and their workers are serve/registry.py's), turn the request into items (texts with token counts,
+or preprocessed image tensors, decoded on a thread pool so the event loop never decodes: the
+checks and conversions are serve/request_items.py's), and await the model's inference worker,
+which batches them with other requests. The bodies it answers with, errors included, are written
+by serve/responses.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-import orjson
 import torch
 from fastapi import Depends, FastAPI, Request, Security
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from latentspace.data.images import (
-    IMAGE_FORMATS,
-    ImageDecodeError,
-    ImageFormatError,
-    ImageTooLargeError,
-    decode_image,
-)
-from latentspace.models.embedder import ModalityError, finish
+from latentspace.models.embedder import finish
 from latentspace.serve.auth import BearerAuth
-from latentspace.serve.batching import QueueFull, WorkerDead
 from latentspace.serve.collections import CollectionSet, add_collection_routes, query_vector
-from latentspace.serve.errors import ApiError, retry_later
+from latentspace.serve.errors import ApiError
 from latentspace.serve.metrics import ServerMetrics
 from latentspace.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
 from latentspace.serve.registry import Loader, ModelRegistry, Slot
+from latentspace.serve.request_items import (
+    check_dimensionality,
+    check_items,
+    decode_and_prepare,
+    fetch_all,
+    image_error,
+    make_fetcher,
+    read_form_files,
+    read_image_form,
+    require_modality,
+    submit,
+)
+from latentspace.serve.responses import encode_vector, install_error_handlers, json_response, nomic_response
 from latentspace.serve.schemas import (
     IMAGE_FORM,
     IMAGE_URL_FORM,
     EmbeddingResponse,
-    ErrorResponse,
     HealthResponse,
     ModelList,
     OpenAIEmbeddingResponse,
@@ -63,8 +63,6 @@ from latentspace.serve.schemas import (
     error_responses,
 )
 from latentspace.serve.settings import ServeSettings
-
-log = logging.getLogger(__name__)
 
 # Requests with fewer characters than this are tokenised on the event loop (see embed_texts).
 INLINE_TOKENIZE_CHARS = 4096
@@ -80,7 +78,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
     # Large text requests are tokenised here, off the event loop; two threads are plenty (a
     # tokenizer call releases the GIL) and bound the per-thread tokenizer copies.
     text_pool = ThreadPoolExecutor(2, thread_name_prefix="tokenize")
-    fetcher = _make_fetcher(settings) if settings.allow_urls else None
+    fetcher = make_fetcher(settings) if settings.allow_urls else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -102,7 +100,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
 
     app = FastAPI(title="latentspace", version="1", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.registry, app.state.metrics, app.state.settings = registry, metrics, settings
-    _install_error_handlers(app)
+    install_error_handlers(app)
 
     if auth.enabled:
         # HTTPBearer only documents the scheme in /openapi.json (auto_error=False: it never answers
@@ -125,9 +123,9 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         slot: Slot, texts: list[str], task_type: str, dimensionality: int | None, long_text_mode: str = "truncate"
     ) -> tuple[torch.Tensor, int]:
         model = slot.model
-        _require(slot, "text")
-        _check_items(len(texts), settings)
-        _check_dimensionality(dimensionality, model.dim)
+        require_modality(slot, "text")
+        check_items(len(texts), settings)
+        check_dimensionality(dimensionality, model.dim)
         prepare = partial(model.prepare_texts, texts, task_type, long_text_mode)
         try:  # tokenised once, here; the inference thread only runs the forward on the ids
             if long_text_mode == "truncate" and sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS:
@@ -137,7 +135,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         except (ValueError, TypeError) as e:
             raise ApiError(422, str(e)) from e
         costs = [len(ids) for ids in prepared.ids]
-        rows = await _submit(slot, registry.text_kind(slot), prepared.ids, costs, settings)
+        rows = await submit(slot, registry.text_kind(slot), prepared.ids, costs, settings)
         return finish(prepared.combine(rows), dimensionality), prepared.token_count
 
     # The embedding routes return orjson Responses, sent as they are: response_model= documents
@@ -152,7 +150,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
     async def text_endpoint(body: TextRequest) -> Response:
         slot = registry.get(body.model)
         vectors, tokens = await embed_texts(slot, body.texts, body.task_type, body.dimensionality, body.long_text_mode)
-        return _nomic_response(vectors, slot, tokens, "text")
+        return nomic_response(vectors, slot, tokens, "text")
 
     @app.post(
         "/v1/embeddings",
@@ -169,10 +167,10 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         vectors, tokens = await embed_texts(slot, texts, body.task_type, body.dimensions)
         rows = vectors.numpy()
         data = [
-            {"object": "embedding", "index": i, "embedding": _encode_vector(row, body.encoding_format)}
+            {"object": "embedding", "index": i, "embedding": encode_vector(row, body.encoding_format)}
             for i, row in enumerate(rows)
         ]
-        return _json(
+        return json_response(
             {
                 "object": "list",
                 "data": data,
@@ -201,11 +199,11 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         },
     )
     async def image_endpoint(request: Request) -> Response:
-        model_name, uploads, urls, dimensionality = await _read_image_form(request, settings)
+        model_name, uploads, urls, dimensionality = await read_image_form(request, settings)
         slot = registry.get(model_name)
-        _require(slot, "image")
-        _check_items(len(uploads) + len(urls), settings)
-        _check_dimensionality(dimensionality, slot.model.dim)
+        require_modality(slot, "image")
+        check_items(len(uploads) + len(urls), settings)
+        check_dimensionality(dimensionality, slot.model.dim)
         if urls and fetcher is None:
             raise ApiError(
                 400,
@@ -213,19 +211,19 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
                 "'images' file parts, or start the server with --allow-urls",
             )
         named = [(f"image {i} ({u.filename or 'unnamed'})", await u.read()) for i, u in enumerate(uploads)]
-        named += await _fetch_all(fetcher, urls, start=len(uploads)) if urls else []
+        named += await fetch_all(fetcher, urls, start=len(uploads)) if urls else []
         loop = asyncio.get_running_loop()
         prepare = slot.model.preprocess_image
         jobs = [
-            loop.run_in_executor(decode_pool, _decode_and_prepare, data, name, settings.max_pixels, prepare)
+            loop.run_in_executor(decode_pool, decode_and_prepare, data, name, settings.max_pixels, prepare)
             for name, data in named
         ]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         for result in results:  # the first bad image, by position, names the failure
             if isinstance(result, BaseException):
-                raise _image_error(result)
-        rows = await _submit(slot, registry.image_kind(slot), results, None, settings)
-        return _nomic_response(finish(rows, dimensionality), slot, 0, "image")
+                raise image_error(result)
+        rows = await submit(slot, registry.image_kind(slot), results, None, settings)
+        return nomic_response(finish(rows, dimensionality), slot, 0, "image")
 
     # -- discovery and operations -----------------------------------------------------------------
     # exclude_unset: an entry has the fields its model describes, no nulls for the rest
@@ -251,15 +249,15 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         return vectors[0].numpy()
 
     async def embed_query_image(slot: Slot, data: bytes, name: str):
-        _require(slot, "image")
+        require_modality(slot, "image")
         loop = asyncio.get_running_loop()
         try:
             pixels = await loop.run_in_executor(
-                decode_pool, _decode_and_prepare, data, name, settings.max_pixels, slot.model.preprocess_image
+                decode_pool, decode_and_prepare, data, name, settings.max_pixels, slot.model.preprocess_image
             )
         except Exception as e:  # noqa: BLE001 - mapped to 400 / 413 / 415 like the embedding route
-            raise _image_error(e) from e
-        return query_vector(await _submit(slot, registry.image_kind(slot), [pixels], None, settings))
+            raise image_error(e) from e
+        return query_vector(await submit(slot, registry.image_kind(slot), [pixels], None, settings))
 
     add_collection_routes(
         app,
@@ -271,7 +269,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         decode_pool=decode_pool,
         embed_query_text=embed_query_text,
         embed_query_image=embed_query_image,
-        read_image_form=lambda request, field: _read_form_files(request, settings, field),
+        read_image_form=lambda request, field: read_form_files(request, settings, field),
     )
 
     @app.get(
@@ -328,195 +326,6 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)  # outermost: runs first
     return app
-
-
-# -- helpers ---------------------------------------------------------------------------------------
-def _make_fetcher(settings: ServeSettings):
-    from latentspace.data.fetch import FetchPolicy, UrlFetcher
-
-    return UrlFetcher(
-        FetchPolicy.with_limits(
-            max_bytes=settings.url_max_bytes,
-            timeout_s=settings.url_timeout_s,
-            max_redirects=settings.url_max_redirects,
-            allowed_hosts=settings.url_allowed_hosts,
-        )
-    )
-
-
-async def _fetch_all(fetcher, urls: list[str], start: int) -> list[tuple[str, bytes]]:
-    from latentspace.data.fetch import UrlRefused, display_url
-
-    labels = [f"url {i}" for i in range(start, start + len(urls))]
-    results = await asyncio.gather(
-        *(fetcher.fetch(u, label=label) for u, label in zip(urls, labels, strict=True)), return_exceptions=True
-    )
-    out = []
-    for url, label, result in zip(urls, labels, results, strict=True):
-        shown = f"{label} ({display_url(url)})"  # credentials and query strings are never echoed
-        if isinstance(result, UrlRefused):
-            raise ApiError(400, str(result))
-        if isinstance(result, BaseException):
-            log.error("fetching %s failed", shown, exc_info=result)
-            raise ApiError(400, f"{shown}: could not be fetched ({type(result).__name__})")
-        out.append((shown, result))
-    return out
-
-
-def _decode_and_prepare(data: bytes, name: str, max_pixels: int, prepare) -> torch.Tensor:
-    """On a decode thread: bytes -> checked, decoded, preprocessed tensor."""
-    return prepare(decode_image(data, name=name, max_pixels=max_pixels, formats=IMAGE_FORMATS))
-
-
-def _image_error(error: BaseException) -> ApiError:
-    if isinstance(error, ImageFormatError):
-        return ApiError(415, str(error))
-    if isinstance(error, ImageTooLargeError):
-        return ApiError(413, str(error))
-    if isinstance(error, ImageDecodeError):
-        return ApiError(400, f"{error}; the other images in this request were not embedded")
-    log.error("image preprocessing failed", exc_info=error)
-    return ApiError(500, f"image preprocessing failed: {type(error).__name__}")
-
-
-async def _read_form_files(request: Request, settings: ServeSettings, field: str):
-    """-> (form, the file parts named `field`) from a multipart body (the collection search route)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "multipart/form-data":
-        raise ApiError(
-            415,
-            f"send the image as multipart/form-data with an {field!r} file part "
-            f"(got {content_type or 'no Content-Type'})",
-        )
-    try:
-        form = await request.form(max_files=2, max_fields=16, max_part_size=settings.max_body_bytes)
-    except StarletteHTTPException as e:
-        raise ApiError(400, f"malformed form body: {e.detail}") from e
-    files = [part for part in form.getlist(field) if isinstance(part, UploadFile)]
-    return {k: v for k, v in form.items() if not isinstance(v, UploadFile)}, files
-
-
-async def _read_image_form(request: Request, settings: ServeSettings):
-    """-> (model, uploads, urls, dimensionality) from a multipart or urlencoded body."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raise ApiError(
-            415,
-            f"send images as multipart/form-data ('images' file parts) or urls as "
-            f"application/x-www-form-urlencoded (got {content_type or 'no Content-Type'})",
-        )
-    try:
-        form = await request.form(
-            max_files=settings.max_items, max_fields=settings.max_items + 16, max_part_size=settings.max_body_bytes
-        )
-    except StarletteHTTPException as e:  # the multipart parser's own limits
-        too_many = "Too many" in str(e.detail)
-        raise ApiError(
-            413 if too_many else 400,
-            f"{e.detail} (at most {settings.max_items} images per request)"
-            if too_many
-            else f"malformed form body: {e.detail}",
-        ) from e
-    images = form.getlist("images")
-    not_files = [i for i, part in enumerate(images) if not isinstance(part, UploadFile)]
-    if not_files:
-        raise ApiError(
-            400, f"images {not_files} are plain form fields; send each image as a file part (curl: -F images=@cat.png)"
-        )
-    urls = [u for u in form.getlist("urls") if isinstance(u, str)]
-    if not images and not urls:
-        raise ApiError(400, "no images: send one 'images' file part per image, or 'urls' fields")
-    model = form.get("model")
-    dimensionality = form.get("dimensionality")
-    if dimensionality is not None:
-        if not str(dimensionality).isdigit() or int(dimensionality) < 1:
-            raise ApiError(422, f"dimensionality must be a positive integer, got {str(dimensionality)[:20]!r}")
-        dimensionality = int(dimensionality)
-    return (model if isinstance(model, str) else None), images, urls, dimensionality
-
-
-def _require(slot: Slot, modality: str) -> None:
-    try:
-        slot.model.require(modality)  # type: ignore[arg-type]
-    except ModalityError as e:
-        raise ApiError(400, f"{e}; GET /v1/models lists each model's modalities") from e
-
-
-def _check_items(n: int, settings: ServeSettings) -> None:
-    if n > settings.max_items:
-        raise ApiError(413, f"{n} items in one request; the limit is {settings.max_items}: split the request")
-
-
-def _check_dimensionality(dimensionality: int | None, dim: int) -> None:
-    if dimensionality is not None and not 1 <= dimensionality <= dim:
-        raise ApiError(422, f"dimensionality must be between 1 and {dim} for this model, got {dimensionality}")
-
-
-async def _submit(slot: Slot, kind, items, costs, settings: ServeSettings) -> torch.Tensor:
-    try:
-        return await slot.worker.submit(kind, items, costs)
-    except QueueFull as e:
-        raise retry_later(429, str(e), settings.retry_after_s) from e
-    except WorkerDead as e:
-        raise retry_later(503, f"{e}; the server needs a restart", settings.retry_after_s) from e
-    except RuntimeError as e:
-        raise ApiError(500, str(e)) from e
-
-
-def _json(payload: dict[str, Any]) -> Response:
-    """orjson writes float32 arrays directly (shortest round-trip spelling of each float32), several
-    times faster than encoding Python floats one by one."""
-    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
-
-
-def _nomic_response(vectors: torch.Tensor, slot: Slot, tokens: int, modality: str) -> Response:
-    # `space` and `runtime` are beyond Nomic's shape (clients ignore them): every answer says which
-    # space its vectors are in, and which runtime made them.
-    return _json(
-        {
-            "embeddings": vectors.numpy(),
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            "model": slot.name,
-            "space": slot.model.space,
-            "runtime": slot.model.runtime_names()[modality],
-        }
-    )
-
-
-def _encode_vector(row, encoding_format: str):
-    if encoding_format == "base64":  # OpenAI's format: little-endian float32 bytes, base64
-        return base64.b64encode(row.astype("<f4").tobytes()).decode()
-    return row
-
-
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """Every error has one body, the documented ErrorResponse, whatever raised it."""
-    return JSONResponse(ErrorResponse(detail=detail).model_dump(), status_code=status, headers=headers)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return _error(error.status, error.message, error.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = []
-        for e in error.errors():
-            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-            problems.append(f"{where or 'body'}: {e.get('msg')}")
-        return _error(422, "invalid request: " + "; ".join(problems[:10]))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return _error(error.status_code, str(error.detail), getattr(error, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
-        # A bug, not bad input: logged with its traceback, answered in the documented error shape
-        # so clients parse one format whatever happens.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "internal error; the server log has the details")
 
 
 # -- the search page (src/latentspace/web): GET / and /static/... ----------------------------------
