@@ -17,8 +17,9 @@ import yaml
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from latentspace.data import emoji, openmoji
-from latentspace.data.emoji import EmojiPackageError, build_emoji_corpus, load_concepts
+from latentspace.data import emoji_concepts, openmoji
+from latentspace.data.emoji import build_emoji_corpus
+from latentspace.data.emoji_concepts import EmojiPackageError, load_concepts
 from latentspace.data.npm import IntegrityError, NpmPackageError, verify_integrity
 from latentspace.data.openmoji import OpenMojiError, OpenMojiIntegrityError, svg_digest
 from latentspace.progress import PlainProgress
@@ -210,7 +211,7 @@ def _task(out_dir: Path, name: str) -> tuple[list[str], list[dict]]:
     return classnames, samples
 
 
-def _by_unified(packages) -> dict[str, emoji.EmojiConcept]:
+def _by_unified(packages) -> dict[str, emoji_concepts.EmojiConcept]:
     """Sample key (base or skin variant) -> its concept."""
     concepts = load_concepts(packages["twitter"])
     keys = {c.unified.lower(): c for c in concepts}
@@ -228,7 +229,7 @@ def test_truncated_package_raises_clear_errors(tmp_path, packages, integrity):
     with pytest.raises(IntegrityError):
         verify_integrity(truncated, integrity["google"])
     with pytest.raises(NpmPackageError, match="truncated or corrupt"):
-        emoji._read_images(truncated, "google", {"1f600.png"})
+        emoji_concepts.read_images(truncated, "google", {"1f600.png"})
     # Even with a matching hash, a broken tarball fails clearly and leaves no partial corpus.
     out_dir = tmp_path / "corpus"
     with pytest.raises(NpmPackageError, match="truncated or corrupt"):
