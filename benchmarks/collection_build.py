@@ -196,12 +196,12 @@ def main() -> None:
     ap.add_argument("--vit-repeats", type=int, default=1)
     ap.add_argument("--models", nargs="+", default=["quickstart", "vit-b16"], choices=["quickstart", "vit-b16"])
     args = ap.parse_args()
-    from latentspace.cli import _quiet_libraries
+    from latentspace.cli import quiet_libraries
     from latentspace.data.workers import available_cpus
     from latentspace.models.load import load
     from latentspace.runtime import on_runtimes
 
-    _quiet_libraries().__enter__()  # for the whole run (the process ends with it)
+    quiet_libraries().__enter__()  # for the whole run (the process ends with it)
     for line in machine_lines():
         print(line)
     size = tuple(int(v) for v in args.image_size.split("x"))

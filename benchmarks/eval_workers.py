@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from latentspace.cli import _quiet_libraries
+from latentspace.cli import quiet_libraries
 from latentspace.config import load_config
 from latentspace.data.emoji import build_emoji_corpus
 from latentspace.data.transforms import Preprocess
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
 
     corpus = build_emoji_corpus(args.corpus, cache_dir=args.npm_cache, progress=print)
     _, specs, task_root = load_suite(Path(corpus["out_dir"]) / corpus["eval_suite"])

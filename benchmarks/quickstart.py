@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from latentspace.cli import _quiet_libraries
+from latentspace.cli import quiet_libraries
 from latentspace.quickstart import run_quickstart
 
 BUDGET_S = 600.0
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--artifacts", type=Path, default=None, help="empty folder to run in (default: a temp dir)")
     ap.add_argument("--npm-cache", type=Path, default=None)
     args = ap.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
     artifacts = args.artifacts or Path(tempfile.mkdtemp(prefix="latentspace-bench-"))
     if args.npm_cache:
         shutil.copytree(args.npm_cache, artifacts / "cache" / "npm", dirs_exist_ok=True)

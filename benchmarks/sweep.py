@@ -19,7 +19,7 @@ from pathlib import Path
 
 from machine import matmul_gflops  # benchmarks/machine.py
 
-from latentspace.cli import _quiet_libraries
+from latentspace.cli import quiet_libraries
 from latentspace.config import load_config
 from latentspace.data.emoji import STYLE_TASK_NAMES, build_emoji_corpus
 from latentspace.eval.runner import evaluate_suite
@@ -137,7 +137,7 @@ def main() -> None:
         help="npm tarballs, for building the corpora of TRAIN_STYLES variants",
     )
     args = ap.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
     for name, overrides in VARIANTS.items():
         if args.only and name not in args.only:
             continue

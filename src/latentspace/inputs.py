@@ -6,8 +6,11 @@ validate texts before sending them, exactly as the server would."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
-TASK_TYPES = ("search_document", "search_query", "classification", "clustering")
+# The prefixes a text can be embedded with (Nomic's task types); the one declaration of them.
+TaskType = Literal["search_document", "search_query", "classification", "clustering"]
+TASK_TYPES: tuple[str, ...] = get_args(TaskType)
 
 
 class TextEncodingError(ValueError):

@@ -16,14 +16,15 @@ from rich.table import Table
 
 from latentspace.config import RunConfig, load_config
 from latentspace.data.emoji import build_emoji_corpus
-from latentspace.eval.prompt_cache import PromptCache
+from latentspace.eval.evaluate import EvalSettings, evaluate_model
 from latentspace.eval.report import print_table, write_json
-from latentspace.eval.runner import evaluate_suite
 from latentspace.eval.tasks import iter_task_samples, read_classnames
 from latentspace.models.embedder import Embedder
 from latentspace.models.load import load
 from latentspace.runtime import on_runtimes
 from latentspace.train.loop import train
+from latentspace.workspace import DEFAULT as WORKSPACE
+from latentspace.workspace import Workspace
 
 DEMO_QUERIES = ["a red heart", "a smiling cat", "a slice of pizza", "a rocket", "rain"]
 
@@ -45,22 +46,23 @@ def quickstart_config(artifacts: Path, corpus: dict, overrides: list[str]) -> Ru
         packaged_config(),
         [
             "data.train_shards=" + "::".join(shards),
-            f"train.output_dir={artifacts / 'quickstart'}",
-            f"train.text_cache_dir={artifacts / 'cache' / 'text'}",
+            f"train.output_dir={Workspace(artifacts).quickstart}",
+            f"train.text_cache_dir={Workspace(artifacts).text_cache}",
             *overrides,
         ],
     )
 
 
 def run_quickstart(
-    artifacts: Path = Path("artifacts"), overrides: list[str] | None = None, console: Console | None = None
+    artifacts: Path = WORKSPACE.root, overrides: list[str] | None = None, console: Console | None = None
 ) -> QuickstartResult:
     console = console or Console()
+    workspace = Workspace(artifacts)
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
     console.rule("[bold]1/4 corpus: emoji art (Twemoji and Noto to train, OpenMoji never seen)")
-    corpus = build_emoji_corpus(artifacts / "emoji", cache_dir=artifacts / "cache" / "npm", console=console)
+    corpus = build_emoji_corpus(workspace.emoji, cache_dir=workspace.npm_cache, console=console)
     c = corpus["counts"]
     console.print(
         f"{c['train_images']} training images of {c['train_concepts']} concepts; "
@@ -78,7 +80,7 @@ def run_quickstart(
     console.rule("[bold]3/4 zero-shot evaluation on the unseen art style")
     model = on_runtimes(load(str(result.model_dir)))  # images on auto's runtime, text on PyTorch
     suite = Path(corpus["out_dir"]) / corpus["eval_suite"]
-    report = evaluate_suite(PromptCache(model, artifacts / "cache" / "prompts"), suite, console=console)
+    report = evaluate_model(model, EvalSettings(suite=str(suite), prompt_cache=workspace.prompt_cache), console=console)
     print_table(report, console)
     eval_json = Path(cfg.train.output_dir) / "eval.json"
     write_json(report, eval_json)

@@ -17,7 +17,7 @@ HNSW search, search.py `Collection`; progress is shown by latentspace.progress.
 
 from latentspace.collections.build import BuildReport, build_collection
 from latentspace.collections.commit import sync_index
-from latentspace.collections.search import Collection, Filters, Hit, ItemNotFound
+from latentspace.collections.search import Collection, Filters, Hit, ItemNotFound, SearchSettings
 from latentspace.collections.settings import BuildSettings
 from latentspace.collections.sources import SourceError, UrlsNotAllowed
 from latentspace.collections.store import (
@@ -40,6 +40,7 @@ __all__ = [
     "Filters",
     "Hit",
     "ItemNotFound",
+    "SearchSettings",
     "SourceError",
     "UnitRuntime",
     "UrlsNotAllowed",

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,7 @@ def build_collection(
         # Built before any plan is written: the runtime is chosen (measured, or read from the
         # cache) once, and its measured batch size is what the plan fixes when none was given.
         runtime = UnitRuntime(embedder, settings)
-        settings = replace(settings, batch_size=runtime.batch_size)
+        settings = settings.but(batch_size=runtime.batch_size)
         runtime.settings = settings
         units_engine = open_engine(engine, runtime, ray_address=ray_address, ray_actors=ray_actors, log=log)
         identity = embedder.identity.to_dict()

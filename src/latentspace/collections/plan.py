@@ -8,7 +8,7 @@ the same bytes. Both are typed here and read and written as JSON (`to_dict` / `f
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -150,8 +150,7 @@ class Plan:
 
     def settings_for(self, settings: BuildSettings) -> BuildSettings:
         """`settings` with what fixes the part bytes taken from this plan (to resume it)."""
-        return replace(
-            settings,
+        return settings.but(
             batch_size=self.batch_size,
             files_per_part=self.files_per_part,
             dtype=self.dtype,

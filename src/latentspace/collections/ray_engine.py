@@ -66,7 +66,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,7 @@ class RayEngine:
 
     def _actor_settings(self, settings: BuildSettings) -> BuildSettings:
         assert self.shape is not None
-        return replace(settings, decode_threads=settings.decode_threads or max(2, self.shape.cpus))
+        return settings.but(decode_threads=settings.decode_threads or max(2, self.shape.cpus))
 
     def _started(self, ref: Any) -> None:
         actor = self.starting.pop(ref)

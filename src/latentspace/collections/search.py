@@ -20,16 +20,18 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
 
 from latentspace.collections import store
 from latentspace.collections.index import HnswIndex, exact_search, use_ann
 from latentspace.collections.sources import read_shard_member
 from latentspace.models.embedder import Embedder
+from latentspace.options import Flag
 
 
 class ItemNotFound(store.CollectionError, KeyError):
@@ -47,6 +49,34 @@ class Filters:
 
     def __bool__(self) -> bool:
         return bool(self.path_prefix or self.caption_contains)
+
+
+SEARCH_PANELS = {"results": "Results", "filters": "Filters"}
+SEARCH_ENV_PREFIX = "LATENTSPACE_SEARCH_"
+
+
+class SearchSettings(BaseModel):
+    """What a search returns (`collection search` generates its options from these fields)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: Annotated[int, Flag("results", name="top", short="-k")] = Field(10, ge=1, description="how many results")
+    min_score: Annotated[float | None, Flag("results")] = Field(
+        None, description="leave out results scoring below this (cosine)"
+    )
+    path_prefix: Annotated[str | None, Flag("filters")] = Field(
+        None, description="only items whose path (or URL, or path in the source folder) starts with this"
+    )
+    caption_contains: Annotated[str | None, Flag("filters")] = Field(
+        None, description="only items whose caption contains this (any case)"
+    )
+    model: Annotated[str | None, Flag("results")] = Field(
+        None, description="the query model (default: the collection's); must be in the collection's latent space"
+    )
+
+    @property
+    def filters(self) -> Filters:
+        return Filters(path_prefix=self.path_prefix, caption_contains=self.caption_contains)
 
 
 @dataclass

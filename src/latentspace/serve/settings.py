@@ -4,23 +4,25 @@
 description. `latentspace serve` generates its options from these fields (flag, help text,
 default, environment variable LATENTSPACE_<NAME>), so a setting added here is on the command
 line without further edits; the `Flag` each field carries says where its flag is listed in
-`serve --help` and, where it differs from the field's name, what the flag is called.
+`serve --help` and, where it differs from the field's name, what the flag is called (the
+machinery is latentspace.options, shared with the other commands' settings).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from latentspace.data.fetch import DEFAULT_POLICY
+from latentspace.options import ENV_PREFIX, Flag, env_name
+from latentspace.options import flags as settings_flags
 from latentspace.runtime.choice import PrecisionName, RuntimeName, RuntimeSettings
 
-API_KEYS_ENV = "LATENTSPACE_API_KEYS"  # comma-separated keys
-ENV_PREFIX = "LATENTSPACE_"  # each setting's environment variable is this + its name in capitals
+API_KEYS_ENV = ENV_PREFIX + "API_KEYS"  # comma-separated keys
+# Each setting's environment variable is LATENTSPACE_ + its name in capitals (options.env_name).
 
 # The panels of `latentspace serve --help`, in the order they are listed.
 GROUPS = {
@@ -32,28 +34,9 @@ GROUPS = {
 }
 
 
-@dataclass(frozen=True)
-class Flag:
-    """How a setting appears on the command line: the help panel it is listed in and, where the
-    flag is not the field's name with dashes, its name. A list setting is given by repeating a
-    flag named for one item (`--model A --model B` fill `models`), hence `name`."""
-
-    group: Literal["server", "models", "limits", "security", "performance"]
-    name: str | None = None  # without the leading dashes
-    short: str | None = None  # e.g. "-m"
-
-
 def flags() -> dict[str, tuple[str, Flag]]:
     """Each setting's flag (`--max-items`) and its `Flag`, by field name, in declaration order."""
-    found = {}
-    for name, field in ServeSettings.model_fields.items():
-        flag = next(m for m in field.metadata if isinstance(m, Flag))
-        found[name] = ("--" + (flag.name or name.replace("_", "-")), flag)
-    return found
-
-
-def env_name(field: str) -> str:
-    return ENV_PREFIX + field.upper()
+    return settings_flags(ServeSettings)
 
 
 class ServeSettings(BaseModel):
@@ -198,3 +181,6 @@ def read_api_keys(keys: list[str] | None, key_file: Path | None, env: dict[str, 
                 "(a key is not echoed here, so check the flag, file and environment)"
             )
     return tuple(dict.fromkeys(found))
+
+
+__all__ = ["API_KEYS_ENV", "GROUPS", "Flag", "ServeSettings", "env_name", "flags", "read_api_keys"]

@@ -1,0 +1,183 @@
+"""`latentspace collection build|search|info`: image libraries as collections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from latentspace.cli.common import console, reports_errors
+from latentspace.cli.options import given, settings_from, with_settings
+from latentspace.collections.search import SEARCH_ENV_PREFIX, SEARCH_PANELS, SearchSettings
+from latentspace.collections.settings import ENV_PREFIX as BUILD_ENV
+from latentspace.collections.settings import PANELS, BuildSettings
+from latentspace.process_state import environment
+
+collection_app = typer.Typer(no_args_is_help=True, help="Embed an image library into a collection and search it.")
+
+
+@collection_app.command("build")
+@with_settings(BuildSettings, PANELS, env_prefix=BUILD_ENV)
+@reports_errors
+def collection_build(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="the collection's name; it lives in artifacts/collections/NAME unless --out"),
+    model: str | None = typer.Option(
+        None, help="model spec (`latentspace models --help`); default: the collection's own model, when it exists"
+    ),
+    images: str | None = typer.Option(
+        None,
+        help="a folder (recursive), webdataset shards (path, brace pattern, "
+        "pipe:CMD) or a .csv/.parquet table with a path/url/image column; "
+        "default: the collection's source, when it has one",
+    ),
+    out: Path | None = typer.Option(None, help="the collection directory (default artifacts/collections/NAME)"),
+    engine: str = typer.Option(
+        "local",
+        help="where images are embedded: local (this process) or ray (an actor "
+        "pool on a Ray cluster; needs the ray extra of latentspace)",
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        help="the Ray cluster to use with --engine ray (default: "
+        "RAY_ADDRESS, else a local Ray instance on this machine)",
+    ),
+    ray_actors: int | None = typer.Option(
+        None,
+        min=1,
+        help="actors with --engine ray (default: one per GPU, "
+        "else the cluster's CPUs / the CPUs each uses: "
+        "--decode-threads, default a node's CPUs)",
+    ),
+    json_output: bool = typer.Option(False, "--json", help="print the build report as JSON on stdout"),
+    **options,
+) -> None:
+    """Embed a folder, shards or a table of images into a collection (Parquet parts + an index).
+
+    Resumable: after an interruption, the same command finishes the build, redoing at most the
+    part in flight. Incremental: run it again to embed only new and changed files, and drop
+    deleted ones. Unreadable or corrupt images are skipped and listed in skipped.jsonl.
+    --engine ray embeds the same parts on a Ray actor pool; either engine resumes the other's build."""
+    import json
+
+    # Before torch loads: OpenMP threads that sleep instead of spinning between ops. The build
+    # interleaves the model's forward with decoding threads; spinning workers took the cores
+    # the decoders needed and slowed the forward itself (docs/collections.md). An explicit
+    # OMP_WAIT_POLICY is respected.
+    ctx.with_resource(environment({"OMP_WAIT_POLICY": "PASSIVE"}, defaults_only=True))
+    from latentspace.collections import build_collection
+    from latentspace.collections.store import DEFAULT_ROOT
+    from latentspace.progress import progress_for
+
+    directory = out or DEFAULT_ROOT / name
+    settings = settings_from(BuildSettings, ctx, given(ctx, options), env_prefix=BUILD_ENV)
+    if images is None and not (directory / "collection.json").is_file() and not (directory / "plan.json").is_file():
+        raise ValueError(f"no collection at {directory} yet: pass --images SOURCE (and --model SPEC)")
+    report = build_collection(
+        directory,
+        model,
+        images,
+        name=name,
+        settings=settings,
+        progress=progress_for(console),
+        log=lambda line: console.print(Text(line)),
+        engine=engine,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
+    )
+    if json_output:
+        print(json.dumps(report.to_dict()))
+    rate = f" ({report.images_per_second:.1f} images/s)" if report.images_embedded else ""
+    console.print(
+        Text(
+            f"collection {report.name} at {report.directory}: {report.items} items; this build: {report.added} added, "
+            f"{report.changed} changed, {report.removed} removed, {report.unchanged} unchanged; embedded "
+            f"{report.images_embedded} images in {report.parts_embedded} parts{rate}"
+            + (f", {report.parts_resumed} parts kept from the interrupted build" if report.parts_resumed else "")
+            + f"; skipped {report.skipped} (see skipped.jsonl); search: {report.index}"
+        ),
+        soft_wrap=True,
+    )
+
+
+@collection_app.command("search")
+@with_settings(SearchSettings, SEARCH_PANELS, env_prefix=SEARCH_ENV_PREFIX)
+@reports_errors
+def collection_search(
+    ctx: typer.Context,
+    collection: str = typer.Argument(..., help="a collection name (under artifacts/collections) or directory"),
+    text: str | None = typer.Argument(None, help="text to search for"),
+    image: Path | None = typer.Option(None, help="search by this image file instead"),
+    like: str | None = typer.Option(None, help="search for items like this one (its id, or its path)"),
+    json_output: bool = typer.Option(False, "--json", help="one JSON object per result per line"),
+    **options,
+) -> None:
+    """Search a collection by text, by image (--image) or by one of its items (--like)."""
+    import json
+
+    from latentspace.collections import Collection
+
+    if sum(x is not None for x in (text, image, like)) != 1:
+        raise ValueError("give exactly one query: a TEXT argument, --image FILE or --like ID")
+    settings = settings_from(SearchSettings, ctx, given(ctx, options), env_prefix=SEARCH_ENV_PREFIX)
+    k, min_score, filters = settings.k, settings.min_score, settings.filters
+    found = Collection.open(collection)
+    if like is not None:
+        hits = found.search_like(like, k, min_score, filters)
+    else:
+        from latentspace.models.load import load
+
+        query_model = load(settings.model or found.manifest.model)
+        if image is not None:
+            hits = found.search_image(query_model, image, k, min_score, filters)
+        else:
+            hits = found.search_text(query_model, text, k, min_score, filters)  # type: ignore[arg-type]
+    if json_output:
+        for hit in hits:
+            print(json.dumps(hit.short(), ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    table = Table("#", "score", "id", "path or url", "caption")
+    for rank, hit in enumerate(hits, 1):
+        where = hit.path or hit.url or f"{hit.shard}#{hit.key}"
+        table.add_row(str(rank), f"{hit.score:.3f}", hit.id, Text(where), Text(hit.caption or ""))
+    Console().print(table)
+    if not hits:
+        console.print("no results" + (" above --min-score" if min_score is not None else ""))
+
+
+@collection_app.command("info")
+@reports_errors
+def collection_info(
+    collection: str = typer.Argument(..., help="a collection name (under artifacts/collections) or directory"),
+    json_output: bool = typer.Option(False, "--json", help="print as JSON"),
+) -> None:
+    """What a collection holds: model, latent space, items, parts, skipped, sources, search kind."""
+    import json
+
+    from latentspace.collections import Collection
+
+    info = Collection.open(collection).info()
+    if json_output:
+        print(json.dumps(info))
+        return
+    out = Console()
+    for key in (
+        "name",
+        "directory",
+        "model",
+        "space",
+        "dim",
+        "dtype",
+        "items",
+        "parts",
+        "skipped",
+        "search",
+        "updated",
+    ):
+        out.print(Text(f"{key}: {info[key]}"), soft_wrap=True)
+    for source in info["sources"]:
+        out.print(Text(f"source: {source['kind']} {source['location']}"), soft_wrap=True)
