@@ -72,3 +72,10 @@ def test_the_text_option_is_part_of_the_recorded_spec(served_dir, text_tower):
     assert _with_text("m", None) == "m"
     assert _with_text("m?text=old", "/x/y") == "m?text=/x/y"
     assert _with_text("m?a=1", "t t") == "m?a=1&text=t+t"
+
+
+def test_a_collection_of_a_model_object_asks_for_the_model_again(tmp_path, library, colour_model):
+    build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS)  # not from load(): its name
+    with pytest.raises(CollectionError, match="records its model as 'colour', which cannot be loaded.*--model"):
+        build_collection(tmp_path / "c")
+    assert build_collection(tmp_path / "c", colour_model).unchanged == 12  # given again, it goes on

@@ -147,6 +147,7 @@ def build_collection(
         pending = Plan.pending(directory)
         if source is None and pending is None and manifest is not None and len(manifest.sources) == 1:
             source = manifest.sources[0]["location"]  # a rerun without --images updates the one source
+        from_manifest = model is None
         if model is None:
             if manifest is None:
                 raise store.CollectionError(
@@ -154,7 +155,7 @@ def build_collection(
                 )
             model = manifest.model
         spec = model_spec(model)
-        embedder = as_embedder(model)
+        embedder = _open_model(model, directory, from_manifest=from_manifest)
         embedder.require("image")
         manifest = _manifest(directory, manifest, embedder, spec, name, settings, pending)
         report = BuildReport(directory, manifest.name, str(manifest.identity))
@@ -205,6 +206,22 @@ def build_collection(
         report.items = sum(p["rows"] for p in manifest.parts)
         report.seconds = time.perf_counter() - started
         return report
+
+
+def _open_model(model: Embedder | str, directory: Path, *, from_manifest: bool) -> Embedder:
+    """The model to build with. The collection's own (`from_manifest`) may be one that load()
+    cannot open: a collection built from an Embedder object records only its name."""
+    from latentspace.models.load import SpecError
+
+    try:
+        return as_embedder(model)
+    except SpecError as e:
+        if not from_manifest:
+            raise
+        raise store.CollectionError(
+            f"the collection at {directory} records its model as {model!r}, which cannot be loaded ({e}); it was "
+            "built from a model object, or its files moved: pass --model SPEC (a model of the same space)"
+        ) from None
 
 
 def _manifest(
