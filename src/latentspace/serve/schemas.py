@@ -1,11 +1,11 @@
 """The API's bodies as Pydantic models: what clients send, what the server answers, and what
 /openapi.json documents for every route and status.
 
-Embedding responses are written with orjson straight from the float32 arrays (serve/app.py
-`_json`), not through these models: their routes declare the model with `response_model=` and
-return a ready Response, which FastAPI sends as is, so a large float list is never validated per
-request. tests/serve/test_openapi.py and test_schema_fuzz.py check that what is sent matches
-what is declared.
+Embedding responses are written with orjson straight from the float32 arrays
+(serve/responses.py `json_response`), not through these models: their routes declare the model
+with `response_model=` and return a ready Response, which FastAPI sends as is, so a large float
+list is never validated per request. tests/serve/test_openapi.py and test_schema_fuzz.py check
+that what is sent matches what is declared.
 
 Response models leave `additionalProperties` open (Pydantic's default): a client must ignore
 fields it does not know, which is how fields get added without breaking anyone.
