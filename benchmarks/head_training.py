@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 from latentspace.config import load_config
 from latentspace.data.shards import ImageTextStream
 from latentspace.process_state import kept_signal_handlers
-from latentspace.train.loop import Trainer, _no_pixels
+from latentspace.train.batches import no_pixels
+from latentspace.train.loop import Trainer
 
 
 def streamed(trainer: Trainer):
@@ -33,7 +34,7 @@ def streamed(trainer: Trainer):
     cfg = trainer.cfg
     stream = ImageTextStream(
         urls=trainer.urls,
-        transform=_no_pixels,
+        transform=no_pixels,
         batch_size=cfg.train.batch_size,
         seed=cfg.train.seed,
         caption_mode=cfg.data.caption,
@@ -41,15 +42,15 @@ def streamed(trainer: Trainer):
         num_workers=1,
     )
     for batch in DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4):
-        batch["features"] = trainer.feature_cache.lookup(batch["keys"])
+        batch["features"] = trainer.sides.caches["frozen backbone"].lookup(batch["keys"])
         yield batch
 
 
 def steps_per_s(trainer: Trainer, batches, steps: int) -> float:
-    trainer.train_step(next(batches))  # warm-up
+    trainer.step(next(batches))  # warm-up
     started = time.perf_counter()
     for _ in range(steps):
-        trainer.train_step(next(batches))
+        trainer.step(next(batches))
     return steps / (time.perf_counter() - started)
 
 
@@ -66,10 +67,10 @@ def main() -> None:
     table_rates, stream_rates = [], []
     with kept_signal_handlers():
         for _ in range(args.rounds):
-            step = iter(trainer.table.batch(s, cfg.train.batch_size) for s in range(10**9))
+            step = iter(trainer.sides.table.batch(s, cfg.train.batch_size) for s in range(10**9))
             table_rates.append(steps_per_s(trainer, step, args.steps))
             stream_rates.append(steps_per_s(trainer, streamed(trainer), args.steps))
-    head = sum(p.numel() for p in trainer.vision.proj.parameters())
+    head = sum(p.numel() for p in trainer.sides.vision.proj.parameters())
     print(f"head: {head / 1e6:.1f}M parameters, batch {cfg.train.batch_size}, {torch.get_num_threads()} threads")
     print(f"streamed from shards (before): {max(stream_rates):.1f} steps/s")
     print(f"feature table in memory (now): {max(table_rates):.1f} steps/s")

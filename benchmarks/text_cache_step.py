@@ -15,7 +15,7 @@ import time
 import torch
 
 from latentspace.config import TextTowerConfig, load_config
-from latentspace.data.text_cache import TextEmbeddingCache
+from latentspace.data.embedding_cache import EmbeddingCache
 from latentspace.models.text_tower import TextTower
 from latentspace.models.vision_tower import VisionTower
 from latentspace.quickstart import packaged_config
@@ -36,7 +36,7 @@ def main() -> None:
     size = cfg.vision.image_size
     images = torch.randn(args.batch_size, 3, size, size)
     captions = [f"an emoji of concept number {i}, a kind of thing" for i in range(args.batch_size)]
-    cache = TextEmbeddingCache(tempfile.mkdtemp(), text.space, "search_query")
+    cache = EmbeddingCache(tempfile.mkdtemp(), text.space, "search_query")
     cache.fill(captions, lambda c: text.encode(c, "search_query"))
 
     def step(text_emb_fn) -> float:

@@ -5,7 +5,7 @@ step, same vision model, same batch, same precision, text tower locked in both, 
     .venv/bin/python benchmarks/train_throughput.py --preset cpu-tiny --steps 5 --warmup 2
     .venv/bin/python benchmarks/train_throughput.py --preset gpu-vitb16 [--compile] [--json out.json]
 
-latentspace: `VisionTower` forward, caption embeddings looked up in the on-disk `TextEmbeddingCache`
+latentspace: `VisionTower` forward, caption embeddings looked up in the on-disk `EmbeddingCache`
 (filled once, before timing, by the frozen text tower: the text tower never runs in the step),
 `contrastive_loss` with `LogitScale`, AdamW. open_clip: a `CustomTextCLIP` made by
 `open_clip.create_model` from a config with the same timm vision backbone (`timm_model_name`) and
@@ -62,7 +62,7 @@ import timm
 import torch
 
 from latentspace.config import BUILTIN_TEXT_MODEL, TextTowerConfig, VisionTowerConfig
-from latentspace.data.text_cache import TextEmbeddingCache
+from latentspace.data.embedding_cache import EmbeddingCache
 from latentspace.models.text_tower import TextTower, resolve_text_model_path
 from latentspace.models.vision_tower import VisionTower, create_backbone
 from latentspace.train.flops import count_flops, mfu, peak_tflops
@@ -156,7 +156,7 @@ class LatentspaceStep:
     def __init__(
         self,
         vision_cfg: VisionTowerConfig,
-        cache: TextEmbeddingCache,
+        cache: EmbeddingCache,
         device: torch.device,
         precision: str,
         compile_model: bool,
@@ -341,7 +341,7 @@ class OpenClipStep:
         self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
-    def text_parity(self, captions: list[str], cache: TextEmbeddingCache) -> float:
+    def text_parity(self, captions: list[str], cache: EmbeddingCache) -> float:
         """Max |difference| between open_clip's text features and our cached caption embeddings:
         shows both sides train against the same text vectors."""
         self.model.eval()
@@ -364,11 +364,11 @@ def make_captions(n: int) -> list[str]:
 
 def fill_cache(
     text_cfg: TextTowerConfig, captions: list[str], device: torch.device, workdir: Path
-) -> TextEmbeddingCache:
+) -> EmbeddingCache:
     """The trainer's text cache, filled once by the frozen text tower (as `fill_text_cache` does)."""
     text = TextTower(text_cfg).to(device)
     task = text_cfg.caption_task
-    cache = TextEmbeddingCache(workdir / "text_cache", text.space, task)
+    cache = EmbeddingCache(workdir / "text_cache", text.space, task)
     cache.fill(captions, lambda c: text.encode(c, task))
     text = None  # the tower is no longer needed: free it before the timed steps
     return cache
@@ -579,7 +579,7 @@ def resolve(args: argparse.Namespace) -> Setup:
 
 def build_sides(
     setup: Setup, args: argparse.Namespace, captions: list[str], workdir: Path
-) -> tuple[list[Side], TextEmbeddingCache, str | None]:
+) -> tuple[list[Side], EmbeddingCache, str | None]:
     """Both steps, or ours alone and the reason open_clip could not be built."""
     cache = fill_cache(setup.text, captions, setup.device, workdir)
     sides: list[Side] = [LatentspaceStep(setup.vision, cache, setup.device, setup.precision, args.compile)]

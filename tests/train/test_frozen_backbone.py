@@ -66,10 +66,10 @@ def test_only_the_head_trains_and_the_saved_model_runs_whole(tmp_path, shards, b
 def test_a_killed_frozen_backbone_run_resumes_to_the_same_head(tmp_path, shards, backbone_file):
     whole = train(_frozen(tmp_path / "whole", shards, backbone_file))
     interrupted = Trainer(_frozen(tmp_path / "split", shards, backbone_file))
-    batches = iter(interrupted._batches())
+    batches = iter(interrupted.batches())
     for _ in range(2):  # two steps, a checkpoint, then the process "dies"
-        interrupted.train_step(next(batches))
-    interrupted._save()
+        interrupted.step(next(batches))
+    interrupted.save()
     trainer = Trainer(_frozen(tmp_path / "split", shards, backbone_file))
     assert trainer.resumed_from == 2
     resumed = trainer.run()
@@ -85,7 +85,9 @@ def test_a_frozen_backbone_needs_pretrained_weights_and_a_fixed_pool(tmp_path, s
         train(_frozen(tmp_path / "b", shards, backbone_file, "vision.pool=attn", steps=2))
 
 
-def test_the_head_trains_from_features_in_memory_and_the_cache_says_its_runtime(tmp_path, shards, backbone_file):
+def test_the_head_trains_from_features_in_memory_and_the_cache_says_its_runtime(
+    tmp_path, shards, backbone_file, monkeypatch
+):
     """No shard is streamed while the head trains: every batch comes from the table in memory, a
     function of (seed, step). The frozen forward that filled the cache ran on the runtime layer's
     choice, within cosine 0.999 of PyTorch fp32."""
@@ -96,15 +98,16 @@ def test_the_head_trains_from_features_in_memory_and_the_cache_says_its_runtime(
     from latentspace.data.transforms import eval_transform
     from latentspace.models.vision_tower import PooledBackbone
     from latentspace.runtime import CANDIDATES
+    from latentspace.train import batches
 
     trainer = Trainer(_frozen(tmp_path, shards, backbone_file))
-    table = trainer.table
+    table = trainer.sides.table
     assert table is not None and len(table) + table.skipped == 24 and table.skipped >= 1  # the corrupt ones
 
-    def no_stream():
+    def no_stream(*args, **kwargs):
         raise AssertionError("the shards were streamed")
 
-    trainer._loader = no_stream
+    monkeypatch.setattr(batches, "ImageTextStream", no_stream)
     first, again = table.batch(3, 8), table.batch(3, 8)
     assert first["keys"] == again["keys"] and torch.equal(first["features"], again["features"])
     halves = [table.batch(3, 8, rank, 2) for rank in (0, 1)]
@@ -114,16 +117,17 @@ def test_the_head_trains_from_features_in_memory_and_the_cache_says_its_runtime(
     assert len(set(epoch)) == n  # an epoch visits each sample once
     assert trainer.run().steps == 4
 
-    assert trainer.cache_runtimes["frozen backbone"] in {f"{r}-{p}" for r, p in CANDIDATES}
+    assert trainer.sides.cache_runtimes["frozen backbone"] in {f"{r}-{p}" for r, p in CANDIDATES}
     images = {
         sample_id(s): decode_image(s["png"], name="x")
         for s in iter_raw_samples(expand_urls(shards), ErrorCounter())
         if sample_id(s) in table.keys[:3]
     }
-    pixels = torch.stack([eval_transform(trainer.preprocess)(images[k]) for k in table.keys[:3]])
+    pixels = torch.stack([eval_transform(trainer.sides.preprocess)(images[k]) for k in table.keys[:3]])
     with torch.inference_mode():
-        exact = PooledBackbone(trainer.vision).eval()(pixels)
-    assert F.cosine_similarity(trainer.feature_cache.lookup(table.keys[:3]), exact).min() >= 0.999
+        exact = PooledBackbone(trainer.sides.vision).eval()(pixels)
+    features = trainer.sides.caches["frozen backbone"]
+    assert F.cosine_similarity(features.lookup(table.keys[:3]), exact).min() >= 0.999
 
 
 @pytest.mark.parametrize("caption", ["name", "random"])
@@ -133,13 +137,13 @@ def test_the_table_gives_the_batches_the_stream_would(tmp_path, shards, backbone
     from torch.utils.data import DataLoader
 
     from latentspace.data.shards import ImageTextStream
-    from latentspace.train.loop import _no_pixels
+    from latentspace.train.batches import no_pixels
 
     trainer = Trainer(_frozen(tmp_path, shards, backbone_file, f"data.caption={caption}"))
-    cfg = trainer.cfg
+    cfg, table, features = trainer.cfg, trainer.sides.table, trainer.sides.caches["frozen backbone"]
     stream = ImageTextStream(
         urls=trainer.urls,
-        transform=_no_pixels,
+        transform=no_pixels,
         batch_size=cfg.train.batch_size,
         seed=cfg.train.seed,
         caption_mode=caption,
@@ -147,6 +151,6 @@ def test_the_table_gives_the_batches_the_stream_would(tmp_path, shards, backbone
     )
     streamed = list(itertools.islice(iter(DataLoader(stream, batch_size=None)), 9))  # past three epochs
     for step, batch in enumerate(streamed):
-        ours = trainer.table.batch(step, cfg.train.batch_size)
+        ours = table.batch(step, cfg.train.batch_size)
         assert ours["keys"] == batch["keys"] and ours["captions"] == batch["captions"], step
-        assert torch.equal(ours["features"], trainer.feature_cache.lookup(batch["keys"]))
+        assert torch.equal(ours["features"], features.lookup(batch["keys"]))

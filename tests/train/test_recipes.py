@@ -133,8 +133,9 @@ def test_three_towers_plus_text_with_a_saved_model_as_third_tower(tmp_path, shar
         steps=4,
     )
     trainer = Trainer(cfg)
-    assert trainer.pairs is not None and len(trainer.pairs) == 13 and trainer.pairs.skipped == 2
-    assert [trainer.pairs.is_text_step(s) for s in range(4)] == [False, True, False, True]
+    pairs = trainer.sides.pairs
+    assert pairs is not None and len(pairs) == 13 and pairs.skipped == 2
+    assert [pairs.is_text_step(s) for s in range(4)] == [False, True, False, True]
     result = trainer.run()
     assert result.steps == 4
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
@@ -149,10 +150,10 @@ def test_a_trainable_text_tower_resumes_exactly(tmp_path, shards, pairs_file):
     overrides = ("recipe=both+text", f"data.text_pairs.path={pairs_file}", "optim.text_lr=1e-4")
     reference = train(tiny_config(tmp_path / "ref", shards, *overrides, steps=4))
     interrupted = Trainer(tiny_config(tmp_path / "cut", shards, *overrides, steps=4))
-    batches = iter(interrupted._loader())
+    batches = iter(interrupted.batches())
     for _ in range(2):  # two steps, a checkpoint, then the process "dies"
-        interrupted.train_step(next(batches))
-    interrupted._save()
+        interrupted.step(next(batches))
+    interrupted.save()
     resumed = Trainer(tiny_config(tmp_path / "cut", shards, *overrides, steps=4))
     assert resumed.resumed_from == 2
     result = resumed.run()

@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from latentspace.train.sharding import shard_tower
+
+T = TypeVar("T")
 
 # The variables torchrun exports; anything else (SLURM, MPI) must be mapped onto these first.
 _REQUIRED_WHEN_DISTRIBUTED = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -156,6 +163,30 @@ def barrier(env: DistEnv) -> None:
         dist.barrier(device_ids=[env.local_rank])
     else:
         dist.barrier()
+
+
+def main_first(env: DistEnv, make: Callable[[], T]) -> T:
+    """Rank 0 runs `make` (filling a shared on-disk cache, say) before the others do, so only one
+    process ever writes; the others then find everything in place."""
+    if not env.is_main:
+        barrier(env)
+    result = make()
+    if env.is_main:
+        barrier(env)
+    return result
+
+
+def distribute(module: nn.Module, env: DistEnv, parallel: str, *, bf16: bool, find_unused: bool = False) -> nn.Module:
+    """`module` as the job trains it: in a single process, itself; under torchrun, inside DDP (a
+    full copy per process, gradients averaged over processes) or sharded in place by FSDP
+    (`parallel` "fsdp"; with `bf16`, run in bf16 with fp32 gradients). `find_unused`: DDP then
+    allows parameters that take no part in the forward (a transformer's pooler)."""
+    if not env.is_distributed:
+        return module
+    if parallel == "fsdp":
+        return shard_tower(module, bf16=bf16)
+    device_ids = [env.local_rank] if env.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused)
 
 
 def gather_with_grad(x: torch.Tensor, env: DistEnv) -> torch.Tensor:

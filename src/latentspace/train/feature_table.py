@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from latentspace.data.embedding_cache import EmbeddingCache
 from latentspace.data.shards import ErrorCounter, caption_options, iter_raw_samples, sample_id, sample_seed, shuffled
-from latentspace.data.text_cache import TextEmbeddingCache
 
 
 @dataclass
@@ -41,7 +41,7 @@ class FeatureTable:
 
     @classmethod
     def read(
-        cls, urls: list[str], features: TextEmbeddingCache, caption_mode: str, seed: int, shuffle_buffer: int
+        cls, urls: list[str], features: EmbeddingCache, caption_mode: str, seed: int, shuffle_buffer: int
     ) -> FeatureTable:
         """Every training sample, in shard order; those with a caption and a cached feature row
         (the cache holds the images that decoded) get a row of the table."""

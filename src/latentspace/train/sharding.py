@@ -13,7 +13,7 @@ under FSDP resumes under DDP, in one process, or on another number of processes,
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -70,6 +70,20 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     if not is_sharded(module):
         return module.state_dict()
     return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def whole_copy(module: nn.Module, make: Callable[[], nn.Module], is_main: bool) -> nn.Module:
+    """`module` itself, or, if FSDP sharded it, a whole copy on rank 0 (`make` builds a blank one
+    to load the gathered tensors into). For a sharded module this is a collective: every rank
+    calls it, and the ranks other than 0 get `module` back."""
+    if not is_sharded(module):
+        return module
+    state = full_state_dict(module)
+    if not is_main:
+        return module
+    copy = make()
+    copy.load_state_dict(state)
+    return copy
 
 
 def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
