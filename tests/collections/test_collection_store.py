@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from latentspace.collections import BuildSettings, build_collection, store
+from latentspace.collections.sources import ShardItem, Source
 from latentspace.collections.store import (
     CollectionBusy,
     CollectionError,
@@ -179,9 +180,12 @@ def test_a_failed_write_leaves_the_old_part_in_place(tmp_path):
 
 
 def test_the_manifest_reads_back_as_it_was_saved(tmp_path):
-    parts = [{"name": "part-000000", "ordinal": 0, "source": 0, "rows": 5, "kind": "files"}]
+    parts = [
+        store.PartEntry("part-000000", 0, 0, "files", rows=5),
+        store.PartEntry("part-000001", 1, 1, "shard", rows=3, shard=ShardItem("/s/a.tar", 10, 20)),
+    ]
     saved = manifest(
-        sources=[{"location": "/data", "kind": "folder"}],
+        sources=[Source("folder", "/data", "/data"), Source("shards", "/s/a.tar", "/s/a.tar")],
         parts=parts,
         next_ordinal=1,
         hnsw_min_rows=100,
@@ -191,6 +195,15 @@ def test_the_manifest_reads_back_as_it_was_saved(tmp_path):
     saved.save(tmp_path)
     raw = json.loads((tmp_path / store.MANIFEST).read_text())
     assert raw["format"] == store.FORMAT and raw["dim"] == 4 and raw["space"] == str(IDENTITY)
+    assert raw["parts"][1] == {
+        "name": "part-000001",
+        "ordinal": 1,
+        "source": 1,
+        "kind": "shard",
+        "shard": {"url": "/s/a.tar", "size": 10, "mtime_ns": 20},
+        "rows": 3,
+    }
+    assert raw["sources"][0] == {"kind": "folder", "location": "/data", "spec": "/data"}
     assert list(raw) == sorted(raw)  # sorted keys: a manifest diffs cleanly
     loaded = Manifest.load(tmp_path)
     assert loaded == saved and loaded.dim == 4
@@ -307,8 +320,8 @@ def test_a_built_collection_is_laid_out_as_documented(tmp_path, library, colour_
     assert m.identity == colour_model.identity and m.dtype == "float32"
     assert sorted(p.name for p in directory.iterdir()) == [".lock", "collection.json", "parts", "skipped.jsonl"]
     files = sorted((directory / store.PARTS).iterdir())
-    assert [f.stem for f in files] == [p["name"] for p in m.parts]
-    assert [store.part_rows(f) for f in files] == [p["rows"] for p in m.parts]
+    assert [f.stem for f in files] == [p.name for p in m.parts]
+    assert [store.part_rows(f) for f in files] == [p.rows for p in m.parts]
     assert m.counts == {"items": 12, "parts": len(files), "skipped": 5}
 
     meta = store.read_meta(files)

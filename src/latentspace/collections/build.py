@@ -146,7 +146,7 @@ def build_collection(
         manifest = store.Manifest.load(directory) if (directory / store.MANIFEST).is_file() else None
         pending = Plan.pending(directory)
         if source is None and pending is None and manifest is not None and len(manifest.sources) == 1:
-            source = manifest.sources[0]["location"]  # a rerun without --images updates the one source
+            source = manifest.sources[0].location  # a rerun without --images updates the one source
         from_manifest = model is None
         if model is None:
             if manifest is None:
@@ -172,7 +172,7 @@ def build_collection(
                 pending.check_resumable(identity, directory)
                 report.resumed_plan = True
                 if manifest.source_index(pending.source_info.location) is None:
-                    manifest.sources.append(pending.source_info.to_dict())
+                    manifest.sources.append(pending.source_info)
                 report.count(pending)
                 # Resumed with the settings the plan was made with: they fix the part bytes.
                 _carry_out(
@@ -190,7 +190,7 @@ def build_collection(
                 src = open_source(source)
                 index = manifest.source_index(src.location)
                 if index is None:
-                    manifest.sources.append(src.to_dict())
+                    manifest.sources.append(src)
                     index = len(manifest.sources) - 1
                 plan = make_plan(directory, manifest, src, index, settings, spec, identity, manifest.dtype)
                 report.count(plan)
@@ -203,7 +203,7 @@ def build_collection(
             units_engine.close()
         report.index = sync_index(directory, manifest)
         report.skipped = len(store.read_skipped(directory))
-        report.items = sum(p["rows"] for p in manifest.parts)
+        report.items = sum(p.rows for p in manifest.parts)
         report.seconds = time.perf_counter() - started
         return report
 

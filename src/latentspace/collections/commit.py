@@ -50,24 +50,21 @@ def commit(directory: Path, manifest: store.Manifest, plan: Plan) -> None:
     store.write_skipped(directory, skipped)
 
     dropped = set(plan.drop_parts)
-    entries = {p["name"]: p for p in manifest.parts if p["name"] not in dropped}
+    entries = {p.name: p for p in manifest.parts if p.name not in dropped}
     for unit in plan.units:
-        entry = {"name": unit.part, "ordinal": unit.ordinal, "source": plan.source, "kind": unit.kind}
-        if unit.shard is not None:
-            entry["shard"] = unit.header()["shard"]
-        entries[unit.part] = entry
-    for name in list(entries):
+        entries[unit.part] = store.PartEntry(unit.part, unit.ordinal, plan.source, unit.kind, shard=unit.shard)
+    for name, entry in list(entries.items()):
         path = parts / f"{name}.parquet"
         rows = store.part_rows(path) if path.exists() else 0
         if name in plan.rewrites and rows == 0:  # every row of an old part left: drop the file
             path.unlink(missing_ok=True)
             del entries[name]
             continue
-        entries[name]["rows"] = rows
-    manifest.parts = sorted(entries.values(), key=lambda p: p["ordinal"])
+        entry.rows = rows
+    manifest.parts = sorted(entries.values(), key=lambda p: p.ordinal)
     manifest.next_ordinal = max(manifest.next_ordinal, plan.next_ordinal)
     manifest.counts = {
-        "items": sum(p["rows"] for p in manifest.parts),
+        "items": sum(p.rows for p in manifest.parts),
         "parts": len(manifest.parts),
         "skipped": len(skipped),
     }
@@ -81,7 +78,7 @@ def commit(directory: Path, manifest: store.Manifest, plan: Plan) -> None:
 def sync_index(directory: Path, manifest: store.Manifest) -> str:
     """Bring index/ in line with the parts (see index.py for the policy); returns what it did,
     as a short phrase for the build report: "exact", or "hnsw (...)" with what changed."""
-    paths = {p["name"]: directory / store.PARTS / f"{p['name']}.parquet" for p in manifest.parts}
+    paths = {p.name: store.part_path(directory, p.name) for p in manifest.parts}
     seqs = store.read_meta(paths.values(), ["seq"]).column("seq").to_numpy()
     index_dir = directory / store.INDEX
     for stale in index_dir.glob(".*.tmp-*"):  # files of a save that a crash cut short

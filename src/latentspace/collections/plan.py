@@ -245,9 +245,7 @@ def make_plan(
     rewrites: dict[str, Rewrite] = {}
     # Committed parts gone from disk: dropped from the manifest, their items planned as new ones.
     missing = [
-        p["name"]
-        for p in manifest.parts
-        if p["source"] == source_index and not (directory / store.PARTS / f"{p['name']}.parquet").exists()
+        p.name for p in manifest.parts if p.source == source_index and not store.part_path(directory, p.name).exists()
     ]
     drop_parts: list[str] = list(missing)
     keep_skips: list[dict[str, Any]] = []
@@ -258,25 +256,25 @@ def make_plan(
 
     if source.kind == "shards":
         embedded = {
-            p["shard"]["url"]: p
+            p.shard.url: p
             for p in manifest.parts
-            if p["source"] == source_index and p["kind"] == "shard" and p["name"] not in missing
+            if p.source == source_index and p.shard is not None and p.name not in missing
         }
         wanted = {s.url for s in found.shards}
         for shard in found.shards:
             part = embedded.get(shard.url)
-            if part is not None and (part["shard"]["size"], part["shard"]["mtime_ns"]) == (shard.size, shard.mtime_ns):
-                counts.unchanged += part["rows"]
+            if part is not None and part.shard == shard:  # same url, size and mtime
+                counts.unchanged += part.rows
                 keep_skips += [s for s in previous if s.get("shard") == shard.url and s.get("stage") == "read"]
                 continue
             if part is not None:
-                drop_parts.append(part["name"])
-                counts.changed += part["rows"]
+                drop_parts.append(part.name)
+                counts.changed += part.rows
             work.append(shard)
         for url, part in embedded.items():
             if url not in wanted:
-                drop_parts.append(part["name"])
-                counts.removed += part["rows"]
+                drop_parts.append(part.name)
+                counts.removed += part.rows
     else:
         live = _live_rows(directory, manifest, source_index, missing)
         skipped_files = {s["key"]: s for s in previous if s.get("stage") == "read" and not s.get("url")}
@@ -355,9 +353,9 @@ def make_plan(
 def _live_rows(directory: Path, manifest: store.Manifest, source: int, missing: list[str]) -> dict[str, dict[str, Any]]:
     """key -> row metadata of the source's live rows (read from the parts, without vectors)."""
     paths = [
-        directory / store.PARTS / f"{p['name']}.parquet"
+        store.part_path(directory, p.name)
         for p in manifest.parts
-        if p["source"] == source and p["kind"] == "files" and p["name"] not in missing
+        if p.source == source and p.kind == "files" and p.name not in missing
     ]
     table = store.read_meta(paths, ["seq", "key", "caption", "size", "mtime_ns", "sha256", "url"])
     return {row["key"]: row for row in table.to_pylist()}

@@ -138,7 +138,7 @@ class Collection:
         """Open a collection by directory, or by name under artifacts/collections."""
         directory = store.resolve_collection(where)
         manifest = store.Manifest.load(directory)
-        paths = [directory / store.PARTS / f"{p['name']}.parquet" for p in manifest.parts]
+        paths = [store.part_path(directory, p.name) for p in manifest.parts]
         meta = store.read_meta(paths)
         seqs = meta.column("seq").to_numpy()
         index = None
@@ -188,7 +188,7 @@ class Collection:
             "items": len(self),
             "parts": len(m.parts),
             "skipped": m.counts.get("skipped", 0),
-            "sources": m.sources,
+            "sources": [source.to_dict() for source in m.sources],
             "search": "hnsw" if self._index is not None else "exact",
             "updated": m.updated,
         }

@@ -46,7 +46,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latentspace import atomic
+from latentspace.collections.sources import ShardItem, Source
 from latentspace.space import SpaceIdentity, SpaceMismatchError
 from latentspace.workspace import DEFAULT as WORKSPACE
 
@@ -112,6 +113,11 @@ def seq_of(ordinal: int, position: int) -> int:
     return (ordinal << POSITION_BITS) | position
 
 
+def part_path(directory: Path, name: str) -> Path:
+    """Where the part called `name` lies in the collection at `directory`."""
+    return directory / PARTS / f"{name}.parquet"
+
+
 def part_name(ordinal: int) -> str:
     return f"part-{ordinal:06d}"
 
@@ -164,17 +170,43 @@ def build_lock(directory: Path) -> Iterator[None]:
 
 
 @dataclass
+class PartEntry:
+    """One committed part as the manifest lists it: its file's name, ordinal, source (an index
+    into the manifest's sources), kind and rows; a shard's part also records the shard's url,
+    size and mtime_ns (how the next build recognises an unchanged shard)."""
+
+    name: str
+    ordinal: int
+    source: int
+    kind: str  # "files" or "shard"
+    rows: int = 0
+    shard: ShardItem | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "ordinal": self.ordinal, "source": self.source, "kind": self.kind}
+        if self.shard is not None:
+            out["shard"] = asdict(self.shard)
+        out["rows"] = self.rows
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PartEntry:
+        shard = ShardItem(**d["shard"]) if d.get("shard") else None
+        return cls(d["name"], int(d["ordinal"]), int(d["source"]), d["kind"], int(d.get("rows", 0)), shard)
+
+
+@dataclass
 class Manifest:
-    """collection.json. `parts` lists committed parts: {name, ordinal, source, rows, kind} and,
-    for a shard's part, the shard's url/size/mtime_ns (how the next build recognises it)."""
+    """collection.json: the collection's model and space, how its vectors were made, its sources
+    and its committed parts."""
 
     name: str
     model: str
     identity: SpaceIdentity
     dtype: str
     settings: dict[str, Any]
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    parts: list[dict[str, Any]] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+    parts: list[PartEntry] = field(default_factory=list)
     next_ordinal: int = 0
     hnsw_min_rows: int | None = None  # an HNSW index from this many rows; None: index.EXACT_MAX_FLOATS decides
     counts: dict[str, int] = field(default_factory=dict)
@@ -194,8 +226,8 @@ class Manifest:
             "dim": self.dim,
             "dtype": self.dtype,
             "settings": self.settings,
-            "sources": self.sources,
-            "parts": self.parts,
+            "sources": [source.to_dict() for source in self.sources],
+            "parts": [part.to_dict() for part in self.parts],
             "next_ordinal": self.next_ordinal,
             "hnsw_min_rows": self.hnsw_min_rows,
             "counts": self.counts,
@@ -212,8 +244,8 @@ class Manifest:
             identity=SpaceIdentity.from_dict(d["identity"]),
             dtype=d["dtype"],
             settings=d.get("settings", {}),
-            sources=d.get("sources", []),
-            parts=d.get("parts", []),
+            sources=[Source.from_dict(source) for source in d.get("sources", [])],
+            parts=[PartEntry.from_dict(part) for part in d.get("parts", [])],
             next_ordinal=int(d.get("next_ordinal", 0)),
             hnsw_min_rows=d.get("hnsw_min_rows"),
             counts=d.get("counts", {}),
@@ -228,7 +260,7 @@ class Manifest:
         write_json(directory / MANIFEST, self.to_dict())
 
     def source_index(self, location: str) -> int | None:
-        return next((i for i, s in enumerate(self.sources) if s["location"] == location), None)
+        return next((i for i, s in enumerate(self.sources) if s.location == location), None)
 
 
 def resolve_collection(name_or_dir: str | os.PathLike, root: Path = DEFAULT_ROOT) -> Path:
