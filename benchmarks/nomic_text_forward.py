@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from machine import matmul_gflops  # benchmarks/machine.py
 
-from latentspace.models.nomic.text import NomicBertText, NomicTextConfig, load_nomic_text, save_nomic_text
+from latentspace.models.nomic.text import NomicBertText
+from latentspace.models.nomic.text_config import NomicTextConfig
+from latentspace.models.nomic.text_dir import load_nomic_text, save_nomic_text
 
 SIZES = {
     "base": NomicTextConfig(hidden=768, layers=12, heads=12, inner=3072, vocab_size=30528),

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from latentspace.models.nomic.text import NomicBertText, NomicTextConfig
+from latentspace.models.nomic.text import NomicBertText
+from latentspace.models.nomic.text_config import NomicTextConfig
 
 
 def tiny_config_dict(

@@ -130,7 +130,8 @@ def write_tiny_nomic_vision_dir(
     """Write a random-weight Nomic vision model directory at `path` (created if needed); returns it."""
     from safetensors.torch import save_file
 
-    from latentspace.models.nomic.vision import NomicVision, NomicVisionConfig
+    from latentspace.models.nomic.vision import NomicVision
+    from latentspace.models.nomic.vision_config import NomicVisionConfig
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

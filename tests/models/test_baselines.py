@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -160,8 +161,9 @@ def test_load_embedder_loads_our_model_dirs(tmp_path, monkeypatch):
     from latentspace.models import paired
 
     (tmp_path / "config.json").write_text(json.dumps({"format": _model_dir_format()}))
-    monkeypatch.setattr(paired.PairedModel, "load", classmethod(lambda cls, path, text_path: ("paired", path)))
-    assert load_embedder(str(tmp_path)) == ("paired", tmp_path)
+    opened = SimpleNamespace()
+    monkeypatch.setattr(paired.PairedModel, "load", classmethod(lambda cls, path, text_path: opened))
+    assert load_embedder(str(tmp_path)) is opened and opened.spec == str(tmp_path)
 
 
 def _model_dir_format() -> str:

@@ -18,7 +18,7 @@ from latentspace.config import VisionTowerConfig
 from latentspace.models.load import load
 from latentspace.models.model_dir import read_model_config
 from latentspace.models.nomic.preprocess import CLIP_MEAN, CLIP_STD
-from latentspace.models.nomic.vision import load_nomic_vision
+from latentspace.models.nomic.vision_dir import load_nomic_vision
 from latentspace.models.vision_tower import VisionTower
 from latentspace.train.loop import train
 

@@ -1,7 +1,7 @@
 """A text tower as an Embedder: on its own (kind "text"), and as the text side of image models.
 
 `TowerText` maps the Embedder's text steps onto a `TextTower`; `TextModel` is a text model alone
-(`builtin:all-MiniLM-L6-v2`, a sentence-transformers / Hugging Face directory, nomic-embed-text).
+(the "builtin" and "text" kinds of models/load.py).
 Our model directories and Nomic's vision model reuse `TowerText` for their text side, which is
 why text vectors through them are bit-identical to the text model's own.
 """

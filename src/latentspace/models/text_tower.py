@@ -32,6 +32,7 @@ from torch import nn
 from latentspace.config import BUILTIN_TEXT_MODEL, TextTowerConfig
 from latentspace.models.embedder import TASK_TYPES, PerThread, check_texts, finish, split_to_fit
 from latentspace.models.nomic.release import NomicRelease, detect_release
+from latentspace.models.nomic.text_dir import is_nomic_text_dir
 from latentspace.space import SpaceIdentity, fingerprint, hash_files, hash_state_dict
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class TextTower(nn.Module):
         self.cfg = cfg
         self.root = resolve_text_model_path(cfg.path)
         self.desc = StDescription.read(self.root)
-        self.nomic = _is_nomic_text_dir(self.root)
+        self.nomic = is_nomic_text_dir(self.root)
         self.release: NomicRelease | None = detect_release(self.root) if self.nomic else None
         if self.nomic:
             self._load_nomic(cfg)
@@ -215,7 +216,7 @@ class TextTower(nn.Module):
         self.full_dim = int(self.transformer.config.hidden_size)
 
     def _load_nomic(self, cfg: TextTowerConfig) -> None:
-        from latentspace.models.nomic.text import load_nomic_text
+        from latentspace.models.nomic.text_dir import load_nomic_text
         from latentspace.models.nomic.tokenizer import load_nomic_tokenizer
 
         if cfg.trust_remote_code:
@@ -364,16 +365,10 @@ class TextTower(nn.Module):
         weights = ("*.safetensors", "*.bin", "*.pt", "*.onnx", "onnx", "openvino", "README.md")
         shutil.copytree(self.root, directory, ignore=shutil.ignore_patterns(*weights), dirs_exist_ok=True)
         if self.nomic:
-            from latentspace.models.nomic.text import save_nomic_text
+            from latentspace.models.nomic.text_dir import save_nomic_text
 
             save_nomic_text(self.transformer, directory)
         else:
             self.transformer.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         return directory
-
-
-def _is_nomic_text_dir(root: Path) -> bool:
-    from latentspace.models.nomic.text import is_nomic_text_dir
-
-    return is_nomic_text_dir(root)

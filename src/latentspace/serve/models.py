@@ -63,7 +63,7 @@ def load_served_model(
 def load_order(specs: Sequence[str]) -> list[int]:
     """Indices of `specs` in the order to load them: image models that take their text side from a
     partner (Nomic vision) after the others, so they find it already loaded."""
-    from latentspace.models.nomic.vision import is_nomic_vision_dir
+    from latentspace.models.nomic.vision_dir import is_nomic_vision_dir
 
     def pairs_later(spec: str) -> bool:
         base, _ = parse_spec(spec)

@@ -11,14 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentspace.models.nomic.text import (
-    NomicBertText,
-    NomicTextConfig,
-    is_nomic_text_dir,
-    load_nomic_text,
-    normalise_text_keys,
-    save_nomic_text,
-)
+from latentspace.models.nomic.text import NomicBertText
+from latentspace.models.nomic.text_config import NomicTextConfig
+from latentspace.models.nomic.text_dir import is_nomic_text_dir, load_nomic_text, normalise_text_keys, save_nomic_text
 from latentspace.models.nomic.weights import CheckpointError, load_strict, read_state_dict
 
 import fakes_nomic_text

@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentspace.models.nomic.preprocess import NomicImagePreprocessor
-from latentspace.models.nomic.vision import (
-    NomicVision,
-    NomicVisionConfig,
-    eva_rope_2d,
+from latentspace.models.nomic.vision import NomicVision, eva_rope_2d
+from latentspace.models.nomic.vision_config import NomicVisionConfig
+from latentspace.models.nomic.vision_dir import (
     is_nomic_vision_dir,
     load_nomic_vision,
     normalise_vision_keys,

@@ -30,7 +30,8 @@ from latentspace.config import TextTowerConfig
 from latentspace.models.embedder import Embedder
 from latentspace.models.nomic.preprocess import NomicImagePreprocessor
 from latentspace.models.nomic.release import NomicRelease, detect_release
-from latentspace.models.nomic.vision import NomicVision, load_nomic_vision
+from latentspace.models.nomic.vision import NomicVision
+from latentspace.models.nomic.vision_dir import load_nomic_vision
 from latentspace.models.text_model import TowerText
 from latentspace.models.text_tower import TextTower
 from latentspace.space import SpaceIdentity, SpaceMismatchError
@@ -125,7 +126,7 @@ def _find_text(
             return tower
     if "vision" in root.name:
         sibling = root.with_name(root.name.replace("vision", "text"))
-        from latentspace.models.nomic.text import is_nomic_text_dir
+        from latentspace.models.nomic.text_dir import is_nomic_text_dir
 
         if sibling.is_dir() and is_nomic_text_dir(sibling):
             return TextTower(TextTowerConfig(path=str(sibling)))

@@ -1,4 +1,4 @@
-"""Reading a published checkpoint's weights from a local directory, and loading them strictly.
+"""Reading a published model directory (its config.json and its weights), and loading the weights strictly.
 
 Nomic's own loader (like most `from_pretrained` paths) loads with `strict=False`: a checkpoint
 whose keys do not match leaves random weights behind with only a log line. Here a mismatch is
@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+CONFIG_NAME = "config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
@@ -21,6 +23,21 @@ TORCH_BIN = "pytorch_model.bin"
 
 class CheckpointError(ValueError):
     """A weights file that cannot be used; the message names the file and what is wrong."""
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """A directory's config.json as a dict; a CheckpointError naming the file when it is missing,
+    unreadable or not a JSON object."""
+    path = Path(directory) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} is missing: not a model directory") from e
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds a {type(config).__name__}, not an object")
+    return config
 
 
 def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
