@@ -63,8 +63,9 @@ import torch
 
 from latentspace.config import BUILTIN_TEXT_MODEL, TextTowerConfig, VisionTowerConfig
 from latentspace.data.embedding_cache import EmbeddingCache
+from latentspace.models.backbone import create_backbone
 from latentspace.models.text_tower import TextTower, resolve_text_model_path
-from latentspace.models.vision_tower import VisionTower, create_backbone
+from latentspace.models.vision_tower import VisionTower
 from latentspace.train.flops import count_flops, mfu, peak_tflops
 from latentspace.train.loss import LogitScale, contrastive_loss
 from latentspace.train.optim import param_groups
