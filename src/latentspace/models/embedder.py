@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from latentspace.inputs import TASK_TYPES, TextEncodingError, check_texts  # noqa: F401 (re-exported)
+from latentspace.inputs import TASK_TYPES, check_texts
 from latentspace.space import SpaceIdentity
 
 LongTextMode = Literal["truncate", "mean"]
@@ -204,16 +204,14 @@ class Embedder:
         self.require("text")
         raise NotImplementedError(f"{self.kind} models run their text forward in PyTorch only")
 
-    def text_rows_by_length(self, ids: Sequence[Sequence[int]], forward=None) -> torch.Tensor:
-        """`text_rows` (or `forward`, a function of the same kind) over texts of similar length
-        at a time (`length_groups`); rows in input order."""
-        forward = forward or self.text_rows
+    def text_rows_by_length(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """`text_rows` over texts of similar length at a time (`length_groups`); rows in input order."""
         groups = length_groups([len(row) for row in ids])
         if len(groups) == 1:
-            return forward(ids)
+            return self.text_rows(ids)
         out: torch.Tensor | None = None
         for group in groups:
-            rows = forward([ids[i] for i in group])
+            rows = self.text_rows([ids[i] for i in group])
             if out is None:
                 out = rows.new_empty((len(ids), rows.shape[-1]))
             out[group] = rows
