@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 # The reference, imported with the module: importing it sets environment variables (scikit-learn,
 # which it imports, sets KMP_*), which is its doing, not a test's.
@@ -46,10 +47,20 @@ def test_prefixes_from_model_files_and_identity(tmp_path, text_tower):
         tower.encode(["x"], "clustering")
 
 
-def test_layer_norm_changes_space_not_shape():
-    tower = TextTower(TextTowerConfig(layer_norm=True, dimensionality=128))
-    assert tower.encode(["x"]).shape == (1, 128)
-    assert tower.space.dim == 128
+def test_layer_norm_changes_space_not_shape(text_tower):
+    normed = TextTower(TextTowerConfig(layer_norm=True, dimensionality=128))
+    plain = TextTower(TextTowerConfig(dimensionality=128))
+    got = normed.encode(TEXTS)
+    assert got.shape == (3, 128) and normed.space.dim == plain.space.dim == 128
+    assert normed.space.fingerprint != plain.space.fingerprint  # another recipe: another space
+    # The layer norm runs on the pooled vector at full width, before the Matryoshka cut: the same
+    # rows as the plain tower's full-width ones put through it, then truncated and normalised.
+    pooled = text_tower.forward_ids(text_tower.token_ids(TEXTS, "search_query"))
+    want = F.normalize(F.layer_norm(pooled, (384,))[:, :128], dim=-1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # Not the plain tower's vectors: near them (normalising undoes the layer norm's scaling, and
+    # only its centring is left) but far above float noise.
+    assert (got - plain.encode(TEXTS)).norm(dim=-1).min() > 1e-3
 
 
 def test_bad_path_says_what_to_do(tmp_path):
