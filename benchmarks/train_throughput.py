@@ -363,9 +363,7 @@ def make_captions(n: int) -> list[str]:
     return [f"an emoji of a {kinds[i % len(kinds)]}, concept number {i}" for i in range(n)]
 
 
-def fill_cache(
-    text_cfg: TextTowerConfig, captions: list[str], device: torch.device, workdir: Path
-) -> EmbeddingCache:
+def fill_cache(text_cfg: TextTowerConfig, captions: list[str], device: torch.device, workdir: Path) -> EmbeddingCache:
     """The trainer's text cache, filled once by the frozen text tower (as `fill_text_cache` does)."""
     text = TextTower(text_cfg).to(device)
     task = text_cfg.caption_task
