@@ -19,7 +19,7 @@ from latentspace.collections.sources import MAX_ITEMS_PER_UNIT
 from latentspace.config import PrecisionName, RuntimeName
 from latentspace.data.images import MAX_PIXELS
 from latentspace.options import Flag
-from latentspace.runtime import RuntimeSettings
+from latentspace.runtime import RuntimeSettings, forward_settings, precision_field, runtime_field
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,8 @@ class BuildSettings(BaseModel):
     dtype: Annotated[store.Dtype | None, Flag("vectors")] = Field(
         None, description="float32 or float16 vectors (default: the collection's, else float32)"
     )
-    image_runtime: Annotated[RuntimeName, Flag("vectors")] = Field(
-        "auto",
-        description="runtime for image forwards: auto (the fastest measured on this machine within cosine 0.999 "
-        "of PyTorch fp32), torch, openvino or onnxruntime",
-    )
-    image_precision: Annotated[PrecisionName, Flag("vectors")] = Field(
-        "auto", description="precision of image forwards: auto (measured), fp32, bf16 or int8"
-    )
+    image_runtime: Annotated[RuntimeName, Flag("vectors")] = runtime_field("image")
+    image_precision: Annotated[PrecisionName, Flag("vectors")] = precision_field("image")
     files_per_part: Annotated[int, Flag("vectors")] = Field(
         1024, ge=1, le=MAX_ITEMS_PER_UNIT, description="files per Parquet part (folders and tables; shards: one each)"
     )
@@ -101,7 +95,7 @@ class BuildSettings(BaseModel):
 
     @property
     def image(self) -> RuntimeSettings:
-        return RuntimeSettings(runtime=self.image_runtime, precision=self.image_precision)
+        return forward_settings(self, "image")
 
     def vector_settings(self, dtype: str) -> VectorSettings:
         return VectorSettings(dtype, self.image_runtime, self.image_precision)

@@ -21,16 +21,11 @@ from latentspace.eval.runner import TEXT_TASK_TYPE, SuiteResult
 from latentspace.inputs import TaskType
 from latentspace.models.embedder import Embedder
 from latentspace.options import Flag
-from latentspace.runtime import RuntimeSettings
+from latentspace.runtime import ForwardRuntimes, RuntimeSettings, forward_settings, precision_field, runtime_field
 from latentspace.workspace import DEFAULT as WORKSPACE
 
 PANELS = {"tasks": "Tasks", "runtime": "Runtimes", "performance": "Performance"}
 ENV_PREFIX = "LATENTSPACE_EVAL_"
-
-TEXT_RUNTIME_HELP = (
-    "runtime for text forwards (auto, torch, openvino, onnxruntime); torch at fp32, the default, gives the text "
-    "model's own vectors bit for bit"
-)
 
 
 class TextEvalSettings(BaseModel):
@@ -42,10 +37,8 @@ class TextEvalSettings(BaseModel):
         "auto", description="text-retrieval task folder, or `auto` (the default WordNet task, built if missing)"
     )
     batch_size: Annotated[int, Flag("performance")] = Field(256, ge=1, description="texts per forward")
-    text_runtime: Annotated[RuntimeName, Flag("runtime")] = Field("torch", description=TEXT_RUNTIME_HELP)
-    text_precision: Annotated[PrecisionName, Flag("runtime")] = Field(
-        "fp32", description="precision of text forwards: auto, fp32, bf16 or int8"
-    )
+    text_runtime: Annotated[RuntimeName, Flag("runtime")] = runtime_field("text", "torch")
+    text_precision: Annotated[PrecisionName, Flag("runtime")] = precision_field("text", "fp32")
 
     @model_validator(mode="after")
     def _runtimes_go_together(self) -> TextEvalSettings:
@@ -54,10 +47,10 @@ class TextEvalSettings(BaseModel):
 
     @property
     def text(self) -> RuntimeSettings:
-        return RuntimeSettings(runtime=self.text_runtime, precision=self.text_precision)
+        return forward_settings(self, "text")
 
 
-class EvalSettings(BaseModel):
+class EvalSettings(ForwardRuntimes, BaseModel):
     """How a suite is run (`latentspace eval`; the quickstart and the ablation with their own)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -88,35 +81,15 @@ class EvalSettings(BaseModel):
         description="DataLoader processes that decode images (default: CPUs - 2, at most 4, so none on 2 CPUs; "
         "0 = decode in this process)",
     )
-    image_runtime: Annotated[RuntimeName, Flag("runtime")] = Field(
-        "auto",
-        description="runtime for image forwards: auto (the fastest measured on this machine within cosine 0.999 "
-        "of PyTorch fp32), torch, openvino or onnxruntime",
-    )
-    image_precision: Annotated[PrecisionName, Flag("runtime")] = Field(
-        "auto", description="precision of image forwards: auto (measured), fp32, bf16 or int8"
-    )
-    text_runtime: Annotated[RuntimeName, Flag("runtime")] = Field("torch", description=TEXT_RUNTIME_HELP)
-    text_precision: Annotated[PrecisionName, Flag("runtime")] = Field(
-        "fp32", description="precision of text forwards: auto, fp32, bf16 or int8"
-    )
+    image_runtime: Annotated[RuntimeName, Flag("runtime")] = runtime_field("image")
+    image_precision: Annotated[PrecisionName, Flag("runtime")] = precision_field("image")
+    text_runtime: Annotated[RuntimeName, Flag("runtime")] = runtime_field("text", "torch")
+    text_precision: Annotated[PrecisionName, Flag("runtime")] = precision_field("text", "fp32")
 
     @model_validator(mode="after")
     def _runtimes_go_together(self) -> EvalSettings:
-        for kind in ("image", "text"):
-            try:
-                getattr(self, kind)
-            except ValueError as e:
-                raise ValueError(f"{kind} forwards: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        _ = self.image, self.text
         return self
-
-    @property
-    def image(self) -> RuntimeSettings:
-        return RuntimeSettings(runtime=self.image_runtime, precision=self.image_precision)
-
-    @property
-    def text(self) -> RuntimeSettings:
-        return RuntimeSettings(runtime=self.text_runtime, precision=self.text_precision)
 
 
 def text_benchmark_path(value: str, progress=None) -> Path:

@@ -19,7 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from latentspace.data.fetch import DEFAULT_POLICY
 from latentspace.options import ENV_PREFIX, Flag, env_name
 from latentspace.options import flags as settings_flags
-from latentspace.runtime.choice import PrecisionName, RuntimeName, RuntimeSettings
+from latentspace.runtime.choice import (
+    ForwardRuntimes,
+    PrecisionName,
+    RuntimeName,
+    precision_field,
+    runtime_field,
+)
 
 API_KEYS_ENV = ENV_PREFIX + "API_KEYS"  # comma-separated keys
 # Each setting's environment variable is LATENTSPACE_ + its name in capitals (options.env_name).
@@ -39,7 +45,7 @@ def flags() -> dict[str, tuple[str, Flag]]:
     return settings_flags(ServeSettings)
 
 
-class ServeSettings(BaseModel):
+class ServeSettings(ForwardRuntimes, BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # What to serve
@@ -118,33 +124,13 @@ class ServeSettings(BaseModel):
         ge=1,
         description="threads decoding and resizing images (default: the CPU count, at least 2)",
     )
-    image_runtime: Annotated[RuntimeName, Flag("performance")] = Field(
-        "auto",
-        description="runtime for image forwards: torch, openvino, onnxruntime, or auto = the fastest measured "
-        "on this machine whose output stays within cosine 0.999 of PyTorch fp32 (docs/serving.md)",
-    )
-    image_precision: Annotated[PrecisionName, Flag("performance")] = Field(
-        "auto", description="precision of image forwards: fp32, bf16, int8, or auto = measured"
-    )
-    text_runtime: Annotated[RuntimeName, Flag("performance")] = Field(
-        "auto",
-        description="runtime for text forwards, chosen like the image one; torch with fp32 keeps served text "
-        "vectors bit-identical to local mode's",
-    )
-    text_precision: Annotated[PrecisionName, Flag("performance")] = Field(
-        "auto", description="precision of text forwards: fp32, bf16, int8, or auto = measured"
-    )
+    image_runtime: Annotated[RuntimeName, Flag("performance")] = runtime_field("image")
+    image_precision: Annotated[PrecisionName, Flag("performance")] = precision_field("image")
+    text_runtime: Annotated[RuntimeName, Flag("performance")] = runtime_field("text")
+    text_precision: Annotated[PrecisionName, Flag("performance")] = precision_field("text")
     runtime_cache_dir: Annotated[str | None, Flag("performance", name="runtime-cache")] = Field(
         None, description="where auto keeps its measurements; unset = $XDG_CACHE_HOME/latentspace/runtimes"
     )
-
-    @property
-    def image(self) -> RuntimeSettings:
-        return RuntimeSettings(runtime=self.image_runtime, precision=self.image_precision)
-
-    @property
-    def text(self) -> RuntimeSettings:
-        return RuntimeSettings(runtime=self.text_runtime, precision=self.text_precision)
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> ServeSettings:
@@ -155,11 +141,7 @@ class ServeSettings(BaseModel):
                 f"max_queue_items ({self.max_queue_items}) must be at least max_items ({self.max_items}), "
                 "or a full-size request could never be queued"
             )
-        for kind in ("image", "text"):
-            try:
-                getattr(self, kind)
-            except ValueError as e:  # a runtime and precision that do not go together
-                raise ValueError(f"{kind} forwards: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        _ = self.image, self.text  # a runtime and precision that do not go together fail here
         return self
 
 
