@@ -11,6 +11,8 @@ from latentspace.collections import (
     CollectionSpaceError,
     Filters,
     ItemNotFound,
+    QueryError,
+    Term,
     build_collection,
 )
 from latentspace.collections.index import HnswIndex
@@ -162,3 +164,67 @@ def test_hnsw_matches_exact_search(tmp_path, colour_model):
     assert not (tmp_path / "ann" / "index" / "hnsw.faiss").exists()
     assert Collection.open(tmp_path / "ann").info()["search"] == "exact"
     assert len(Collection.open(tmp_path / "ann").search_text(colour_model, "red", k=10)) == 4
+
+
+@pytest.fixture
+def swatches(tmp_path, colour_model) -> Collection:
+    """Solid colours: purple shares red with the red swatch and blue with the blue one."""
+    from PIL import Image
+
+    colours = {"red": (220, 30, 30), "purple": (150, 30, 210), "blue": (30, 40, 220), "green": (30, 170, 60)}
+    folder = tmp_path / "swatches"
+    folder.mkdir()
+    for name, rgb in colours.items():
+        Image.new("RGB", (16, 16), rgb).save(folder / f"{name}.png")
+    build_collection(tmp_path / "swatches-c", colour_model, folder)
+    return Collection.open(tmp_path / "swatches-c")
+
+
+def test_weighted_terms_push_away_from_negative_terms(swatches, colour_model):
+    def ranking(terms, **kw):
+        return [h.key.removesuffix(".png") for h in swatches.search_terms(colour_model, terms, **kw)]
+
+    red = Term("text", "red")
+    assert ranking([red], k=2) == ["red", "purple"]  # purple is half red
+    # minus blue: purple (half blue) falls below green (no blue at all); were the weight
+    # ignored, red + blue would rank purple first
+    assert ranking([red, Term("text", "blue", -1.0)]) == ["red", "green", "purple", "blue"]
+    assert ranking([red, Term("text", "blue")])[0] == "purple"
+    # one term: the same as the single-query methods
+    single = swatches.search_terms(colour_model, [red], k=4)
+    assert [(h.id, round(h.score, 5)) for h in single] == [
+        (h.id, round(h.score, 5)) for h in swatches.search_text(colour_model, "red", k=4)
+    ]
+    # an item term: its own vector, and the item itself left out; like red minus blue
+    purple = swatches.item("purple.png").id
+    assert ranking([Term("like", purple)]) == [h.key.removesuffix(".png") for h in swatches.search_like(purple)]
+    assert ranking([Term("like", purple), Term("text", "blue", -2.0)], k=2) == ["red", "green"]
+    # an image term, moved toward a text as far as the text's weight says
+    blue = Term("image", solid((30, 40, 220)))
+    assert ranking([blue], k=1) == ["blue"]
+    assert ranking([blue, Term("text", "red", 0.5)], k=1) == ["purple"]
+    assert ranking([blue, Term("text", "red", 3.0)], k=1) == ["red"]
+    # k, min_score and filters apply as to any query
+    assert ranking([red, Term("text", "blue", -1.0)], k=1) == ["red"]
+    strong = swatches.search_terms(colour_model, [red, Term("text", "blue", -1.0)], min_score=0.5)
+    assert strong and all(h.score >= 0.5 for h in strong) and len(strong) < 4
+    assert ranking([red, Term("text", "blue", -1.0)], filters=Filters(path_prefix="p")) == ["purple"]
+
+
+def test_queries_with_nothing_to_move_toward_are_refused(swatches, colour_model):
+    with pytest.raises(QueryError, match="nothing to search toward"):
+        swatches.search_terms(colour_model, [Term("text", "red", -1.0), Term("text", "blue", -1.0)])
+    with pytest.raises(QueryError, match="at least one term"):
+        swatches.search_terms(colour_model, [])
+    with pytest.raises(QueryError, match="cancel out"):
+        swatches.search_terms(colour_model, [Term("text", "red"), Term("text", "red", -1.0)])
+    with pytest.raises(ValueError, match="finite"):
+        Term("text", "red", float("nan"))
+    with pytest.raises(ItemNotFound):
+        swatches.search_terms(None, [Term("like", "nope")])
+
+
+def solid(rgb):
+    from PIL import Image
+
+    return Image.new("RGB", (16, 16), rgb)

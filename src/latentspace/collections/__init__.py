@@ -17,7 +17,16 @@ HNSW search, search.py `Collection`; progress is shown by latentspace.progress.
 
 from latentspace.collections.build import BuildReport, build_collection
 from latentspace.collections.commit import sync_index
-from latentspace.collections.search import Collection, Filters, Hit, ItemNotFound, SearchSettings
+from latentspace.collections.search import (
+    Collection,
+    Filters,
+    Hit,
+    ItemNotFound,
+    QueryError,
+    SearchSettings,
+    Term,
+    weighted_query,
+)
 from latentspace.collections.settings import BuildSettings
 from latentspace.collections.sources import SourceError, UrlsNotAllowed
 from latentspace.collections.store import (
@@ -40,12 +49,15 @@ __all__ = [
     "Filters",
     "Hit",
     "ItemNotFound",
+    "QueryError",
     "SearchSettings",
     "SourceError",
+    "Term",
     "UnitRuntime",
     "UrlsNotAllowed",
     "build_collection",
     "embed_unit",
     "resolve_collection",
     "sync_index",
+    "weighted_query",
 ]

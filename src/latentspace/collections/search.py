@@ -8,19 +8,22 @@ commits later is seen by opening again.
 
 Queries: a text (embedded with the model's `search_query` task prefix), an image (path, bytes or
 PIL), an item of the collection (`search_like`: its stored vector; the item itself is left out
-of the results), or a raw vector. A query model must be in the collection's latent space, or it
-is refused. Filters (`Filters`: path prefix, caption substring) restrict the candidates before
-ranking; with a filter that leaves few rows the search is exact over them, otherwise the HNSW
-search skips excluded rows (an allow-list), so filtered results are as complete as unfiltered.
+of the results), a raw vector, or several of these with weights (`search_terms`: the normalised
+weighted sum of their unit vectors, so a negative weight pushes results away from a term). A
+query model must be in the collection's latent space, or it is refused. Filters (`Filters`: path
+prefix, caption substring) restrict the candidates before ranking; with a filter that leaves few
+rows the search is exact over them, otherwise the HNSW search skips excluded rows (an
+allow-list), so filtered results are as complete as unfiltered.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +40,61 @@ from latentspace.options import Flag
 class ItemNotFound(store.CollectionError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class QueryError(store.CollectionError):
+    """A query that gives nothing to search toward (no positive weight, or terms that cancel out)."""
+
+
+TermKind = Literal["text", "like", "image"]
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of a weighted query: a text, an item of the collection (`like`: its id or path)
+    or an image (path, bytes or PIL), with a weight; a negative weight pushes results away."""
+
+    kind: TermKind
+    value: Any
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("text", "like", "image"):
+            raise ValueError(f"a term's kind is text, like or image, not {self.kind!r}")
+        if not np.isfinite(self.weight):
+            raise ValueError(f"a term's weight must be a finite number, not {self.weight!r}")
+
+
+def check_weights(weights: list[float]) -> None:
+    """Refuse, before anything is embedded, a query with nothing to move toward."""
+    if not weights:
+        raise QueryError("give at least one term to search by")
+    if not any(w > 0 for w in weights):
+        raise QueryError(
+            "every term has a zero or negative weight, so there is nothing to search toward: "
+            "give at least one term with a positive weight (e.g. a text, with the others subtracted)"
+        )
+
+
+def weighted_query(vectors: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """The normalised weighted sum of the terms' unit vectors: the one vector a query searches with.
+
+    Each vector is made unit first, so a term's pull is its weight whatever model or modality
+    embedded it; the sum is normalised because the collection is ranked by cosine."""
+    check_weights(weights)
+    total = np.zeros_like(np.asarray(vectors[0], dtype=np.float32).reshape(-1))
+    for vector, weight in zip(vectors, weights, strict=True):
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        total += weight * vector / max(float(np.linalg.norm(vector)), 1e-12)
+    norm = float(np.linalg.norm(total))
+    # The sum of unit vectors with at least one positive weight is zero only when the terms
+    # cancel (the same text added and subtracted); a tiny norm would rank by rounding noise.
+    if norm < 1e-4 * max(sum(abs(w) for w in weights), 1.0):
+        raise QueryError(
+            "the terms cancel out (their weighted sum is a zero vector): remove the terms that are "
+            "subtracted as much as they are added"
+        )
+    return total / norm
 
 
 @dataclass(frozen=True)
@@ -307,14 +365,57 @@ class Collection:
     ) -> list[Hit]:
         """Items nearest to an item of the collection (by id, or a path in it), without itself."""
         row = self._row(item_id)
-        hits = self.search_vector(self._vector_of(row), k + 1, min_score, filters)
         own = self.meta.column("id")[row].as_py()
-        return [h for h in hits if h.id != own][:k]
+        return self.search_vector(self._vector_of(row), k, min_score, filters, exclude=(own,))
+
+    def search_terms(
+        self,
+        model: Embedder | str | None,
+        terms: list[Term],
+        k: int = 10,
+        min_score: float | None = None,
+        filters: Filters | None = None,
+    ) -> list[Hit]:
+        """Search by several weighted terms (`Term`): texts, items and images, each embedded (an
+        item: its stored vector), made unit and summed with its weight; the sum, normalised, is
+        the query. The items named by terms are left out of the results, as with `search_like`.
+        `model` embeds the text and image terms (None will do when every term is an item)."""
+        check_weights([term.weight for term in terms])
+        vectors: list[np.ndarray | None] = [None] * len(terms)
+        named: list[str] = []
+        for i, term in enumerate(terms):
+            if term.kind == "like":
+                row = self._row(str(term.value))
+                vectors[i] = self._vector_of(row)
+                named.append(self.meta.column("id")[row].as_py())
+        texts = [i for i, term in enumerate(terms) if term.kind == "text"]
+        images = [i for i, term in enumerate(terms) if term.kind == "image"]
+        if texts or images:
+            if model is None:
+                raise ValueError("text and image terms need a query model; pass one (or the collection's spec)")
+            model = self._check_model(model)
+        if texts:  # one forward for all the texts, one for all the images
+            model.require("text")  # type: ignore[union-attr]
+            rows = model.embed_texts([terms[i].value for i in texts], "search_query")  # type: ignore[union-attr]
+            for i, row in zip(texts, rows):
+                vectors[i] = row.numpy()
+        if images:
+            rows = model.embed_images([terms[i].value for i in images])  # type: ignore[union-attr]
+            for i, row in zip(images, rows):
+                vectors[i] = row.numpy()
+        query = weighted_query(vectors, [term.weight for term in terms])  # type: ignore[arg-type]
+        return self.search_vector(query, k, min_score, filters, exclude=named)
 
     def search_vector(
-        self, query: np.ndarray, k: int = 10, min_score: float | None = None, filters: Filters | None = None
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        min_score: float | None = None,
+        filters: Filters | None = None,
+        exclude: Iterable[str] = (),
     ) -> list[Hit]:
-        """The k items nearest to a unit `query` vector of the collection's dimension."""
+        """The k items nearest to a unit `query` vector of the collection's dimension, leaving out
+        the items whose ids are in `exclude`."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.manifest.dim:
             raise ValueError(f"query has {query.shape[0]} dimensions; collection {self.name!r} has {self.manifest.dim}")
@@ -323,8 +424,11 @@ class Collection:
         allowed = self._filter_rows(filters) if filters else None
         if allowed is not None and not len(allowed):
             return []
-        scores, rows = self._search(query, k, allowed)
-        return [self._hit(int(r), float(s)) for s, r in zip(scores, rows) if min_score is None or s >= min_score]
+        excluded = set(exclude)
+        # Ask for as many more as may be left out, so k remain.
+        scores, rows = self._search(query, k + len(excluded), allowed)
+        hits = [self._hit(int(r), float(s)) for s, r in zip(scores, rows) if min_score is None or s >= min_score]
+        return [h for h in hits if h.id not in excluded][:k]
 
     def _search(self, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if self._index is None:
