@@ -4,6 +4,7 @@ auth, and a collection whose model the server does not serve otherwise."""
 from __future__ import annotations
 
 import io
+import json
 
 import httpx
 import pytest
@@ -94,6 +95,72 @@ def test_image_search_and_more_like_this(server):
     like = search(server, {"like": blue["id"], "k": 2}).json()
     assert like["query"] == {"like": blue["id"]} and blue["id"] not in [r["id"] for r in like["results"]]
     assert all("blue" in r["path"] for r in like["results"])
+
+
+def test_weighted_terms_in_json_and_with_an_uploaded_image(server):
+    # yellow is red + green to the colour model: yellow minus green leaves red (ignoring the
+    # weights would rank yellow and green first)
+    body = search(server, {"terms": [{"text": "yellow"}, {"text": "green", "weight": -1}], "k": 3}).json()
+    assert all("red" in r["path"] for r in body["results"]), body
+    assert json.loads(body["query"]["terms"]) == [{"text": "yellow", "weight": 1.0}, {"text": "green", "weight": -1.0}]
+    plain = search(server, {"terms": [{"text": "yellow"}, {"text": "green"}], "k": 3}).json()["results"]
+    assert not any("red" in r["path"] for r in plain)
+    # an item plus a text: like a blue item, moved toward red (the item itself left out)
+    blue = search(server, {"text": "blue", "k": 1}).json()["results"][0]
+    moved = search(server, {"terms": [{"like": blue["id"]}, {"text": "red", "weight": 2}], "k": 12}).json()["results"]
+    assert "red" in moved[0]["path"] and blue["id"] not in [r["id"] for r in moved]
+    # filters, min_score and k apply to terms as to any query
+    circles = search(
+        server, {"terms": [{"text": "yellow"}, {"text": "green", "weight": -1}], "k": 12, "path_prefix": "circles/"}
+    ).json()["results"]
+    assert circles and all("/circles/" in r["path"] for r in circles) and "red" in circles[0]["path"]
+    strict = search(server, {"terms": [{"text": "red"}, {"text": "blue", "weight": -1}], "min_score": 0.5}).json()
+    assert strict["results"] and all(r["score"] >= 0.5 for r in strict["results"]) and len(strict["results"]) < 12
+
+    upload = io.BytesIO()
+    fakes.draw("yellow square", size=40, style=1).save(upload, format="PNG")
+    response = httpx.post(
+        server.url + "/v1/collections/drawings/search/image",
+        headers=AUTH,
+        files={"image": ("query.png", upload.getvalue())},
+        data={"k": "3", "terms": json.dumps([{"text": "green", "weight": -1}])},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["query"]["image"] == "query.png" and all("red" in r["path"] for r in body["results"])
+    # the image pushed away: toward the text, away from the yellow picture
+    response = httpx.post(
+        server.url + "/v1/collections/drawings/search/image",
+        headers=AUTH,
+        files={"image": ("query.png", upload.getvalue())},
+        data={"k": "3", "image_weight": "-1", "terms": json.dumps([{"text": "blue"}])},
+    )
+    assert response.status_code == 200 and all("blue" in r["path"] for r in response.json()["results"])
+
+
+def test_weighted_terms_errors_are_clear(server):
+    negative = search(server, {"terms": [{"text": "red", "weight": -1}]})
+    assert negative.status_code == 422 and "nothing to search toward" in negative.json()["detail"]
+    cancel = search(server, {"terms": [{"text": "red"}, {"text": "red", "weight": -1}]})
+    assert cancel.status_code == 422 and "cancel out" in cancel.json()["detail"]
+    assert search(server, {"terms": [{"like": "no-such-id"}]}).status_code == 404
+    assert search(server, {"terms": []}).status_code == 422
+    assert search(server, {"terms": [{"text": "red", "like": "x"}]}).status_code == 422
+    assert search(server, {"terms": [{"text": "red"}], "text": "red"}).status_code == 422
+
+    def image_search(**data):
+        return httpx.post(
+            server.url + "/v1/collections/drawings/search/image",
+            headers=AUTH,
+            files={"image": ("query.png", fakes.png_bytes(fakes.draw("red circle")))},
+            data=data,
+        )
+
+    broken = image_search(terms="[{not json")
+    assert broken.status_code == 422 and "terms must be a JSON list" in broken.json()["detail"]
+    assert image_search(terms='{"text": "red"}').status_code == 422
+    away = image_search(image_weight="-1")
+    assert away.status_code == 422 and "nothing to search toward" in away.json()["detail"]
 
 
 def test_items_and_thumbnails_come_only_from_the_collection(server, library):

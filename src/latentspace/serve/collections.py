@@ -2,8 +2,8 @@
 Their bodies are typed in serve/schemas.py.
 
     GET  /v1/collections                               each collection: space, model, counts
-    POST /v1/collections/{name}/search                 JSON: {text | like, k, min_score, filters}
-    POST /v1/collections/{name}/search/image           multipart: an `image` file part (+ the same fields)
+    POST /v1/collections/{name}/search                 JSON: {text | like | terms, k, min_score, filters}
+    POST /v1/collections/{name}/search/image           multipart: an `image` file part (+ terms, the same fields)
     GET  /v1/collections/{name}/items/{id}             an item's metadata
     GET  /v1/collections/{name}/items/{id}/thumbnail   a small JPEG of the item (`size` px, at most 512)
 
@@ -11,6 +11,8 @@ A collection is searched with a served model of its latent space: one the server
 (the first with the same space identity and an image side), or else the model its manifest
 names, loaded as one more served model (`collection:NAME`). Queries go through that model's
 inference worker like any embedding request, so they are batched with the rest of the traffic.
+A query of several weighted terms (texts, items, an uploaded image) embeds each term that way and
+searches with the normalised weighted sum of their unit vectors (collections.search.weighted_query).
 
 Thumbnails are read from what the collection recorded for an item id (its file, or its bytes in
 a local shard), checked against the recorded sha256; nothing from the request is ever used as a
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -42,9 +45,11 @@ from latentspace.serve.schemas import (
     CollectionList,
     ItemResponse,
     SearchFilters,
+    SearchImageFields,
     SearchRequest,
     SearchResponse,
     SearchResult,
+    SearchTerm,
 )
 from latentspace.serve.settings import ServeSettings
 
@@ -158,21 +163,41 @@ def add_collection_routes(
         )
 
     async def search(
-        served: ServedCollection, query: dict[str, str], vector: np.ndarray | None, like: str | None, f: SearchFilters
+        served: ServedCollection,
+        query: dict[str, str],
+        terms: list[SearchTerm],
+        f: SearchFilters,
+        image: tuple[np.ndarray, float] | None = None,
     ) -> SearchResponse:
-        from latentspace.collections import Filters
+        """Embed the text terms on the query model, look up the item terms, and search with their
+        weighted sum (plus an uploaded image's vector, already embedded)."""
+        from latentspace.collections import Filters, QueryError, weighted_query
         from latentspace.collections.search import ItemNotFound
 
         filters = Filters(path_prefix=f.path_prefix or None, caption_contains=f.caption_contains or None)
         c = served.collection
+        texts = [term for term in terms if term.text is not None]
+        vectors: list[np.ndarray] = []
+        if texts:  # embedded at once, so the model's worker batches them
+            slot = registry.get(served.slot_name)
+            vectors = list(await asyncio.gather(*(embed_query_text(slot, term.text) for term in texts)))
+        weights = [term.weight for term in texts]
+        if image is not None:
+            vectors.append(image[0])
+            weights.append(image[1])
+
+        def run():
+            liked = [term for term in terms if term.like is not None]
+            named = [c.item(term.like).id for term in liked]  # an id, or a path in the collection
+            combined = weighted_query(vectors + [c.vector(i) for i in named], weights + [t.weight for t in liked])
+            return c.search_vector(combined, f.k, f.min_score, filters, exclude=named)
+
         try:
-            if like is not None:
-                run = lambda: c.search_like(like, f.k, f.min_score, filters)  # noqa: E731
-            else:
-                run = lambda: c.search_vector(vector, f.k, f.min_score, filters)  # noqa: E731
             hits = await asyncio.get_running_loop().run_in_executor(None, run)
         except ItemNotFound as e:
             raise ApiError(404, str(e)) from e
+        except QueryError as e:
+            raise ApiError(422, str(e)) from e
         return SearchResponse(
             collection=served.name, space=c.space, query=query, results=[result(served, h) for h in hits]
         )
@@ -210,21 +235,24 @@ def add_collection_routes(
         dependencies=guard,
         response_model=SearchResponse,
         responses=errors(400, 404, 413, 422, 429, 503),
-        summary="Search a collection by text or by one of its items",
+        summary="Search a collection by text, by one of its items, or by weighted texts and items",
     )
     async def search_text_or_like(name: str, body: SearchRequest) -> SearchResponse:
         served = collections.get(name)
-        if body.like is not None:
-            return await search(served, {"like": body.like}, None, body.like, body)
-        vector = await embed_query_text(registry.get(served.slot_name), body.text)
-        return await search(served, {"text": body.text}, vector, None, body)
+        if body.text is not None:
+            query = {"text": body.text}
+        elif body.like is not None:
+            query = {"like": body.like}
+        else:
+            query = {"terms": _terms_text(body.query_terms())}
+        return await search(served, query, body.query_terms(), body)
 
     @app.post(
         "/v1/collections/{name}/search/image",
         dependencies=guard,
         response_model=SearchResponse,
         responses=errors(400, 404, 413, 415, 422, 429, 503),
-        summary="Search a collection by an uploaded image",
+        summary="Search a collection by an uploaded image (and weighted texts and items)",
         openapi_extra={
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": SEARCH_IMAGE_FORM}}}
         },
@@ -234,15 +262,15 @@ def add_collection_routes(
         form, uploads = await read_image_form(request, field="image")
         if len(uploads) != 1:
             raise ApiError(400, "send exactly one image as an 'image' file part (curl: -F image=@photo.jpg)")
-        try:
-            filters = SearchFilters.model_validate({k: v for k, v in form.items() if k != "image" and v != ""})
-        except ValueError as e:
-            raise ApiError(422, f"invalid search fields: {e}") from e
+        fields = _image_fields(form)
         upload = uploads[0]
         vector = await embed_query_image(
             registry.get(served.slot_name), await upload.read(), f"image ({upload.filename or 'unnamed'})"
         )
-        return await search(served, {"image": upload.filename or "image"}, vector, None, filters)
+        query = {"image": upload.filename or "image"}
+        if fields.terms:
+            query["terms"] = _terms_text(fields.terms)
+        return await search(served, query, fields.terms or [], fields, image=(vector, fields.image_weight))
 
     @app.get(
         "/v1/collections/{name}/items/{item_id}",
@@ -294,6 +322,27 @@ def add_collection_routes(
             while len(served.thumbnails) > THUMBNAIL_CACHE:
                 served.thumbnails.popitem(last=False)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _image_fields(form: dict[str, Any]) -> SearchImageFields:
+    """The image search's form fields, validated (`terms` is JSON text in a form)."""
+    values = {k: v for k, v in form.items() if k != "image" and v != ""}
+    if "terms" in values:
+        try:
+            values["terms"] = json.loads(values["terms"])
+        except (ValueError, RecursionError) as e:
+            raise ApiError(
+                422, f'terms must be a JSON list such as [{{"text": "at night"}}, {{"like": "ID", "weight": -1}}]: {e}'
+            ) from e
+    try:
+        return SearchImageFields.model_validate(values)
+    except ValueError as e:
+        raise ApiError(422, f"invalid search fields: {e}") from e
+
+
+def _terms_text(terms: list[SearchTerm]) -> str:
+    """The terms as the response's `query` names them: JSON text."""
+    return json.dumps([term.model_dump(exclude_none=True) for term in terms], ensure_ascii=False)
 
 
 def _thumbnail_url(collection: str, item_id: str) -> str:

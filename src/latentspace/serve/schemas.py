@@ -94,16 +94,81 @@ class SearchFilters(BaseModel):
     caption_contains: UnicodeStr | None = Field(None, description="only items whose caption contains this (any case)")
 
 
+MAX_SEARCH_TERMS = 16  # each text term is one more query embedded
+
+
+class SearchTerm(BaseModel):
+    """One term of a weighted search: a text or an item, with a weight (negative: away from it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: UnicodeStr | None = Field(None, description="a text (embedded as a search_query)")
+    like: UnicodeStr | None = Field(None, description="an item of the collection (its id)")
+    weight: float = Field(
+        1.0, ge=-100.0, le=100.0, allow_inf_nan=False, description="how strongly to move toward it; negative: away"
+    )
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchTerm:
+        if (self.text is None) == (self.like is None):
+            raise ValueError("each term gives exactly one of text or like")
+        return self
+
+
+def _something_to_move_toward(weights: list[float]) -> None:
+    if not any(w > 0 for w in weights):
+        raise ValueError(
+            "every term has a zero or negative weight, so there is nothing to search toward: "
+            "give at least one term with a positive weight"
+        )
+
+
 class SearchRequest(SearchFilters):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "a red circle", "k": 5}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"text": "a red circle", "k": 5},
+                {"terms": [{"text": "a heart"}, {"text": "red", "weight": -1}], "k": 10},
+            ]
+        }
+    )
 
     text: str | None = Field(None, description="search by this text (embedded as a search_query)")
     like: UnicodeStr | None = Field(None, description="search by this item of the collection (its id)")
+    terms: list[SearchTerm] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_SEARCH_TERMS,
+        description="search by several weighted texts and items: the query is the normalised weighted sum "
+        "of their unit vectors (items named here are left out of the results)",
+    )
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
-        if (self.text is None) == (self.like is None):
-            raise ValueError("give exactly one of text (a query) or like (an item id)")
+        if sum(x is not None for x in (self.text, self.like, self.terms)) != 1:
+            raise ValueError("give exactly one of text (a query), like (an item id) or terms (weighted texts, items)")
+        if self.terms is not None:
+            _something_to_move_toward([term.weight for term in self.terms])
+        return self
+
+    def query_terms(self) -> list[SearchTerm]:
+        """The query as terms (`text` and `like` are one term of weight 1)."""
+        if self.terms is not None:
+            return self.terms
+        return [SearchTerm(text=self.text)] if self.text is not None else [SearchTerm(like=self.like)]
+
+
+class SearchImageFields(SearchFilters):
+    """The fields of the multipart image search besides the image (`terms` arrives as JSON text)."""
+
+    image_weight: float = Field(
+        1.0, ge=-100.0, le=100.0, allow_inf_nan=False, description="the uploaded image's weight among the terms"
+    )
+    terms: list[SearchTerm] | None = Field(None, max_length=MAX_SEARCH_TERMS - 1)
+
+    @model_validator(mode="after")
+    def _direction(self) -> SearchImageFields:
+        _something_to_move_toward([self.image_weight, *(term.weight for term in self.terms or [])])
         return self
 
 
@@ -149,7 +214,17 @@ SEARCH_IMAGE_FORM: dict[str, Any] = {
     "required": ["image"],
     "properties": {
         "image": {"type": "string", "format": "binary", "description": "the query image"},
-        **{name: _form_field(schema) for name, schema in SearchFilters.model_json_schema()["properties"].items()},
+        **{
+            name: _form_field(schema)
+            for name, schema in SearchImageFields.model_json_schema()["properties"].items()
+            if name != "terms"
+        },
+        "terms": {
+            "type": "string",
+            "description": "more terms, as a JSON list like the JSON search's terms "
+            '(`[{"text": "at night"}, {"text": "people", "weight": -1}]`); the query is the normalised '
+            "weighted sum of the image's and the terms' unit vectors",
+        },
     },
 }
 
