@@ -129,8 +129,30 @@ def test_cli_build_and_search_json(tmp_path, text_tower):
     assert json.loads(by_image.stdout)["id"] == lines[0]["id"]
     info = CliRunner().invoke(app, ["collection", "info", str(out), "--json"])
     assert json.loads(info.stdout)["items"] == 6
-    both = CliRunner().invoke(app, ["collection", "search", str(out), "red", "--like", lines[0]["id"]])
-    assert both.exit_code == 2 and "exactly one query" in both.stderr
+    nothing = CliRunner().invoke(app, ["collection", "search", str(out)])
+    assert nothing.exit_code == 2 and "give a query" in nothing.stderr
+
+    # several terms: the same search as Collection.search_terms with their weights
+    from latentspace.collections import Collection, Term
+    from latentspace.models.load import load
+
+    terms = ["a red circle", "--minus", "0.5*blue", "--like", lines[1]["id"], "--unlike", lines[2]["path"]]
+    combined = CliRunner().invoke(app, ["collection", "search", str(out), *terms, "--json", "-k", "6"])
+    assert combined.exit_code == 0, combined.output
+    expected = Collection.open(out).search_terms(
+        load(str(model_dir)),
+        [
+            Term("text", "a red circle"),
+            Term("text", "blue", -0.5),
+            Term("like", lines[1]["id"]),
+            Term("like", lines[2]["path"], -1.0),
+        ],
+        k=6,
+    )
+    got = [json.loads(line)["id"] for line in combined.stdout.splitlines()]
+    assert got == [h.id for h in expected] and len(got) == 4  # the two items named are left out
+    away = CliRunner().invoke(app, ["collection", "search", str(out), "--minus", "red"])
+    assert away.exit_code == 2 and "nothing to search toward" in away.stderr
     missing = CliRunner().invoke(app, ["collection", "search", str(tmp_path / "nope"), "red"])
     assert missing.exit_code == 2 and "no collection at" in missing.stderr
 

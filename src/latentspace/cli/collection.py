@@ -109,31 +109,75 @@ def collection_search(
     ctx: typer.Context,
     collection: str = typer.Argument(..., help="a collection name (under artifacts/collections) or directory"),
     text: str | None = typer.Argument(None, help="text to search for"),
-    image: Path | None = typer.Option(None, help="search by this image file instead"),
-    like: str | None = typer.Option(None, help="search for items like this one (its id, or its path)"),
+    image: list[str] | None = typer.Option(
+        None,
+        metavar="FILE",
+        help="search by this image file (repeatable; a weight may lead: '0.5*photo.jpg')",
+        show_default=False,
+    ),
+    like: list[str] | None = typer.Option(
+        None, metavar="ID", help="search for items like this one: its id, or its path (repeatable)", show_default=False
+    ),
+    plus: list[str] | None = typer.Option(
+        None,
+        metavar="TEXT",
+        help="one more text to move toward (repeatable; a weight may lead: '2*sunset')",
+        show_default=False,
+    ),
+    minus: list[str] | None = typer.Option(
+        None, metavar="TEXT", help="a text to move away from (repeatable; '0.5*people' weighs -0.5)", show_default=False
+    ),
+    unlike: list[str] | None = typer.Option(
+        None, metavar="ID", help="an item (id or path) to move away from (repeatable)", show_default=False
+    ),
+    minus_image: list[str] | None = typer.Option(
+        None, metavar="FILE", help="an image file to move away from (repeatable)", show_default=False
+    ),
     json_output: bool = typer.Option(False, "--json", help="one JSON object per result per line"),
     **options,
 ) -> None:
-    """Search a collection by text, by image (--image) or by one of its items (--like)."""
+    """Search a collection by text, by image (--image) or by one of its items (--like).
+
+    Several terms make one query: the normalised weighted sum of their unit vectors, each term
+    weighing +1 (TEXT, --plus, --like, --image) or -1 (--minus, --unlike, --minus-image), or the
+    weight written before it as N* ('--minus 0.5*people'). The items named are left out of the
+    results. Example: collection search photos "a beach" --minus people --like 3f9a0c2e11d4b7a5"""
     import json
 
-    from latentspace.collections import Collection
+    from latentspace.collections import Collection, Term
 
-    if sum(x is not None for x in (text, image, like)) != 1:
-        raise ValueError("give exactly one query: a TEXT argument, --image FILE or --like ID")
+    terms = [Term("text", text)] if text is not None else []
+    for kind, values, sign in (
+        ("text", plus, 1.0),
+        ("text", minus, -1.0),
+        ("like", like, 1.0),
+        ("like", unlike, -1.0),
+        ("image", image, 1.0),
+        ("image", minus_image, -1.0),
+    ):
+        terms += [_weighted_term(kind, value, sign) for value in values or []]
+    if not terms:
+        raise ValueError(
+            "give a query: a TEXT argument, --image FILE or --like ID (and, to combine several, "
+            "--plus/--minus TEXT, --unlike ID, --minus-image FILE)"
+        )
     settings = settings_from(SearchSettings, ctx, given(ctx, options), env_prefix=SEARCH_ENV_PREFIX)
     k, min_score, filters = settings.k, settings.min_score, settings.filters
     found = Collection.open(collection)
-    if like is not None:
-        hits = found.search_like(like, k, min_score, filters)
-    else:
+    query_model = None
+    if any(term.kind != "like" for term in terms):
         from latentspace.models.load import load
 
         query_model = load(settings.model or found.manifest.model)
-        if image is not None:
-            hits = found.search_image(query_model, image, k, min_score, filters)
-        else:
-            hits = found.search_text(query_model, text, k, min_score, filters)  # type: ignore[arg-type]
+    single = terms[0] if len(terms) == 1 and terms[0].weight == 1.0 else None
+    if single is not None and single.kind == "like":  # one term: the single-query searches, as ever
+        hits = found.search_like(single.value, k, min_score, filters)
+    elif single is not None and single.kind == "image":
+        hits = found.search_image(query_model, single.value, k, min_score, filters)  # type: ignore[arg-type]
+    elif single is not None:
+        hits = found.search_text(query_model, single.value, k, min_score, filters)  # type: ignore[arg-type]
+    else:
+        hits = found.search_terms(query_model, terms, k, min_score, filters)
     if json_output:
         for hit in hits:
             print(json.dumps(hit.short(), ensure_ascii=False))
@@ -147,6 +191,21 @@ def collection_search(
     Console().print(table)
     if not hits:
         console.print("no results" + (" above --min-score" if min_score is not None else ""))
+
+
+def _weighted_term(kind: str, value: str, sign: float):
+    """A term from an option's value: '2*sunset' weighs 2 (times the option's sign), 'sunset' 1.
+    Only a number before the first '*' is a weight, so other texts with a '*' stay as they are."""
+    from latentspace.collections import Term
+
+    scale = 1.0
+    weight, star, rest = value.partition("*")
+    if star and rest:
+        try:
+            scale, value = float(weight), rest.strip()
+        except ValueError:
+            pass  # not a number before the '*': part of the text
+    return Term(kind, Path(value) if kind == "image" else value, sign * scale)  # type: ignore[arg-type]
 
 
 @collection_app.command("info")
