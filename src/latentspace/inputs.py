@@ -5,6 +5,8 @@ validate texts before sending them, exactly as the server would."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -28,15 +30,51 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts must be strings; item {i} is {type(t).__name__}")
-        if not t.isascii():
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise TextEncodingError(
-                    f"text {i} is not valid Unicode: {e.reason} at character {e.start} (a lone UTF-16 "
-                    f"surrogate, e.g. from text cut in the middle of a character); send valid UTF-8 text"
-                ) from None
+        check_text(t, i)
     return texts
+
+
+def check_text(text: str, index: int) -> None:
+    """Refuse a text that is not valid Unicode, naming it as text `index` (its place in the
+    caller's input, which may mix texts and images)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise TextEncodingError(
+                f"text {index} is not valid Unicode: {e.reason} at character {e.start} (a lone UTF-16 "
+                f"surrogate, e.g. from text cut in the middle of a character); send valid UTF-8 text"
+            ) from None
+
+
+# -- images as data URLs -----------------------------------------------------------------------------
+class DataUrlError(ValueError):
+    """A data URL that does not carry base64 data; the message says what is wrong, not which input."""
+
+
+def is_data_url(value: object) -> bool:
+    """Whether `value` is a `data:` URL (an image inlined as text: data:image/png;base64,...)."""
+    return isinstance(value, str) and value[:5].lower() == "data:"
+
+
+def parse_data_url(url: str) -> bytes:
+    """The bytes a base64 data URL carries (`data:<media type>;base64,<data>`).
+
+    The media type is not checked: like every image that reaches a model here, the bytes are
+    sniffed for their format when decoded, whatever the sender called them. Only base64 is
+    accepted; percent-encoded data URLs are meant for text, not images."""
+    header, comma, payload = url.partition(",")
+    if not comma:
+        raise DataUrlError("a data URL needs a comma before its data: data:image/png;base64,<base64 data>")
+    if header[5:].rsplit(";", 1)[-1].strip().lower() != "base64":
+        raise DataUrlError(
+            f"the data URL {header[:40]!r},... is not base64; send data:image/png;base64,<base64 data> "
+            "(the image's bytes, base64-encoded)"
+        )
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise DataUrlError(f"the data URL's data is not valid base64 ({e})") from None
 
 
 def is_remote(inference_mode: str | None, base_url: str | None) -> bool:

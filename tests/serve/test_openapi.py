@@ -33,7 +33,7 @@ EMBED = {"200", "400", "401", "404", "413", "422", "429", "503"}
 # every operation the spec must list, with the statuses it documents
 OPERATIONS = {
     ("post", "/v1/embedding/text"): EMBED,
-    ("post", "/v1/embeddings"): EMBED,
+    ("post", "/v1/embeddings"): EMBED | {"415"},
     ("post", "/v1/embedding/image"): EMBED | {"415"},
     ("get", "/v1/models"): {"200", "401"},
     ("get", "/v1/user"): {"200", "401"},
@@ -195,6 +195,17 @@ def test_embedding_responses_match_the_spec(client, conforms):
         "/v1/embedding/image",
     ).json()
     assert image["model"] == "tiny" and len(image["embeddings"]) == 1
+    data_url = "data:image/png;base64," + base64.b64encode(png).decode()
+    mixed = conforms(
+        client.post(
+            "/v1/embeddings",
+            headers=AUTH,
+            json={"input": ["a cat", {"type": "image_url", "image_url": {"url": data_url}}], "dimensions": 16},
+        ),
+        "post",
+        "/v1/embeddings",
+    ).json()
+    assert [len(d["embedding"]) for d in mixed["data"]] == [16, 16] and mixed["usage"]["images"] == 1
 
 
 def test_discovery_and_operations_responses_match_the_spec(client, conforms):
@@ -257,6 +268,8 @@ def test_collection_responses_match_the_spec(client, conforms):
         ("post", "/v1/embedding/text", None, dict(json={"texts": ["x"], "model": "nope"}), 404),
         ("post", "/v1/embedding/text", None, dict(json={"texts": ["x"] * 5}), 413),
         ("post", "/v1/embeddings", None, dict(json={"input": []}), 422),
+        ("post", "/v1/embeddings", None, dict(json={"input": [{"type": "video"}]}), 422),
+        ("post", "/v1/embeddings", None, dict(json={"input": ["data:,AAAA"], "modality": "image"}), 400),
         ("post", "/v1/embedding/image", None, dict(content=b"{}", headers={**AUTH, "Content-Type": "text/json"}), 415),
         ("post", "/v1/embedding/image", None, dict(files=[("images", ("bad.png", b"not an image"))]), 400),
         ("post", "/v1/embedding/image", None, dict(data={"dimensionality": "-3", "urls": "http://x"}), 422),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import threading
 import time
@@ -409,3 +410,142 @@ def test_cors_is_off_unless_configured(server, served_dir):
         assert opened.headers["access-control-allow-origin"] == "https://app.example"
         other = httpx.options(live.url + "/v1/embedding/text", headers={**preflight, "Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+# --- /v1/embeddings with images: texts and images in one request, in one space ------------------------
+
+
+def data_url(image_bytes: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64,{base64.b64encode(image_bytes).decode()}"
+
+
+def jpeg(concept="blue circle") -> bytes:
+    buffer = io.BytesIO()
+    fakes.draw(concept).convert("RGB").save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def post_openai(server, body, headers=AUTH):
+    return httpx.post(server.url + "/v1/embeddings", headers=headers, json=body, timeout=30)
+
+
+def image_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def test_openai_endpoint_mixes_texts_images_and_urls_in_input_order(served_dir):
+    picture, photo, fetched = png("red circle"), jpeg("blue circle"), png("green square")
+    with fakes.StaticHost({"/pic.png": (200, {"Content-Type": "image/png"}, fetched)}) as host:
+        # `localhost` is allowed by name, its address is not (as on the image route); a text-only
+        # model beside the tiny one for the modality error
+        config = settings(
+            served_dir,
+            models=[f"tiny={served_dir}", "minilm=builtin:all-MiniLM-L6-v2"],
+            allow_urls=True,
+            url_allowed_hosts=("localhost",),
+            url_timeout_s=3,
+        )
+        with LiveServer(config) as live:
+            live.wait_ready()
+            loopback = image_part(f"http://127.0.0.1:{host.port}/pic.png")
+            good = ["a red circle", image_part(data_url(picture)), image_part(data_url(photo, "image/jpeg"))]
+            refused = post_openai(live, {"model": "tiny", "input": [*good, loopback]})
+            assert_error(refused, 400, "input 3", "loopback")
+            assert host.hits == []  # refused before any fetch
+
+            by_name = image_part(f"http://localhost:{host.port}/pic.png")
+            mixed = [*good, by_name, {"type": "text", "text": "a blue circle"}]
+            answer = post_openai(live, {"model": "tiny", "input": mixed, "dimensions": 64})
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            texts = embed.text(["a red circle", "a blue circle"], model=str(served_dir), dimensionality=64)
+            images = embed.image([picture, photo, fetched], model=str(served_dir), dimensionality=64, **EXACT)
+            want = [texts["embeddings"][0], *images["embeddings"], texts["embeddings"][1]]
+            assert [d["index"] for d in body["data"]] == [0, 1, 2, 3, 4]
+            np.testing.assert_allclose([d["embedding"] for d in body["data"]], want, atol=1e-5)
+            tokens = texts["usage"]["prompt_tokens"]
+            assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens, "images": 3}
+            assert body["space"] == images["space"] and body["runtime"] == "torch-fp32"
+
+            # infinity's "modality": plain strings are images, data URLs and URLs alike
+            strings = [data_url(photo), f"http://localhost:{host.port}/pic.png"]
+            plain = post_openai(live, {"model": "tiny", "input": strings, "modality": "image"}).json()
+            np.testing.assert_allclose(
+                [d["embedding"] for d in plain["data"]],
+                embed.image([photo, fetched], model=str(served_dir), **EXACT)["embeddings"],
+                atol=1e-5,
+            )
+            assert plain["usage"] == {"prompt_tokens": 0, "total_tokens": 0, "images": 2}
+            as_images = post_openai(live, {"model": "tiny", "input": ["a red circle"], "modality": "image"})
+            assert_error(as_images, 400, "input 0", "not an image URL")
+
+            no_images = post_openai(live, {"model": "minilm", "input": ["fine", good[2]]})
+            assert_error(no_images, 400, "input 1 is an image", "text only", "/v1/models")
+            assert post_openai(live, {"model": "minilm", "input": ["fine"]}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "item, status, phrases",
+    [
+        (image_part(data_url(b"hello, I am a text file")), 400, ["input 1", "not a decodable image"]),
+        (image_part(data_url(_claims_pixels(2000, 1000))), 413, ["input 1", "2000x1000 pixels exceeds"]),
+        (image_part("data:image/png,%89PNG"), 400, ["input 1", "not base64"]),
+        (image_part("data:image/png;base64,***"), 400, ["input 1", "not valid base64"]),
+        (image_part(data_url(b"")), 400, ["input 1", "empty"]),
+        (image_part("cat.png"), 400, ["input 1", "not an image URL"]),
+        (image_part("https://example.com/a.png"), 400, ["input 1", "disabled", "--allow-urls"]),
+        (image_part(""), 422, ["input 1", "non-empty URL"]),
+        ({"type": "image_url"}, 422, ["input 1", '"image_url"']),
+        ({"type": "text"}, 422, ["input 1", '"text"']),
+        ({}, 422, ["input 1", '"type"']),
+        ({"type": "audio", "audio": "x"}, 422, ["input 1", "unknown part type 'audio'"]),
+        (42, 422, ["input 1", "a number is not an input"]),
+        ({"type": "text", "text": "cut \udcff here"}, 422, ["text 1 is not valid Unicode"]),
+    ],
+)
+def test_bad_openai_input_is_a_4xx_naming_it_and_the_server_keeps_serving(server, item, status, phrases):
+    response = httpx.post(
+        server.url + "/v1/embeddings",
+        headers={**AUTH, "Content-Type": "application/json"},
+        # json.dumps writes a lone surrogate as an escape; httpx's json= would refuse to encode it
+        content=json.dumps({"input": ["a good text", item]}).encode(),
+        timeout=30,
+    )
+    assert_error(response, status, *phrases)
+    assert post_openai(server, {"input": ["a good text", image_part(data_url(png()))]}).status_code == 200
+
+
+def test_openai_image_formats_and_limits(server):
+    tiff = io.BytesIO()
+    fakes.draw("red circle").convert("RGB").save(tiff, format="TIFF")
+    assert_error(post_openai(server, {"input": [image_part(data_url(tiff.getvalue()))]}), 415, "input 0", "TIFF")
+    # a data URL larger than the body cap is refused while the body is read
+    huge = data_url(b"\x89PNG" + b"\0" * (2 * 2**20))
+    assert_error(post_openai(server, {"input": [huge], "modality": "image"}), 413, "exceeds the limit")
+    assert_error(post_openai(server, {"input": [data_url(png())] * 9, "modality": "image"}), 413, "limit is 8")
+    assert_error(post_openai(server, {"input": []}), 422, "input is empty")
+    assert_error(post_openai(server, {"input": [[1, 2, 3]]}), 422, "input 0", "a list is not an input")
+    # a plain string is a text whatever it looks like: never fetched, never decoded
+    as_text = post_openai(server, {"input": ["https://example.com/a.png", data_url(png())]})
+    assert as_text.status_code == 200 and as_text.json()["usage"]["images"] == 0
+    assert post_openai(server, {"input": ["still serving"]}).status_code == 200
+
+
+def test_the_official_openai_client_embeds_images_unchanged(server, served_dir):
+    openai = pytest.importorskip("openai", reason="openai is in the dev extra")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    picture, photo = png("red circle"), jpeg("blue circle")
+    want_images = embed.image([picture, photo], model=str(served_dir), **EXACT)["embeddings"]
+    want_text = embed.text(["a red circle"], model=str(served_dir))["embeddings"]
+    plain = client.embeddings.create(
+        model="tiny", input=[data_url(picture), data_url(photo, "image/jpeg")], extra_body={"modality": "image"}
+    )
+    np.testing.assert_allclose([d.embedding for d in plain.data], want_images, atol=1e-5)
+    typed = client.embeddings.create(
+        model="tiny",
+        input=["a red circle"],
+        # typed parts go through extra_body: the client's own `input` is typed as texts and token ids
+        extra_body={"input": ["a red circle", {"type": "image_url", "image_url": {"url": data_url(picture)}}]},
+    )
+    np.testing.assert_allclose([d.embedding for d in typed.data], [want_text[0], want_images[0]], atol=1e-5)
+    assert typed.usage.prompt_tokens > 0 and typed.model == "tiny"

@@ -25,11 +25,13 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from latentspace.inputs import is_data_url
 from latentspace.models.embedder import finish
 from latentspace.serve.auth import BearerAuth
 from latentspace.serve.collections import CollectionSet, add_collection_routes, query_vector
@@ -44,6 +46,7 @@ from latentspace.serve.request_items import (
     fetch_all,
     image_error,
     make_fetcher,
+    openai_items,
     read_form_files,
     read_image_form,
     require_modality,
@@ -156,16 +159,42 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         "/v1/embeddings",
         dependencies=[Depends(require_key)],
         response_model=OpenAIEmbeddingResponse,
-        responses=errors(400, 404, 413, 422, 429, 503),
-        summary="Embed texts (OpenAI's API)",
+        responses=errors(400, 404, 413, 415, 422, 429, 503),
+        summary="Embed texts and images (OpenAI's API)",
     )
     async def openai_endpoint(body: OpenAIRequest) -> Response:
         slot = registry.get(body.model)
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts:
-            raise ApiError(422, "input is empty: give a string or a non-empty list of strings")
-        vectors, tokens = await embed_texts(slot, texts, body.task_type, body.dimensions)
-        rows = vectors.numpy()
+        texts, images = openai_items(body)  # [(index in input, text)], [(index in input, image URL)]
+        check_items(len(texts) + len(images), settings)
+        check_dimensionality(body.dimensions, slot.model.dim)
+        if texts:
+            require_modality(slot, "text", f"input {texts[0][0]} is a text")
+        if images:
+            require_modality(slot, "image", f"input {images[0][0]} is an image")
+        remote = [(i, url) for i, url in images if not is_data_url(url)]
+        if remote and fetcher is None:
+            raise ApiError(
+                400,
+                f"input {remote[0][0]}: remote image URLs are disabled on this server: send the image as a "
+                "data URL (data:image/png;base64,...), or start the server with --allow-urls",
+            )
+        # Every image is fetched and decoded before any forward runs, so a bad one costs no forward.
+        fetched = await fetch_all(fetcher, [u for _, u in remote], [f"input {i}" for i, _ in remote]) if remote else []
+        named_bytes = {i: named for (i, _), named in zip(remote, fetched)}  # (name in messages, bytes)
+        pixels = await prepare_images(slot, [named_bytes.get(i, (f"input {i}", url)) for i, url in images])
+        rows = np.empty((len(texts) + len(images), body.dimensions or slot.model.dim), dtype=np.float32)
+        tokens = 0
+        if texts:
+            vectors, tokens = await embed_texts(slot, [t for _, t in texts], body.task_type, body.dimensions)
+            rows[[i for i, _ in texts]] = vectors.numpy()
+        if images:
+            vectors = finish(await submit(slot, registry.image_kind(slot), pixels, None, settings), body.dimensions)
+            rows[[i for i, _ in images]] = vectors.numpy()
+        # the runtime that made the vectors; a request whose texts and images ran on different ones names both
+        runtimes = slot.model.runtime_names()
+        used = [m for m, items in (("text", texts), ("image", images)) if items]
+        names = {runtimes[m] for m in used}
+        runtime = names.pop() if len(names) == 1 else ", ".join(f"{runtimes[m]} ({m})" for m in used)
         data = [
             {"object": "embedding", "index": i, "embedding": encode_vector(row, body.encoding_format)}
             for i, row in enumerate(rows)
@@ -175,13 +204,28 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
                 "object": "list",
                 "data": data,
                 "model": slot.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "images": len(images)},
                 "space": slot.model.space,
-                "runtime": slot.model.runtime_names()["text"],
+                "runtime": runtime,
             }
         )
 
     # -- images -----------------------------------------------------------------------------------
+    async def prepare_images(slot: Slot, named: list[tuple[str, bytes | str]]) -> list[torch.Tensor]:
+        """(name, bytes or a data URL) -> the model's input tensors, decoded on the decode threads;
+        the first bad image, by position, is the error answered (400, 413 or 415)."""
+        loop = asyncio.get_running_loop()
+        prepare = slot.model.preprocess_image
+        jobs = [
+            loop.run_in_executor(decode_pool, decode_and_prepare, data, name, settings.max_pixels, prepare)
+            for name, data in named
+        ]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise image_error(result)
+        return results  # type: ignore[return-value]
+
     @app.post(
         "/v1/embedding/image",
         dependencies=[Depends(require_key)],
@@ -211,18 +255,10 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
                 "'images' file parts, or start the server with --allow-urls",
             )
         named = [(f"image {i} ({u.filename or 'unnamed'})", await u.read()) for i, u in enumerate(uploads)]
-        named += await fetch_all(fetcher, urls, start=len(uploads)) if urls else []
-        loop = asyncio.get_running_loop()
-        prepare = slot.model.preprocess_image
-        jobs = [
-            loop.run_in_executor(decode_pool, decode_and_prepare, data, name, settings.max_pixels, prepare)
-            for name, data in named
-        ]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
-        for result in results:  # the first bad image, by position, names the failure
-            if isinstance(result, BaseException):
-                raise image_error(result)
-        rows = await submit(slot, registry.image_kind(slot), results, None, settings)
+        if urls:  # numbered after the uploads, which come first in the answer
+            named += await fetch_all(fetcher, urls, [f"url {i}" for i in range(len(uploads), len(uploads) + len(urls))])
+        pixels = await prepare_images(slot, named)
+        rows = await submit(slot, registry.image_kind(slot), pixels, None, settings)
         return nomic_response(finish(rows, dimensionality), slot, 0, "image")
 
     # -- discovery and operations -----------------------------------------------------------------

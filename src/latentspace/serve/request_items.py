@@ -1,8 +1,9 @@
 """From a request to the items an inference worker embeds, and every check on the way.
 
 The routes in serve/app.py read their bodies here: the image form (multipart file parts, or URLs
-fetched under the server's FetchPolicy), the number of items and the dimensionality a request
-may ask for, and the model's modalities. Images are decoded and preprocessed on a decode thread
+fetched under the server's FetchPolicy), OpenAI's `input` split into texts and images
+(`openai_items`), the number of items and the dimensionality a request may ask for, and the
+model's modalities. Images are decoded and preprocessed on a decode thread
 (`decode_and_prepare`), their failures mapped to the status that names them (`image_error`);
 `submit` hands the items to the model's worker and maps a full queue or a dead worker to 429 /
 503 with Retry-After. Each check raises the ApiError the client gets.
@@ -25,10 +26,13 @@ from latentspace.data.images import (
     ImageTooLargeError,
     decode_image,
 )
+from latentspace.data.url_checks import display_url
+from latentspace.inputs import DataUrlError, TextEncodingError, check_text, is_data_url, parse_data_url
 from latentspace.models.embedder import ModalityError
 from latentspace.serve.batching import QueueFull, WorkerDead
 from latentspace.serve.errors import ApiError, retry_later
 from latentspace.serve.registry import Slot
+from latentspace.serve.schemas import ImagePart, OpenAIRequest, TextPart
 from latentspace.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -91,12 +95,43 @@ async def read_form_files(request: Request, settings: ServeSettings, field: str)
     return {k: v for k, v in form.items() if not isinstance(v, UploadFile)}, files
 
 
+def openai_items(body: OpenAIRequest) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """OpenAI's `input` -> ([(index, text)], [(index, image URL)]), each item at its place in input.
+
+    A plain string is a text unless the request says `"modality": "image"`: a string that looks
+    like a URL is never fetched on a guess. Texts must be valid Unicode (422); an image must be a
+    data URL or an http(s) URL (400); whether URLs may be fetched is the route's to say."""
+    items = [body.input] if isinstance(body.input, str) else body.input
+    texts: list[tuple[int, str]] = []
+    images: list[tuple[int, str]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, ImagePart) or (isinstance(item, str) and body.modality == "image"):
+            url = item.image_url.url if isinstance(item, ImagePart) else item
+            if not (is_data_url(url) or url.lower().startswith(("http://", "https://"))):
+                raise ApiError(
+                    400,
+                    f"input {i}: {display_url(url, 40)!r} is not an image URL; send a base64 data URL "
+                    "(data:image/png;base64,...) or an http(s) URL",
+                )
+            images.append((i, url))
+        else:
+            text = item.text if isinstance(item, TextPart) else item
+            try:
+                check_text(text, i)
+            except TextEncodingError as e:
+                raise ApiError(422, str(e)) from e
+            texts.append((i, text))
+    return texts, images
+
+
 # -- what the request asks of the model ------------------------------------------------------------
-def require_modality(slot: Slot, modality: str) -> None:
+def require_modality(slot: Slot, modality: str, what: str | None = None) -> None:
+    """400 unless the model embeds `modality`; `what` ("input 3 is an image") starts the message."""
     try:
         slot.model.require(modality)  # type: ignore[arg-type]
     except ModalityError as e:
-        raise ApiError(400, f"{e}; GET /v1/models lists each model's modalities") from e
+        message = f"{what}, but {e}" if what else str(e)
+        raise ApiError(400, f"{message}; GET /v1/models lists each model's modalities") from e
 
 
 def check_items(n: int, settings: ServeSettings) -> None:
@@ -124,13 +159,11 @@ def make_fetcher(settings: ServeSettings):
     )
 
 
-async def fetch_all(fetcher, urls: list[str], start: int) -> list[tuple[str, bytes]]:
-    """[(the name messages give it, its bytes)] of each URL, fetched concurrently; numbered from
-    `start` (after the uploaded images); the first URL refused or failed is the 400 answered."""
+async def fetch_all(fetcher, urls: list[str], labels: list[str]) -> list[tuple[str, bytes]]:
+    """[(the name messages give it, its bytes)] of each URL, fetched concurrently; `labels` name
+    them in messages ("url 2", "input 5"); the first URL refused or failed is the 400 answered."""
     from latentspace.data.fetch import UrlRefused
-    from latentspace.data.url_checks import display_url
 
-    labels = [f"url {i}" for i in range(start, start + len(urls))]
     results = await asyncio.gather(
         *(fetcher.fetch(u, label=label) for u, label in zip(urls, labels, strict=True)), return_exceptions=True
     )
@@ -146,8 +179,14 @@ async def fetch_all(fetcher, urls: list[str], start: int) -> list[tuple[str, byt
     return out
 
 
-def decode_and_prepare(data: bytes, name: str, max_pixels: int, prepare) -> torch.Tensor:
-    """On a decode thread: bytes -> checked, decoded, preprocessed tensor."""
+def decode_and_prepare(data: bytes | str, name: str, max_pixels: int, prepare) -> torch.Tensor:
+    """On a decode thread: bytes, or a data URL carrying them -> checked, decoded, preprocessed
+    tensor. (A data URL's base64 is decoded here too, off the event loop: it can be megabytes.)"""
+    if isinstance(data, str):
+        try:
+            data = parse_data_url(data)
+        except DataUrlError as e:
+            raise ImageDecodeError(f"{name}: {e}") from None
     return prepare(decode_image(data, name=name, max_pixels=max_pixels, formats=IMAGE_FORMATS))
 
 

@@ -66,8 +66,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = []
         for e in error.errors():
-            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-            problems.append(f"{where or 'body'}: {e.get('msg')}")
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+            message = str(e.get("msg"))
+            # a message that starts with its place ("input 2: ...") is not prefixed with it again
+            problems.append(message if message.startswith(where) else f"{where}: {message}")
         return error_response(422, "invalid request: " + "; ".join(problems[:10]))
 
     @app.exception_handler(StarletteHTTPException)

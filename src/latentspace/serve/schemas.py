@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from latentspace.inputs import TaskType
 
@@ -65,22 +66,118 @@ class TextRequest(_Lenient):
     )
 
 
+# A 2x2 PNG, the image in the examples below (and the one the schema fuzzing sends).
+_EXAMPLE_DATA_URL = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGM8ISfHwMDAxMDAwMDAAAANBAEIfXHKZgAAAABJRU5ErkJggg=="
+)
+
+
+class TextPart(BaseModel):
+    """A text in `input`, typed (plain strings are texts too)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(BaseModel):
+    url: str = Field(
+        ...,
+        min_length=1,
+        description="a base64 data URL (data:image/png;base64,...; PNG, JPEG, WebP, GIF or BMP), or an http(s) URL "
+        "the server fetches (only with --allow-urls)",
+    )
+
+
+class ImagePart(BaseModel):
+    """An image in `input`, as OpenAI's chat API spells one."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+InputPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+_PART_FORMS = (
+    '{"type": "text", "text": "..."} or {"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}'
+)
+
+
+def _input_item(index: int, item: Any) -> str | TextPart | ImagePart:
+    """One item of `input`, checked here so that a bad one gets a message naming it (Pydantic's
+    own, for a union, lists every alternative it tried)."""
+
+    def refuse(reason: str) -> PydanticCustomError:
+        return PydanticCustomError("input_item", "input {index}: {reason}", {"index": index, "reason": reason})
+
+    if isinstance(item, str):
+        return item
+    if not isinstance(item, dict):
+        what = {bool: "true or false", int: "a number", float: "a number", list: "a list"}.get(type(item), "null")
+        raise refuse(f"{what} is not an input; give a string (a text) or a part: {_PART_FORMS}")
+    kind = item.get("type")
+    if kind == "text":
+        if not isinstance(item.get("text"), str):
+            raise refuse('a text part needs "text", a string')
+        return TextPart(type="text", text=item["text"])
+    if kind == "image_url":
+        image_url = item.get("image_url")
+        url = image_url.get("url") if isinstance(image_url, dict) else None
+        if not isinstance(url, str) or not url:
+            raise refuse('an image_url part needs "image_url": {"url": "data:image/png;base64,..."}, a non-empty URL')
+        return ImagePart(type="image_url", image_url=ImageUrl(url=url))
+    if kind is None:
+        raise refuse(f'a part needs a "type": {_PART_FORMS}')
+    raise refuse(f"unknown part type {str(kind)[:40]!r}; the types are text and image_url")
+
+
 class OpenAIRequest(_Lenient):
-    """OpenAI's embeddings request."""
+    """OpenAI's embeddings request, with images: texts and images in one list, in one space."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"input": "a red heart"}, {"input": ["a cat", "a dog"], "encoding_format": "base64"}]
+            "examples": [
+                {"input": "a red heart"},
+                {"input": ["a cat", "a dog"], "encoding_format": "base64"},
+                {"input": ["a red square", {"type": "image_url", "image_url": {"url": _EXAMPLE_DATA_URL}}]},
+                {"input": [_EXAMPLE_DATA_URL], "modality": "image"},
+            ]
         }
     )
 
-    input: str | list[str] = Field(..., description="one text, or a non-empty list of texts")
+    input: str | list[str | InputPart] = Field(
+        ...,
+        description="what to embed: one text, or a non-empty list of texts and images, answered in order. A plain "
+        'string is a text (never fetched or decoded) unless "modality" is "image"; a typed part is what its type '
+        f"says: {_PART_FORMS}",
+    )
+    modality: Literal["text", "image"] = Field(
+        "text",
+        description='what the plain strings in input are: "image" makes each one an image URL (a base64 data URL, '
+        "or an http(s) URL with --allow-urls); typed parts keep their type. An extension (infinity's spelling)",
+    )
     model: str | None = Field(None, description="a served model's id; may be left out when the server serves one")
     dimensions: int | None = Field(None, ge=1, description="keep the first N dimensions, then re-normalise")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: each vector as little-endian float32 bytes, base64-encoded"
     )
-    task_type: TaskType = Field("search_document", description="an extension; OpenAI's API has no task types")
+    task_type: TaskType = Field(
+        "search_document", description="the texts' prefix; an extension (OpenAI's API has no task types)"
+    )
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _items(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise PydanticCustomError(
+                "input",
+                "input must be a string or a list of strings and parts, not {kind}",
+                {"kind": type(value).__name__},
+            )
+        if not value:
+            raise PydanticCustomError("input", "input is empty: give a string or a non-empty list of strings and parts")
+        return [_input_item(i, item) for i, item in enumerate(value)]
 
 
 class SearchFilters(BaseModel):
@@ -261,19 +358,29 @@ class EmbeddingResponse(BaseModel):
 
 class OpenAIEmbedding(BaseModel):
     object: Literal["embedding"]
-    index: int
+    index: int = Field(..., description="the position in input of what this vector embeds")
     embedding: list[float] | str = Field(..., description="the vector; a base64 string with encoding_format=base64")
 
 
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int = Field(..., description="text tokens embedded (images count none)")
+    total_tokens: int = Field(..., description="the same as prompt_tokens")
+    images: int = Field(..., description="images embedded (an extension)")
+
+
 class OpenAIEmbeddingResponse(BaseModel):
-    """OpenAI's embeddings response."""
+    """OpenAI's embeddings response: `data[i]` answers `input[i]`, texts and images alike."""
 
     object: Literal["list"]
     data: list[OpenAIEmbedding]
     model: str
-    usage: Usage
+    usage: OpenAIUsage
     space: str = Field(..., description="the latent space the vectors are in (an extension)")
-    runtime: str = Field(..., description="the runtime and precision that made the vectors (an extension)")
+    runtime: str = Field(
+        ...,
+        description="the runtime and precision that made the vectors (an extension); a request whose texts and "
+        "images ran on different runtimes names both, as 'torch-fp32 (text), openvino-int8 (image)'",
+    )
 
 
 class ModelStatus(BaseModel):
