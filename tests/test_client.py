@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
@@ -75,6 +76,74 @@ def test_remote_images_of_every_kind_keep_their_order(server, model_dir, image_h
     local_inputs = [fakes.png_bytes(fakes.draw("red square")) if x == url else x for x in inputs]
     local = embed.image(local_inputs, model=str(model_dir), **EXACT)
     np.testing.assert_allclose(remote["embeddings"], local["embeddings"], atol=1e-5)
+
+
+def data_url(image_bytes: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(image_bytes).decode()
+
+
+def test_image_takes_data_urls_locally_and_remotely(server, model_dir):
+    pictures = [fakes.png_bytes(fakes.draw(c)) for c in ("red square", "blue circle")]
+    want = embed.image(pictures, model=str(model_dir), **EXACT)["embeddings"]
+    local = embed.image([data_url(b) for b in pictures], model=str(model_dir), **EXACT)["embeddings"]
+    remote = embed.image([data_url(b) for b in pictures], model="tiny", base_url=server.url, api_key=KEY)
+    np.testing.assert_allclose(local, want, atol=1e-6)
+    np.testing.assert_allclose(remote["embeddings"], want, atol=1e-5)
+    with pytest.raises(ValueError, match="image 1: the data URL's data is not valid base64"):
+        embed.image([pictures[0], "data:image/png;base64,@@"], model=str(model_dir))
+    with pytest.raises(ValueError, match="image 0: http"):
+        embed.image(["https://example.com/a.png"], model=str(model_dir))
+
+
+def test_mixed_equals_separate_text_and_image_calls_locally_and_remotely(server, model_dir, image_host, tmp_path):
+    red, blue = fakes.draw("red square"), fakes.draw("blue circle")
+    path = tmp_path / "blue.png"
+    blue.save(path)
+    url = f"http://localhost:{image_host.port}/pic.png"  # the host serves the red square
+    items = [
+        "a red square",
+        path,
+        {"type": "text", "text": "https://example.com/not-fetched.png"},  # a text: typed, or a plain str
+        red,
+        {"type": "image_url", "image_url": {"url": data_url(fakes.png_bytes(red))}},
+        "a blue circle",
+        path.read_bytes(),
+        {"type": "image", "image": str(path)},
+    ]
+    texts = embed.text(
+        ["a red square", "https://example.com/not-fetched.png", "a blue circle"],
+        model=str(model_dir),
+        task_type="search_query",
+        dimensionality=64,
+    )
+    images = embed.image([path, red, red, path, path], model=str(model_dir), dimensionality=64, **EXACT)
+    t, i = texts["embeddings"], images["embeddings"]
+    want = [t[0], i[0], t[1], i[1], i[2], t[2], i[3], i[4]]
+    exact = {"image_runtime": "torch", "image_precision": "fp32"}
+    local = embed.mixed(items, model=str(model_dir), task_type="search_query", dimensionality=64, **exact)
+    np.testing.assert_allclose(local["embeddings"], want, atol=1e-6)
+    usage = {**texts["usage"], "images": 5}
+    assert local["usage"] == usage and local["space"] == texts["space"] and local["runtime"] == "torch-fp32"
+    # remotely, a URL too; eight items against max_items 5: the client splits the request
+    remote_items = [*items, {"type": "image", "image": url}]
+    remote = embed.mixed(
+        remote_items, model="tiny", task_type="search_query", dimensionality=64, base_url=server.url, api_key=KEY
+    )
+    np.testing.assert_allclose(remote["embeddings"], [*want, i[1]], atol=1e-5)
+    assert remote["usage"] == {**usage, "images": 6} and remote["space"] == texts["space"]
+    assert remote["model"] == "tiny"
+
+
+def test_mixed_refuses_what_it_cannot_tell_apart(model_dir):
+    with pytest.raises(TypeError, match="input 1: int is neither a text nor an image"):
+        embed.mixed(["a text", 3], model=str(model_dir))
+    with pytest.raises(ValueError, match="input 0: a dict must be"):
+        embed.mixed([{"type": "video", "video": "x"}], model=str(model_dir))
+    with pytest.raises(ValueError, match="input 0: the data URL"):
+        embed.mixed([{"type": "image", "image": "data:image/png,raw"}], model="tiny", base_url="http://127.0.0.1:9")
+    with pytest.raises(TypeError, match="a list"):
+        embed.mixed("a text", model=str(model_dir))
+    assert embed.mixed([], model=str(model_dir))["embeddings"] == []
 
 
 def test_server_and_key_from_the_environment(server, monkeypatch):

@@ -31,8 +31,11 @@ from latentspace import embed
 texts = embed.text(["a red heart", "rain"], model="tiny", base_url=sys.argv[1], api_key=sys.argv[2],
                    task_type="search_query")
 images = embed.image([sys.argv[3]], model="tiny", base_url=sys.argv[1], api_key=sys.argv[2])
+mixed = embed.mixed(["rain", {"type": "image", "image": sys.argv[3]}], model="tiny", base_url=sys.argv[1],
+                    api_key=sys.argv[2], task_type="search_query")
 heavy = sorted(m for m in ("torch", "transformers", "timm", "fastapi", "pydantic") if m in sys.modules)
-print(json.dumps({"texts": texts["embeddings"], "images": images["embeddings"], "heavy": heavy}))
+print(json.dumps({"texts": texts["embeddings"], "images": images["embeddings"], "mixed": mixed["embeddings"],
+                  "heavy": heavy}))
 """
 
 
@@ -101,6 +104,7 @@ def test_plain_install_embeds_through_a_server(light_python, server, tmp_path):
     want_image = embed.image([str(picture)], **remote)["embeddings"]
     np.testing.assert_allclose(np.array(out["texts"]), np.array(want_texts), atol=1e-6)
     np.testing.assert_allclose(np.array(out["images"]), np.array(want_image), atol=1e-6)
+    np.testing.assert_allclose(np.array(out["mixed"]), np.array([want_texts[1], want_image[0]]), atol=1e-6)
 
 
 def test_command_line_names_the_extra_to_install(light_python):

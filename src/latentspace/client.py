@@ -1,5 +1,5 @@
-"""The remote side of `embed.text` / `embed.image`: talks to a `latentspace serve` server (or any
-server speaking Nomic's embedding API).
+"""The remote side of `embed.text` / `embed.image` / `embed.mixed`: talks to a `latentspace serve`
+server (or any server speaking Nomic's embedding API; `mixed` needs /v1/embeddings with images).
 
 Large inputs are cut into chunks, sent concurrently on a few threads, and reassembled in input
 order. Each chunk is retried on 429, 5xx and connection errors with exponential backoff, waiting
@@ -9,6 +9,7 @@ is the caller's to fix and raises `RemoteError` with the server's message at onc
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import random
@@ -22,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 from PIL import Image
 
 from latentspace.data.images import to_rgb
+from latentspace.inputs import DataUrlError, is_data_url, parse_data_url
 
 BASE_URL_ENV = "LATENTSPACE_BASE_URL"
 API_KEY_ENV = "LATENTSPACE_API_KEY"
@@ -144,6 +147,43 @@ class RemoteClient:
                 chunks.append([part])
         return self._gather(chunks, send, model)
 
+    def mixed(
+        self,
+        items: Sequence[tuple[str, Any]],
+        *,
+        model: str | None,
+        task_type: str,
+        dimensionality: int | None,
+    ) -> dict[str, Any]:
+        """Texts and images in one list, [("text", str) or ("image", path, bytes, PIL image, data URL
+        or http(s) URL)], embedded by POST /v1/embeddings; the vectors come back in input order."""
+        parts = [_as_input_part(i, kind, value) for i, (kind, value) in enumerate(items)]  # fail fast
+
+        def send(chunk: list[dict]) -> dict:
+            body: dict[str, Any] = {"input": chunk, "model": model, "task_type": task_type, "encoding_format": "base64"}
+            if dimensionality is not None:
+                body["dimensions"] = dimensionality
+            answer = self._post("/v1/embeddings", json=body)
+            # OpenAI's shape -> Nomic's, which the rest of the client (and embed's callers) speak;
+            # base64 carries the float32 vectors exactly
+            rows = sorted(answer["data"], key=lambda d: d["index"])
+            return {
+                **answer,
+                "embeddings": [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4").tolist() for d in rows],
+            }
+
+        # A chunk holds at most text_chunk items and image_chunk images (images are the large ones).
+        chunks: list[list[dict]] = []
+        images_in_last = 0
+        for part in parts:
+            is_image = part["type"] == "image_url"
+            if not chunks or len(chunks[-1]) >= self.text_chunk or (is_image and images_in_last >= self.image_chunk):
+                chunks.append([])
+                images_in_last = 0
+            chunks[-1].append(part)
+            images_in_last += is_image
+        return self._gather(chunks, send, model)
+
     def search_collection(
         self,
         collection: str,
@@ -182,13 +222,7 @@ class RemoteClient:
     # -- plumbing --------------------------------------------------------------------------------
     def _gather(self, chunks: list, send, model: str | None) -> dict[str, Any]:
         if not chunks:
-            return {
-                "embeddings": [],
-                "usage": {"prompt_tokens": 0, "total_tokens": 0},
-                "model": model,
-                "space": None,
-                "runtime": None,
-            }
+            return {"embeddings": [], "usage": _add_usage([]), "model": model, "space": None, "runtime": None}
         with ThreadPoolExecutor(min(self.concurrency, len(chunks))) as pool:
             answers = list(pool.map(lambda chunk: _send_fitting(send, chunk), chunks))  # map keeps input order
         spaces = {a.get("space") for a in answers}
@@ -197,13 +231,12 @@ class RemoteClient:
                 f"the server answered from different latent spaces {sorted(map(str, spaces))}; "
                 "these embeddings would not be comparable"
             )
-        tokens = sum(a.get("usage", {}).get("prompt_tokens", 0) for a in answers)
         # Batches may meet servers on different runtimes (workers behind a balancer, a fall-back):
         # all of them are named.
         runtimes = sorted({str(a["runtime"]) for a in answers if a.get("runtime")})
         return {
             "embeddings": [row for a in answers for row in a["embeddings"]],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "usage": _add_usage(answers),
             "model": answers[0].get("model", model),
             "space": spaces.pop(),
             "runtime": ", ".join(runtimes) or None,
@@ -241,18 +274,28 @@ def _send_fitting(send, chunk: list) -> dict:
             raise
     half = len(chunk) // 2
     first, second = _send_fitting(send, chunk[:half]), _send_fitting(send, chunk[half:])
-    tokens = first["usage"]["prompt_tokens"] + second["usage"]["prompt_tokens"]
-    return {
-        **first,
-        "embeddings": first["embeddings"] + second["embeddings"],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    return {**first, "embeddings": first["embeddings"] + second["embeddings"], "usage": _add_usage([first, second])}
+
+
+def _add_usage(answers: list[dict]) -> dict[str, int]:
+    """The usage of several answers together: tokens, and images where the answers count them."""
+    tokens = sum(a.get("usage", {}).get("prompt_tokens", 0) for a in answers)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    if any("images" in a.get("usage", {}) for a in answers):
+        usage["images"] = sum(a["usage"].get("images", 0) for a in answers)
+    return usage
 
 
 def _as_part(index: int, image: Any) -> tuple[str, Any]:
-    """One input image -> ("urls", url) or ("images", (filename, bytes, content type))."""
+    """One input image -> ("urls", url) or ("images", (filename, bytes, content type)); a data URL
+    is sent as the bytes it carries."""
     if isinstance(image, str) and image.startswith(("http://", "https://")):
         return "urls", image
+    if is_data_url(image):
+        try:
+            return "images", (f"image{index}", parse_data_url(image), "application/octet-stream")
+        except DataUrlError as e:
+            raise ValueError(f"image {index}: {e}") from None
     if isinstance(image, Image.Image):
         buffer = io.BytesIO()
         to_rgb(image).save(buffer, format="PNG")  # lossless, and the same RGB local mode would see
@@ -265,6 +308,25 @@ def _as_part(index: int, image: Any) -> tuple[str, Any]:
             raise FileNotFoundError(f"image file not found: {path}")
         return "images", (path.name, path.read_bytes(), "application/octet-stream")
     raise TypeError(f"image {index}: unsupported input {type(image).__name__}; give a path, URL, bytes or a PIL image")
+
+
+def _as_input_part(index: int, kind: str, value: Any) -> dict:
+    """One item of embed.mixed -> a typed part of /v1/embeddings' input. Local images travel as
+    base64 data URLs (the server sniffs their format, so the media type is only a label); http(s)
+    URLs are fetched by the server."""
+    if kind == "text":
+        return {"type": "text", "text": value}
+    if is_data_url(value):
+        try:
+            parse_data_url(value)  # refused here, where the index is the caller's (chunks renumber it)
+        except DataUrlError as e:
+            raise ValueError(f"input {index}: {e}") from None
+        return {"type": "image_url", "image_url": {"url": value}}
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return {"type": "image_url", "image_url": {"url": value}}
+    _, (_, data, content_type) = _as_part(index, value)
+    media_type = "image/png" if content_type == "image/png" else "application/octet-stream"
+    return {"type": "image_url", "image_url": {"url": f"data:{media_type};base64,{base64.b64encode(data).decode()}"}}
 
 
 _clients: dict[tuple, RemoteClient] = {}

@@ -1,4 +1,5 @@
-"""The public embedding API: `embed.text(...)` and `embed.image(...)`, shaped like Nomic's client.
+"""The public embedding API: `embed.text(...)`, `embed.image(...)` and `embed.mixed(...)` (texts
+and images in one ordered list), shaped like Nomic's client.
 
     from latentspace import embed
     out = embed.image(["cat.png"], model="artifacts/quickstart/model")
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from latentspace.inputs import TASK_TYPES, check_texts, is_remote
+from latentspace.inputs import TASK_TYPES, DataUrlError, check_text, check_texts, is_data_url, is_remote, parse_data_url
 
 if TYPE_CHECKING:  # the model stack (torch) is imported only when a model runs here
     from latentspace.models.embedder import Embedder
@@ -134,8 +135,9 @@ def image(
     runtime: str = "auto",
     precision: str = "auto",
 ) -> dict[str, Any]:
-    """Embed images given as file paths, bytes or PIL images (any mode); in remote mode also
-    http(s) URLs, which the server fetches (if it was started with --allow-urls).
+    """Embed images given as file paths, bytes, PIL images (any mode) or base64 data URLs
+    (data:image/png;base64,...); in remote mode also http(s) URLs, which the server fetches (if it
+    was started with --allow-urls).
 
     Local mode runs the image forward on `runtime` at `precision`: "auto" takes the fastest
     measured on this machine within cosine 0.999 of PyTorch fp32 (measured on first use, then
@@ -150,5 +152,135 @@ def image(
         )
     name = _resolve(model)
     m = _running(name, "image", runtime, precision)
-    vectors = m.embed_images(list(images), dimensionality=dimensionality)
+    vectors = m.embed_images([_local_image(i, img) for i, img in enumerate(images)], dimensionality=dimensionality)
     return _response(vectors, name, m, "image", {"prompt_tokens": 0, "total_tokens": 0})
+
+
+def _local_image(index: int, image: Any) -> Any:
+    """An image as the local forward reads it: a data URL becomes the bytes it carries; paths,
+    bytes and PIL images stay as they are."""
+    if is_data_url(image):
+        try:
+            return parse_data_url(image)
+        except DataUrlError as e:
+            raise ValueError(f"image {index}: {e}") from None
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        raise ValueError(
+            f"image {index}: http(s) URLs are fetched by a server, not here: pass base_url= (remote mode) "
+            "or download the image first"
+        )
+    return image
+
+
+def mixed(
+    items: Sequence[Any],
+    *,
+    model: str | os.PathLike | None = None,
+    task_type: str = "search_document",
+    dimensionality: int | None = None,
+    inference_mode: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float = 60.0,
+    text_runtime: str = "torch",
+    text_precision: str = "fp32",
+    image_runtime: str = "auto",
+    image_precision: str = "auto",
+) -> dict[str, Any]:
+    """Embed texts and images given in one ordered list; `embeddings[i]` answers `items[i]`, and
+    every vector is the one `text` or `image` gives for that item alone.
+
+    How an item is told apart, by its Python type, never by guessing from a string's content:
+
+    - a `str` is a text, always (even one that looks like a file name or a URL);
+    - a PIL image, a `pathlib.Path` (any os.PathLike) or `bytes` is an image;
+    - `{"type": "text", "text": "..."}` is a text;
+    - `{"type": "image", "image": x}` is an image, x anything `image` takes (a path string, bytes,
+      a PIL image, a data URL, or an http(s) URL in remote mode);
+    - `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}` is an image too
+      (OpenAI's spelling, as /v1/embeddings takes it).
+
+    Texts are embedded with `task_type`. Local mode runs texts on `text_runtime` at
+    `text_precision` (PyTorch fp32 by default, as `text`) and images on `image_runtime` at
+    `image_precision` ("auto" by default, as `image`). Remote mode (`inference_mode="remote"` or a
+    `base_url`) sends the list to the server's /v1/embeddings in one or a few requests.
+    `usage` counts text tokens and images."""
+    if isinstance(items, (str, bytes, dict)):
+        raise TypeError("items must be a list (wrap a single text or image in a list)")
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
+    kinds = [_mixed_item(i, item) for i, item in enumerate(items)]
+    if is_remote(inference_mode, base_url):
+        from latentspace.client import client_for
+
+        return client_for(base_url, api_key, timeout).mixed(
+            kinds, model=None if model is None else str(model), task_type=task_type, dimensionality=dimensionality
+        )
+    import torch
+
+    name = _resolve(model)
+    texts = [(i, value) for i, (kind, value) in enumerate(kinds) if kind == "text"]
+    images = [(i, _local_image(i, value)) for i, (kind, value) in enumerate(kinds) if kind == "image"]
+    for kind, present in (("text", texts), ("image", images)):
+        if present:
+            load(name).require(kind)  # type: ignore[arg-type]  # a ModalityError before any runtime is built
+    # The same models, on the same runtimes, as `text` and `image` would use: the same vectors.
+    text_model = _running(name, "text", text_runtime, text_precision) if texts else None
+    image_model = _running(name, "image", image_runtime, image_precision) if images else None
+    rows = torch.empty(len(kinds), dimensionality or load(name).dim)
+    tokens = 0
+    if text_model is not None:
+        prepared = text_model.prepare_texts([t for _, t in texts], task_type)  # type: ignore[arg-type]
+        rows[[i for i, _ in texts]] = text_model.rows_for(prepared, dimensionality=dimensionality)
+        tokens = prepared.token_count
+    if image_model is not None:
+        rows[[i for i, _ in images]] = image_model.embed_images([x for _, x in images], dimensionality=dimensionality)
+    return {
+        "embeddings": rows.tolist(),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "images": len(images)},
+        "model": name,
+        "space": load(name).space,
+        "runtime": _runtime_names(text_model, image_model),
+    }
+
+
+def _runtime_names(text_model: Embedder | None, image_model: Embedder | None) -> str | None:
+    """What made the vectors of a mixed call: one runtime's name, or each side's when they differ
+    ("torch-fp32 (text), openvino-int8 (image)", as the server says it)."""
+    used = {kind: m.runtime_names()[kind] for kind, m in (("text", text_model), ("image", image_model)) if m}
+    if len(set(used.values())) <= 1:
+        return next(iter(used.values()), None)
+    return ", ".join(f"{runtime} ({kind})" for kind, runtime in used.items())
+
+
+def _mixed_item(index: int, item: Any) -> tuple[str, Any]:
+    """One item of `mixed` -> ("text", str) or ("image", what `image` takes); see `mixed` for the rules."""
+    if isinstance(item, str):
+        check_text(item, index)
+        return "text", item
+    if isinstance(item, dict):
+        kind = item.get("type")
+        if kind == "text" and isinstance(item.get("text"), str):
+            check_text(item["text"], index)
+            return "text", item["text"]
+        if kind == "image" and item.get("image") is not None:
+            return "image", item["image"]
+        image_url = item.get("image_url")
+        if kind == "image_url" and isinstance(image_url, dict) and isinstance(image_url.get("url"), str):
+            return "image", image_url["url"]
+        raise ValueError(
+            f"input {index}: a dict must be {{'type': 'text', 'text': str}}, {{'type': 'image', 'image': ...}} "
+            f"or {{'type': 'image_url', 'image_url': {{'url': str}}}}; got keys {sorted(map(str, item))}"
+        )
+    if isinstance(item, (bytes, bytearray, memoryview, os.PathLike)) or _is_pil_image(item):
+        return "image", item
+    raise TypeError(
+        f"input {index}: {type(item).__name__} is neither a text nor an image; give a str (a text), a PIL image, "
+        "a pathlib.Path or bytes (an image), or a typed dict (see embed.mixed)"
+    )
+
+
+def _is_pil_image(item: Any) -> bool:
+    from PIL import Image  # in the light install too
+
+    return isinstance(item, Image.Image)
