@@ -374,3 +374,93 @@ def test_api_key_is_asked_for_kept_and_sent(keyed_server, browser):
     # the key is kept for this tab: a reload searches without asking again
     open_page(browser, keyed_server.url + "/?q=blue")
     assert colour_of(results(browser)[0][1]) == "blue" and not by_css(browser, "#key-dialog[open]")
+
+
+def chips(driver):
+    """[(sign, label)] of the query's chips."""
+    return [
+        (chip.get_attribute("data-sign"), chip.find_element("css selector", ".chip-label").text)
+        for chip in by_css(driver, "#terms .chip")
+    ]
+
+
+def test_terms_are_chips_with_a_minus_toggle_and_live_in_the_url(server, browser):
+    # yellow is red + green to the colour model: yellow minus green leaves red
+    open_page(browser, server.url + "/?c=drawings&q=yellow&not=green")
+    found = results(browser)
+    assert {colour_of(name) for _, name in found[:6]} == {"red"}
+    assert chips(browser) == [("1", "“yellow”"), ("-1", "“green”")]
+    assert by_css(browser, "#summary")[0].text == "Results for “yellow” − “green”"
+
+    # the minus toggle adds green back: no red near the top, and the link says so
+    by_css(browser, "#terms .chip .chip-sign")[1].click()
+    wait(browser, lambda d: chips(d) == [("1", "“yellow”"), ("1", "“green”")], what="green added")
+    found = results(browser)
+    assert "red" not in {colour_of(name) for _, name in found[:6]}
+    assert query_of(browser) == {"c": ["drawings"], "q": ["yellow", "green"]}
+
+    # removing a chip searches with the rest; removing the last one clears the query
+    by_css(browser, "#terms .chip .chip-remove")[0].click()
+    wait(browser, lambda d: chips(d) == [("1", "“green”")], what="yellow removed")
+    assert {colour_of(name) for _, name in results(browser)[:6]} == {"green"}
+    assert query_of(browser) == {"c": ["drawings"], "q": ["green"]}
+    by_css(browser, "#terms .chip .chip-remove")[0].click()
+    message(browser, "info")
+    assert chips(browser) == [] and by_css(browser, "#results .card") == [] and query_of(browser) == {"c": ["drawings"]}
+
+    # typed terms: Enter starts a query, − Exclude subtracts the box's text from it
+    search_text(browser, "yellow")
+    results(browser)
+    box = by_css(browser, "#q")[0]
+    box.clear()
+    box.send_keys("green")
+    by_css(browser, "#add-minus")[0].click()
+    wait(browser, lambda d: len(chips(d)) == 2, what="two chips")
+    assert {colour_of(name) for _, name in results(browser)[:6]} == {"red"}
+    assert query_of(browser) == {"c": ["drawings"], "q": ["yellow"], "not": ["green"]}
+    assert box.get_attribute("value") == ""
+
+    # nothing left to move toward: the server's message is shown
+    by_css(browser, "#terms .chip .chip-sign")[0].click()
+    assert "nothing to search toward" in message(browser, "error")
+
+
+def test_an_image_combines_with_text_terms(server, browser, tmp_path):
+    query = tmp_path / "query.png"
+    fakes.draw("yellow square", size=40, style=1).save(query)
+    open_page(browser, server.url + "/?c=drawings")
+    by_css(browser, "#image-file")[0].send_keys(str(query))
+    assert {colour_of(name) for _, name in results(browser)[:6]} == {"yellow"}
+    assert chips(browser) == [("1", "image query.png")]
+    box = by_css(browser, "#q")[0]
+    box.send_keys("green")
+    by_css(browser, "#add-minus")[0].click()
+    wait(browser, lambda d: len(chips(d)) == 2, what="the text beside the image")
+    assert {colour_of(name) for _, name in results(browser)[:6]} == {"red"}
+    summary = by_css(browser, "#summary")[0].text
+    assert "image query.png" in summary and "− “green”" in summary and "not kept in the link" in summary
+    assert query_of(browser) == {"c": ["drawings"], "not": ["green"]}  # the text is; the image cannot be
+    if os.environ.get("SEARCH_PAGE_SCREENSHOT"):  # the page with chips, beside the plain one
+        browser.save_screenshot(os.environ["SEARCH_PAGE_SCREENSHOT"].removesuffix(".png") + "-terms.png")
+
+
+def test_more_like_this_plus_a_text(server, browser):
+    open_page(browser, server.url + "/?c=drawings&q=blue")
+    blue = results(browser)[0][1]
+    by_css(browser, "#results .card .like")[0].click()
+    wait(browser, lambda d: "like" in query_of(d), what="like= in the URL")
+    results(browser)
+    box = by_css(browser, "#q")[0]
+    box.send_keys("red")
+    by_css(browser, "#add-plus")[0].click()
+    wait(browser, lambda d: len(chips(d)) == 2, what="two chips")
+    like = query_of(browser)["like"][0]
+    assert query_of(browser) == {"c": ["drawings"], "like": [like], "q": ["red"]}
+    found = results(browser)
+    assert blue not in [name for _, name in found]
+    # like blue + red: the purple-ish middle; no green or yellow near the top
+    assert {colour_of(name) for _, name in found[:4]} <= {"red", "blue"}
+    assert "red" in {colour_of(name) for _, name in found[:4]}
+    assert chips(browser) == [("1", f"like {blue}"), ("1", "“red”")]
+    open_page(browser, f"{server.url}/?c=drawings&like={like}&not=blue")  # shared: the item named once known
+    wait(browser, lambda d: chips(d) == [("1", f"like {blue}"), ("-1", "“blue”")], what="the item's name in its chip")

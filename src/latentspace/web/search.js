@@ -13,6 +13,7 @@
   const $ = (id) => document.getElementById(id);
   const ui = {
     form: $("search-form"), text: $("q"), file: $("image-file"), min: $("min-score"),
+    addPlus: $("add-plus"), addMinus: $("add-minus"), terms: $("terms"), chip: $("chip-template"),
     collectionField: $("collection-field"), collection: $("collection"), collectionName: $("collection-name"),
     summary: $("summary"), message: $("message"), results: $("results"), more: $("load-more"),
     drop: $("drop-overlay"), forgetKey: $("forget-key"), card: $("card-template"),
@@ -23,7 +24,7 @@
   const state = {
     collections: [],    // GET /v1/collections
     collection: null,   // the chosen collection's name
-    query: null,        // {text} | {like, label} | {image: File}
+    terms: [],          // the query: {kind: "text" | "like" | "image", value | file, sign: 1 | -1, label}
     min: null,          // min_score, or null for none
     k: PAGE,
     shown: new Set(),   // ids on the page
@@ -185,13 +186,85 @@
     if (state.collection) ui.collection.value = state.collection;
   }
 
-  // -- the URL: ?c=COLLECTION&q=TEXT | &like=ID, &min=SCORE ---------------------------------------
+  // -- the query's terms -------------------------------------------------------------------------
+  // A query is a list of terms, each added (sign 1: results move toward it) or subtracted (-1:
+  // away); the server sums their unit vectors with these weights. At most one is an image (the
+  // image search takes one upload); a query of one added term is sent as the plain text or like
+  // search, as before terms existed.
+  const textTerm = (value, sign = 1) => ({ kind: "text", value, sign });
+  const likeTerm = (value, label = null, sign = 1) => ({ kind: "like", value, label, sign });
+  const imageTerm = (file) => ({ kind: "image", file, sign: 1 });
+
+  function termLabel(term) {
+    if (term.kind === "text") return "“" + term.value + "”";
+    if (term.kind === "like") return "like " + (term.label || "item " + term.value);
+    return "image " + (term.file.name || "pasted");
+  }
+
+  function renderTerms() {
+    ui.terms.replaceChildren();
+    state.terms.forEach((term, index) => {
+      const chip = ui.chip.content.firstElementChild.cloneNode(true);
+      const label = termLabel(term);
+      const minus = term.sign < 0;
+      chip.dataset.kind = term.kind;
+      chip.dataset.sign = String(term.sign);
+      chip.querySelector(".chip-label").textContent = label;
+      chip.querySelector(".chip-label").title = label;
+      const sign = chip.querySelector(".chip-sign");
+      sign.textContent = minus ? "−" : "+";
+      sign.setAttribute("aria-pressed", String(minus));
+      sign.setAttribute("aria-label", (minus ? "Subtracted; add " : "Added; subtract ") + label);
+      sign.title = minus ? "Subtracted: results move away from it. Click to add it instead."
+                         : "Added: results move toward it. Click to subtract it instead.";
+      sign.addEventListener("click", () => {
+        term.sign = -term.sign;
+        search();
+      });
+      const remove = chip.querySelector(".chip-remove");
+      remove.setAttribute("aria-label", "Remove " + label);
+      remove.title = "Remove from the query";
+      remove.addEventListener("click", () => removeTerm(index));
+      ui.terms.append(chip);
+    });
+    ui.terms.hidden = state.terms.length === 0;
+  }
+
+  function removeTerm(index) {
+    state.terms.splice(index, 1);
+    if (state.terms.length) {
+      search();
+      return;
+    }
+    clearResults();
+    renderTerms();
+    writeUrl(true);
+    setMessage("Type a query and press Enter, or drop, paste or upload an image.", "info");
+  }
+
+  // The box's text added (sign 1) or subtracted (-1); a text already in the query takes the sign.
+  function addText(sign) {
+    const text = ui.text.value.trim();
+    if (!text) {
+      ui.text.focus();
+      return;
+    }
+    state.min = parseMin(ui.min.value);
+    ui.text.value = "";
+    const same = state.terms.find((term) => term.kind === "text" && term.value === text);
+    if (same) same.sign = sign;
+    newSearch(same ? state.terms : [...state.terms, textTerm(text, sign)]);
+  }
+
+  // -- the URL: ?c=COLLECTION, q=TEXT / not=TEXT / like=ID / unlike=ID (each repeatable), min=SCORE --
+  const URL_KEYS = { text: ["q", "not"], like: ["like", "unlike"] };  // [added, subtracted]
+
   function writeUrl(push) {
     const params = new URLSearchParams();
     if (state.collection) params.set("c", state.collection);
-    const q = state.query;
-    if (q && q.text !== undefined) params.set("q", q.text);
-    else if (q && q.like !== undefined) params.set("like", q.like);
+    for (const term of state.terms) {  // an image cannot be put in a link
+      if (URL_KEYS[term.kind]) params.append(URL_KEYS[term.kind][term.sign < 0 ? 1 : 0], term.value);
+    }
     if (state.min !== null) params.set("min", String(state.min));
     const search = params.toString() ? "?" + params.toString() : "";
     if (search === location.search) return;
@@ -204,15 +277,16 @@
     const min = parseMin(params.get("min") || "");
     state.min = min;
     ui.min.value = min === null ? "" : String(min);
-    if (params.get("q")) {
-      state.query = { text: params.get("q") };
-      ui.text.value = params.get("q");
-    } else if (params.get("like")) {
-      state.query = { like: params.get("like"), label: null };
-      ui.text.value = "";
-    } else {
-      state.query = null;
+    const terms = [];
+    for (const [key, value] of params) {
+      if (!value) continue;
+      if (key === "q" || key === "not") terms.push(textTerm(value, key === "q" ? 1 : -1));
+      else if (key === "like" || key === "unlike") terms.push(likeTerm(value, null, key === "like" ? 1 : -1));
     }
+    state.terms = terms;
+    const single = terms.length === 1 && terms[0].kind === "text" && terms[0].sign > 0;
+    ui.text.value = single ? terms[0].value : "";
+    renderTerms();
   }
 
   function parseMin(value) {
@@ -235,39 +309,54 @@
   }
 
   function describeQuery() {
-    const q = state.query;
-    if (!q) return "";
-    if (q.text !== undefined) return "Results for “" + q.text + "”";
-    if (q.like !== undefined) return "More like " + (q.label || "item " + q.like);
-    return "Results for the image " + (q.image.name || "you gave") + " (image searches are not kept in the link)";
+    const terms = state.terms;
+    if (!terms.length) return "";
+    if (terms.length === 1 && terms[0].sign > 0) {
+      const only = terms[0];
+      if (only.kind === "text") return "Results for “" + only.value + "”";
+      if (only.kind === "like") return "More like " + (only.label || "item " + only.value);
+      return "Results for the image " + (only.file.name || "you gave") + " (image searches are not kept in the link)";
+    }
+    const parts = terms.map((term, i) => (term.sign < 0 ? "− " : i ? "+ " : "") + termLabel(term));
+    const image = terms.some((term) => term.kind === "image");
+    return "Results for " + parts.join(" ") + (image ? " (the image is not kept in the link)" : "");
   }
 
   async function search({ push = true, append = false } = {}) {
-    if (!state.query) return;
+    if (!state.terms.length) return;
     if (!append) keyDeclined = false;  // the user asked again: a refused key may be asked for again
     if (!(await ensureCollections())) return;
     if (!state.collection) return;
     if (!append) {
       clearResults();
+      renderTerms();
       state.k = PAGE;
       writeUrl(push);
     }
     const mine = ++generation;
-    const q = state.query;
+    const terms = state.terms;
     ui.summary.textContent = describeQuery();
     setMessage(append ? "Loading more…" : "Searching…", "loading");
     setBusy(true);
     const base = relative("/v1/collections/" + encodeURIComponent(state.collection) + "/search");
     try {
       let body;
-      if (q.image) {
+      const image = terms.find((term) => term.kind === "image");
+      const others = terms.filter((term) => term.kind !== "image");
+      const wire = (term) => (term.kind === "text" ? { text: term.value, weight: term.sign }
+                                                   : { like: term.value, weight: term.sign });
+      if (image) {
         const form = new FormData();
-        form.append("image", q.image, q.image.name || "pasted-image");
+        form.append("image", image.file, image.file.name || "pasted-image");
         form.append("k", String(state.k));
         if (state.min !== null) form.append("min_score", String(state.min));
+        if (image.sign < 0) form.append("image_weight", "-1");
+        if (others.length) form.append("terms", JSON.stringify(others.map(wire)));
         body = await api(base + "/image", { method: "POST", form });
       } else {
-        const json = q.text !== undefined ? { text: q.text } : { like: q.like };
+        const only = terms.length === 1 && terms[0].sign > 0 ? terms[0] : null;
+        const json = !only ? { terms: terms.map(wire) } : only.kind === "text" ? { text: only.value }
+                                                                                : { like: only.value };
         json.k = state.k;
         if (state.min !== null) json.min_score = state.min;
         body = await api(base, { method: "POST", json });
@@ -285,7 +374,7 @@
         const n = state.shown.size;
         setMessage(n + (n === 1 ? " result" : " results") + (exhausted ? "" : " so far"), "done");
       }
-      if (q.like !== undefined && !q.label) labelLikeQuery(q, mine);
+      if (terms.some((term) => term.kind === "like" && !term.label)) labelLikeTerms(terms, mine);
     } catch (error) {
       if (mine !== generation) return;
       setMessage(errorText(error), "error");
@@ -294,18 +383,23 @@
     }
   }
 
-  // A shared link names the item by id; say which item it is once its metadata arrives.
-  async function labelLikeQuery(q, mine) {
-    try {
-      const item = await api(relative("/v1/collections/" + encodeURIComponent(state.collection) + "/items/" +
-                                      encodeURIComponent(q.like)));
-      q.label = itemName(item);
-      if (mine === generation) ui.summary.textContent = describeQuery();
-    } catch (e) { /* the id alone is shown */ }
+  // A shared link names items by id; say which items they are once their metadata arrives.
+  async function labelLikeTerms(terms, mine) {
+    for (const term of terms) {
+      if (term.kind !== "like" || term.label) continue;
+      try {
+        const item = await api(relative("/v1/collections/" + encodeURIComponent(state.collection) + "/items/" +
+                                        encodeURIComponent(term.value)));
+        term.label = itemName(item);
+      } catch (e) { continue; /* the id alone is shown */ }
+      if (mine !== generation) return;
+      ui.summary.textContent = describeQuery();
+      renderTerms();
+    }
   }
 
-  function newSearch(query) {
-    state.query = query;
+  function newSearch(terms) {
+    state.terms = terms;
     search();
   }
 
@@ -354,7 +448,7 @@
     like.setAttribute("aria-label", "More like " + (result.caption || name));
     like.addEventListener("click", () => {
       ui.text.value = "";
-      newSearch({ like: result.id, label: name });
+      newSearch([likeTerm(result.id, name)]);
       window.scrollTo({ top: 0, behavior: "smooth" });
     });
     queueThumbnail(result, img);
@@ -405,7 +499,7 @@
       setMessage("That is not an image file: use a JPEG, PNG, WebP, GIF or BMP.", "error");
       return;
     }
-    newSearch({ image: file });
+    newSearch([imageTerm(file)]);
   }
 
   ui.file.addEventListener("change", () => {
@@ -449,31 +543,38 @@
   ui.form.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = ui.text.value.trim();
-    if (!text) {
-      ui.text.focus();
-      return;
-    }
     state.min = parseMin(ui.min.value);
-    newSearch({ text });
+    if (text) {
+      newSearch([textTerm(text)]);  // Enter starts a new query; + Add and − Exclude extend this one
+    } else if (state.terms.length) {
+      search();
+    } else {
+      ui.text.focus();
+    }
   });
+  ui.addPlus.addEventListener("click", () => addText(1));
+  ui.addMinus.addEventListener("click", () => addText(-1));
 
   ui.min.addEventListener("change", () => {
     const min = parseMin(ui.min.value);
     if (ui.min.value.trim() !== "" && min === null) return;
     if (min === state.min) return;
     state.min = min;
-    if (state.query) search(); else writeUrl(false);
+    if (state.terms.length) search(); else writeUrl(false);
   });
 
   ui.collection.addEventListener("change", () => {
     state.collection = ui.collection.value;
-    if (state.query && state.query.like !== undefined) {  // item ids belong to one collection
-      state.query = null;
+    const kept = state.terms.filter((term) => term.kind !== "like");  // item ids belong to one collection
+    const dropped = kept.length < state.terms.length;
+    state.terms = kept;
+    if (kept.length) {
+      search();
+    } else if (dropped) {
       clearResults();
+      renderTerms();
       writeUrl(true);
       setMessage("Collection " + state.collection + ": type a query or give an image.", "info");
-    } else if (state.query) {
-      search();
     } else {
       writeUrl(false);
     }
@@ -486,7 +587,7 @@
 
   window.addEventListener("popstate", () => {
     readUrl();
-    if (state.query) search({ push: false }); else clearResults();
+    if (state.terms.length) search({ push: false }); else clearResults();
   });
 
   // -- start ------------------------------------------------------------------------------------
@@ -516,7 +617,7 @@
     if (!(await ensureCollections())) return;
     readUrl();
     writeUrl(false);
-    if (state.query) {
+    if (state.terms.length) {
       search({ push: false });
     } else {
       setMessage("Type a query and press Enter, or drop, paste or upload an image.", "info");
