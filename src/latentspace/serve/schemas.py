@@ -252,7 +252,7 @@ class SearchRequest(SearchFilters):
         """The query as terms (`text` and `like` are one term of weight 1)."""
         if self.terms is not None:
             return self.terms
-        return [SearchTerm(text=self.text)] if self.text is not None else [SearchTerm(like=self.like)]
+        return [SearchTerm(text=self.text, like=self.like, weight=1.0)]  # exactly one of the two is set
 
 
 class SearchImageFields(SearchFilters):
