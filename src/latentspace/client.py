@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import random
 import threading
@@ -191,12 +192,15 @@ class RemoteClient:
         text: str | None = None,
         image: Any = None,
         like: str | None = None,
+        terms: list[dict[str, Any]] | None = None,
         k: int = 10,
         min_score: float | None = None,
         path_prefix: str | None = None,
         caption_contains: str | None = None,
     ) -> list[dict]:
-        """Results of POST /v1/collections/NAME/search (or /search/image), best first."""
+        """Results of POST /v1/collections/NAME/search (or /search/image), best first. `terms`:
+        weighted texts and items ({"text": ...} / {"like": ID}, optional "weight") and at most one
+        image ({"image": path, bytes or PIL image}), which goes as the uploaded image."""
         fields = {
             key: value
             for key, value in (
@@ -208,6 +212,18 @@ class RemoteClient:
             if value is not None
         }
         path = f"/v1/collections/{collection}/search"
+        if terms is not None:
+            images = [term for term in terms if "image" in term]
+            if len(images) > 1:
+                raise ValueError("a server search takes at most one image term (the uploaded image)")
+            others = [term for term in terms if "image" not in term]
+            if images:
+                image = images[0]["image"]
+                fields["image_weight"] = float(images[0].get("weight", 1.0))
+                if others:
+                    fields["terms"] = json.dumps(others)
+            else:
+                return self._post(path, json={**fields, "terms": others})["results"]
         if image is not None:
             kind, part = _as_part(0, image)
             if kind == "urls":

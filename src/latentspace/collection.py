@@ -4,7 +4,10 @@
     hits = collection.search("photos", text="a red bicycle at night", k=10)        # local
     hits = collection.search("photos", image="query.jpg", base_url="http://host:8000")  # remote
 
-Exactly one of `text`, `image` (a path, bytes or PIL image) or `like` (an item id) is the query.
+Exactly one of `text`, `image` (a path, bytes or PIL image), `like` (an item id) or `terms` is the
+query. `terms` is a weighted query: a list of {"text": ...}, {"like": ID} or {"image": ...} dicts,
+each with an optional "weight" (default 1; negative pushes results away); the query is the
+normalised weighted sum of the terms' unit vectors (at most one image term through a server).
 Each result is a dict: id, score, path, url, caption, width, height. Local mode opens the
 collection (a directory, or a name under artifacts/collections) and embeds the query with the
 collection's own model (or `model=`, which must be in the collection's space); remote mode asks a
@@ -30,6 +33,7 @@ def search(
     text: str | None = None,
     image: Any = None,
     like: str | None = None,
+    terms: list[dict[str, Any]] | None = None,
     k: int = 10,
     min_score: float | None = None,
     path_prefix: str | None = None,
@@ -40,8 +44,8 @@ def search(
     api_key: str | None = None,
     timeout: float = 60.0,
 ) -> list[dict[str, Any]]:
-    if sum(q is not None for q in (text, image, like)) != 1:
-        raise ValueError("give exactly one query: text=, image= or like=")
+    if sum(q is not None for q in (text, image, like, terms)) != 1:
+        raise ValueError("give exactly one query: text=, image=, like= or terms=")
     if is_remote(inference_mode, base_url):
         from latentspace.client import client_for
 
@@ -50,6 +54,7 @@ def search(
             text=text,
             image=image,
             like=like,
+            terms=terms,
             k=k,
             min_score=min_score,
             path_prefix=path_prefix,
@@ -64,7 +69,11 @@ def search(
             _opened[key] = Collection.open(key)
         opened = _opened[key]
     filters = Filters(path_prefix=path_prefix, caption_contains=caption_contains)
-    if like is not None:
+    if terms is not None:
+        needs_model = any("like" not in term for term in terms)
+        query_model = embed.load(model or opened.manifest.model) if needs_model else None
+        hits = opened.search_terms(query_model, [_term(term) for term in terms], k, min_score, filters)
+    elif like is not None:
         hits = opened.search_like(like, k, min_score, filters)
     else:
         query_model = embed.load(model or opened.manifest.model)
@@ -74,3 +83,17 @@ def search(
             hits = opened.search_image(query_model, image, k, min_score, filters)
     keys = ("id", "score", "path", "url", "caption", "width", "height")
     return [{key: getattr(hit, key) for key in keys} for hit in hits]
+
+
+def _term(term: dict[str, Any]):
+    """A {"text" | "like" | "image": value, "weight": w} dict as a collections Term."""
+    from latentspace.collections.search import Term
+
+    kinds = [kind for kind in ("text", "like", "image") if kind in term]
+    unknown = set(term) - {"text", "like", "image", "weight"}
+    if len(kinds) != 1 or unknown:
+        raise ValueError(
+            'a term is one of {"text": ...}, {"like": ID} or {"image": ...} with an optional "weight", '
+            f"not {term!r}"
+        )
+    return Term(kinds[0], term[kinds[0]], float(term.get("weight", 1.0)))  # type: ignore[arg-type]

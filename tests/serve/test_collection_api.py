@@ -229,3 +229,30 @@ def test_the_python_client_searches_locally_and_through_the_server(server, libra
     assert like[0]["id"] != remote[0]["id"] and "red" in like[0]["path"]
     with pytest.raises(ValueError, match="exactly one query"):
         collection.search("drawings", text="red", like="x")
+
+
+def test_the_python_client_searches_by_weighted_terms(server, library, tmp_path, served_dir):
+    from latentspace import collection
+    from latentspace.collections import Collection
+    from latentspace.collections.search import Term
+    from latentspace.models.load import load
+
+    directory = tmp_path / "local-drawings"
+    build_collection(directory, str(served_dir), library)
+    terms = [{"text": "a blue square"}, {"text": "a red circle", "weight": -1}]
+    local = collection.search(directory, terms=terms, k=4)
+    reference = Collection.open(directory).search_terms(
+        load(str(served_dir)), [Term("text", "a blue square"), Term("text", "a red circle", -1.0)], k=4
+    )
+    assert [r["id"] for r in local] == [h.id for h in reference]
+    with pytest.raises(ValueError, match="a term is one of"):
+        collection.search(directory, terms=[{"txt": "a typo"}])
+
+    def remote(**query):
+        return collection.search("drawings", k=3, base_url=server.url, api_key=KEY, **query)
+
+    assert [r["id"] for r in remote(terms=[{"text": "red"}])] == [r["id"] for r in remote(text="red")]
+    toward_green = remote(terms=[{"image": fakes.draw("green circle")}, {"text": "red", "weight": -1}])
+    assert all("green" in r["path"] for r in toward_green[:2])
+    with pytest.raises(ValueError, match="at most one image term"):
+        remote(terms=[{"image": fakes.draw("green circle")}, {"image": fakes.draw("red circle")}])

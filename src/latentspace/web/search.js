@@ -392,7 +392,9 @@
                                         encodeURIComponent(term.value)));
         term.label = itemName(item);
       } catch (e) { continue; /* the id alone is shown */ }
-      if (mine !== generation) return;
+      // The label is kept on the term even if another search started meanwhile (scrolling for more
+      // results does): a later search sees it labelled and will not ask again, so show it now.
+      if (mine !== generation && !state.terms.includes(term)) return;
       ui.summary.textContent = describeQuery();
       renderTerms();
     }
