@@ -12,7 +12,8 @@ reading it), settings.py (`BuildSettings`), plan.py (scan and compare: the typed
 engines.py and ray_engine.py (where units run), unit.py (one unit -> one part), commit.py (staged
 parts into place, the manifest, the index), build.py (the whole build: resume, incremental
 updates). store.py is the on-disk layout (Parquet parts and collection.json), index.py exact vs
-HNSW search, search.py `Collection`; progress is shown by latentspace.progress.
+HNSW search, search.py `Collection`; stores.py opens and builds a collection in either store: the
+embedded one or PostgreSQL with pgvector (postgres.py); progress is shown by latentspace.progress.
 """
 
 from latentspace.collections.build import BuildReport, build_collection
@@ -36,6 +37,7 @@ from latentspace.collections.store import (
     CollectionSpaceError,
     resolve_collection,
 )
+from latentspace.collections.stores import build_in, open_collection
 from latentspace.collections.unit import UnitRuntime, embed_unit
 
 __all__ = [
@@ -56,7 +58,9 @@ __all__ = [
     "UnitRuntime",
     "UrlsNotAllowed",
     "build_collection",
+    "build_in",
     "embed_unit",
+    "open_collection",
     "resolve_collection",
     "sync_index",
     "weighted_query",

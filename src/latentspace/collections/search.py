@@ -193,7 +193,8 @@ class Collection:
     # -- opening ----------------------------------------------------------------------------------
     @classmethod
     def open(cls, where: str | os.PathLike) -> Collection:
-        """Open a collection by directory, or by name under artifacts/collections."""
+        """Open a collection by directory, or by name under artifacts/collections (a collection in
+        PostgreSQL: stores.open_collection)."""
         directory = store.resolve_collection(where)
         manifest = store.Manifest.load(directory)
         paths = [store.part_path(directory, p.name) for p in manifest.parts]
@@ -364,9 +365,13 @@ class Collection:
         self, item_id: str, k: int = 10, min_score: float | None = None, filters: Filters | None = None
     ) -> list[Hit]:
         """Items nearest to an item of the collection (by id, or a path in it), without itself."""
-        row = self._row(item_id)
-        own = self.meta.column("id")[row].as_py()
-        return self.search_vector(self._vector_of(row), k, min_score, filters, exclude=(own,))
+        own, vector = self._item_vector(item_id)
+        return self.search_vector(vector, k, min_score, filters, exclude=(own,))
+
+    def _item_vector(self, item: str) -> tuple[str, np.ndarray]:
+        """An item's id and stored vector, by id (or by path/URL/key when exactly one item has it)."""
+        row = self._row(item)
+        return self.meta.column("id")[row].as_py(), self._vector_of(row)
 
     def search_terms(
         self,
@@ -385,9 +390,8 @@ class Collection:
         named: list[str] = []
         for i, term in enumerate(terms):
             if term.kind == "like":
-                row = self._row(str(term.value))
-                vectors[i] = self._vector_of(row)
-                named.append(self.meta.column("id")[row].as_py())
+                own, vectors[i] = self._item_vector(str(term.value))
+                named.append(own)
         texts = [i for i, term in enumerate(terms) if term.kind == "text"]
         images = [i for i, term in enumerate(terms) if term.kind == "image"]
         if texts or images:

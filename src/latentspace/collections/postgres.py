@@ -1,0 +1,637 @@
+"""Collections in PostgreSQL with pgvector: a second store behind the same collection interface.
+
+Why it is shaped this way:
+
+**The build is the embedded store's build, then a push.** Planning, embedding and resuming stay
+exactly as build.py does them, in a local work directory (artifacts/collections/.postgres/...,
+or --out): plan.json, staging/ and the committed parts there are the build's working copy. Once
+the local build has committed, every part whose bytes (sha256 of the file: parts are
+deterministic) differ from what the database records is written to PostgreSQL in ONE
+transaction: its rows COPYed into a temporary table, the part's old rows deleted, the new ones
+upserted by item id, and the part's digest recorded in the parts table. Parts gone from the
+work directory lose their rows the same way. So:
+
+- kill -9 during embedding: the local build resumes (at most the part in flight is redone), then
+  pushes; kill -9 during the push: the parts already pushed carry their digests, the rerun pushes
+  the rest. Either way the database ends with exactly the rows of an uninterrupted build.
+- incremental builds and deletions: the local build rewrites or drops parts as in the embedded
+  store; the push mirrors exactly those parts.
+- a dropped connection (the server restarted) is reported with what to do; the rerun finishes.
+- two builds of one collection at once: the second refuses (a PostgreSQL advisory lock, held on
+  its own connection for the whole build; it is released when the process dies).
+
+A work directory that is missing (another machine, a fresh checkout) is restored from the
+database first (`export`): parts are rewritten from the rows and each part's recorded Parquet
+metadata, byte for byte, so the next build is incremental there too.
+
+**Schema.** Shared tables `latentspace_collections` (the manifest as JSON, the skipped list, the
+index parameters) and `latentspace_parts` (collection, part, digest, rows, the part's metadata);
+one items table per collection, `latentspace_items_NAME`: the part metadata columns of store.py,
+the part name, and the vector as `vector(D)` (`halfvec(D)` for float16 collections). An HNSW index
+with cosine distance (`HNSW_M`, `HNSW_EF_CONSTRUCTION`, recorded in the collection's row) is
+created once the collection has rows. Names are validated (`NAME_PATTERN`) and quoted as
+identifiers (psycopg.sql); every value is a bound parameter; filters are WHERE clauses with
+bound values (`starts_with`, `strpos`), never formatted into the SQL.
+
+**Search.** `PgCollection` has the public methods of `Collection`: a query is `ORDER BY embedding
+<=> query LIMIT k` with the filters as WHERE clauses; pgvector 0.8's iterative scan keeps a
+filtered HNSW search complete; `hnsw.ef_search` is at least `EF_SEARCH` (chosen by
+benchmarks/collection_postgres.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentspace.collections import store
+from latentspace.collections.search import Collection, Filters, Hit, ItemNotFound
+
+URL_SCHEMES = ("postgresql://", "postgres://")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+COLLECTIONS_TABLE = "latentspace_collections"
+PARTS_TABLE = "latentspace_parts"
+ITEMS_PREFIX = "latentspace_items_"
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+EF_SEARCH = 100
+LOCK_NAMESPACE = "latentspace.collection-build"
+WORK_ROOT = store.DEFAULT_ROOT / ".postgres"
+# The items table's columns besides the vector, in the order COPY writes them.
+COLUMNS = ["part", *store.META_COLUMNS]
+SQL_TYPES = {"int64": "bigint", "int32": "integer", "string": "text"}
+
+
+class StoreConnectionError(store.CollectionError):
+    """PostgreSQL could not be reached, or the connection dropped mid-build."""
+
+
+def is_store_url(text: str | None) -> bool:
+    return bool(text) and str(text).startswith(URL_SCHEMES)
+
+
+def check_store_url(url: str) -> str:
+    if not is_store_url(url):
+        raise store.CollectionError(f"a store is a postgresql://USER@HOST/DB URL, not {redact(url)!r}")
+    return url
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and `info`."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def check_name(name: str) -> str:
+    """A collection name that is safe as part of a table name (it is quoted as well)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise store.CollectionError(
+            f"{name!r} cannot name a collection in PostgreSQL: use 1-40 letters, digits, '_' or '-', starting "
+            "with a letter or digit"
+        )
+    return name
+
+
+def work_directory(url: str, name: str) -> Path:
+    """Where a build of collection `name` in the database at `url` keeps its plan and parts."""
+    where = hashlib.sha256(redact(url).encode()).hexdigest()[:12]
+    return WORK_ROOT / where / check_name(name)
+
+
+def lock_key(name: str) -> int:
+    """The advisory lock key of a collection's builds: a signed 64-bit hash of its name."""
+    digest = hashlib.sha256(f"{LOCK_NAMESPACE}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def connect(url: str):
+    import psycopg
+
+    try:
+        conn = psycopg.connect(url)
+    except psycopg.OperationalError as e:
+        raise StoreConnectionError(
+            f"cannot connect to PostgreSQL at {redact(url)}: {str(e).strip()}; check the URL, that the server "
+            "runs, and that the user may connect"
+        ) from None
+    return conn
+
+
+def _sql():
+    from psycopg import sql
+
+    return sql
+
+
+def items_table(name: str):
+    return _sql().Identifier(ITEMS_PREFIX + check_name(name))
+
+
+def _register(conn) -> None:
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+
+
+def ensure_schema(conn) -> None:
+    """The extension and the shared tables (idempotent)."""
+    sql = _sql()
+    with conn.transaction():
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (name text PRIMARY KEY, manifest jsonb NOT NULL, "
+                "skipped jsonb NOT NULL DEFAULT '[]', index_params jsonb, updated timestamptz DEFAULT now())"
+            ).format(sql.Identifier(COLLECTIONS_TABLE))
+        )
+        conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (collection text NOT NULL, part text NOT NULL, digest text NOT NULL, "
+                "rows integer NOT NULL, info jsonb NOT NULL, PRIMARY KEY (collection, part))"
+            ).format(sql.Identifier(PARTS_TABLE))
+        )
+    _register(conn)
+
+
+def _vector_type(dim: int, dtype: str):
+    sql = _sql()
+    kind = "halfvec" if dtype == "float16" else "vector"
+    return sql.SQL("{}({})").format(sql.SQL(kind), sql.Literal(int(dim)))
+
+
+def ensure_items_table(conn, name: str, dim: int, dtype: str) -> None:
+    sql = _sql()
+    columns = [sql.SQL("part text NOT NULL")]
+    for f in store.META_FIELDS:
+        kind = SQL_TYPES[str(f.type)]
+        extra = " PRIMARY KEY" if f.name == "id" else ""
+        columns.append(sql.SQL("{} {}" + extra).format(sql.Identifier(f.name), sql.SQL(kind)))
+    columns.append(sql.SQL("embedding {} NOT NULL").format(_vector_type(dim, dtype)))
+    with conn.transaction():
+        create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})")
+        conn.execute(create.format(items_table(name), sql.SQL(", ").join(columns)))
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (part)").format(
+                sql.Identifier(f"{ITEMS_PREFIX}{name}_part"), items_table(name)
+            )
+        )
+
+
+def ensure_index(conn, name: str, dtype: str) -> dict[str, Any]:
+    """The HNSW index (cosine) over the collection's vectors; created once, then kept up to date by
+    PostgreSQL on every insert. Returns its parameters, which the collection's row records."""
+    sql = _sql()
+    ops = "halfvec_cosine_ops" if dtype == "float16" else "vector_cosine_ops"
+    params = {"kind": "hnsw", "distance": "cosine", "m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
+    create = "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding {}) WITH (m = {}, ef_construction = {})"
+    conn.execute(
+        sql.SQL(create).format(
+            sql.Identifier(f"{ITEMS_PREFIX}{name}_hnsw"),
+            items_table(name),
+            sql.SQL(ops),
+            sql.Literal(HNSW_M),
+            sql.Literal(HNSW_EF_CONSTRUCTION),
+        )
+    )
+    conn.commit()
+    return params
+
+
+@contextmanager
+def build_lock(url: str, name: str) -> Iterator[None]:
+    """One build of a collection at a time, across machines: a session advisory lock on its own
+    connection. PostgreSQL releases it when the connection ends, so a killed build leaves none."""
+    conn = connect(url)
+    try:
+        conn.autocommit = True
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(name),)).fetchone()[0]
+        if not got:
+            raise store.CollectionBusy(
+                f"another build of collection {name!r} is running on {redact(url)}; wait for it to finish"
+            )
+        yield
+    finally:
+        conn.close()
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def committed_parts(conn, name: str) -> dict[str, str]:
+    """Part name -> digest of what the database holds of collection `name`."""
+    sql = _sql()
+    rows = conn.execute(
+        sql.SQL("SELECT part, digest FROM {} WHERE collection = %s").format(sql.Identifier(PARTS_TABLE)), (name,)
+    ).fetchall()
+    conn.commit()
+    return dict(rows)
+
+
+def push(
+    url: str,
+    name: str,
+    directory: Path,
+    *,
+    log: Callable[[str], None] = lambda line: None,
+    after_part: Callable[[str], None] = lambda part: None,
+) -> dict[str, int]:
+    """Mirror the committed collection in `directory` into collection `name` at `url`, one part per
+    transaction; returns how many parts were written and dropped. Repeatable at any point."""
+    import psycopg
+
+    manifest = store.Manifest.load(directory)
+    conn = connect(url)
+    current = "the schema"
+    try:
+        ensure_schema(conn)
+        _check_same_collection(conn, name, manifest, url)
+        ensure_items_table(conn, name, manifest.dim, manifest.dtype)
+        held = committed_parts(conn, name)
+        local = {p.name: store.part_path(directory, p.name) for p in manifest.parts}
+        written = dropped = 0
+        for part in sorted(set(held) - set(local)):
+            current = f"dropping part {part}"
+            with conn.transaction():
+                _delete_part(conn, name, part)
+            dropped += 1
+            after_part(part)
+        for part, path in local.items():
+            digest = file_digest(path)
+            if held.get(part) == digest:
+                continue
+            current = f"part {part}"
+            _write_part(conn, name, part, path, digest, manifest.dtype)
+            written += 1
+            after_part(part)
+        current = "the manifest"
+        index = ensure_index(conn, name, manifest.dtype) if manifest.parts else None
+        _save_manifest(conn, name, manifest, store.read_skipped(directory), index)
+        if written or dropped:
+            log(f"PostgreSQL {redact(url)}: wrote {written} part(s), dropped {dropped}")
+        return {"written": written, "dropped": dropped}
+    except psycopg.OperationalError as e:
+        raise StoreConnectionError(
+            f"lost the connection to PostgreSQL at {redact(url)} while writing {current} of collection {name!r} "
+            f"({str(e).strip()}); every part written before it is committed: run the same build again to finish"
+        ) from None
+    finally:
+        conn.close()
+
+
+def _check_same_collection(conn, name: str, manifest: store.Manifest, url: str) -> None:
+    sql = _sql()
+    row = conn.execute(
+        sql.SQL("SELECT manifest FROM {} WHERE name = %s").format(sql.Identifier(COLLECTIONS_TABLE)), (name,)
+    ).fetchone()
+    conn.commit()
+    if row is None:
+        return
+    theirs = store.Manifest.from_dict(row[0])
+    if theirs.identity != manifest.identity or theirs.dtype != manifest.dtype:
+        raise store.CollectionSpaceError(
+            f"collection {name!r} at {redact(url)} holds {theirs.dtype} vectors of space {theirs.identity}, not "
+            f"{manifest.dtype} vectors of {manifest.identity}: build a new collection with another name"
+        )
+
+
+def _delete_part(conn, name: str, part: str) -> None:
+    sql = _sql()
+    conn.execute(sql.SQL("DELETE FROM {} WHERE part = %s").format(items_table(name)), (part,))
+    conn.execute(
+        sql.SQL("DELETE FROM {} WHERE collection = %s AND part = %s").format(sql.Identifier(PARTS_TABLE)), (name, part)
+    )
+
+
+def _write_part(conn, name: str, part: str, path: Path, digest: str, dtype: str) -> None:
+    """One part in one transaction: COPY into a temporary table, replace the part's rows (upserted
+    by item id: an item that moved from another part is taken over), record the digest."""
+    import pyarrow.parquet as pq
+
+    sql = _sql()
+    table = pq.read_table(path)
+    vectors = store.read_vectors(path)
+    if dtype == "float16":
+        vectors = vectors.astype(np.float16)
+    columns = {c: table.column(c).to_pylist() for c in store.META_COLUMNS}
+    info = store.read_part_info(path)
+    temp = sql.Identifier(f"incoming_{hashlib.sha256(part.encode()).hexdigest()[:12]}")
+    names = sql.SQL(", ").join(sql.Identifier(c) for c in [*COLUMNS, "embedding"])
+    updates = sql.SQL(", ").join(
+        sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in [*COLUMNS, "embedding"]
+    )
+    with conn.transaction():
+        conn.execute(
+            sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
+                temp, items_table(name)
+            )
+        )
+        vector_type = "halfvec" if dtype == "float16" else "vector"
+        types = ["text", *(SQL_TYPES[str(f.type)] for f in store.META_FIELDS), vector_type]
+        with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(temp, names)) as copy:
+            copy.set_types(types)
+            for i in range(table.num_rows):
+                copy.write_row([part, *(columns[c][i] for c in store.META_COLUMNS), _vector_value(vectors[i], dtype)])
+        _delete_part(conn, name, part)
+        conn.execute(
+            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT (id) DO UPDATE SET {}").format(
+                items_table(name), names, names, temp, updates
+            )
+        )
+        conn.execute(
+            sql.SQL("INSERT INTO {} (collection, part, digest, rows, info) VALUES (%s, %s, %s, %s, %s)").format(
+                sql.Identifier(PARTS_TABLE)
+            ),
+            (name, part, digest, table.num_rows, json.dumps(info, sort_keys=True)),
+        )
+
+
+def _vector_value(vector: np.ndarray, dtype: str):
+    from pgvector import HalfVector
+
+    return HalfVector(vector) if dtype == "float16" else np.asarray(vector, dtype=np.float32)
+
+
+def _save_manifest(conn, name: str, manifest: store.Manifest, skipped: list, index: dict | None) -> None:
+    sql = _sql()
+    with conn.transaction():
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (name, manifest, skipped, index_params, updated) VALUES (%s, %s, %s, %s, now()) "
+                "ON CONFLICT (name) DO UPDATE SET manifest = EXCLUDED.manifest, skipped = EXCLUDED.skipped, "
+                "index_params = EXCLUDED.index_params, updated = now()"
+            ).format(sql.Identifier(COLLECTIONS_TABLE)),
+            (name, json.dumps(manifest.to_dict()), json.dumps(skipped), json.dumps(index) if index else None),
+        )
+
+
+def load_manifest(conn, name: str, url: str) -> tuple[store.Manifest, list, dict | None]:
+    sql = _sql()
+    try:
+        row = conn.execute(
+            sql.SQL("SELECT manifest, skipped, index_params FROM {} WHERE name = %s").format(
+                sql.Identifier(COLLECTIONS_TABLE)
+            ),
+            (name,),
+        ).fetchone()
+    except Exception as e:  # the shared table does not exist yet: no collection was ever built there
+        import psycopg
+
+        if not isinstance(e, psycopg.errors.UndefinedTable):
+            raise
+        row = None
+    conn.commit()
+    if row is None:
+        raise store.CollectionNotFound(
+            f"no collection {name!r} in PostgreSQL at {redact(url)}; build one with `latentspace collection build "
+            f"{name} --store URL --model SPEC --images SOURCE`"
+        )
+    return store.Manifest.from_dict(row[0]), row[1], row[2]
+
+
+def export(url: str, name: str, directory: Path) -> store.Manifest:
+    """Write collection `name` from the database as an embedded collection in `directory`: the
+    parts are rewritten from their rows and recorded metadata, so they are the same bytes the
+    build pushed (vectors bit-identical), and the index is built as for any embedded collection."""
+    from latentspace.collections.commit import sync_index
+
+    sql = _sql()
+    conn = connect(url)
+    try:
+        _register(conn)
+        manifest, skipped, _ = load_manifest(conn, check_name(name), url)
+        parts = conn.execute(
+            sql.SQL("SELECT part, info FROM {} WHERE collection = %s ORDER BY part").format(
+                sql.Identifier(PARTS_TABLE)
+            ),
+            (name,),
+        ).fetchall()
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in [*store.META_COLUMNS, "embedding"])
+        for part, info in parts:
+            rows = conn.execute(
+                sql.SQL("SELECT {} FROM {} WHERE part = %s ORDER BY seq").format(cols, items_table(name)), (part,)
+            ).fetchall()
+            columns = {c: [r[i] for r in rows] for i, c in enumerate(store.META_COLUMNS)}
+            vectors = np.stack([_as_array(r[-1]) for r in rows]) if rows else np.empty((0, manifest.dim))
+            info = {k: v for k, v in info.items() if k != "format"}
+            store.write_part(store.part_path(directory, part), columns, vectors, manifest.dtype, info)
+        conn.commit()
+    finally:
+        conn.close()
+    store.write_skipped(directory, skipped)
+    manifest.save(directory)
+    sync_index(directory, manifest)
+    return manifest
+
+
+def _as_array(value: Any) -> np.ndarray:
+    return value.to_numpy() if hasattr(value, "to_numpy") else np.asarray(value)
+
+
+def copy_collection(
+    src: str, dst: str, *, src_store: str | None = None, dst_store: str | None = None, name: str | None = None
+) -> str:
+    """Copy a collection between stores (embedded <-> PostgreSQL, or either to itself elsewhere);
+    vectors are copied bit for bit. Returns where it went."""
+    import shutil
+    import tempfile
+
+    if src_store is None and dst_store is None:
+        raise store.CollectionError("give --from-store or --to-store: copying between directories is `cp -r`")
+    if src_store is not None:
+        staging = Path(tempfile.mkdtemp(prefix="latentspace-copy-")) if dst_store is not None else Path(dst)
+        try:
+            export(check_store_url(src_store), src, staging)
+            if dst_store is None:
+                return str(staging)
+            push(check_store_url(dst_store), check_name(name or dst), staging)
+            return f"{redact(dst_store)} collection {name or dst}"
+        finally:
+            if dst_store is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+    directory = store.resolve_collection(src)
+    target = check_name(name or dst)
+    with build_lock(check_store_url(dst_store), target):  # type: ignore[arg-type]
+        push(dst_store, target, directory)  # type: ignore[arg-type]
+    return f"{redact(dst_store)} collection {target}"  # type: ignore[arg-type]
+
+
+def build_in_store(url: str, name: str, model, source, *, out: Path | None = None, log=lambda line: None, **kwargs):
+    """`build_collection` for a collection in PostgreSQL: the build runs in a local work directory
+    (restored from the database when missing), then its parts are pushed. Returns the report."""
+    from latentspace.collections.build import build_collection
+
+    url, name = check_store_url(url), check_name(name)
+    directory = Path(out) if out is not None else work_directory(url, name)
+    with build_lock(url, name):
+        fresh = not (directory / store.MANIFEST).is_file() and not (directory / store.PLAN).is_file()
+        if fresh:
+            conn = connect(url)
+            try:
+                ensure_schema(conn)
+                exists = conn.execute(
+                    _sql().SQL("SELECT 1 FROM {} WHERE name = %s").format(_sql().Identifier(COLLECTIONS_TABLE)), (name,)
+                ).fetchone()
+            finally:
+                conn.close()
+            if exists:
+                log(f"restoring the work directory {directory} from PostgreSQL")
+                export(url, name, directory)
+        report = build_collection(directory, model, source, name=name, log=log, **kwargs)
+        push(url, name, directory, log=log)
+        report.index = f"hnsw (pgvector, m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION})"
+        return report
+
+
+class PgCollection(Collection):
+    """A collection in PostgreSQL, with the search methods of `Collection` (search.py)."""
+
+    def __init__(self, url: str, name: str, conn, manifest: store.Manifest, skipped: list, index: dict | None):
+        self.url, self.manifest, self._skipped, self._index_params = url, manifest, skipped, index
+        self.directory = redact(url)  # type: ignore[assignment]  # what messages name
+        self._conn, self._table, self._lock = conn, items_table(name), threading.Lock()
+        self._count = self._query("SELECT count(*) FROM {t}", ())[0][0]
+
+    @classmethod
+    def open(cls, url: str, name: str) -> PgCollection:  # type: ignore[override]
+        conn = connect(check_store_url(url))
+        try:
+            _register(conn)
+            manifest, skipped, index = load_manifest(conn, check_name(name), url)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(url, name, conn, manifest, skipped, index)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _query(self, query: str, params: Iterable[Any], setup: Iterable[str] = ()) -> list[tuple]:
+        """Run a query on the items table ({t}) in its own read-only transaction; the connection is
+        shared by the server's threads, so one query at a time."""
+        sql = _sql()
+        with self._lock, self._conn.transaction():
+            for statement in setup:
+                self._conn.execute(statement)
+            return self._conn.execute(sql.SQL(query).format(t=self._table), list(params)).fetchall()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def info(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": m.name,
+            "directory": self.directory,
+            "store": self.directory,
+            "model": m.model,
+            "space": self.space,
+            "identity": m.identity.to_dict(),
+            "dim": m.dim,
+            "dtype": m.dtype,
+            "settings": m.settings,
+            "items": len(self),
+            "parts": len(m.parts),
+            "skipped": m.counts.get("skipped", 0),
+            "sources": [source.to_dict() for source in m.sources],
+            "search": "hnsw (pgvector)" if self._index_params else "exact",
+            "index": self._index_params,
+            "updated": m.updated,
+        }
+
+    def skipped(self) -> list[dict[str, Any]]:
+        return list(self._skipped)
+
+    def _select(self) -> str:
+        return ", ".join(f'"{c}"' for c in store.META_COLUMNS)  # fixed column names, not user input
+
+    def _find(self, item: str, with_vector: bool) -> tuple:
+        """An item's row by id, else by path/URL/key when exactly one item has it."""
+        columns = self._select() + (", embedding" if with_vector else "")
+        rows = self._query(f"SELECT {columns} FROM {{t}} WHERE id = %s", (item,))
+        for column in ("path", "url", "key"):
+            if rows:
+                break
+            found = self._query(f'SELECT {columns} FROM {{t}} WHERE "{column}" = %s LIMIT 2', (item,))
+            rows = found if len(found) == 1 else []
+        if not rows:
+            raise ItemNotFound(
+                f"no item {item!r} in collection {self.name!r} (give an id from search results, or a path in the "
+                "collection)"
+            )
+        return rows[0]
+
+    def _hit_of(self, row: tuple, score: float | None) -> Hit:
+        r = dict(zip(store.META_COLUMNS, row))
+        return Hit(
+            id=r["id"],
+            score=score,
+            path=r["path"],
+            url=r["url"],
+            caption=r["caption"],
+            key=r["key"],
+            shard=r["shard"],
+            offset=r["offset"],
+            length=r["length"],
+            width=r["width"],
+            height=r["height"],
+            sha256=r["sha256"],
+            size=r["size"],
+            mtime_ns=r["mtime_ns"],
+        )
+
+    def item(self, item_id: str) -> Hit:
+        return self._hit_of(self._find(item_id, with_vector=False), None)
+
+    def vector(self, item_id: str) -> np.ndarray:
+        return self._item_vector(item_id)[1]
+
+    def _item_vector(self, item: str) -> tuple[str, np.ndarray]:
+        row = self._find(item, with_vector=True)
+        return row[store.META_COLUMNS.index("id")], _as_array(row[-1]).astype(np.float32)
+
+    def search_vector(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        min_score: float | None = None,
+        filters: Filters | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[Hit]:
+        from pgvector import HalfVector
+
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.manifest.dim:
+            raise ValueError(f"query has {query.shape[0]} dimensions; collection {self.name!r} has {self.manifest.dim}")
+        if k < 1 or len(self) == 0:
+            return []
+        excluded = list(dict.fromkeys(exclude))
+        where, params = ["NOT (id = ANY(%s))"], [excluded]
+        if filters and filters.path_prefix:
+            where.append(
+                '(starts_with(path, %s) OR starts_with(url, %s) OR starts_with(shard, %s) OR starts_with("key", %s))'
+            )
+            params += [filters.path_prefix] * 4
+        if filters and filters.caption_contains:
+            where.append("strpos(lower(caption), lower(%s)) > 0")
+            params.append(filters.caption_contains)
+        vector = HalfVector(query.astype(np.float16)) if self.manifest.dtype == "float16" else query
+        if min_score is not None:
+            where.append("embedding <=> %s <= %s")
+            params += [vector, 1.0 - float(min_score)]
+        text = f"SELECT {self._select()}, embedding <=> %s AS distance FROM {{t}} WHERE {' AND '.join(where)}"
+        text += " ORDER BY distance LIMIT %s"
+        ordered = [vector, *params]  # positional: in the order the %s appear
+        ef = min(1000, max(EF_SEARCH, k))  # pgvector's range
+        setup = [f"SET LOCAL hnsw.ef_search = {int(ef)}", "SET LOCAL hnsw.iterative_scan = relaxed_order"]
+        rows = self._query(text, [*ordered, int(k)], setup)
+        # relaxed_order may return rows slightly out of order: sort by the exact distance
+        rows.sort(key=lambda r: r[-1])
+        return [self._hit_of(r[:-1], 1.0 - float(r[-1])) for r in rows][:k]

