@@ -10,7 +10,9 @@ each with an optional "weight" (default 1; negative pushes results away); the qu
 normalised weighted sum of the terms' unit vectors (at most one image term through a server).
 Each result is a dict: id, score, path, url, caption, width, height. Local mode opens the
 collection (a directory, or a name under artifacts/collections) and embeds the query with the
-collection's own model (or `model=`, which must be in the collection's space); remote mode asks a
+collection's own model (or `model=`, which must be in the collection's space); with
+`store="postgresql://USER@HOST/DB"` it is the collection of that name in PostgreSQL (the same
+answers: docs/collections.md, "Stores"). Remote mode asks a
 `latentspace serve --collection ...` server (`base_url` / `api_key` default to
 LATENTSPACE_BASE_URL / LATENTSPACE_API_KEY, as for `embed`).
 """
@@ -39,6 +41,7 @@ def search(
     path_prefix: str | None = None,
     caption_contains: str | None = None,
     model: str | None = None,
+    store: str | None = None,
     inference_mode: str | None = None,
     base_url: str | None = None,
     api_key: str | None = None,
@@ -61,12 +64,12 @@ def search(
             caption_contains=caption_contains,
         )
     from latentspace import embed
-    from latentspace.collections import Collection, Filters
+    from latentspace.collections import Filters, open_collection
 
-    key = str(collection)
+    key = str(collection) if store is None else f"{collection}@{store}"
     with _lock:
         if key not in _opened:
-            _opened[key] = Collection.open(key)
+            _opened[key] = open_collection(collection, store)
         opened = _opened[key]
     filters = Filters(path_prefix=path_prefix, caption_contains=caption_contains)
     if terms is not None:

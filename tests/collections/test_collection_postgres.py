@@ -3,6 +3,7 @@ wheel's, or LATENTSPACE_TEST_POSTGRES_URL. Every test uses its own collection na
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -224,3 +225,125 @@ def test_a_missing_work_directory_is_restored_from_the_database(tmp_path, librar
     report = build(postgres_url, name, colour_model, library, tmp_path)
     assert report.images_embedded == 0 and report.unchanged == 12 and report.items == 12
     assert os.path.exists(tmp_path / "work" / "collection.json")
+
+
+# --- the command line and the server ----------------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", "latentspace", "collection", *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_cli_build_search_info_and_copy_with_store(tmp_path, postgres_url, name):
+    """The same commands as the embedded store, with --store; the same answers."""
+    import json
+
+    import fakes
+
+    model = fakes.make_hf_clip(tmp_path / "model", seed=0)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, concept in enumerate(fakes.CONCEPTS):
+        fakes.draw(concept, size=40 + i).save(images / f"{i:02d}.png")
+    common = ["--model", str(model), "--images", str(images), "--files-per-part", "4", "--json"]
+    ours = json.loads(cli("build", name, "--store", postgres_url, "--out", str(tmp_path / "w"), *common).stdout)
+    theirs = json.loads(cli("build", "emb", "--out", str(tmp_path / "emb"), *common).stdout)
+    assert ours["items"] == theirs["items"] == 12
+    search = ["a red circle", "-k", "5", "--json"]
+    found = cli("search", name, *search, "--store", postgres_url).stdout.splitlines()
+    expected = cli("search", str(tmp_path / "emb"), *search).stdout.splitlines()
+    assert [json.loads(line)["id"] for line in found] == [json.loads(line)["id"] for line in expected]
+    info = json.loads(cli("info", name, "--json", "--store", postgres_url).stdout)
+    assert info["items"] == 12 and info["search"] == "hnsw (pgvector)"
+    # copy: database -> a directory -> the database under another name, answers unchanged
+    cli("copy", f"{postgres_url}#{name}", str(tmp_path / "back"))
+    assert [json.loads(line)["id"] for line in cli("search", str(tmp_path / "back"), *search).stdout.splitlines()] == [
+        json.loads(line)["id"] for line in expected
+    ]
+    cli("copy", str(tmp_path / "back"), f"{postgres_url}#{name}-2")
+    again = cli("search", f"{name}-2", *search, "--store", postgres_url).stdout.splitlines()
+    assert [json.loads(line)["id"] for line in again] == [json.loads(line)["id"] for line in expected]
+
+
+def test_cli_build_killed_with_kill_9_resumes_with_the_rows_of_an_uninterrupted_build(tmp_path, postgres_url, name):
+    from collection_fakes import kill_halfway, unblock
+
+    import fakes
+
+    parts = 8
+    model = fakes.make_hf_clip(tmp_path / "model", seed=0)
+    images = tmp_path / "images"
+    images.mkdir()
+    drawings = {f"{i:03d}.png": fakes.draw(fakes.CONCEPTS[i % 12], size=40 + i, style=i % 2) for i in range(2 * parts)}
+    blocking = f"{parts:03d}.png"  # the first image of part parts/2: the build stalls there
+    for file, drawing in drawings.items():
+        if file == blocking:
+            os.mkfifo(images / file)
+        else:
+            drawing.save(images / file)
+    command = [sys.executable, "-m", "latentspace", "collection", "build", name, "--store", postgres_url]
+    command += ["--model", str(model), "--images", str(images), "--files-per-part", "2", "--batch-size", "1"]
+    out = tmp_path / "work"
+    job = subprocess.Popen([*command, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    kill_halfway(job, out, parts, timeout=240)
+    unblock(images / blocking, drawings[blocking])
+    resumed = json.loads(cli(*command[4:], "--out", str(out), "--json").stdout)
+    assert resumed["resumed_plan"] and resumed["parts_resumed"] == parts // 2
+    assert resumed["parts_embedded"] == parts // 2 and resumed["items"] == 2 * parts
+    reference = [*command[4:5], f"{name}-ref", *command[6:], "--out", str(tmp_path / "ref"), "--json"]
+    cli(*reference)
+    assert rows(postgres_url, name) == rows(postgres_url, f"{name}-ref") and len(rows(postgres_url, name)) == 16
+
+
+def test_served_from_postgresql_like_from_the_embedded_store(tmp_path, library, postgres_url, name):
+    import httpx
+
+    from latentspace.runtime import EXACT, on_runtimes
+    from latentspace.serve.models import ServedModel
+    from latentspace.serve.settings import ServeSettings
+
+    import fakes
+    from fakes import LiveServer
+
+    def loader(slot, spec, partners):
+        return ServedModel(slot, spec, on_runtimes(fakes.colour_embedder(), image=EXACT, text=EXACT))
+
+    build_collection(tmp_path / "emb", fakes.colour_embedder(), library)
+    pg.copy_collection(str(tmp_path / "emb"), name, dst_store=postgres_url)
+    settings = ServeSettings(
+        models=["colour"],
+        collections=[f"emb={tmp_path / 'emb'}", f"{name}={postgres_url}"],
+        decode_threads=1,
+        image_runtime="torch",
+        image_precision="fp32",
+    )
+    with LiveServer(settings, loader=loader) as live:
+        server = live.wait_ready()
+        listed = {c["name"]: c for c in httpx.get(server.url + "/v1/collections").json()["data"]}
+        assert listed[name]["items"] == listed["emb"]["items"] == 13 and listed[name]["status"] == "ready"
+        for body in ({"text": "red", "k": 4}, {"text": "blue", "k": 12, "path_prefix": str(library / "sub")}):
+            answers = [
+                httpx.post(f"{server.url}/v1/collections/{which}/search", json=body, timeout=30).json()["results"]
+                for which in ("emb", name)
+            ]
+            assert [r["id"] for r in answers[0]] == [r["id"] for r in answers[1]]
+        first = answers[1][0]["id"]
+        thumb = httpx.get(f"{server.url}/v1/collections/{name}/items/{first}/thumbnail")
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+
+
+def test_collection_search_in_python_takes_the_store(tmp_path, library, postgres_url, name):
+    from latentspace import collection
+
+    import fakes
+
+    model = str(fakes.make_hf_clip(tmp_path / "model", seed=0))  # a spec: collection.search loads it
+    build_collection(tmp_path / "emb", model, library, settings=SETTINGS)
+    pg.copy_collection(str(tmp_path / "emb"), name, dst_store=postgres_url)
+    ours = collection.search(name, store=postgres_url, text="yellow", k=4)
+    theirs = collection.search(str(tmp_path / "emb"), text="yellow", k=4)
+    assert [h["id"] for h in ours] == [h["id"] for h in theirs] and len(ours) == 4

@@ -1,4 +1,5 @@
-"""`latentspace collection build|search|info`: image libraries as collections."""
+"""`latentspace collection build|search|info|copy`: image libraries as collections, in the embedded
+store (a directory) or, with --store postgresql://..., in PostgreSQL with pgvector."""
 
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ from latentspace.process_state import environment
 
 collection_app = typer.Typer(no_args_is_help=True, help="Embed an image library into a collection and search it.")
 
+STORE_HELP = (
+    "keep the collection in PostgreSQL with pgvector: postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (default: the "
+    "embedded store, a directory); or set LATENTSPACE_COLLECTION_STORE"
+)
+
+
+def _store_option():
+    return typer.Option(None, "--store", envvar="LATENTSPACE_COLLECTION_STORE", help=STORE_HELP, show_default=False)
+
 
 @collection_app.command("build")
 @with_settings(BuildSettings, PANELS, env_prefix=BUILD_ENV)
@@ -33,7 +43,12 @@ def collection_build(
         "pipe:CMD) or a .csv/.parquet table with a path/url/image column; "
         "default: the collection's source, when it has one",
     ),
-    out: Path | None = typer.Option(None, help="the collection directory (default artifacts/collections/NAME)"),
+    out: Path | None = typer.Option(
+        None,
+        help="the collection directory (default artifacts/collections/NAME); with --store, the build's "
+        "local work directory (default artifacts/collections/.postgres/...)",
+    ),
+    store: str | None = _store_option(),
     engine: str = typer.Option(
         "local",
         help="where images are embedded: local (this process) or ray (an actor "
@@ -67,19 +82,25 @@ def collection_build(
     # the decoders needed and slowed the forward itself (docs/collections.md). An explicit
     # OMP_WAIT_POLICY is respected.
     ctx.with_resource(environment({"OMP_WAIT_POLICY": "PASSIVE"}, defaults_only=True))
-    from latentspace.collections import build_collection
+    from latentspace.collections import build_in
     from latentspace.collections.store import DEFAULT_ROOT
     from latentspace.progress import progress_for
 
-    directory = out or DEFAULT_ROOT / name
+    directory = out or (None if store else DEFAULT_ROOT / name)
     settings = settings_from(BuildSettings, ctx, given(ctx, options), env_prefix=BUILD_ENV)
-    if images is None and not (directory / "collection.json").is_file() and not (directory / "plan.json").is_file():
+    if (
+        store is None
+        and images is None
+        and not (directory / "collection.json").is_file()
+        and not (directory / "plan.json").is_file()
+    ):
         raise ValueError(f"no collection at {directory} yet: pass --images SOURCE (and --model SPEC)")
-    report = build_collection(
-        directory,
+    report = build_in(
+        name,
         model,
         images,
-        name=name,
+        store=store,
+        out=directory,
         settings=settings,
         progress=progress_for(console),
         log=lambda line: console.print(Text(line)),
@@ -92,11 +113,12 @@ def collection_build(
     rate = f" ({report.images_per_second:.1f} images/s)" if report.images_embedded else ""
     console.print(
         Text(
-            f"collection {report.name} at {report.directory}: {report.items} items; this build: {report.added} added, "
+            f"collection {report.name} at {_where(report.directory, store)}: {report.items} items; "
+            f"this build: {report.added} added, "
             f"{report.changed} changed, {report.removed} removed, {report.unchanged} unchanged; embedded "
             f"{report.images_embedded} images in {report.parts_embedded} parts{rate}"
             + (f", {report.parts_resumed} parts kept from the interrupted build" if report.parts_resumed else "")
-            + f"; skipped {report.skipped} (see skipped.jsonl); search: {report.index}"
+            + f"; skipped {report.skipped} (see skipped.jsonl in {report.directory}); search: {report.index}"
         ),
         soft_wrap=True,
     )
@@ -134,6 +156,7 @@ def collection_search(
         None, metavar="FILE", help="an image file to move away from (repeatable)", show_default=False
     ),
     json_output: bool = typer.Option(False, "--json", help="one JSON object per result per line"),
+    store: str | None = _store_option(),
     **options,
 ) -> None:
     """Search a collection by text, by image (--image) or by one of its items (--like).
@@ -144,7 +167,7 @@ def collection_search(
     results. Example: collection search photos "a beach" --minus people --like 3f9a0c2e11d4b7a5"""
     import json
 
-    from latentspace.collections import Collection, Term
+    from latentspace.collections import Term, open_collection
 
     terms = [Term("text", text)] if text is not None else []
     for kind, values, sign in (
@@ -163,7 +186,7 @@ def collection_search(
         )
     settings = settings_from(SearchSettings, ctx, given(ctx, options), env_prefix=SEARCH_ENV_PREFIX)
     k, min_score, filters = settings.k, settings.min_score, settings.filters
-    found = Collection.open(collection)
+    found = open_collection(collection, store)
     query_model = None
     if any(term.kind != "like" for term in terms):
         from latentspace.models.load import load
@@ -213,13 +236,14 @@ def _weighted_term(kind: str, value: str, sign: float):
 def collection_info(
     collection: str = typer.Argument(..., help="a collection name (under artifacts/collections) or directory"),
     json_output: bool = typer.Option(False, "--json", help="print as JSON"),
+    store: str | None = _store_option(),
 ) -> None:
     """What a collection holds: model, latent space, items, parts, skipped, sources, search kind."""
     import json
 
-    from latentspace.collections import Collection
+    from latentspace.collections import open_collection
 
-    info = Collection.open(collection).info()
+    info = open_collection(collection, store).info()
     if json_output:
         print(json.dumps(info))
         return
@@ -240,3 +264,53 @@ def collection_info(
         out.print(Text(f"{key}: {info[key]}"), soft_wrap=True)
     for source in info["sources"]:
         out.print(Text(f"source: {source['kind']} {source['location']}"), soft_wrap=True)
+
+
+def _where(directory, store: str | None) -> str:
+    if store is None:
+        return str(directory)
+    from latentspace.collections.postgres import redact
+
+    return f"{redact(store)} (work directory {directory})"
+
+
+@collection_app.command("copy")
+@reports_errors
+def collection_copy(
+    src: str = typer.Argument(
+        ..., help="the collection to copy: a name or directory, or postgresql://USER@HOST/DB#NAME"
+    ),
+    dst: str = typer.Argument(
+        ...,
+        help="where to: a directory, or postgresql://USER@HOST/DB#NAME (without #NAME: the source's name)",
+    ),
+) -> None:
+    """Copy a collection between the embedded store and PostgreSQL (either way); vectors are copied
+    bit for bit, and the copy answers searches exactly as the original.
+
+    Example: collection copy photos 'postgresql://me@db.example.com/pictures#photos'"""
+    from latentspace.collections.postgres import copy_collection, is_store_url, redact
+
+    def split(where: str) -> tuple[str, str | None]:
+        """(collection, store URL or None)."""
+        if not is_store_url(where):
+            return where, None
+        url, _, name = where.rpartition("#") if "#" in where else (where, "", "")
+        return name, url
+
+    src_name, src_store = split(src)
+    dst_name, dst_store = split(dst)
+    if src_store is not None and not src_name:
+        raise ValueError(f"name the collection to copy from {redact(src_store)}: add #NAME to the URL")
+    dst_name = dst_name or Path(src_name).name
+    if src_store is None and dst_store is None:
+        raise ValueError("one side of the copy must be postgresql://...#NAME; between directories, use cp -r")
+    if dst_store is None:
+        from latentspace.collections.store import DEFAULT_ROOT, MANIFEST
+
+        target = Path(dst).expanduser() if "/" in dst else DEFAULT_ROOT / dst
+        if (target / MANIFEST).is_file():
+            raise ValueError(f"{target} already holds a collection: copy to a new directory")
+        dst_name = str(target)
+    where = copy_collection(src_name, dst_name, src_store=src_store, dst_store=dst_store, name=dst_name)
+    console.print(Text(f"copied collection {src_name} to {where}"), soft_wrap=True)

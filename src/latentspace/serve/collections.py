@@ -60,7 +60,8 @@ THUMBNAIL_CACHE = 1024  # thumbnails kept in memory (a page shows a few dozen at
 
 
 def parse_collection_arg(arg: str) -> tuple[str | None, str]:
-    """'NAME=DIR' or 'DIR' (or a NAME under artifacts/collections) -> (name or None, where)."""
+    """'NAME=DIR' or 'DIR' (or a NAME under artifacts/collections), or 'NAME=postgresql://...' (the
+    collection NAME in that database) -> (name or None, where)."""
     name, sep, where = arg.partition("=")
     if sep and name and "/" not in name:
         return name, where
@@ -92,6 +93,8 @@ class CollectionSet:
         self.items: dict[str, ServedCollection] = {}
         for arg in settings.collections:
             name, where = parse_collection_arg(arg)
+            if name is None and where.startswith(("postgresql://", "postgres://")):
+                raise ValueError(f"name the collection in the database: --collection NAME={where.split('@')[-1]}")
             name = name or Path(where).name
             if name in self.items:
                 raise ValueError(f"two collections are named {name!r}; name them with NAME=DIR")
@@ -99,11 +102,14 @@ class CollectionSet:
 
     def open_all(self, registry) -> None:
         """Open every collection and find (or load) a served model of its space for queries."""
-        from latentspace.collections import Collection
+        from latentspace.collections import open_collection
 
         for served in self.items.values():
             try:
-                served.collection = Collection.open(served.where)
+                in_database = served.where.startswith(("postgresql://", "postgres://"))
+                served.collection = (
+                    open_collection(served.name, served.where) if in_database else open_collection(served.where)
+                )
                 served.slot_name = registry.query_model_for(served.collection.manifest, f"collection:{served.name}")
                 log.info(
                     "collection %s: %d items in %s, queries on model %s",
@@ -114,7 +120,9 @@ class CollectionSet:
                 )
             except Exception as e:  # noqa: BLE001 - reported by /health, /v1/collections and every request
                 served.error = f"{type(e).__name__}: {e}"
-                log.error("could not open collection %s (%s): %s", served.name, served.where, served.error)
+                from latentspace.collections.postgres import redact  # no password in the log
+
+                log.error("could not open collection %s (%s): %s", served.name, redact(served.where), served.error)
 
     def get(self, name: str) -> ServedCollection:
         served = self.items.get(name)

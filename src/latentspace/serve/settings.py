@@ -57,8 +57,9 @@ class ServeSettings(ForwardRuntimes, BaseModel):
     )
     collections: Annotated[list[str], Flag("models", name="collection", short="-c")] = Field(
         [],
-        description="collection to search: DIR, NAME=DIR, or a NAME under artifacts/collections (`latentspace "
-        "collection build`); repeatable; the page at / searches it",
+        description="collection to search: DIR, NAME=DIR, a NAME under artifacts/collections (`latentspace "
+        "collection build`), or NAME=postgresql://USER@HOST/DB (a collection in PostgreSQL); repeatable; the page at "
+        "/ searches it",
     )
 
     # Where to listen
