@@ -347,3 +347,35 @@ def test_collection_search_in_python_takes_the_store(tmp_path, library, postgres
     ours = collection.search(name, store=postgres_url, text="yellow", k=4)
     theirs = collection.search(str(tmp_path / "emb"), text="yellow", k=4)
     assert [h["id"] for h in ours] == [h["id"] for h in theirs] and len(ours) == 4
+
+
+def test_a_work_directory_behind_the_database_is_refreshed(tmp_path, library, colour_model, postgres_url, name):
+    """Builds from two machines (two work directories): each plans against what the database holds."""
+    from collection_fakes import save_drawing
+
+    first = pg.build_in_store(postgres_url, name, colour_model, library, out=tmp_path / "a", settings=SETTINGS)
+    save_drawing(library / "zz_new.png", "green square")
+    other = pg.build_in_store(postgres_url, name, colour_model, library, out=tmp_path / "b", settings=SETTINGS)
+    assert other.images_embedded == 1 and other.items == first.items + 1
+    lines = []
+    again = pg.build_in_store(
+        postgres_url, name, colour_model, library, out=tmp_path / "a", settings=SETTINGS, log=lines.append
+    )
+    assert again.images_embedded == 0 and again.items == other.items and any("refreshing" in x for x in lines)
+    build_collection(tmp_path / "embedded", colour_model, library, settings=SETTINGS)
+    assert rows(postgres_url, name) == embedded_rows(tmp_path / "embedded")
+
+
+def test_an_open_collection_reconnects_after_the_server_dropped_it(tmp_path, library, colour_model, postgres_url, name):
+    build(postgres_url, name, colour_model, library, tmp_path)
+    found = open_collection(name, postgres_url)
+    before = [h.id for h in found.search_text(colour_model, "red", k=3)]
+    killer = pg.connect(postgres_url)
+    killer.autocommit = True
+    killer.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    )
+    killer.close()
+    assert [h.id for h in found.search_text(colour_model, "red", k=3)] == before
+    found.close()

@@ -387,6 +387,7 @@ def load_manifest(conn, name: str, url: str) -> tuple[store.Manifest, list, dict
         if not isinstance(e, psycopg.errors.UndefinedTable):
             raise
         row = None
+        conn.rollback()
     conn.commit()
     if row is None:
         raise store.CollectionNotFound(
@@ -471,23 +472,45 @@ def build_in_store(url: str, name: str, model, source, *, out: Path | None = Non
     url, name = check_store_url(url), check_name(name)
     directory = Path(out) if out is not None else work_directory(url, name)
     with build_lock(url, name):
-        fresh = not (directory / store.MANIFEST).is_file() and not (directory / store.PLAN).is_file()
-        if fresh:
-            conn = connect(url)
-            try:
-                ensure_schema(conn)
-                exists = conn.execute(
-                    _sql().SQL("SELECT 1 FROM {} WHERE name = %s").format(_sql().Identifier(COLLECTIONS_TABLE)), (name,)
-                ).fetchone()
-            finally:
-                conn.close()
-            if exists:
-                log(f"restoring the work directory {directory} from PostgreSQL")
-                export(url, name, directory)
+        _refresh_work_directory(url, name, directory, log)
         report = build_collection(directory, model, source, name=name, log=log, **kwargs)
         push(url, name, directory, log=log)
         report.index = f"hnsw (pgvector, m={HNSW_M}, ef_construction={HNSW_EF_CONSTRUCTION})"
         return report
+
+
+def _refresh_work_directory(url: str, name: str, directory: Path, log: Callable[[str], None]) -> None:
+    """Make the work directory hold what the database holds before a build plans against it:
+    restored when missing (another machine, a fresh checkout), replaced when the database was
+    updated since (a build elsewhere). A pending plan is left alone: it is finished first, and a
+    work directory newer than the database (a push cut short) is pushed by the build."""
+    import shutil
+    import tempfile
+
+    if (directory / store.PLAN).is_file():
+        return
+    sql = _sql()
+    conn = connect(url)
+    try:
+        ensure_schema(conn)
+        row = conn.execute(
+            sql.SQL("SELECT manifest->>'updated' FROM {} WHERE name = %s").format(sql.Identifier(COLLECTIONS_TABLE)),
+            (name,),
+        ).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return
+    local = store.Manifest.load(directory).updated if (directory / store.MANIFEST).is_file() else None
+    if local is not None and local >= (row[0] or ""):  # ISO timestamps in UTC: ordered as strings
+        return
+    log(f"{'refreshing' if local else 'restoring'} the work directory {directory} from PostgreSQL")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=directory.parent))  # beside it: the rename is atomic
+    export(url, name, fresh)
+    if directory.exists():
+        shutil.rmtree(directory)
+    fresh.rename(directory)
 
 
 class PgCollection(Collection):
@@ -516,11 +539,24 @@ class PgCollection(Collection):
     def _query(self, query: str, params: Iterable[Any], setup: Iterable[str] = ()) -> list[tuple]:
         """Run a query on the items table ({t}) in its own read-only transaction; the connection is
         shared by the server's threads, so one query at a time."""
+        import psycopg
+
         sql = _sql()
-        with self._lock, self._conn.transaction():
-            for statement in setup:
-                self._conn.execute(statement)
-            return self._conn.execute(sql.SQL(query).format(t=self._table), list(params)).fetchall()
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    with self._conn.transaction():
+                        for statement in setup:
+                            self._conn.execute(statement)
+                        return self._conn.execute(sql.SQL(query).format(t=self._table), list(params)).fetchall()
+                except psycopg.OperationalError:
+                    # The server restarted or dropped us: a served collection reconnects once
+                    # rather than failing every query until the process restarts.
+                    if attempt == 2 or not self._conn.closed and not self._conn.broken:
+                        raise
+                    self._conn = connect(self.url)
+                    _register(self._conn)
+            raise AssertionError("unreachable")
 
     def __len__(self) -> int:
         return self._count
