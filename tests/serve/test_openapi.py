@@ -44,6 +44,7 @@ OPERATIONS = {
     ("post", "/v1/collections/{name}/search/image"): EMBED | {"415"},
     ("get", "/v1/collections/{name}/items/{item_id}"): {"200", "401", "404", "422", "503"},
     ("get", "/v1/collections/{name}/items/{item_id}/thumbnail"): {"200", "401", "404", "422", "503"},
+    ("get", "/v1/collections/{name}/duplicates"): {"200", "401", "404", "422", "503"},
 }
 
 
