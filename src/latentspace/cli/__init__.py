@@ -6,6 +6,7 @@
     models.py      models                        what a spec resolves to
     serve.py       serve                         the HTTP API (options generated from ServeSettings)
     collection.py  collection build|search|info  image libraries
+    duplicates.py  collection duplicates         duplicate groups in a collection
 
 common.py holds what they share: the console, quiet libraries for the length of a command, the
 runtime options, and `reports_errors`, the one way an expected error ends a command.
@@ -18,6 +19,7 @@ import sys
 import typer
 
 from latentspace.cli import collection, data, evaluation, models, serve, training
+from latentspace.cli import duplicates as _duplicates  # noqa: F401 - adds `collection duplicates`
 from latentspace.cli.common import quiet_libraries
 
 app = typer.Typer(

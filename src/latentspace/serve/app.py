@@ -35,6 +35,7 @@ from latentspace.inputs import is_data_url
 from latentspace.models.embedder import finish
 from latentspace.serve.auth import BearerAuth
 from latentspace.serve.collections import CollectionSet, add_collection_routes, query_vector
+from latentspace.serve.duplicates import add_duplicate_routes
 from latentspace.serve.errors import ApiError
 from latentspace.serve.metrics import ServerMetrics
 from latentspace.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -307,6 +308,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
         embed_query_image=embed_query_image,
         read_image_form=lambda request, field: read_form_files(request, settings, field),
     )
+    add_duplicate_routes(app, collections=collections, require_key=require_key, errors=errors)
 
     @app.get(
         "/v1/user",
