@@ -336,6 +336,9 @@
     const mine = ++generation;
     const terms = state.terms;
     ui.summary.textContent = describeQuery();
+    // Asked first, beside the search: once results arrive, their thumbnails take the browser's few
+    // connections to the server, and a label asked after them could wait behind every one.
+    if (terms.some((term) => term.kind === "like" && !term.label)) labelLikeTerms(terms, mine);
     setMessage(append ? "Loading more…" : "Searching…", "loading");
     setBusy(true);
     const base = relative("/v1/collections/" + encodeURIComponent(state.collection) + "/search");
@@ -374,7 +377,6 @@
         const n = state.shown.size;
         setMessage(n + (n === 1 ? " result" : " results") + (exhausted ? "" : " so far"), "done");
       }
-      if (terms.some((term) => term.kind === "like" && !term.label)) labelLikeTerms(terms, mine);
     } catch (error) {
       if (mine !== generation) return;
       setMessage(errorText(error), "error");
