@@ -63,8 +63,10 @@ ITEMS_PREFIX = "latentspace_items_"
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 EF_SEARCH = 100
+INDEX_BUILD_MEMORY = "1GB"  # maintenance_work_mem while the HNSW index is created
 LOCK_NAMESPACE = "latentspace.collection-build"
 WORK_ROOT = store.DEFAULT_ROOT / ".postgres"
+SYNCED = ".synced.json"  # in a work directory: the database manifest it matches (see _refresh_work_directory)
 # The items table's columns besides the vector, in the order COPY writes them.
 COLUMNS = ["part", *store.META_COLUMNS]
 SQL_TYPES = {"int64": "bigint", "int32": "integer", "string": "text"}
@@ -190,6 +192,9 @@ def ensure_index(conn, name: str, dtype: str) -> dict[str, Any]:
     sql = _sql()
     ops = "halfvec_cosine_ops" if dtype == "float16" else "vector_cosine_ops"
     params = {"kind": "hnsw", "distance": "cosine", "m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
+    # pgvector builds the graph fast while it fits in maintenance_work_mem (64 MB by default, about
+    # 30k rows of 384 dims) and several times slower after; this session's setting only.
+    conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(INDEX_BUILD_MEMORY)))
     create = "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding {}) WITH (m = {}, ef_construction = {})"
     conn.execute(
         sql.SQL(create).format(
@@ -274,6 +279,7 @@ def push(
         current = "the manifest"
         index = ensure_index(conn, name, manifest.dtype) if manifest.parts else None
         _save_manifest(conn, name, manifest, store.read_skipped(directory), index)
+        _mark_in_sync(directory, manifest)
         if written or dropped:
             log(f"PostgreSQL {redact(url)}: wrote {written} part(s), dropped {dropped}")
         return {"written": written, "dropped": dropped}
@@ -311,46 +317,56 @@ def _delete_part(conn, name: str, part: str) -> None:
 
 
 def _write_part(conn, name: str, part: str, path: Path, digest: str, dtype: str) -> None:
-    """One part in one transaction: COPY into a temporary table, replace the part's rows (upserted
-    by item id: an item that moved from another part is taken over), record the digest."""
+    """One part in one transaction: the part's old rows deleted, its rows COPYed in, its digest
+    recorded. Parts are pushed in ordinal order and an item's new row is always in a newer part
+    than its old one, so the old row is normally gone by then; if not (an item whose old part
+    is rewritten later), the rows are upserted by item id from a temporary table instead."""
+    import psycopg
     import pyarrow.parquet as pq
 
     sql = _sql()
-    table = pq.read_table(path)
+    table = pq.read_table(path, columns=store.META_COLUMNS)
     vectors = store.read_vectors(path)
     if dtype == "float16":
         vectors = vectors.astype(np.float16)
-    columns = {c: table.column(c).to_pylist() for c in store.META_COLUMNS}
-    info = store.read_part_info(path)
-    temp = sql.Identifier(f"incoming_{hashlib.sha256(part.encode()).hexdigest()[:12]}")
-    names = sql.SQL(", ").join(sql.Identifier(c) for c in [*COLUMNS, "embedding"])
-    updates = sql.SQL(", ").join(
-        sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in [*COLUMNS, "embedding"]
-    )
+    values = [table.column(c).to_pylist() for c in store.META_COLUMNS]
+    rows = [[part, *meta, _vector_value(vector, dtype)] for *meta, vector in zip(*values, vectors)]
+    every = [*COLUMNS, "embedding"]
+    names = sql.SQL(", ").join(sql.Identifier(c) for c in every)
+    vector_type = "halfvec" if dtype == "float16" else "vector"
+    types = ["text", *(SQL_TYPES[str(f.type)] for f in store.META_FIELDS), vector_type]
     with conn.transaction():
-        conn.execute(
-            sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
-                temp, items_table(name)
-            )
-        )
-        vector_type = "halfvec" if dtype == "float16" else "vector"
-        types = ["text", *(SQL_TYPES[str(f.type)] for f in store.META_FIELDS), vector_type]
-        with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(temp, names)) as copy:
-            copy.set_types(types)
-            for i in range(table.num_rows):
-                copy.write_row([part, *(columns[c][i] for c in store.META_COLUMNS), _vector_value(vectors[i], dtype)])
         _delete_part(conn, name, part)
-        conn.execute(
-            sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT (id) DO UPDATE SET {}").format(
-                items_table(name), names, names, temp, updates
+        try:
+            with conn.transaction():  # a savepoint: a clash rolls back only the COPY
+                _copy_rows(conn, items_table(name), names, types, rows)
+        except psycopg.errors.UniqueViolation:
+            temp = sql.Identifier(f"incoming_{hashlib.sha256(part.encode()).hexdigest()[:12]}")
+            create = "CREATE TEMPORARY TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
+            conn.execute(sql.SQL(create).format(temp, items_table(name)))
+            _copy_rows(conn, temp, names, types, rows)
+            updates = sql.SQL(", ").join(
+                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in every
             )
-        )
+            conn.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT (id) DO UPDATE SET {}").format(
+                    items_table(name), names, names, temp, updates
+                )
+            )
         conn.execute(
             sql.SQL("INSERT INTO {} (collection, part, digest, rows, info) VALUES (%s, %s, %s, %s, %s)").format(
                 sql.Identifier(PARTS_TABLE)
             ),
-            (name, part, digest, table.num_rows, json.dumps(info, sort_keys=True)),
+            (name, part, digest, table.num_rows, json.dumps(store.read_part_info(path), sort_keys=True)),
         )
+
+
+def _copy_rows(conn, target, names, types: list[str], rows: list[list]) -> None:
+    sql = _sql()
+    with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(target, names)) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
 
 
 def _vector_value(vector: np.ndarray, dtype: str):
@@ -428,6 +444,7 @@ def export(url: str, name: str, directory: Path) -> store.Manifest:
         conn.close()
     store.write_skipped(directory, skipped)
     manifest.save(directory)
+    _mark_in_sync(directory, manifest)
     sync_index(directory, manifest)
     return manifest
 
@@ -479,11 +496,21 @@ def build_in_store(url: str, name: str, model, source, *, out: Path | None = Non
         return report
 
 
+def manifest_digest(manifest: store.Manifest) -> str:
+    return hashlib.sha256(json.dumps(manifest.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _mark_in_sync(directory: Path, manifest: store.Manifest) -> None:
+    """Note in the work directory which database manifest it was last pushed as (or exported from)."""
+    store.write_json(directory / SYNCED, {"manifest": manifest_digest(manifest)})
+
+
 def _refresh_work_directory(url: str, name: str, directory: Path, log: Callable[[str], None]) -> None:
     """Make the work directory hold what the database holds before a build plans against it:
-    restored when missing (another machine, a fresh checkout), replaced when the database was
-    updated since (a build elsewhere). A pending plan is left alone: it is finished first, and a
-    work directory newer than the database (a push cut short) is pushed by the build."""
+    restored when missing (another machine, a fresh checkout), replaced when the database's
+    manifest is not the one this directory last pushed or exported (a build elsewhere since). A
+    pending plan is left alone: it is finished first. A push cut short leaves the database's
+    manifest as it was (the manifest is written last), so that directory is kept and pushed."""
     import shutil
     import tempfile
 
@@ -494,15 +521,16 @@ def _refresh_work_directory(url: str, name: str, directory: Path, log: Callable[
     try:
         ensure_schema(conn)
         row = conn.execute(
-            sql.SQL("SELECT manifest->>'updated' FROM {} WHERE name = %s").format(sql.Identifier(COLLECTIONS_TABLE)),
+            sql.SQL("SELECT manifest FROM {} WHERE name = %s").format(sql.Identifier(COLLECTIONS_TABLE)),
             (name,),
         ).fetchone()
     finally:
         conn.close()
     if row is None:
         return
-    local = store.Manifest.load(directory).updated if (directory / store.MANIFEST).is_file() else None
-    if local is not None and local >= (row[0] or ""):  # ISO timestamps in UTC: ordered as strings
+    local = (directory / store.MANIFEST).is_file()
+    synced = store.read_json(directory / SYNCED).get("manifest") if (directory / SYNCED).is_file() else None
+    if local and synced == manifest_digest(store.Manifest.from_dict(row[0])):
         return
     log(f"{'refreshing' if local else 'restoring'} the work directory {directory} from PostgreSQL")
     directory.parent.mkdir(parents=True, exist_ok=True)
