@@ -248,8 +248,8 @@ class Measured:
         same: dict[str, str] = {}
         for row, (origin, kind) in enumerate(self.truth):
             if kind == "original":
-                same.setdefault(read_pixels(read(row)).digest, origin)  # type: ignore[arg-type]
-                self.truth[row] = (same[read_pixels(read(row)).digest], kind)  # type: ignore[arg-type]
+                digest = read_pixels(read(row)).digest  # type: ignore[arg-type]
+                self.truth[row] = (same.setdefault(digest, origin), kind)
         alias = {truth[n][0]: self.truth[i][0] for i, n in enumerate(names) if truth[n][1] == "original"}
         self.truth = [(alias.get(origin, origin), kind) for origin, kind in self.truth]
         started = time.perf_counter()
@@ -333,7 +333,7 @@ def measure(name: str, directory: Path, truth: dict, model: str) -> Measured:
     build_collection(directory / "collection", model, directory / "images", settings=BuildSettings())
     print(f"{name}: built {len(truth)} images in {time.perf_counter() - started:.0f} s", flush=True)
     collection = Collection.open(directory / "collection")
-    floor = 0.5
+    floor = 0.4  # the lowest near_candidate swept
     measured = Measured(collection, truth, DuplicateSettings().k, floor)
     print(
         f"{name}: {len(collection)} items, {len(measured.candidates)} candidate pairs at cosine >= {floor} "
@@ -360,8 +360,8 @@ def sweep(measured: dict[str, Measured]) -> None:
     (highest worst-case recall with at most 1% wrong pairs everywhere)."""
     print("\nnear level: near_candidate x near_pixels -> recall / wrong per collection")
     best = None
-    for candidate in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9):
-        for pixels in (0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97):
+    for candidate in (0.4, 0.5, 0.6, 0.7):
+        for pixels in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
             s = DuplicateSettings(near_candidate=candidate, near_pixels=pixels, similar=max(candidate, 0.9))
             results = {n: m.score(s)["near"] for n, m in measured.items()}
             line = "  ".join(f"{n} {r:.3f} / {w:.2%}" for n, (r, w, _) in results.items())

@@ -69,7 +69,7 @@ class DuplicateSettings(BaseModel):
         description="cosine at or above which a pair's images are read again and compared pixel by pixel",
     )
     near_pixels: Annotated[float, Flag("levels")] = Field(
-        0.4,
+        0.5,
         ge=-1.0,
         le=1.0,
         description="pixel agreement (1 - the worst local difference once aligned) from which a pair is a near copy",
@@ -234,11 +234,15 @@ def candidate_pairs(scores: np.ndarray, rows: np.ndarray, threshold: float) -> d
 class Pixels:
     """What a comparison needs of one decoded image, computed once per image: the hash of its
     RGB pixels and size (equal hashes: exact copies), and the thumbnails of the whole image and
-    of its crops (CROP_SCALES x CROP_OFFSETS), each with its channels' means taken out."""
+    of its crops (CROP_SCALES x CROP_OFFSETS)."""
 
     digest: str
-    views: np.ndarray  # (V, SIGNATURE_SIDE, SIGNATURE_SIDE, 3); views[0] is the whole image
-    mean: np.ndarray  # (3,) mean colour, to compare flat (one-colour) images by
+    views: np.ndarray  # (V, SIGNATURE_SIDE, SIGNATURE_SIDE, 3) pixel values; views[0] is the whole image
+    centred: np.ndarray  # (V, SIGNATURE_SIDE**2 * 3) the same with each view's channel means taken out
+
+    @property
+    def whole(self) -> np.ndarray:
+        return self.views[0]
 
 
 def read_pixels(image: Image.Image) -> Pixels:
@@ -258,39 +262,53 @@ def read_pixels(image: Image.Image) -> Pixels:
                 thumbnail = rgb.resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.BILINEAR, box=box)
                 views.append(np.asarray(thumbnail, dtype=np.float32))
     stack = np.stack(views)
-    mean = stack[0].mean(axis=(0, 1))
-    return Pixels(digest, stack - stack.mean(axis=(1, 2), keepdims=True), mean)
+    centred = (stack - stack.mean(axis=(1, 2), keepdims=True)).reshape(len(stack), -1)
+    return Pixels(digest, stack, centred)
 
 
 def pixel_agreement(a: Pixels, b: Pixels) -> float:
     """How well two images' pixels agree, at most 1: one minus the largest local difference
-    between them, once aligned.
+    between them, once aligned and matched in brightness.
 
     Alignment: the crop of either image (scales CROP_SCALES, offsets CROP_OFFSETS) whose
     thumbnail correlates best with the other's whole thumbnail, so a copy cropped to 85% or
-    more lines up. The other is then fitted to it with one gain (a brightness change scales the
-    pixels around their means, which were taken out), and the difference left is measured per
-    cell of CELL x CELL pixels, relative to the image's own contrast; the worst cell decides.
-    A global correlation is not enough: two emoji faces that differ only in their eyes, or two
-    flags that differ only in a small emblem, correlate at 0.95-0.99 like true copies, and
-    differ in one place only, which the worst cell sees."""
+    more lines up. Then each of the two aligned thumbnails is predicted from the other by one
+    gain and offset for all channels, clipped to 0..255 as a brightened copy is (so a pale image
+    brightened into white still matches), and the difference left is measured per cell of
+    CELL x CELL pixels, in the worst channel (a change of hue, such as another skin tone, shows in
+    one channel), relative to the image's own contrast; the worst cell decides, and the better
+    of the two directions counts. A global correlation is not enough: two emoji faces that differ
+    only in their eyes, or two flags that differ only in a small emblem, correlate at 0.95-0.99
+    like true copies, and differ in one place only, which the worst cell sees."""
     best = None
-    for views, whole in ((a.views, b.views[0]), (b.views, a.views[0])):
-        flat_views = views.reshape(len(views), -1)
-        target = whole.reshape(-1)
-        norms = np.linalg.norm(flat_views, axis=1) * float(np.linalg.norm(target))
-        if norms.max() < 1e-3:  # flat (one-colour) images: compare their colours
-            return 1.0 if float(np.abs(a.mean - b.mean).max()) < 8 else 0.0
-        correlation = (flat_views @ target) / np.maximum(norms, 1e-6)
+    for source, target in ((a, b), (b, a)):  # crops of `source` against the whole of `target`
+        whole = target.centred[0]
+        norms = np.linalg.norm(source.centred, axis=1) * float(np.linalg.norm(whole))
+        correlation = (source.centred @ whole) / np.maximum(norms, 1e-6)
         i = int(np.argmax(correlation))
+        if norms[i] < 1e-3:  # a flat (one-colour) image: only its colour can be compared
+            correlation[i] = -1.0
         if best is None or correlation[i] > best[0]:
-            best = (float(correlation[i]), views[i], whole)
+            best = (float(correlation[i]), source.views[i], target.whole)
     _, view, whole = best  # type: ignore[misc]
-    gain = float((view * whole).sum()) / max(float((view * view).sum()), 1e-6)
-    # The worst channel per pixel: a change of hue (a red drawing made yellow, another skin
-    # tone) shows in one channel, and would be diluted by a mean over the three.
-    residual = np.abs(whole - gain * view).max(axis=2)  # (side, side)
-    contrast = max(float(np.abs(whole).max(axis=2).mean()), 1.0)
+    return max(_matched(view, whole), _matched(whole, view))
+
+
+def _matched(source: np.ndarray, target: np.ndarray) -> float:
+    """1 - the worst cell's difference between `target` and `source` matched to it (gain and
+    offset fitted where `target` is not clipped, the prediction clipped), relative to contrast."""
+    x, y = source.reshape(-1), target.reshape(-1)
+    inside = (y > 2) & (y < 253)
+    if inside.sum() < 16:  # nearly all black or white: match the values as they are
+        gain, offset = 1.0, 0.0
+    else:
+        xs, ys = x[inside], y[inside]
+        spread = float(xs.var())
+        gain = float(((xs - xs.mean()) * (ys - ys.mean())).mean()) / spread if spread > 1e-3 else 1.0
+        offset = float(ys.mean()) - gain * float(xs.mean())
+    predicted = np.clip(gain * source + offset, 0, 255)
+    residual = np.abs(target - predicted).max(axis=2)  # (side, side): the worst channel
+    contrast = max(float(np.abs(target - target.mean(axis=(0, 1))).max(axis=2).mean()), 4.0)
     cells = residual.reshape(SIGNATURE_SIDE // CELL, CELL, SIGNATURE_SIDE // CELL, CELL).mean(axis=(1, 3))
     return 1.0 - float(cells.max()) / contrast
 
