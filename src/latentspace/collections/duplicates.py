@@ -8,14 +8,15 @@ How the pairs are found. Each item's k nearest neighbours come from the collecti
 structure (exact inner products below the HNSW threshold, the HNSW index above it), so the cost
 grows as n * k, not n^2, on an indexed collection. A neighbour at cosine `similar` or more makes a
 pair. Embeddings alone cannot tell a near copy from another picture of the same thing: on the
-emoji below, distinct emoji of one concept family score up to 0.95 with each other, as high as a
-90%-crop of one emoji scores with itself. So a pair at cosine `near_candidate` or more has its two
-images read again and compared by pixels (`pixel_agreement`: the correlation of small thumbnails,
-the best over a few crop alignments, after each colour channel's mean is taken out, so a
-re-encoding, a resize, a small crop or a brightness change keeps it near 1 while a different
-drawing of a similar subject does not). Pixels that agree at `near_pixels` or more make a near
-pair; pixels that are identical (the hash of the decoded RGB pixels and size) an exact one. Items
-with the same sha256 (the same file bytes) are exact without being read.
+Noto emoji, distinct emoji (a man firefighter and a firefighter, two smileys) score 0.95-0.98
+with each other, as high as a 90% crop of an emoji scores with itself, and a brightened copy of a pale
+emoji can score as low as 0.55. So a pair at cosine `near_candidate` or more has its two images
+read again and compared by pixels (`pixel_agreement`: the thumbnails aligned over a few crops,
+matched in brightness, and the worst local difference left), so a re-encoding, a resize, a small
+crop or a brightness change keeps it high while a drawing that differs in one place does not.
+Pixels that agree at `near_pixels` or more make a near pair; pixels that are identical (the hash
+of the decoded RGB pixels and size) an exact one. Items with the same sha256 (the same file
+bytes) are exact without being read.
 
 A pair whose images cannot be read again (URLs, piped shards, files changed since the build) is
 not verified: it stays at the similar level at most and is counted in `unverified`.
