@@ -49,6 +49,7 @@ from machine import describe  # noqa: E402  (benchmarks/machine.py: the machine 
 from latentspace.collections import BuildSettings, Collection, build_collection  # noqa: E402
 from latentspace.collections.duplicates import (  # noqa: E402
     LEVELS,
+    Components,
     DuplicateSettings,
     Pair,
     candidate_pairs,
@@ -312,19 +313,11 @@ def _group_at(pairs: list[Pair], level: str, row: int) -> int | None:
     key = (id(pairs), level)
     if key not in _COMPONENTS:
         _COMPONENTS.clear() if len(_COMPONENTS) > 64 else None
-        parent: dict[int, int] = {}
-
-        def find(x: int) -> int:
-            parent.setdefault(x, x)
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
+        components = Components()
         for p in pairs:
             if STRICTNESS[p.level] <= STRICTNESS[level]:
-                parent[find(p.a)] = find(p.b)
-        _COMPONENTS[key] = ({r: find(r) for r in parent}, pairs)
+                components.join(p.a, p.b)
+        _COMPONENTS[key] = ({r: components.find(r) for r in components.rows()}, pairs)
     return _COMPONENTS[key][0].get(row)
 
 

@@ -406,28 +406,41 @@ def same_bytes_pairs(sha256: list[str | None]) -> dict[tuple[int, int], float]:
     return pairs
 
 
+class Components:
+    """Rows joined into connected components (union-find with path halving)."""
+
+    def __init__(self) -> None:
+        self._parent: dict[int, int] = {}
+
+    def find(self, row: int) -> int:
+        parent = self._parent
+        parent.setdefault(row, row)
+        while parent[row] != row:
+            parent[row] = parent[parent[row]]
+            row = parent[row]
+        return row
+
+    def join(self, a: int, b: int) -> None:
+        self._parent[self.find(a)] = self.find(b)
+
+    def rows(self) -> list[int]:
+        return list(self._parent)
+
+
 def group_pairs(pairs: list[Pair]) -> list[Group]:
     """Connected components per level (with the stricter levels' pairs), strictest first,
     each group's rows ascending; a group a stricter level already has is not repeated."""
-    parent: dict[int, int] = {}
-
-    def find(x: int) -> int:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    components = Components()
     groups: list[Group] = []
     seen: set[tuple[int, ...]] = set()
     for level in LEVELS:  # union-find carried over: each level adds its pairs to the stricter ones'
         for p in pairs:
             if p.level == level:
-                parent[find(p.a)] = find(p.b)
-        components: dict[int, list[int]] = {}
-        for row in parent:
-            components.setdefault(find(row), []).append(row)
-        for rows in sorted((sorted(r) for r in components.values() if len(r) > 1), key=lambda r: r[0]):
+                components.join(p.a, p.b)
+        members: dict[int, list[int]] = {}
+        for row in components.rows():
+            members.setdefault(components.find(row), []).append(row)
+        for rows in sorted((sorted(r) for r in members.values() if len(r) > 1), key=lambda r: r[0]):
             if tuple(rows) not in seen:
                 seen.add(tuple(rows))
                 groups.append(Group(level, rows))

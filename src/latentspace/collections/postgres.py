@@ -633,23 +633,7 @@ class PgCollection(Collection):
         return rows[0]
 
     def _hit_of(self, row: tuple, score: float | None) -> Hit:
-        r = dict(zip(store.META_COLUMNS, row))
-        return Hit(
-            id=r["id"],
-            score=score,
-            path=r["path"],
-            url=r["url"],
-            caption=r["caption"],
-            key=r["key"],
-            shard=r["shard"],
-            offset=r["offset"],
-            length=r["length"],
-            width=r["width"],
-            height=r["height"],
-            sha256=r["sha256"],
-            size=r["size"],
-            mtime_ns=r["mtime_ns"],
-        )
+        return Hit.from_meta(dict(zip(store.META_COLUMNS, row)), score)
 
     def item(self, item_id: str) -> Hit:
         return self._hit_of(self._find(item_id, with_vector=False), None)

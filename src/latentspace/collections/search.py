@@ -156,6 +156,26 @@ class Hit:
     size: int | None = None
     mtime_ns: int | None = None
 
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], score: float | None) -> Hit:
+        """A hit from an item's stored metadata (the store's META_COLUMNS, by name)."""
+        return cls(
+            id=meta["id"],
+            score=score,
+            path=meta["path"],
+            url=meta["url"],
+            caption=meta["caption"],
+            key=meta["key"],
+            shard=meta["shard"],
+            offset=meta["offset"],
+            length=meta["length"],
+            width=meta["width"],
+            height=meta["height"],
+            sha256=meta["sha256"],
+            size=meta["size"],
+            mtime_ns=meta["mtime_ns"],
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -270,23 +290,7 @@ class Collection:
         return row
 
     def _hit(self, row: int, score: float | None) -> Hit:
-        r = {name: self.meta.column(name)[row].as_py() for name in store.META_COLUMNS}
-        return Hit(
-            id=r["id"],
-            score=score,
-            path=r["path"],
-            url=r["url"],
-            caption=r["caption"],
-            key=r["key"],
-            shard=r["shard"],
-            offset=r["offset"],
-            length=r["length"],
-            width=r["width"],
-            height=r["height"],
-            sha256=r["sha256"],
-            size=r["size"],
-            mtime_ns=r["mtime_ns"],
-        )
+        return Hit.from_meta({name: self.meta.column(name)[row].as_py() for name in store.META_COLUMNS}, score)
 
     def item(self, item_id: str) -> Hit:
         """An item's metadata by id (or by path/URL/key when exactly one item has it)."""
