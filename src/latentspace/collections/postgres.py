@@ -590,25 +590,9 @@ class PgCollection(Collection):
         return self._count
 
     def info(self) -> dict[str, Any]:
-        m = self.manifest
-        return {
-            "name": m.name,
-            "directory": self.directory,
-            "store": self.directory,
-            "model": m.model,
-            "space": self.space,
-            "identity": m.identity.to_dict(),
-            "dim": m.dim,
-            "dtype": m.dtype,
-            "settings": m.settings,
-            "items": len(self),
-            "parts": len(m.parts),
-            "skipped": m.counts.get("skipped", 0),
-            "sources": [source.to_dict() for source in m.sources],
-            "search": "hnsw (pgvector)" if self._index_params else "exact",
-            "index": self._index_params,
-            "updated": m.updated,
-        }
+        search = "hnsw (pgvector)" if self._index_params else "exact"
+        info = store.manifest_info(self.manifest, directory=self.directory, items=len(self), search=search)
+        return {**info, "store": self.directory, "index": self._index_params}
 
     def skipped(self) -> list[dict[str, Any]]:
         return list(self._skipped)

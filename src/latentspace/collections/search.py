@@ -254,23 +254,8 @@ class Collection:
         return self.meta.num_rows
 
     def info(self) -> dict[str, Any]:
-        m = self.manifest
-        return {
-            "name": m.name,
-            "directory": str(self.directory),
-            "model": m.model,
-            "space": self.space,
-            "identity": m.identity.to_dict(),
-            "dim": m.dim,
-            "dtype": m.dtype,
-            "settings": m.settings,
-            "items": len(self),
-            "parts": len(m.parts),
-            "skipped": m.counts.get("skipped", 0),
-            "sources": [source.to_dict() for source in m.sources],
-            "search": "hnsw" if self._index is not None else "exact",
-            "updated": m.updated,
-        }
+        search = "hnsw" if self._index is not None else "exact"
+        return store.manifest_info(self.manifest, directory=str(self.directory), items=len(self), search=search)
 
     def skipped(self) -> list[dict[str, Any]]:
         return store.read_skipped(self.directory)

@@ -263,6 +263,27 @@ class Manifest:
         return next((i for i, s in enumerate(self.sources) if s.location == location), None)
 
 
+def manifest_info(manifest: Manifest, *, directory: str, items: int, search: str) -> dict[str, Any]:
+    """What `collection info` shows of a collection, whichever store holds it."""
+    m = manifest
+    return {
+        "name": m.name,
+        "directory": directory,
+        "model": m.model,
+        "space": str(m.identity),
+        "identity": m.identity.to_dict(),
+        "dim": m.dim,
+        "dtype": m.dtype,
+        "settings": m.settings,
+        "items": items,
+        "parts": len(m.parts),
+        "skipped": m.counts.get("skipped", 0),
+        "sources": [source.to_dict() for source in m.sources],
+        "search": search,
+        "updated": m.updated,
+    }
+
+
 def resolve_collection(name_or_dir: str | os.PathLike, root: Path = DEFAULT_ROOT) -> Path:
     """A collection directory from a path (holding collection.json) or a name under `root`."""
     text = str(name_or_dir)
