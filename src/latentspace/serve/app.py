@@ -391,3 +391,7 @@ def _mount_page(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def search_page() -> FileResponse:
         return FileResponse(web / "index.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    @app.get("/duplicates", include_in_schema=False)
+    async def duplicates_page() -> FileResponse:
+        return FileResponse(web / "duplicates.html", media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
