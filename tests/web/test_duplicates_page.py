@@ -7,15 +7,8 @@ from __future__ import annotations
 import httpx
 import pytest
 from PIL import Image
-
-from latentspace.collections import build_collection
-from latentspace.serve.settings import ServeSettings
-
-import fakes
-from fakes import LiveServer
-from test_search_page import (  # noqa: F401  (browser: the module's chromium fixture)
+from test_search_page import (
     WEB,
-    browser,
     by_css,
     colour_loader,
     message,
@@ -23,6 +16,12 @@ from test_search_page import (  # noqa: F401  (browser: the module's chromium fi
     wait,
     wait_for_collections,
 )
+
+from latentspace.collections import build_collection
+from latentspace.serve.settings import ServeSettings
+
+import fakes
+from fakes import LiveServer
 
 ORIGINALS = ["red circle", "green square", "blue triangle", "yellow circle", "red square"]
 

@@ -26,18 +26,6 @@ from latentspace.serve.settings import ServeSettings
 import fakes
 from fakes import LiveServer
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,900",
-)
 KEY = "page-test-key-5678"
 HOSTILE = "<script>window.__pwned = 1</script><b>bold</b>"
 WEB = Path(__file__).resolve().parents[2] / "src" / "latentspace" / "web"
@@ -113,38 +101,6 @@ def keyed_server(drawings):
     )
     with LiveServer(settings, loader=colour_loader) as live:
         yield live.wait_ready()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        pytest.skip(
-            f"the browser tests need Debian's chromium and chromium-driver ({' and '.join(missing)} "
-            "missing): apt-get install chromium chromium-driver"
-        )
-    pytest.importorskip("selenium", reason="the browser tests need selenium (pip install -e '.[dev]')")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    saved = os.environ.get("SE_OFFLINE")
-    os.environ["SE_OFFLINE"] = "true"  # selenium-manager (unused with explicit paths) must never download
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        if saved is None:
-            os.environ.pop("SE_OFFLINE", None)
-        else:
-            os.environ["SE_OFFLINE"] = saved
 
 
 # -- helpers -------------------------------------------------------------------------------------
