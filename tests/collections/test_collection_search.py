@@ -56,14 +56,15 @@ def test_image_and_like_search(built, colour_model, tmp_path):
 
 
 def test_filters_and_min_score(built, colour_model):
-    in_sub = built.search_text(colour_model, "red", k=10, filters=Filters(path_prefix="sub/"))
+    # min_relevance=0: every result, however weak (this test is about the filters and scores)
+    in_sub = built.search_text(colour_model, "red", k=10, filters=Filters(path_prefix="sub/"), min_relevance=0)
     assert len(in_sub) == 4 and all(h.key.startswith("sub/") for h in in_sub)
     assert colour_of(in_sub[0]) == "red"
     absolute = built.search_text(
         colour_model, "red", k=10, filters=Filters(path_prefix=str(built.item(in_sub[0].id).path))
     )
     assert [h.id for h in absolute] == [in_sub[0].id]
-    strong = built.search_text(colour_model, "red", k=10, min_score=0.9)
+    strong = built.search_text(colour_model, "red", k=10, min_score=0.9, min_relevance=0)
     assert strong and all(h.score >= 0.9 for h in strong) and len(strong) < 10
     assert built.search_text(colour_model, "red", k=10, min_score=1.01) == []
     assert built.search_text(colour_model, "red", filters=Filters(path_prefix="nowhere/")) == []
@@ -79,7 +80,7 @@ def test_caption_filter_on_a_table(tmp_path, colour_model):
     (tmp_path / "list.csv").write_text("path,caption\n" + "\n".join(rows) + "\n")
     build_collection(tmp_path / "c", colour_model, tmp_path / "list.csv")
     found = Collection.open(tmp_path / "c")
-    hits = found.search_text(colour_model, "red", k=5, filters=Filters(caption_contains="circle"))
+    hits = found.search_text(colour_model, "red", k=5, filters=Filters(caption_contains="circle"), min_relevance=0)
     assert [h.caption for h in hits][:1] == ["A RED CIRCLE drawing"] and all("CIRCLE" in h.caption for h in hits)
     assert len(hits) == 4
 
@@ -163,7 +164,7 @@ def test_hnsw_matches_exact_search(tmp_path, colour_model):
     assert HnswIndex.load(tmp_path / "ann" / "index") is None
     assert not (tmp_path / "ann" / "index" / "hnsw.faiss").exists()
     assert Collection.open(tmp_path / "ann").info()["search"] == "exact"
-    assert len(Collection.open(tmp_path / "ann").search_text(colour_model, "red", k=10)) == 4
+    assert len(Collection.open(tmp_path / "ann").search_text(colour_model, "red", k=10, min_relevance=0)) == 4
 
 
 @pytest.fixture

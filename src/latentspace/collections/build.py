@@ -70,7 +70,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from latentspace.collections import store
+from latentspace.collections import relevance, store
 from latentspace.collections.commit import commit, stage_rewrites, sync_index
 from latentspace.collections.engines import Engine, check_engine, open_engine
 from latentspace.collections.plan import Plan, make_plan
@@ -101,6 +101,8 @@ class BuildReport:
     seconds: float = 0.0  # the whole build, model loading included
     embed_seconds: float = 0.0  # embedding units only (what images/s is measured over)
     index: str = "exact"
+    relevance: str = ""  # what the build did to the relevance calibration (relevance.refresh)
+    relevance_seconds: float = 0.0
     resumed_plan: bool = False
 
     @property
@@ -202,6 +204,9 @@ def build_collection(
             runtime.close()
             units_engine.close()
         report.index = sync_index(directory, manifest)
+        calibrating = time.perf_counter()
+        report.relevance = relevance.refresh(directory, manifest, embedder)
+        report.relevance_seconds = time.perf_counter() - calibrating
         report.skipped = len(store.read_skipped(directory))
         report.items = sum(p.rows for p in manifest.parts)
         report.seconds = time.perf_counter() - started

@@ -211,6 +211,7 @@ class Manifest:
     hnsw_min_rows: int | None = None  # an HNSW index from this many rows; None: index.EXACT_MAX_FLOATS decides
     counts: dict[str, int] = field(default_factory=dict)
     updated: str = ""
+    relevance: dict[str, Any] | None = None  # the relevance calibration (relevance.Calibration.to_dict)
 
     @property
     def dim(self) -> int:
@@ -232,6 +233,7 @@ class Manifest:
             "hnsw_min_rows": self.hnsw_min_rows,
             "counts": self.counts,
             "updated": self.updated,
+            "relevance": self.relevance,
         }
 
     @classmethod
@@ -250,6 +252,7 @@ class Manifest:
             hnsw_min_rows=d.get("hnsw_min_rows"),
             counts=d.get("counts", {}),
             updated=d.get("updated", ""),
+            relevance=d.get("relevance"),
         )
 
     @classmethod

@@ -162,6 +162,8 @@ def add_collection_routes(
         return SearchResult(
             id=hit.id,
             score=hit.score,
+            relevance=hit.relevance,
+            match=bool(hit.match),
             path=hit.path,
             url=hit.url,
             caption=hit.caption,
@@ -179,8 +181,8 @@ def add_collection_routes(
     ) -> SearchResponse:
         """Embed the text terms on the query model, look up the item terms, and search with their
         weighted sum (plus an uploaded image's vector, already embedded)."""
-        from latentspace.collections import Filters, QueryError, weighted_query
-        from latentspace.collections.search import ItemNotFound
+        from latentspace.collections import CollectionError, Filters, QueryError, weighted_query
+        from latentspace.collections.search import ItemNotFound, bar_for
 
         filters = Filters(path_prefix=f.path_prefix or None, caption_contains=f.caption_contains or None)
         c = served.collection
@@ -194,20 +196,30 @@ def add_collection_routes(
             vectors.append(image[0])
             weights.append(image[1])
 
+        # the default bar is for a query of one text (what the calibration is made of)
+        one_text = image is None and len(terms) == 1 and terms[0].text is not None and terms[0].weight > 0
+        bar = bar_for(f.min_relevance, text_only=one_text)
+
         def run():
             liked = [term for term in terms if term.like is not None]
             named = [c.item(term.like).id for term in liked]  # an id, or a path in the collection
             combined = weighted_query(vectors + [c.vector(i) for i in named], weights + [t.weight for t in liked])
-            return c.search_vector(combined, f.k, f.min_score, filters, exclude=named)
+            return c.search_vector(combined, f.k, f.min_score, filters, exclude=named, min_relevance=bar)
 
         try:
             hits = await asyncio.get_running_loop().run_in_executor(None, run)
+            applied = c.relevance_bar(bar)
         except ItemNotFound as e:
             raise ApiError(404, str(e)) from e
-        except QueryError as e:
+        except (QueryError, CollectionError) as e:
             raise ApiError(422, str(e)) from e
         return SearchResponse(
-            collection=served.name, space=c.space, query=query, results=[result(served, h) for h in hits]
+            collection=served.name,
+            space=c.space,
+            query=query,
+            results=[result(served, h) for h in hits],
+            matches=hits.matches,
+            min_relevance=applied,
         )
 
     @app.get(
