@@ -49,7 +49,7 @@ def bank_digest(texts: list[str]) -> str:
     return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Calibration:
     """What a collection carries to turn its cosines into relevance (see the module docstring)."""
 
@@ -81,22 +81,23 @@ class Calibration:
 
 
 def share_beaten(values: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """The null's distribution function, made continuous and strictly increasing: the i-th of n
-    sorted values maps to (i + 0.5) / n, linearly in between; below the lowest and above the
-    highest the remaining 0.5 / n decays exponentially with the null's standard deviation as the
-    length scale (so scores beyond every bank match still keep their order)."""
+    """The null's distribution function, made continuous and strictly increasing: a value of the
+    null maps to the share of the null below it plus half the share equal to it (within 1e-6:
+    ties are one point), linearly in between; below the lowest and above the highest the
+    remaining share decays exponentially, with the null's standard deviation as the length
+    scale, so scores beyond every bank match still keep their order."""
     values = np.asarray(values, dtype=np.float64)
     n = len(null)
     if n == 0:
         return np.full(values.shape, np.nan)
     null = np.sort(np.asarray(null, dtype=np.float64))
+    xs, first, counts = np.unique(np.round(null, 6), return_index=True, return_counts=True)
+    ps = (first + counts / 2) / n
     scale = max(float(null.std()), 1e-3)
-    ps = (np.arange(n) + 0.5) / n
-    xs = null + np.arange(n) * 1e-9  # ties would stop np.interp's x from increasing
     out = np.interp(values, xs, ps)
     low, high = values < xs[0], values > xs[-1]
-    out[low] = 0.5 / n * np.exp((values[low] - xs[0]) / scale)
-    out[high] = 1.0 - 0.5 / n * np.exp(-(values[high] - xs[-1]) / scale)
+    out[low] = ps[0] * np.exp((values[low] - xs[0]) / scale)
+    out[high] = 1.0 - (1.0 - ps[-1]) * np.exp(-(values[high] - xs[-1]) / scale)
     return np.clip(out, 0.0, 1.0)
 
 
