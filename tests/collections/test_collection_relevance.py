@@ -9,11 +9,10 @@ import json
 
 import numpy as np
 import pytest
+from collection_fakes import save_drawing
 from typer.testing import CliRunner
 
 from latentspace.collections import BuildSettings, Collection, CollectionError, build_collection, relevance
-
-from collection_fakes import save_drawing
 
 SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
 
