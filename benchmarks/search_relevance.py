@@ -133,6 +133,7 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 METHODS = ("cosine", "null", "standardised")
+EXAMPLES = ("a red heart", "an x-ray of a broken femur", "a cat", "a spreadsheet", "a car", "a wedding photo")
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
@@ -161,12 +162,19 @@ def vectors(collection: Collection) -> np.ndarray:
 
 
 def judge(
-    collection: Collection, standardised: Standardised, queries: np.ndarray, right: list[set[str]] | None
+    collection: Collection,
+    standardised: Standardised,
+    queries: np.ndarray,
+    right: list[set[str]] | None,
+    names: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per query: the best hit's raw score and relevances, and (with `right`, the right items'
-    captions per query) the right item's best rank in the top K (K when absent) and relevances."""
+    captions per query) the right item's best rank in the top K (K when absent) and relevances;
+    with `names` (the queries' texts), whether the best hit's name shares a word of 4+ letters
+    with the query (an absent concept answered by a near namesake: "baby chick" by "hatching
+    chick")."""
     out: dict[str, list[float]] = {f"{w}_{m}": [] for w in ("best", "right") for m in METHODS}
-    out["right_rank"] = []
+    out["right_rank"], out["namesake"] = [], []
     for i, query in enumerate(queries):
         hits = collection.search_vector(query, K, min_relevance=0.0)
         scores = np.array([h.score for h in hits])
@@ -177,6 +185,9 @@ def judge(
         }
         for method, v in values.items():
             out[f"best_{method}"].append(float(v[0]))
+        if names is not None:
+            words = {w for w in names[i].lower().replace(",", " ").split() if len(w) > 3}
+            out["namesake"].append(float(any(w in (hits[0].caption or "").lower() for w in words)))
         if right is not None:
             ranks = [r for r, h in enumerate(hits) if h.caption in right[i]]
             rank = ranks[0] if ranks else K
@@ -209,6 +220,12 @@ def report(label: str, present: dict[str, np.ndarray], absent: dict[str, np.ndar
             shows = float(((present["right_rank"] < K) & (present[f"right_{method}"] >= t)).mean())
             answered = float((present[f"best_{method}"] >= t).mean())
             mark = " (default)" if t == threshold else ""
+            if len(absent["namesake"]) and t == threshold:
+                answered_absent = absent[f"best_{method}"] >= t
+                namesakes = int((answered_absent & (absent["namesake"] > 0)).sum())
+                mark += (
+                    f" [{namesakes} of the {int(answered_absent.sum())} absent queries answered have a namesake on top]"
+                )
             print(
                 f"  min_relevance {t}{mark} ({method}): absent answered 'nothing' {nothing:.3f}; present with the "
                 f"right item shown {shows:.3f} (answered at all {answered:.3f})"
@@ -289,13 +306,45 @@ def main() -> None:
 
     bank = model.embed_texts(relevance.bank_texts(), "search_query").numpy()
     standardised = {label: Standardised(vectors(c), bank) for label, c in collections.items()}
+    judged = {}
     for label, collection in collections.items():
         captions = collection.meta.column("caption").to_pylist()
         ids = {names.index(c) for c in captions}
         present_names, present_vectors, absent_names, absent_vectors = text_queries(model, names, held, ids)
         present = judge(collection, standardised[label], present_vectors, [{n} for n in present_names])
-        absent = judge(collection, standardised[label], absent_vectors, None)
+        absent = judge(collection, standardised[label], absent_vectors, None, absent_names)
         report(f"{label}/text", present, absent, args.threshold)
+        judged[label] = present, absent
+
+    # one bar for both collections: relevance at the default vs the cosine that bar means on noto
+    grid = np.linspace(-1.0, 1.0, 200001)
+    cosine_at = {
+        label: float(grid[np.searchsorted(c.calibration.relevance(grid), args.threshold)])  # type: ignore[union-attr]
+        for label, c in collections.items()
+    }
+    print(
+        f"\nthe default bar {args.threshold} is cosine {cosine_at['noto']:.3f} on noto and "
+        f"{cosine_at['openmoji']:.3f} on openmoji; the noto cosine as a fixed min_score on openmoji:"
+    )
+    present, absent = judged["openmoji"]
+    bar = cosine_at["noto"]
+    nothing = float((absent["best_cosine"] < bar).mean())
+    shows = float(((present["right_rank"] < K) & (present["right_cosine"] >= bar)).mean())
+    print(
+        f"  openmoji, min_score {bar:.3f}: absent answered 'nothing' {nothing:.3f}; present with the right item shown {shows:.3f}"
+    )
+    print(
+        f"    machine: relevance openmoji/text fixed_cosine={bar:.4f} absent_nothing={nothing:.4f} present_right_shown={shows:.4f}"
+    )
+
+    # the issue's two queries, and a few more, as a user meets them (default bar)
+    for label, collection in collections.items():
+        for text in EXAMPLES:
+            hits = collection.search_text(model, text, k=20)
+            print(
+                f"  {label}: {text!r}: best score {hits[0].score:.3f}, relevance {hits[0].relevance:.3f}, "
+                f"matches {hits.matches} of k=20 (best: {hits[0].caption})"
+            )
 
     # image queries: OpenMoji images against the Noto collection
     omoji = collections["openmoji"]

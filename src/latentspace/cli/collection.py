@@ -119,6 +119,7 @@ def collection_build(
             f"{report.images_embedded} images in {report.parts_embedded} parts{rate}"
             + (f", {report.parts_resumed} parts kept from the interrupted build" if report.parts_resumed else "")
             + f"; skipped {report.skipped} (see skipped.jsonl in {report.directory}); search: {report.index}"
+            + f"; relevance: {report.relevance}"
         ),
         soft_wrap=True,
     )
@@ -279,6 +280,7 @@ def collection_info(
         "parts",
         "skipped",
         "search",
+        "relevance",
         "updated",
     ):
         out.print(Text(f"{key}: {info[key]}"), soft_wrap=True)

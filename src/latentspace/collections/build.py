@@ -47,6 +47,11 @@ A row leaves by rewriting its part without it (vectors copied, not recomputed), 
 always hold exactly the live collection: no tombstones for readers to apply. A part rewrite
 copies at most `files_per_part` rows; the old file is replaced atomically at commit.
 
+**Relevance.** Once the index is in line, the build brings the relevance calibration up to date
+(relevance.py): the best score of each of a bank of generic queries over the collection, kept in
+collection.json. It is recomputed only when the rows changed (a digest of their seq numbers),
+so a build that finds nothing new skips it; it costs one pass over the vectors.
+
 **Skipped items** (unreadable, empty, corrupt, not an image, over --max-pixels, refused URLs)
 are never fatal: they are listed in skipped.jsonl with the reason. A skipped file is not read
 again until its size or mtime changes; a skipped URL is retried by the next build (network

@@ -14,6 +14,11 @@ query model must be in the collection's latent space, or it is refused. Filters 
 prefix, caption substring) restrict the candidates before ranking; with a filter that leaves few
 rows the search is exact over them, otherwise the HNSW search skips excluded rows (an
 allow-list), so filtered results are as complete as unfiltered.
+
+Every hit carries `relevance` (0..1, relevance.py) beside its cosine `score`; a query of one text
+keeps only the hits reaching `min_relevance` (default relevance.DEFAULT_MIN_RELEVANCE), and when
+none does the answer (`Hits`) has `matches` 0 and still holds the nearest hits, marked as below
+the bar. Both stores answer through `Collection.search_vector`; each ranks with its own `_nearest`.
 """
 
 from __future__ import annotations

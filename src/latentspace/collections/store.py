@@ -2,7 +2,8 @@
 
     DIR/
       collection.json     the manifest: model spec, space identity, dim, dtype, the settings that
-                          shaped the vectors, sources, the list of committed parts, counts
+                          shaped the vectors, sources, the list of committed parts, counts, the
+                          relevance calibration (relevance.py)
       parts/part-000000.parquet ...
                           the vectors and their metadata, one row per live item (below)
       skipped.jsonl       items left out, one JSON object a line: key, path/url/shard, reason
@@ -284,6 +285,7 @@ def manifest_info(manifest: Manifest, *, directory: str, items: int, search: str
         "sources": [source.to_dict() for source in m.sources],
         "search": search,
         "updated": m.updated,
+        "relevance": f"calibrated over {m.relevance['rows']} rows" if m.relevance else "none (build it again)",
     }
 
 

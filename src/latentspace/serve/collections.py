@@ -2,7 +2,7 @@
 Their bodies are typed in serve/schemas.py.
 
     GET  /v1/collections                               each collection: space, model, counts
-    POST /v1/collections/{name}/search                 JSON: {text | like | terms, k, min_score, filters}
+    POST /v1/collections/{name}/search                 JSON: {text | like | terms, k, min_score, min_relevance, filters}
     POST /v1/collections/{name}/search/image           multipart: an `image` file part (+ terms, the same fields)
     GET  /v1/collections/{name}/items/{id}             an item's metadata
     GET  /v1/collections/{name}/items/{id}/thumbnail   a small JPEG of the item (`size` px, at most 512)
@@ -13,6 +13,11 @@ names, loaded as one more served model (`collection:NAME`). Queries go through t
 inference worker like any embedding request, so they are batched with the rest of the traffic.
 A query of several weighted terms (texts, items, an uploaded image) embeds each term that way and
 searches with the normalised weighted sum of their unit vectors (collections.search.weighted_query).
+
+Every result has `score` (cosine) and `relevance` (0..1, collections/relevance.py); the answer's
+`matches` counts the results that reach min_relevance (default: the collection's bar for a query
+of one text, none for the rest). With `matches` 0 the results are the nearest items all the same,
+each with `match` false, so a client that only reads `results` and `score` keeps working.
 
 Thumbnails are read from what the collection recorded for an item id (its file, or its bytes in
 a local shard), checked against the recorded sha256; nothing from the request is ever used as a
