@@ -331,10 +331,12 @@ def main() -> None:
     nothing = float((absent["best_cosine"] < bar).mean())
     shows = float(((present["right_rank"] < K) & (present["right_cosine"] >= bar)).mean())
     print(
-        f"  openmoji, min_score {bar:.3f}: absent answered 'nothing' {nothing:.3f}; present with the right item shown {shows:.3f}"
+        f"  openmoji, min_score {bar:.3f}: absent answered 'nothing' {nothing:.3f}; "
+        f"present with the right item shown {shows:.3f}"
     )
     print(
-        f"    machine: relevance openmoji/text fixed_cosine={bar:.4f} absent_nothing={nothing:.4f} present_right_shown={shows:.4f}"
+        f"    machine: relevance openmoji/text fixed_cosine={bar:.4f} absent_nothing={nothing:.4f} "
+        f"present_right_shown={shows:.4f}"
     )
 
     # the two queries, and a few more, as a user meets them (default bar)
