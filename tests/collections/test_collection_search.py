@@ -186,16 +186,17 @@ def test_weighted_terms_push_away_from_negative_terms(swatches, colour_model):
         return [h.key.removesuffix(".png") for h in swatches.search_terms(colour_model, terms, **kw)]
 
     red = Term("text", "red")
-    assert ranking([red], k=2) == ["red", "purple"]  # purple is half red
+    assert ranking([red], k=2, min_relevance=0) == ["red", "purple"]  # purple is half red
     # minus blue: purple (half blue) falls below green (no blue at all); were the weight
     # ignored, red + blue would rank purple first
     assert ranking([red, Term("text", "blue", -1.0)]) == ["red", "green", "purple", "blue"]
     assert ranking([red, Term("text", "blue")])[0] == "purple"
     # one term: the same as the single-query methods
     single = swatches.search_terms(colour_model, [red], k=4)
-    assert [(h.id, round(h.score, 5)) for h in single] == [
-        (h.id, round(h.score, 5)) for h in swatches.search_text(colour_model, "red", k=4)
+    assert [(h.id, round(h.score, 5), round(h.relevance, 5)) for h in single] == [
+        (h.id, round(h.score, 5), round(h.relevance, 5)) for h in swatches.search_text(colour_model, "red", k=4)
     ]
+    assert single.matches == len(single)  # the same bar: a text alone is cut like a text query
     # an item term: its own vector, and the item itself left out; like red minus blue
     purple = swatches.item("purple.png").id
     assert ranking([Term("like", purple)]) == [h.key.removesuffix(".png") for h in swatches.search_like(purple)]
