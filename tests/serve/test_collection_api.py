@@ -247,6 +247,14 @@ def test_the_python_client_searches_locally_and_through_the_server(server, libra
     assert all("green" in r["path"] for r in by_image)
     like = collection.search("drawings", like=remote[0]["id"], k=1, base_url=server.url, api_key=KEY)
     assert like[0]["id"] != remote[0]["id"] and "red" in like[0]["path"]
+    # relevance and matches come through the client as they do locally
+    assert remote.matches == 2 and all(r["match"] and r["relevance"] >= 0.9 for r in remote)
+    nothing = collection.search("drawings", text="a plain sentence", k=3, base_url=server.url, api_key=KEY)
+    assert nothing.matches == 0 and len(nothing) == 3 and not any(r["match"] for r in nothing)
+    every = collection.search(
+        "drawings", text="a plain sentence", k=3, min_relevance=0, base_url=server.url, api_key=KEY
+    )
+    assert every.matches == 3
     with pytest.raises(ValueError, match="exactly one query"):
         collection.search("drawings", text="red", like="x")
 
