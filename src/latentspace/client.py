@@ -16,7 +16,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -33,6 +33,21 @@ from latentspace.inputs import DataUrlError, is_data_url, parse_data_url
 BASE_URL_ENV = "LATENTSPACE_BASE_URL"
 API_KEY_ENV = "LATENTSPACE_API_KEY"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class SearchResults(list):
+    """A collection search's results, best first (a list of dicts, as ever), with `matches`: how
+    many reach the search's min_relevance. With `matches` 0 the list holds the nearest results
+    all the same, each with "match" False: nothing in the collection looks like the query."""
+
+    def __init__(self, results: Iterable[dict[str, Any]] = (), matches: int | None = None) -> None:
+        super().__init__(results)
+        self.matches = len(self) if matches is None else matches
+
+    @classmethod
+    def of(cls, answer: dict[str, Any]) -> SearchResults:
+        """From a search response (a server without relevance sends no `matches`: all match)."""
+        return cls(answer["results"], answer.get("matches"))
 
 
 class RemoteError(RuntimeError):
@@ -197,15 +212,18 @@ class RemoteClient:
         min_score: float | None = None,
         path_prefix: str | None = None,
         caption_contains: str | None = None,
-    ) -> list[dict]:
-        """Results of POST /v1/collections/NAME/search (or /search/image), best first. `terms`:
-        weighted texts and items ({"text": ...} / {"like": ID}, optional "weight") and at most one
-        image ({"image": path, bytes or PIL image}), which goes as the uploaded image."""
+        min_relevance: float | None = None,
+    ) -> SearchResults:
+        """Results of POST /v1/collections/NAME/search (or /search/image), best first, with the
+        answer's `matches`. `terms`: weighted texts and items ({"text": ...} / {"like": ID},
+        optional "weight") and at most one image ({"image": path, bytes or PIL image}), which goes
+        as the uploaded image."""
         fields = {
             key: value
             for key, value in (
                 ("k", k),
                 ("min_score", min_score),
+                ("min_relevance", min_relevance),
                 ("path_prefix", path_prefix),
                 ("caption_contains", caption_contains),
             )
@@ -223,7 +241,7 @@ class RemoteClient:
                 if others:
                     fields["terms"] = json.dumps(others)
             else:
-                return self._post(path, json={**fields, "terms": others})["results"]
+                return SearchResults.of(self._post(path, json={**fields, "terms": others}))
         if image is not None:
             kind, part = _as_part(0, image)
             if kind == "urls":
@@ -233,7 +251,7 @@ class RemoteClient:
             )
         else:
             answer = self._post(path, json={**fields, **({"text": text} if like is None else {"like": like})})
-        return answer["results"]
+        return SearchResults.of(answer)
 
     # -- plumbing --------------------------------------------------------------------------------
     def _gather(self, chunks: list, send, model: str | None) -> dict[str, Any]:

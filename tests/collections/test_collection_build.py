@@ -117,7 +117,9 @@ def test_cli_build_and_search_json(tmp_path, text_tower):
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert len(lines) == 3
-    assert all(set(line) == {"id", "score", "path", "url", "caption"} for line in lines)
+    assert all(
+        set(line) == {"id", "score", "relevance", "match", "matches", "path", "url", "caption"} for line in lines
+    )
     assert [line["score"] for line in lines] == sorted((line["score"] for line in lines), reverse=True)
     assert all(Path(line["path"]).parent == images for line in lines)
 

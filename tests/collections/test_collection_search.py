@@ -56,14 +56,15 @@ def test_image_and_like_search(built, colour_model, tmp_path):
 
 
 def test_filters_and_min_score(built, colour_model):
-    in_sub = built.search_text(colour_model, "red", k=10, filters=Filters(path_prefix="sub/"))
+    # min_relevance=0: every result, however weak (this test is about the filters and scores)
+    in_sub = built.search_text(colour_model, "red", k=10, filters=Filters(path_prefix="sub/"), min_relevance=0)
     assert len(in_sub) == 4 and all(h.key.startswith("sub/") for h in in_sub)
     assert colour_of(in_sub[0]) == "red"
     absolute = built.search_text(
         colour_model, "red", k=10, filters=Filters(path_prefix=str(built.item(in_sub[0].id).path))
     )
     assert [h.id for h in absolute] == [in_sub[0].id]
-    strong = built.search_text(colour_model, "red", k=10, min_score=0.9)
+    strong = built.search_text(colour_model, "red", k=10, min_score=0.9, min_relevance=0)
     assert strong and all(h.score >= 0.9 for h in strong) and len(strong) < 10
     assert built.search_text(colour_model, "red", k=10, min_score=1.01) == []
     assert built.search_text(colour_model, "red", filters=Filters(path_prefix="nowhere/")) == []
@@ -79,7 +80,7 @@ def test_caption_filter_on_a_table(tmp_path, colour_model):
     (tmp_path / "list.csv").write_text("path,caption\n" + "\n".join(rows) + "\n")
     build_collection(tmp_path / "c", colour_model, tmp_path / "list.csv")
     found = Collection.open(tmp_path / "c")
-    hits = found.search_text(colour_model, "red", k=5, filters=Filters(caption_contains="circle"))
+    hits = found.search_text(colour_model, "red", k=5, filters=Filters(caption_contains="circle"), min_relevance=0)
     assert [h.caption for h in hits][:1] == ["A RED CIRCLE drawing"] and all("CIRCLE" in h.caption for h in hits)
     assert len(hits) == 4
 
@@ -163,7 +164,7 @@ def test_hnsw_matches_exact_search(tmp_path, colour_model):
     assert HnswIndex.load(tmp_path / "ann" / "index") is None
     assert not (tmp_path / "ann" / "index" / "hnsw.faiss").exists()
     assert Collection.open(tmp_path / "ann").info()["search"] == "exact"
-    assert len(Collection.open(tmp_path / "ann").search_text(colour_model, "red", k=10)) == 4
+    assert len(Collection.open(tmp_path / "ann").search_text(colour_model, "red", k=10, min_relevance=0)) == 4
 
 
 @pytest.fixture
@@ -185,16 +186,17 @@ def test_weighted_terms_push_away_from_negative_terms(swatches, colour_model):
         return [h.key.removesuffix(".png") for h in swatches.search_terms(colour_model, terms, **kw)]
 
     red = Term("text", "red")
-    assert ranking([red], k=2) == ["red", "purple"]  # purple is half red
+    assert ranking([red], k=2, min_relevance=0) == ["red", "purple"]  # purple is half red
     # minus blue: purple (half blue) falls below green (no blue at all); were the weight
     # ignored, red + blue would rank purple first
     assert ranking([red, Term("text", "blue", -1.0)]) == ["red", "green", "purple", "blue"]
     assert ranking([red, Term("text", "blue")])[0] == "purple"
     # one term: the same as the single-query methods
     single = swatches.search_terms(colour_model, [red], k=4)
-    assert [(h.id, round(h.score, 5)) for h in single] == [
-        (h.id, round(h.score, 5)) for h in swatches.search_text(colour_model, "red", k=4)
+    assert [(h.id, round(h.score, 5), round(h.relevance, 5)) for h in single] == [
+        (h.id, round(h.score, 5), round(h.relevance, 5)) for h in swatches.search_text(colour_model, "red", k=4)
     ]
+    assert single.matches == len(single)  # the same bar: a text alone is cut like a text query
     # an item term: its own vector, and the item itself left out; like red minus blue
     purple = swatches.item("purple.png").id
     assert ranking([Term("like", purple)]) == [h.key.removesuffix(".png") for h in swatches.search_like(purple)]

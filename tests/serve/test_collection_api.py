@@ -79,6 +79,26 @@ def test_text_search_ranks_by_meaning_and_filters(server):
     assert strict and all(r["score"] >= 0.9 for r in strict) and all("green" in r["path"] for r in strict)
 
 
+def test_relevance_min_relevance_and_matches(server):
+    red = search(server, {"text": "something red", "k": 10}).json()
+    # the default bar: only the red drawings (3), each with its relevance; score as ever
+    assert red["matches"] == len(red["results"]) == 3 and red["min_relevance"] == 0.9
+    assert all(r["match"] and r["relevance"] >= 0.9 and "red" in r["path"] for r in red["results"])
+    assert [r["score"] for r in red["results"]] == sorted((r["score"] for r in red["results"]), reverse=True)
+    # nothing red, green, blue or yellow asked for: nothing here; the nearest are still sent, below the bar
+    nothing = search(server, {"text": "an x-ray of a broken femur", "k": 5}).json()
+    assert nothing["matches"] == 0 and len(nothing["results"]) == 5
+    assert all(r["match"] is False and r["relevance"] < 0.9 for r in nothing["results"])
+    every = search(server, {"text": "an x-ray of a broken femur", "k": 5, "min_relevance": 0}).json()
+    assert every["matches"] == 5 and every["min_relevance"] == 0 and all(r["match"] for r in every["results"])
+    # an item query is not cut unless asked
+    like = search(server, {"like": red["results"][0]["id"], "k": 4}).json()
+    assert like["matches"] == 4 and like["min_relevance"] == 0
+    assert search(server, {"like": red["results"][0]["id"], "k": 4, "min_relevance": 1}).json()["matches"] == 0
+    bad = search(server, {"text": "red", "min_relevance": 1.5})
+    assert bad.status_code == 422 and "min_relevance" in bad.text
+
+
 def test_image_search_and_more_like_this(server):
     upload = io.BytesIO()
     fakes.draw("yellow square", size=40, style=1).save(upload, format="PNG")
@@ -227,6 +247,14 @@ def test_the_python_client_searches_locally_and_through_the_server(server, libra
     assert all("green" in r["path"] for r in by_image)
     like = collection.search("drawings", like=remote[0]["id"], k=1, base_url=server.url, api_key=KEY)
     assert like[0]["id"] != remote[0]["id"] and "red" in like[0]["path"]
+    # relevance and matches come through the client as they do locally
+    assert remote.matches == 2 and all(r["match"] and r["relevance"] >= 0.9 for r in remote)
+    nothing = collection.search("drawings", text="a plain sentence", k=3, base_url=server.url, api_key=KEY)
+    assert nothing.matches == 0 and len(nothing) == 3 and not any(r["match"] for r in nothing)
+    every = collection.search(
+        "drawings", text="a plain sentence", k=3, min_relevance=0, base_url=server.url, api_key=KEY
+    )
+    assert every.matches == 3
     with pytest.raises(ValueError, match="exactly one query"):
         collection.search("drawings", text="red", like="x")
 

@@ -183,14 +183,15 @@ def test_page_and_static_files_are_served_without_external_urls(server, keyed_se
 
 # -- in the browser ------------------------------------------------------------------------------
 def test_text_search_shows_red_first_and_lives_in_the_url(server, browser):
-    open_page(browser, server.url + "/")
+    open_page(browser, server.url + "/?rel=0")  # every result: no relevance bar
     options = [o.get_attribute("value") for o in by_css(browser, "#collection option")]
     assert options == ["drawings", "broken"] and by_css(browser, "#collection")[0].is_displayed()
+    assert by_css(browser, "#min-relevance")[0].get_attribute("value") == "0"
     search_text(browser, "something red")
     found = results(browser)
     assert len(found) == 20 and colour_of(found[0][1]) == "red" and found[0][0].startswith("a red")
     assert {colour_of(name) for _, name in found[:6]} == {"red"}
-    assert query_of(browser) == {"c": ["drawings"], "q": ["something red"]}
+    assert query_of(browser) == {"c": ["drawings"], "q": ["something red"], "rel": ["0"]}
     scores = [float(s.text) for s in by_css(browser, "#results .score")]
     assert scores == sorted(scores, reverse=True)
     first = by_css(browser, "#results .card img")[0]
@@ -273,6 +274,45 @@ def test_no_results_are_said_so(server, browser):
     assert query_of(browser)["min"] == ["0.99"]
 
 
+def test_relevance_is_shown_and_nothing_here_is_said_with_the_nearest_faded(server, browser):
+    # a text naming a colour: the drawings of that colour, each with its relevance, none faded
+    open_page(browser, server.url + "/?c=drawings&q=red")
+    found = results(browser)
+    assert found and {colour_of(name) for _, name in found} == {"red"}
+    relevances = [float(r.text) for r in by_css(browser, "#results .relevance")]
+    assert len(relevances) == len(found) and all(0.9 <= r <= 1 for r in relevances)
+    assert relevances == sorted(relevances, reverse=True) and by_css(browser, "#results .card.below") == []
+    label = browser.execute_script(
+        "return getComputedStyle(document.querySelector('#results .relevance'), '::before').content"
+    )
+    assert "relevance" in label
+
+    # no colour named: nothing here looks like that, and the nearest drawings are shown faded
+    from selenium.webdriver.common.keys import Keys
+
+    box = by_css(browser, "#q")[0]
+    box.clear()
+    box.send_keys("an x-ray of a broken femur", Keys.ENTER)
+    text = message(browser, "nothing")
+    assert text.startswith("Nothing here looks like that") and "(0.9)" in text
+    cards = by_css(browser, "#results .card")
+    assert len(cards) == 20 and len(by_css(browser, "#results .card.below")) == 20
+    assert float(browser.execute_script("return getComputedStyle(arguments[0]).opacity", cards[0])) < 0.6
+    assert all(float(r.text) < 0.9 for r in by_css(browser, "#results .relevance"))
+    assert not by_css(browser, "#load-more")[0].is_displayed()
+    if os.environ.get("SEARCH_PAGE_SCREENSHOT"):  # the "nothing here" answer, to look at
+        browser.save_screenshot(os.environ["SEARCH_PAGE_SCREENSHOT"].removesuffix(".png") + "-nothing.png")
+
+    # a lower bar, typed in: the same query answers, and the bar lives in the URL
+    bar = by_css(browser, "#min-relevance")[0]
+    bar.clear()
+    bar.send_keys("0.1", Keys.TAB)  # the change event searches again
+    wait(browser, lambda d: query_of(d).get("rel") == ["0.1"], what="rel=0.1 in the URL")
+    assert re.fullmatch(r"\d+ results?", message(browser, "done"))
+    assert by_css(browser, "#results .card") and by_css(browser, "#results .card.below") == []
+    assert all(float(r.text) >= 0.1 for r in by_css(browser, "#results .relevance"))
+
+
 def test_server_errors_show_the_servers_detail(server, browser):
     from selenium.webdriver.support.ui import Select
 
@@ -285,7 +325,7 @@ def test_server_errors_show_the_servers_detail(server, browser):
 
 
 def test_captions_are_shown_as_text_never_as_html(server, browser):
-    open_page(browser, server.url + "/?c=drawings&q=green")
+    open_page(browser, server.url + "/?c=drawings&q=green&rel=0")
     captions = [caption for caption, _ in results(browser)]
     assert HOSTILE in captions
     assert browser.execute_script("return window.__pwned") is None
@@ -299,7 +339,7 @@ def test_captions_are_shown_as_text_never_as_html(server, browser):
 def test_api_key_is_asked_for_kept_and_sent(keyed_server, browser):
     from selenium.webdriver.common.keys import Keys
 
-    open_page(browser, keyed_server.url + "/?q=red")
+    open_page(browser, keyed_server.url + "/?q=red&rel=0")
     wait(browser, lambda d: by_css(d, "#key-dialog[open]"), what="the key dialog")
     assert "needs an API key" in by_css(browser, "#key-message")[0].text
     by_css(browser, "#key-cancel")[0].click()  # cancelled: the 401 is shown, and asked again on the next search

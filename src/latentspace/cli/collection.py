@@ -119,6 +119,7 @@ def collection_build(
             f"{report.images_embedded} images in {report.parts_embedded} parts{rate}"
             + (f", {report.parts_resumed} parts kept from the interrupted build" if report.parts_resumed else "")
             + f"; skipped {report.skipped} (see skipped.jsonl in {report.directory}); search: {report.index}"
+            + f"; relevance: {report.relevance}"
         ),
         soft_wrap=True,
     )
@@ -155,11 +156,21 @@ def collection_search(
     minus_image: list[str] | None = typer.Option(
         None, metavar="FILE", help="an image file to move away from (repeatable)", show_default=False
     ),
-    json_output: bool = typer.Option(False, "--json", help="one JSON object per result per line"),
+    json_output: bool = typer.Option(
+        False,
+        "--json",
+        help="one JSON object per result per line, each with its relevance, whether it is a match (reaches "
+        "--min-relevance) and the answer's matches (0: nothing passed, the lines are the nearest items)",
+    ),
     store: str | None = _store_option(),
     **options,
 ) -> None:
     """Search a collection by text, by image (--image) or by one of its items (--like).
+
+    Every result has a score (cosine) and a relevance (0..1: the share of generic queries' best
+    matches in this collection that it beats). A text query shows only results reaching
+    --min-relevance (default: see --help of that option); when none does, it says so and shows the
+    nearest items anyway. Image, item and weighted queries are not cut unless --min-relevance is given.
 
     Several terms make one query: the normalised weighted sum of their unit vectors, each term
     weighing +1 (TEXT, --plus, --like, --image) or -1 (--minus, --unlike, --minus-image), or the
@@ -185,7 +196,7 @@ def collection_search(
             "--plus/--minus TEXT, --unlike ID, --minus-image FILE)"
         )
     settings = settings_from(SearchSettings, ctx, given(ctx, options), env_prefix=SEARCH_ENV_PREFIX)
-    k, min_score, filters = settings.k, settings.min_score, settings.filters
+    k, min_score, filters, bar = settings.k, settings.min_score, settings.filters, settings.min_relevance
     found = open_collection(collection, store)
     query_model = None
     if any(term.kind != "like" for term in terms):
@@ -194,23 +205,33 @@ def collection_search(
         query_model = load(settings.model or found.manifest.model)
     single = terms[0] if len(terms) == 1 and terms[0].weight == 1.0 else None
     if single is not None and single.kind == "like":  # one term: the single-query searches, as ever
-        hits = found.search_like(single.value, k, min_score, filters)
+        hits = found.search_like(single.value, k, min_score, filters, bar)
     elif single is not None and single.kind == "image":
-        hits = found.search_image(query_model, single.value, k, min_score, filters)  # type: ignore[arg-type]
+        hits = found.search_image(query_model, single.value, k, min_score, filters, bar)  # type: ignore[arg-type]
     elif single is not None:
-        hits = found.search_text(query_model, single.value, k, min_score, filters)  # type: ignore[arg-type]
+        hits = found.search_text(query_model, single.value, k, min_score, filters, bar)  # type: ignore[arg-type]
     else:
-        hits = found.search_terms(query_model, terms, k, min_score, filters)
+        hits = found.search_terms(query_model, terms, k, min_score, filters, bar)
     if json_output:
         for hit in hits:
-            print(json.dumps(hit.short(), ensure_ascii=False))
+            print(json.dumps({**hit.short(), "matches": hits.matches}, ensure_ascii=False))
         return
     from rich.table import Table
 
-    table = Table("#", "score", "id", "path or url", "caption")
+    table = Table("#", "score", "relevance", "id", "path or url", "caption")
     for rank, hit in enumerate(hits, 1):
         where = hit.path or hit.url or f"{hit.shard}#{hit.key}"
-        table.add_row(str(rank), f"{hit.score:.3f}", hit.id, Text(where), Text(hit.caption or ""))
+        shown = "-" if hit.relevance is None else f"{hit.relevance:.3f}"
+        style = None if hit.match else "dim"
+        table.add_row(str(rank), f"{hit.score:.3f}", shown, hit.id, Text(where), Text(hit.caption or ""), style=style)
+    if hits and not hits.matches:
+        console.print(
+            Text(
+                "nothing here looks like that: no result reaches the minimum relevance "
+                f"({found.relevance_bar(bar)}); the nearest items, below the bar:"
+            ),
+            soft_wrap=True,
+        )
     Console().print(table)
     if not hits:
         console.print("no results" + (" above --min-score" if min_score is not None else ""))
@@ -259,6 +280,7 @@ def collection_info(
         "parts",
         "skipped",
         "search",
+        "relevance",
         "updated",
     ):
         out.print(Text(f"{key}: {info[key]}"), soft_wrap=True)

@@ -47,6 +47,11 @@ A row leaves by rewriting its part without it (vectors copied, not recomputed), 
 always hold exactly the live collection: no tombstones for readers to apply. A part rewrite
 copies at most `files_per_part` rows; the old file is replaced atomically at commit.
 
+**Relevance.** Once the index is in line, the build brings the relevance calibration up to date
+(relevance.py): the best score of each of a bank of generic queries over the collection, kept in
+collection.json. It is recomputed only when the rows changed (a digest of their seq numbers),
+so a build that finds nothing new skips it; it costs one pass over the vectors.
+
 **Skipped items** (unreadable, empty, corrupt, not an image, over --max-pixels, refused URLs)
 are never fatal: they are listed in skipped.jsonl with the reason. A skipped file is not read
 again until its size or mtime changes; a skipped URL is retried by the next build (network
@@ -70,7 +75,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from latentspace.collections import store
+from latentspace.collections import relevance, store
 from latentspace.collections.commit import commit, stage_rewrites, sync_index
 from latentspace.collections.engines import Engine, check_engine, open_engine
 from latentspace.collections.plan import Plan, make_plan
@@ -101,6 +106,8 @@ class BuildReport:
     seconds: float = 0.0  # the whole build, model loading included
     embed_seconds: float = 0.0  # embedding units only (what images/s is measured over)
     index: str = "exact"
+    relevance: str = ""  # what the build did to the relevance calibration (relevance.refresh)
+    relevance_seconds: float = 0.0
     resumed_plan: bool = False
 
     @property
@@ -202,6 +209,9 @@ def build_collection(
             runtime.close()
             units_engine.close()
         report.index = sync_index(directory, manifest)
+        calibrating = time.perf_counter()
+        report.relevance = relevance.refresh(directory, manifest, embedder)
+        report.relevance_seconds = time.perf_counter() - calibrating
         report.skipped = len(store.read_skipped(directory))
         report.items = sum(p.rows for p in manifest.parts)
         report.seconds = time.perf_counter() - started

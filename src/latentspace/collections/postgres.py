@@ -629,7 +629,7 @@ class PgCollection(Collection):
         row = self._find(item, with_vector=True)
         return row[store.META_COLUMNS.index("id")], _as_array(row[-1]).astype(np.float32)
 
-    def search_vector(
+    def _nearest(
         self,
         query: np.ndarray,
         k: int = 10,

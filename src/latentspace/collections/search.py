@@ -14,6 +14,11 @@ query model must be in the collection's latent space, or it is refused. Filters 
 prefix, caption substring) restrict the candidates before ranking; with a filter that leaves few
 rows the search is exact over them, otherwise the HNSW search skips excluded rows (an
 allow-list), so filtered results are as complete as unfiltered.
+
+Every hit carries `relevance` (0..1, relevance.py) beside its cosine `score`; a query of one text
+keeps only the hits reaching `min_relevance` (default relevance.DEFAULT_MIN_RELEVANCE), and when
+none does the answer (`Hits`) has `matches` 0 and still holds the nearest hits, marked as below
+the bar. Both stores answer through `Collection.search_vector`; each ranks with its own `_nearest`.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from latentspace.collections import store
+from latentspace.collections import relevance, store
 from latentspace.collections.index import HnswIndex, exact_search, use_ann
 from latentspace.collections.sources import read_shard_member
 from latentspace.models.embedder import Embedder
@@ -122,6 +127,13 @@ class SearchSettings(BaseModel):
     min_score: Annotated[float | None, Flag("results")] = Field(
         None, description="leave out results scoring below this (cosine)"
     )
+    min_relevance: Annotated[float | None, Flag("results")] = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description=f"only results at least this relevant, 0..1 (default {relevance.DEFAULT_MIN_RELEVANCE}; 0: "
+        "every result); when none is, the nearest are shown as below the bar",
+    )
     path_prefix: Annotated[str | None, Flag("filters")] = Field(
         None, description="only items whose path (or URL, or path in the source folder) starts with this"
     )
@@ -139,7 +151,9 @@ class SearchSettings(BaseModel):
 
 @dataclass
 class Hit:
-    """One search result (also what `item(id)` returns, with score None)."""
+    """One search result (also what `item(id)` returns, with score None). `relevance` is the
+    score calibrated to 0..1 (relevance.py; None when the collection has no calibration) and
+    `match` whether it reaches the search's min_relevance."""
 
     id: str
     score: float | None
@@ -155,6 +169,8 @@ class Hit:
     sha256: str | None = None
     size: int | None = None
     mtime_ns: int | None = None
+    relevance: float | None = None
+    match: bool | None = None
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], score: float | None) -> Hit:
@@ -184,6 +200,8 @@ class Hit:
         out = {
             "id": self.id,
             "score": None if self.score is None else round(self.score, 6),
+            "relevance": None if self.relevance is None else round(self.relevance, 4),
+            "match": self.match,
             "path": self.path,
             "url": self.url,
             "caption": self.caption,
@@ -191,6 +209,28 @@ class Hit:
         if self.shard is not None:
             out.update(shard=self.shard, key=self.key, offset=self.offset)
         return out
+
+
+def bar_for(min_relevance: float | None, *, text_only: bool) -> float | None:
+    """The min_relevance to search with: the one given; else None (the default bar) for a query of
+    one text, and 0 (no bar) for image, item and weighted queries. The calibration is made of text
+    queries, and on image queries it did not separate present from absent concepts
+    (docs/collections.md, "Relevance, measured"), so their hits carry relevance but are not cut
+    unless a bar is asked for."""
+    if min_relevance is not None or text_only:
+        return min_relevance
+    return 0.0
+
+
+class Hits(list[Hit]):
+    """A search's hits, a list as ever, with `matches`: how many reach the search's min_relevance.
+    When some do, the list holds only those; when none does (`matches` 0), it holds the nearest
+    hits all the same, each with `match` False, so an answer can say "nothing here looks like
+    that" and still show what is nearest."""
+
+    def __init__(self, hits: Iterable[Hit] = (), matches: int | None = None) -> None:
+        super().__init__(hits)
+        self.matches = len(self) if matches is None else matches
 
 
 class Collection:
@@ -259,6 +299,34 @@ class Collection:
 
     def skipped(self) -> list[dict[str, Any]]:
         return store.read_skipped(self.directory)
+
+    @property
+    def calibration(self) -> relevance.Calibration | None:
+        """The manifest's relevance calibration (None: the collection has none)."""
+        cached = self.__dict__.get("_calibration_of")
+        if cached is None or cached[0] is not self.manifest.relevance:
+            found = self.manifest.relevance
+            self.__dict__["_calibration_of"] = cached = (
+                found,
+                relevance.Calibration.from_dict(found) if found else None,
+            )
+        return cached[1]
+
+    def relevance_bar(self, min_relevance: float | None) -> float | None:
+        """The min_relevance a search applies: the one given, else the default when the collection
+        is calibrated (none when it is not). A bar asked of an uncalibrated collection is refused."""
+        if min_relevance is not None and not 0.0 <= min_relevance <= 1.0:
+            raise ValueError(f"min_relevance is between 0 and 1, not {min_relevance!r}")
+        if self.calibration is None:
+            if min_relevance:
+                raise store.CollectionError(
+                    f"collection {self.name!r} has no relevance calibration (built before relevance existed, with "
+                    "a model that embeds no text, or with under 2 items), so min_relevance cannot apply: run its "
+                    "build again (`latentspace collection build NAME`: it embeds only what changed, then "
+                    "calibrates), or cut by --min-score instead"
+                )
+            return None
+        return relevance.DEFAULT_MIN_RELEVANCE if min_relevance is None else float(min_relevance)
 
     # -- items --------------------------------------------------------------------------------------
     def _row(self, item: str) -> int:
@@ -331,11 +399,12 @@ class Collection:
         k: int = 10,
         min_score: float | None = None,
         filters: Filters | None = None,
-    ) -> list[Hit]:
+        min_relevance: float | None = None,
+    ) -> Hits:
         model = self._check_model(model)
         model.require("text")
         query = model.embed_texts([text], "search_query")[0].numpy()
-        return self.search_vector(query, k, min_score, filters)
+        return self.search_vector(query, k, min_score, filters, min_relevance=min_relevance)
 
     def search_image(
         self,
@@ -344,18 +413,25 @@ class Collection:
         k: int = 10,
         min_score: float | None = None,
         filters: Filters | None = None,
-    ) -> list[Hit]:
+        min_relevance: float | None = None,
+    ) -> Hits:
         """`image`: a path, bytes or a PIL image."""
         model = self._check_model(model)
         query = model.embed_images([image])[0].numpy()
-        return self.search_vector(query, k, min_score, filters)
+        return self.search_vector(query, k, min_score, filters, min_relevance=bar_for(min_relevance, text_only=False))
 
     def search_like(
-        self, item_id: str, k: int = 10, min_score: float | None = None, filters: Filters | None = None
-    ) -> list[Hit]:
+        self,
+        item_id: str,
+        k: int = 10,
+        min_score: float | None = None,
+        filters: Filters | None = None,
+        min_relevance: float | None = None,
+    ) -> Hits:
         """Items nearest to an item of the collection (by id, or a path in it), without itself."""
         own, vector = self._item_vector(item_id)
-        return self.search_vector(vector, k, min_score, filters, exclude=(own,))
+        bar = bar_for(min_relevance, text_only=False)
+        return self.search_vector(vector, k, min_score, filters, exclude=(own,), min_relevance=bar)
 
     def _item_vector(self, item: str) -> tuple[str, np.ndarray]:
         """An item's id and stored vector, by id (or by path/URL/key when exactly one item has it)."""
@@ -369,7 +445,8 @@ class Collection:
         k: int = 10,
         min_score: float | None = None,
         filters: Filters | None = None,
-    ) -> list[Hit]:
+        min_relevance: float | None = None,
+    ) -> Hits:
         """Search by several weighted terms (`Term`): texts, items and images, each embedded (an
         item: its stored vector), made unit and summed with its weight; the sum, normalised, is
         the query. The items named by terms are left out of the results, as with `search_like`.
@@ -397,7 +474,8 @@ class Collection:
             for i, row in zip(images, rows):
                 vectors[i] = row.numpy()
         query = weighted_query(vectors, [term.weight for term in terms])  # type: ignore[arg-type]
-        return self.search_vector(query, k, min_score, filters, exclude=named)
+        bar = bar_for(min_relevance, text_only=len(terms) == 1 and terms[0].kind == "text" and terms[0].weight > 0)
+        return self.search_vector(query, k, min_score, filters, exclude=named, min_relevance=bar)
 
     def search_vector(
         self,
@@ -406,9 +484,36 @@ class Collection:
         min_score: float | None = None,
         filters: Filters | None = None,
         exclude: Iterable[str] = (),
-    ) -> list[Hit]:
+        min_relevance: float | None = None,
+    ) -> Hits:
         """The k items nearest to a unit `query` vector of the collection's dimension, leaving out
-        the items whose ids are in `exclude`."""
+        the items whose ids are in `exclude`, each with its relevance; only those reaching
+        `min_relevance` (None: the default bar) unless none does (see `Hits`). Every store
+        answers through here; `_nearest` is the store's own ranking."""
+        bar = self.relevance_bar(min_relevance)
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        hits = self._nearest(query, k, min_score, filters, exclude)
+        calibration = self.calibration
+        if calibration is None or not hits:
+            for hit in hits:
+                hit.match = True
+            return Hits(hits)
+        values = calibration.relevance(np.array([h.score for h in hits], dtype=np.float64))
+        for hit, value in zip(hits, values):
+            hit.relevance = float(value)
+            hit.match = bar is None or float(value) >= bar
+        passing = [hit for hit in hits if hit.match]
+        return Hits(passing, len(passing)) if passing else Hits(hits, 0)
+
+    def _nearest(
+        self,
+        query: np.ndarray,
+        k: int = 10,
+        min_score: float | None = None,
+        filters: Filters | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[Hit]:
+        """The k items nearest to `query`, by score, without relevance (each store ranks its own way)."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.manifest.dim:
             raise ValueError(f"query has {query.shape[0]} dimensions; collection {self.name!r} has {self.manifest.dim}")

@@ -2,7 +2,8 @@
 
     DIR/
       collection.json     the manifest: model spec, space identity, dim, dtype, the settings that
-                          shaped the vectors, sources, the list of committed parts, counts
+                          shaped the vectors, sources, the list of committed parts, counts, the
+                          relevance calibration (relevance.py)
       parts/part-000000.parquet ...
                           the vectors and their metadata, one row per live item (below)
       skipped.jsonl       items left out, one JSON object a line: key, path/url/shard, reason
@@ -211,6 +212,7 @@ class Manifest:
     hnsw_min_rows: int | None = None  # an HNSW index from this many rows; None: index.EXACT_MAX_FLOATS decides
     counts: dict[str, int] = field(default_factory=dict)
     updated: str = ""
+    relevance: dict[str, Any] | None = None  # the relevance calibration (relevance.Calibration.to_dict)
 
     @property
     def dim(self) -> int:
@@ -232,6 +234,7 @@ class Manifest:
             "hnsw_min_rows": self.hnsw_min_rows,
             "counts": self.counts,
             "updated": self.updated,
+            "relevance": self.relevance,
         }
 
     @classmethod
@@ -250,6 +253,7 @@ class Manifest:
             hnsw_min_rows=d.get("hnsw_min_rows"),
             counts=d.get("counts", {}),
             updated=d.get("updated", ""),
+            relevance=d.get("relevance"),
         )
 
     @classmethod
@@ -281,6 +285,7 @@ def manifest_info(manifest: Manifest, *, directory: str, items: int, search: str
         "sources": [source.to_dict() for source in m.sources],
         "search": search,
         "updated": m.updated,
+        "relevance": f"calibrated over {m.relevance['rows']} rows" if m.relevance else "none (build it again)",
     }
 
 

@@ -2,7 +2,7 @@
 Their bodies are typed in serve/schemas.py.
 
     GET  /v1/collections                               each collection: space, model, counts
-    POST /v1/collections/{name}/search                 JSON: {text | like | terms, k, min_score, filters}
+    POST /v1/collections/{name}/search                 JSON: {text | like | terms, k, min_score, min_relevance, filters}
     POST /v1/collections/{name}/search/image           multipart: an `image` file part (+ terms, the same fields)
     GET  /v1/collections/{name}/items/{id}             an item's metadata
     GET  /v1/collections/{name}/items/{id}/thumbnail   a small JPEG of the item (`size` px, at most 512)
@@ -13,6 +13,11 @@ names, loaded as one more served model (`collection:NAME`). Queries go through t
 inference worker like any embedding request, so they are batched with the rest of the traffic.
 A query of several weighted terms (texts, items, an uploaded image) embeds each term that way and
 searches with the normalised weighted sum of their unit vectors (collections.search.weighted_query).
+
+Every result has `score` (cosine) and `relevance` (0..1, collections/relevance.py); the answer's
+`matches` counts the results that reach min_relevance (default: the collection's bar for a query
+of one text, none for the rest). With `matches` 0 the results are the nearest items all the same,
+each with `match` false, so a client that only reads `results` and `score` keeps working.
 
 Thumbnails are read from what the collection recorded for an item id (its file, or its bytes in
 a local shard), checked against the recorded sha256; nothing from the request is ever used as a
@@ -162,6 +167,8 @@ def add_collection_routes(
         return SearchResult(
             id=hit.id,
             score=hit.score,
+            relevance=hit.relevance,
+            match=bool(hit.match),
             path=hit.path,
             url=hit.url,
             caption=hit.caption,
@@ -179,8 +186,8 @@ def add_collection_routes(
     ) -> SearchResponse:
         """Embed the text terms on the query model, look up the item terms, and search with their
         weighted sum (plus an uploaded image's vector, already embedded)."""
-        from latentspace.collections import Filters, QueryError, weighted_query
-        from latentspace.collections.search import ItemNotFound
+        from latentspace.collections import CollectionError, Filters, QueryError, weighted_query
+        from latentspace.collections.search import ItemNotFound, bar_for
 
         filters = Filters(path_prefix=f.path_prefix or None, caption_contains=f.caption_contains or None)
         c = served.collection
@@ -194,20 +201,30 @@ def add_collection_routes(
             vectors.append(image[0])
             weights.append(image[1])
 
+        # the default bar is for a query of one text (what the calibration is made of)
+        one_text = image is None and len(terms) == 1 and terms[0].text is not None and terms[0].weight > 0
+        bar = bar_for(f.min_relevance, text_only=one_text)
+
         def run():
             liked = [term for term in terms if term.like is not None]
             named = [c.item(term.like).id for term in liked]  # an id, or a path in the collection
             combined = weighted_query(vectors + [c.vector(i) for i in named], weights + [t.weight for t in liked])
-            return c.search_vector(combined, f.k, f.min_score, filters, exclude=named)
+            return c.search_vector(combined, f.k, f.min_score, filters, exclude=named, min_relevance=bar)
 
         try:
             hits = await asyncio.get_running_loop().run_in_executor(None, run)
+            applied = c.relevance_bar(bar)
         except ItemNotFound as e:
             raise ApiError(404, str(e)) from e
-        except QueryError as e:
+        except (QueryError, CollectionError) as e:
             raise ApiError(422, str(e)) from e
         return SearchResponse(
-            collection=served.name, space=c.space, query=query, results=[result(served, h) for h in hits]
+            collection=served.name,
+            space=c.space,
+            query=query,
+            results=[result(served, h) for h in hits],
+            matches=hits.matches,
+            min_relevance=applied,
         )
 
     @app.get(

@@ -185,6 +185,14 @@ class SearchFilters(BaseModel):
 
     k: int = Field(20, ge=1, le=500, description="how many results")
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="leave out results scoring below this")
+    min_relevance: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="only results at least this relevant (0..1); default: the collection's default bar for a "
+        "query of one text, none (0) for image, item and weighted queries. When no result reaches it, the "
+        "nearest are returned with match false and matches 0",
+    )
     path_prefix: UnicodeStr | None = Field(
         None, description="only items whose path, URL, shard or key starts with this"
     )
@@ -442,7 +450,13 @@ class HealthResponse(BaseModel):
 
 class SearchResult(BaseModel):
     id: str
-    score: float
+    score: float = Field(..., description="cosine similarity to the query")
+    relevance: float | None = Field(
+        None,
+        description="0..1: the share of generic queries' best matches in this collection that the score beats "
+        "(null: the collection has no relevance calibration; rebuild it)",
+    )
+    match: bool = Field(True, description="whether it reaches the search's min_relevance")
     path: str | None
     url: str | None
     caption: str | None
@@ -456,6 +470,12 @@ class SearchResponse(BaseModel):
     space: str
     query: dict[str, str] = Field(..., description="what was searched by: text, like or image")
     results: list[SearchResult]
+    matches: int = Field(
+        ...,
+        description="how many results reach min_relevance; 0: nothing here looks like the query, and results "
+        "holds the nearest items all the same, each with match false",
+    )
+    min_relevance: float | None = Field(None, description="the bar applied (null: none)")
 
 
 class CollectionInfo(BaseModel):

@@ -12,7 +12,7 @@
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    form: $("search-form"), text: $("q"), file: $("image-file"), min: $("min-score"),
+    form: $("search-form"), text: $("q"), file: $("image-file"), min: $("min-score"), rel: $("min-relevance"),
     addPlus: $("add-plus"), addMinus: $("add-minus"), terms: $("terms"), chip: $("chip-template"),
     collectionField: $("collection-field"), collection: $("collection"), collectionName: $("collection-name"),
     summary: $("summary"), message: $("message"), results: $("results"), more: $("load-more"),
@@ -26,6 +26,7 @@
     collection: null,   // the chosen collection's name
     terms: [],          // the query: {kind: "text" | "like" | "image", value | file, sign: 1 | -1, label}
     min: null,          // min_score, or null for none
+    rel: null,          // min_relevance, or null for the server's default
     k: PAGE,
     shown: new Set(),   // ids on the page
   };
@@ -249,14 +250,15 @@
       ui.text.focus();
       return;
     }
-    state.min = parseMin(ui.min.value);
+    readMins();
     ui.text.value = "";
     const same = state.terms.find((term) => term.kind === "text" && term.value === text);
     if (same) same.sign = sign;
     newSearch(same ? state.terms : [...state.terms, textTerm(text, sign)]);
   }
 
-  // -- the URL: ?c=COLLECTION, q=TEXT / not=TEXT / like=ID / unlike=ID (each repeatable), min=SCORE --
+  // -- the URL: ?c=COLLECTION, q=TEXT / not=TEXT / like=ID / unlike=ID (each repeatable), min=SCORE,
+  // rel=RELEVANCE --
   const URL_KEYS = { text: ["q", "not"], like: ["like", "unlike"] };  // [added, subtracted]
 
   function writeUrl(push) {
@@ -266,6 +268,7 @@
       if (URL_KEYS[term.kind]) params.append(URL_KEYS[term.kind][term.sign < 0 ? 1 : 0], term.value);
     }
     if (state.min !== null) params.set("min", String(state.min));
+    if (state.rel !== null) params.set("rel", String(state.rel));
     const search = params.toString() ? "?" + params.toString() : "";
     if (search === location.search) return;
     history[push ? "pushState" : "replaceState"](null, "", location.pathname + search);
@@ -277,6 +280,9 @@
     const min = parseMin(params.get("min") || "");
     state.min = min;
     ui.min.value = min === null ? "" : String(min);
+    const rel = parseRelevance(params.get("rel") || "");
+    state.rel = rel;
+    ui.rel.value = rel === null ? "" : String(rel);
     const terms = [];
     for (const [key, value] of params) {
       if (!value) continue;
@@ -294,6 +300,18 @@
     const n = Number(value);
     if (!Number.isFinite(n)) return null;
     return Math.max(-1, Math.min(1, n));
+  }
+
+  function parseRelevance(value) {
+    if (String(value).trim() === "") return null;
+    const n = Number(value);
+    if (!Number.isFinite(n)) return null;
+    return Math.max(0, Math.min(1, n));
+  }
+
+  function readMins() {
+    state.min = parseMin(ui.min.value);
+    state.rel = parseRelevance(ui.rel.value);
   }
 
   // -- searching --------------------------------------------------------------------------------
@@ -353,6 +371,7 @@
         form.append("image", image.file, image.file.name || "pasted-image");
         form.append("k", String(state.k));
         if (state.min !== null) form.append("min_score", String(state.min));
+        if (state.rel !== null) form.append("min_relevance", String(state.rel));
         if (image.sign < 0) form.append("image_weight", "-1");
         if (others.length) form.append("terms", JSON.stringify(others.map(wire)));
         body = await api(base + "/image", { method: "POST", form });
@@ -362,15 +381,24 @@
                                                                                 : { like: only.value };
         json.k = state.k;
         if (state.min !== null) json.min_score = state.min;
+        if (state.rel !== null) json.min_relevance = state.rel;
         body = await api(base, { method: "POST", json });
       }
       if (mine !== generation) return;
+      // matches 0: nothing reaches the relevance bar; the results are the nearest items anyway,
+      // shown faded (a server without relevance sends no matches: every result is a match)
+      const nothing = body.matches === 0 && body.results.length > 0;
       const fresh = body.results.filter((r) => !state.shown.has(r.id));
       for (const r of fresh) state.shown.add(r.id);
       ui.results.append(...fresh.map(card));
-      const exhausted = body.results.length < state.k || state.k >= K_MAX;
+      const exhausted = nothing || body.results.length < state.k || state.k >= K_MAX;
       ui.more.hidden = exhausted || state.shown.size === 0;
-      if (state.shown.size === 0) {
+      if (nothing) {
+        const bar = typeof body.min_relevance === "number" ? " (" + body.min_relevance + ")" : "";
+        setMessage("Nothing here looks like that: no result reaches the minimum relevance" + bar +
+                   ". The nearest items are shown faded; lower the minimum relevance to see them as results.",
+                   "nothing");
+      } else if (state.shown.size === 0) {
         setMessage("No results" + (state.min !== null ? " scoring at least " + state.min : "") +
                    ". Try other words, another image or a lower minimum score.", "empty");
       } else {
@@ -433,6 +461,13 @@
     const img = li.querySelector("img");
     img.alt = result.caption || where || "item " + result.id;
     li.querySelector(".score").textContent = result.score.toFixed(3);
+    if (typeof result.relevance === "number") {
+      li.querySelector(".relevance").textContent = result.relevance.toFixed(2);
+    }
+    if (result.match === false) {
+      li.classList.add("below");
+      li.title = "below the minimum relevance: shown because nothing reached it";
+    }
     const caption = li.querySelector(".caption");
     if (result.caption) caption.textContent = result.caption; else caption.remove();
     const path = li.querySelector(".path");
@@ -547,7 +582,7 @@
   ui.form.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = ui.text.value.trim();
-    state.min = parseMin(ui.min.value);
+    readMins();
     if (text) {
       newSearch([textTerm(text)]);  // Enter starts a new query; + Add and − Exclude extend this one
     } else if (state.terms.length) {
@@ -564,6 +599,14 @@
     if (ui.min.value.trim() !== "" && min === null) return;
     if (min === state.min) return;
     state.min = min;
+    if (state.terms.length) search(); else writeUrl(false);
+  });
+
+  ui.rel.addEventListener("change", () => {
+    const rel = parseRelevance(ui.rel.value);
+    if (ui.rel.value.trim() !== "" && rel === null) return;
+    if (rel === state.rel) return;
+    state.rel = rel;
     if (state.terms.length) search(); else writeUrl(false);
   });
 
@@ -616,8 +659,11 @@
   }
 
   async function start() {
-    const text = new URLSearchParams(location.search).get("q");
+    const params = new URLSearchParams(location.search);
+    const text = params.get("q");
     if (text) ui.text.value = text;  // there to retry with, should listing the collections fail
+    ui.min.value = params.get("min") || "";  // and the bars with it
+    ui.rel.value = params.get("rel") || "";
     if (!(await ensureCollections())) return;
     readUrl();
     writeUrl(false);
