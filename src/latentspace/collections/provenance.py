@@ -38,6 +38,13 @@ from latentspace.models.embedder import Embedder
 from latentspace.runtime.machine import runtime_versions
 
 
+def library_versions() -> dict[str, str | None]:
+    """The runtimes' versions (None: not installed); torch's with its build (e.g. 2.5.1+cpu)."""
+    import torch
+
+    return {**runtime_versions(), "torch": torch.__version__}
+
+
 def preprocessing_fingerprint(description: dict[str, Any]) -> str:
     """A short, stable name for one preprocessing description."""
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:12]
@@ -89,7 +96,7 @@ def part_provenance(model: Embedder, spec: str, made_by: dict[str, int]) -> dict
         runtimes=made_by,
         model=spec,
         latentspace=latentspace.__version__,
-        libraries=runtime_versions(),
+        libraries=library_versions(),
         preprocessing=preprocessing_fingerprint(preprocessing),
     )
     return {**entry.to_dict(), "preprocessing_description": preprocessing}
@@ -121,7 +128,7 @@ class Provenance:
             query_prefix=query if query is not None or previous is None else previous.query_prefix,
             document_prefix=document if document is not None or previous is None else previous.document_prefix,
             latentspace=latentspace.__version__,
-            libraries=runtime_versions(),
+            libraries=library_versions(),
             preprocessing=dict(previous.preprocessing) if previous else {},
             parts=dict(previous.parts) if previous else {},
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,6 +16,7 @@ from functools import partial
 import torch
 
 from latentspace.models.embedder import Embedder
+from latentspace.runtime import MIN_COSINE
 from latentspace.serve.batching import BatchKind, BatchObserver, InferenceWorker
 from latentspace.serve.errors import ApiError, retry_later
 from latentspace.serve.metrics import ServerMetrics
@@ -89,6 +91,7 @@ class ModelRegistry:
                 log.error("could not load model %s from %s: %s", slot.name, slot.spec, slot.error)
                 continue
             loaded.append(model.model)
+            self._check_agreement(slot.name, model)
             slot.served, slot.worker = model, self._worker_for(slot.name)
             slot.worker.start()
             self.metrics.worker_up.labels(slot.name).set(1)
@@ -119,12 +122,37 @@ class ModelRegistry:
                 f"the collection's model {manifest.model!r} now loads in space {model.model.space}, "
                 f"not the collection's {manifest.identity}; serve a model of that space beside it"
             )
+        self._check_agreement(name, model)
         slot.served, slot.worker = model, self._worker_for(name)
         slot.worker.start()
         self.metrics.worker_up.labels(name).set(1)
         slot.state = "ready"
         self.slots = {**self.slots, name: slot}  # replaced, not mutated: handlers may be iterating it
         return name
+
+    def _check_agreement(self, name: str, served: ServedModel) -> None:
+        """The reference set on the chosen runtimes vs PyTorch fp32 (before the model takes
+        requests): published in /v1/models and /metrics, logged, a warning below the bound."""
+        started = time.perf_counter()
+        agreement = served.check_agreement()
+        self.metrics.observe_agreement(name, agreement)
+        for modality, a in agreement.items():
+            if a.error is not None:
+                continue
+            low = a.min_cosine is not None and a.min_cosine < MIN_COSINE
+            (log.warning if low else log.info)(
+                "model %s %s on %s-%s: reference set (%d items) min cosine %.6f to PyTorch fp32%s",
+                name,
+                modality,
+                a.runtime,
+                a.precision,
+                a.items,
+                a.min_cosine,
+                " (the runtime itself: 1.0 by construction)"
+                if a.reference
+                else (f", below {MIN_COSINE}" if low else ""),
+            )
+        log.debug("model %s: reference agreement took %.3f s", name, time.perf_counter() - started)
 
     def _worker_for(self, name: str) -> InferenceWorker:
         gauge = self.metrics.queue_depth.labels(name)
