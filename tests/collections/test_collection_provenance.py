@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 
 import latentspace
 from latentspace.cli import app
-from latentspace.collections import BuildSettings, Collection, CollectionSpaceError, Term, build_collection
-from latentspace.collections import store
+from latentspace.collections import BuildSettings, Collection, CollectionSpaceError, Term, build_collection, store
 from latentspace.collections.provenance import PartProvenance, Provenance
 
 import fakes

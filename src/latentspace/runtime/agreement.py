@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from latentspace.models.embedder import Embedder
+from latentspace.models.embedder import Embedder, finish
 from latentspace.runtime.forwards import ModelOnRuntimes
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,21 @@ class Agreement:
         return out
 
 
-def _rows(model: Embedder, modality: str) -> torch.Tensor:
+def _inputs(model: Embedder, modality: str) -> Any:
+    """The reference set as the model's forward takes it, prepared once for both sides: pixels
+    through the model's own decoding and preprocessing, or texts as token ids."""
     if modality == "image":
-        return model.embed_images(list(reference_images()))
-    return model.embed_texts(list(reference_texts()), "search_query")
+        from latentspace.data.images import load_image
+
+        return torch.stack([model.preprocess_image(load_image(data)) for data in reference_images()])
+    return model.prepare_texts(list(reference_texts()), "search_query")
+
+
+def _rows(model: Embedder, modality: str, inputs: Any) -> torch.Tensor:
+    """Unit rows from the forward the server runs for `modality` (image_rows; text_rows_by_length)."""
+    if modality == "image":
+        return finish(model.image_rows(inputs))
+    return model.rows_for(inputs)
 
 
 def reference_agreement(model: ModelOnRuntimes) -> dict[str, Agreement]:
@@ -78,8 +89,9 @@ def reference_agreement(model: ModelOnRuntimes) -> dict[str, Agreement]:
         choice = model.choices.get(modality)
         try:
             with torch.inference_mode():
-                served = _rows(model, modality)  # first: a runtime that fails here falls back, and says so
-                exact = _rows(model.model, modality)
+                inputs = _inputs(model, modality)
+                served = _rows(model, modality, inputs)  # first: a runtime that fails here falls back, and says so
+                exact = _rows(model.model, modality, inputs)
             cosine = float((served.float() * exact.float()).sum(dim=-1).min())
             runtime, precision = (choice.runtime, choice.precision) if choice else ("torch", "fp32")
             out[modality] = Agreement(
@@ -88,5 +100,6 @@ def reference_agreement(model: ModelOnRuntimes) -> dict[str, Agreement]:
         except Exception as e:  # noqa: BLE001 - a check that cannot run is reported, never fatal
             runtime, precision = (choice.runtime, choice.precision) if choice else ("torch", "fp32")
             out[modality] = Agreement(runtime, precision, None, 0, False, f"{type(e).__name__}: {e}")
-            log.warning("%s: reference agreement for %s could not be measured: %s", model.name, modality, e)
+            name = getattr(model, "name", type(model).__name__)
+            log.warning("%s: reference agreement for %s could not be measured: %s", name, modality, e)
     return out
