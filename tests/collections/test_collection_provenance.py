@@ -225,3 +225,37 @@ def test_a_query_prefix_other_than_the_recorded_one_is_refused(tmp_path, library
     # a collection that records no prefix (0.4.0) is not checked
     built.manifest = replace(built.manifest, provenance=None)
     assert len(built.search_text(plain, "red", k=2)) == 2
+
+
+def test_the_postgresql_store_carries_provenance(tmp_path, library, colour_model, postgres_url):
+    """The database keeps the manifest as JSON: provenance round-trips through it (open, info,
+    export), and a 0.4.0 manifest there opens with provenance unknown."""
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    import uuid
+
+    from latentspace.collections import open_collection
+    from latentspace.collections import postgres as pg
+
+    name = f"prov-{uuid.uuid4().hex[:10]}"
+    pg.build_in_store(postgres_url, name, colour_model, library, out=tmp_path / "work", settings=SETTINGS)
+    local = store.Manifest.load(tmp_path / "work").provenance
+    assert local is not None and local.parts
+    found = open_collection(name, postgres_url)
+    try:
+        assert found.manifest.provenance == local
+        assert found.info()["provenance"] == Collection.open(tmp_path / "work").info()["provenance"]
+    finally:
+        found.close()
+    assert pg.export(postgres_url, name, tmp_path / "exported").provenance == local
+    assert store.Manifest.load(tmp_path / "exported").provenance == local
+
+    conn = pg.connect(postgres_url)  # as 0.4.0 wrote it: no provenance key
+    with conn.transaction():
+        conn.execute(f"UPDATE {pg.COLLECTIONS_TABLE} SET manifest = manifest - 'provenance' WHERE name = %s", (name,))
+    conn.close()
+    old = open_collection(name, postgres_url)
+    try:
+        assert old.manifest.provenance is None and old.info()["provenance"] is None
+        assert len(old.search_text(colour_model, "red", k=2)) == 2
+    finally:
+        old.close()
