@@ -8,13 +8,15 @@ from spawn to the first 200 from /health (every model loaded, runtimes chosen, a
 check exists, the reference set embedded on the chosen runtimes and on PyTorch fp32). With
 `--before SRC`, the same is done with the package at SRC (e.g. a `git archive` of the commit
 before the check) in alternating order, so both see the same machine load. The runtime choice
-is cached by the first start (one extra start, not timed). Then, in this process, the check
-alone: `reference_agreement` on the model as served (median of 5).
+is cached by the first start (one extra start, not timed). Then, in `--runs` fresh processes,
+the model load and the first `reference_agreement` after it, timed apart: what the check adds to
+a start, free of the spread between whole starts on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -64,17 +66,31 @@ def start_once(model: str, src: Path, timeout: float = 300.0) -> float:
         proc.wait(30)
 
 
-def check_alone(model: str) -> tuple[float, dict]:
-    from latentspace.runtime.agreement import reference_agreement
-    from latentspace.serve.models import load_served_model
+FIRST_CHECK = """
+import json, sys, time
+from latentspace.runtime.agreement import reference_agreement
+from latentspace.serve.models import load_served_model
+started = time.perf_counter()
+served = load_served_model("m", sys.argv[1])
+loaded = time.perf_counter() - started
+started = time.perf_counter()
+agreement = reference_agreement(served.model)
+print(json.dumps([loaded, time.perf_counter() - started, {m: a.to_dict() for m, a in agreement.items()}]))
+"""
 
-    served = load_served_model("m", model)
-    times, agreement = [], {}
-    for _ in range(5):
-        started = time.perf_counter()
-        agreement = reference_agreement(served.model)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), {m: a.to_dict() for m, a in agreement.items()}
+
+def first_check(model: str) -> tuple[float, float, dict]:
+    """In a fresh process (as at start-up: the first forwards pay their one-time costs): the
+    seconds to load the model on its runtimes, then the seconds of the first check."""
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST_CHECK, model],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    loaded, checked, agreement = json.loads(out.splitlines()[-1])
+    return loaded, checked, agreement
 
 
 def main() -> None:
@@ -92,8 +108,13 @@ def main() -> None:
             times[name].append(start_once(args.model, src))
     for name, values in times.items():
         print(f"start-up to /health 200, {name}: median {statistics.median(values):.2f} s of {values}")
-    seconds, agreement = check_alone(args.model)
-    print(f"reference_agreement alone: {seconds * 1000:.0f} ms (median of 5): {agreement}")
+    runs = [first_check(args.model) for _ in range(args.runs)]
+    loads, checks = [r[0] for r in runs], [r[1] for r in runs]
+    print(
+        f"in a fresh process: model load {statistics.median(loads):.2f} s, then the first reference check "
+        f"{statistics.median(checks) * 1000:.0f} ms (medians of {args.runs}; checks {[round(c, 3) for c in checks]}): "
+        f"{runs[-1][2]}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import torch
 
-from latentspace.collections import build_collection
+from latentspace.collections import BuildSettings, build_collection
 from latentspace.runtime import EXACT, Choice, ModelOnRuntimes, on_runtimes
 from latentspace.runtime.agreement import reference_agreement, reference_images, reference_texts
 from latentspace.serve.metrics import ServerMetrics
@@ -36,7 +36,12 @@ def server(tmp_path_factory):
     for concept in fakes.CONCEPTS:
         fakes.draw(concept, size=48).save(library / f"{concept.replace(' ', '_')}.png")
     directory = tmp_path_factory.mktemp("collections") / "drawings"
-    build_collection(directory, fakes.colour_embedder(), library)
+    build_collection(
+        directory,
+        fakes.colour_embedder(),
+        library,
+        settings=BuildSettings(image_runtime="torch", image_precision="fp32"),
+    )
     settings = ServeSettings(
         models=["colour", "other"], collections=[f"drawings={directory}"], api_keys=(KEY,), decode_threads=1
     )
@@ -122,6 +127,13 @@ def test_a_drifting_runtime_shows_in_the_agreement(caplog):
         }
     finally:
         registry.stop()
+
+
+def test_the_collection_list_carries_provenance(server):
+    (drawings,) = httpx.get(server.url + "/v1/collections", headers=AUTH).json()["data"]
+    made_by = drawings["provenance"]["made_by"]
+    assert [(g["runtime"], g["precision"], g["rows"]) for g in made_by] == [("torch", "fp32", 12)]
+    assert drawings["provenance"]["query_prefix"] == ""
 
 
 def test_a_served_model_of_another_space_is_refused_for_a_collection(server):

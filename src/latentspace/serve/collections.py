@@ -255,6 +255,7 @@ def add_collection_routes(
                     skipped=info.get("skipped", 0),
                     updated=info.get("updated"),
                     status=served.status if not served.error else f"failed: {served.error}",
+                    provenance=info.get("provenance"),
                 )
             )
         return CollectionList(data=data)

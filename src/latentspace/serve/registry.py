@@ -152,7 +152,7 @@ class ModelRegistry:
                 if a.reference
                 else (f", below {MIN_COSINE}" if low else ""),
             )
-        log.debug("model %s: reference agreement took %.3f s", name, time.perf_counter() - started)
+        log.info("model %s: reference agreement checked in %.3f s", name, time.perf_counter() - started)
 
     def _worker_for(self, name: str) -> InferenceWorker:
         gauge = self.metrics.queue_depth.labels(name)

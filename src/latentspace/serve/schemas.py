@@ -490,6 +490,11 @@ class CollectionInfo(BaseModel):
     skipped: int
     updated: str | None = None
     status: str
+    provenance: dict[str, Any] | None = Field(
+        None,
+        description="what made the vectors: query/document prefix, rows per runtime and precision (made_by), "
+        "preprocessing, versions; null when unknown (a collection built before it was recorded)",
+    )
 
 
 class CollectionList(BaseModel):
