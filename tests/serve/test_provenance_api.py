@@ -5,6 +5,7 @@ model of another space refused."""
 from __future__ import annotations
 
 import logging
+import time
 
 import httpx
 import pytest
@@ -67,8 +68,20 @@ def test_the_reference_set_is_packaged():
     assert all(data.startswith(b"\x89PNG") for data in reference_images())
 
 
+def served_models(server, timeout: float = 60.0) -> dict[str, dict]:
+    """/v1/models by id, once every model's reference agreement is in (it is measured right after
+    the models are ready, so /health may say 200 a moment before)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        models = {m["id"]: m for m in httpx.get(server.url + "/v1/models", headers=AUTH).json()["data"]}
+        if all("reference_agreement" in m for m in models.values()):
+            return models
+        assert time.monotonic() < deadline, models
+        time.sleep(0.05)
+
+
 def test_models_and_metrics_carry_the_reference_agreement(server):
-    models = {m["id"]: m for m in httpx.get(server.url + "/v1/models", headers=AUTH).json()["data"]}
+    models = served_models(server)
     for name in ("colour", "other"):
         agreement = models[name]["reference_agreement"]
         assert set(agreement) == {"text", "image"}
@@ -112,6 +125,8 @@ def test_a_drifting_runtime_shows_in_the_agreement(caplog):
     )
     with caplog.at_level(logging.INFO, logger="latentspace.serve.registry"):
         registry.load_now()
+        assert not registry.slots["drift"].served.agreement  # checked after the models are ready
+        registry.check_references()
     try:
         described = registry.slots["drift"].served.describe()["reference_agreement"]
         assert described["image"]["min_cosine"] == image.min_cosine and not described["image"]["reference"]

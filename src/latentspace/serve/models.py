@@ -17,7 +17,7 @@ from typing import Any
 from latentspace.models.embedder import Embedder
 from latentspace.models.load import default_name, load, parse_spec
 from latentspace.runtime import AUTO, ModelOnRuntimes, RuntimeSettings, on_runtimes
-from latentspace.runtime.agreement import Agreement, reference_agreement
+from latentspace.runtime.agreement import Agreement
 
 
 def parse_model_arg(arg: str) -> tuple[str, str]:
@@ -35,7 +35,7 @@ class ServedModel:
     spec: str
     model: ModelOnRuntimes
     # modality -> agreement of the chosen runtime with PyTorch fp32 on the reference set (measured
-    # once, at start-up: `check_agreement`)
+    # once, right after start-up: registry.check_references)
     agreement: dict[str, Agreement] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -43,12 +43,6 @@ class ServedModel:
         if self.agreement:
             out["reference_agreement"] = {modality: a.to_dict() for modality, a in self.agreement.items()}
         return out
-
-    def check_agreement(self) -> dict[str, Agreement]:
-        """Embed the packaged reference set on the chosen runtimes and on PyTorch fp32 (runtime/
-        agreement.py) and keep the lowest cosine per modality."""
-        self.agreement = reference_agreement(self.model)
-        return self.agreement
 
     @property
     def image_runtime(self) -> str | None:

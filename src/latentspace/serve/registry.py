@@ -17,6 +17,7 @@ import torch
 
 from latentspace.models.embedder import Embedder
 from latentspace.runtime import MIN_COSINE
+from latentspace.runtime.agreement import reference_agreement
 from latentspace.serve.batching import BatchKind, BatchObserver, InferenceWorker
 from latentspace.serve.errors import ApiError, retry_later
 from latentspace.serve.metrics import ServerMetrics
@@ -67,7 +68,7 @@ class ModelRegistry:
             if name in self.slots:
                 raise ValueError(f"two models are named {name!r}; name them with NAME=DIR")
             self.slots[name] = Slot(name, spec)
-        self._thread = threading.Thread(target=self.load_now, name="model-loader", daemon=True)
+        self._thread = threading.Thread(target=self._load_then_check, name="model-loader", daemon=True)
         self.after_load: list[Callable[[ModelRegistry], None]] = []  # run when every model is loaded
 
     def start(self) -> None:
@@ -78,6 +79,23 @@ class ModelRegistry:
         for slot in self.slots.values():
             if slot.worker is not None:
                 slot.worker.stop()
+
+    def _load_then_check(self) -> None:
+        self.load_now()
+        self.check_references()
+
+    def check_references_in_background(self) -> None:
+        """`check_references` on a thread of its own (a server whose models loaded in its start-up)."""
+        threading.Thread(target=self.check_references, name="reference-check", daemon=True).start()
+
+    def check_references(self) -> None:
+        """The reference agreement (runtime/agreement.py) of every ready model not yet checked.
+        Run once the models are ready, so it adds nothing to the time until /health answers 200:
+        /v1/models and /metrics carry it a moment later. The forwards it runs are safe beside the
+        inference workers' (each thread has its own OpenVINO infer request)."""
+        for slot in list(self.slots.values()):
+            if slot.state == "ready" and slot.served is not None and not slot.served.agreement:
+                self._check_agreement(slot.name, slot.served)
 
     def load_now(self) -> None:
         """Load the models in this thread and return when every one is ready or failed."""
@@ -91,7 +109,6 @@ class ModelRegistry:
                 log.error("could not load model %s from %s: %s", slot.name, slot.spec, slot.error)
                 continue
             loaded.append(model.model)
-            self._check_agreement(slot.name, model)
             slot.served, slot.worker = model, self._worker_for(slot.name)
             slot.worker.start()
             self.metrics.worker_up.labels(slot.name).set(1)
@@ -122,7 +139,6 @@ class ModelRegistry:
                 f"the collection's model {manifest.model!r} now loads in space {model.model.space}, "
                 f"not the collection's {manifest.identity}; serve a model of that space beside it"
             )
-        self._check_agreement(name, model)
         slot.served, slot.worker = model, self._worker_for(name)
         slot.worker.start()
         self.metrics.worker_up.labels(name).set(1)
@@ -131,11 +147,12 @@ class ModelRegistry:
         return name
 
     def _check_agreement(self, name: str, served: ServedModel) -> None:
-        """The reference set on the chosen runtimes vs PyTorch fp32 (before the model takes
-        requests): published in /v1/models and /metrics, logged, a warning below the bound."""
+        """The reference set on the chosen runtimes vs PyTorch fp32: published in /v1/models and
+        /metrics, logged, a warning below the bound."""
         started = time.perf_counter()
-        agreement = served.check_agreement()
+        agreement = reference_agreement(served.model)  # the packaged set, chosen runtimes vs PyTorch fp32
         self.metrics.observe_agreement(name, agreement)
+        served.agreement = agreement  # /v1/models shows it from now on (after the gauge is set)
         for modality, a in agreement.items():
             if a.error is not None:
                 continue
