@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/serve_startup.py --model artifacts/quickstart/model --before /tmp/before/src
 
 Starts `latentspace serve --model SPEC` as a subprocess `--runs` times and reports the seconds
-from spawn to the first 200 from /health (every model loaded, runtimes chosen, and, since the
-check exists, the reference set embedded on the chosen runtimes and on PyTorch fp32). With
+from spawn to the first 200 from /health (every model loaded, runtimes chosen; the reference
+check runs right after, beside the first requests, so it is not in this time unless it delays
+loading). With
 `--before SRC`, the same is done with the package at SRC (e.g. a `git archive` of the commit
 before the check) in alternating order, so both see the same machine load. The runtime choice
 is cached by the first start (one extra start, not timed). Then, in `--runs` fresh processes,
