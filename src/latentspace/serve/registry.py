@@ -95,7 +95,10 @@ class ModelRegistry:
         inference workers' (each thread has its own OpenVINO infer request)."""
         for slot in list(self.slots.values()):
             if slot.state == "ready" and slot.served is not None and not slot.served.agreement:
-                self._check_agreement(slot.name, slot.served)
+                try:
+                    self._check_agreement(slot.name, slot.served)
+                except BaseException as e:  # noqa: BLE001 - even a forward that exits: the check never takes the server down
+                    log.error("model %s: the reference check failed: %s: %s", slot.name, type(e).__name__, e)
 
     def load_now(self) -> None:
         """Load the models in this thread and return when every one is ready or failed."""
