@@ -259,3 +259,39 @@ def test_the_postgresql_store_carries_provenance(tmp_path, library, colour_model
         assert len(old.search_text(colour_model, "red", k=2)) == 2
     finally:
         old.close()
+
+
+def test_a_runtime_that_fails_mid_part_is_recorded_with_the_rows_each_made(tmp_path, monkeypatch):
+    """ONNX Runtime makes the first batch, then fails; PyTorch fp32 makes the rest of the part
+    (runtime/forwards.guarded). The part and the manifest name both, with their rows."""
+    from latentspace.collections import unit
+    from latentspace.runtime.forwards import guarded
+
+    real_on_runtimes = unit.on_runtimes
+
+    def flaky_after_one_batch(model, **asked):
+        placed = real_on_runtimes(model, **asked)
+        fast, calls = placed._image, []
+
+        def flaky(pixels):
+            calls.append(len(pixels))
+            if len(calls) > 1:
+                raise RuntimeError("the runtime gave up")
+            return fast(pixels)
+
+        placed._image = guarded(flaky, placed.model.image_rows, placed.choices["image"], "test")
+        return placed
+
+    monkeypatch.setattr(unit, "on_runtimes", flaky_after_one_batch)
+    images = _drawings(tmp_path / "images", fakes.CONCEPTS[:10])
+    settings = SETTINGS.but(image_runtime="onnxruntime", files_per_part=10, batch_size=4)
+    build_collection(tmp_path / "c", fakes.colour_embedder(), images, settings=settings)
+
+    manifest = store.Manifest.load(tmp_path / "c")
+    (part,) = manifest.parts
+    assert manifest.provenance.parts[part.name].runtimes == {"onnxruntime-fp32": 4, "torch-fp32": 6}
+    made_by = Collection.open(tmp_path / "c").info()["provenance"]["made_by"]
+    assert {(g["runtime"], g["precision"], g["rows"]) for g in made_by} == {
+        ("onnxruntime", "fp32", 4),
+        ("torch", "fp32", 6),
+    }

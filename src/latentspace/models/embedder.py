@@ -333,7 +333,10 @@ class Embedder:
 
         self.require("image")
         described = self.describe_preprocessing() or {"transform": "not described by the model"}
-        shape = list(self.preprocess_image(Image.new("RGB", (97, 61), "white")).shape)
+        try:
+            shape: list[int] | None = list(self.preprocess_image(Image.new("RGB", (97, 61), "white")).shape)
+        except Exception:  # noqa: BLE001 - a model that refuses a blank image: the shape stays unknown
+            shape = None
         return {**described, "input_shape": shape, "transparency": transparency_policy()}
 
     def runtime_names(self) -> dict[str, str]:
