@@ -286,6 +286,35 @@ def collection_info(
         out.print(Text(f"{key}: {info[key]}"), soft_wrap=True)
     for source in info["sources"]:
         out.print(Text(f"source: {source['kind']} {source['location']}"), soft_wrap=True)
+    for line in _provenance_lines(info.get("provenance")):
+        out.print(Text(line), soft_wrap=True)
+
+
+def _provenance_lines(provenance: dict | None) -> list[str]:
+    """`collection info`'s account of what made the vectors (collections/provenance.py)."""
+    if provenance is None:
+        return ["provenance: unknown (built before latentspace recorded it; the next build records it)"]
+
+    def versions(libraries: dict) -> str:
+        return ", ".join(f"{name} {v}" for name, v in sorted(libraries.items()) if v) or "library versions unknown"
+
+    lines = [
+        f"query prefix: {provenance['query_prefix']!r}"
+        + ("" if provenance["query_prefix"] is not None else " (unknown)"),
+        f"document prefix: {provenance['document_prefix']!r}",
+    ]
+    for group in provenance["made_by"]:
+        package = f"latentspace {group['latentspace']}" if group["latentspace"] else "latentspace version unknown"
+        lines.append(
+            f"made by: {group['runtime']}-{group['precision']}: {group['rows']} rows in {group['parts']} part(s) "
+            f"(model {group['model']}, {package}, {versions(group['libraries'])}"
+            + (f", preprocessing {group['preprocessing']})" if group["preprocessing"] else ")")
+        )
+    for fingerprint, steps in provenance["preprocessing"].items():
+        described = ", ".join(f"{k} {v}" for k, v in steps.items())
+        lines.append(f"preprocessing {fingerprint}: {described}")
+    lines.append(f"last build: latentspace {provenance['latentspace']}, {versions(provenance['libraries'])}")
+    return lines
 
 
 def _where(directory, store: str | None) -> str:

@@ -79,6 +79,7 @@ from latentspace.collections import relevance, store
 from latentspace.collections.commit import commit, stage_rewrites, sync_index
 from latentspace.collections.engines import Engine, check_engine, open_engine
 from latentspace.collections.plan import Plan, make_plan
+from latentspace.collections.provenance import Provenance
 from latentspace.collections.settings import BuildSettings
 from latentspace.collections.sources import open_source
 from latentspace.collections.unit import UnitRuntime, as_embedder, model_spec
@@ -264,6 +265,7 @@ def _manifest(
         )
     if settings.hnsw_min_rows is not None:
         manifest.hnsw_min_rows = settings.hnsw_min_rows
+    manifest.provenance = Provenance.for_build(embedder, manifest.provenance)  # a 0.4.0 collection's is filled
     return manifest
 
 

@@ -62,6 +62,13 @@ def commit(directory: Path, manifest: store.Manifest, plan: Plan) -> None:
             continue
         entry.rows = rows
     manifest.parts = sorted(entries.values(), key=lambda p: p.ordinal)
+    if manifest.provenance is not None:  # what made each part: the new ones, and any not yet recorded
+        made = {unit.part for unit in plan.units}
+        for entry in manifest.parts:
+            if entry.name in made or entry.name not in manifest.provenance.parts:
+                info = store.read_part_info(parts / f"{entry.name}.parquet")
+                manifest.provenance.record_part(entry.name, info, entry.rows)
+        manifest.provenance.keep_only(p.name for p in manifest.parts)
     manifest.next_ordinal = max(manifest.next_ordinal, plan.next_ordinal)
     manifest.counts = {
         "items": sum(p.rows for p in manifest.parts),

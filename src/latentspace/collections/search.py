@@ -384,12 +384,19 @@ class Collection:
         return self._row_entry[rows]
 
     # -- search ---------------------------------------------------------------------------------------
-    def _check_model(self, model: Embedder | str) -> Embedder:
+    def _check_model(self, model: Embedder | str, *, texts: bool = False) -> Embedder:
+        """The query model, refused when it is of another space than the collection's, or (for
+        text queries, `texts`) when its search_query prefix is not the recorded one."""
         if isinstance(model, str):
             from latentspace.models.load import load
 
             model = load(model)
-        store.check_space(self.manifest, model.identity, what=f"query model {model.name!r}", directory=self.directory)
+        what = f"query model {model.spec or model.name!r}"
+        store.check_space(self.manifest, model.identity, what=what, directory=self.directory)
+        if texts:
+            model.require("text")
+            prefix = model.text_prefix("search_query")
+            store.check_query_prefix(self.manifest, prefix, what=what, directory=self.directory)
         return model
 
     def search_text(
@@ -401,8 +408,7 @@ class Collection:
         filters: Filters | None = None,
         min_relevance: float | None = None,
     ) -> Hits:
-        model = self._check_model(model)
-        model.require("text")
+        model = self._check_model(model, texts=True)
         query = model.embed_texts([text], "search_query")[0].numpy()
         return self.search_vector(query, k, min_score, filters, min_relevance=min_relevance)
 
@@ -463,9 +469,8 @@ class Collection:
         if texts or images:
             if model is None:
                 raise ValueError("text and image terms need a query model; pass one (or the collection's spec)")
-            model = self._check_model(model)
+            model = self._check_model(model, texts=bool(texts))
         if texts:  # one forward for all the texts, one for all the images
-            model.require("text")  # type: ignore[union-attr]
             rows = model.embed_texts([terms[i].value for i in texts], "search_query")  # type: ignore[union-attr]
             for i, row in zip(texts, rows):
                 vectors[i] = row.numpy()

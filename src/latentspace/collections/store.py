@@ -56,6 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latentspace import atomic
+from latentspace.collections.provenance import Provenance
 from latentspace.collections.sources import ShardItem, Source
 from latentspace.space import SpaceIdentity, SpaceMismatchError
 from latentspace.workspace import DEFAULT as WORKSPACE
@@ -213,6 +214,7 @@ class Manifest:
     counts: dict[str, int] = field(default_factory=dict)
     updated: str = ""
     relevance: dict[str, Any] | None = None  # the relevance calibration (relevance.Calibration.to_dict)
+    provenance: Provenance | None = None  # None: built before provenance was recorded (0.4.0)
 
     @property
     def dim(self) -> int:
@@ -235,6 +237,7 @@ class Manifest:
             "counts": self.counts,
             "updated": self.updated,
             "relevance": self.relevance,
+            "provenance": None if self.provenance is None else self.provenance.to_dict(),
         }
 
     @classmethod
@@ -254,6 +257,7 @@ class Manifest:
             counts=d.get("counts", {}),
             updated=d.get("updated", ""),
             relevance=d.get("relevance"),
+            provenance=Provenance.from_dict(d["provenance"]) if d.get("provenance") else None,
         )
 
     @classmethod
@@ -286,6 +290,8 @@ def manifest_info(manifest: Manifest, *, directory: str, items: int, search: str
         "search": search,
         "updated": m.updated,
         "relevance": f"calibrated over {m.relevance['rows']} rows" if m.relevance else "none (build it again)",
+        # what made the vectors (provenance.py); None: unknown, built before it was recorded
+        "provenance": None if m.provenance is None else m.provenance.summary({p.name: p.rows for p in m.parts}),
     }
 
 
@@ -314,6 +320,21 @@ def check_space(manifest: Manifest, identity: SpaceIdentity, *, what: str, direc
         f"space {manifest.identity} (built with model {manifest.model!r}). Vectors of different spaces are not "
         f"comparable: use a model of the collection's space (e.g. {manifest.model!r}), or build a new collection "
         "for this model with another name or --out"
+    )
+
+
+def check_query_prefix(manifest: Manifest, prefix: str | None, *, what: str, directory: Path | str) -> None:
+    """Refuse a text query whose `search_query` prefix is not the one the collection recorded: the
+    same words with another prefix are another vector. A collection without a recorded prefix
+    (built before 0.5, or by an image-only model) is not checked."""
+    recorded = manifest.provenance.query_prefix if manifest.provenance is not None else None
+    if recorded is None or prefix == recorded:
+        return
+    raise CollectionSpaceError(
+        f"{what} puts {prefix!r} before a search query, but collection {manifest.name!r} ({directory}) records "
+        f"{recorded!r} as the query prefix of its space (model {manifest.model!r}): the same words with another "
+        f"prefix are another vector. Query with a model whose search_query prefix is {recorded!r} (e.g. "
+        f"{manifest.model!r}), or rebuild the collection with this model under another name or --out"
     )
 
 

@@ -22,6 +22,7 @@ import torch
 
 from latentspace.collections import store
 from latentspace.collections.plan import Unit
+from latentspace.collections.provenance import part_provenance
 from latentspace.collections.settings import BuildSettings
 from latentspace.collections.sources import MAX_ITEMS_PER_UNIT, Record, Skip, file_records, item_id, shard_records
 from latentspace.data.fetch import BlockingFetcher, FetchPolicy, UrlRefused
@@ -109,7 +110,7 @@ def embed_unit(unit: Unit, runtime: UnitRuntime, out_dir: Path, *, progress: Pro
             f"unit {unit.part} was planned for image runtime {unit.settings.image}, not {runtime.settings.image}"
         )
     started = time.perf_counter()
-    columns, vectors, skipped = _run(unit, runtime, progress or NullProgress())
+    columns, vectors, skipped, made_by = _run(unit, runtime, progress or NullProgress())
     info = {
         "model": unit.model,
         "identity": unit.identity,
@@ -117,6 +118,8 @@ def embed_unit(unit: Unit, runtime: UnitRuntime, out_dir: Path, *, progress: Pro
         "dtype": unit.settings.dtype,
         "settings": unit.settings.to_dict(),
         "runtime": runtime.model.choices["image"].name,  # what made these vectors
+        # ... in full: rows per runtime (two after a fall-back mid-part), versions, preprocessing
+        "provenance": part_provenance(runtime.model, unit.model, made_by),
         "unit": unit.header(),
         "skipped": skipped,
     }
@@ -159,7 +162,9 @@ def _records(unit: Unit, runtime: UnitRuntime) -> Iterator[Record]:
     return file_records(unit.items, runtime.urls())
 
 
-def _run(unit: Unit, runtime: UnitRuntime, progress: Progress) -> tuple[dict[str, list], np.ndarray, list[dict]]:
+def _run(
+    unit: Unit, runtime: UnitRuntime, progress: Progress
+) -> tuple[dict[str, list], np.ndarray, list[dict], dict[str, int]]:
     model, batch_size = runtime.model, unit.batch_size
     has_urls = any(item.url for item in unit.items)
     pool, threads = runtime.pool(has_urls)
@@ -170,6 +175,7 @@ def _run(unit: Unit, runtime: UnitRuntime, progress: Progress) -> tuple[dict[str
     chunks: list[np.ndarray] = []
     skipped: list[dict[str, Any]] = []
     batch: list[_Prepared] = []
+    made_by: dict[str, int] = {}  # runtime-precision -> rows it made
 
     def top_up() -> None:
         while len(pending) < lookahead:
@@ -191,6 +197,9 @@ def _run(unit: Unit, runtime: UnitRuntime, progress: Progress) -> tuple[dict[str
             return
         with torch.inference_mode():
             rows = finish(model.image_rows(torch.stack([p.pixels for p in batch])))
+        # read after the forward: a runtime that failed on this batch fell back, and PyTorch made it
+        name = model.choices["image"].name
+        made_by[name] = made_by.get(name, 0) + len(batch)
         chunks.append(rows.numpy().astype(np.float32, copy=False))
         for p in batch:
             _add_row(columns, unit, p)
@@ -211,7 +220,7 @@ def _run(unit: Unit, runtime: UnitRuntime, progress: Progress) -> tuple[dict[str
             flush()
     flush()
     vectors = np.concatenate(chunks) if chunks else np.empty((0, unit.dim), dtype=np.float32)
-    return columns, vectors, skipped
+    return columns, vectors, skipped, made_by
 
 
 def _add_row(columns: dict[str, list], unit: Unit, p: _Prepared) -> None:

@@ -30,7 +30,15 @@ class ImageTooLargeError(ImageDecodeError):
     """An image whose header declares more pixels than allowed; refused before decoding."""
 
 
-def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+BACKGROUND = (255, 255, 255)  # what transparent pixels become, on every path into a model
+
+
+def transparency_policy(background: tuple[int, int, int] = BACKGROUND) -> str:
+    """How `to_rgb` treats transparency, in words (what a collection records of its inputs)."""
+    return f"alpha composited onto RGB {background[0]},{background[1]},{background[2]}"
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
     """Any PIL mode -> RGB; transparency is composited onto `background`, not dropped to black."""
     if img.mode == "RGB":
         return img

@@ -164,3 +164,30 @@ def _rotate_hue(x: torch.Tensor, radians: torch.Tensor) -> torch.Tensor:
     i, q = yiq[:, 1], yiq[:, 2]
     yiq = torch.stack([yiq[:, 0], c * i - s * q, s * i + c * q], 1)
     return torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq)
+
+
+def describe_transform(transform) -> dict:
+    """What a torchvision transform (v1 or v2, a Compose or one step) does to an image, read from
+    its steps: `steps` (their class names, in order), and `resize` (size, interpolation,
+    antialias), `crop` (a centre crop's size), `mean` / `std` (normalisation) where a step says.
+    What a collection records as its preprocessing, so it is never restated by hand."""
+    steps = list(getattr(transform, "transforms", [transform]))
+    out: dict = {"steps": [type(step).__name__ for step in steps]}
+    for step in steps:
+        name = type(step).__name__
+        if name == "Resize":
+            interpolation = getattr(step, "interpolation", None)
+            out["resize"] = {
+                "size": _plain(step.size),
+                "interpolation": str(getattr(interpolation, "value", interpolation)),
+                "antialias": getattr(step, "antialias", None),
+            }
+        elif name == "CenterCrop":
+            out["crop"] = _plain(step.size)
+        elif name == "Normalize":
+            out["mean"], out["std"] = [float(v) for v in step.mean], [float(v) for v in step.std]
+    return out
+
+
+def _plain(size) -> int | list[int]:
+    return int(size) if isinstance(size, int) else [int(v) for v in size]

@@ -126,6 +126,17 @@ class HFClipModel(Embedder):
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         return self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
 
+    def describe_preprocessing(self) -> dict:
+        """The CLIP image processor's own settings."""
+        p = self.processor
+        resample = getattr(p, "resample", None)
+        out: dict = {"steps": [type(p).__name__], "resize": {"size": _size(p.size), "interpolation": str(resample)}}
+        if getattr(p, "do_center_crop", False):
+            out["crop"] = _size(p.crop_size)
+        if getattr(p, "do_normalize", True):
+            out["mean"], out["std"] = [float(v) for v in p.image_mean], [float(v) for v in p.image_std]
+        return out
+
     @torch.inference_mode()
     def image_rows(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._image(pixels)
@@ -203,6 +214,11 @@ class OpenClipModel(Embedder):
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
 
+    def describe_preprocessing(self) -> dict:
+        from latentspace.data.transforms import describe_transform
+
+        return describe_transform(self.transform)
+
     @torch.inference_mode()
     def image_rows(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._image(pixels)
@@ -210,6 +226,16 @@ class OpenClipModel(Embedder):
     @property
     def image_module(self) -> torch.nn.Module:
         return self._image
+
+
+def _size(value):
+    """A processor's size setting (an int, a dict, or transformers 5's SizeDict) as plain JSON."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    items = value.items() if hasattr(value, "items") else vars(value).items()
+    return {str(k): int(v) for k, v in items if isinstance(v, (int, float))}
 
 
 def is_hf_clip_dir(path: str | Path) -> bool:

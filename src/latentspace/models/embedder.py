@@ -313,6 +313,32 @@ class Embedder:
                 out.append(self.image_rows(torch.stack([f.result() for f in batch])))
         return finish(torch.cat(out), dimensionality)
 
+    # -- what a collection records of how its vectors were made ---------------------------------
+    def text_prefix(self, task_type: str) -> str | None:
+        """The text put before every text of `task_type` ("" when the model has no prefixes);
+        None when the model takes no such task type, or cannot say."""
+        self.require("text")
+        return "" if not self.task_types else None
+
+    def describe_preprocessing(self) -> dict[str, Any]:
+        """The model's own account of its image transform (resize, crop, mean/std), read from the
+        transform object; {} when the model cannot describe it. Subclasses override."""
+        return {}
+
+    def image_preprocessing(self) -> dict[str, Any]:
+        """How an image becomes this model's input: the transform as the model describes it, the
+        input shape its preprocessing gives (measured on a blank image), and the transparency
+        policy every path shares (`data.images.to_rgb`)."""
+        from latentspace.data.images import transparency_policy
+
+        self.require("image")
+        described = self.describe_preprocessing() or {"transform": "not described by the model"}
+        try:
+            shape: list[int] | None = list(self.preprocess_image(Image.new("RGB", (97, 61), "white")).shape)
+        except Exception:  # noqa: BLE001 - a model that refuses a blank image: the shape stays unknown
+            shape = None
+        return {**described, "input_shape": shape, "transparency": transparency_policy()}
+
     def runtime_names(self) -> dict[str, str]:
         """modality -> the runtime and precision running its forward: a model's own forwards are
         PyTorch fp32 (latentspace.runtime puts them on others)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from latentspace.data.transforms import Preprocess, eval_transform
+from latentspace.data.transforms import Preprocess, describe_transform, eval_transform
 from latentspace.models.embedder import Embedder
 from latentspace.models.model_dir import load_vision, text_path_in
 from latentspace.models.text_model import TowerText
@@ -39,6 +39,9 @@ class PairedModel(TowerText, Embedder):
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         return self._transform(image)
+
+    def describe_preprocessing(self) -> dict:
+        return describe_transform(self._transform)
 
     @torch.inference_mode()
     def image_rows(self, pixels: torch.Tensor) -> torch.Tensor:

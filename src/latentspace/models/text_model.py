@@ -34,6 +34,13 @@ class TowerText:
         self.text.prefix_for(task_type)  # raises with the model's own list of task types
         return task_type
 
+    def text_prefix(self, task_type: str) -> str | None:
+        self.require("text")
+        try:
+            return self.text.prefix_for(task_type)
+        except ValueError:  # a task type this text model has no prefix for
+            return None
+
     def tokenize(self, texts: Sequence[str], task_type: str) -> list[list[int]]:
         self.require("text")  # a model whose text side is optional (Nomic vision) may have none
         return self.text.token_ids(texts, task_type)

@@ -62,6 +62,12 @@ class ModelOnRuntimes(Embedder):
     def preprocess_image(self, image):
         return self.model.preprocess_image(image)
 
+    def text_prefix(self, task_type):
+        return self.model.text_prefix(task_type)
+
+    def describe_preprocessing(self):
+        return self.model.describe_preprocessing()
+
     @property
     def image_module(self) -> torch.nn.Module:
         return self.model.image_module

@@ -92,6 +92,7 @@ def create_app(settings: ServeSettings, *, loader: Loader | None = None) -> Fast
             # 503) while its siblings are ready. A single process loads in the background instead,
             # so its /health can say "loading" to a readiness probe.
             await asyncio.to_thread(registry.load_now)
+            registry.check_references_in_background()  # not part of start-up: see check_references
         else:
             registry.start()
         yield

@@ -44,6 +44,7 @@ from fastapi.responses import Response
 
 from latentspace.models.embedder import finish
 from latentspace.serve.errors import ApiError, retry_later
+from latentspace.serve.request_items import require_modality
 from latentspace.serve.schemas import (
     SEARCH_IMAGE_FORM,
     CollectionInfo,
@@ -163,6 +164,26 @@ def add_collection_routes(
     route's error statuses (401 added where keys are required)."""
     guard = [Depends(require_key)]
 
+    def query_slot(served: ServedCollection, model: str | None, *, texts: bool = False):
+        """The served model a query is embedded with: the one asked for, else the collection's;
+        refused (400) when it is of another latent space, or (text queries) when its search_query
+        prefix is not the one the collection recorded (collections.store.check_space and
+        check_query_prefix: the same checks as local search)."""
+        from latentspace.collections.postgres import redact
+        from latentspace.collections.store import CollectionSpaceError, check_query_prefix, check_space
+
+        slot = registry.get(model or served.slot_name)
+        manifest, where = served.collection.manifest, redact(served.where)
+        what = f"served model {slot.name!r} ({slot.served.spec})"
+        try:
+            check_space(manifest, slot.model.identity, what=what, directory=where)
+            if texts:
+                require_modality(slot, "text", "a text query")
+                check_query_prefix(manifest, slot.model.text_prefix("search_query"), what=what, directory=where)
+        except CollectionSpaceError as e:
+            raise ApiError(400, str(e)) from e
+        return slot
+
     def result(served: ServedCollection, hit) -> SearchResult:
         return SearchResult(
             id=hit.id,
@@ -194,7 +215,7 @@ def add_collection_routes(
         texts = [term for term in terms if term.text is not None]
         vectors: list[np.ndarray] = []
         if texts:  # embedded at once, so the model's worker batches them
-            slot = registry.get(served.slot_name)
+            slot = query_slot(served, f.model, texts=True)
             vectors = list(await asyncio.gather(*(embed_query_text(slot, term.text) for term in texts)))
         weights = [term.weight for term in texts]
         if image is not None:
@@ -251,6 +272,7 @@ def add_collection_routes(
                     skipped=info.get("skipped", 0),
                     updated=info.get("updated"),
                     status=served.status if not served.error else f"failed: {served.error}",
+                    provenance=info.get("provenance"),
                 )
             )
         return CollectionList(data=data)
@@ -290,7 +312,7 @@ def add_collection_routes(
         fields = _image_fields(form)
         upload = uploads[0]
         vector = await embed_query_image(
-            registry.get(served.slot_name), await upload.read(), f"image ({upload.filename or 'unnamed'})"
+            query_slot(served, fields.model), await upload.read(), f"image ({upload.filename or 'unnamed'})"
         )
         query = {"image": upload.filename or "image"}
         if fields.terms:

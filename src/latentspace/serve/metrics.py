@@ -56,6 +56,20 @@ class ServerMetrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        self.agreement = Gauge(
+            "latentspace_reference_min_cosine",
+            "lowest cosine between the served runtime's and PyTorch fp32's vectors of the packaged reference "
+            "set, measured at start-up (1.0 by construction where the runtime is PyTorch fp32)",
+            ["model", "modality", "runtime", "precision"],
+            registry=r,
+            multiprocess_mode="min",
+        )
+
+    def observe_agreement(self, model: str, agreement: dict) -> None:
+        """The reference set's lowest cosine to PyTorch fp32 per modality (runtime/agreement.py)."""
+        for modality, a in agreement.items():
+            if a.min_cosine is not None:
+                self.agreement.labels(model, modality, a.runtime, a.precision).set(a.min_cosine)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

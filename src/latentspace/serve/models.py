@@ -10,13 +10,14 @@ runtimes chosen for them, within cosine 0.999 of PyTorch fp32 (`--text-runtime t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from latentspace.models.embedder import Embedder
 from latentspace.models.load import default_name, load, parse_spec
 from latentspace.runtime import AUTO, ModelOnRuntimes, RuntimeSettings, on_runtimes
+from latentspace.runtime.agreement import Agreement
 
 
 def parse_model_arg(arg: str) -> tuple[str, str]:
@@ -33,9 +34,15 @@ class ServedModel:
     name: str
     spec: str
     model: ModelOnRuntimes
+    # modality -> agreement of the chosen runtime with PyTorch fp32 on the reference set (measured
+    # once, right after start-up: registry.check_references)
+    agreement: dict[str, Agreement] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.name, "object": "model", "owned_by": "latentspace", **self.model.describe()}
+        out = {"id": self.name, "object": "model", "owned_by": "latentspace", **self.model.describe()}
+        if self.agreement:
+            out["reference_agreement"] = {modality: a.to_dict() for modality, a in self.agreement.items()}
+        return out
 
     @property
     def image_runtime(self) -> str | None:

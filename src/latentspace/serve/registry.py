@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,6 +16,8 @@ from functools import partial
 import torch
 
 from latentspace.models.embedder import Embedder
+from latentspace.runtime import MIN_COSINE
+from latentspace.runtime.agreement import reference_agreement
 from latentspace.serve.batching import BatchKind, BatchObserver, InferenceWorker
 from latentspace.serve.errors import ApiError, retry_later
 from latentspace.serve.metrics import ServerMetrics
@@ -65,7 +68,7 @@ class ModelRegistry:
             if name in self.slots:
                 raise ValueError(f"two models are named {name!r}; name them with NAME=DIR")
             self.slots[name] = Slot(name, spec)
-        self._thread = threading.Thread(target=self.load_now, name="model-loader", daemon=True)
+        self._thread = threading.Thread(target=self._load_then_check, name="model-loader", daemon=True)
         self.after_load: list[Callable[[ModelRegistry], None]] = []  # run when every model is loaded
 
     def start(self) -> None:
@@ -76,6 +79,26 @@ class ModelRegistry:
         for slot in self.slots.values():
             if slot.worker is not None:
                 slot.worker.stop()
+
+    def _load_then_check(self) -> None:
+        self.load_now()
+        self.check_references()
+
+    def check_references_in_background(self) -> None:
+        """`check_references` on a thread of its own (a server whose models loaded in its start-up)."""
+        threading.Thread(target=self.check_references, name="reference-check", daemon=True).start()
+
+    def check_references(self) -> None:
+        """The reference agreement (runtime/agreement.py) of every ready model not yet checked.
+        Run once the models are ready, so it adds nothing to the time until /health answers 200:
+        /v1/models and /metrics carry it a moment later. The forwards it runs are safe beside the
+        inference workers' (each thread has its own OpenVINO infer request)."""
+        for slot in list(self.slots.values()):
+            if slot.state == "ready" and slot.served is not None and not slot.served.agreement:
+                try:
+                    self._check_agreement(slot.name, slot.served)
+                except BaseException as e:  # noqa: BLE001 - even a forward that exits: the check never takes the server down
+                    log.error("model %s: the reference check failed: %s: %s", slot.name, type(e).__name__, e)
 
     def load_now(self) -> None:
         """Load the models in this thread and return when every one is ready or failed."""
@@ -125,6 +148,31 @@ class ModelRegistry:
         slot.state = "ready"
         self.slots = {**self.slots, name: slot}  # replaced, not mutated: handlers may be iterating it
         return name
+
+    def _check_agreement(self, name: str, served: ServedModel) -> None:
+        """The reference set on the chosen runtimes vs PyTorch fp32: published in /v1/models and
+        /metrics, logged, a warning below the bound."""
+        started = time.perf_counter()
+        agreement = reference_agreement(served.model)  # the packaged set, chosen runtimes vs PyTorch fp32
+        self.metrics.observe_agreement(name, agreement)
+        served.agreement = agreement  # /v1/models shows it from now on (after the gauge is set)
+        for modality, a in agreement.items():
+            if a.error is not None:
+                continue
+            low = a.min_cosine is not None and a.min_cosine < MIN_COSINE
+            (log.warning if low else log.info)(
+                "model %s %s on %s-%s: reference set (%d items) min cosine %.6f to PyTorch fp32%s",
+                name,
+                modality,
+                a.runtime,
+                a.precision,
+                a.items,
+                a.min_cosine,
+                " (the runtime itself: 1.0 by construction)"
+                if a.reference
+                else (f", below {MIN_COSINE}" if low else ""),
+            )
+        log.info("model %s: reference agreement checked in %.3f s", name, time.perf_counter() - started)
 
     def _worker_for(self, name: str) -> InferenceWorker:
         gauge = self.metrics.queue_depth.labels(name)

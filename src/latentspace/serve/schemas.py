@@ -197,6 +197,11 @@ class SearchFilters(BaseModel):
         None, description="only items whose path, URL, shard or key starts with this"
     )
     caption_contains: UnicodeStr | None = Field(None, description="only items whose caption contains this (any case)")
+    model: UnicodeStr | None = Field(
+        None,
+        description="the served model that embeds the query (default: the collection's); one of another latent "
+        "space than the collection's is refused (400)",
+    )
 
 
 MAX_SEARCH_TERMS = 16  # each text term is one more query embedded
@@ -402,6 +407,19 @@ class Identity(BaseModel):
     dim: int
 
 
+class ReferenceAgreement(BaseModel):
+    """How close a served forward stays to PyTorch fp32 on the packaged reference set, measured at start-up."""
+
+    runtime: str = Field(..., description="the runtime the forward runs on")
+    precision: str
+    min_cosine: float | None = Field(
+        ..., description="the lowest cosine between this runtime's and PyTorch fp32's vector of one reference item"
+    )
+    items: int = Field(..., description="reference items embedded")
+    reference: bool = Field(..., description="true when the runtime is PyTorch fp32 itself: 1.0 by construction")
+    error: str | None = Field(None, description="why the check could not run (the model still serves)")
+
+
 class ModelInfo(BaseModel):
     """One served model. A model that has not loaded has only id, object, kind, status (and error)."""
 
@@ -425,6 +443,9 @@ class ModelInfo(BaseModel):
     image_runtime: str | None = Field(None, description="the runtime and precision image forwards run on")
     image_runtime_reason: str | None = None
     image_batch: int | None = Field(None, description="images per forward on that runtime")
+    reference_agreement: dict[Literal["text", "image"], ReferenceAgreement] | None = Field(
+        None, description="per modality: the chosen runtime's agreement with PyTorch fp32 on the reference set"
+    )
 
 
 class ModelList(BaseModel):
@@ -489,6 +510,11 @@ class CollectionInfo(BaseModel):
     skipped: int
     updated: str | None = None
     status: str
+    provenance: dict[str, Any] | None = Field(
+        None,
+        description="what made the vectors: query/document prefix, rows per runtime and precision (made_by), "
+        "preprocessing, versions; null when unknown (a collection built before it was recorded)",
+    )
 
 
 class CollectionList(BaseModel):
@@ -519,7 +545,7 @@ class ItemResponse(BaseModel):
 # -- error responses, for a route's `responses=` ----------------------------------------------------------
 _ERRORS = {
     400: "the request cannot be served as sent: an undecodable image, no images, a model without this "
-    "modality, a URL refused or not fetched",
+    "modality, a query model of another latent space than the collection's, a URL refused or not fetched",
     401: "no API key, or not a key this server accepts",
     404: "no such model, collection or item",
     413: "too many items, too large a body or too many pixels",

@@ -99,6 +99,9 @@ class NomicVisionModel(TowerText, Embedder):
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         return self.preprocessor(image)
 
+    def describe_preprocessing(self) -> dict:
+        return self.preprocessor.describe()
+
     @torch.inference_mode()
     def image_rows(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._image(pixels)

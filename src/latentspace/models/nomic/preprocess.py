@@ -218,6 +218,21 @@ class NomicImagePreprocessor:
             x = (x - mean) / std
         return x.contiguous()
 
+    def describe(self) -> dict[str, Any]:
+        """These settings in the words every model's preprocessing is recorded in (a collection's
+        provenance): the resize (squash to a size, or shortest edge), the centre crop, mean/std."""
+        resample = Image.Resampling(self.resample).name.lower()
+        if self.size is not None:
+            resize: dict[str, Any] = {"size": list(self.size), "interpolation": resample, "keep_aspect": False}
+        else:
+            resize = {"shortest_edge": self.shortest_edge, "interpolation": resample, "keep_aspect": True}
+        out: dict[str, Any] = {"steps": ["NomicImagePreprocessor"], "resize": resize}
+        if self.crop_size is not None:
+            out["crop"] = list(self.crop_size)
+        if self.do_normalize:
+            out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
+
     def batch(self, images: Iterable[Image.Image]) -> torch.Tensor:
         """Several PIL images -> (B, 3, H, W) float32 tensor."""
         return torch.stack([self(image) for image in images])
