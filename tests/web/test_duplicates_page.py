@@ -111,3 +111,11 @@ def test_a_collection_that_did_not_open_shows_the_servers_error(server, browser)
     text = message(browser, "error")
     assert text.startswith("Error 503") and "broken" in text
     assert not by_css(browser, "#groups .group")
+
+
+def test_the_search_page_links_to_the_chosen_collections_duplicates(server, browser):
+    open_page(browser, server.url + "/?c=drawings")
+    wait(browser, lambda d: "c=drawings" in (by_css(d, "#duplicates-link")[0].get_attribute("href") or ""))
+    by_css(browser, "#duplicates-link")[0].click()
+    wait(browser, lambda d: by_css(d, "#groups .group"), timeout=60, what="the duplicate groups")
+    assert browser.current_url.startswith(server.url + "/duplicates?c=drawings")

@@ -145,7 +145,6 @@ window.latentspace = (function () {
 
   async function loadThumbnail(job) {
     const frame = job.img.parentElement;
-    if (!job.img.isConnected) return;  // cleared before its turn came
     try {
       const blob = await api(job.url, { blob: true });
       if (!job.img.isConnected) return;

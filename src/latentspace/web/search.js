@@ -4,11 +4,11 @@
 "use strict";
 
 (function () {
+  const { api, relative, errorText, storeKey, keyWanted, queueThumbnail, clearThumbnails, baseName } =
+    window.latentspace;  // api.js
   const PAGE = 20;          // results per page: "Load more" asks for PAGE more
   const K_MAX = 500;        // the server's upper bound for k
   const THUMB_SIZE = 256;   // thumbnail edge in px (the server caches each size it made)
-  const THUMB_PARALLEL = 6; // thumbnails fetched at once
-  const KEY_STORE = "latentspace.apiKey";
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -16,9 +16,7 @@
     addPlus: $("add-plus"), addMinus: $("add-minus"), terms: $("terms"), chip: $("chip-template"),
     collectionField: $("collection-field"), collection: $("collection"), collectionName: $("collection-name"),
     summary: $("summary"), message: $("message"), results: $("results"), more: $("load-more"),
-    drop: $("drop-overlay"), forgetKey: $("forget-key"), card: $("card-template"),
-    dialog: $("key-dialog"), keyForm: $("key-form"), keyInput: $("key-input"), keyMessage: $("key-message"),
-    keyCancel: $("key-cancel"),
+    drop: $("drop-overlay"), forgetKey: $("forget-key"), card: $("card-template"), duplicates: $("duplicates-link"),
   };
 
   const state = {
@@ -31,125 +29,18 @@
     shown: new Set(),   // ids on the page
   };
   let generation = 0;   // bumped by each search: answers to older ones are dropped
-  let blobUrls = [];    // thumbnails on the page, revoked when the grid is cleared
 
-  // -- the API key ------------------------------------------------------------------------------
-  function storedKey() {
-    try { return sessionStorage.getItem(KEY_STORE) || ""; } catch (e) { return ""; }
-  }
-
-  function storeKey(key) {
-    try {
-      if (key) sessionStorage.setItem(KEY_STORE, key); else sessionStorage.removeItem(KEY_STORE);
-    } catch (e) { /* storage off: the key lasts until the page closes */ }
-    memoryKey = key;
-    ui.forgetKey.hidden = !key;
-  }
-  let memoryKey = storedKey();
-  ui.forgetKey.hidden = !memoryKey;
-
-  let keyPrompt = null;   // one dialog for all the requests that were refused at once
-  let keyResolve = null;
-  let keyDeclined = false; // the dialog was cancelled: ask again only when the user searches again
-
-  function askForKey(message) {
-    if (!keyPrompt) {
-      keyPrompt = new Promise((resolve) => { keyResolve = resolve; });
-      ui.keyMessage.textContent = message;
-      ui.keyInput.value = "";
-      ui.dialog.showModal();
-      ui.keyInput.focus();
-    }
-    return keyPrompt;
-  }
-
-  function finishKeyPrompt(key) {
-    if (ui.dialog.open) ui.dialog.close();
-    const resolve = keyResolve;
-    keyPrompt = keyResolve = null;
-    keyDeclined = !key;
-    if (key) storeKey(key);
-    if (resolve) resolve(key || null);
-  }
-
-  ui.keyForm.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const key = ui.keyInput.value.trim();
-    if (key) finishKeyPrompt(key);
-  });
-  ui.keyCancel.addEventListener("click", () => finishKeyPrompt(null));
-  ui.dialog.addEventListener("cancel", (event) => { event.preventDefault(); finishKeyPrompt(null); });
   ui.forgetKey.addEventListener("click", () => {
     storeKey("");
     clearResults();
     setMessage("The API key is forgotten; the next request asks for one.", "info");
   });
 
-  // -- requests ---------------------------------------------------------------------------------
-  class ApiError extends Error {
-    constructor(status, detail) {
-      super(detail);
-      this.status = status;
-    }
-  }
-
-  async function errorDetail(response) {
-    const text = await response.text().catch(() => "");
-    try {
-      const detail = JSON.parse(text).detail;
-      if (typeof detail === "string") return detail;
-      if (detail !== undefined) return JSON.stringify(detail);
-    } catch (e) { /* not JSON */ }
-    return text.trim().slice(0, 300) || response.statusText || "request failed";
-  }
-
-  // fetch() with the bearer key; a 401 asks for a key and tries again. -> JSON or a Blob.
-  async function api(path, { method = "GET", json, form, blob = false } = {}) {
-    for (let attempt = 0; ; attempt++) {
-      const headers = {};
-      const key = memoryKey;
-      if (key) headers.Authorization = "Bearer " + key;
-      let body;
-      if (json !== undefined) {
-        headers["Content-Type"] = "application/json";
-        body = JSON.stringify(json);
-      } else if (form) {
-        body = form;  // the browser writes the multipart Content-Type
-      }
-      let response;
-      try {
-        response = await fetch(path, { method, headers, body });
-      } catch (e) {
-        throw new ApiError(0, "could not reach the server (" + e.message + ")");
-      }
-      if (response.status === 401 && attempt < 5) {
-        const detail = await errorDetail(response);
-        if (memoryKey && memoryKey !== key) continue;  // a key was entered meanwhile: use it
-        if (keyDeclined) throw new ApiError(401, detail + " — no API key was entered");
-        const entered = await askForKey(key ? "The server refused this key (" + detail + "). Enter another one."
-                                            : "This server needs an API key (" + detail + ").");
-        if (!entered) throw new ApiError(401, detail + " — no API key was entered");
-        continue;
-      }
-      if (!response.ok) throw new ApiError(response.status, await errorDetail(response));
-      return blob ? response.blob() : response.json();
-    }
-  }
-
-  // Paths relative to the page, so the page also works behind a proxy that adds a prefix.
-  const relative = (path) => path.replace(/^\/+/, "");
-
   // -- messages ---------------------------------------------------------------------------------
   function setMessage(text, kind) {
     ui.message.textContent = text;
     ui.message.dataset.kind = kind;
     ui.message.setAttribute("role", kind === "error" ? "alert" : "status");
-  }
-
-  function errorText(error) {
-    if (error instanceof ApiError) return error.status ? "Error " + error.status + ": " + error.message
-                                                       : "Error: " + error.message;
-    return "Error: " + (error && error.message ? error.message : String(error));
   }
 
   function setBusy(busy) {
@@ -185,6 +76,7 @@
     const ready = state.collections.filter((c) => c.status === "ready").map((c) => c.name);
     state.collection = names.includes(name) ? name : (ready[0] || names[0] || null);
     if (state.collection) ui.collection.value = state.collection;
+    ui.duplicates.href = "duplicates" + (state.collection ? "?" + new URLSearchParams({ c: state.collection }) : "");
   }
 
   // -- the query's terms -------------------------------------------------------------------------
@@ -317,9 +209,7 @@
   // -- searching --------------------------------------------------------------------------------
   function clearResults() {
     generation++;
-    for (const url of blobUrls) URL.revokeObjectURL(url);
-    blobUrls = [];
-    thumbQueue.length = 0;
+    clearThumbnails();
     state.shown = new Set();
     ui.results.replaceChildren();
     ui.more.hidden = true;
@@ -342,7 +232,7 @@
 
   async function search({ push = true, append = false } = {}) {
     if (!state.terms.length) return;
-    if (!append) keyDeclined = false;  // the user asked again: a refused key may be asked for again
+    if (!append) keyWanted();  // the user asked again: a refused key may be asked for again
     if (!(await ensureCollections())) return;
     if (!state.collection) return;
     if (!append) {
@@ -440,11 +330,6 @@
     return baseName(where);
   }
 
-  function baseName(where) {
-    const parts = String(where).split(/[\\/]/).filter(Boolean);
-    return parts.length ? parts[parts.length - 1] : String(where);
-  }
-
   function safeLink(url) {
     try {
       const u = new URL(url);
@@ -490,41 +375,8 @@
       newSearch([likeTerm(result.id, name)]);
       window.scrollTo({ top: 0, behavior: "smooth" });
     });
-    queueThumbnail(result, img);
+    queueThumbnail(result.thumbnail, img, THUMB_SIZE);
     return li;
-  }
-
-  const thumbQueue = [];
-  let thumbsRunning = 0;
-
-  function queueThumbnail(result, img) {
-    thumbQueue.push({ url: relative(result.thumbnail) + "?size=" + THUMB_SIZE, img });
-    pumpThumbnails();
-  }
-
-  function pumpThumbnails() {
-    while (thumbsRunning < THUMB_PARALLEL && thumbQueue.length) {
-      const job = thumbQueue.shift();
-      thumbsRunning++;
-      loadThumbnail(job).finally(() => { thumbsRunning--; pumpThumbnails(); });
-    }
-  }
-
-  async function loadThumbnail(job) {
-    const frame = job.img.parentElement;
-    try {
-      const blob = await api(job.url, { blob: true });
-      if (!job.img.isConnected) return;
-      const url = URL.createObjectURL(blob);
-      blobUrls.push(url);
-      job.img.src = url;
-      frame.classList.add("loaded");
-    } catch (error) {
-      if (!job.img.isConnected) return;
-      frame.classList.add("missing");
-      frame.dataset.note = error.status === 404 ? "no preview" : "preview failed";
-      frame.title = error.message;
-    }
   }
 
   // -- image queries: upload, drop, paste -------------------------------------------------------
@@ -611,7 +463,7 @@
   });
 
   ui.collection.addEventListener("change", () => {
-    state.collection = ui.collection.value;
+    chooseCollection(ui.collection.value);
     const kept = state.terms.filter((term) => term.kind !== "like");  // item ids belong to one collection
     const dropped = kept.length < state.terms.length;
     state.terms = kept;
