@@ -403,3 +403,44 @@ def test_an_item_moved_to_a_part_written_before_its_old_part_is_taken_over(
     pg.push(postgres_url, name, tmp_path / "work")
     build_collection(tmp_path / "embedded", colour_model, library, settings=SETTINGS)
     assert rows(postgres_url, name) == embedded_rows(tmp_path / "embedded")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_copy_stream_is_the_one_psycopg_writes_row_by_row(dtype, postgres_url):
+    """copy_payload lays out the binary COPY stream with numpy; it must be byte for byte what
+    psycopg's own adapters write for the same rows (NULLs, non-ASCII text, both vector kinds)."""
+    import pyarrow as pa
+    from pgvector import HalfVector
+    from psycopg import pq
+    from psycopg._copy_base import BinaryFormatter
+    from psycopg.adapt import Transformer
+
+    rng = np.random.default_rng(0)
+    n = 40
+    columns = {}
+    for f in store.META_FIELDS:
+        if str(f.type) == "string":
+            columns[f.name] = [
+                None if rng.random() < 0.3 else "é✓'\"" * int(rng.integers(0, 4)) + str(i) for i in range(n)
+            ]
+        else:
+            columns[f.name] = [None if rng.random() < 0.3 else int(rng.integers(-(2**31), 2**31)) for i in range(n)]
+    table = pa.table(columns, schema=pa.schema(store.META_FIELDS))
+    vectors = rng.standard_normal((n, 7)).astype(np.float32)
+    conn = pg.connect(postgres_url)
+    try:
+        pg.ensure_schema(conn)
+        adapt = Transformer(conn)
+        kinds = ["text", *(pg.SQL_TYPES[str(f.type)] for f in store.META_FIELDS), pg.vector_kind(dtype)]
+        adapt.set_dumper_types([adapt.adapters.types[k].oid for k in kinds], pq.Format.BINARY)
+        formatter = BinaryFormatter(adapt)
+        expected = bytearray()
+        for i, meta in enumerate(zip(*columns.values())):
+            vector = HalfVector(vectors[i].astype(np.float16)) if dtype == "float16" else vectors[i]
+            expected += formatter.write_row(["part-7", *meta, vector])
+        expected += formatter.end()
+    finally:
+        conn.close()
+    assert pg.copy_payload("part-7", table, vectors, dtype) == bytes(expected)
+    empty = pa.table({c: [] for c in store.META_COLUMNS}, schema=pa.schema(store.META_FIELDS))
+    assert pg.copy_payload("p", empty, np.empty((0, 7), np.float32), dtype) == pg.COPY_SIGNATURE + pg.COPY_TRAILER
