@@ -64,7 +64,8 @@ ITEMS_PREFIX = "latentspace_items_"
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 EF_SEARCH = 100
-INDEX_BUILD_MEMORY = "1GB"  # maintenance_work_mem while the HNSW index is created
+# maintenance_work_mem while the HNSW index is created: what the graph needs, within these bounds
+INDEX_BUILD_MEMORY_MB = (64, 4096)
 LOCK_NAMESPACE = "latentspace.collection-build"
 WORK_ROOT = store.DEFAULT_ROOT / ".postgres"
 SYNCED = ".synced.json"  # in a work directory: the database manifest it matches (see _refresh_work_directory)
@@ -191,15 +192,28 @@ def ensure_items_table(conn, name: str, dim: int, dtype: str) -> None:
         )
 
 
-def ensure_index(conn, name: str, dtype: str) -> dict[str, Any]:
+def index_build_memory(rows: int, dim: int, dtype: str = "float32", m: int = HNSW_M) -> str:
+    """maintenance_work_mem for building the HNSW index over `rows` vectors: pgvector builds the
+    graph several times faster while it fits in memory (each element: its vector and up to 2m
+    neighbours on layer 0, m on the layers above, with pgvector's bookkeeping), so enough for
+    all of it plus a quarter, at least PostgreSQL's default 64 MB and at most 4 GB (a managed
+    server's small instance has less; past that the build goes on, more slowly, on disk)."""
+    element = (2 if dtype == "float16" else 4) * dim + 8 + 3 * m * 10 + 96
+    low, high = INDEX_BUILD_MEMORY_MB
+    return f"{int(min(high, max(low, rows * element * 1.25 / 2**20)))}MB"
+
+
+def ensure_index(conn, name: str, dtype: str, dim: int) -> dict[str, Any]:
     """The HNSW index (cosine) over the collection's vectors; created once, then kept up to date by
     PostgreSQL on every insert. Returns its parameters, which the collection's row records."""
     sql = _sql()
     ops = "halfvec_cosine_ops" if dtype == "float16" else "vector_cosine_ops"
     params = {"kind": "hnsw", "distance": "cosine", "m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
-    # pgvector builds the graph fast while it fits in maintenance_work_mem (64 MB by default, about
-    # 30k rows of 384 dims) and several times slower after; this session's setting only.
-    conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(INDEX_BUILD_MEMORY)))
+    exists = conn.execute("SELECT to_regclass(%s)", (f'"{ITEMS_PREFIX}{check_name(name)}_hnsw"',)).fetchone()[0]
+    if exists is None:  # the first bulk load: sized to it; this session's setting only
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(items_table(name))).fetchone()[0]
+        memory = index_build_memory(rows, dim, dtype)
+        conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(memory)))
     create = "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding {}) WITH (m = {}, ef_construction = {})"
     conn.execute(
         sql.SQL(create).format(
@@ -282,7 +296,7 @@ def push(
             written += 1
             after_part(part)
         current = "the manifest"
-        index = ensure_index(conn, name, manifest.dtype) if manifest.parts else None
+        index = ensure_index(conn, name, manifest.dtype, manifest.dim) if manifest.parts else None
         _save_manifest(conn, name, manifest, store.read_skipped(directory), index)
         _mark_in_sync(directory, manifest)
         if written or dropped:
