@@ -336,6 +336,13 @@ def test_served_from_postgresql_like_from_the_embedded_store(tmp_path, library, 
         first = answers[1][0]["id"]
         thumb = httpx.get(f"{server.url}/v1/collections/{name}/items/{first}/thumbnail")
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        groups = [
+            httpx.get(f"{server.url}/v1/collections/{which}/duplicates", timeout=60).json()["groups"]
+            for which in ("emb", name)
+        ]
+        assert [[m["id"] for m in g["members"]] for g in groups[1]] == [
+            [m["id"] for m in g["members"]] for g in groups[0]
+        ]
 
 
 def test_collection_search_in_python_takes_the_store(tmp_path, library, postgres_url, name):
@@ -444,3 +451,30 @@ def test_the_copy_stream_is_the_one_psycopg_writes_row_by_row(dtype, postgres_ur
     assert pg.copy_payload("part-7", table, vectors, dtype) == bytes(expected)
     empty = pa.table({c: [] for c in store.META_COLUMNS}, schema=pa.schema(store.META_FIELDS))
     assert pg.copy_payload("p", empty, np.empty((0, 7), np.float32), dtype) == pg.COPY_SIGNATURE + pg.COPY_TRAILER
+
+
+def test_duplicates_of_a_collection_in_postgresql_are_the_embedded_stores(tmp_path, colour_model, postgres_url, name):
+    """`collection duplicates` on PostgreSQL: the neighbour lists come from one lateral query
+    through pgvector's index, and the groups are those of the same collection embedded."""
+    from test_collection_duplicates import names, planted_library
+    from typer.testing import CliRunner
+
+    from latentspace.cli import app
+    from latentspace.collections.duplicates import find_duplicates
+
+    build_collection(tmp_path / "emb", colour_model, planted_library(tmp_path / "library"))
+    pg.copy_collection(str(tmp_path / "emb"), name, dst_store=postgres_url)
+    found = open_collection(name, postgres_url)
+    ours, theirs = find_duplicates(found), find_duplicates(Collection.open(tmp_path / "emb"))
+    assert ours.search == "hnsw (pgvector)" and ours.items == theirs.items == 18
+    assert [(g.level, names(g)) for g in ours.groups] == [(g.level, names(g)) for g in theirs.groups]
+    assert ("exact", ["copy_exact", "red_circle"]) in [(g.level, names(g)) for g in ours.groups]
+    scores, rows = found.neighbours(3)
+    assert scores.shape == rows.shape == (18, 3) and (rows >= 0).all()
+    assert all(r not in own for r, own in enumerate(rows.tolist()))  # never itself
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # nearest first
+    found.close()
+    result = CliRunner().invoke(app, ["collection", "duplicates", name, "--store", postgres_url, "--json"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert [(g["level"], g["size"]) for g in body["groups"]] == [(g.level, len(g.members)) for g in theirs.groups]

@@ -651,6 +651,7 @@ class PgCollection(Collection):
         self.url, self.manifest, self._skipped, self._index_params = url, manifest, skipped, index
         self.directory = redact(url)  # type: ignore[assignment]  # what messages name
         self._conn, self._table, self._lock = conn, items_table(name), threading.Lock()
+        self._meta = None
         self._count = self._query("SELECT count(*) FROM {t}", ())[0][0]
 
     @classmethod
@@ -691,6 +692,61 @@ class PgCollection(Collection):
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def meta(self):
+        """The items' metadata (store.META_COLUMNS) in seq order, a pyarrow Table like the embedded
+        Collection's: the snapshot the last `neighbours` call read (so its rows are the ones
+        those neighbour lists number), else read now."""
+        if self._meta is None:
+            self._meta = self._meta_table(self._query(f"SELECT {self._select()} FROM {{t}} ORDER BY seq", ()))
+        return self._meta
+
+    def _meta_table(self, rows: list[tuple]):
+        import pyarrow as pa
+
+        columns = list(zip(*rows)) if rows else [() for _ in store.META_COLUMNS]
+        return pa.table(
+            {c: list(v) for c, v in zip(store.META_COLUMNS, columns)}, schema=pa.schema(store.META_FIELDS)
+        )
+
+    def neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (n, k): every item's k nearest other items (cosine), through the
+        HNSW index in one query (a lateral join, each item's vector the query of its own index
+        scan); rows number the items as `meta` does, read in the same snapshot (one repeatable-read
+        transaction), so a build writing meanwhile cannot shift them. -1 / -inf where fewer."""
+        sql = _sql()
+        text = (
+            "SELECT a.seq, b.seq, b.distance FROM {t} a CROSS JOIN LATERAL (SELECT seq, embedding <=> a.embedding "
+            "AS distance FROM {t} ORDER BY embedding <=> a.embedding LIMIT %s) b"
+        )
+        ef = min(1000, max(EF_SEARCH, k + 1))
+        with self._lock, self._conn.transaction():
+            self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            self._conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}")
+            self._conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            meta = self._conn.execute(
+                sql.SQL(f"SELECT {self._select()} FROM {{t}} ORDER BY seq").format(t=self._table)
+            ).fetchall()
+            found = self._conn.execute(sql.SQL(text).format(t=self._table), (k + 1,)).fetchall()
+        self._meta = self._meta_table(meta)
+        seqs = np.array([r[store.META_COLUMNS.index("seq")] for r in meta], dtype=np.int64)
+        n = len(seqs)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        rows = np.full((n, k), -1, dtype=np.int64)
+        if not found:
+            return scores, rows
+        pairs = np.array([(a, b) for a, b, _ in found], dtype=np.int64)
+        distance = np.array([d for _, _, d in found], dtype=np.float64)
+        own, other = np.searchsorted(seqs, pairs[:, 0]), np.searchsorted(seqs, pairs[:, 1])
+        order = np.lexsort((distance, own))  # per item, nearest first
+        filled = np.zeros(n, dtype=np.int64)
+        for i in order[own[order] != other[order]].tolist():  # not itself
+            row = own[i]
+            if filled[row] < k:
+                rows[row, filled[row]], scores[row, filled[row]] = other[i], 1.0 - distance[i]
+                filled[row] += 1
+        return scores, rows
 
     def info(self) -> dict[str, Any]:
         search = "hnsw (pgvector)" if self._index_params else "exact"
