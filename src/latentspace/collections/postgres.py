@@ -644,6 +644,15 @@ def _refresh_work_directory(url: str, name: str, directory: Path, log: Callable[
     fresh.rename(directory)
 
 
+def _prepare_search_session(conn) -> None:
+    """A searching connection: autocommit (a query is one statement, one round trip: no BEGIN and
+    COMMIT around it), with the HNSW search settings set once for the session rather than per
+    query; pgvector's iterative scan keeps filtered searches complete."""
+    conn.autocommit = True
+    conn.execute(f"SET hnsw.ef_search = {int(EF_SEARCH)}")
+    conn.execute("SET hnsw.iterative_scan = relaxed_order")
+
+
 class PgCollection(Collection):
     """A collection in PostgreSQL, with the search methods of `Collection` (search.py)."""
 
@@ -660,6 +669,7 @@ class PgCollection(Collection):
         try:
             _register(conn)
             manifest, skipped, index = load_manifest(conn, check_name(name), url)
+            _prepare_search_session(conn)
         except BaseException:
             conn.close()
             raise
@@ -669,14 +679,19 @@ class PgCollection(Collection):
         self._conn.close()
 
     def _query(self, query: str, params: Iterable[Any], setup: Iterable[str] = ()) -> list[tuple]:
-        """Run a query on the items table ({t}) in its own read-only transaction; the connection is
-        shared by the server's threads, so one query at a time."""
+        """Run a query on the items table ({t}): one statement, one round trip (the connection is
+        in autocommit, with the search settings set once for its session); with `setup` (SET LOCAL
+        statements), in a transaction of its own. The connection is shared by the server's
+        threads, so one query at a time."""
         import psycopg
 
         sql = _sql()
+        setup = list(setup)
         with self._lock:
             for attempt in (1, 2):
                 try:
+                    if not setup:
+                        return self._conn.execute(sql.SQL(query).format(t=self._table), list(params)).fetchall()
                     with self._conn.transaction():
                         for statement in setup:
                             self._conn.execute(statement)
@@ -688,6 +703,7 @@ class PgCollection(Collection):
                         raise
                     self._conn = connect(self.url)
                     _register(self._conn)
+                    _prepare_search_session(self._conn)
             raise AssertionError("unreachable")
 
     def __len__(self) -> int:
@@ -706,9 +722,7 @@ class PgCollection(Collection):
         import pyarrow as pa
 
         columns = list(zip(*rows)) if rows else [() for _ in store.META_COLUMNS]
-        return pa.table(
-            {c: list(v) for c, v in zip(store.META_COLUMNS, columns)}, schema=pa.schema(store.META_FIELDS)
-        )
+        return pa.table({c: list(v) for c, v in zip(store.META_COLUMNS, columns)}, schema=pa.schema(store.META_FIELDS))
 
     def neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows), each (n, k): every item's k nearest other items (cosine), through the
@@ -821,7 +835,7 @@ class PgCollection(Collection):
         text += " ORDER BY distance LIMIT %s"
         ordered = [vector, *params]  # positional: in the order the %s appear
         ef = min(1000, max(EF_SEARCH, k))  # pgvector's range
-        setup = [f"SET LOCAL hnsw.ef_search = {int(ef)}", "SET LOCAL hnsw.iterative_scan = relaxed_order"]
+        setup = [f"SET LOCAL hnsw.ef_search = {int(ef)}"] if ef != EF_SEARCH else []  # else the session's
         rows = self._query(text, [*ordered, int(k)], setup)
         # relaxed_order may return rows slightly out of order: sort by the exact distance
         rows.sort(key=lambda r: r[-1])
