@@ -478,3 +478,11 @@ def test_duplicates_of_a_collection_in_postgresql_are_the_embedded_stores(tmp_pa
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
     assert [(g["level"], g["size"]) for g in body["groups"]] == [(g.level, len(g.members)) for g in theirs.groups]
+
+
+def test_the_index_build_memory_holds_the_graph_within_bounds():
+    assert pg.index_build_memory(0, 384) == "64MB"  # PostgreSQL's default, never less
+    assert pg.index_build_memory(10**9, 384) == "4096MB"  # capped: a managed server's instance may be small
+    million = int(pg.index_build_memory(1_000_000, 384)[:-2])
+    assert 4 * 384 * 10**6 / 2**20 < million < 4096  # more than the vectors alone
+    assert int(pg.index_build_memory(1_000_000, 384, "float16")[:-2]) < million
