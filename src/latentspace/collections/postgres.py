@@ -47,7 +47,7 @@ import re
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -244,14 +244,22 @@ def build_lock(url: str, name: str) -> Iterator[None]:
     """One build of a collection at a time, across machines: a session advisory lock on its own
     connection. PostgreSQL releases it when the connection ends, so a killed build leaves none."""
     conn = connect(url)
+    key = lock_key(name)
     try:
         conn.autocommit = True
-        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(name),)).fetchone()[0]
+        got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
         if not got:
             raise store.CollectionBusy(
                 f"another build of collection {name!r} is running on {redact(url)}; wait for it to finish"
             )
-        yield
+        try:
+            yield
+        finally:
+            # Unlock before closing: closing returns before the server's backend has ended (and
+            # dropped the lock), so a build started right after could still find it held.
+            if not conn.closed:
+                with suppress(Exception):  # a dead connection: its lock died with it
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
     finally:
         conn.close()
 
