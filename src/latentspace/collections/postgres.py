@@ -831,11 +831,6 @@ class PgCollection(Collection):
     ) -> list[Hit]:
         from pgvector import HalfVector
 
-        query = np.asarray(query, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.manifest.dim:
-            raise ValueError(f"query has {query.shape[0]} dimensions; collection {self.name!r} has {self.manifest.dim}")
-        if k < 1 or len(self) == 0:
-            return []
         excluded = list(dict.fromkeys(exclude))
         where, params = ["NOT (id = ANY(%s))"], [excluded]
         if filters and filters.path_prefix:

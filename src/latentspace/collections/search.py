@@ -497,7 +497,9 @@ class Collection:
         answers through here; `_nearest` is the store's own ranking."""
         bar = self.relevance_bar(min_relevance)
         query = np.asarray(query, dtype=np.float32).reshape(-1)
-        hits = self._nearest(query, k, min_score, filters, exclude)
+        if query.shape[0] != self.manifest.dim:
+            raise ValueError(f"query has {query.shape[0]} dimensions; collection {self.name!r} has {self.manifest.dim}")
+        hits = self._nearest(query, k, min_score, filters, exclude) if k >= 1 and len(self) else []
         calibration = self.calibration
         if calibration is None or not hits:
             for hit in hits:
@@ -518,12 +520,8 @@ class Collection:
         filters: Filters | None = None,
         exclude: Iterable[str] = (),
     ) -> list[Hit]:
-        """The k items nearest to `query`, by score, without relevance (each store ranks its own way)."""
-        query = np.asarray(query, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.manifest.dim:
-            raise ValueError(f"query has {query.shape[0]} dimensions; collection {self.name!r} has {self.manifest.dim}")
-        if k < 1 or len(self) == 0:
-            return []
+        """The k (≥ 1) items nearest to a float32 `query` of the collection's dimension, by score,
+        without relevance: each store ranks its own way (search_vector checks the query)."""
         allowed = self._filter_rows(filters) if filters else None
         if allowed is not None and not len(allowed):
             return []
