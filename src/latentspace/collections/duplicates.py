@@ -329,12 +329,10 @@ def _matched(source: np.ndarray, target: np.ndarray, contrast: float) -> float:
     fitted where `target` is not clipped, the prediction clipped; each pixel compared with its
     prediction's range within one pixel around it), relative to `contrast`."""
     x, y = source.reshape(-1), target.reshape(-1)
-    inside = (y > 2) & (y < 253)
+    usable = (y > 2) & (y < 253) & (x > 8)
     gain = 1.0
-    if inside.sum() >= 16:  # else nearly all black or white: match the values as they are
-        xs, ys = x[inside], y[inside]
-        energy = float(xs @ xs)
-        gain = float(xs @ ys) / energy if energy > 1e-3 else 1.0
+    if usable.sum() >= 16:  # else nearly all black or white: match the values as they are
+        gain = float(np.median(y[usable] / x[usable]))
     predicted = np.clip(gain * source, 0, 255)
     low, high = _neighbourhood_range(predicted)
     residual = np.maximum(np.maximum(low - target, target - high), 0).max(axis=2)  # the worst channel
