@@ -358,7 +358,7 @@ def sweep(measured: dict[str, Measured]) -> None:
             s = DuplicateSettings(near_candidate=candidate, near_pixels=pixels, similar=max(candidate, 0.9))
             results = {n: m.score(s)["near"] for n, m in measured.items()}
             line = "  ".join(f"{n} {r:.3f} / {w:.2%}" for n, (r, w, _) in results.items())
-            print(f"  {candidate:.2f} x {pixels:.2f}: {line}")
+            print(f"  {candidate:.2f} x {pixels:.3f}: {line}")
             worst_recall = min(r for r, _, _ in results.values())
             worst_wrong = max(w for _, w, _ in results.values())
             if worst_wrong <= 0.01 and (best is None or worst_recall > best[0]):
