@@ -296,9 +296,10 @@ def pixel_agreement(a: Pixels, b: Pixels) -> float:
     Alignment, at SIGNATURE_SIDE: the crop of either image (scales CROP_SCALES, offsets
     CROP_OFFSETS) whose thumbnail correlates best with the other's whole thumbnail, so a copy
     cropped to 85% or more lines up. The comparison, at FINE_SIDE in that aligned frame: each of
-    the two is predicted from the other by one gain for all channels (a brightened copy is the
-    image times a gain, clipped to 0..255; one gain keeps the hue, and no offset: with an offset,
-    one skin tone or one orange maps onto another almost exactly), and each pixel's difference is
+    the two is predicted from the other by one gain for all channels, the median ratio of their
+    pixels where neither is clipped (a brightened copy is the image times a gain, clipped to
+    0..255; one gain keeps the hue, and no offset: with an offset, one skin tone or one orange
+    maps onto another almost exactly), and each pixel's difference is
     its distance from the range its prediction takes within one pixel around it (so a sub-pixel
     shift, a resize's blur or a crop's rounding costs nothing, while a region of another colour
     or shape does), in the worst channel (a change of hue shows in one channel). The difference is
@@ -335,8 +336,9 @@ def _worst_channel(values: np.ndarray) -> np.ndarray:
 
 def _matched(source: np.ndarray, target: np.ndarray, contrast: float) -> float:
     """1 - the worst cell's difference between `target` and `source` matched to it (one gain,
-    fitted where `target` is not clipped, the prediction clipped; each pixel compared with its
-    prediction's range within one pixel around it), relative to `contrast`."""
+    the median ratio where `target` is not clipped and `source` not dark, the prediction
+    clipped; each pixel compared with its prediction's range within one pixel around it),
+    relative to `contrast`."""
     x, y = source.reshape(-1), target.reshape(-1)
     usable = (y > 2) & (y < 253) & (x > 8)
     gain = 1.0
