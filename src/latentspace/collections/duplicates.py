@@ -296,8 +296,8 @@ def pixel_agreement(a: Pixels, b: Pixels) -> float:
     Alignment, at SIGNATURE_SIDE: the crop of either image (scales CROP_SCALES, offsets
     CROP_OFFSETS) whose thumbnail correlates best with the other's whole thumbnail, so a copy
     cropped to 85% or more lines up. The comparison, at FINE_SIDE in that aligned frame: each of
-    the two is predicted from the other by one gain for all channels, the median ratio of their
-    pixels where neither is clipped (a brightened copy is the image times a gain, clipped to
+    the two is predicted from the other by one gain for all channels, the median ratio of the
+    pixels where the predicted one is not clipped (a brightened copy is the image times a gain, clipped to
     0..255; one gain keeps the hue, and no offset: with an offset, one skin tone or one orange
     maps onto another almost exactly), and each pixel's difference is
     its distance from the range its prediction takes within one pixel around it (so a sub-pixel
