@@ -354,11 +354,11 @@ def sweep(measured: dict[str, Measured]) -> None:
     print("\nnear level: near_candidate x near_pixels -> recall / wrong per collection")
     best = None
     for candidate in (0.4, 0.5, 0.6, 0.7):
-        for pixels in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+        for pixels in (0.5, 0.6, 0.7, 0.725, 0.75, 0.775, 0.8, 0.825, 0.85, 0.9):
             s = DuplicateSettings(near_candidate=candidate, near_pixels=pixels, similar=max(candidate, 0.9))
             results = {n: m.score(s)["near"] for n, m in measured.items()}
             line = "  ".join(f"{n} {r:.3f} / {w:.2%}" for n, (r, w, _) in results.items())
-            print(f"  {candidate:.2f} x {pixels:.2f}: {line}")
+            print(f"  {candidate:.2f} x {pixels:.3f}: {line}")
             worst_recall = min(r for r, _, _ in results.values())
             worst_wrong = max(w for _, w, _ in results.values())
             if worst_wrong <= 0.01 and (best is None or worst_recall > best[0]):

@@ -11,9 +11,11 @@ pair. Embeddings alone cannot tell a near copy from another picture of the same 
 Noto emoji, distinct emoji (a man firefighter and a firefighter, two smileys) score 0.95-0.98
 with each other, as high as a 90% crop of an emoji scores with itself, and a brightened copy of a pale
 emoji can score as low as 0.55. So a pair at cosine `near_candidate` or more has its two images
-read again and compared by pixels (`pixel_agreement`: the thumbnails aligned over a few crops,
-matched in brightness, and the worst local difference left), so a re-encoding, a resize, a small
-crop or a brightness change keeps it high while a drawing that differs in one place does not.
+read again and compared by pixels (`pixel_agreement`: 32 px thumbnails aligned over a few crops,
+then the aligned images at 64 px matched by one gain, each pixel allowed its prediction's range one
+pixel around, and the worst 4 x 4 cell's difference left), so a re-encoding, a resize, a small
+crop or a brightness change keeps it high while a drawing that differs in one place (an emblem, a
+pair of eyes) or in hue (another skin tone, orange for yellow) does not.
 Pixels that agree at `near_pixels` or more make a near pair; pixels that are identical (the hash
 of the decoded RGB pixels and size) an exact one. Items with the same sha256 (the same file
 bytes) are exact without being read.
@@ -45,8 +47,9 @@ Level = Literal["exact", "near", "similar"]
 LEVELS: tuple[Level, ...] = ("exact", "near", "similar")
 DUPLICATES_PANELS = {"levels": "Levels", "search": "Pair search"}
 DUPLICATES_ENV_PREFIX = "LATENTSPACE_DUPLICATES_"
-SIGNATURE_SIDE = 32  # thumbnails compared, in pixels a side: enough for layout and detail, blind to JPEG noise
-CELL = 4  # the local differences are measured per CELL x CELL pixels of the thumbnail
+SIGNATURE_SIDE = 32  # thumbnails aligned, in pixels a side: enough for the layout, blind to JPEG noise
+FINE_SIDE = 64  # the aligned images are compared at this side: a small emblem or a pair of eyes shows
+CELL = 4  # the local differences are measured per CELL x CELL pixels at FINE_SIDE
 WORKING_SIDE = 128  # images are reduced to about this before the crop alignments are tried
 # Crop alignments tried: the larger view cropped to each scale, at each relative offset.
 CROP_SCALES = (1.0, 0.95, 0.9, 0.85)
@@ -70,7 +73,7 @@ class DuplicateSettings(BaseModel):
         description="cosine at or above which a pair's images are read again and compared pixel by pixel",
     )
     near_pixels: Annotated[float, Flag("levels")] = Field(
-        0.5,
+        0.8,
         ge=-1.0,
         le=1.0,
         description="pixel agreement (1 - the worst local difference once aligned) from which a pair is a near copy",
@@ -237,16 +240,40 @@ def candidate_pairs(scores: np.ndarray, rows: np.ndarray, threshold: float) -> d
 @dataclass(frozen=True)
 class Pixels:
     """What a comparison needs of one decoded image, computed once per image: the hash of its
-    RGB pixels and size (equal hashes: exact copies), and the thumbnails of the whole image and
-    of its crops (CROP_SCALES x CROP_OFFSETS)."""
+    RGB pixels and size (equal hashes: exact copies), the thumbnails of the whole image and of
+    its crops (CROP_SCALES x CROP_OFFSETS) that align two images, and the image itself (reduced
+    to about WORKING_SIDE) with its whole view at FINE_SIDE, which the aligned comparison reads."""
 
     digest: str
     views: np.ndarray  # (V, SIGNATURE_SIDE, SIGNATURE_SIDE, 3) pixel values; views[0] is the whole image
     centred: np.ndarray  # (V, SIGNATURE_SIDE**2 * 3) the same with each view's channel means taken out
+    norms: np.ndarray  # (V,) the length of each row of `centred`
+    image: Image.Image  # the RGB image, reduced to about WORKING_SIDE a side
+    fine: np.ndarray  # (FINE_SIDE, FINE_SIDE, 3) the whole image at the finer scale
+    contrast: float  # the contrast of `fine` (see _contrast)
 
     @property
     def whole(self) -> np.ndarray:
         return self.views[0]
+
+    def fine_view(self, view: int) -> np.ndarray:
+        """View `view` (an index into `views`) at FINE_SIDE x FINE_SIDE."""
+        if view == 0:
+            return self.fine
+        box = crop_boxes(*self.image.size)[view]
+        return np.asarray(self.image.resize((FINE_SIDE, FINE_SIDE), Image.BILINEAR, box=box), dtype=np.float32)
+
+
+def crop_boxes(w: int, h: int) -> list[tuple[float, float, float, float]]:
+    """The boxes of the views of a w x h image: the whole, then each crop scale at each offset."""
+    boxes = []
+    for crop in CROP_SCALES:
+        cw, ch = w * crop, h * crop
+        for fx in CROP_OFFSETS if crop < 1 else (0.0,):
+            for fy in CROP_OFFSETS if crop < 1 else (0.0,):
+                x0, y0 = (w - cw) * fx, (h - ch) * fy
+                boxes.append((x0, y0, x0 + cw, y0 + ch))
+    return boxes
 
 
 def read_pixels(image: Image.Image) -> Pixels:
@@ -255,66 +282,87 @@ def read_pixels(image: Image.Image) -> Pixels:
     scale = WORKING_SIDE / max(rgb.width, rgb.height)
     if scale < 1:
         rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.BOX)
-    w, h = rgb.size
-    views = []
-    for crop in CROP_SCALES:
-        cw, ch = w * crop, h * crop
-        for fx in CROP_OFFSETS if crop < 1 else (0.0,):
-            for fy in CROP_OFFSETS if crop < 1 else (0.0,):
-                x0, y0 = (w - cw) * fx, (h - ch) * fy
-                box = (x0, y0, x0 + cw, y0 + ch)
-                thumbnail = rgb.resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.BILINEAR, box=box)
-                views.append(np.asarray(thumbnail, dtype=np.float32))
+    views = [
+        np.asarray(rgb.resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.BILINEAR, box=box), dtype=np.float32)
+        for box in crop_boxes(*rgb.size)
+    ]
     stack = np.stack(views)
     centred = (stack - stack.mean(axis=(1, 2), keepdims=True)).reshape(len(stack), -1)
-    return Pixels(digest, stack, centred)
+    fine = np.asarray(rgb.resize((FINE_SIDE, FINE_SIDE), Image.BILINEAR), dtype=np.float32)
+    return Pixels(digest, stack, centred, np.linalg.norm(centred, axis=1), rgb, fine, _contrast(fine))
 
 
 def pixel_agreement(a: Pixels, b: Pixels) -> float:
     """How well two images' pixels agree, at most 1: one minus the largest local difference
     between them, once aligned and matched in brightness.
 
-    Alignment: the crop of either image (scales CROP_SCALES, offsets CROP_OFFSETS) whose
-    thumbnail correlates best with the other's whole thumbnail, so a copy cropped to 85% or
-    more lines up. Then each of the two aligned thumbnails is predicted from the other by one
-    gain and offset for all channels, clipped to 0..255 as a brightened copy is (so a pale image
-    brightened into white still matches), and the difference left is measured per cell of
-    CELL x CELL pixels, in the worst channel (a change of hue, such as another skin tone, shows in
-    one channel), relative to the image's own contrast; the worst cell decides, and the better
-    of the two directions counts. A global correlation is not enough: two emoji faces that differ
-    only in their eyes, or two flags that differ only in a small emblem, correlate at 0.95-0.99
-    like true copies, and differ in one place only, which the worst cell sees."""
+    Alignment, at SIGNATURE_SIDE: the crop of either image (scales CROP_SCALES, offsets
+    CROP_OFFSETS) whose thumbnail correlates best with the other's whole thumbnail, so a copy
+    cropped to 85% or more lines up. The comparison, at FINE_SIDE in that aligned frame: each of
+    the two is predicted from the other by one gain for all channels, the median ratio of the
+    pixels where the predicted one is not clipped (a brightened copy is the image times a gain, clipped to
+    0..255; one gain keeps the hue, and no offset: with an offset, one skin tone or one orange
+    maps onto another almost exactly), and each pixel's difference is
+    its distance from the range its prediction takes within one pixel around it (so a sub-pixel
+    shift, a resize's blur or a crop's rounding costs nothing, while a region of another colour
+    or shape does), in the worst channel (a change of hue shows in one channel). The difference is
+    averaged per cell of CELL x CELL pixels and the worst cell, relative to the larger of the two
+    images' contrasts, decides; the better of the two directions counts. A global correlation is
+    not enough: two emoji that differ only in their eyes, or two flags that differ only in a small
+    emblem, correlate at 0.95-0.99 like true copies, and differ in one place only, which the worst
+    cell at the finer scale sees."""
     best = None
     for source, target in ((a, b), (b, a)):  # crops of `source` against the whole of `target`
         whole = target.centred[0]
-        norms = np.linalg.norm(source.centred, axis=1) * float(np.linalg.norm(whole))
+        norms = source.norms * float(target.norms[0])
         correlation = (source.centred @ whole) / np.maximum(norms, 1e-6)
         i = int(np.argmax(correlation))
         if norms[i] < 1e-3:  # a flat (one-colour) image: only its colour can be compared
             correlation[i] = -1.0
         if best is None or correlation[i] > best[0]:
-            best = (float(correlation[i]), source.views[i], target.whole)
-    _, view, whole = best  # type: ignore[misc]
-    return max(_matched(view, whole), _matched(whole, view))
+            best = (float(correlation[i]), source, i, target)
+    _, source, i, target = best  # type: ignore[misc]
+    view, whole = source.fine_view(i), target.fine
+    contrast = max(source.contrast if i == 0 else _contrast(view), target.contrast, 4.0)
+    return max(_matched(view, whole, contrast), _matched(whole, view, contrast))
 
 
-def _matched(source: np.ndarray, target: np.ndarray) -> float:
-    """1 - the worst cell's difference between `target` and `source` matched to it (gain and
-    offset fitted where `target` is not clipped, the prediction clipped), relative to contrast."""
+def _contrast(image: np.ndarray) -> float:
+    """The mean distance of an image's pixels from its mean colour, in the worst channel."""
+    return float(_worst_channel(np.abs(image - image.mean(axis=(0, 1)))).mean())
+
+
+def _worst_channel(values: np.ndarray) -> np.ndarray:
+    """(h, w, 3) -> (h, w): the largest of each pixel's three values (faster than .max(axis=2))."""
+    return np.maximum(np.maximum(values[..., 0], values[..., 1]), values[..., 2])
+
+
+def _matched(source: np.ndarray, target: np.ndarray, contrast: float) -> float:
+    """1 - the worst cell's difference between `target` and `source` matched to it (one gain,
+    the median ratio where `target` is not clipped and `source` not dark, the prediction
+    clipped; each pixel compared with its prediction's range within one pixel around it),
+    relative to `contrast`."""
     x, y = source.reshape(-1), target.reshape(-1)
-    inside = (y > 2) & (y < 253)
-    if inside.sum() < 16:  # nearly all black or white: match the values as they are
-        gain, offset = 1.0, 0.0
-    else:
-        xs, ys = x[inside], y[inside]
-        spread = float(xs.var())
-        gain = float(((xs - xs.mean()) * (ys - ys.mean())).mean()) / spread if spread > 1e-3 else 1.0
-        offset = float(ys.mean()) - gain * float(xs.mean())
-    predicted = np.clip(gain * source + offset, 0, 255)
-    residual = np.abs(target - predicted).max(axis=2)  # (side, side): the worst channel
-    contrast = max(float(np.abs(target - target.mean(axis=(0, 1))).max(axis=2).mean()), 4.0)
-    cells = residual.reshape(SIGNATURE_SIDE // CELL, CELL, SIGNATURE_SIDE // CELL, CELL).mean(axis=(1, 3))
+    usable = (y > 2) & (y < 253) & (x > 8)
+    gain = 1.0
+    if usable.sum() >= 16:  # else nearly all black or white: match the values as they are
+        gain = float(np.median(y[usable] / x[usable]))
+    predicted = np.clip(gain * source, 0, 255)
+    low, high = _neighbourhood_range(predicted)
+    residual = _worst_channel(np.maximum(np.maximum(low - target, target - high), 0))
+    side = residual.shape[0]
+    cells = residual.reshape(side // CELL, CELL, side // CELL, CELL).mean(axis=(1, 3))
     return 1.0 - float(cells.max()) / contrast
+
+
+def _neighbourhood_range(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel and channel, the least and greatest value within one pixel (3 x 3, edges repeated)."""
+    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    rows_low = np.minimum(np.minimum(padded[:-2], padded[1:-1]), padded[2:])  # (h, w + 2, 3)
+    rows_high = np.maximum(np.maximum(padded[:-2], padded[1:-1]), padded[2:])
+    low = np.minimum(np.minimum(rows_low[:, :-2], rows_low[:, 1:-1]), rows_low[:, 2:])
+    high = np.maximum(np.maximum(rows_high[:, :-2], rows_high[:, 1:-1]), rows_high[:, 2:])
+    return low, high
 
 
 def collection_image_reader(collection) -> Callable[[int], Image.Image | None]:
