@@ -7,8 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from test_search_page import (  # noqa: F401  (browser and drawings are fixtures used here)
-    browser,
+from test_search_page import (  # noqa: F401  (drawings is a fixture used here; the browser is conftest's)
     by_css,
     colour_loader,
     colour_of,
@@ -48,17 +47,21 @@ def test_the_page_searches_a_collection_in_postgresql(pg_server, browser):  # no
     server, name = pg_server
     open_page(browser, server.url + "/")
     assert [o.get_attribute("value") for o in by_css(browser, "#collection option")] == [name]
+    search_text(browser, "something red")  # the default relevance bar: the red drawings only
+    assert {colour_of(n) for _, n in results(browser)} == {"red"}
+
+    open_page(browser, server.url + "/?rel=0")  # every result: no relevance bar
     search_text(browser, "something red")
     found = results(browser)
     assert len(found) == 20 and colour_of(found[0][1]) == "red" and found[0][0].startswith("a red")
     assert {colour_of(n) for _, n in found[:6]} == {"red"}
-    assert query_of(browser) == {"c": [name], "q": ["something red"]}
+    assert query_of(browser) == {"c": [name], "q": ["something red"], "rel": ["0"]}
     first = by_css(browser, "#results .card img")[0]
     wait(browser, lambda d: d.execute_script("return arguments[0].naturalWidth", first) > 0, what="a thumbnail")
     by_css(browser, "#load-more")[0].click()  # the next page comes from the database as well
     wait(browser, lambda d: len(by_css(d, "#results .card")) == 24, what="24 results")
 
-    open_page(browser, f"{server.url}/?c={name}&q=blue")
+    open_page(browser, f"{server.url}/?c={name}&q=blue&rel=0")
     blue = results(browser)[0][1]
     by_css(browser, "#results .card .like")[0].click()  # more like this: the item's vector from PostgreSQL
     wait(browser, lambda d: "like" in query_of(d), what="like= in the URL")
