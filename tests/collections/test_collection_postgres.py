@@ -195,6 +195,26 @@ def test_hostile_collection_names_are_refused(hostile, postgres_url, tmp_path, c
         open_collection(hostile, postgres_url)
 
 
+def test_a_database_where_nothing_was_built_says_no_collection(postgres_url):
+    """A fresh database has neither our tables nor pgvector's type: opening or exporting a
+    collection there says there is none (it once failed registering the vector type), and a
+    hostile name is refused before anything is asked of the server."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    fresh = f"fresh_{uuid.uuid4().hex[:8]}"
+    admin = pg.connect(postgres_url)
+    admin.autocommit = True
+    admin.execute(f'CREATE DATABASE "{fresh}"')
+    admin.close()
+    url = urlunsplit(urlsplit(postgres_url)._replace(path="/" + fresh))
+    with pytest.raises(store.CollectionNotFound, match="no collection 'nothing-here'"):
+        open_collection("nothing-here", url)
+    with pytest.raises(store.CollectionNotFound, match="no collection 'nothing-here'"):
+        pg.export(url, "nothing-here", Path(os.devnull) / "never-written")
+    with pytest.raises(CollectionError, match="cannot name a collection"):
+        open_collection("a" * 41, url)
+
+
 def test_unknown_collections_and_servers_say_what_to_do(postgres_url):
     with pytest.raises(CollectionError, match="no collection 'nothing-here'.*collection build"):
         open_collection("nothing-here", postgres_url)

@@ -544,8 +544,9 @@ def export(url: str, name: str, directory: Path) -> store.Manifest:
     sql = _sql()
     conn = connect(url)
     try:
-        _register(conn)
+        # the manifest first: a database where no build ever ran has no vector type to register
         manifest, skipped, _ = load_manifest(conn, check_name(name), url)
+        _register(conn)
         parts = conn.execute(
             sql.SQL("SELECT part, info FROM {} WHERE collection = %s ORDER BY part").format(
                 sql.Identifier(PARTS_TABLE)
@@ -684,10 +685,12 @@ class PgCollection(Collection):
 
     @classmethod
     def open(cls, url: str, name: str) -> PgCollection:  # type: ignore[override]
+        name = check_name(name)  # a name that cannot be a collection's is refused before connecting
         conn = connect(check_store_url(url))
         try:
+            # the manifest first: a database where no build ever ran has no vector type to register
+            manifest, skipped, index = load_manifest(conn, name, url)
             _register(conn)
-            manifest, skipped, index = load_manifest(conn, check_name(name), url)
             _prepare_search_session(conn)
         except BaseException:
             conn.close()
