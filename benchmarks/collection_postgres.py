@@ -41,12 +41,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from collection_search import exact_truth, make_data  # noqa: E402
+from collection_search import exact_truth, make_data, recall_at, timed  # noqa: E402
 from machine import describe  # noqa: E402
 
 from latentspace.collections import postgres as pg  # noqa: E402
@@ -56,10 +57,6 @@ from latentspace.space import SpaceIdentity  # noqa: E402
 
 NAME = "bench"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "artifacts" / "quickstart" / "model"
-
-
-def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / truth.shape[1] for f, t in zip(found, truth)]))
 
 
 def percentiles(ms: list[float]) -> str:
@@ -196,35 +193,26 @@ def sql_search(url: str, queries: np.ndarray, truth: np.ndarray, efs: list[int],
         conn.execute(f"SET hnsw.ef_search = {int(ef)}")
         for q in queries[:10]:  # warm the buffer cache
             conn.execute(query, (q,)).fetchall()
-        lat, found = [], []
-        for q in queries:
-            t = time.perf_counter()
-            seqs = [r[0] for r in conn.execute(query, (q,)).fetchall()]
-            lat.append((time.perf_counter() - t) * 1000)
-            found.append(np.array(seqs))
-        print(f"{label}, ef_search {ef:4d}: recall@10 {recall(found, truth):.3f}  {percentiles(lat)}", flush=True)
+        found, lat = timed(lambda q: [r[0] for r in conn.execute(query, (q,)).fetchall()], queries)
+        print(f"{label}, ef_search {ef:4d}: recall@10 {recall_at(found, truth):.3f}  {percentiles(lat)}", flush=True)
     conn.close()
 
 
-def store_search(url: str, queries: np.ndarray, truth: np.ndarray, seqs: np.ndarray) -> None:
+def store_search(url: str, queries: np.ndarray, truth: np.ndarray) -> None:
+    """The store's own search (`truth`: row numbers; the benchmark's item ids are their hex)."""
     found_collection = pg.PgCollection.open(url, NAME)
     try:
         for q in queries[:10]:
             found_collection.search_vector(q, 10)
-        lat, found = [], []
-        for q in queries:
-            t = time.perf_counter()
-            hits = found_collection.search_vector(q, 10)
-            lat.append((time.perf_counter() - t) * 1000)
-            found.append(np.array([int(h.id, 16) for h in hits]))
+        answers, lat = timed(lambda q: found_collection.search_vector(q, 10), queries)
+        found = [np.array([int(h.id, 16) for h in hits]) for hits in answers]
         print(
-            f"PgCollection.search_vector (ef_search {pg.EF_SEARCH}, k 10): recall@10 {recall(found, truth):.3f}  "
+            f"PgCollection.search_vector (ef_search {pg.EF_SEARCH}, k 10): recall@10 {recall_at(found, truth):.3f}  "
             f"{percentiles(lat)}",
             flush=True,
         )
     finally:
         found_collection.close()
-    del seqs
 
 
 def seq_truth(truth: np.ndarray, rows_per_part: int) -> np.ndarray:
@@ -374,13 +362,9 @@ def main() -> None:
         index = HnswIndex.build(data, np.arange(len(data)))
         print(f"faiss HNSW build ({HNSW_PARAMS}): {time.perf_counter() - t:.1f} s", flush=True)
         for ef in args.ef:
-            lat, found = [], []
-            for q in queries:
-                t = time.perf_counter()
-                _, ids = index.search(q, 10, ef_search=ef)
-                lat.append((time.perf_counter() - t) * 1000)
-                found.append(ids)
-            print(f"faiss efSearch {ef:4d}: recall@10 {recall(found, truth):.3f}  {percentiles(lat)}", flush=True)
+            answers, lat = timed(partial(index.search, k=10, ef_search=ef), queries)
+            found = [ids for _, ids in answers]
+            print(f"faiss efSearch {ef:4d}: recall@10 {recall_at(found, truth):.3f}  {percentiles(lat)}", flush=True)
         del index
 
     with database(args.url) as (url, pid), tempfile.TemporaryDirectory(prefix="latentspace-pg-work-") as work:
@@ -391,7 +375,7 @@ def main() -> None:
             raw_copy(url, data)
         seqs = seq_truth(truth, args.rows_per_part)
         sql_search(url, queries, seqs, args.ef, "pgvector (the store's table and index)")
-        store_search(url, queries, truth, seqs)
+        store_search(url, queries, truth)
         if args.http:
             rng = np.random.default_rng(1)
             ids = [f"{i:016x}" for i in rng.choice(len(data), 100, replace=False)]

@@ -23,6 +23,7 @@ import platform
 import resource
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,22 @@ def exact_truth(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
         for j in range(scores.shape[1]):
             truth[start + j] = top_k(scores[:, j], k)
     return truth
+
+
+def timed(search, queries: np.ndarray) -> tuple[list, list[float]]:
+    """Each query's answer from `search(query)`, one query at a time, and each one's latency in ms."""
+    answers, ms = [], []
+    for q in queries:
+        t = time.perf_counter()
+        answers.append(search(q))
+        ms.append((time.perf_counter() - t) * 1000)
+    return answers, ms
+
+
+def recall_at(found: list[np.ndarray], truth: np.ndarray) -> float:
+    """Mean share of each query's true k nearest (truth: one row of ids per query) that were found."""
+    k = truth.shape[1]
+    return float(np.mean([len(set(np.asarray(f).tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]))
 
 
 def exact_latency(
@@ -161,13 +178,8 @@ def main() -> None:
             )
             best = None
             for ef in args.ef:
-                lat, found = [], []
-                for q in queries:
-                    t = time.perf_counter()
-                    _, ids = index.search(q, 10, ef_search=ef)
-                    lat.append((time.perf_counter() - t) * 1000)
-                    found.append(ids)
-                recall = float(np.mean([len(set(f.tolist()) & set(g.tolist())) / 10 for f, g in zip(found, truth)]))
+                answers, lat = timed(partial(index.search, k=10, ef_search=ef), queries)
+                recall = recall_at([ids for _, ids in answers], truth)
                 p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
                 ok = recall >= 0.95 and p50 <= 5 and p99 <= 20
                 print(
