@@ -43,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import describe  # noqa: E402  (benchmarks/machine.py: the machine lines)
+from weighted_search import noto_training_samples  # noqa: E402
 
 from latentspace.collections import Collection, build_collection, relevance, store  # noqa: E402
 
@@ -80,19 +81,10 @@ def noto_table(out: Path, held: set[int], names: list[str]) -> Path:
     if table.exists():
         return table
     rows: dict[int, tuple[str, str, int]] = {}
-    for shard in sorted((ROOT / "train").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            members = {m.name: m for m in tar.getmembers()}
-            for name in sorted(members):
-                if not (name.startswith("noto_") and name.endswith(".json")):
-                    continue
-                meta = json.loads(tar.extractfile(members[name]).read())  # type: ignore[union-attr]
-                concept = int(meta["concept_id"])
-                if meta.get("skin_tone") or concept in held or concept in rows:
-                    continue
-                key = name.removesuffix(".json")
-                data = tar.extractfile(members[key + ".png"]).read()  # type: ignore[union-attr]
-                rows[concept] = (_save(out / "noto", f"{key}.png", data), names[concept], concept)
+    for key, meta, data in noto_training_samples():
+        concept = int(meta["concept_id"])
+        if concept not in held and concept not in rows:
+            rows[concept] = (_save(out / "noto", f"{key}.png", data), names[concept], concept)
     return write_table(table, [rows[c] for c in sorted(rows)])
 
 

@@ -27,6 +27,7 @@ import csv
 import json
 import sys
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,22 @@ LIKE_PLUS = [
 ]
 
 
+def noto_training_samples() -> Iterator[tuple[str, dict, bytes]]:
+    """(sample key, its json metadata, its PNG bytes) of every Noto sample of the training shards
+    that is not a skin-tone variant, in shard and key order."""
+    for shard in sorted((ROOT / "train").glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            members = {m.name: m for m in tar.getmembers()}
+            for name in sorted(members):
+                if not (name.startswith("noto_") and name.endswith(".json")):
+                    continue
+                meta = json.loads(tar.extractfile(members[name]).read())  # type: ignore[union-attr]
+                if meta.get("skin_tone"):
+                    continue
+                key = name.removesuffix(".json")
+                yield key, meta, tar.extractfile(members[key + ".png"]).read()  # type: ignore[union-attr]
+
+
 def noto_images(out: Path) -> Path:
     """Write each Noto concept's image once, and a path,caption table; return the table."""
     table = out / "noto.csv"
@@ -67,18 +84,8 @@ def noto_images(out: Path) -> Path:
                 key = name.removesuffix(".png")
                 label = names[int(tar.extractfile(members[key + ".cls"]).read())]  # type: ignore[union-attr]
                 rows.append((_save(images, f"heldout_{key}.png", tar.extractfile(members[name]).read()), label))  # type: ignore[union-attr]
-    for shard in sorted((ROOT / "train").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            members = {m.name: m for m in tar.getmembers()}
-            for name in sorted(members):
-                if not (name.startswith("noto_") and name.endswith(".json")):
-                    continue
-                meta = json.loads(tar.extractfile(members[name]).read())  # type: ignore[union-attr]
-                if meta.get("skin_tone"):
-                    continue
-                key = name.removesuffix(".json")
-                data = tar.extractfile(members[key + ".png"]).read()  # type: ignore[union-attr]
-                rows.append((_save(images, f"train_{key}.png", data), meta["name"]))
+    for key, meta, data in noto_training_samples():
+        rows.append((_save(images, f"train_{key}.png", data), meta["name"]))
     with open(table, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "caption"])
