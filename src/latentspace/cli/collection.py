@@ -24,7 +24,7 @@ STORE_HELP = (
 )
 
 
-def _store_option():
+def store_option():
     return typer.Option(None, "--store", envvar="LATENTSPACE_COLLECTION_STORE", help=STORE_HELP, show_default=False)
 
 
@@ -48,7 +48,7 @@ def collection_build(
         help="the collection directory (default artifacts/collections/NAME); with --store, the build's "
         "local work directory (default artifacts/collections/.postgres/...)",
     ),
-    store: str | None = _store_option(),
+    store: str | None = store_option(),
     engine: str = typer.Option(
         "local",
         help="where images are embedded: local (this process) or ray (an actor "
@@ -162,7 +162,7 @@ def collection_search(
         help="one JSON object per result per line, each with its relevance, whether it is a match (reaches "
         "--min-relevance) and the answer's matches (0: nothing passed, the lines are the nearest items)",
     ),
-    store: str | None = _store_option(),
+    store: str | None = store_option(),
     **options,
 ) -> None:
     """Search a collection by text, by image (--image) or by one of its items (--like).
@@ -257,7 +257,7 @@ def _weighted_term(kind: str, value: str, sign: float):
 def collection_info(
     collection: str = typer.Argument(..., help="a collection name (under artifacts/collections) or directory"),
     json_output: bool = typer.Option(False, "--json", help="print as JSON"),
-    store: str | None = _store_option(),
+    store: str | None = store_option(),
 ) -> None:
     """What a collection holds: model, latent space, items, parts, skipped, sources, search kind."""
     import json

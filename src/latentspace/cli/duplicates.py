@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from latentspace.cli.collection import _store_option, collection_app
+from latentspace.cli.collection import collection_app, store_option
 from latentspace.cli.common import console, reports_errors
 from latentspace.cli.options import given, settings_from, with_settings
 from latentspace.collections.duplicates import DUPLICATES_ENV_PREFIX, DUPLICATES_PANELS, DuplicateSettings
@@ -23,7 +23,7 @@ def collection_duplicates(
     ctx: typer.Context,
     collection: str = typer.Argument(..., help="a collection name (under artifacts/collections) or directory"),
     json_output: bool = typer.Option(False, "--json", help="print the groups as one JSON object"),
-    store: str | None = _store_option(),
+    store: str | None = store_option(),
     **options,
 ) -> None:
     """Group a collection's duplicates at three levels: exact (the same decoded pixels), near (the
