@@ -523,3 +523,29 @@ def colour_embedder(fingerprint: str = "c010c010c010c010"):
             return self._chroma
 
     return ColourEmbedder()
+
+
+def colour_loader(name, spec, partners):
+    """A test server's model loader: every model it is asked for is the colour model, on PyTorch
+    fp32 (so no runtime is measured)."""
+    from latentspace.runtime import EXACT, on_runtimes
+    from latentspace.serve.models import ServedModel
+
+    return ServedModel(name, spec, on_runtimes(colour_embedder(), image=EXACT, text=EXACT))
+
+
+def colour_server(collections, loader=colour_loader, **settings) -> LiveServer:
+    """A LiveServer (not yet started: use it in `with`) serving the colour model, pinned to
+    PyTorch fp32 with one decode thread, and `collections` (NAME=DIR or NAME=postgresql://...);
+    `settings` are further ServeSettings fields (api_keys, ...)."""
+    from latentspace.serve.settings import ServeSettings
+
+    serve = ServeSettings(
+        models=["colour"],
+        collections=list(collections),
+        decode_threads=1,
+        image_runtime="torch",
+        image_precision="fp32",
+        **settings,
+    )
+    return LiveServer(serve, loader=loader)

@@ -222,23 +222,7 @@ def test_cli_json(planted):
 def test_http_route(planted):
     import httpx
 
-    from latentspace.runtime import EXACT, on_runtimes
-    from latentspace.serve.models import ServedModel
-    from latentspace.serve.settings import ServeSettings
-
-    from fakes import LiveServer
-
-    def loader(name, spec, partners):
-        return ServedModel(name, spec, on_runtimes(fakes.colour_embedder(), image=EXACT, text=EXACT))
-
-    settings = ServeSettings(
-        models=["colour"],
-        collections=[f"drawings={planted.directory}"],
-        decode_threads=1,
-        image_runtime="torch",
-        image_precision="fp32",
-    )
-    with LiveServer(settings, loader=loader) as live:
+    with fakes.colour_server([f"drawings={planted.directory}"]) as live:
         server = live.wait_ready()
         body = httpx.get(f"{server.url}/v1/collections/drawings/duplicates", timeout=60).json()
         assert body["collection"] == "drawings" and body["items"] == len(planted)

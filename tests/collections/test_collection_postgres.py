@@ -324,26 +324,11 @@ def test_cli_build_killed_with_kill_9_resumes_with_the_rows_of_an_uninterrupted_
 def test_served_from_postgresql_like_from_the_embedded_store(tmp_path, library, postgres_url, name):
     import httpx
 
-    from latentspace.runtime import EXACT, on_runtimes
-    from latentspace.serve.models import ServedModel
-    from latentspace.serve.settings import ServeSettings
-
     import fakes
-    from fakes import LiveServer
-
-    def loader(slot, spec, partners):
-        return ServedModel(slot, spec, on_runtimes(fakes.colour_embedder(), image=EXACT, text=EXACT))
 
     build_collection(tmp_path / "emb", fakes.colour_embedder(), library)
     pg.copy_collection(str(tmp_path / "emb"), name, dst_store=postgres_url)
-    settings = ServeSettings(
-        models=["colour"],
-        collections=[f"emb={tmp_path / 'emb'}", f"{name}={postgres_url}"],
-        decode_threads=1,
-        image_runtime="torch",
-        image_precision="fp32",
-    )
-    with LiveServer(settings, loader=loader) as live:
+    with fakes.colour_server([f"emb={tmp_path / 'emb'}", f"{name}={postgres_url}"]) as live:
         server = live.wait_ready()
         listed = {c["name"]: c for c in httpx.get(server.url + "/v1/collections").json()["data"]}
         assert listed[name]["items"] == listed["emb"]["items"] == 13 and listed[name]["status"] == "ready"

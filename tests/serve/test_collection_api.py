@@ -43,15 +43,7 @@ def library(tmp_path_factory):
 def server(library, tmp_path_factory):
     directory = tmp_path_factory.mktemp("collections") / "drawings"
     build_collection(directory, fakes.colour_embedder(), library)
-    settings = ServeSettings(
-        models=["colour"],
-        collections=[f"drawings={directory}"],
-        api_keys=(KEY,),
-        decode_threads=1,
-        image_runtime="torch",
-        image_precision="fp32",
-    )
-    with LiveServer(settings, loader=colour_loader) as live:
+    with fakes.colour_server([f"drawings={directory}"], loader=colour_loader, api_keys=(KEY,)) as live:
         yield live.wait_ready()
 
 

@@ -10,7 +10,6 @@ from PIL import Image
 from test_search_page import (
     WEB,
     by_css,
-    colour_loader,
     message,
     open_page,
     wait,
@@ -18,10 +17,8 @@ from test_search_page import (
 )
 
 from latentspace.collections import build_collection
-from latentspace.serve.settings import ServeSettings
 
 import fakes
-from fakes import LiveServer
 
 ORIGINALS = ["red circle", "green square", "blue triangle", "yellow circle", "red square"]
 
@@ -44,14 +41,7 @@ def planted(tmp_path_factory):
 def server(planted, tmp_path_factory):
     """The planted drawings, and a collection whose folder does not exist."""
     missing = tmp_path_factory.mktemp("dup-missing") / "nothing-here"
-    settings = ServeSettings(
-        models=["colour"],
-        collections=[f"drawings={planted}", f"broken={missing}"],
-        decode_threads=1,
-        image_runtime="torch",
-        image_precision="fp32",
-    )
-    with LiveServer(settings, loader=colour_loader) as live:
+    with fakes.colour_server([f"drawings={planted}", f"broken={missing}"]) as live:
         yield wait_for_collections(live)
 
 

@@ -19,21 +19,12 @@ import httpx
 import pytest
 
 from latentspace.collections import build_collection
-from latentspace.runtime import EXACT, on_runtimes
-from latentspace.serve.models import ServedModel
-from latentspace.serve.settings import ServeSettings
 
 import fakes
-from fakes import LiveServer
 
 KEY = "page-test-key-5678"
 HOSTILE = "<script>window.__pwned = 1</script><b>bold</b>"
 WEB = Path(__file__).resolve().parents[2] / "src" / "latentspace" / "web"
-
-
-def colour_loader(name, spec, partners):
-    model = fakes.colour_embedder()
-    return ServedModel(name, spec, on_runtimes(model, image=EXACT, text=EXACT))
 
 
 @pytest.fixture(scope="module")
@@ -78,28 +69,13 @@ def wait_for_collections(live, headers=None, timeout=30.0):
 def server(drawings, tmp_path_factory):
     """No API keys; two collections: the drawings, and one whose folder does not exist."""
     missing = tmp_path_factory.mktemp("page-missing") / "nothing-here"
-    settings = ServeSettings(
-        models=["colour"],
-        collections=[f"drawings={drawings}", f"broken={missing}"],
-        decode_threads=1,
-        image_runtime="torch",
-        image_precision="fp32",
-    )
-    with LiveServer(settings, loader=colour_loader) as live:
+    with fakes.colour_server([f"drawings={drawings}", f"broken={missing}"]) as live:
         yield wait_for_collections(live)
 
 
 @pytest.fixture(scope="module")
 def keyed_server(drawings):
-    settings = ServeSettings(
-        models=["colour"],
-        collections=[f"drawings={drawings}"],
-        api_keys=(KEY,),
-        decode_threads=1,
-        image_runtime="torch",
-        image_precision="fp32",
-    )
-    with LiveServer(settings, loader=colour_loader) as live:
+    with fakes.colour_server([f"drawings={drawings}"], api_keys=(KEY,)) as live:
         yield live.wait_ready()
 
 

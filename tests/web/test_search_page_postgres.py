@@ -9,7 +9,6 @@ import uuid
 import pytest
 from test_search_page import (  # noqa: F401  (drawings is a fixture used here; the browser is conftest's)
     by_css,
-    colour_loader,
     colour_of,
     drawings,
     open_page,
@@ -19,9 +18,7 @@ from test_search_page import (  # noqa: F401  (drawings is a fixture used here; 
     wait,
 )
 
-from latentspace.serve.settings import ServeSettings
-
-from fakes import LiveServer
+import fakes
 
 pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
@@ -32,14 +29,7 @@ def pg_server(drawings, postgres_url):  # noqa: F811
 
     name = f"drawings-{uuid.uuid4().hex[:8]}"
     pg.copy_collection(str(drawings), name, dst_store=postgres_url)
-    settings = ServeSettings(
-        models=["colour"],
-        collections=[f"{name}={postgres_url}"],
-        decode_threads=1,
-        image_runtime="torch",
-        image_precision="fp32",
-    )
-    with LiveServer(settings, loader=colour_loader) as live:
+    with fakes.colour_server([f"{name}={postgres_url}"]) as live:
         yield live.wait_ready(), name
 
 
