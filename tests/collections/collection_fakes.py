@@ -21,10 +21,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from latentspace.collections import BuildSettings
 from latentspace.models.embedder import Embedder
 from latentspace.space import SpaceIdentity
 
 import fakes
+
+# The build settings most collection tests use: parts of 5 files (the library's 12 drawings make
+# 3 parts), batches of 4, and a pixel cap that the library's huge.png is over.
+SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
 
 TEXT_COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0), "yellow": (1.0, 1.0, 0.0)}
 
@@ -105,3 +110,8 @@ def unblock(path: Path, drawing: Image.Image) -> None:
     path.unlink()
     drawing.save(path)
     os.utime(path, ns=(mtime, mtime))
+
+
+def colour_of(hit) -> str:
+    """The colour a library drawing's file is named after (`red_circle.png` -> red)."""
+    return hit.key.rsplit("/", 1)[-1].split("_")[0]

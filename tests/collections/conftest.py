@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from collection_fakes import ColourModel, save_drawing
+from collection_fakes import SETTINGS, ColourModel, save_drawing
+
+from latentspace.collections import Collection, build_collection
 
 import fakes
 
@@ -35,3 +37,10 @@ def library(tmp_path: Path) -> Path:
     (bad / "gone.png").symlink_to(bad / "missing-target.png")
     (root / "readme.txt").write_text("not an image extension: ignored\n")
     return root
+
+
+@pytest.fixture
+def built(tmp_path: Path, library: Path, colour_model: ColourModel) -> Collection:
+    """The library built into a collection with the colour model, opened."""
+    build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS)
+    return Collection.open(tmp_path / "c")

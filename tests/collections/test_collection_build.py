@@ -9,12 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from collection_fakes import SETTINGS
 from typer.testing import CliRunner
 
 from latentspace.cli import app
 from latentspace.collections import BuildSettings, Collection, build_collection
-
-SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
 
 
 def test_folder_build_counts_and_skips(tmp_path, library, colour_model):

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 
 import pyarrow.parquet as pq
-from collection_fakes import save_drawing
+from collection_fakes import SETTINGS, save_drawing
 
-from latentspace.collections import BuildSettings, Collection, build_collection
+from latentspace.collections import Collection, build_collection
 
 import fakes
-
-SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
 
 
 def part_bytes(directory):

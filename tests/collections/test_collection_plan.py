@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from collection_fakes import SETTINGS
 
 from latentspace.collections import BuildSettings, CollectionError, build_collection, store
 from latentspace.collections.plan import Plan, make_plan
 from latentspace.collections.sources import open_source
-
-SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
 
 
 def _fresh_plan(tmp_path, library, colour_model) -> Plan:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from collection_fakes import ColourModel, kill_halfway, unblock
+from collection_fakes import SETTINGS, ColourModel, kill_halfway, unblock
 
 from latentspace import process_state
 from latentspace.collections import BuildSettings, build_collection
@@ -27,7 +27,6 @@ from latentspace.progress import PlainProgress
 
 import fakes
 
-SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
 TESTS = Path(__file__).resolve().parent
 
 

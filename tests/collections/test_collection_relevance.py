@@ -9,22 +9,10 @@ import json
 
 import numpy as np
 import pytest
-from collection_fakes import save_drawing
+from collection_fakes import SETTINGS, colour_of, save_drawing
 from typer.testing import CliRunner
 
-from latentspace.collections import BuildSettings, Collection, CollectionError, build_collection, relevance
-
-SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
-
-
-@pytest.fixture
-def built(tmp_path, library, colour_model) -> Collection:
-    build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS)
-    return Collection.open(tmp_path / "c")
-
-
-def colour_of(hit) -> str:
-    return hit.key.rsplit("/", 1)[-1].split("_")[0]
+from latentspace.collections import Collection, CollectionError, build_collection, relevance
 
 
 def test_share_beaten_is_increasing_and_in_0_1():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from collection_fakes import colour_of
 
 from latentspace.collections import (
     BuildSettings,
@@ -18,18 +19,6 @@ from latentspace.collections import (
 from latentspace.collections.index import HnswIndex
 
 import fakes
-
-SETTINGS = BuildSettings(max_pixels=10_000, files_per_part=5, batch_size=4)
-
-
-@pytest.fixture
-def built(tmp_path, library, colour_model) -> Collection:
-    build_collection(tmp_path / "c", colour_model, library, settings=SETTINGS)
-    return Collection.open(tmp_path / "c")
-
-
-def colour_of(hit) -> str:
-    return hit.key.rsplit("/", 1)[-1].split("_")[0]
 
 
 @pytest.mark.parametrize("colour", ["red", "green", "blue", "yellow"])
