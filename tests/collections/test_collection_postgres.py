@@ -167,17 +167,22 @@ def test_a_second_build_at_once_is_refused(tmp_path, library, colour_model, post
     build(postgres_url, name, colour_model, library, tmp_path)  # the lock is gone with its holder
 
 
+def drop_client_connections(url):
+    """What a server restart does to its clients: every other client connection to the database ends."""
+    conn = pg.connect(url)
+    conn.autocommit = True
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    )
+    conn.close()
+
+
 def test_a_dropped_connection_is_reported_and_the_rerun_finishes(tmp_path, library, colour_model, postgres_url, name):
     build_collection(tmp_path / "work", colour_model, library, settings=SETTINGS)
 
     def drop_connections(part):
-        conn = pg.connect(postgres_url)
-        conn.autocommit = True
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-        )
-        conn.close()
+        drop_client_connections(postgres_url)
 
     with pytest.raises(pg.StoreConnectionError, match="run the same build again"):
         pg.push(postgres_url, name, tmp_path / "work", after_part=drop_connections)
@@ -384,13 +389,7 @@ def test_an_open_collection_reconnects_after_the_server_dropped_it(tmp_path, lib
     build(postgres_url, name, colour_model, library, tmp_path)
     found = open_collection(name, postgres_url)
     before = [h.id for h in found.search_text(colour_model, "red", k=3)]
-    killer = pg.connect(postgres_url)
-    killer.autocommit = True
-    killer.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-    )
-    killer.close()
+    drop_client_connections(postgres_url)
     assert [h.id for h in found.search_text(colour_model, "red", k=3)] == before
     found.close()
 
