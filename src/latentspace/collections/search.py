@@ -27,6 +27,7 @@ import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -300,17 +301,12 @@ class Collection:
     def skipped(self) -> list[dict[str, Any]]:
         return store.read_skipped(self.directory)
 
-    @property
+    @cached_property
     def calibration(self) -> relevance.Calibration | None:
-        """The manifest's relevance calibration (None: the collection has none)."""
-        cached = self.__dict__.get("_calibration_of")
-        if cached is None or cached[0] is not self.manifest.relevance:
-            found = self.manifest.relevance
-            self.__dict__["_calibration_of"] = cached = (
-                found,
-                relevance.Calibration.from_dict(found) if found else None,
-            )
-        return cached[1]
+        """The manifest's relevance calibration (None: the collection has none); read once, as the
+        manifest is the snapshot the collection was opened with."""
+        found = self.manifest.relevance
+        return relevance.Calibration.from_dict(found) if found else None
 
     def relevance_bar(self, min_relevance: float | None) -> float | None:
         """The min_relevance a search applies: the one given, else the default when the collection
