@@ -87,18 +87,17 @@ def reference_agreement(model: ModelOnRuntimes) -> dict[str, Agreement]:
     out: dict[str, Agreement] = {}
     for modality in model.modalities:
         choice = model.choices.get(modality)
+        runtime, precision = (choice.runtime, choice.precision) if choice else ("torch", "fp32")
         try:
             with torch.inference_mode():
                 inputs = _inputs(model, modality)
                 served = _rows(model, modality, inputs)  # first: a runtime that fails here falls back, and says so
                 exact = _rows(model.model, modality, inputs)
             cosine = float((served.float() * exact.float()).sum(dim=-1).min())
-            runtime, precision = (choice.runtime, choice.precision) if choice else ("torch", "fp32")
             out[modality] = Agreement(
                 runtime, precision, round(cosine, 6), len(served), (runtime, precision) == ("torch", "fp32")
             )
         except Exception as e:  # noqa: BLE001 - a check that cannot run is reported, never fatal
-            runtime, precision = (choice.runtime, choice.precision) if choice else ("torch", "fp32")
             out[modality] = Agreement(runtime, precision, None, 0, False, f"{type(e).__name__}: {e}")
             name = getattr(model, "name", type(model).__name__)
             log.warning("%s: reference agreement for %s could not be measured: %s", name, modality, e)
