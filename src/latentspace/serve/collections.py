@@ -96,10 +96,12 @@ class CollectionSet:
     """The server's collections, opened after its models load (registry.after_load)."""
 
     def __init__(self, settings: ServeSettings):
+        from latentspace.collections.postgres import is_store_url
+
         self.items: dict[str, ServedCollection] = {}
         for arg in settings.collections:
             name, where = parse_collection_arg(arg)
-            if name is None and where.startswith(("postgresql://", "postgres://")):
+            if name is None and is_store_url(where):
                 raise ValueError(f"name the collection in the database: --collection NAME={where.split('@')[-1]}")
             name = name or Path(where).name
             if name in self.items:
@@ -109,12 +111,14 @@ class CollectionSet:
     def open_all(self, registry) -> None:
         """Open every collection and find (or load) a served model of its space for queries."""
         from latentspace.collections import open_collection
+        from latentspace.collections.postgres import is_store_url
 
         for served in self.items.values():
             try:
-                in_database = served.where.startswith(("postgresql://", "postgres://"))
                 served.collection = (
-                    open_collection(served.name, served.where) if in_database else open_collection(served.where)
+                    open_collection(served.name, served.where)
+                    if is_store_url(served.where)
+                    else open_collection(served.where)
                 )
                 served.slot_name = registry.query_model_for(served.collection.manifest, f"collection:{served.name}")
                 log.info(
